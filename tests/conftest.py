@@ -1,0 +1,26 @@
+"""Shared fixtures: an isolated graph cache, paths to the real data in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MP_FILE = SHARED / "data" / "mp_mtcgcnn" / "mp_36738.jsonl.gz"
+PEROV_FILE = SHARED / "data" / "perov5" / "perov5.csv.gz"
+CGCNN_DIR = SHARED / "models" / "cgcnn"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _graph_cache(tmp_path_factory):
+    """Every test session gets its own graph cache, so tests never read a user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRAITS_CACHE", str(tmp_path_factory.mktemp("graph-cache")))
+    yield
+    mp.undo()
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not available")

@@ -1,0 +1,228 @@
+"""Crystal structures as graphs, and the on-disk graph cache.
+
+A crystal becomes a graph whose nodes are the atoms of the unit cell and whose directed edges join
+each atom to its ``max_neighbors`` nearest periodic neighbours within ``cutoff`` (pymatgen neighbour
+lists). Edge features are the distances expanded in Gaussians (as in CGCNN); node features are the
+92-long per-element vectors of CGCNN's ``atom_init.json`` (MIT, see ``traits/data/NOTICE.md``).
+
+Edges point from neighbour to centre: ``edge_index[0]`` is the neighbour j, ``edge_index[1]`` the
+centre i, so messages flow into the centre atom (torch_geometric's ``source_to_target``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from traits.data.sources import Entry
+from traits.errors import GraphError
+
+CACHE_ENV = "TRAITS_CACHE"
+GRAPH_FORMAT_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def atom_feature_table() -> torch.Tensor:
+    """(101, 92) float table; row Z holds the features of atomic number Z (row 0 and unknowns are NaN)."""
+    raw = json.loads((resources.files("traits.data") / "atom_init.json").read_text())
+    table = torch.full((101, 92), float("nan"))
+    for key, vec in raw.items():
+        table[int(key)] = torch.tensor(vec, dtype=torch.float32)
+    return table
+
+
+def gaussian_centres(settings) -> torch.Tensor:
+    n = int(round(settings.cutoff / settings.gaussian_step)) + 1
+    return torch.linspace(0.0, settings.gaussian_step * (n - 1), n)
+
+
+def expand_distances(dist: torch.Tensor, settings) -> torch.Tensor:
+    """Gaussian basis exp(-(d - μ_k)² / w²) on centres 0, step, ..., cutoff."""
+    width = settings.gaussian_width or settings.gaussian_step
+    centres = gaussian_centres(settings).to(dist)
+    return torch.exp(-((dist.unsqueeze(-1) - centres) ** 2) / width**2)
+
+
+def settings_key(settings) -> str:
+    return json.dumps({"v": GRAPH_FORMAT_VERSION, **settings.model_dump()}, sort_keys=True)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "traits" / "graphs"
+
+
+@dataclass
+class GraphArrays:
+    """The geometry of one crystal graph: atomic numbers, edges and edge lengths."""
+
+    z: torch.Tensor  # (n_atoms,) long
+    edge_index: torch.Tensor  # (2, n_edges) long, [neighbour, centre]
+    dist: torch.Tensor  # (n_edges,) float32, Å
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {"z": self.z, "edge_index": self.edge_index, "dist": self.dist}
+
+
+def structure_graph(structure, settings) -> GraphArrays:
+    """Build the neighbour graph of a pymatgen ``Structure`` (raises GraphError on isolated atoms)."""
+    n = len(structure)
+    z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
+    centres, neighbours, _images, dists = structure.get_neighbor_list(r=settings.cutoff)
+    order = np.lexsort((dists, centres))  # by centre, then by distance
+    centres, neighbours, dists = centres[order], neighbours[order], dists[order]
+    counts = np.bincount(centres, minlength=n)
+    if (counts == 0).any():
+        lonely = int(np.flatnonzero(counts == 0)[0])
+        raise GraphError(
+            f"atom {lonely} ({structure[lonely].specie}) has no neighbour within {settings.cutoff} Å; "
+            "increase data.graph.cutoff"
+        )
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(centres)) - starts[centres]
+    keep = rank < settings.max_neighbors
+    src, dst, d = neighbours[keep], centres[keep], dists[keep]
+    if settings.pad_neighbors:
+        missing = np.maximum(settings.max_neighbors - counts, 0)
+        if missing.any():
+            pad_dst = np.repeat(np.arange(n), missing)
+            src = np.concatenate([src, np.zeros_like(pad_dst)])
+            dst = np.concatenate([dst, pad_dst])
+            d = np.concatenate([d, np.full(len(pad_dst), settings.cutoff + 1.0)])
+            order = np.argsort(dst, kind="stable")
+            src, dst, d = src[order], dst[order], d[order]
+    edge_index = torch.from_numpy(np.stack([src, dst]).astype(np.int64))
+    return GraphArrays(z=z, edge_index=edge_index, dist=torch.from_numpy(d.astype(np.float32)))
+
+
+def to_data(arrays: GraphArrays, target: float, material_id: str, settings):
+    """A ``torch_geometric.data.Data`` with x, edge_index, edge_attr, y, z and the id."""
+    from torch_geometric.data import Data
+
+    return Data(
+        x=atom_feature_table()[arrays.z],
+        z=arrays.z,
+        edge_index=arrays.edge_index,
+        edge_attr=expand_distances(arrays.dist, settings),
+        y=torch.tensor([target], dtype=torch.float32),
+        material_id=material_id,
+        num_nodes=int(arrays.z.numel()),
+    )
+
+
+def entry_key(entry: Entry, settings) -> str:
+    digest = hashlib.sha256()
+    digest.update(entry.fmt.encode())
+    digest.update(b"\0")
+    digest.update(entry.payload.encode())
+    digest.update(b"\0")
+    digest.update(settings_key(settings).encode())
+    return digest.hexdigest()
+
+
+class GraphCache:
+    """Graphs on disk, one small file per (structure, graph settings) content hash."""
+
+    def __init__(self, root: Path | None = None, enabled: bool = True):
+        self.root = Path(root) if root else cache_dir()
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def get(self, key: str) -> GraphArrays | None:
+        if not self.enabled:
+            return None
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            raw = torch.load(path, weights_only=True)
+            arrays = GraphArrays(z=raw["z"], edge_index=raw["edge_index"], dist=raw["dist"])
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            return None
+        self.hits += 1
+        return arrays
+
+    def put(self, key: str, arrays: GraphArrays) -> None:
+        if not self.enabled:
+            return
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            torch.save(arrays.as_dict(), tmp)
+            os.replace(tmp, path)
+        except OSError:
+            # The cache is an optimisation: an unwritable cache directory must not stop an audit.
+            self.enabled = False
+
+
+@dataclass
+class GraphSet:
+    """Graphs built from a source, with what was skipped and why."""
+
+    graphs: list  # torch_geometric Data
+    skipped: Counter = field(default_factory=Counter)
+    cache_hits: int = 0
+    built: int = 0
+
+
+def build_graphs(
+    entries: Sequence[Entry],
+    settings,
+    cache: GraphCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> GraphSet:
+    """Build (or load from the cache) the graph of every entry; bad structures are skipped and counted."""
+    cache = cache if cache is not None else GraphCache()
+    table = atom_feature_table()
+    out = GraphSet(graphs=[])
+    for i, entry in enumerate(entries):
+        key = entry_key(entry, settings)
+        arrays = cache.get(key)
+        if arrays is None:
+            try:
+                structure = entry.structure()
+            except ValueError:
+                out.skipped["unreadable structure"] += 1
+                continue
+            try:
+                arrays = structure_graph(structure, settings)
+            except GraphError:
+                if settings.isolated_atoms == "error":
+                    raise
+                out.skipped[f"atom with no neighbour within {settings.cutoff} Å (raise data.graph.cutoff)"] += 1
+                continue
+            cache.put(key, arrays)
+            out.built += 1
+        else:
+            out.cache_hits += 1
+        if int(arrays.z.max()) >= table.shape[0] or torch.isnan(table[arrays.z]).any():
+            out.skipped["element without atom features (Z > 100)"] += 1
+            continue
+        out.graphs.append(to_data(arrays, entry.target, entry.id, settings))
+        if progress is not None:
+            progress(i + 1, len(entries))
+    return out
+
+
+def graph_elements(graph) -> frozenset[str]:
+    """Element symbols present in a graph."""
+    from pymatgen.core.periodic_table import Element
+
+    return frozenset(Element.from_Z(int(z)).symbol for z in torch.unique(graph.z))

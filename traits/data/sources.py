@@ -1,0 +1,266 @@
+"""Readers for each data source, all yielding :class:`Entry` objects (id, target, structure text).
+
+Structures are kept as the text they came in (a CIF string or a JSON structure dict) and parsed by
+pymatgen only when a graph has to be built, so a warm graph cache skips parsing altogether.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from traits.errors import DataError
+
+StructureFormat = Literal["cif", "pymatgen-dict", "jarvis-atoms"]
+
+#: Default field names of each target per source kind.
+DEFAULT_TARGET_FIELDS: dict[str, dict[str, list[str]]] = {
+    "mp": {"formation_energy_per_atom": ["formation_energy_per_atom"], "band_gap": ["band_gap"]},
+    "sample": {"formation_energy_per_atom": ["formation_energy_per_atom"], "band_gap": ["band_gap"]},
+    "jarvis": {"formation_energy_per_atom": ["formation_energy_peratom"], "band_gap": ["optb88vdw_bandgap"]},
+    "csv": {"formation_energy_per_atom": ["formation_energy_per_atom"], "band_gap": ["band_gap"]},
+}
+
+SAMPLE_FILE = "mp_sample.jsonl.gz"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One compound as read from a source: its id, target value and structure text."""
+
+    id: str
+    target: float
+    payload: str
+    fmt: StructureFormat
+
+    def structure(self):
+        """Parse the structure with pymatgen (raises ``ValueError`` on an unreadable structure)."""
+        from pymatgen.core import Lattice, Structure
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.fmt == "cif":
+                try:
+                    return Structure.from_str(self.payload, fmt="cif")
+                except Exception as exc:  # pymatgen raises many kinds for bad CIFs
+                    raise ValueError(f"unreadable CIF: {exc}") from exc
+            data = json.loads(self.payload)
+            try:
+                if self.fmt == "pymatgen-dict":
+                    return Structure.from_dict(data)
+                lattice = Lattice(data["lattice_mat"])
+                return Structure(
+                    lattice,
+                    [s.strip() for s in data["elements"]],
+                    data["coords"],
+                    coords_are_cartesian=bool(data.get("cartesian", False)),
+                )
+            except Exception as exc:
+                raise ValueError(f"unreadable structure: {exc}") from exc
+
+
+@dataclass
+class SourceData:
+    """What a reader returns: the usable entries, counted skips and a hash of the raw file."""
+
+    entries: list[Entry]
+    skipped: Counter = field(default_factory=Counter)
+    data_hash: str = ""
+    source: str = ""
+
+
+def sample_path() -> Path:
+    """Path of the Materials Project sample shipped inside the package."""
+    return Path(str(resources.files("traits.data") / "sample" / SAMPLE_FILE))
+
+
+def file_hash(path: Path) -> str:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such data file")
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file ({exc})") from exc
+    return digest.hexdigest()
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_all(path: Path) -> str:
+    try:
+        with _open_text(path) as fh:
+            return fh.read()
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable or truncated data file ({type(exc).__name__}: {exc})") from exc
+
+
+def _json_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Records from a JSON list, a JSON object of records, or JSON Lines (plain or gzip)."""
+    text = _read_all(path)
+    stripped = text.lstrip()
+    if not stripped:
+        raise DataError(f"{path}: the data file is empty")
+    if stripped[0] == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc}); is the file truncated?") from exc
+        yield from data
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {lineno} is not valid JSON ({exc}); is the file truncated?") from exc
+
+
+def _to_float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _pick(record: dict[str, Any], names: list[str]) -> tuple[str | None, Any]:
+    for name in names:
+        if name in record:
+            return name, record[name]
+    return None, None
+
+
+def _target_names(kind: str, target: str, column: str | None) -> list[str]:
+    return [column] if column else DEFAULT_TARGET_FIELDS[kind][target]
+
+
+def read_mp(path: Path, target: str, column: str | None = None, kind: str = "mp") -> SourceData:
+    """Materials Project records: ``material_id``, the target, and ``cif`` or ``structure`` (a dict)."""
+    names = _target_names(kind, target, column)
+    out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
+    seen_target = False
+    for i, rec in enumerate(_json_records(path)):
+        if not isinstance(rec, dict):
+            out.skipped["record is not a JSON object"] += 1
+            continue
+        rid = str(rec.get("material_id", rec.get("task_id", f"row-{i}")))
+        name, raw = _pick(rec, names)
+        seen_target |= name is not None
+        value = _to_float(raw)
+        if value is None:
+            out.skipped["missing or non-numeric target"] += 1
+            continue
+        if isinstance(rec.get("cif"), str):
+            out.entries.append(Entry(rid, value, rec["cif"], "cif"))
+        elif isinstance(rec.get("structure"), dict):
+            out.entries.append(Entry(rid, value, json.dumps(rec["structure"], sort_keys=True), "pymatgen-dict"))
+        else:
+            out.skipped["no structure (neither 'cif' nor 'structure')"] += 1
+    if not seen_target:
+        raise DataError(f"{path}: no record has the target field {names[0]!r}")
+    return out
+
+
+def read_jarvis(path: Path, target: str, column: str | None = None) -> SourceData:
+    """JARVIS-DFT records: ``jid``, ``atoms`` (lattice_mat, coords, elements, cartesian) and targets."""
+    names = _target_names("jarvis", target, column)
+    out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
+    seen_target = False
+    for i, rec in enumerate(_json_records(path)):
+        if not isinstance(rec, dict):
+            out.skipped["record is not a JSON object"] += 1
+            continue
+        rid = str(rec.get("jid", f"row-{i}"))
+        name, raw = _pick(rec, names)
+        seen_target |= name is not None
+        value = _to_float(raw)  # JARVIS writes "na" for missing values
+        if value is None:
+            out.skipped["missing or non-numeric target"] += 1
+            continue
+        atoms = rec.get("atoms")
+        if not isinstance(atoms, dict):
+            out.skipped["no 'atoms' structure"] += 1
+            continue
+        out.entries.append(Entry(rid, value, json.dumps(atoms, sort_keys=True), "jarvis-atoms"))
+    if not seen_target:
+        raise DataError(f"{path}: no record has the target field {names[0]!r}")
+    return out
+
+
+def read_csv(
+    path: Path,
+    target: str,
+    column: str | None = None,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+) -> SourceData:
+    """A CSV file with an id column, a CIF column and target columns (plain or gzip)."""
+    tcol = _target_names("csv", target, column)[0]
+    icol = id_column or "material_id"
+    scol = structure_column or "cif"
+    text = _read_all(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        header = reader.fieldnames or []
+        missing = [c for c in (tcol, scol) if c not in header]
+        if missing:
+            raise DataError(f"{path}: column(s) {missing} not found; the file has {header}")
+        out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
+        for i, row in enumerate(reader):
+            value = _to_float(row.get(tcol))
+            if value is None:
+                out.skipped["missing or non-numeric target"] += 1
+                continue
+            cif = row.get(scol)
+            if not cif:
+                out.skipped["empty structure cell"] += 1
+                continue
+            out.entries.append(Entry(str(row.get(icol) or f"row-{i}"), value, cif, "cif"))
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc}); is the file truncated?") from exc
+    return out
+
+
+def read_source(data_spec) -> SourceData:
+    """Dispatch on ``data_spec.source`` (a :class:`traits.spec.DataSpec`)."""
+    kind = data_spec.source
+    if kind == "sample":
+        return read_mp(sample_path(), data_spec.target, data_spec.target_column, kind="sample")
+    path = Path(data_spec.path)
+    if kind == "mp":
+        data = read_mp(path, data_spec.target, data_spec.target_column)
+    elif kind == "jarvis":
+        data = read_jarvis(path, data_spec.target, data_spec.target_column)
+    elif kind == "csv":
+        data = read_csv(path, data_spec.target, data_spec.target_column, data_spec.id_column,
+                        data_spec.structure_column)
+    else:  # pragma: no cover - the spec restricts the kinds
+        raise DataError(f"unknown data source {kind!r}")
+    if not data.entries:
+        raise DataError(f"{path}: no usable records ({dict(data.skipped) or 'the file has none'})")
+    return data

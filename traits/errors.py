@@ -1,0 +1,34 @@
+"""One exception family for everything a user can get wrong or must act on.
+
+The CLI prints a ``TraitsError`` without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class TraitsError(Exception):
+    """Base class: a message a user can act on."""
+
+
+class SpecError(TraitsError):
+    """An audit spec is missing, unreadable or invalid."""
+
+
+class DataError(TraitsError):
+    """A data file is missing, unreadable, or yields no usable structures."""
+
+
+class GraphError(DataError):
+    """A crystal graph cannot be built (e.g. an atom with no neighbour in the cutoff)."""
+
+
+class CheckpointError(TraitsError):
+    """A checkpoint is missing, truncated, unsafe or does not match the model/spec."""
+
+
+class ProbeError(TraitsError):
+    """A probe cannot run with the given settings (e.g. an unsupported backend feature)."""
+
+
+class OutputError(TraitsError):
+    """An output directory or file cannot be written."""

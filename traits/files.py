@@ -1,0 +1,56 @@
+"""Atomic file writes: every result, report and checkpoint goes to a temporary file first and is
+renamed into place, so an interrupted run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from traits.errors import OutputError
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create a directory (and parents), with an OutputError a user can act on."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the output directory ({exc.strerror or exc})") from exc
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"{path}: the output directory is not writable")
+    return path
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_json_atomic(path: Path, payload) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=True))

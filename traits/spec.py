@@ -1,0 +1,367 @@
+"""Audit specs: what to audit, on which data, with which probes and gates.
+
+A spec is a YAML or JSON file validated by the Pydantic models below (unknown keys are errors).
+Relative paths in a spec are resolved against the directory of the spec file, so a spec and the
+files it names can travel together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from traits.errors import SpecError
+
+#: Targets TRAITS knows how to read from each source kind, with their physical units.
+TARGET_UNITS = {
+    "formation_energy_per_atom": "eV/atom",
+    "band_gap": "eV",
+}
+
+#: Environment variable naming the root that ``${TRAITS_DATA}`` in a spec path expands to.
+DATA_ROOT_ENV = "TRAITS_DATA"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_element(symbol: str) -> str:
+    from pymatgen.core.periodic_table import Element
+
+    if not isinstance(symbol, str) or not Element.is_valid_symbol(symbol):
+        raise ValueError(f"{symbol!r} is not a chemical element symbol (e.g. 'Fe', 'O')")
+    return symbol
+
+
+class GraphSpec(_Strict):
+    """How a crystal becomes a graph."""
+
+    cutoff: float = Field(8.0, gt=0, le=20, description="Neighbour cutoff radius in Å (periodic).")
+    max_neighbors: int = Field(12, ge=1, le=64, description="Nearest neighbours kept per atom.")
+    gaussian_step: float = Field(0.2, gt=0, description="Spacing (Å) of the Gaussian distance basis.")
+    gaussian_width: float | None = Field(
+        None, gt=0, description="Width (Å) of each Gaussian; defaults to the step, as in CGCNN."
+    )
+    pad_neighbors: bool = Field(
+        False,
+        description="Pad atoms with fewer than max_neighbors neighbours with dummy edges beyond the "
+        "cutoff, as the original CGCNN code does (needed to reproduce its checkpoints exactly).",
+    )
+    isolated_atoms: Literal["drop", "error"] = Field(
+        "drop",
+        description="What to do with a structure that has an atom with no neighbour within the cutoff: "
+        "drop it (counted and reported) or stop with an error.",
+    )
+
+
+class DataSpec(_Strict):
+    """Where the structures and targets come from."""
+
+    source: Literal["sample", "csv", "mp", "jarvis"] = Field(
+        description="Reader: 'sample' (the bundled Materials Project sample), 'csv' (a CIF column and "
+        "target columns), 'mp' (Materials Project JSON / JSON Lines), 'jarvis' (JARVIS-DFT JSON)."
+    )
+    path: Path | None = Field(None, description="Data file; not used for source 'sample'.")
+    target: str = Field(description="Target property: formation_energy_per_atom or band_gap.")
+    target_column: str | None = Field(
+        None, description="Column/field holding the target, when it differs from the source's default."
+    )
+    id_column: str | None = Field(None, description="Column/field holding the id (csv: default 'material_id').")
+    structure_column: str | None = Field(None, description="Column holding the CIF text (csv: default 'cif').")
+    subsample: int | None = Field(None, gt=0, description="Use at most this many structures (seeded).")
+    graph: GraphSpec = Field(default_factory=GraphSpec)
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        if value not in TARGET_UNITS:
+            raise ValueError(f"unknown target {value!r}; choose one of {sorted(TARGET_UNITS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataSpec:
+        if self.source != "sample" and self.path is None:
+            raise ValueError(f"source {self.source!r} needs a 'path' to the data file")
+        return self
+
+
+class SplitSpec(_Strict):
+    """Fractions of the in-distribution pool (every compound free of omitted elements)."""
+
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+    ood_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Only when nothing is omitted (a random-split baseline): the fraction held out as the "
+        "'OOD' set, drawn at random, so the baseline has a comparable second test set.",
+    )
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitSpec:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:.6g}")
+        return self
+
+
+class CGCNNHyper(_Strict):
+    """Hyper-parameters of the crystal graph convolutional network."""
+
+    atom_fea_len: int = Field(64, ge=1)
+    n_conv: int = Field(3, ge=1, le=12)
+    h_fea_len: int = Field(128, ge=1)
+    n_h: int = Field(1, ge=0, le=6)
+    batch_norm: bool = True
+    pooling: Literal["mean", "sum", "max"] = "mean"
+
+
+class TrainSpec(_Strict):
+    """How to train a model when no checkpoint is given."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    loss: Literal["mse", "mae", "huber"] = "mse"
+    patience: int = Field(10, ge=1, description="Early stopping: epochs without validation improvement.")
+    checkpoint_every: int = Field(1, ge=1, description="Save a resumable state every this many epochs.")
+
+
+ModelFormat = Literal["traits", "state-dict", "cgcnn-original"]
+
+
+class ModelSpec(_Strict):
+    """The model under audit: an architecture and either a checkpoint or how to train one."""
+
+    architecture: Literal["cgcnn", "cgcnn-original"] = "cgcnn"
+    hyper: CGCNNHyper = Field(default_factory=CGCNNHyper)
+    checkpoint: Path | None = Field(None, description="Weights to audit (safetensors + JSON sidecar, "
+                                    "a plain state dict, or an original CGCNN .pth.tar).")
+    format: ModelFormat = "traits"
+    train: TrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _checkpoint_or_train(self) -> ModelSpec:
+        if self.checkpoint is None and self.train is None:
+            raise ValueError("give either 'checkpoint' (weights to audit) or 'train' (how to train them)")
+        if self.format == "cgcnn-original" and self.architecture != "cgcnn-original":
+            raise ValueError("format 'cgcnn-original' needs architecture 'cgcnn-original'")
+        return self
+
+
+class HessianSpec(_Strict):
+    enabled: bool = True
+    backend: Literal["traits", "pyhessian"] = "traits"
+    top_k: int = Field(5, ge=1, le=50)
+    max_steps: int = Field(60, ge=2, description="Most Lanczos steps (HVPs) for the top eigenvalues.")
+    tol: float = Field(1e-3, gt=0, description="Relative residual at which a Ritz pair counts as converged.")
+    trace_hvps: int = Field(60, ge=3, description="HVP budget of each trace estimate.")
+    density_runs: int = Field(3, ge=1)
+    density_steps: int = Field(40, ge=2)
+    max_samples: int | None = Field(
+        512, gt=0, description="Subsample each split to at most this many structures for the Hessian."
+    )
+
+
+class SurfaceSpec(_Strict):
+    enabled: bool = True
+    span: float = Field(1.0, gt=0, description="Grid covers α, β in [-span, span] (filter-normalised units).")
+    points_1d: int = Field(41, ge=5, le=401)
+    points_2d: int = Field(21, ge=5, le=101)
+    directions_1d: int = Field(2, ge=1, le=32, description="Random directions for the 1D curves.")
+    two_d: bool = Field(True, description="Also compute the 2D surface.")
+    include_bias_and_norm: bool = Field(False, description="Perturb biases and normalisation layers too.")
+    tolerance: float = Field(0.1, gt=0, description="τ: the robust region keeps L ≤ (1+τ)·L(θ).")
+    sharpness_radius: float = Field(0.1, gt=0, description="ε of the sharpness metric.")
+    chunk_size: int | None = Field(None, ge=1, description="Grid points per pass (auto when empty).")
+    max_samples: int | None = Field(1024, gt=0, description="Subsample each split for the surfaces.")
+
+
+class ProbeSpec(_Strict):
+    loss: Literal["mse", "mae"] = Field("mse", description="Loss in physical units used by every probe.")
+    splits: list[Literal["train", "id", "ood"]] = Field(default_factory=lambda: ["id", "ood"])
+    hessian: HessianSpec = Field(default_factory=HessianSpec)
+    surface: SurfaceSpec = Field(default_factory=SurfaceSpec)
+
+    @field_validator("splits")
+    @classmethod
+    def _has_id_ood(cls, value: list[str]) -> list[str]:
+        if "id" not in value or "ood" not in value:
+            raise ValueError("probes.splits must include both 'id' and 'ood' (they are compared)")
+        return list(dict.fromkeys(value))
+
+
+class GateSpec(_Strict):
+    """Thresholds turning measurements into pass / warn / fail findings."""
+
+    max_mae_ratio: float = Field(2.0, gt=0, description="Fail when OOD MAE / ID MAE exceeds this.")
+    max_lambda_ratio: float = Field(3.0, gt=0, description="Warn when OOD λ_max / ID λ_max exceeds this.")
+    max_trace_ratio: float = Field(3.0, gt=0, description="Warn when OOD trace / ID trace exceeds this.")
+    min_radius_ratio: float = Field(0.5, gt=0, description="Fail when OOD/ID robust radius is below this.")
+    max_nan_fraction: float = Field(0.0, ge=0, le=1, description="Fail when more of a surface is NaN.")
+    fail_on: list[Literal["mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "nan_fraction"]] = Field(
+        default_factory=lambda: ["mae_ratio", "radius_ratio", "nan_fraction"],
+        description="Gates whose violation fails the audit; the others only warn.",
+    )
+
+
+class ReportSpec(_Strict):
+    formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html", "pdf"])
+    out_dir: Path = Path("traits-out")
+
+
+class AuditSpec(_Strict):
+    """A whole audit."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    data: DataSpec
+    omit: list[Annotated[str, Field()]] = Field(
+        default_factory=list,
+        description="Element symbols; a compound containing any of them is out of distribution. "
+        "Empty: a random-split baseline.",
+    )
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    model: ModelSpec
+    probes: ProbeSpec = Field(default_factory=ProbeSpec)
+    gates: GateSpec = Field(default_factory=GateSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @field_validator("omit")
+    @classmethod
+    def _elements(cls, value: list[str]) -> list[str]:
+        for symbol in value:
+            _check_element(symbol)
+        if len(set(value)) != len(value):
+            raise ValueError("omit lists an element twice")
+        return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _expand(path: Path, base: Path) -> Path:
+    text = str(path)
+    if "${" + DATA_ROOT_ENV + "}" in text:
+        root = os.environ.get(DATA_ROOT_ENV)
+        if not root:
+            raise SpecError(f"the spec uses ${{{DATA_ROOT_ENV}}} but the environment variable is not set")
+        text = text.replace("${" + DATA_ROOT_ENV + "}", root)
+    p = Path(os.path.expanduser(text))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid audit spec ({err.error_count()} problem{'s' * (err.error_count() > 1)})"]
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the audit spec; check the spelling)"
+        lines.append(f"  - {_format_location(e['loc'])}: {msg}")
+    return "\n".join(lines)
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc})") from exc
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: an audit spec must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(
+    path: str | Path,
+    *,
+    check_files: bool = True,
+    need_checkpoint: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> AuditSpec:
+    """Load and validate an audit spec; relative paths are resolved against the spec's directory.
+
+    ``overrides`` are dotted keys (e.g. ``{"data.subsample": 200}``) applied before validation.
+    """
+    path = Path(path)
+    raw = read_mapping(path)
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"{path}: cannot override {key}: {part} is not a mapping")
+        node[leaf] = value
+    return spec_from_mapping(
+        raw, source=str(path), base=path.parent, check_files=check_files, need_checkpoint=need_checkpoint
+    )
+
+
+def spec_from_mapping(
+    raw: dict[str, Any],
+    *,
+    source: str = "<spec>",
+    base: Path | None = None,
+    check_files: bool = True,
+    need_checkpoint: bool = True,
+) -> AuditSpec:
+    """Validate a mapping; with ``check_files`` the data file (and, with ``need_checkpoint``, a
+    checkpoint that is not to be trained) must exist."""
+    try:
+        spec = AuditSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+    base = Path(base or Path.cwd())
+    if spec.data.path is not None:
+        spec.data.path = _expand(spec.data.path, base)
+    if spec.model.checkpoint is not None:
+        spec.model.checkpoint = _expand(spec.model.checkpoint, base)
+    spec.report.out_dir = _expand(spec.report.out_dir, base)
+    if check_files:
+        problems = []
+        if spec.data.path is not None and not spec.data.path.is_file():
+            problems.append(f"  - data.path: no such file: {spec.data.path}")
+        ckpt = spec.model.checkpoint
+        if need_checkpoint and ckpt is not None and spec.model.train is None and not ckpt.is_file():
+            problems.append(f"  - model.checkpoint: no such file: {ckpt}")
+        if problems:
+            raise SpecError(f"{source}: invalid audit spec\n" + "\n".join(problems))
+    return spec
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON schema of an audit spec (for editors and validation in other tools)."""
+    schema = AuditSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "TRAITS audit spec"
+    return schema
