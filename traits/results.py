@@ -1,0 +1,190 @@
+"""The result of one audit: every number, schema-versioned, written atomically to ``results.json``.
+
+Reports and gates read only an :class:`AuditResult`, so a past audit can be re-rendered or re-gated
+without the model or the data. Non-finite losses (NaN, inf) are stored as ``null``: grids and curves
+therefore hold ``float | None``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from traits.errors import TraitsError
+from traits.files import write_text_atomic
+
+SCHEMA_VERSION = "1.0"
+SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
+
+Level = Literal["pass", "warn", "fail"]
+MaybeFloat = float | None
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
+
+
+class Provenance(_Result):
+    traits_version: str
+    versions: dict[str, str] = Field(default_factory=dict, description="python, torch, torch_geometric, ...")
+    platform: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    started_at: str = ""
+    wall_seconds: dict[str, float] = Field(default_factory=dict, description="per stage of the audit")
+    command: str = ""
+    spec_path: str = ""
+    checkpoint_path: str | None = None
+    checkpoint_sha256: str | None = None
+    checkpoint_format: str | None = None
+    checkpoint_metadata: dict[str, Any] = Field(default_factory=dict)
+    data_source: str = ""
+    data_hash: str = ""
+    manifest_hash: str = ""
+
+
+class SplitStats(_Result):
+    count: int
+    target_mean: MaybeFloat = None
+    target_std: MaybeFloat = None
+    target_min: MaybeFloat = None
+    target_max: MaybeFloat = None
+    with_omitted: dict[str, int] = Field(default_factory=dict)
+    n_elements: int = 0
+    elements_unseen_in_train: list[str] = Field(default_factory=list)
+
+
+class Accuracy(_Result):
+    n: int
+    mae: MaybeFloat
+    rmse: MaybeFloat
+    r2: MaybeFloat
+    ids: list[str] = Field(default_factory=list)
+    predictions: list[MaybeFloat] = Field(default_factory=list)
+    targets: list[float] = Field(default_factory=list)
+
+
+class TraceEstimate(_Result):
+    method: Literal["hutchinson", "hutch++"]
+    estimate: MaybeFloat
+    stderr: MaybeFloat
+    n_hvp: int
+
+
+class Density(_Result):
+    grid: list[float]
+    density: list[float]
+    nodes: list[list[float]] = Field(default_factory=list)
+    weights: list[list[float]] = Field(default_factory=list)
+
+
+class HessianResult(_Result):
+    backend: str
+    n_samples: int
+    loss: MaybeFloat
+    top_eigenvalues: list[float]
+    residuals: list[float] = Field(default_factory=list)
+    converged: bool = True
+    n_hvp: int = 0
+    lambda_min: MaybeFloat = None
+    traces: list[TraceEstimate] = Field(default_factory=list)
+    density: Density | None = None
+    seconds: float = 0.0
+
+
+class SurfaceResult(_Result):
+    """1D curves and 2D grids of the loss, all splits on the same directions."""
+
+    span: float
+    tolerance: float
+    include_bias_and_norm: bool = False
+    seed: int = 0
+    alphas_1d: list[float]
+    curves: dict[str, list[list[MaybeFloat]]] = Field(
+        default_factory=dict, description="split -> one curve per direction"
+    )
+    alphas_2d: list[float] = Field(default_factory=list)
+    grids: dict[str, list[list[MaybeFloat]]] = Field(default_factory=dict, description="split -> [α][β]")
+    n_samples: dict[str, int] = Field(default_factory=dict)
+    points_per_second: MaybeFloat = None
+    batched: bool = True
+
+
+class SplitMetrics(_Result):
+    loss: MaybeFloat = None
+    lambda_max: MaybeFloat = None
+    lambda_min: MaybeFloat = None
+    trace: MaybeFloat = None
+    trace_stderr: MaybeFloat = None
+    robust_radius: MaybeFloat = None
+    robust_radius_censored: bool = False
+    radius_per_direction: list[MaybeFloat] = Field(default_factory=list)
+    sharpness: MaybeFloat = None
+    basin_area: MaybeFloat = None
+    nan_fraction: MaybeFloat = None
+
+
+class Finding(_Result):
+    id: str
+    level: Level
+    statement: str
+    numbers: dict[str, MaybeFloat | str] = Field(default_factory=dict)
+
+
+class GateOutcome(_Result):
+    name: str
+    passed: bool
+    level: Level
+    value: MaybeFloat
+    threshold: float
+    comparison: Literal["<=", ">="]
+    statement: str
+
+
+class AuditResult(_Result):
+    schema_version: str = SCHEMA_VERSION
+    name: str
+    description: str = ""
+    spec: dict[str, Any]
+    provenance: Provenance
+    target: str
+    unit: str
+    omit: list[str]
+    loss: Literal["mse", "mae"] = "mse"
+    splits: dict[str, SplitStats]
+    skipped: dict[str, int] = Field(default_factory=dict)
+    accuracy: dict[str, Accuracy] = Field(default_factory=dict)
+    hessian: dict[str, HessianResult] = Field(default_factory=dict)
+    surface: SurfaceResult | None = None
+    metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
+    ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each metric")
+    findings: list[Finding] = Field(default_factory=list)
+    gates: list[GateOutcome] = Field(default_factory=list)
+    status: Level = "pass"
+
+    def write(self, path: Path) -> Path:
+        return write_text_atomic(path, self.model_dump_json(indent=1))
+
+
+def load_result(path: str | Path) -> AuditResult:
+    """Read a ``results.json``; errors say which file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraitsError(f"{path}: no such results file")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TraitsError(f"{path}: not a readable results file ({exc})") from exc
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version is None or str(version).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise TraitsError(f"{path}: results schema version {version!r}; this TRAITS reads {SCHEMA_VERSION}")
+    try:
+        return AuditResult.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TraitsError(f"{path}: invalid results file at {where}: {first['msg']}") from None
