@@ -1,0 +1,235 @@
+"""The loss of one data split as a pure function of the weights.
+
+``SplitObjective`` turns a model and a list of pre-collated batches into
+
+    L(theta) = (1/N) * sum_batches sum_i l(pred_i(theta) - y_i),   l = square ("mse") or abs ("mae"),
+
+with N the total number of samples, so batches of different sizes are weighted correctly. Every
+evaluation goes through :func:`torch.func.functional_call` with an explicit parameter dict, in eval
+mode (BatchNorm uses its running statistics), so probing never changes the model: its parameters,
+buffers, ``.grad`` fields and ``requires_grad`` flags are left as found, and its train/eval flags are
+restored after each call.
+
+Device and dtype are those of the model's parameters; nothing is moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from traits.errors import ProbeError
+
+LossKind = Literal["mse", "mae"]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule of ``model`` in eval mode for the duration, then restore each flag."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _default_target(batch: Any) -> torch.Tensor:
+    return batch.y
+
+
+class SplitObjective:
+    """Loss of ``model`` on ``batches`` as a function of its trainable parameters.
+
+    Attributes
+    ----------
+    names: trainable parameter names, in ``model.named_parameters()`` order (``requires_grad`` only).
+    params: name -> detached copy of the parameter at theta (the point being probed).
+    buffers: name -> copy of each buffer, passed unchanged to every evaluation.
+    n_samples: total number of targets over all batches (N).
+    dim: number of trainable scalars.
+    n_hvp: number of Hessian-vector products computed so far.
+    vmap_ok: ``None`` until ``loss_many`` first ran, then whether ``torch.func.vmap`` works for this
+        model; once it failed, ``loss_many`` loops over points (``vmap_error`` says why).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence,
+        loss: LossKind = "mse",
+        target_fn: Callable[[Any], torch.Tensor] = _default_target,
+    ) -> None:
+        if loss not in ("mse", "mae"):
+            raise ProbeError(f"unknown loss {loss!r}; use 'mse' or 'mae'")
+        self.model = model
+        self.batches = list(batches)
+        if not self.batches:
+            raise ProbeError("the objective needs at least one batch of data")
+        self.loss_kind: LossKind = loss
+
+        named = list(model.named_parameters())
+        self.names: list[str] = [name for name, p in named if p.requires_grad]
+        if not self.names:
+            raise ProbeError("the model has no trainable parameters (requires_grad=True) to probe")
+        self.params: dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in named if p.requires_grad}
+        self._frozen: dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in named if not p.requires_grad}
+        self.buffers: dict[str, torch.Tensor] = {name: b.detach().clone() for name, b in model.named_buffers()}
+        self._shapes = [self.params[n].shape for n in self.names]
+        self._sizes = [self.params[n].numel() for n in self.names]
+        self.dim = int(sum(self._sizes))
+        first = self.params[self.names[0]]
+        self.device: torch.device = first.device
+        self.dtype: torch.dtype = first.dtype
+
+        self.targets = [target_fn(b).detach() for b in self.batches]
+        self.n_samples = int(sum(t.numel() for t in self.targets))
+        if self.n_samples == 0:
+            raise ProbeError("the batches hold no targets (N = 0); the loss is undefined")
+
+        self.n_hvp = 0
+        self.vmap_ok: bool | None = None
+        self.vmap_error: str | None = None
+
+    # ------------------------------------------------------------------ flat <-> dict
+    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate ``params[name]`` over ``names`` into one flat vector."""
+        try:
+            return torch.cat([params[n].reshape(-1) for n in self.names])
+        except KeyError as exc:
+            raise ProbeError(f"parameter {exc.args[0]!r} missing from the dict to flatten") from None
+
+    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector of length ``dim`` into a name -> tensor dict (views into ``vec``)."""
+        if vec.dim() != 1 or vec.numel() != self.dim:
+            raise ProbeError(f"expected a flat vector of length {self.dim}, got shape {tuple(vec.shape)}")
+        pieces = torch.split(vec, self._sizes)
+        return {n: piece.view(shape) for n, piece, shape in zip(self.names, pieces, self._shapes)}
+
+    # ------------------------------------------------------------------ loss
+    def _full(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise ProbeError(f"parameter dict lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        full = dict(self._frozen)
+        full.update(self.buffers)
+        full.update({n: params[n] for n in self.names})
+        return full
+
+    def _batch_sum(self, full: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        """Sum of per-sample losses of batch ``i`` (not divided by N)."""
+        pred = functional_call(self.model, full, (self.batches[i],))
+        y = self.targets[i]
+        if pred.shape != y.shape:
+            if pred.numel() != y.numel():
+                raise ProbeError(f"model predictions have shape {tuple(pred.shape)} but targets {tuple(y.shape)}")
+            pred = pred.reshape(y.shape)
+        r = pred - y
+        return (r * r).sum() if self.loss_kind == "mse" else r.abs().sum()
+
+    def _total(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        full = self._full(params)
+        total = self._batch_sum(full, 0)
+        for i in range(1, len(self.batches)):
+            total = total + self._batch_sum(full, i)
+        return total / self.n_samples
+
+    def loss(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """L at ``params`` (default theta) as a 0-d tensor without grad; NaN/inf are returned as is."""
+        with torch.no_grad(), eval_mode(self.model):
+            return self._total(self.params if params is None else params)
+
+    def loss_many(self, param_sets: dict[str, torch.Tensor], chunk_size: int | None = None) -> torch.Tensor:
+        """L at P weight sets, stacked along dim 0 of each ``param_sets[name]``; returns Tensor[P].
+
+        Points are evaluated ``chunk_size`` at a time (default: all at once) with ``torch.func.vmap``;
+        if vmap fails for this model the failure is remembered and every later call loops over points.
+        """
+        missing = [n for n in self.names if n not in param_sets]
+        if missing:
+            raise ProbeError(f"stacked parameter dict lacks {missing[:3]}")
+        sizes = {param_sets[n].shape[0] for n in self.names}
+        if len(sizes) != 1:
+            raise ProbeError(f"stacked parameters disagree on the number of points: {sorted(sizes)}")
+        n_points = sizes.pop()
+        if chunk_size is not None and chunk_size < 1:
+            raise ProbeError(f"chunk_size must be >= 1, got {chunk_size}")
+        step = n_points if chunk_size is None else chunk_size
+        out = torch.empty(n_points, dtype=self.dtype, device=self.device)
+        with torch.no_grad(), eval_mode(self.model):
+            for start in range(0, n_points, max(step, 1)):
+                chunk = {n: param_sets[n][start : start + step] for n in self.names}
+                out[start : start + step] = self._chunk_losses(chunk)
+        return out
+
+    def _chunk_losses(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.vmap_ok is not False:
+            try:
+                values = vmap(self._total, randomness="error")(chunk)
+                self.vmap_ok = True
+                return values
+            except Exception as exc:  # noqa: BLE001 - any vmap failure means: loop instead
+                self.vmap_ok = False
+                self.vmap_error = f"{type(exc).__name__}: {exc}"
+        n_points = next(iter(chunk.values())).shape[0]
+        return torch.stack([self._total({n: t[j] for n, t in chunk.items()}) for j in range(n_points)])
+
+    # ------------------------------------------------------------------ derivatives
+    def _leaves(self) -> dict[str, torch.Tensor]:
+        return {n: self.params[n].detach().requires_grad_(True) for n in self.names}
+
+    def gradient(self) -> torch.Tensor:
+        """Flat gradient of L at theta (accumulated batch by batch)."""
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        with torch.enable_grad(), eval_mode(self.model):
+            leaves = self._leaves()
+            inputs = [leaves[n] for n in self.names]
+            full = self._full(leaves)
+            for i in range(len(self.batches)):
+                value = self._batch_sum(full, i) / self.n_samples
+                if not value.requires_grad:
+                    continue
+                grads = torch.autograd.grad(value, inputs, allow_unused=True)
+                out += self._flat_or_zero(grads)
+        return out
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """Hessian-vector product H(theta) @ v by double backward, accumulated over batches."""
+        if v.dim() != 1 or v.numel() != self.dim:
+            raise ProbeError(f"hvp expects a flat vector of length {self.dim}, got shape {tuple(v.shape)}")
+        vd = self.unflatten(v.detach().to(device=self.device, dtype=self.dtype))
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        with torch.enable_grad(), eval_mode(self.model):
+            leaves = self._leaves()
+            inputs = [leaves[n] for n in self.names]
+            full = self._full(leaves)
+            for i in range(len(self.batches)):
+                value = self._batch_sum(full, i) / self.n_samples
+                if not value.requires_grad:
+                    continue
+                grads = torch.autograd.grad(value, inputs, create_graph=True, allow_unused=True)
+                dot = None
+                for name, g in zip(self.names, grads):
+                    if g is None or not g.requires_grad:
+                        continue  # this block of the gradient is constant: its Hessian rows are zero
+                    term = (g * vd[name]).sum()
+                    dot = term if dot is None else dot + term
+                if dot is None:
+                    continue
+                hv = torch.autograd.grad(dot, inputs, allow_unused=True)
+                out += self._flat_or_zero(hv)
+        self.n_hvp += 1
+        return out
+
+    def _flat_or_zero(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        parts = [
+            (torch.zeros(size, dtype=self.dtype, device=self.device) if g is None else g.reshape(-1))
+            for g, size in zip(grads, self._sizes)
+        ]
+        return torch.cat(parts).detach()
