@@ -1,0 +1,24 @@
+"""Models under audit: the architecture registry, checkpoints, inference."""
+
+from traits.models.cgcnn import CGCNN, GraphRegressor
+from traits.models.cgcnn_original import ORIGINAL_GRAPH, CGCNNOriginal, load_cgcnn_original
+from traits.models.checkpoint import load_checkpoint, save_checkpoint
+from traits.models.inference import accuracy, embed, predict, predict_structures
+from traits.models.registry import ARCHITECTURES, architecture_of, build_model
+
+__all__ = [
+    "ARCHITECTURES",
+    "CGCNN",
+    "CGCNNOriginal",
+    "GraphRegressor",
+    "ORIGINAL_GRAPH",
+    "accuracy",
+    "architecture_of",
+    "build_model",
+    "embed",
+    "load_cgcnn_original",
+    "load_checkpoint",
+    "predict",
+    "predict_structures",
+    "save_checkpoint",
+]

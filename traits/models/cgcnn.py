@@ -1,0 +1,161 @@
+"""The crystal graph convolutional network (CGCNN, Xie & Grossman, PRL 120, 145301, 2018) on
+torch_geometric layers, and :class:`GraphRegressor`, the interface every TRAITS model offers.
+
+Architecture ``cgcnn``::
+
+    h_i^0   = W_e x_i + b_e                                   (92 -> atom_fea_len)
+    h_i^t+1 = softplus(CGConv(h^t, e)_i)                       (n_conv times)
+    CGConv  : h_i + BN( Σ_j σ(W_f z_ij + b_f) ⊙ softplus(W_s z_ij + b_s) ),  z_ij = [h_i, h_j, e_ij]
+    c       = pool_i(h_i^T)                                    (mean | sum | max over the atoms of a crystal)
+    c       = softplus(W c + b)                                (atom_fea_len -> h_fea_len, then n_h - 1 more)
+    ŷ       = (w_o · c + b_o) · σ_y + μ_y                      (de-normalised with the training-split μ_y, σ_y)
+
+Predictions are in physical units; the normaliser (μ_y, σ_y) lives in non-persistent buffers that
+a checkpoint's metadata sets at load time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+#: Module types whose parameters count as normalisation parameters (excluded from probe directions).
+_NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _norm_types() -> tuple[type, ...]:
+    try:
+        from torch_geometric.nn import norm as pyg_norm
+
+        extra = tuple(
+            getattr(pyg_norm, name)
+            for name in ("BatchNorm", "LayerNorm", "GraphNorm", "InstanceNorm")
+            if hasattr(pyg_norm, name)
+        )
+    except ImportError:  # pragma: no cover - torch_geometric is a dependency
+        extra = ()
+    return _NORM_TYPES + extra
+
+
+def graph_index(batch) -> tuple[Tensor, int]:
+    """The atom -> crystal index of a Batch (or of a single Data) and the number of crystals.
+
+    Uses the Batch's Python-side ``num_graphs`` so no device sync (``.item()``) happens in forward.
+    """
+    index = getattr(batch, "batch", None)
+    if index is None:
+        return torch.zeros(batch.x.size(0), dtype=torch.long, device=batch.x.device), 1
+    size = getattr(batch, "num_graphs", None)
+    if size is None:  # pragma: no cover - a Batch always has num_graphs
+        size = int(index.max()) + 1
+    return index, int(size)
+
+
+class GraphRegressor(nn.Module):
+    """Base class of TRAITS models: a graph network with a scalar head and a target normaliser.
+
+    Subclasses implement :meth:`embed` (the pooled crystal vector before the output head) and
+    define ``self.fc_out``. ``forward`` returns predictions in physical units.
+    """
+
+    architecture: str = ""
+
+    def __init__(self, hyper: dict, node_dim: int, edge_dim: int):
+        super().__init__()
+        self.hyper = dict(hyper)
+        self.node_dim = int(node_dim)
+        self.edge_dim = int(edge_dim)
+        self.register_buffer("target_mean", torch.tensor(0.0), persistent=False)
+        self.register_buffer("target_std", torch.tensor(1.0), persistent=False)
+
+    # -- normaliser -------------------------------------------------------------------------
+    def set_target_normalizer(self, mean: float, std: float) -> None:
+        """Set the training-split mean and std of the target (physical units)."""
+        mean, std = float(mean), float(std)
+        if not (std > 0 and torch.isfinite(torch.tensor([mean, std])).all()):
+            raise ValueError(f"invalid target normaliser mean={mean}, std={std}")
+        with torch.no_grad():
+            self.target_mean.fill_(mean)
+            self.target_std.fill_(std)
+
+    def target_normalizer(self) -> tuple[float, float]:
+        return float(self.target_mean), float(self.target_std)
+
+    # -- forward ----------------------------------------------------------------------------
+    def embed(self, batch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_normalized(self, batch) -> Tensor:
+        """(B,) predictions in normalised units (what the training loss sees)."""
+        return self.fc_out(self.embed(batch)).squeeze(-1)
+
+    def forward(self, batch) -> Tensor:
+        """(B,) predictions in physical units."""
+        return self.predict_normalized(batch) * self.target_std + self.target_mean
+
+    def normalization_parameter_names(self) -> set[str]:
+        """Names (as in ``named_parameters``) of batch-norm / normalisation parameters."""
+        types = _norm_types()
+        names: set[str] = set()
+        for prefix, module in self.named_modules():
+            if isinstance(module, types):
+                for pname, _ in module.named_parameters(recurse=True):
+                    names.add(f"{prefix}.{pname}" if prefix else pname)
+        return names
+
+    def _inputs(self, batch) -> tuple[Tensor, Tensor]:
+        dtype = self.embedding.weight.dtype
+        return batch.x.to(dtype), batch.edge_attr.to(dtype)
+
+
+_POOLS = ("mean", "sum", "max")
+
+
+class CGCNN(GraphRegressor):
+    """CGCNN on ``torch_geometric.nn.CGConv`` layers (architecture name ``cgcnn``)."""
+
+    architecture = "cgcnn"
+
+    def __init__(
+        self,
+        atom_fea_len: int = 64,
+        n_conv: int = 3,
+        h_fea_len: int = 128,
+        n_h: int = 1,
+        batch_norm: bool = True,
+        pooling: str = "mean",
+        node_dim: int = 92,
+        edge_dim: int = 41,
+    ):
+        from torch_geometric.nn import CGConv
+
+        if pooling not in _POOLS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(_POOLS)}")
+        hyper = dict(
+            atom_fea_len=atom_fea_len, n_conv=n_conv, h_fea_len=h_fea_len, n_h=n_h,
+            batch_norm=bool(batch_norm), pooling=pooling,
+        )
+        super().__init__(hyper, node_dim, edge_dim)
+        self.pooling = pooling
+        self.embedding = nn.Linear(node_dim, atom_fea_len)
+        self.convs = nn.ModuleList(
+            CGConv(atom_fea_len, dim=edge_dim, aggr="add", batch_norm=bool(batch_norm)) for _ in range(n_conv)
+        )
+        widths = [atom_fea_len] + [h_fea_len] * n_h
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.fc_out = nn.Linear(widths[-1], 1)
+
+    def embed(self, batch) -> Tensor:
+        from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+
+        x, edge_attr = self._inputs(batch)
+        h = self.embedding(x)
+        for conv in self.convs:
+            h = F.softplus(conv(h, batch.edge_index, edge_attr))
+        index, size = graph_index(batch)
+        pool = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}[self.pooling]
+        c = pool(h, index, size)
+        for fc in self.fcs:
+            c = F.softplus(fc(c))
+        return c

@@ -1,0 +1,171 @@
+"""The network of the original CGCNN code (txie-93/cgcnn), reproduced layer for layer so its published
+checkpoints load with identical state-dict keys and give identical predictions.
+
+Architecture ``cgcnn-original``. Per edge j -> i, with z_ij = [h_i, h_j, e_ij]::
+
+    g_ij        = BN1(W_full z_ij + b_full)               (batch norm over edges, 2F channels)
+    f, s        = split(g_ij)                             (filter and core halves)
+    m_i         = BN2( Σ_j sigmoid(f) ⊙ softplus(s) )
+    h_i'        = softplus(h_i + m_i)
+
+and after ``n_conv`` such layers::
+
+    c = softplus(conv_to_fc(softplus(mean_i h_i)))         (the original applies softplus twice here)
+    c = softplus(fcs[k](c))                                (n_h - 1 hidden layers, only when n_h > 1)
+    ŷ = fc_out(c) · σ_y + μ_y
+
+The original applies BN1 to the (N·M, 2F) neighbour tensor; with graphs padded to exactly M edges
+per atom (``ORIGINAL_GRAPH``) that is batch norm over the edges, and in eval mode only the running
+statistics matter. Note the softplus *before* ``conv_to_fc``: it is in the original code (and the
+checkpoints were trained with it), although descriptions of the model usually leave it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from traits.errors import CheckpointError, SpecError
+from traits.models.cgcnn import GraphRegressor, graph_index
+
+#: Graph settings the original checkpoints need (pass as ``GraphSpec(**ORIGINAL_GRAPH)``).
+ORIGINAL_GRAPH: dict = {"cutoff": 8.0, "max_neighbors": 12, "gaussian_step": 0.2, "pad_neighbors": True}
+
+#: Targets of the original training runs, read from ``args["data_options"][-1]``.
+_KNOWN_TARGETS = ("formation_energy_per_atom", "band_gap")
+
+
+class OriginalConv(nn.Module):
+    """One convolution of the original code (state-dict keys ``fc_full``, ``bn1``, ``bn2``)."""
+
+    def __init__(self, atom_fea_len: int, edge_dim: int):
+        super().__init__()
+        self.atom_fea_len = atom_fea_len
+        self.fc_full = nn.Linear(2 * atom_fea_len + edge_dim, 2 * atom_fea_len)
+        self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
+        self.bn2 = nn.BatchNorm1d(atom_fea_len)
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        from torch_geometric.utils import scatter
+
+        neighbour, centre = edge_index[0], edge_index[1]
+        z = torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), edge_attr], dim=1)
+        gated = self.bn1(self.fc_full(z))
+        filt, core = gated.chunk(2, dim=1)
+        message = torch.sigmoid(filt) * F.softplus(core)
+        summed = scatter(message, centre, dim=0, dim_size=h.size(0), reduce="sum")
+        return F.softplus(h + self.bn2(summed))
+
+
+class CGCNNOriginal(GraphRegressor):
+    """The original CGCNN network (architecture name ``cgcnn-original``)."""
+
+    architecture = "cgcnn-original"
+
+    def __init__(
+        self,
+        atom_fea_len: int = 64,
+        n_conv: int = 3,
+        h_fea_len: int = 128,
+        n_h: int = 1,
+        batch_norm: bool = True,
+        pooling: str = "mean",
+        node_dim: int = 92,
+        edge_dim: int = 41,
+    ):
+        if not batch_norm or pooling != "mean":
+            raise SpecError(
+                "architecture 'cgcnn-original' always uses batch norm and mean pooling; "
+                "set model.hyper.batch_norm: true and model.hyper.pooling: mean (or use architecture 'cgcnn')"
+            )
+        if n_h < 1:
+            raise SpecError("architecture 'cgcnn-original' needs model.hyper.n_h >= 1 (conv_to_fc is always there)")
+        hyper = dict(atom_fea_len=atom_fea_len, n_conv=n_conv, h_fea_len=h_fea_len, n_h=n_h)
+        super().__init__(hyper, node_dim, edge_dim)
+        self.embedding = nn.Linear(node_dim, atom_fea_len)
+        self.convs = nn.ModuleList(OriginalConv(atom_fea_len, edge_dim) for _ in range(n_conv))
+        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+        if n_h > 1:
+            self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
+        self.fc_out = nn.Linear(h_fea_len, 1)
+
+    def embed(self, batch) -> Tensor:
+        from torch_geometric.nn import global_mean_pool
+
+        x, edge_attr = self._inputs(batch)
+        h = self.embedding(x)
+        for conv in self.convs:
+            h = conv(h, batch.edge_index, edge_attr)
+        index, size = graph_index(batch)
+        c = global_mean_pool(h, index, size)
+        c = F.softplus(self.conv_to_fc(F.softplus(c)))
+        for fc in getattr(self, "fcs", ()):
+            c = F.softplus(fc(c))
+        return c
+
+
+def _plain(value):
+    """Checkpoint values as JSON-friendly Python values."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_cgcnn_original(path: Path, device: torch.device) -> tuple[CGCNNOriginal, dict]:
+    """Load an original CGCNN ``.pth.tar`` checkpoint (``weights_only``; no code from the file runs).
+
+    Returns the model in eval mode on ``device`` with its normaliser set, and metadata: ``args`` (the
+    training arguments as a dict), ``epoch``, ``best_mae_error``, ``target`` (when recognisable),
+    ``target_mean``, ``target_std``, ``hyper``, ``architecture`` and the ``graph`` settings it needs.
+    """
+    from traits.models.checkpoint import load_weights, safe_torch_load
+
+    path = Path(path)
+    raw = safe_torch_load(path, extra_globals=[argparse.Namespace])
+    if not isinstance(raw, dict) or not {"state_dict", "normalizer", "args"} <= set(raw):
+        keys = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(
+            f"{path}: not an original CGCNN checkpoint (expected a dict with 'state_dict', 'normalizer' "
+            f"and 'args'; found {keys}). For a plain state dict use format 'state-dict'."
+        )
+    args = raw["args"]
+    args = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+    state = raw["state_dict"]
+    try:
+        hyper = {k: int(args[k]) for k in ("atom_fea_len", "n_conv", "h_fea_len", "n_h")}
+        node_dim = int(state["embedding.weight"].shape[1])
+        edge_dim = int(state["convs.0.fc_full.weight"].shape[1]) - 2 * hyper["atom_fea_len"]
+        mean, std = float(raw["normalizer"]["mean"]), float(raw["normalizer"]["std"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: incomplete original CGCNN checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise CheckpointError(f"{path}: invalid normalizer mean={mean}, std={std}")
+    model = CGCNNOriginal(**hyper, node_dim=node_dim, edge_dim=edge_dim)
+    load_weights(model, state, path)
+    model.set_target_normalizer(mean, std)
+    model.to(device).eval()
+    options = args.get("data_options") or []
+    target = options[-1] if options and options[-1] in _KNOWN_TARGETS else None
+    best = raw.get("best_mae_error")
+    metadata = {
+        "format": "cgcnn-original",
+        "architecture": CGCNNOriginal.architecture,
+        "hyper": dict(model.hyper),
+        "graph": dict(ORIGINAL_GRAPH),
+        "target": target,
+        "target_mean": mean,
+        "target_std": std,
+        "args": _plain(args),
+        "epoch": int(raw["epoch"]) if raw.get("epoch") is not None else None,
+        "best_mae_error": float(best) if best is not None else None,
+    }
+    return model, metadata

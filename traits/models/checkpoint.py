@@ -1,0 +1,409 @@
+"""Saving and loading model checkpoints, safely.
+
+Formats:
+
+- ``traits``: ``model.safetensors`` (the state dict; safetensors cannot carry code) beside a JSON sidecar
+  ``model.json`` with the architecture, hyper-parameters, graph settings, target and its normaliser,
+  split/data hashes, seed, package versions, training metrics and the sha256 of the weights file.
+- ``state-dict``: a plain PyTorch state dict (``torch.save(model.state_dict())``); the architecture and
+  hyper-parameters come from the spec, the target normaliser from an optional JSON sidecar or arguments.
+- ``cgcnn-original``: a checkpoint of the original CGCNN code (see :mod:`traits.models.cgcnn_original`).
+
+Pickled files are only ever read with ``torch.load(weights_only=True)``: a file that asks to import
+anything beyond tensors and plain containers is refused before any of its code can run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+import re
+from collections.abc import Iterable, Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from traits.errors import CheckpointError
+from traits.files import write_bytes_atomic, write_json_atomic
+from traits.models.registry import architecture_of, build_model
+
+#: Version of the ``traits`` sidecar layout; bumped on incompatible changes.
+FORMAT_VERSION = 1
+
+#: Graph settings that must agree between a checkpoint and the graphs it is evaluated on.
+GRAPH_KEYS = ("cutoff", "max_neighbors", "gaussian_step", "gaussian_width", "pad_neighbors")
+
+FORMATS = ("traits", "state-dict", "cgcnn-original")
+
+
+# ----------------------------------------------------------------------------------------------
+# Low-level helpers
+
+
+def _shape(t) -> tuple:
+    return tuple(getattr(t, "shape", ()))
+
+
+def _short_list(names: Iterable[str], limit: int = 6) -> str:
+    names = list(names)
+    text = ", ".join(repr(n) for n in names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def safe_torch_load(path: Path, extra_globals: Iterable = ()) -> object:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with CheckpointErrors a user can act on.
+
+    Only tensors, plain containers and the classes in ``extra_globals`` may be unpickled; a file that
+    names any other global (a class or function, e.g. one whose ``__reduce__`` would run code) is
+    refused without executing it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(list(extra_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: the file tries to load the non-allowed global {found.group(1)!r}. TRAITS loads "
+                "pickled checkpoints with weights_only=True and never runs code from a file; a checkpoint that "
+                "needs more than tensors and plain containers may contain malicious code. Re-save the weights as "
+                "a plain state dict (torch.save(model.state_dict(), path)) or as safetensors from a trusted "
+                "environment."
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = detail.group(1).strip() if detail else text.splitlines()[0]
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint, or one using pickle features that weights-only loading "
+            f"refuses ({detail[:200]})"
+        ) from None
+    except Exception as exc:  # torch raises RuntimeError / EOFError / KeyError / ... for damaged files
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint, cannot be read ({type(exc).__name__}: {first})"
+        ) from None
+
+
+def load_weights(model: nn.Module, state: Mapping, source) -> None:
+    """Load ``state`` into ``model`` strictly, with a CheckpointError naming what does not fit."""
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{source}: not a state dict (a mapping of parameter names to tensors)")
+    expected = model.state_dict()
+    state = dict(state)
+    # Files from older PyTorch versions have no BatchNorm step counters; they do not affect outputs.
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key].clone()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
+    if missing or unexpected or mismatched:
+        arch = getattr(model, "architecture", type(model).__name__)
+        problems = []
+        if mismatched:
+            k = mismatched[0]
+            problems.append(
+                f"parameter {k!r} has shape {_shape(state[k])} in the checkpoint but {_shape(expected[k])} "
+                "in the model" + (f" ({len(mismatched) - 1} more mismatched)" if len(mismatched) > 1 else "")
+            )
+        if missing:
+            problems.append(f"missing keys: {_short_list(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_short_list(unexpected)}")
+        raise CheckpointError(
+            f"{source}: the weights do not fit a {arch!r} model with hyper-parameters "
+            f"{getattr(model, 'hyper', {})}: " + "; ".join(problems)
+            + ". Check model.architecture and model.hyper against the checkpoint."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _versions() -> dict[str, str]:
+    import torch_geometric
+
+    import traits
+
+    out = {"traits": traits.__version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__}
+    try:
+        out["pymatgen"] = importlib_metadata.version("pymatgen")
+    except importlib_metadata.PackageNotFoundError:  # pragma: no cover
+        out["pymatgen"] = "unknown"
+    return out
+
+
+def _graph_dict(graph) -> dict | None:
+    if graph is None:
+        return None
+    return graph.model_dump() if hasattr(graph, "model_dump") else dict(graph)
+
+
+def _full_graph(graph) -> dict | None:
+    """Graph settings with every default filled in (validated as a GraphSpec)."""
+    from pydantic import ValidationError
+
+    from traits.spec import GraphSpec
+
+    if graph is None:
+        return None
+    try:
+        return GraphSpec.model_validate(_graph_dict(graph)).model_dump()
+    except ValidationError as exc:
+        raise CheckpointError(f"invalid graph settings for the checkpoint metadata: {exc}") from None
+
+
+def sidecar_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Save
+
+
+def save_checkpoint(model: nn.Module, path: Path, metadata: dict) -> Path:
+    """Write ``model`` to ``path`` (safetensors) and its JSON sidecar ``path.with_suffix('.json')``.
+
+    ``metadata`` supplies what the model itself does not know: ``graph`` (settings dict or GraphSpec),
+    ``target``, ``unit``, ``omit``, ``manifest_hash``, ``data_hash``, ``seed``, ``metrics`` and any extra
+    JSON-serialisable keys. Architecture, hyper-parameters, the target normaliser, package versions and
+    the weights' sha256 are filled in here. Both files are written atomically. Returns ``path``.
+    """
+    from safetensors.torch import save as safetensors_save
+
+    from traits.spec import TARGET_UNITS
+
+    path = Path(path)
+    if path.suffix == ".json":
+        raise CheckpointError(f"{path}: a checkpoint's weights file cannot end in .json (that is the sidecar)")
+    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    blob = safetensors_save(state, metadata={"format": "traits", "traits_checkpoint": str(FORMAT_VERSION)})
+    mean, std = model.target_normalizer()
+    meta = dict(metadata)
+    target = meta.get("target")
+    sidecar = {
+        "traits_checkpoint": FORMAT_VERSION,
+        "architecture": architecture_of(model),
+        "hyper": dict(model.hyper),
+        "node_dim": model.node_dim,
+        "edge_dim": model.edge_dim,
+        "graph": _full_graph(meta.pop("graph", None)),
+        "target": target,
+        "unit": meta.pop("unit", TARGET_UNITS.get(target)),
+        "target_mean": mean,
+        "target_std": std,
+        "omit": list(meta.pop("omit", [])),
+        "manifest_hash": meta.pop("manifest_hash", None),
+        "data_hash": meta.pop("data_hash", None),
+        "seed": meta.pop("seed", None),
+        "versions": _versions(),
+        "metrics": meta.pop("metrics", {}),
+        "weights_file": path.name,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    meta.pop("target", None)
+    for key, value in meta.items():
+        sidecar.setdefault(key, value)
+    write_bytes_atomic(path, blob)
+    write_json_atomic(sidecar_path(path), sidecar)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Load
+
+
+def _read_sidecar(path: Path, required: bool) -> dict | None:
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        if required:
+            raise CheckpointError(
+                f"{path}: its metadata sidecar {sidecar.name} is missing (TRAITS writes it beside the weights; "
+                "it holds the architecture, hyper-parameters and target normaliser). Copy it along with the "
+                "weights, or load a plain state dict with model.format: state-dict."
+            )
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{sidecar}: checkpoint metadata must be a JSON object")
+    return meta
+
+
+def _check_target(path: Path, have: str | None, want: str | None) -> None:
+    if want is not None and have is not None and have != want:
+        raise CheckpointError(
+            f"{path}: the checkpoint predicts {have!r} but the spec's data.target is {want!r}; "
+            "audit it on the target it was trained for"
+        )
+
+
+def _check_graph(path: Path, have: dict | None, want) -> None:
+    want = _graph_dict(want)
+    if want is None or have is None:
+        return
+
+    def norm(g: dict, key: str):
+        if key == "gaussian_width":
+            return g.get("gaussian_width") or g.get("gaussian_step")
+        return g.get(key, {"pad_neighbors": False}.get(key))
+
+    diffs = [
+        f"{k}: checkpoint {norm(have, k)!r}, spec {norm(want, k)!r}"
+        for k in GRAPH_KEYS
+        if norm(have, k) != norm(want, k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{path}: the checkpoint was trained on graphs built with other settings ({'; '.join(diffs)}); "
+            "set data.graph to match the checkpoint"
+        )
+
+
+def _normalizer(path: Path, meta: dict | None, normalizer) -> tuple[float, float]:
+    if normalizer is not None:
+        mean, std = (float(v) for v in normalizer)
+    elif meta is not None and "target_mean" in meta and "target_std" in meta:
+        mean, std = float(meta["target_mean"]), float(meta["target_std"])
+    else:
+        raise CheckpointError(
+            f"{path}: no target normaliser: write {sidecar_path(path).name} beside it with "
+            '{"target_mean": ..., "target_std": ...} (the training-split mean and std of the target; '
+            "use 0 and 1 if the network predicts physical units directly)"
+        )
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise CheckpointError(f"{path}: invalid target normaliser mean={mean}, std={std}")
+    return mean, std
+
+
+def _infer_dims(architecture: str, hyper: dict, state: Mapping) -> tuple[int, int]:
+    """(node_dim, edge_dim) from a state dict's first layers, defaulting to CGCNN's 92 and 41."""
+    node_dim, edge_dim = 92, 41
+    width = int(hyper.get("atom_fea_len", 64))
+    emb = state.get("embedding.weight")
+    if isinstance(emb, torch.Tensor) and emb.dim() == 2:
+        node_dim = int(emb.shape[1])
+    key = "convs.0.fc_full.weight" if architecture == "cgcnn-original" else "convs.0.lin_f.weight"
+    w = state.get(key)
+    if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[1] > 2 * width:
+        edge_dim = int(w.shape[1]) - 2 * width
+    return node_dim, edge_dim
+
+
+def load_checkpoint(
+    path: Path,
+    fmt: str = "traits",
+    *,
+    architecture: str | None = None,
+    hyper=None,
+    target: str | None = None,
+    graph=None,
+    normalizer: tuple[float, float] | None = None,
+    device: torch.device,
+) -> tuple[nn.Module, dict]:
+    """Load a checkpoint as a model in eval mode on ``device``, plus its metadata dict.
+
+    - ``traits``: architecture and hyper-parameters come from the sidecar (``hyper`` is ignored); a
+      different ``architecture`` argument is an error. The weights' sha256 is verified.
+    - ``state-dict``: ``architecture`` and ``hyper`` (the spec's) are required; the normaliser comes from
+      ``normalizer`` or a sidecar JSON with ``target_mean``/``target_std``.
+    - ``cgcnn-original``: see :func:`traits.models.cgcnn_original.load_cgcnn_original`.
+
+    ``target`` (the spec's target) and ``graph`` (the spec's graph settings), when given, are checked
+    against what the checkpoint records. Every problem raises a CheckpointError.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+
+    if fmt == "cgcnn-original":
+        from traits.models.cgcnn_original import load_cgcnn_original
+
+        if architecture not in (None, "cgcnn-original"):
+            raise CheckpointError(f"{path}: format 'cgcnn-original' needs architecture 'cgcnn-original'")
+        model, meta = load_cgcnn_original(path, device)
+        _check_target(path, meta.get("target"), target)
+        _check_graph(path, meta["graph"], graph)
+        return model, meta
+
+    if fmt == "traits":
+        from safetensors.torch import load as safetensors_load
+
+        meta = _read_sidecar(path, required=True)
+        version = meta.get("traits_checkpoint")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{sidecar_path(path)}: not a TRAITS checkpoint sidecar of a known version "
+                f"(traits_checkpoint={version!r}; this TRAITS reads up to {FORMAT_VERSION})"
+            )
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
+        recorded = meta.get("weights_sha256")
+        if recorded and hashlib.sha256(blob).hexdigest() != recorded:
+            raise CheckpointError(
+                f"{path}: truncated or corrupt checkpoint: its sha256 does not match the one recorded in "
+                f"{sidecar_path(path).name} (the file was damaged or replaced after it was saved)"
+            )
+        try:
+            state = safetensors_load(blob)
+        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+            raise CheckpointError(
+                f"{path}: truncated or corrupt safetensors file ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
+        arch = meta.get("architecture")
+        if architecture is not None and arch != architecture:
+            raise CheckpointError(
+                f"{path}: the checkpoint holds a {arch!r} model but the spec says model.architecture: "
+                f"{architecture!r}"
+            )
+        _check_target(path, meta.get("target"), target)
+        _check_graph(path, meta.get("graph"), graph)
+        try:
+            model = build_model(arch, meta.get("hyper") or {}, int(meta.get("node_dim", 92)),
+                                int(meta.get("edge_dim", 41)))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{sidecar_path(path)}: invalid hyper-parameters ({exc})") from None
+        load_weights(model, state, path)
+        model.set_target_normalizer(*_normalizer(path, meta, normalizer))
+        meta = {**meta, "format": "traits"}
+        return model.to(device).eval(), meta
+
+    # fmt == "state-dict"
+    raw = safe_torch_load(path)
+    state = raw
+    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        state = raw["state_dict"]
+    if architecture is None:
+        raise CheckpointError(f"{path}: format 'state-dict' needs model.architecture and model.hyper in the spec")
+    meta = _read_sidecar(path, required=False) or {}
+    _check_target(path, meta.get("target"), target)
+    _check_graph(path, meta.get("graph"), graph)
+    hyper_dict = hyper.model_dump() if hasattr(hyper, "model_dump") else dict(hyper or {})
+    node_dim, edge_dim = _infer_dims(architecture, hyper_dict, state if isinstance(state, Mapping) else {})
+    model = build_model(architecture, hyper_dict, node_dim, edge_dim)
+    load_weights(model, state, path)
+    mean, std = _normalizer(path, meta, normalizer)
+    model.set_target_normalizer(mean, std)
+    out = {
+        **meta,
+        "format": "state-dict",
+        "architecture": architecture,
+        "hyper": dict(model.hyper),
+        "target": meta.get("target", target),
+        "target_mean": mean,
+        "target_std": std,
+    }
+    return model.to(device).eval(), out
