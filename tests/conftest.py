@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MP_FILE = SHARED / "data" / "mp_mtcgcnn" / "mp_36738.jsonl.gz"
 PEROV_FILE = SHARED / "data" / "perov5" / "perov5.csv.gz"
 CGCNN_DIR = SHARED / "models" / "cgcnn"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run fastest single-threaded (no thread contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True, scope="session")

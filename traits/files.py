@@ -35,6 +35,9 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc

@@ -1,0 +1,436 @@
+"""Figures of a report: plain numbers in, matplotlib ``Figure`` out.
+
+Every function takes plain data (lists, dicts, floats) read from an :class:`~traits.results.AuditResult`
+and returns a Figure drawn under :func:`style` (a bare ``matplotlib.figure.Figure``, rendered by Agg;
+pyplot's global state is never touched); :func:`encode` turns a Figure into an SVG (for the HTML report)
+and/or a PNG (for the PDF) and clears it. Figures are sized for an A4
+page (:data:`PAGE_WIDTH` inches of text width) so that their fonts print at 8-10 pt.
+
+Missing values (``None``: the loss was NaN or infinite there) are masked, never interpolated: grid
+cells are left hatched grey, curves get a gap.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from traits.results import SPLIT_LABELS
+
+#: Text width of an A4 page with 2 cm margins, in inches: figures are drawn at this width.
+PAGE_WIDTH = 6.7
+#: Split colours, the same in every figure (colour-blind safe seaborn palette).
+_PALETTE = sns.color_palette("colorblind")
+SPLIT_COLORS = {"train": _PALETTE[2], "val": _PALETTE[4], "id": _PALETTE[0], "ood": _PALETTE[3]}
+_EXTRA_COLORS = [_PALETTE[i] for i in (1, 5, 6, 7, 8, 9)]
+#: Above this max/min ratio a loss colour scale is logarithmic.
+LOG_SCALE_SPAN = 10.0
+#: Largest number of direction panels drawn for the 1D curves.
+MAX_DIRECTIONS = 4
+
+
+def _rc() -> dict:
+    return {
+        "font.family": "DejaVu Sans",
+        "font.size": 9,
+        "axes.titlesize": 9.5,
+        "axes.labelsize": 9,
+        "xtick.labelsize": 8,
+        "ytick.labelsize": 8,
+        "legend.fontsize": 8,
+        "legend.title_fontsize": 8,
+        "figure.dpi": 100,
+        "text.parse_math": False,  # user strings (units, split names) are never read as mathtext
+        "svg.fonttype": "path",  # text as outlines: the SVG needs no font
+        "axes.unicode_minus": True,
+        "hatch.color": "#9a9a9a",
+        "hatch.linewidth": 0.6,
+    }
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """The report's plotting style, scoped so that other matplotlib users are not affected."""
+    with sns.axes_style("ticks"), matplotlib.rc_context(_rc()):
+        yield
+
+
+def split_label(split: str) -> str:
+    return SPLIT_LABELS.get(split, split)
+
+
+def split_color(split: str, index: int = 0):
+    return SPLIT_COLORS.get(split, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
+
+
+def loss_unit(unit: str, loss: str) -> str:
+    """Unit of the loss (and of Hessian eigenvalues, the weights being dimensionless)."""
+    if not unit:
+        return "target units²" if loss == "mse" else "target units"
+    return f"({unit})²" if loss == "mse" else unit
+
+
+def _array(values: Sequence) -> np.ndarray:
+    """A list (of lists) of float | None as a float array with NaN for None."""
+    if len(values) and isinstance(values[0], list | tuple):
+        return np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _power_of_ten(value: float, _pos=None) -> str:
+    """A log-axis tick as plain Unicode (10⁻³): mathtext is off, so user strings are never parsed."""
+    if value <= 0 or not math.isfinite(value):
+        return ""
+    exponent = math.log10(value)
+    if abs(exponent - round(exponent)) > 1e-6:
+        return ""
+    exponent = int(round(exponent))
+    if exponent == 0:
+        return "1"
+    if exponent == 1:
+        return "10"
+    return "10" + str(exponent).translate(_SUPERSCRIPT)
+
+
+def _log_y(ax) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
+    ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _new_figure(height: float, width: float = PAGE_WIDTH) -> Figure:
+    # Figure() rather than pyplot: no global backend or figure registry is touched (safe inside a
+    # notebook), savefig renders with Agg, and nothing outlives the figure once it is cleared
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy
+
+
+@dataclass(frozen=True)
+class ParityData:
+    split: str
+    targets: Sequence[float]
+    predictions: Sequence[float | None]
+    mae: float | None = None
+    r2: float | None = None
+
+
+def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figure:
+    """Predicted vs DFT target, one panel per split side by side, with the same axis limits and y = x."""
+    n = max(len(panels), 1)
+    width = min(PAGE_WIDTH, 3.35 * n + 0.25)
+    fig = _new_figure(width / n * 0.92 + 0.2, width)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
+    cleaned = []
+    for p in panels:
+        t, y = _array(p.targets), _array(p.predictions)
+        size = min(len(t), len(y))
+        t, y = t[:size], y[:size]
+        ok = np.isfinite(t) & np.isfinite(y)
+        cleaned.append((t[ok], y[ok], int((~ok).sum())))
+    values = np.concatenate([np.concatenate([t, y]) for t, y, _ in cleaned] or [np.zeros(0)])
+    if values.size:
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        lo, hi = 0.0, 1.0
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    name = target.replace("_", " ")
+    for i, (ax, p, (t, y, dropped)) in enumerate(zip(axes, panels, cleaned)):
+        color = split_color(p.split, i)
+        ax.plot([lo, hi], [lo, hi], color="0.35", lw=0.9, ls="--", zorder=1, label="y = x")
+        ax.scatter(t, y, s=9, alpha=0.55, color=color, edgecolors="none", zorder=2, rasterized=len(t) > 4000)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel(f"DFT {name} ({unit})")
+        if i == 0:
+            ax.set_ylabel(f"predicted ({unit})")
+        title = f"{split_label(p.split)} (n = {len(t)})"
+        ax.set_title(title)
+        lines = []
+        if p.mae is not None:
+            lines.append(f"MAE {p.mae:.3g} {unit}")
+        if p.r2 is not None:
+            lines.append(f"R² {p.r2:.3f}")
+        if dropped:
+            lines.append(f"{dropped} non-finite omitted")
+        if lines:
+            ax.text(0.04, 0.96, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                    bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8", "alpha": 0.9})
+        ax.grid(True, lw=0.4, alpha=0.5)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Hessian
+
+
+def density_figure(densities: Mapping[str, tuple[Sequence[float], Sequence[float]]], unit: str,
+                   floor_fraction: float = 1e-6) -> Figure:
+    """Spectral densities (grid, density) per split overlaid on a log y-axis.
+
+    A density is floored at ``floor_fraction`` of the largest density so that empty stretches of the
+    spectrum stay on the log scale.
+    """
+    fig = _new_figure(2.9)
+    ax = fig.subplots()
+    peaks = [np.nanmax(_array(d)) for _, d in densities.values() if len(d)]
+    peak = max([p for p in peaks if np.isfinite(p) and p > 0] or [1.0])
+    floor = peak * floor_fraction
+    for i, (split, (grid, dens)) in enumerate(densities.items()):
+        x, d = _array(grid), _array(dens)
+        n = min(len(x), len(d))
+        x, d = x[:n], np.where(np.isfinite(d[:n]), np.maximum(d[:n], floor), np.nan)
+        color = split_color(split, i)
+        ax.plot(x, d, color=color, lw=1.4, label=split_label(split))
+        ax.fill_between(x, floor, d, color=color, alpha=0.12, lw=0)
+    _log_y(ax)
+    ax.set_ylim(floor, peak * 3)
+    ax.set_xlabel(f"Hessian eigenvalue λ ({unit})")
+    ax.set_ylabel(f"spectral density (per {unit})")
+    ax.legend(frameon=False, loc="upper right")
+    ax.grid(True, which="major", lw=0.4, alpha=0.5)
+    return fig
+
+
+def eigenvalue_figure(eigenvalues: Mapping[str, Sequence[float]], unit: str) -> Figure:
+    """Top Hessian eigenvalues per split as grouped bars (index k on x, λ_k on y)."""
+    fig = _new_figure(2.4)
+    ax = fig.subplots()
+    k = max((len(v) for v in eigenvalues.values()), default=0)
+    width = 0.8 / max(len(eigenvalues), 1)
+    for i, (split, values) in enumerate(eigenvalues.items()):
+        x = np.arange(1, len(values) + 1) - 0.4 + width * (i + 0.5)
+        ax.bar(x, values, width=width * 0.95, color=split_color(split, i), label=split_label(split))
+    ax.set_xticks(np.arange(1, k + 1))
+    ax.set_xlabel("eigenvalue rank k (dimensionless)")
+    ax.set_ylabel(f"λ_k ({unit})")
+    ax.legend(frameon=False)
+    ax.grid(True, axis="y", lw=0.4, alpha=0.5)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss surfaces
+
+
+@dataclass(frozen=True)
+class SurfaceScale:
+    """The one colour scale shared by every 2D surface panel."""
+
+    log: bool
+    vmin: float
+    vmax: float
+
+
+def surface_scale(grids: Mapping[str, Sequence[Sequence[float | None]]]) -> SurfaceScale | None:
+    """Shared colour scale: log10 when the finite positive losses span more than :data:`LOG_SCALE_SPAN`."""
+    finite = np.concatenate([a[np.isfinite(a)] for a in (_array(g).ravel() for g in grids.values())] or [[]])
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo > 0 and hi / lo > LOG_SCALE_SPAN:
+        return SurfaceScale(True, math.log10(lo), math.log10(hi))
+    if hi == lo:
+        hi = lo + (abs(lo) * 1e-3 or 1e-12)
+    return SurfaceScale(False, lo, hi)
+
+
+def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
+                      loss0: Mapping[str, float | None], tolerance: float, unit: str) -> Figure:
+    """Filled contours of the loss over (α, β) per split side by side on one colour scale.
+
+    ``grids[split][i][j]`` is the loss at (α_i, β_j): α is drawn on x, β on y. Non-finite points are
+    masked and show the hatched grey background. The solid white line is the tolerance contour
+    (1 + τ)·L(θ) of each split; the cross marks θ itself.
+    """
+    scale = surface_scale(grids)
+    n = len(grids)
+    fig = _new_figure(PAGE_WIDTH / max(n, 1) * 0.85 + 0.45)
+    axes = np.atleast_1d(fig.subplots(1, n, sharex=True, sharey=True))
+    a = _array(alphas)
+    levels = np.linspace(scale.vmin, scale.vmax, 16) if scale else None
+    mappable = None
+    for i, (ax, (split, grid)) in enumerate(zip(axes, grids.items())):
+        z = _array(grid).T  # rows = β (y), columns = α (x)
+        finite = np.isfinite(z)
+        if scale and scale.log:
+            shown = np.full_like(z, np.nan)
+            positive = finite & (z > 0)
+            shown[positive] = np.log10(z[positive])
+        else:
+            shown = z
+        masked = np.ma.masked_invalid(shown)
+        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor="#e6e6e6", edgecolor="none",
+                               hatch="////", zorder=0))
+        if scale and masked.count() >= 4:
+            mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis", extend="neither", zorder=1)
+            l0 = loss0.get(split)
+            if l0 is not None and math.isfinite(l0) and l0 > 0:
+                level = (1 + tolerance) * l0
+                level = math.log10(level) if scale.log else level
+                if np.nanmin(shown) < level < np.nanmax(shown):
+                    for color, width, z_order in (("white", 1.8, 2), ("black", 0.7, 3)):
+                        ax.contour(a, a, masked, levels=[level], colors=color, linewidths=width,
+                                   linestyles="solid", zorder=z_order)
+        ax.plot([0], [0], marker="+", color="red", ms=9, mew=1.6, zorder=4)
+        ax.set_aspect("equal", adjustable="box")
+        n_bad = int((~finite).sum())
+        ax.set_title(split_label(split) + (f" ({n_bad} non-finite)" if n_bad else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        ax.yaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        if i == 0:
+            ax.set_ylabel("β, direction 2 (dimensionless)")
+    fig.supxlabel("α, direction 1 (dimensionless)", fontsize=9)
+    if mappable is not None:
+        bar = fig.colorbar(mappable, ax=list(axes), shrink=0.9, pad=0.02, aspect=25)
+        ticks = MaxNLocator(6).tick_values(scale.vmin, scale.vmax)
+        bar.set_ticks([t for t in ticks if scale.vmin - 1e-12 <= t <= scale.vmax + 1e-12])
+        bar.set_label(f"log₁₀ of loss in {unit}" if scale.log else f"loss ({unit})")
+    handles = [
+        Line2D([], [], color="black", lw=1.2, label=f"tolerance contour (1+τ)·L(θ), τ = {tolerance:g}"),
+        Line2D([], [], color="red", marker="+", lw=0, ms=8, mew=1.6, label="θ (trained weights)"),
+        Patch(facecolor="#e6e6e6", edgecolor="#9a9a9a", hatch="////", label="non-finite loss"),
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncol=3, frameon=False)
+    return fig
+
+
+@dataclass(frozen=True)
+class CurveSet:
+    """One split's 1D curves (one per direction), the loss at θ and its robust radii."""
+
+    split: str
+    curves: Sequence[Sequence[float | None]]
+    loss0: float | None
+    radius: float | None = None
+    censored: bool = False
+    radius_per_direction: Sequence[float | None] = ()
+
+
+def _normalised(curve: np.ndarray, loss0: float | None) -> np.ndarray:
+    if loss0 is None or not math.isfinite(loss0) or loss0 <= 0:
+        return np.full_like(curve, np.nan)
+    return curve / loss0
+
+
+def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], tolerance: float) -> Figure:
+    """L(α)/L(0) per direction (one panel each, at most :data:`MAX_DIRECTIONS`), splits overlaid.
+
+    The dashed line is the tolerance 1 + τ; the dotted vertical lines at ±r mark each split's robust
+    radius along that direction (a triangle marks a censored radius: the curve never left tolerance).
+    """
+    n_dir = min(max((len(s.curves) for s in sets), default=1), MAX_DIRECTIONS)
+    ncols = min(n_dir, 2)
+    nrows = math.ceil(n_dir / ncols)
+    fig = _new_figure(2.6 * nrows + 0.35)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+    a = _array(alphas)
+    ratios = np.concatenate([
+        _normalised(_array(c), s.loss0) for s in sets for c in s.curves[:n_dir]
+    ] or [np.ones(1)])
+    finite = ratios[np.isfinite(ratios) & (ratios > 0)]
+    use_log = finite.size > 0 and finite.max() / max(finite.min(), 1e-300) > 20
+    any_bad = False
+    for d, ax in enumerate(axes):
+        if d >= n_dir:
+            ax.set_visible(False)
+            continue
+        for i, s in enumerate(sets):
+            if d >= len(s.curves):
+                continue
+            color = split_color(s.split, i)
+            y = _normalised(_array(s.curves[d]), s.loss0)
+            ax.plot(a, y, color=color, lw=1.5, marker="o", ms=2.5, label=split_label(s.split))
+            bad = ~np.isfinite(_array(s.curves[d]))
+            if bad.any():
+                any_bad = True
+                ax.plot(a[bad], np.full(bad.sum(), 1.0), lw=0, marker="x", color=color, ms=6)
+            r = s.radius_per_direction[d] if d < len(s.radius_per_direction) else s.radius
+            if r is not None and math.isfinite(r):
+                for sign in (-1, 1):
+                    ax.axvline(sign * r, color=color, ls=":", lw=1.3)
+                if s.censored and r == s.radius:
+                    ax.plot([r], [1 + tolerance], marker=">", color=color, ms=6, lw=0)
+        ax.axhline(1 + tolerance, color="0.2", ls="--", lw=1.0)
+        ax.set_title(f"direction {d + 1}")
+        ax.set_xlabel("α along the direction (dimensionless)")
+        if d % ncols == 0:
+            ax.set_ylabel("L(α) / L(0) (ratio, dimensionless)")
+        if use_log:
+            _log_y(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        ax.grid(True, lw=0.4, alpha=0.5)
+    handles = [Line2D([], [], color=split_color(s.split, i), lw=1.5, marker="o", ms=3,
+                          label=split_label(s.split)) for i, s in enumerate(sets)]
+    handles += [
+        Line2D([], [], color="0.2", ls="--", lw=1.0, label=f"tolerance 1 + τ = {1 + tolerance:g}"),
+        Line2D([], [], color="0.3", ls=":", lw=1.3, label="± robust radius"),
+    ]
+    if any_bad:
+        handles.append(Line2D([], [], color="0.3", lw=0, marker="x", ms=6, label="non-finite loss (drawn at 1)"))
+    ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding
+
+
+@dataclass(frozen=True)
+class EncodedFigure:
+    """A figure as embeddable data URIs: ``svg`` for screens, ``png`` for print (either may be empty),
+    and its drawn width in inches (the report shows it at that size, or narrower on a small screen)."""
+
+    svg: str = ""
+    png: str = ""
+    width_in: float = PAGE_WIDTH
+
+
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def figure_to_svg(fig: Figure, salt: str = "traits") -> str:
+    """SVG text of a figure, byte-for-byte reproducible (fixed id salt, no date)."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    return buf.getvalue()
+
+
+def figure_to_png(fig: Figure, dpi: int = 200) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def encode(fig: Figure, *, svg: bool = True, png_dpi: int | None = None, salt: str = "traits") -> EncodedFigure:
+    """Data URIs of a figure (SVG and/or PNG at ``png_dpi``); the figure is closed afterwards."""
+    try:
+        svg_uri = _data_uri("image/svg+xml", figure_to_svg(fig, salt).encode("utf-8")) if svg else ""
+        png_uri = _data_uri("image/png", figure_to_png(fig, png_dpi)) if png_dpi else ""
+        width = float(fig.get_figwidth())
+    finally:
+        fig.clear()
+    return EncodedFigure(svg=svg_uri, png=png_uri, width_in=round(width, 3))
