@@ -141,6 +141,171 @@ def data(
         out.print(f"wrote {manifest}")
 
 
+def progress_factory():
+    """A ProgressFactory drawing rich bars on a terminal (None when not a TTY: quiet)."""
+    if not progress_enabled():
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+
+    def factory(description: str, total: int):
+        task = bar.add_task(description, total=total or None)
+        return lambda done, n: bar.update(task, completed=done, total=n)
+
+    return bar, factory
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "traits " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def print_verdict(result, console: Console = out) -> None:
+    colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+    table = Table(title=f"{result.name}: {result.status.upper()}", title_justify="left")
+    table.add_column("level")
+    table.add_column("finding")
+    for f in result.findings:
+        table.add_row(f"[{colours[f.level]}]{f.level}[/]", f.statement)
+    console.print(table)
+
+
+@app.command()
+@handles_errors
+def audit(
+    spec: SpecArg,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory (default: report.out_dir).")] = None,
+    formats: Annotated[str | None, typer.Option("--format", help="Comma-separated: json,html,pdf.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML here.")] = None,
+) -> None:
+    """Run the audit a spec declares; exit 0 if all gates pass, 1 if one fails, 2 on bad input."""
+    from traits.audit import run_audit
+    from traits.spec import load_spec
+    from traits.verdict import exit_code
+
+    overrides = {"report.formats": [f.strip() for f in formats.split(",") if f.strip()]} if formats else None
+    loaded = load_spec(spec, overrides=overrides)
+    bar, factory = progress_factory()
+    if bar is not None:
+        with bar:
+            result = run_audit(loaded, out_dir, spec_path=str(spec), command=_command_line(), progress=factory,
+                               train_progress=None)
+    else:
+        result = run_audit(loaded, out_dir, spec_path=str(spec), command=_command_line())
+    target = Path(out_dir) if out_dir else loaded.report.out_dir
+    print_verdict(result)
+    if junit is not None:
+        from traits.junit import write_junit
+
+        write_junit(result, junit)
+    out.print(f"results and report in {target}", highlight=False)
+    raise typer.Exit(exit_code(result))
+
+
+@app.command()
+@handles_errors
+def report(
+    results: Annotated[Path, typer.Argument(help="A results.json written by `traits audit`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("."),
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: html,pdf.")] = "html,pdf",
+) -> None:
+    """Re-render the report of a past audit from its results.json (no model or data needed)."""
+    from traits.report.render import render_report
+    from traits.results import load_result
+
+    wanted = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in wanted if f not in ("html", "pdf")]
+    if bad:
+        raise typer.BadParameter(f"unknown format(s) {bad}; choose html and/or pdf")
+    written = render_report(load_result(results), out_dir, formats=wanted)
+    for path in written.values():
+        out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def gate(
+    results: Annotated[Path, typer.Argument(help="A results.json written by `traits audit`.")],
+    gates: Annotated[Path | None, typer.Option(help="YAML/JSON file of gate thresholds (the spec's `gates`).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write the gates as JUnit XML here.")] = None,
+) -> None:
+    """Re-evaluate gates on stored results: exit 0 if all pass, 1 if one fails, 2 on bad input."""
+    from pydantic import ValidationError
+
+    from traits.errors import SpecError
+    from traits.results import load_result
+    from traits.spec import GateSpec, format_validation_error, read_mapping
+    from traits.verdict import apply_verdict, exit_code
+
+    result = load_result(results)
+    if gates is not None:
+        raw = read_mapping(gates)
+        raw = raw.get("gates", raw)
+        try:
+            gate_spec = GateSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc, str(gates))) from None
+    else:
+        gate_spec = GateSpec.model_validate(result.spec.get("gates", {}))
+    apply_verdict(result, gate_spec)
+    print_verdict(result)
+    if junit is not None:
+        from traits.junit import write_junit
+
+        write_junit(result, junit)
+    raise typer.Exit(exit_code(result))
+
+
+@app.command()
+@handles_errors
+def train(
+    spec: SpecArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the checkpoint and training logs.")],
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last saved epoch.")] = False,
+) -> None:
+    """Train the spec's model on its train split (early stopping on val); write a checkpoint."""
+    from traits.audit import resolve_device
+    from traits.spec import load_spec
+    from traits.train import train_model
+
+    loaded = load_spec(spec, need_checkpoint=False)
+    if loaded.model.train is None:
+        raise TraitsError(f"{spec}: model.train is not set; add training settings to train a model")
+    prepared = load_data_with_progress(loaded)
+    result = train_model(loaded, prepared, out_dir, device=resolve_device(loaded.device), resume=resume,
+                         progress=None)
+    table = Table(title=f"MAE ({loaded.data.target})", title_justify="left")
+    for col in ("split", "MAE", "RMSE", "R²", "n"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, m in result.metrics.items():
+        table.add_row(split, _fmt(m["mae"], 4), _fmt(m["rmse"], 4), _fmt(m["r2"], 3), str(m["n"]))
+    out.print(table)
+    out.print(f"checkpoint {result.checkpoint} ({result.epochs_run} epochs)", highlight=False)
+
+
+@app.command()
+@handles_errors
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="CIF or POSCAR files.", show_default=False)],
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to predict with.")],
+    fmt: Annotated[str, typer.Option("--format", help="traits | state-dict | cgcnn-original")] = "traits",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Print `id,prediction` for each structure file (a quick sanity check of any checkpoint)."""
+    from traits.audit import resolve_device
+    from traits.models.inference import predict_structures
+
+    if fmt not in ("traits", "state-dict", "cgcnn-original"):
+        raise TraitsError(f"unknown checkpoint format {fmt!r}; choose traits, state-dict or cgcnn-original")
+    rows = predict_structures(checkpoint, fmt, list(files), device=resolve_device(device))
+    sys.stdout.write("id,prediction\n")
+    for ident, value in rows:
+        sys.stdout.write(f"{ident},{value:.6g}\n")
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     app()
 

@@ -110,6 +110,13 @@ class SurfaceResult(_Result):
     alphas_2d: list[float] = Field(default_factory=list)
     grids: dict[str, list[list[MaybeFloat]]] = Field(default_factory=dict, description="split -> [α][β]")
     n_samples: dict[str, int] = Field(default_factory=dict)
+    radius: dict[str, list[MaybeFloat]] = Field(
+        default_factory=dict, description="split -> robust radius per 1D direction, refined by bisection"
+    )
+    radius_censored: dict[str, list[bool]] = Field(
+        default_factory=dict, description="split -> per direction: the loss never left tolerance (lower bound)"
+    )
+    refine_evaluations: int = 0
     points_per_second: MaybeFloat = None
     batched: bool = True
 

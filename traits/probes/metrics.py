@@ -8,7 +8,7 @@ any tolerance. Thresholds are relative to the loss at theta: ``(1 + tau) * loss0
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -180,3 +180,40 @@ def ratio(ood: float | None, id: float | None) -> float | None:  # noqa: A002 - 
         return None
     value = ood / id
     return value if math.isfinite(value) else None
+
+
+def side_brackets(alphas: ArrayLike, losses: ArrayLike, loss0: float, tau: float) -> list[tuple[int, float, float | None]]:
+    """For each side of 0 (sign +1, then -1): the last |alpha| on the grid still within tolerance and the
+    first |alpha| outside it (None when the side never leaves the tolerance: censored)."""
+    a, loss = _curve(alphas, losses)
+    zero_tol = _zero_tolerance(a)
+    ok = loss <= (1.0 + tau) * loss0
+    out = []
+    for sign, mask in ((1, a >= -zero_tol), (-1, a <= zero_tol)):
+        mags, good = np.abs(a[mask]), ok[mask]
+        order = np.argsort(mags, kind="stable")
+        inside, outside = 0.0, None
+        for mag, fine in zip(mags[order], good[order]):
+            if not fine:
+                outside = float(mag)
+                break
+            inside = float(mag)
+        out.append((sign, inside, outside))
+    return out
+
+
+def refine_radius(line_loss: Callable[[float], float], inside: float, outside: float, threshold: float,
+                  iters: int = 12) -> tuple[float, int]:
+    """Bisect between ``inside`` (loss <= threshold) and ``outside`` (loss > threshold or non-finite)
+    along a line, so the robust radius is not limited by the grid spacing. Returns (radius, evaluations);
+    the radius is the last point known to be inside, so it never overstates the robust region."""
+    if not inside < outside:
+        raise ProbeError(f"bisection needs inside < outside, got {inside} and {outside}")
+    for _ in range(iters):
+        mid = 0.5 * (inside + outside)
+        value = line_loss(mid)
+        if math.isfinite(value) and value <= threshold:
+            inside = mid
+        else:
+            outside = mid
+    return inside, iters

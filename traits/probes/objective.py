@@ -169,6 +169,9 @@ class SplitObjective:
         return out
 
     def _chunk_losses(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+        n_points = next(iter(chunk.values())).shape[0]
+        if n_points == 1:  # one point per pass: a plain evaluation, no vmap overhead
+            return self._total({n: t[0] for n, t in chunk.items()}).unsqueeze(0)
         if self.vmap_ok is not False:
             try:
                 values = vmap(self._total, randomness="error")(chunk)
@@ -177,7 +180,6 @@ class SplitObjective:
             except Exception as exc:  # noqa: BLE001 - any vmap failure means: loop instead
                 self.vmap_ok = False
                 self.vmap_error = f"{type(exc).__name__}: {exc}"
-        n_points = next(iter(chunk.values())).shape[0]
         return torch.stack([self._total({n: t[j] for n, t in chunk.items()}) for j in range(n_points)])
 
     # ------------------------------------------------------------------ derivatives

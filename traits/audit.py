@@ -1,0 +1,451 @@
+"""The audit engine: spec -> data -> model -> probes -> metrics -> verdict -> results (and report).
+
+Side effects (files, devices, progress) live here; the probes in ``traits.probes`` are pure.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import traits
+from traits.data.prepare import PreparedData, prepare_data
+from traits.errors import CheckpointError, TraitsError
+from traits.files import ensure_dir
+from traits.results import (
+    Accuracy,
+    AuditResult,
+    Density,
+    Finding,
+    HessianResult,
+    Provenance,
+    SplitMetrics,
+    SplitStats,
+    SurfaceResult,
+    TraceEstimate,
+)
+from traits.spec import TARGET_UNITS, AuditSpec
+
+#: Stage name -> callback(done, total); the CLI attaches rich progress bars, the API stays quiet.
+ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise TraitsError("device 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def package_versions() -> dict[str, str]:
+    import pydantic
+    import pymatgen.core
+    import torch_geometric
+
+    return {
+        "traits": traits.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "pymatgen": getattr(pymatgen.core, "__version__", "unknown"),
+        "pydantic": pydantic.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _grid_to_lists(t: torch.Tensor) -> list:
+    arr = t.detach().cpu().double().numpy()
+    if arr.ndim == 1:
+        return [_finite_or_none(v) for v in arr]
+    return [_grid_to_lists(torch.from_numpy(row)) for row in arr]
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    metadata: dict
+    checkpoint: Path | None
+    trained_now: bool = False
+
+
+def load_or_train(spec: AuditSpec, data: PreparedData, out_dir: Path, device: torch.device,
+                  progress: bool | None = None) -> LoadedModel:
+    """Load the spec's checkpoint, or train one into ``out_dir/model`` when the spec says how."""
+    from traits.models.checkpoint import load_checkpoint
+
+    ckpt = spec.model.checkpoint
+    if ckpt is not None and ckpt.is_file():
+        model, meta = load_checkpoint(
+            ckpt, spec.model.format, architecture=spec.model.architecture,
+            hyper=spec.model.hyper.model_dump(), target=spec.data.target, graph=spec.data.graph, device=device,
+        )
+        return LoadedModel(model, meta, ckpt)
+    if spec.model.train is None:
+        raise CheckpointError(f"{ckpt}: no such checkpoint file")
+    from traits.train import train_model
+
+    result = train_model(spec, data, out_dir / "model", device=device, resume=True, progress=progress)
+    return LoadedModel(result.model, result.metadata, result.checkpoint, trained_now=True)
+
+
+def check_checkpoint_against_spec(spec: AuditSpec, loaded: LoadedModel, data: PreparedData) -> list[Finding]:
+    """Flag a checkpoint trained on another split or omission (graph settings are checked on load)."""
+    meta = loaded.metadata or {}
+    found = []
+    if "omit" in meta and sorted(meta["omit"]) != sorted(spec.omit):
+        found.append(Finding(
+            id="checkpoint_omission", level="warn",
+            statement=f"The checkpoint was trained omitting {meta['omit'] or 'nothing'} but this audit omits "
+            f"{spec.omit or 'nothing'}: its 'OOD' set may contain compounds it was trained on",
+        ))
+    manifest_hash = meta.get("manifest_hash")
+    if manifest_hash and manifest_hash != data.manifest.hash and not loaded.trained_now:
+        found.append(Finding(
+            id="checkpoint_split", level="warn",
+            statement="The checkpoint was trained on another split of the data (manifest hash differs): "
+            "ID test compounds may have been seen in training",
+        ))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ probes
+
+
+def collate(graphs: list, device: torch.device, dtype: torch.dtype, batch_size: int = 256) -> list:
+    """Pre-collate a split once into batches that stay on the device."""
+    from torch_geometric.data import Batch
+
+    batches = []
+    for start in range(0, len(graphs), batch_size):
+        b = Batch.from_data_list(graphs[start : start + batch_size])
+        b.x, b.edge_attr, b.y = b.x.to(dtype), b.edge_attr.to(dtype), b.y.to(dtype)
+        batches.append(b.to(device))
+    return batches
+
+
+def subsample(graphs: list, limit: int | None, seed: int) -> list:
+    if limit is None or len(graphs) <= limit:
+        return graphs
+    keep = np.sort(np.random.default_rng(seed).choice(len(graphs), size=limit, replace=False))
+    return [graphs[i] for i in keep]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int, device, dtype) -> HessianResult:
+    from traits.probes import hessian as hs
+    from traits.probes.objective import SplitObjective
+
+    h = spec.probes.hessian
+    t0 = time.perf_counter()
+    obj = SplitObjective(model, batches, loss=spec.probes.loss)
+    loss0 = float(obj.loss())
+    kw = {"device": device, "dtype": dtype}
+    if h.backend == "pyhessian":
+        from traits.probes.pyhessian_backend import pyhessian_top_eigenvalues, pyhessian_trace
+
+        eig = pyhessian_top_eigenvalues(model, batches, spec.probes.loss, k=h.top_k, max_iter=h.max_steps,
+                                        tol=h.tol, generator=_generator(split_seed))
+        tr = pyhessian_trace(model, batches, spec.probes.loss, max_iter=h.trace_hvps, tol=0.0,
+                             generator=_generator(split_seed + 2))
+        traces = [TraceEstimate(method="hutchinson", estimate=_finite_or_none(tr.estimate),
+                                stderr=_finite_or_none(tr.stderr), n_hvp=tr.n_hvp)]
+        lam_min, density = None, None
+    else:
+        eig = hs.top_eigenvalues(obj.hvp, obj.dim, k=h.top_k, max_steps=h.max_steps, tol=h.tol,
+                                 generator=_generator(split_seed), **kw)
+        low = hs.smallest_eigenvalue(obj.hvp, obj.dim, max_steps=h.max_steps, tol=h.tol,
+                                     generator=_generator(split_seed + 1), **kw)
+        lam_min = _finite_or_none(low.values[0])
+        hut = hs.hutchinson_trace(obj.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2), **kw)
+        hpp = hs.hutchpp_trace(obj.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3), **kw)
+        traces = [
+            TraceEstimate(method="hutchinson", estimate=_finite_or_none(hut.estimate),
+                          stderr=_finite_or_none(hut.stderr), n_hvp=hut.n_hvp),
+            TraceEstimate(method="hutch++", estimate=_finite_or_none(hpp.estimate),
+                          stderr=_finite_or_none(hpp.stderr), n_hvp=hpp.n_hvp),
+        ]
+        dens = hs.slq_density(obj.hvp, obj.dim, n_runs=h.density_runs, n_steps=h.density_steps,
+                              generator=_generator(split_seed + 4), grid_size=400, **kw)
+        d = dens.to_dict()
+        density = Density(grid=d["grid"], density=d["density"], nodes=d["nodes"], weights=d["weights"])
+    values = [float(v) for v in eig.values]
+    return HessianResult(
+        backend=h.backend, n_samples=n_samples, loss=_finite_or_none(loss0), top_eigenvalues=values,
+        residuals=[float(r) for r in eig.residuals], converged=bool(eig.converged), n_hvp=int(eig.n_hvp),
+        lambda_min=lam_min, traces=traces, density=density, seconds=time.perf_counter() - t0,
+    )
+
+
+def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
+                 progress: ProgressFactory | None) -> SurfaceResult:
+    from traits.probes.directions import random_direction
+    from traits.probes.surface import surface_1d, surface_2d
+
+    s = spec.probes.surface
+    first = next(iter(objectives.values()))
+    skip = set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
+    gen = _generator(spec.seed)
+    n_dirs = max(s.directions_1d, 2 if s.two_d else 1)
+    directions = [random_direction(first.params, gen, skip=skip, include_skipped=s.include_bias_and_norm)
+                  for _ in range(n_dirs)]
+    alphas = torch.linspace(-s.span, s.span, s.points_1d, dtype=torch.float64)
+    result = SurfaceResult(span=s.span, tolerance=s.tolerance, include_bias_and_norm=s.include_bias_and_norm,
+                           seed=spec.seed, alphas_1d=alphas.tolist())
+    t0, points = time.perf_counter(), 0
+    chunk = s.chunk_size or (16 if first.device.type == "cuda" else 1)
+    for split, obj in objectives.items():
+        curves, radii, censored = [], [], []
+        loss0 = float(obj.loss())
+        for k in range(s.directions_1d):
+            cb = progress(f"1D surface {split} ({k + 1}/{s.directions_1d})", len(alphas)) if progress else None
+            curve = surface_1d(obj, directions[k], alphas, chunk_size=chunk, progress=cb)
+            curves.append(_grid_to_lists(curve))
+            points += len(alphas)
+            radius, cens, evals = refined_radius(obj, directions[k], alphas, curve, loss0, s.tolerance)
+            radii.append(_finite_or_none(radius))
+            censored.append(cens)
+            result.refine_evaluations += evals
+        result.curves[split] = curves
+        result.radius[split] = radii
+        result.radius_censored[split] = censored
+        result.n_samples[split] = obj.n_samples
+    if s.two_d:
+        grid_axis = torch.linspace(-s.span, s.span, s.points_2d, dtype=torch.float64)
+        result.alphas_2d = grid_axis.tolist()
+        partial = ensure_dir(out_dir / ".partial")
+        for split, obj in objectives.items():
+            cb = progress(f"2D surface {split}", s.points_2d**2) if progress else None
+            grid = surface_2d(obj, directions[0], directions[1], grid_axis, grid_axis, chunk_size=chunk,
+                              progress=cb, resume_path=partial / f"surface2d-{split}.pt")
+            result.grids[split] = _grid_to_lists(grid)
+            points += s.points_2d**2
+    elapsed = time.perf_counter() - t0
+    result.points_per_second = points / elapsed if elapsed > 0 else None
+    result.batched = all(getattr(o, "vmap_ok", True) for o in objectives.values())
+    return result
+
+
+def refined_radius(obj, direction: dict, alphas: torch.Tensor, curve: torch.Tensor, loss0: float,
+                   tau: float) -> tuple[float, bool, int]:
+    """Robust radius along one direction: the grid brackets the tolerance crossing on each side of θ,
+    bisection sharpens it. Returns (radius, censored, extra loss evaluations)."""
+    from traits.probes.metrics import refine_radius, side_brackets
+
+    if not np.isfinite(loss0):
+        return 0.0, False, 0
+    threshold = (1.0 + tau) * loss0
+    names = list(direction)
+    sides, evals = [], 0
+    for sign, inside, outside in side_brackets(alphas.numpy(), curve.cpu().double().numpy(), loss0, tau):
+        if outside is None:
+            sides.append((inside, True))
+            continue
+
+        def line_loss(a: float, sign: int = sign) -> float:
+            params = {n: obj.params[n] + (sign * a) * direction[n].to(obj.params[n]) for n in names}
+            params.update({n: obj.params[n] for n in obj.names if n not in params})
+            return float(obj.loss(params))
+
+        radius, n = refine_radius(line_loss, inside, outside, threshold, iters=10)
+        sides.append((radius, False))
+        evals += n
+    radius = min(r for r, _ in sides)
+    return radius, any(c for r, c in sides if r == radius), evals
+
+
+def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf: SurfaceResult | None,
+                  loss0: float | None) -> SplitMetrics:
+    from traits.probes import metrics as pm
+
+    m = SplitMetrics(loss=loss0)
+    if hess is not None:
+        m.lambda_max = hess.top_eigenvalues[0] if hess.top_eigenvalues else None
+        m.lambda_min = hess.lambda_min
+        best = next((t for t in hess.traces if t.method == "hutch++"), hess.traces[0] if hess.traces else None)
+        if best is not None:
+            m.trace, m.trace_stderr = best.estimate, best.stderr
+    if surf is not None and split in surf.curves and loss0 is not None:
+        tau = surf.tolerance
+        alphas = np.asarray(surf.alphas_1d)
+        curves = np.array([[np.nan if v is None else v for v in c] for c in surf.curves[split]])
+        radii = surf.radius.get(split)
+        if radii:  # refined by bisection along each direction
+            finite = [r for r in radii if r is not None]
+            m.robust_radius = min(finite) if finite else None
+            m.robust_radius_censored = any(
+                c for r, c in zip(radii, surf.radius_censored[split]) if r is not None and r == m.robust_radius
+            )
+            m.radius_per_direction = radii
+        else:  # grid resolution only
+            radius = pm.robust_radius_directions(alphas, curves, loss0, tau)
+            m.robust_radius = _finite_or_none(radius.radius)
+            m.robust_radius_censored = bool(radius.censored)
+            m.radius_per_direction = [_finite_or_none(r.radius) for r in radius.per_direction]
+        eps = spec.probes.surface.sharpness_radius
+        m.sharpness = _finite_or_none(max(pm.sharpness(alphas, c, loss0, eps) for c in curves))
+        values = [v for c in surf.curves[split] for v in c]
+        if split in surf.grids:
+            grid = np.array([[np.nan if v is None else v for v in row] for row in surf.grids[split]])
+            m.basin_area = _finite_or_none(pm.basin_area_fraction(grid, loss0, tau))
+            values += [v for row in surf.grids[split] for v in row]
+        m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
+    return m
+
+
+def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> dict[str, float | None]:
+    from traits.probes.metrics import ratio
+
+    out = {}
+    if "id" in accuracy and "ood" in accuracy:
+        out["mae_ratio"] = ratio(accuracy["ood"].mae, accuracy["id"].mae)
+        out["rmse_ratio"] = ratio(accuracy["ood"].rmse, accuracy["id"].rmse)
+    i, o = metrics.get("id"), metrics.get("ood")
+    if i is not None and o is not None:
+        out["lambda_ratio"] = ratio(o.lambda_max, i.lambda_max)
+        out["trace_ratio"] = ratio(o.trace, i.trace)
+        out["radius_ratio"] = ratio(o.robust_radius, i.robust_radius)
+        out["sharpness_ratio"] = ratio(o.sharpness, i.sharpness)
+        out["basin_area_ratio"] = ratio(o.basin_area, i.basin_area)
+        out["loss_ratio"] = ratio(o.loss, i.loss)
+    return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------ audit
+
+
+def run_audit(
+    spec: AuditSpec,
+    out_dir: Path | None = None,
+    *,
+    spec_path: str = "",
+    command: str = "",
+    progress: ProgressFactory | None = None,
+    train_progress: bool | None = False,
+    render: bool = True,
+) -> AuditResult:
+    """Run every probe of ``spec``; write results.json (and the report formats it asks for)."""
+    from traits.models.inference import accuracy as accuracy_of
+    from traits.models.inference import predict
+    from traits.verdict import apply_verdict
+
+    out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    walls: dict[str, float] = {}
+    device = resolve_device(spec.device)
+    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
+    torch.manual_seed(spec.seed)
+
+    t = time.perf_counter()
+    data = prepare_data(spec, progress=progress("building crystal graphs", 0) if progress else None)
+    data.manifest.write(out_dir / "split_manifest.json")
+    walls["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    loaded = load_or_train(spec, data, out_dir, device, progress=train_progress)
+    model = loaded.model.to(device=device, dtype=dtype).eval()
+    walls["model"] = time.perf_counter() - t
+    pre_findings = check_checkpoint_against_spec(spec, loaded, data)
+
+    t = time.perf_counter()
+    acc = {}
+    for split, graphs in data.splits.items():
+        ids, preds, targets = predict(model, graphs, device)
+        stats = accuracy_of(preds, targets)
+        acc[split] = Accuracy(
+            n=len(ids), mae=_finite_or_none(stats["mae"]), rmse=_finite_or_none(stats["rmse"]),
+            r2=_finite_or_none(stats["r2"]), ids=list(ids),
+            predictions=[_finite_or_none(p) for p in preds], targets=[float(y) for y in targets],
+        )
+    walls["accuracy"] = time.perf_counter() - t
+
+    from traits.probes.objective import SplitObjective
+
+    hessians: dict[str, HessianResult] = {}
+    objectives = {}
+    loss0 = {}
+    for k, split in enumerate(spec.probes.splits):
+        graphs = data.splits[split]
+        if spec.probes.hessian.enabled:
+            t = time.perf_counter()
+            sub = subsample(graphs, spec.probes.hessian.max_samples, spec.seed + 11 * k)
+            hessians[split] = run_hessian(spec, model, collate(sub, device, dtype), len(sub),
+                                          spec.seed + 101 * (k + 1), device, dtype)
+            walls[f"hessian_{split}"] = time.perf_counter() - t
+        sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
+        objectives[split] = SplitObjective(model, collate(sub, device, dtype), loss=spec.probes.loss)
+        loss0[split] = _finite_or_none(objectives[split].loss())
+    surface = None
+    if spec.probes.surface.enabled:
+        t = time.perf_counter()
+        surface = run_surfaces(spec, model, objectives, out_dir, progress)
+        walls["surfaces"] = time.perf_counter() - t
+
+    metrics = {s: split_metrics(spec, s, hessians.get(s), surface, loss0[s]) for s in spec.probes.splits}
+    checkpoint_path = loaded.checkpoint
+    provenance = Provenance(
+        traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
+        device=str(device), dtype=spec.dtype, seed=spec.seed, started_at=started, wall_seconds=walls,
+        command=command, spec_path=spec_path,
+        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
+        checkpoint_sha256=sha256_file(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,
+        checkpoint_format=spec.model.format, checkpoint_metadata=_jsonable(loaded.metadata),
+        data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
+    )
+    result = AuditResult(
+        name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,
+        target=spec.data.target, unit=TARGET_UNITS[spec.data.target], omit=list(spec.omit), loss=spec.probes.loss,
+        splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
+        accuracy=acc, hessian=hessians, surface=surface, metrics=metrics, ratios=ratios(metrics, acc),
+    )
+    apply_verdict(result, spec.gates)
+    result.findings = pre_findings + result.findings
+    if pre_findings and result.status == "pass":
+        result.status = "warn"
+    walls["total"] = sum(walls.values())
+    result.write(out_dir / "results.json")
+    if render:
+        formats = [f for f in spec.report.formats if f != "json"]
+        if formats:
+            from traits.report.render import render_report
+
+            render_report(result, out_dir, formats=tuple(formats))
+    return result
+
+
+def _jsonable(meta) -> dict:
+    import json
+
+    try:
+        return json.loads(json.dumps(meta or {}, default=str))
+    except (TypeError, ValueError):
+        return {}
