@@ -182,7 +182,9 @@ def ratio(ood: float | None, id: float | None) -> float | None:  # noqa: A002 - 
     return value if math.isfinite(value) else None
 
 
-def side_brackets(alphas: ArrayLike, losses: ArrayLike, loss0: float, tau: float) -> list[tuple[int, float, float | None]]:
+def side_brackets(
+    alphas: ArrayLike, losses: ArrayLike, loss0: float, tau: float
+) -> list[tuple[int, float, float | None]]:
     """For each side of 0 (sign +1, then -1): the last |alpha| on the grid still within tolerance and the
     first |alpha| outside it (None when the side never leaves the tolerance: censored)."""
     a, loss = _curve(alphas, losses)
