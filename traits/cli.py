@@ -306,6 +306,33 @@ def predict(
         sys.stdout.write(f"{ident},{value:.6g}\n")
 
 
+@app.command()
+@handles_errors
+def campaign(
+    directory: Annotated[Path, typer.Argument(help="Directory of audit specs (and campaign.yaml profiles).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory (one folder per seed and task).")],
+    profile: Annotated[str | None, typer.Option(help="Profile of campaign.yaml to apply, e.g. cpu or full.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (default: each spec's).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Use this data file instead of each spec's data.path.")] = None,
+) -> None:
+    """Run every spec of a campaign (resuming finished tasks) and write a comparison summary."""
+    from traits.campaign import run_campaign
+
+    seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
+    bar, factory = progress_factory()
+    log = lambda msg: err.print(msg, highlight=False)  # noqa: E731
+    if bar is not None:
+        with bar:
+            summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log,
+                                   progress=factory)
+    else:
+        summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log)
+    from traits.campaign import summary_markdown
+
+    out.print(summary_markdown(summary), highlight=False, markup=False)
+    out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}", highlight=False, markup=False)
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     app()
 

@@ -373,6 +373,16 @@ def _pdf_bytes(html: str) -> bytes:
         logger.removeFilter(notice)
 
 
+def template_environment() -> Environment:
+    """The Jinja2 environment of the package's templates (autoescaped, strict), for other documents."""
+    return _environment(str(templates_dir()))
+
+
+def html_to_pdf(html: str) -> bytes:
+    """Render an HTML document to PDF with WeasyPrint, fetching only the package's own assets."""
+    return _pdf_bytes(html)
+
+
 def render_report(result: AuditResult, out_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
     """Write ``report.html`` and/or ``report.pdf`` into ``out_dir``; returns {format: path}.
 

@@ -1,0 +1,267 @@
+"""Campaigns: run a directory of audit specs (over several seeds) and compare the tasks.
+
+A campaign directory holds audit specs (``*.yaml`` / ``*.json``) and an optional ``campaign.yaml``
+with named *profiles*: dotted overrides applied to every spec (e.g. ``data.subsample: 3000``), so all
+tasks share one architecture, training budget and probe settings. Each (seed, task) runs in
+``OUT/seed-S/TASK/``; a task whose ``results.json`` was produced by the same spec is not run again, so
+an interrupted campaign resumes where it stopped (training and 2D surfaces also resume mid-way).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traits.errors import SpecError, TraitsError
+from traits.files import ensure_dir, write_json_atomic, write_text_atomic
+from traits.results import AuditResult, load_result
+from traits.spec import AuditSpec, load_spec, read_mapping
+
+CAMPAIGN_FILE = "campaign.yaml"
+
+#: OOD/ID ratios compared across tasks; the first is the error ratio the others are ranked against.
+SUMMARY_RATIOS = ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "sharpness_ratio",
+                  "basin_area_ratio", "loss_ratio")
+RATIO_LABELS = {
+    "mae_ratio": "MAE", "lambda_ratio": "λ_max", "trace_ratio": "trace", "radius_ratio": "robust radius",
+    "sharpness_ratio": "sharpness", "basin_area_ratio": "basin area", "loss_ratio": "loss at θ",
+}
+
+
+@dataclass
+class Task:
+    name: str
+    path: Path
+    spec: AuditSpec
+
+
+def load_campaign(directory: Path, profile: str | None = None, seed: int | None = None,
+                  data_path: Path | None = None) -> list[Task]:
+    """The specs of a campaign directory with the profile's overrides (and seed / data path) applied."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SpecError(f"{directory}: no such campaign directory")
+    overrides: dict[str, Any] = {}
+    settings = directory / CAMPAIGN_FILE
+    if settings.is_file():
+        profiles = read_mapping(settings).get("profiles", {})
+        if profile is not None:
+            if profile not in profiles:
+                raise SpecError(f"{settings}: no profile {profile!r}; it defines {sorted(profiles)}")
+            overrides.update(profiles[profile] or {})
+    elif profile is not None:
+        raise SpecError(f"{directory}: profile {profile!r} requested but there is no {CAMPAIGN_FILE}")
+    if seed is not None:
+        overrides["seed"] = seed
+    if data_path is not None:
+        overrides["data.path"] = str(Path(data_path).resolve())
+    paths = sorted(p for p in directory.iterdir()
+                   if p.suffix in (".yaml", ".yml", ".json") and p.name != CAMPAIGN_FILE)
+    if not paths:
+        raise SpecError(f"{directory}: no audit specs (*.yaml, *.json) in the campaign directory")
+    tasks = [Task(p.stem, p, load_spec(p, overrides=overrides, need_checkpoint=False)) for p in paths]
+    names = [t.spec.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{directory}: two specs share a name; task names must be unique")
+    return tasks
+
+
+def _same_spec(result: AuditResult, spec: AuditSpec) -> bool:
+    ran = dict(result.spec)
+    want = spec.model_dump(mode="json")
+    ran.get("report", {}).pop("out_dir", None)
+    want.get("report", {}).pop("out_dir", None)
+    return ran == want
+
+
+def run_campaign(
+    directory: Path,
+    out_dir: Path,
+    *,
+    seeds: list[int] | None = None,
+    profile: str | None = None,
+    data_path: Path | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    progress=None,
+) -> dict:
+    """Run (or resume) every task for every seed, then write the summary (JSON, Markdown, HTML, PDF)."""
+    from traits.audit import run_audit
+
+    out_dir = ensure_dir(Path(out_dir))
+    rows = []
+    t_start = time.perf_counter()
+    for seed in seeds if seeds else [None]:
+        tasks = load_campaign(directory, profile, seed, data_path)
+        for task in tasks:
+            where = out_dir / f"seed-{task.spec.seed}" / task.name
+            previous = where / "results.json"
+            if previous.is_file():
+                try:
+                    done = load_result(previous)
+                except TraitsError:
+                    done = None
+                if done is not None and _same_spec(done, task.spec):
+                    log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {previous}")
+                    rows.append(summary_row(task.name, done))
+                    continue
+            log(f"seed {task.spec.seed} {task.name}: running")
+            t = time.perf_counter()
+            result = run_audit(task.spec, where, spec_path=str(task.path),
+                               command=f"traits campaign {directory}", progress=progress)
+            log(f"seed {task.spec.seed} {task.name}: {result.status} in {time.perf_counter() - t:.0f} s")
+            rows.append(summary_row(task.name, result))
+    summary = summarise(rows)
+    summary["profile"] = profile
+    summary["campaign"] = str(directory)
+    summary["wall_seconds_this_run"] = time.perf_counter() - t_start
+    write_summary(summary, out_dir)
+    return summary
+
+
+def _get(d: dict, *keys):
+    for k in keys:
+        if d is None:
+            return None
+        d = d.get(k) if isinstance(d, dict) else getattr(d, k, None)
+    return d
+
+
+def summary_row(task: str, result: AuditResult) -> dict:
+    """One (task, seed) line of the campaign table."""
+    m = {s: result.metrics.get(s) for s in ("id", "ood")}
+    row = {
+        "task": task, "name": result.name, "seed": result.provenance.seed, "target": result.target,
+        "unit": result.unit, "omit": result.omit, "status": result.status,
+        "id_mae": _get(result.accuracy.get("id"), "mae"), "ood_mae": _get(result.accuracy.get("ood"), "mae"),
+        "n_id": _get(result.accuracy.get("id"), "n"), "n_ood": _get(result.accuracy.get("ood"), "n"),
+        "wall_seconds": sum(v for k, v in result.provenance.wall_seconds.items() if k != "total"),
+    }
+    for key in ("lambda_max", "trace", "robust_radius", "sharpness", "basin_area", "loss"):
+        row[f"id_{key}"] = getattr(m["id"], key, None) if m["id"] else None
+        row[f"ood_{key}"] = getattr(m["ood"], key, None) if m["ood"] else None
+    for key in SUMMARY_RATIOS:
+        row[key] = result.ratios.get(key)
+    row["failed_gates"] = [g.name for g in result.gates if g.level == "fail"]
+    return row
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per-task means over seeds and Spearman rank correlations of each ratio with the MAE ratio."""
+    from scipy.stats import spearmanr
+
+    tasks: dict[str, dict] = {}
+    for row in rows:
+        tasks.setdefault(row["task"], {"task": row["task"], "target": row["target"], "omit": row["omit"],
+                                       "unit": row["unit"], "rows": []})["rows"].append(row)
+    per_task = []
+    for t in tasks.values():
+        entry = {k: t[k] for k in ("task", "target", "omit", "unit")}
+        entry["seeds"] = [r["seed"] for r in t["rows"]]
+        for key in ("id_mae", "ood_mae", *SUMMARY_RATIOS, "id_lambda_max", "ood_lambda_max", "id_trace",
+                    "ood_trace", "id_robust_radius", "ood_robust_radius"):
+            entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in t["rows"]])
+        statuses = [r["status"] for r in t["rows"]]
+        entry["verdict"] = max(statuses, key=["pass", "warn", "fail"].index)
+        entry["verdicts"] = statuses
+        per_task.append(entry)
+    correlations = {}
+    for key in SUMMARY_RATIOS[1:]:
+        pairs = [(r["mae_ratio"], r[key]) for r in rows
+                 if r["mae_ratio"] is not None and r[key] is not None]
+        if len(pairs) >= 3 and len({p[1] for p in pairs}) > 1 and len({p[0] for p in pairs}) > 1:
+            rho, p = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+            correlations[key] = {"rho": float(rho), "p_value": float(p), "n": len(pairs)}
+        else:
+            correlations[key] = {"rho": None, "p_value": None, "n": len(pairs)}
+    return {"rows": rows, "tasks": per_task, "spearman_vs_mae_ratio": correlations}
+
+
+def _f(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def _pm(entry: dict, key: str) -> str:
+    mean, std = entry.get(key), entry.get(f"{key}_std")
+    return _f(mean) if std is None else f"{_f(mean)} ± {_f(std, 2)}"
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = [
+        "| task | target | omitted | ID MAE | OOD MAE | OOD/ID MAE | λ_max ID | λ_max OOD | OOD/ID λ_max "
+        "| trace ID | trace OOD | OOD/ID trace | radius ID | radius OOD | OOD/ID radius | verdict |",
+        "|" + "---|" * 16,
+    ]
+    for e in summary["tasks"]:
+        lines.append("| " + " | ".join([
+            e["task"], e["target"], ", ".join(e["omit"]) or "none (random)", _pm(e, "id_mae"), _pm(e, "ood_mae"),
+            _pm(e, "mae_ratio"), _pm(e, "id_lambda_max"), _pm(e, "ood_lambda_max"), _pm(e, "lambda_ratio"),
+            _pm(e, "id_trace"), _pm(e, "ood_trace"), _pm(e, "trace_ratio"), _pm(e, "id_robust_radius"),
+            _pm(e, "ood_robust_radius"), _pm(e, "radius_ratio"), "/".join(e["verdicts"]),
+        ]) + " |")
+    lines += ["", "Spearman rank correlation of each OOD/ID ratio with the OOD/ID MAE ratio, over every "
+              "(task, seed):", "", "| metric | ρ | p | n |", "|---|---|---|---|"]
+    for key, c in summary["spearman_vs_mae_ratio"].items():
+        lines.append(f"| {RATIO_LABELS[key]} | {_f(c['rho'])} | {_f(c['p_value'], 2)} | {c['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_figure(summary: dict):
+    """Grouped bars: OOD/ID ratios (MAE, λ_max, trace, robust radius) per task, log scale, ± std."""
+    from matplotlib.figure import Figure
+
+    keys = ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio")
+    tasks = summary["tasks"]
+    fig = Figure(figsize=(6.7, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(keys)
+    x = np.arange(len(tasks))
+    for i, key in enumerate(keys):
+        means = [e.get(key) or np.nan for e in tasks]
+        stds = [e.get(f"{key}_std") or 0.0 for e in tasks]
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=stds, label=RATIO_LABELS[key], capsize=2)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [e["task"] for e in tasks], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("OOD / ID ratio (log scale)")
+    ax.legend(fontsize=8, ncols=4, loc="upper left")
+    return fig
+
+
+def write_summary(summary: dict, out_dir: Path) -> dict[str, Path]:
+    from traits.report.figures import encode
+    from traits.report.render import html_to_pdf, template_environment
+
+    paths = {
+        "json": write_json_atomic(out_dir / "summary.json", summary),
+        "md": write_text_atomic(out_dir / "summary.md", summary_markdown(summary)),
+    }
+    env = template_environment()
+    css = (Path(env.loader.searchpath[0]) / "report.css").read_text(encoding="utf-8")
+    for medium in ("html", "pdf"):
+        fig = encode(summary_figure(summary), svg=medium == "html", png_dpi=None if medium == "html" else 200)
+        html = env.get_template("summary.html.j2").render(
+            summary=summary, figure=fig.svg if medium == "html" else fig.png, css=css,
+            labels=RATIO_LABELS, pm=_pm, f=_f,
+        )
+        if medium == "html":
+            paths["html"] = write_text_atomic(out_dir / "summary.html", html)
+        else:
+            from traits.files import write_bytes_atomic
+
+            paths["pdf"] = write_bytes_atomic(out_dir / "summary.pdf", html_to_pdf(html))
+    return paths
