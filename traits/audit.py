@@ -222,7 +222,7 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     result = SurfaceResult(span=s.span, tolerance=s.tolerance, include_bias_and_norm=s.include_bias_and_norm,
                            seed=spec.seed, alphas_1d=alphas.tolist())
     t0, points = time.perf_counter(), 0
-    chunk = s.chunk_size or (16 if first.device.type == "cuda" else 1)
+    chunk = s.chunk_size  # None: the engine's default for the device
     for split, obj in objectives.items():
         curves, radii, censored = [], [], []
         loss0 = float(obj.loss())

@@ -64,6 +64,13 @@ def _stack_points(
     return stacked
 
 
+def default_chunk(objective: SplitObjective, row: int) -> int:
+    """Grid points per pass when the caller does not say: one point at a time on a CPU, where batching
+    weight sets with vmap measured slower per point than plain evaluations (bench/README.md), and a
+    whole row on an accelerator, where many points per pass keep the device busy."""
+    return row if objective.device.type != "cpu" else 1
+
+
 def surface_1d(
     objective: SplitObjective,
     direction: dict[str, torch.Tensor],
@@ -75,7 +82,7 @@ def surface_1d(
     _check_coords(alphas, "alphas")
     _check_direction(objective, direction, "d")
     total = alphas.numel()
-    step = total if chunk_size is None else chunk_size
+    step = default_chunk(objective, total) if chunk_size is None else chunk_size
     if step < 1:
         raise ProbeError(f"chunk_size must be >= 1, got {chunk_size}")
     out = torch.empty(total, dtype=objective.dtype, device=objective.device)
@@ -165,8 +172,8 @@ def surface_2d(
 ) -> torch.Tensor:
     """L(theta + alpha_i d1 + beta_j d2) on the grid; Tensor[len(alphas), len(betas)].
 
-    Points are visited row by row (alpha-major); ``chunk_size`` points per ``loss_many`` call, by
-    default one row (``len(betas)``).
+    Points are visited row by row (alpha-major); ``chunk_size`` points per ``loss_many`` call (default:
+    :func:`default_chunk`). With ``resume_path`` the partial grid is saved about once per row.
     """
     _check_coords(alphas, "alphas")
     _check_coords(betas, "betas")
@@ -174,7 +181,7 @@ def surface_2d(
     _check_direction(objective, d2, "d2")
     na, nb = alphas.numel(), betas.numel()
     total = na * nb
-    step = nb if chunk_size is None else chunk_size
+    step = default_chunk(objective, nb) if chunk_size is None else chunk_size
     if step < 1:
         raise ProbeError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -191,16 +198,24 @@ def surface_2d(
     todo = torch.nonzero(~done.reshape(-1)).reshape(-1)
     a_cpu, b_cpu = alphas.detach().to("cpu"), betas.detach().to("cpu")
     n_done = int(done.sum())
-    for start in range(0, todo.numel(), step):
-        idx = todo[start : start + step]
-        rows, cols = idx // nb, idx % nb
-        points = _stack_points(objective, [(a_cpu[rows], d1), (b_cpu[cols], d2)])
-        values = objective.loss_many(points).detach().to("cpu", torch.float64)
-        grid[rows, cols] = values
-        done[rows, cols] = True
-        n_done += idx.numel()
-        if resume_path is not None:
+    unsaved = 0
+    try:
+        for start in range(0, todo.numel(), step):
+            idx = todo[start : start + step]
+            rows, cols = idx // nb, idx % nb
+            points = _stack_points(objective, [(a_cpu[rows], d1), (b_cpu[cols], d2)])
+            values = objective.loss_many(points).detach().to("cpu", torch.float64)
+            grid[rows, cols] = values
+            done[rows, cols] = True
+            n_done += idx.numel()
+            unsaved += idx.numel()
+            if resume_path is not None and unsaved >= nb:  # about once per row
+                _save_partial(resume_path, fingerprint, grid, done)
+                unsaved = 0
+            if progress is not None:
+                progress(n_done, total)
+    finally:
+        # also on an interruption (Ctrl-C, an error): what was computed is kept for the next run
+        if resume_path is not None and unsaved:
             _save_partial(resume_path, fingerprint, grid, done)
-        if progress is not None:
-            progress(n_done, total)
     return grid.to(device=alphas.device, dtype=objective.dtype)
