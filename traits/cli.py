@@ -249,7 +249,10 @@ def gate(
         except ValidationError as exc:
             raise SpecError(format_validation_error(exc, str(gates))) from None
     else:
-        gate_spec = GateSpec.model_validate(result.spec.get("gates", {}))
+        try:
+            gate_spec = GateSpec.model_validate(result.spec.get("gates", {}))
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc, f"{results} (the stored spec's gates)")) from None
     apply_verdict(result, gate_spec)
     print_verdict(result)
     if junit is not None:
