@@ -158,7 +158,8 @@ def bench_surface(device_name: str, n_graphs: int, points: int):
         t_forward = (time.perf_counter() - t) / reps
     return {
         "model": name, "n_graphs": len(graphs), "points": points * points, "t_naive": t_naive,
-        "t_engine": t_engine, "t_vmap": t_vmap, "t_forward": t_forward, "max_rel_diff": float(np.max(np.abs(grid - ref) / ref)),
+        "t_engine": t_engine, "t_vmap": t_vmap, "t_forward": t_forward,
+        "max_rel_diff": float(np.max(np.abs(grid - ref) / ref)),
         "vmap": obj.vmap_ok, "params": obj.dim,
     }
 
@@ -241,7 +242,8 @@ def main() -> None:
     print(f"\n## 1. 2D surface, {s['points']} grid points, {s['n_graphs']} structures, {s['model']} "
           f"({s['params']} parameters, vmap={s['vmap']})")
     print(f"naive loop (state dict + DataLoader per point): {s['t_naive']:.2f} s")
-    print(f"engine, default for the device (chunk {'1' if args.device == 'cpu' else 'row'}):    {s['t_engine']:.2f} s")
+    chunk = "1" if args.device == "cpu" else "row"
+    print(f"engine, default for the device (chunk {chunk}):    {s['t_engine']:.2f} s")
     print(f"engine, one grid row per vmap pass:             {s['t_vmap']:.2f} s")
     print(f"speed-up naive/engine: {s['t_naive'] / s['t_engine']:.2f}x   (target >= 5x)")
     print(f"engine / (points x one forward pass): {s['t_engine'] / (s['points'] * s['t_forward']):.2f}   "

@@ -4,24 +4,33 @@
 Fe-containing compound held out: train / ID / OOD splits, parity data, Hessian spectra, 21-point 1D
 curves and 15x15 2D grids drawn from quadratics (the OOD loss sharper and higher), a few non-finite
 (``None``) grid points, then metrics, OOD/ID ratios and findings computed the way an audit computes
-them (``traits.probes.metrics`` and ``traits.verdict.apply_verdict``).
+them (``traits.probes.metrics`` and ``traits.verdict.apply_verdict``), and domain-shift diagnostics
+computed by ``traits.shift`` from synthetic targets, compositions and embeddings (the OOD compounds
+contain Fe, their embeddings sit close to the training ones: with the sharp OOD landscape above, the
+verdict reads a fragile representation).
 
 Every top-level field of ``AuditResult`` can be overridden by keyword; metrics, ratios and findings
 are then recomputed from the overridden data unless they are overridden themselves::
 
     make_result(name="x", hessian={}, surface=None)     # a run without Hessian or surface probes
     make_result(nan_points=0)                            # every surface point finite
+    make_result(shift=None)                              # an old (schema 1.0) result: no shift diagnostics
+
+An overridden ``ratios`` replaces the landscape and accuracy ratios; the distance ratios of the shift
+result are kept unless ``ratios`` names them too.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
+from traits import shift as SH
 from traits.probes import metrics as M
-from traits.results import AuditResult
+from traits.results import AuditResult, ShiftResult
 from traits.spec import AuditSpec, GateSpec
 from traits.verdict import apply_verdict
 
@@ -132,6 +141,44 @@ def _surface(splits: list[str], nan_points: int, tolerance: float = 0.1, span: f
         "points_per_second": 41.7,
         "batched": True,
     }
+
+
+#: Elements of the synthetic compounds (Fe, Z = 26, only in the OOD set).
+_ID_ELEMENTS = (3, 8, 11, 12, 13, 14, 15, 16, 19, 20, 22, 25, 27, 28, 29, 30)
+
+
+def _compositions(rng: np.random.Generator, n: int, with_fe: bool) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        elements = list(rng.choice(_ID_ELEMENTS, size=int(rng.integers(2, 4)), replace=False))
+        if with_fe:
+            elements[0] = 26
+        counts = rng.integers(1, 5, size=len(elements))
+        out.append(np.repeat(np.array(elements), counts))
+    return out
+
+
+def make_shift(seed: int = 0, n_train: int = 300, n_id: int = 120, n_ood: int = 160,
+               embedding_shift: float = 0.1, target_shift: float = 0.3, k: int = 5) -> ShiftResult:
+    """Domain-shift diagnostics of synthetic data: Fe only in the OOD compositions, OOD targets shifted by
+    ``target_shift`` (eV/atom) and OOD embeddings by ``embedding_shift`` (in feature standard deviations)."""
+    return _make_shift(seed, n_train, n_id, n_ood, embedding_shift, target_shift, k).model_copy(deep=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_shift(seed: int, n_train: int, n_id: int, n_ood: int, embedding_shift: float, target_shift: float,
+                k: int) -> ShiftResult:
+    rng = np.random.default_rng(seed + 7)
+    targets = {"train": rng.normal(-1.5, 0.9, n_train), "id": rng.normal(-1.5, 0.9, n_id),
+               "ood": rng.normal(-1.5 + target_shift, 0.8, n_ood)}
+    zs = {"train": _compositions(rng, n_train, False), "id": _compositions(rng, n_id, False),
+          "ood": _compositions(rng, n_ood, True)}
+    emb = {"train": rng.normal(0, 1, (n_train, 8)), "id": rng.normal(0, 1, (n_id, 8)),
+           "ood": rng.normal(embedding_shift, 1, (n_ood, 8))}
+    spaces = {"composition": SH.composition_space(zs), "embedding": SH.standardise(emb)}
+    return SH.compute_shift(targets, spaces, k=k, seed=seed, max_points=500, n_train_total=n_train,
+                            composition_features="element fractions (Z = 1..100) + fraction-weighted properties",
+                            thresholds={"near_ratio": 1.5, "target_outside_fraction": 0.2})
 
 
 def _nan_array(values) -> np.ndarray:
@@ -275,14 +322,17 @@ def make_result(
             for s in probe_splits
         },
         "surface": _surface(probe_splits, nan_points),
+        "shift": make_shift(seed, n_id=n_id, n_ood=n_ood),
     }
     fields.update({k: v for k, v in overrides.items() if k not in ("metrics", "ratios")})
     metrics = overrides.get("metrics")
     if metrics is None:
         metrics = compute_metrics(fields, sharpness_eps=0.1)
     fields["metrics"] = metrics
-    fields["ratios"] = overrides.get("ratios", compute_ratios(fields, {
-        k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in metrics.items()}))
+    shift = fields.get("shift")
+    shift_ratios = dict((shift.ratios if hasattr(shift, "ratios") else (shift or {}).get("ratios")) or {})
+    fields["ratios"] = {**shift_ratios, **overrides.get("ratios", compute_ratios(fields, {
+        k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in metrics.items()}))}
     result = AuditResult.model_validate(fields)
     if not any(k in overrides for k in ("findings", "gates", "status")):
         apply_verdict(result, gates or GateSpec())

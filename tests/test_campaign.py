@@ -123,7 +123,7 @@ def test_reference_campaign_specs_share_settings():
         assert t.spec.model.hyper == first.model.hyper
         assert t.spec.model.train == first.model.train
         assert t.spec.probes == first.probes
-        assert t.spec.data.subsample == first.data.subsample == 4000
+        assert t.spec.data.subsample == first.data.subsample == 2500
     assert sorted((t.spec.data.target, tuple(t.spec.omit)) for t in tasks) == sorted(
         (target, omit) for target in ("band_gap", "formation_energy_per_atom") for omit in (("Fe",), ("O",), ()))
 

@@ -55,7 +55,7 @@ def test_every_section_in_order_with_key_numbers(result, html):
     assert "eV/atom" in html and "(eV/atom)²" in html
     # missing grid values are listed as non-finite
     assert "3 of 225 2D grid points non-finite" in html
-    for name in ("parity", "eigenvalues", "density", "surface_2d", "curves_1d"):
+    for name in ("parity", "shift", "eigenvalues", "density", "surface_2d", "curves_1d"):
         assert f'id="fig-{name}"' in html
 
 
@@ -64,7 +64,7 @@ def test_html_is_self_contained(html):
     assert not re.search(r"<link\b[^>]*stylesheet", html, re.I)
     assert "@import" not in html and "url(" not in html
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
-    assert len(sources) == 5 and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
     assert "<style>" in html and "@page" in html  # the CSS is inlined
     assert "<script" not in html.lower()
 
@@ -121,6 +121,10 @@ def test_missing_probes_render_as_not_run(tmp_path):
         assert f'<section id="{sid}">' in text
     assert "Hessian probe: not run." in text
     assert "Loss-surface probe: not run." in text
+    old = make_result(shift=None)  # a result written before the domain-shift diagnostics existed
+    text_old = render_html(old)
+    assert '<section id="shift">' in text_old and "Domain-shift diagnostics: not run." in text_old
+    assert 'id="fig-shift"' not in text_old
     assert "OOD accuracy: not run." in text
     assert 'id="fig-density"' not in text and 'id="fig-surface_2d"' not in text
     nothing = make_result(hessian={}, surface=None, accuracy={}, splits={}, skipped={})

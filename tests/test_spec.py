@@ -140,6 +140,7 @@ def test_schema_is_json_and_describes_spec():
     assert schema["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "audits").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "audits").rglob("*.yaml") if p.name != "campaign.yaml"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_specs_validate(path):
     load_spec(path, check_files=False)

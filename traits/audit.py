@@ -28,6 +28,7 @@ from traits.results import (
     Finding,
     HessianResult,
     Provenance,
+    ShiftResult,
     SplitMetrics,
     SplitStats,
     SurfaceResult,
@@ -207,7 +208,7 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
 
 
 def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
-                 progress: ProgressFactory | None) -> SurfaceResult:
+                 progress: ProgressFactory | None, train_objective=None) -> SurfaceResult:
     from traits.probes.directions import random_direction
     from traits.probes.surface import surface_1d, surface_2d
 
@@ -249,10 +250,55 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                               progress=cb, resume_path=partial / f"surface2d-{split}.pt")
             result.grids[split] = _grid_to_lists(grid)
             points += s.points_2d**2
+    if s.directions == "hessian":
+        points += hessian_plane_surfaces(spec, model, objectives, train_objective, result, skip, out_dir, progress)
     elapsed = time.perf_counter() - t0
     result.points_per_second = points / elapsed if elapsed > 0 else None
     result.batched = all(getattr(o, "vmap_ok", True) for o in objectives.values())
+    add_landscape_stats(spec, objectives, directions, result)
     return result
+
+
+def hessian_plane_surfaces(spec: AuditSpec, model, objectives: dict, train_objective, result: SurfaceResult,
+                           skip: set, out_dir: Path, progress) -> int:
+    """2D surfaces on the plane of the top and bottom Hessian eigenvectors of the training loss."""
+    from traits.probes.planes import hessian_plane
+    from traits.probes.surface import surface_2d
+
+    s, h = spec.probes.surface, spec.probes.hessian
+    device, dtype = train_objective.device, train_objective.dtype
+    plane = hessian_plane(train_objective, max_steps=h.max_steps, tol=h.tol, generator=_generator(spec.seed + 29),
+                          device=device, dtype=dtype, skip=skip, include_skipped=s.include_bias_and_norm)
+    result.plane = plane.to_dict()
+    axis = torch.linspace(-s.span, s.span, s.points_2d, dtype=torch.float64)
+    result.alphas_2d = axis.tolist()
+    partial = ensure_dir(out_dir / ".partial")
+    for split, obj in objectives.items():
+        cb = progress(f"eigenvector plane {split}", s.points_2d**2) if progress else None
+        grid = surface_2d(obj, plane.d_max, plane.d_min, axis, axis, chunk_size=s.chunk_size, progress=cb,
+                          resume_path=partial / f"plane2d-{split}.pt")
+        result.plane_grids[split] = _grid_to_lists(grid)
+    return len(objectives) * s.points_2d**2
+
+
+def add_landscape_stats(spec: AuditSpec, objectives: dict, directions: list, result: SurfaceResult) -> None:
+    """Discontinuities (refined by bisection along the sampled lines) and the loss entropy per split."""
+    from traits.probes.discontinuity import objective_line, objective_point
+    from traits.probes.landscape import landscape_stats
+
+    s = spec.probes.surface
+    losses = {split: _finite_or_none(obj.loss()) for split, obj in objectives.items()}
+    temperature = s.entropy_temperature or losses.get("id")
+    for split, obj in objectives.items():
+        if losses[split] is None:
+            continue
+        stats = landscape_stats(
+            result.alphas_1d, result.curves.get(split, []), losses[split], temperature,
+            alphas_2d=result.alphas_2d or None, grid=result.grids.get(split),
+            line_loss=lambda k, obj=obj: objective_line(obj, directions[k]),
+            point_loss=objective_point(obj, directions[0], directions[1]) if result.grids.get(split) else None,
+        )
+        result.landscape[split] = stats.to_dict()
 
 
 def refined_radius(obj, direction: dict, alphas: torch.Tensor, curve: torch.Tensor, loss0: float,
@@ -281,6 +327,47 @@ def refined_radius(obj, direction: dict, alphas: torch.Tensor, curve: torch.Tens
         evals += n
     radius = min(r for r, _ in sides)
     return radius, any(c for r, c in sides if r == radius), evals
+
+
+def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftResult:
+    """Domain-shift diagnostics (:mod:`traits.shift`): targets, composition and embedding distances of
+    the ID test and OOD sets against the training split (subsampled to ``max_train``, seeded)."""
+    from traits import shift as sh
+    from traits.models.inference import embed
+
+    cfg = spec.probes.shift
+    train_all = splits.get("train", [])
+    train = subsample(train_all, cfg.max_train, spec.seed + 17)
+    graphs = {"train": train, "id": splits.get("id", []), "ood": splits.get("ood", [])}
+    targets = {s: [float(g.y) for g in gs] for s, gs in graphs.items()}
+    # the target shift uses every training target; distances use the subsample
+    targets["train"] = [float(g.y) for g in train_all]
+    problems: list[str] = []
+    spaces: dict[str, dict | None] = {}
+    with_props = cfg.composition == "fractions+properties"
+    try:
+        spaces["composition"] = sh.composition_space({s: [g.z.numpy() for g in gs] for s, gs in graphs.items()},
+                                                     with_properties=with_props)
+    except sh.ShiftInputError as exc:
+        problems.append(f"composition distances were not measured: {exc}")
+        spaces["composition"] = None
+    if hasattr(model, "embed"):
+        try:
+            raw = {s: embed(model, gs, device) for s, gs in graphs.items()}
+            spaces["embedding"] = sh.standardise(raw) if len(graphs["train"]) else None
+        except sh.ShiftInputError as exc:
+            problems.append(f"embedding distances were not measured: {exc}")
+            spaces["embedding"] = None
+    else:
+        problems.append("the model exposes no crystal embedding: embedding distances were not measured")
+    features = "element fractions (Z = 1..100)"
+    if with_props:
+        features += " + fraction-weighted " + ", ".join(sh.PROPERTY_NAMES) + " (standardised)"
+    return sh.compute_shift(
+        targets, spaces, k=cfg.k, seed=spec.seed + 19, max_points=cfg.max_points, composition_features=features,
+        n_train_total=len(train_all), problems=problems,
+        thresholds={"near_ratio": cfg.near_ratio, "target_outside_fraction": cfg.target_outside_fraction},
+    )
 
 
 def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf: SurfaceResult | None,
@@ -319,7 +406,22 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
             m.basin_area = _finite_or_none(pm.basin_area_fraction(grid, loss0, tau))
             values += [v for row in surf.grids[split] for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
+    elif surf is not None and split in surf.curves:  # L(θ) itself is NaN/inf: no radius, but count the points
+        values = [v for c in surf.curves[split] for v in c] + [v for row in surf.grids.get(split, []) for v in row]
+        m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
+    if hess is not None:
+        from traits.probes.planes import nonconvexity
+
+        m.nonconvexity = _finite_or_none_opt(nonconvexity(m.lambda_min, m.lambda_max))
+    stats = surf.landscape.get(split) if surf is not None else None
+    if stats:
+        m.first_jump, m.smooth_to = stats.get("first_jump"), stats.get("smooth_to")
+        m.n_jumps, m.entropy = stats.get("n_jumps"), stats.get("entropy")
     return m
+
+
+def _finite_or_none_opt(x) -> float | None:
+    return None if x is None else _finite_or_none(x)
 
 
 def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> dict[str, float | None]:
@@ -337,6 +439,10 @@ def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> d
         out["sharpness_ratio"] = ratio(o.sharpness, i.sharpness)
         out["basin_area_ratio"] = ratio(o.basin_area, i.basin_area)
         out["loss_ratio"] = ratio(o.loss, i.loss)
+        out["nonconvexity_ratio"] = ratio(o.nonconvexity, i.nonconvexity)
+        out["first_jump_ratio"] = ratio(o.first_jump, i.first_jump)
+        if o.entropy is not None and i.entropy is not None:  # can change sign: a difference, not a ratio
+            out["entropy_ood_minus_id"] = o.entropy - i.entropy
     return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in out.items()}
 
 
@@ -388,6 +494,12 @@ def run_audit(
         )
     walls["accuracy"] = time.perf_counter() - t
 
+    shift = None
+    if spec.probes.shift.enabled:
+        t = time.perf_counter()
+        shift = run_shift(spec, model, data.splits, device)
+        walls["shift"] = time.perf_counter() - t
+
     from traits.probes.objective import SplitObjective
 
     hessians: dict[str, HessianResult] = {}
@@ -407,7 +519,12 @@ def run_audit(
     surface = None
     if spec.probes.surface.enabled:
         t = time.perf_counter()
-        surface = run_surfaces(spec, model, objectives, out_dir, progress)
+        train_objective = None
+        if spec.probes.surface.directions == "hessian":  # the plane comes from the training loss
+            train_objective = objectives.get("train") or SplitObjective(
+                model, collate(subsample(data.splits["train"], spec.probes.hessian.max_samples, spec.seed + 23),
+                               device, dtype), loss=spec.probes.loss)
+        surface = run_surfaces(spec, model, objectives, out_dir, progress, train_objective=train_objective)
         walls["surfaces"] = time.perf_counter() - t
 
     metrics = {s: split_metrics(spec, s, hessians.get(s), surface, loss0[s]) for s in spec.probes.splits}
@@ -425,13 +542,15 @@ def run_audit(
         name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,
         target=spec.data.target, unit=TARGET_UNITS[spec.data.target], omit=list(spec.omit), loss=spec.probes.loss,
         splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
-        accuracy=acc, hessian=hessians, surface=surface, metrics=metrics, ratios=ratios(metrics, acc),
+        accuracy=acc, hessian=hessians, surface=surface, shift=shift, metrics=metrics,
+        ratios={**ratios(metrics, acc), **(shift.ratios if shift is not None else {})},
     )
     apply_verdict(result, spec.gates)
     result.findings = pre_findings + result.findings
     if pre_findings and result.status == "pass":
         result.status = "warn"
     walls["total"] = sum(walls.values())
+    result.provenance.wall_seconds = dict(walls)  # the Provenance holds a copy made before the total
     result.write(out_dir / "results.json")
     if render:
         formats = [f for f in spec.report.formats if f != "json"]

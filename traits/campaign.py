@@ -25,13 +25,27 @@ from traits.spec import AuditSpec, load_spec, read_mapping
 
 CAMPAIGN_FILE = "campaign.yaml"
 
+#: Landscape metrics whose OOD/ID ratio is compared with the error ratio.
+LANDSCAPE_RATIOS = ("lambda_ratio", "trace_ratio", "radius_ratio", "sharpness_ratio", "basin_area_ratio",
+                    "nonconvexity_ratio", "first_jump_ratio", "entropy_ood_minus_id", "loss_ratio")
+#: The sceptic's baselines: how far the OOD set lies from training (traits.shift), OOD/ID.
+DISTANCE_RATIOS = ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio")
 #: OOD/ID ratios compared across tasks; the first is the error ratio the others are ranked against.
-SUMMARY_RATIOS = ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "sharpness_ratio",
-                  "basin_area_ratio", "loss_ratio")
+SUMMARY_RATIOS = ("mae_ratio", *LANDSCAPE_RATIOS, *DISTANCE_RATIOS)
 RATIO_LABELS = {
     "mae_ratio": "MAE", "lambda_ratio": "λ_max", "trace_ratio": "trace", "radius_ratio": "robust radius",
     "sharpness_ratio": "sharpness", "basin_area_ratio": "basin area", "loss_ratio": "loss at θ",
+    "nonconvexity_ratio": "|λ_min|/λ_max", "first_jump_ratio": "first jump scale",
+    "entropy_ood_minus_id": "loss entropy (OOD − ID)",
+    "embedding_knn_ratio": "embedding kNN distance", "composition_knn_ratio": "composition kNN distance",
+    "target_wasserstein_ratio": "target Wasserstein to train",
 }
+RATIO_KIND = {**{k: "landscape" for k in LANDSCAPE_RATIOS}, **{k: "distance baseline" for k in DISTANCE_RATIOS},
+              # the loss at θ is the probes' own error (MSE on their subsample): listed, never a "best" predictor
+              "loss_ratio": "error at θ (reference)"}
+#: The sign a ratio's correlation with the error ratio should have if the metric tracks OOD error
+#: (a smaller robust radius or basin means a worse OOD landscape).
+EXPECTED_SIGN = {"radius_ratio": -1.0, "basin_area_ratio": -1.0, "first_jump_ratio": -1.0, "entropy_ood_minus_id": -1.0}
 
 
 @dataclass
@@ -72,12 +86,20 @@ def load_campaign(directory: Path, profile: str | None = None, seed: int | None 
     return tasks
 
 
+def _project(want, ran):
+    """``want`` restricted to the keys ``ran`` has: fields added to the spec schema since (with their
+    defaults) do not make an earlier result look like another spec's."""
+    if isinstance(want, dict) and isinstance(ran, dict):
+        return {k: _project(want[k], ran[k]) for k in ran if k in want}
+    return want
+
+
 def _same_spec(result: AuditResult, spec: AuditSpec) -> bool:
     ran = dict(result.spec)
     want = spec.model_dump(mode="json")
     ran.get("report", {}).pop("out_dir", None)
     want.get("report", {}).pop("out_dir", None)
-    return ran == want
+    return set(ran) <= set(want) and _project(want, ran) == ran
 
 
 def run_campaign(
@@ -145,10 +167,36 @@ def summary_row(task: str, result: AuditResult) -> dict:
     for key in ("lambda_max", "trace", "robust_radius", "sharpness", "basin_area", "loss"):
         row[f"id_{key}"] = getattr(m["id"], key, None) if m["id"] else None
         row[f"ood_{key}"] = getattr(m["ood"], key, None) if m["ood"] else None
+    ratios = dict(result.ratios)
+    if result.surface is not None and "entropy_ood_minus_id" not in ratios:
+        ratios.update(_landscape_ratios(result))  # results from before these statistics: recompute
     for key in SUMMARY_RATIOS:
-        row[key] = result.ratios.get(key)
+        row[key] = ratios.get(key)
+    ood_shift = result.shift.splits.get("ood") if result.shift is not None else None
+    row["ood_target_outside"] = ood_shift.outside_p01_p99 if ood_shift is not None else None
+    case = next((f for f in result.findings if f.id == "domain_shift"), None)
+    row["shift_case"] = case.numbers.get("case") if case is not None else None
     row["failed_gates"] = [g.name for g in result.gates if g.level == "fail"]
     return row
+
+
+def _landscape_ratios(result: AuditResult) -> dict:
+    """Jump scale and entropy from stored curves and grids (located to the grid, not refined)."""
+    from traits.probes.landscape import landscape_stats
+    from traits.probes.metrics import ratio
+
+    s, stats = result.surface, {}
+    temperature = result.metrics["id"].loss if "id" in result.metrics else None
+    for split in ("id", "ood"):
+        loss0 = result.metrics[split].loss if split in result.metrics else None
+        if loss0 is None or split not in s.curves:
+            return {}
+        stats[split] = landscape_stats(s.alphas_1d, s.curves[split], loss0, temperature,
+                                       alphas_2d=s.alphas_2d or None, grid=s.grids.get(split))
+    out = {"first_jump_ratio": ratio(stats["ood"].first_jump, stats["id"].first_jump)}
+    if stats["ood"].entropy is not None and stats["id"].entropy is not None:
+        out["entropy_ood_minus_id"] = stats["ood"].entropy - stats["id"].entropy
+    return out
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
@@ -171,22 +219,65 @@ def summarise(rows: list[dict]) -> dict:
         entry = {k: t[k] for k in ("task", "target", "omit", "unit")}
         entry["seeds"] = [r["seed"] for r in t["rows"]]
         for key in ("id_mae", "ood_mae", *SUMMARY_RATIOS, "id_lambda_max", "ood_lambda_max", "id_trace",
-                    "ood_trace", "id_robust_radius", "ood_robust_radius"):
-            entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in t["rows"]])
+                    "ood_trace", "id_robust_radius", "ood_robust_radius", "ood_target_outside"):
+            entry[key], entry[f"{key}_std"] = _mean_std([r.get(key) for r in t["rows"]])
         statuses = [r["status"] for r in t["rows"]]
         entry["verdict"] = max(statuses, key=["pass", "warn", "fail"].index)
         entry["verdicts"] = statuses
+        entry["shift_cases"] = [r.get("shift_case") or "–" for r in t["rows"]]
         per_task.append(entry)
     correlations = {}
     for key in SUMMARY_RATIOS[1:]:
-        pairs = [(r["mae_ratio"], r[key]) for r in rows
-                 if r["mae_ratio"] is not None and r[key] is not None]
+        pairs = [(r["mae_ratio"], r.get(key)) for r in rows
+                 if r.get("mae_ratio") is not None and r.get(key) is not None]
+        entry = {"kind": RATIO_KIND[key], "expected_sign": EXPECTED_SIGN.get(key, 1.0), "n": len(pairs)}
         if len(pairs) >= 3 and len({p[1] for p in pairs}) > 1 and len({p[0] for p in pairs}) > 1:
             rho, p = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
-            correlations[key] = {"rho": float(rho), "p_value": float(p), "n": len(pairs)}
+            entry |= {"rho": _finite(rho), "p_value": _finite(p)}
         else:
-            correlations[key] = {"rho": None, "p_value": None, "n": len(pairs)}
-    return {"rows": rows, "tasks": per_task, "spearman_vs_mae_ratio": correlations}
+            entry |= {"rho": None, "p_value": None}
+        correlations[key] = entry
+    return {"rows": rows, "tasks": per_task, "spearman_vs_mae_ratio": correlations,
+            "best_predictor": best_predictors(correlations)}
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def best_predictors(correlations: dict) -> dict:
+    """The landscape metric and the distance baseline whose OOD/ID ratio tracks the error ratio best
+    (largest Spearman ρ in the expected direction), and which of the two wins."""
+    best: dict[str, dict | None] = {}
+    for kind in ("landscape", "distance baseline"):
+        scored = [(c["rho"] * c["expected_sign"], key) for key, c in correlations.items()
+                  if c["kind"] == kind and c["rho"] is not None]
+        if scored:
+            score, key = max(scored)
+            best[kind] = {"metric": key, "label": RATIO_LABELS[key], "rho": correlations[key]["rho"], "score": score}
+        else:
+            best[kind] = None
+    land, base = best["landscape"], best["distance baseline"]
+    if land is None and base is None:
+        text = "No metric could be ranked against the error ratio (fewer than 3 audits with both numbers)."
+        winner = None
+    elif land is None or base is None:
+        only = land or base
+        winner = "landscape" if land else "distance baseline"
+        text = (f"Only the {winner} metrics could be ranked: the best is {only['label']} (ρ = {only['rho']:.2f}).")
+    else:
+        winner = "landscape" if land["score"] > base["score"] else "distance baseline"
+        if land["score"] == base["score"]:
+            winner = "tie"
+        verb = {"landscape": "the landscape metric tracks the OOD error more closely than any distance baseline",
+                "distance baseline": "the distance baseline tracks the OOD error more closely than any landscape "
+                "metric", "tie": "the two tie"}[winner]
+        n = max(correlations[land["metric"]]["n"], correlations[base["metric"]]["n"])
+        text = (f"Best landscape metric: {land['label']} (ρ = {land['rho']:.2f}); best distance baseline: "
+                f"{base['label']} (ρ = {base['rho']:.2f}): {verb} over these {n} audits (a ranking, not a "
+                "significance test: compare the p-values).")
+    return {**best, "winner": winner, "statement": text}
 
 
 def _f(value, digits: int = 3) -> str:
@@ -203,28 +294,39 @@ def _pm(entry: dict, key: str) -> str:
 def summary_markdown(summary: dict) -> str:
     lines = [
         "| task | target | omitted | ID MAE | OOD MAE | OOD/ID MAE | λ_max ID | λ_max OOD | OOD/ID λ_max "
-        "| trace ID | trace OOD | OOD/ID trace | radius ID | radius OOD | OOD/ID radius | verdict |",
-        "|" + "---|" * 16,
+        "| trace ID | trace OOD | OOD/ID trace | radius ID | radius OOD | OOD/ID radius "
+        "| OOD/ID embedding kNN | OOD/ID composition kNN | OOD targets outside train p1–p99 | domain shift | verdict |",
+        "|" + "---|" * 20,
     ]
     for e in summary["tasks"]:
+        outside = e.get("ood_target_outside")
         lines.append("| " + " | ".join([
             e["task"], e["target"], ", ".join(e["omit"]) or "none (random)", _pm(e, "id_mae"), _pm(e, "ood_mae"),
             _pm(e, "mae_ratio"), _pm(e, "id_lambda_max"), _pm(e, "ood_lambda_max"), _pm(e, "lambda_ratio"),
             _pm(e, "id_trace"), _pm(e, "ood_trace"), _pm(e, "trace_ratio"), _pm(e, "id_robust_radius"),
-            _pm(e, "ood_robust_radius"), _pm(e, "radius_ratio"), "/".join(e["verdicts"]),
+            _pm(e, "ood_robust_radius"), _pm(e, "radius_ratio"), _pm(e, "embedding_knn_ratio"),
+            _pm(e, "composition_knn_ratio"), "–" if outside is None else f"{outside:.1%}",
+            "/".join(e.get("shift_cases", [])) or "–", "/".join(e["verdicts"]),
         ]) + " |")
-    lines += ["", "Spearman rank correlation of each OOD/ID ratio with the OOD/ID MAE ratio, over every "
-              "(task, seed):", "", "| metric | ρ | p | n |", "|---|---|---|---|"]
+    lines += ["", "Spearman rank correlation of each metric's OOD/ID ratio with the OOD/ID MAE ratio, over every "
+              "(task, seed): landscape metrics and the distance baselines side by side. A metric that tracks the "
+              "OOD error has ρ near +1 (near −1 for robust radius and basin area, where smaller is worse).", "",
+              "| kind | metric (OOD/ID) | ρ | p | n |", "|---|---|---|---|---|"]
     for key, c in summary["spearman_vs_mae_ratio"].items():
-        lines.append(f"| {RATIO_LABELS[key]} | {_f(c['rho'])} | {_f(c['p_value'], 2)} | {c['n']} |")
+        kind = c.get("kind", RATIO_KIND.get(key, ""))
+        lines.append(f"| {kind} | {RATIO_LABELS.get(key, key)} | {_f(c['rho'])} | {_f(c['p_value'], 2)} | {c['n']} |")
+    best = summary.get("best_predictor")
+    if best:
+        lines += ["", best["statement"]]
     return "\n".join(lines) + "\n"
 
 
 def summary_figure(summary: dict):
-    """Grouped bars: OOD/ID ratios (MAE, λ_max, trace, robust radius) per task, log scale, ± std."""
+    """Grouped bars: OOD/ID ratios (MAE, λ_max, trace, robust radius; hatched: the embedding and
+    composition kNN-distance baselines) per task, log scale, ± std."""
     from matplotlib.figure import Figure
 
-    keys = ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio")
+    keys = ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "embedding_knn_ratio", "composition_knn_ratio")
     tasks = summary["tasks"]
     fig = Figure(figsize=(6.7, 3.6), layout="constrained")
     ax = fig.add_subplot()
@@ -233,12 +335,13 @@ def summary_figure(summary: dict):
     for i, key in enumerate(keys):
         means = [e.get(key) or np.nan for e in tasks]
         stds = [e.get(f"{key}_std") or 0.0 for e in tasks]
-        ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=stds, label=RATIO_LABELS[key], capsize=2)
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=stds, label=RATIO_LABELS[key], capsize=2,
+               hatch="///" if RATIO_KIND.get(key) == "distance baseline" else None, edgecolor="white", lw=0.3)
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xticks(x, [e["task"] for e in tasks], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("OOD / ID ratio (log scale)")
-    ax.legend(fontsize=8, ncols=4, loc="upper left")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, ncols=3, loc="outside upper center", frameon=False)
     return fig
 
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from traits.errors import TraitsError
 from traits.files import write_text_atomic
 
-SCHEMA_VERSION = "1.0"
+#: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`).
+SCHEMA_VERSION = "1.1"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -117,6 +118,13 @@ class SurfaceResult(_Result):
         default_factory=dict, description="split -> per direction: the loss never left tolerance (lower bound)"
     )
     refine_evaluations: int = 0
+    landscape: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="split -> discontinuities and loss entropy (traits.probes.landscape)"
+    )
+    plane: dict[str, Any] | None = Field(None, description="Hessian-eigenvector plane: eigenvalues, residuals")
+    plane_grids: dict[str, list[list[MaybeFloat]]] = Field(
+        default_factory=dict, description="split -> [α][β] on the (d_max, d_min) eigenvector plane"
+    )
     points_per_second: MaybeFloat = None
     batched: bool = True
 
@@ -133,6 +141,74 @@ class SplitMetrics(_Result):
     sharpness: MaybeFloat = None
     basin_area: MaybeFloat = None
     nan_fraction: MaybeFloat = None
+    nonconvexity: MaybeFloat = Field(None, description="|λ_min| / λ_max (0 when λ_min ≥ 0)")
+    first_jump: MaybeFloat = Field(None, description="smallest perturbation scale at which the loss jumps")
+    smooth_to: MaybeFloat = Field(None, description="the sampled loss is smooth at least this far from θ")
+    n_jumps: int | None = None
+    entropy: MaybeFloat = Field(None, description="loss-landscape entropy (Vita & Schwalbe-Koda 2023)")
+
+
+class TargetSummary(_Result):
+    """Distribution of one split's targets (physical units)."""
+
+    n: int = 0
+    mean: MaybeFloat = None
+    std: MaybeFloat = None
+    min: MaybeFloat = None
+    max: MaybeFloat = None
+    quantiles: dict[str, MaybeFloat] = Field(
+        default_factory=dict, description="'q01' ... 'q99' -> the 1st ... 99th percentile"
+    )
+
+
+class DistanceSummary(_Result):
+    """Per-compound k-nearest-training-neighbour distances of one split, summarised."""
+
+    n: int = 0
+    median: MaybeFloat = None
+    p90: MaybeFloat = None
+    mean: MaybeFloat = None
+    n_excluded: int = Field(0, description="compounds left out (non-finite embedding or features)")
+
+
+class ShiftSplit(_Result):
+    """One split against the training split: target shift and distances to training compounds."""
+
+    targets: TargetSummary = Field(default_factory=TargetSummary)
+    outside_range: MaybeFloat = Field(None, description="share of targets outside [train min, train max]")
+    outside_p01_p99: MaybeFloat = Field(
+        None, description="share of targets outside the training 1st-99th percentiles"
+    )
+    ks_statistic: MaybeFloat = Field(None, description="two-sample Kolmogorov-Smirnov statistic vs train")
+    ks_pvalue: MaybeFloat = None
+    wasserstein: MaybeFloat = Field(None, description="1-D Wasserstein distance to the train targets (units)")
+    wasserstein_std: MaybeFloat = Field(None, description="wasserstein / standard deviation of train targets")
+    distances: dict[str, DistanceSummary] = Field(
+        default_factory=dict, description="space ('composition', 'embedding') -> kNN distance summary"
+    )
+
+
+class ShiftSamples(_Result):
+    """Per-compound values for the histograms (a seeded subsample when a split is large)."""
+
+    targets: list[float] = Field(default_factory=list)
+    distances: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class ShiftResult(_Result):
+    """Domain-shift diagnostics: is the OOD set inside the training domain? (see :mod:`traits.shift`)"""
+
+    k: int
+    composition_features: str = ""
+    n_train: int = Field(0, description="training compounds the distances are measured against")
+    n_train_total: int = 0
+    splits: dict[str, ShiftSplit] = Field(default_factory=dict, description="train (self excluded), id, ood")
+    ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each distance")
+    samples: dict[str, ShiftSamples] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="the verdict rule's thresholds in force when it was measured"
+    )
+    problems: list[str] = Field(default_factory=list, description="bad inputs met; each becomes a finding")
 
 
 class Finding(_Result):
@@ -167,6 +243,7 @@ class AuditResult(_Result):
     accuracy: dict[str, Accuracy] = Field(default_factory=dict)
     hessian: dict[str, HessianResult] = Field(default_factory=dict)
     surface: SurfaceResult | None = None
+    shift: ShiftResult | None = None
     metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
     ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each metric")
     findings: list[Finding] = Field(default_factory=list)

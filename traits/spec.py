@@ -186,6 +186,40 @@ class SurfaceSpec(_Strict):
     sharpness_radius: float = Field(0.1, gt=0, description="ε of the sharpness metric.")
     chunk_size: int | None = Field(None, ge=1, description="Grid points per pass (auto when empty).")
     max_samples: int | None = Field(1024, gt=0, description="Subsample each split for the surfaces.")
+    directions: Literal["random", "hessian"] = Field(
+        "random",
+        description="'hessian' adds a 2D surface in the plane of the eigenvectors of the largest and the "
+        "smallest Hessian eigenvalues of the training loss (Böttcher & Wheeler 2022), evaluated for every "
+        "split on that same plane, next to the random-direction surface.",
+    )
+    entropy_temperature: float | None = Field(
+        None, gt=0, description="Temperature of the loss entropy; default: the ID test loss at θ."
+    )
+
+
+class ShiftSpec(_Strict):
+    """Domain-shift diagnostics: target shift and k-nearest-neighbour distances to the training split."""
+
+    enabled: bool = True
+    k: int = Field(5, ge=1, le=100, description="Neighbours: the distance of a compound is the mean distance "
+                   "to its k nearest training compounds.")
+    max_train: int | None = Field(
+        5000, gt=0, description="Measure distances against at most this many training compounds (seeded)."
+    )
+    composition: Literal["fractions", "fractions+properties"] = Field(
+        "fractions+properties",
+        description="Composition vector: element fractions over Z = 1..100, optionally with six "
+        "fraction-weighted element properties (electronegativity, radius, row, group, Mendeleev number, mass).",
+    )
+    max_points: int = Field(2000, ge=10, description="Per-compound values kept per split for the histograms.")
+    near_ratio: float = Field(
+        1.5, gt=0, description="The OOD set is 'close' to training in the model's embedding when its median "
+        "kNN distance is at most this multiple of the ID one (the verdict's fragile-representation case).",
+    )
+    target_outside_fraction: float = Field(
+        0.2, gt=0, le=1, description="The OOD targets 'lie outside the training range' when at least this share "
+        "falls outside the training 1st-99th percentiles (about 0.02 for a split drawn like the training set).",
+    )
 
 
 class ProbeSpec(_Strict):
@@ -193,6 +227,7 @@ class ProbeSpec(_Strict):
     splits: list[Literal["train", "id", "ood"]] = Field(default_factory=lambda: ["id", "ood"])
     hessian: HessianSpec = Field(default_factory=HessianSpec)
     surface: SurfaceSpec = Field(default_factory=SurfaceSpec)
+    shift: ShiftSpec = Field(default_factory=ShiftSpec)
 
     @field_validator("splits")
     @classmethod
@@ -210,7 +245,13 @@ class GateSpec(_Strict):
     max_trace_ratio: float = Field(3.0, gt=0, description="Warn when OOD trace / ID trace exceeds this.")
     min_radius_ratio: float = Field(0.5, gt=0, description="Fail when OOD/ID robust radius is below this.")
     max_nan_fraction: float = Field(0.0, ge=0, le=1, description="Fail when more of a surface is NaN.")
-    fail_on: list[Literal["mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "nan_fraction"]] = Field(
+    max_embedding_knn_ratio: float = Field(
+        2.0, gt=0, description="Warn when the OOD compounds' median distance to their nearest training compounds "
+        "in the model's embedding exceeds this multiple of the ID one (the verdict then reads the OOD errors "
+        "as extrapolation).",
+    )
+    fail_on: list[Literal["mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "nan_fraction",
+                          "embedding_knn_ratio"]] = Field(
         default_factory=lambda: ["mae_ratio", "radius_ratio", "nan_fraction"],
         description="Gates whose violation fails the audit; the others only warn.",
     )
@@ -240,6 +281,14 @@ class AuditSpec(_Strict):
     probes: ProbeSpec = Field(default_factory=ProbeSpec)
     gates: GateSpec = Field(default_factory=GateSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @model_validator(mode="after")
+    def _near_below_far(self) -> AuditSpec:
+        near, far = self.probes.shift.near_ratio, self.gates.max_embedding_knn_ratio
+        if near > far:
+            raise ValueError(f"probes.shift.near_ratio ({near:g}) must not exceed gates.max_embedding_knn_ratio "
+                             f"({far:g}): a set cannot be both close to and far from the training compounds")
+        return self
 
     @field_validator("omit")
     @classmethod

@@ -2,19 +2,52 @@
 
 Gates (defaults in :class:`traits.spec.GateSpec`, all overridable in a spec's ``gates``):
 
-============== ======================================== ======= =============================
-gate           value                                    default  meaning when violated
-============== ======================================== ======= =============================
-mae_ratio      OOD MAE / ID MAE                          ≤ 2.0   the model does not transfer
-lambda_ratio   OOD λ_max / ID λ_max                      ≤ 3.0   the OOD loss is much sharper
-trace_ratio    OOD tr(H) / ID tr(H)                      ≤ 3.0   more curvature overall OOD
-radius_ratio   OOD robust radius / ID robust radius      ≥ 0.5   OOD loss leaves tolerance sooner
-nan_fraction   largest non-finite share of any surface   ≤ 0.0   the loss blows up nearby
-============== ======================================== ======= =============================
+=================== ========================================== ======= ================================
+gate                value                                      default meaning when violated
+=================== ========================================== ======= ================================
+mae_ratio           OOD MAE / ID MAE                           ≤ 2.0   the model does not transfer
+lambda_ratio        OOD λ_max / ID λ_max                       ≤ 3.0   the OOD loss is much sharper
+trace_ratio         OOD tr(H) / ID tr(H)                       ≤ 3.0   more curvature overall OOD
+radius_ratio        OOD robust radius / ID robust radius       ≥ 0.5   OOD loss leaves tolerance sooner
+nan_fraction        largest non-finite share of any surface    ≤ 0.0   the loss blows up nearby
+embedding_knn_ratio OOD / ID median embedding kNN distance     ≤ 2.0   OOD compounds lie far from the
+                                                                       training ones in the embedding
+=================== ========================================== ======= ================================
 
 A violated gate is a *fail* when it is listed in ``gates.fail_on`` (default: mae_ratio, radius_ratio,
 nan_fraction) and a *warn* otherwise. A gate whose metric was not measured (probe disabled, or a
 zero denominator) is reported as a warning and never fails the audit.
+
+Domain shift: extrapolation or a fragile representation?
+--------------------------------------------------------
+The finding ``domain_shift`` combines the domain-shift diagnostics (:mod:`traits.shift`) with the
+landscape, and names one case (thresholds from ``probes.shift``, stored in ``shift.thresholds``, and
+from the gates):
+
+1. **outside the training domain** (warn) when
+
+   * the OOD *targets* lie outside the training range: at least ``target_outside_fraction`` (0.2) of
+     them fall outside the 1st-99th percentiles of the training targets (a split drawn like the
+     training set has about 0.02 there), or
+   * the OOD compounds lie *far from training in the model's embedding*: their median distance to
+     the k nearest training compounds exceeds ``gates.max_embedding_knn_ratio`` (2.0) times the ID
+     one.
+
+   "errors reflect extrapolation": the landscape is not blamed, even when it is sharp.
+2. **fragile representation** (warn) when neither holds, the OOD compounds are *close* to training in
+   the embedding (OOD/ID median kNN ratio at most ``near_ratio``, 1.5) and the OOD loss landscape is
+   *sharp* (λ_max or trace ratio above its gate, robust-radius ratio below its gate), *non-convex*
+   (|λ_min|/λ_max above 0.1 on OOD and above the ID value) or *discontinuous* (a non-finite share
+   of the OOD surfaces above ``gates.max_nan_fraction``).
+3. **neither** otherwise: pass when the landscape is unremarkable, warn when it is flagged but the
+   embedding distance lies between ``near_ratio`` and the far threshold (no clear reading).
+
+Without an embedding distance (the model has none, or every vector was non-finite) the composition
+distance stands in for it, and the finding says so. With the composition distance available the rule
+does not use it: with element fractions, a compound holding an element absent from training is far
+from every training compound by construction, whatever the model learned. Bad shift inputs
+(``shift.problems``) become ``shift_input`` warnings; when nothing decides the case it is
+``undetermined`` (warn).
 """
 
 from __future__ import annotations
@@ -38,7 +71,11 @@ GATES = (
     Gate("trace_ratio", "OOD/ID Hessian trace ratio", "max_trace_ratio", "<="),
     Gate("radius_ratio", "OOD/ID robust-radius ratio", "min_radius_ratio", ">="),
     Gate("nan_fraction", "non-finite share of the loss surfaces", "max_nan_fraction", "<="),
+    Gate("embedding_knn_ratio", "OOD/ID embedding kNN-distance ratio", "max_embedding_knn_ratio", "<="),
 )
+
+#: ``|λ_min| / λ_max`` above which a split's loss counts as markedly non-convex at θ.
+NONCONVEX_RATIO = 0.1
 
 
 def ood_description(result: AuditResult) -> str:
@@ -99,15 +136,42 @@ def _finding_for_gate(result: AuditResult, outcome: GateOutcome) -> Finding:
     elif outcome.name == "trace_ratio":
         verdict = "more total curvature" if outcome.level != "pass" else "comparable total curvature"
         text = f"OOD Hessian trace is {v:.2f}x the ID trace: {verdict} for {who}"
+    elif outcome.name == "embedding_knn_ratio":
+        where = "outside" if outcome.level != "pass" else "within"
+        text = (f"In the model's embedding, OOD compounds are {v:.2f}x as far from their nearest training compounds "
+                f"as ID test compounds: the representation places {who} {where} the domain it learned")
     else:
         text = (f"{v:.1%} of the loss-surface points are NaN or infinite: the loss diverges within the probed "
                 "region" if v > 0 else "every loss-surface point is finite")
     return Finding(id=outcome.name, level=outcome.level, statement=text, numbers=numbers)
 
 
+def discontinuity_findings(result: AuditResult) -> list[Finding]:
+    """"The OOD loss jumps at α = 0.12 while the ID loss stays smooth to α = 0.8" (a warning when the OOD
+    loss jumps closer to θ than the ID loss does)."""
+    i, o = result.metrics.get("id"), result.metrics.get("ood")
+    if i is None or o is None or (i.first_jump is None and o.first_jump is None):
+        return []
+    who = ood_description(result)
+
+    def where(m) -> str:
+        if m.first_jump is not None:
+            return f"jumps at α = {m.first_jump:.3g}"
+        return f"stays smooth to α = {m.smooth_to:.3g}"
+
+    worse = o.first_jump is not None and (i.first_jump is None or o.first_jump < i.first_jump)
+    return [Finding(
+        id="discontinuity", level="warn" if worse else "pass",
+        statement=f"The OOD loss {where(o)} while the ID loss {where(i)}"
+        + (f": the loss is discontinuous close to the trained weights for {who}" if worse else ""),
+        numbers={"ood_first_jump": o.first_jump, "id_first_jump": i.first_jump, "ood_smooth_to": o.smooth_to,
+                 "id_smooth_to": i.smooth_to},
+    )]
+
+
 def extra_findings(result: AuditResult) -> list[Finding]:
-    """Findings that are not gates: convergence, unseen elements, non-convexity."""
-    found = []
+    """Findings that are not gates: convergence, unseen elements, non-convexity, discontinuities."""
+    found = discontinuity_findings(result)
     for split, h in result.hessian.items():
         if not h.converged:
             found.append(Finding(
@@ -136,10 +200,112 @@ def extra_findings(result: AuditResult) -> list[Finding]:
     return found
 
 
+def _nonconvexity(result: AuditResult, split: str) -> float | None:
+    h = result.hessian.get(split)
+    if h is None or h.lambda_min is None or not h.top_eigenvalues or h.top_eigenvalues[0] <= 0:
+        return None
+    return max(0.0, -h.lambda_min) / h.top_eigenvalues[0]
+
+
+def landscape_flags(result: AuditResult, gates) -> list[str]:
+    """What is wrong with the OOD landscape, in words with numbers (empty when nothing is)."""
+    r = result.ratios
+    flags = []
+    lam, trace, radius = r.get("lambda_ratio"), r.get("trace_ratio"), r.get("radius_ratio")
+    if lam is not None and lam > gates.max_lambda_ratio:
+        flags.append(("sharp", f"λ_max {lam:.2f}x the ID value"))
+    if trace is not None and trace > gates.max_trace_ratio:
+        flags.append(("sharp", f"Hessian trace {trace:.2f}x the ID value"))
+    if radius is not None and radius < gates.min_radius_ratio:
+        flags.append(("sharp", f"robust radius {radius:.2f}x the ID radius"))
+    nc_ood, nc_id = _nonconvexity(result, "ood"), _nonconvexity(result, "id")
+    if nc_ood is not None and nc_ood > NONCONVEX_RATIO and (nc_id is None or nc_ood > nc_id):
+        flags.append(("non-convex", f"|λ_min|/λ_max = {nc_ood:.2f} on OOD"
+                      + (f" vs {nc_id:.2f} on ID" if nc_id is not None else "")))
+    m = result.metrics.get("ood")
+    if m is not None and m.nan_fraction is not None and m.nan_fraction > gates.max_nan_fraction:
+        flags.append(("discontinuous", f"{m.nan_fraction:.1%} of the OOD surface points are NaN or infinite"))
+    return [f"{kind}: {detail}" for kind, detail in flags]
+
+
+def _kinds(flags: list[str]) -> str:
+    return " / ".join(dict.fromkeys(f.split(":", 1)[0] for f in flags))
+
+
+def shift_findings(result: AuditResult, gates) -> list[Finding]:
+    """``shift_input`` warnings for bad inputs and the ``domain_shift`` case (rule in the module doc)."""
+    sh = result.shift
+    if sh is None:
+        return []
+    found = [Finding(id=f"shift_input_{i + 1}" if len(sh.problems) > 1 else "shift_input", level="warn",
+                     statement=f"Domain-shift diagnostics: {p}") for i, p in enumerate(sh.problems)]
+    who = ood_description(result)
+    t_out = float(sh.thresholds.get("target_outside_fraction", 0.2))
+    near = float(sh.thresholds.get("near_ratio", 1.5))
+    far = float(gates.max_embedding_knn_ratio)
+    ood, idd = sh.splits.get("ood"), sh.splits.get("id")
+    outside = ood.outside_p01_p99 if ood is not None else None
+    id_outside = idd.outside_p01_p99 if idd is not None else None
+    space, dist = "embedding", sh.ratios.get("embedding_knn_ratio")
+    if dist is None and sh.ratios.get("composition_knn_ratio") is not None:
+        space, dist = "composition", sh.ratios["composition_knn_ratio"]
+    where = "in the model's embedding" if space == "embedding" else "in composition (no embedding distance)"
+    flags = landscape_flags(result, gates)
+    numbers: dict[str, float | str | None] = {
+        "ood_outside_p01_p99": outside, "id_outside_p01_p99": id_outside, "knn_ratio": dist, "space": space,
+        "target_outside_fraction": t_out, "near_ratio": near, "far_ratio": far, "landscape_flags": len(flags),
+    }
+    targets_out = outside is not None and outside >= t_out
+    far_away = dist is not None and dist > far
+    if targets_out or far_away:
+        reasons = []
+        if targets_out:
+            reasons.append(f"OOD targets lie outside the training range ({outside:.1%} of them beyond the training "
+                           f"1st-99th percentiles, vs {id_outside or 0:.1%} of ID targets)")
+        if far_away:
+            reasons.append(f"OOD compounds lie far from every training compound {where} (median kNN distance "
+                           f"{dist:.2f}x the ID one)")
+        text = "; ".join(reasons) + f": errors on {who} reflect extrapolation"
+        if flags:
+            text += f"; the {_kinds(flags)} landscape there ({'; '.join(f.split(': ', 1)[1] for f in flags)}) is " \
+                    "not evidence of a fragile representation"
+        case, level = "extrapolation", "warn"
+    elif dist is None and outside is None:
+        text = "Whether the OOD set lies inside the training domain could not be judged: neither the target shift " \
+               "nor a distance to the training compounds was measured"
+        case, level = "undetermined", "warn"
+    elif dist is not None and dist <= near and flags:
+        text = (f"OOD compounds are close to training compounds {where} (median kNN distance {dist:.2f}x the ID "
+                f"one), yet the loss landscape is {_kinds(flags)} there "
+                f"({'; '.join(f.split(': ', 1)[1] for f in flags)}): the representation is fragile for {who}")
+        case, level = "fragile", "warn"
+    else:
+        parts = []
+        if outside is not None:
+            parts.append(f"OOD targets lie within the training range ({outside:.1%} beyond its 1st-99th percentiles"
+                         + (f", vs {id_outside:.1%} of ID targets)" if id_outside is not None else ")"))
+        if dist is not None:
+            parts.append(f"OOD compounds are {'close to' if dist <= near else 'moderately far from'} training "
+                         f"compounds {where} ({dist:.2f}x the ID kNN distance)")
+        if flags:
+            text = "; ".join(parts) + f", and the loss landscape is {_kinds(flags)} there: neither extrapolation " \
+                   "nor a fragile representation is clearly indicated"
+            level = "warn"
+        else:
+            text = "; ".join(parts) + ", and the loss landscape is no sharper there: no sign of extrapolation or " \
+                   "of a fragile representation"
+            level = "pass"
+        case = "neither"
+    numbers["case"] = case
+    found.append(Finding(id="domain_shift", level=level, statement=text[0].upper() + text[1:], numbers=numbers))
+    return found
+
+
 def apply_verdict(result: AuditResult, gates) -> AuditResult:
     """Fill ``gates``, ``findings`` and ``status`` of a result (in place) and return it."""
     result.gates = evaluate_gates(result, gates)
-    result.findings = [_finding_for_gate(result, g) for g in result.gates] + extra_findings(result)
+    result.findings = ([_finding_for_gate(result, g) for g in result.gates] + extra_findings(result)
+                       + shift_findings(result, gates))
     order = {"fail": 0, "warn": 1, "pass": 2}
     result.findings.sort(key=lambda f: order[f.level])
     levels = {g.level for g in result.gates} | {f.level for f in result.findings}

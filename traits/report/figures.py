@@ -181,6 +181,79 @@ def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figur
 
 
 # ----------------------------------------------------------------------------------------------
+# Domain shift
+
+SPACE_TITLES = {"composition": "composition", "embedding": "embedding"}
+
+
+#: Distance histograms stop at this quantile of the pooled values (a long tail would squash the bulk).
+TAIL_QUANTILE = 0.99
+
+
+def _histograms(ax, values: Mapping[str, Sequence[float]], bins: int = 30, clip_tail: bool = False) -> None:
+    """Step histograms (density, each split normalised on its own) on common bins. With ``clip_tail`` the
+    axis stops at the pooled :data:`TAIL_QUANTILE` and the values beyond are counted in a note."""
+    arrays = {s: _array(v) for s, v in values.items()}
+    arrays = {s: a[np.isfinite(a)] for s, a in arrays.items()}
+    pooled = np.concatenate([a for a in arrays.values() if a.size] or [np.zeros(0)])
+    if pooled.size == 0:
+        ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        return
+    lo, hi = float(pooled.min()), float(pooled.max())
+    note = ""
+    if clip_tail and pooled.size >= 20:
+        cut = float(np.quantile(pooled, TAIL_QUANTILE))
+        if cut > lo and hi > cut * 1.2:
+            hi = cut
+            note = f"{int((pooled > hi).sum())} values beyond {hi:.3g} not shown"
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, bins + 1)
+    for i, (split, a) in enumerate(arrays.items()):
+        a = a[a <= edges[-1]]
+        if a.size == 0:
+            continue
+        sns.histplot(x=a, bins=edges, stat="density", element="step", fill=True, alpha=0.18, linewidth=1.3,
+                     color=split_color(split, i), ax=ax, label=split_label(split))
+    if note:  # in headroom above the bars, so it never covers them
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.18)
+        ax.text(0.98, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=6.5, color="0.35")
+
+
+def shift_figure(targets: Mapping[str, Sequence[float]], distances: Mapping[str, Mapping[str, Sequence[float]]],
+                 unit: str, target: str, k: int, band: tuple[float | None, float | None] | None = None) -> Figure:
+    """Histograms (density, one outline per split) of the targets and of each distance space's kNN distances.
+
+    ``distances[space][split]``: the per-compound mean distance to the ``k`` nearest training compounds.
+    ``band``: the training 1st and 99th percentiles of the targets, drawn as dashed lines.
+    """
+    panels = 1 + len(distances)
+    fig = _new_figure(2.7, PAGE_WIDTH)
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    _histograms(axes[0], targets)
+    if band is not None:
+        for x in band:
+            if x is not None and math.isfinite(x):
+                axes[0].axvline(x, color="0.25", ls="--", lw=0.9)
+    name = target.replace("_", " ")
+    axes[0].set_xlabel(f"{name}\n({unit})" if unit else name, fontsize=7.5)
+    axes[0].set_title("targets")
+    for ax, (space, by_split) in zip(axes[1:], distances.items()):
+        _histograms(ax, by_split, clip_tail=True)
+        ax.set_xlabel("mean distance to the k nearest\ntraining compounds (dimensionless)", fontsize=7.5)
+        ax.set_title(f"{SPACE_TITLES.get(space, space)} distance, k = {k}")
+    for i, ax in enumerate(axes):
+        ax.set_ylabel("density" if i == 0 else "")
+        ax.grid(True, lw=0.4, alpha=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+    splits = list(dict.fromkeys([*targets, *(s for d in distances.values() for s in d)]))
+    handles = [Patch(facecolor=(*split_color(s, i)[:3], 0.25), edgecolor=split_color(s, i), label=split_label(s))
+               for i, s in enumerate(splits)]
+    if band is not None:
+        handles.append(Line2D([], [], color="0.25", ls="--", lw=0.9, label="training 1st / 99th percentile"))
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
 # Hessian
 
 

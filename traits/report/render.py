@@ -34,6 +34,7 @@ SECTIONS = (
     ("provenance", "Model and data provenance"),
     ("splits", "Data splits"),
     ("accuracy", "Accuracy"),
+    ("shift", "Is the OOD set inside the training domain?"),
     ("hessian", "Hessian spectrum"),
     ("surfaces", "Loss surfaces"),
     ("methods", "Methods"),
@@ -53,6 +54,17 @@ RATIO_INFO = {
     "radius_ratio": ("robust radius", "low"),
     "sharpness_ratio": ("sharpness", "high"),
     "basin_area_ratio": ("basin area fraction", "low"),
+    "nonconvexity_ratio": ("non-convexity |λmin|/λmax", "high"),
+    "first_jump_ratio": ("scale of the first loss jump", "low"),
+}
+#: Domain-shift ratios (shown in their own section, not among the landscape ratios).
+SHIFT_RATIO_INFO = {
+    "composition_knn_ratio": ("composition kNN distance, median", "high"),
+    "composition_knn_p90_ratio": ("composition kNN distance, 90th percentile", "high"),
+    "embedding_knn_ratio": ("embedding kNN distance, median", "high"),
+    "embedding_knn_p90_ratio": ("embedding kNN distance, 90th percentile", "high"),
+    "target_wasserstein_ratio": ("Wasserstein distance of the targets to train", "high"),
+    "target_ks_ratio": ("KS statistic of the targets against train", "high"),
 }
 
 
@@ -205,6 +217,18 @@ def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None) -> di
     if panels:
         keep("parity", lambda: F.parity_figure(panels, result.unit, result.target))
 
+    sh = result.shift
+    if sh is not None and any(smp.targets or smp.distances for smp in sh.samples.values()):
+        keep("shift", lambda: F.shift_figure(
+            {s: sh.samples[s].targets for s in ordered_splits(sh.samples)},
+            {space: {s: sh.samples[s].distances[space] for s in ordered_splits(sh.samples)
+                     if space in sh.samples[s].distances}
+             for space in ("composition", "embedding")
+             if any(space in smp.distances for smp in sh.samples.values())},
+            result.unit, result.target, sh.k,
+            band=(sh.splits["train"].targets.quantiles.get("q01"), sh.splits["train"].targets.quantiles.get("q99"))
+            if "train" in sh.splits else None))
+
     hess = {s: result.hessian[s] for s in ordered_splits(result.hessian)}
     eig = {s: h.top_eigenvalues for s, h in hess.items() if h.top_eigenvalues}
     if eig:
@@ -219,6 +243,10 @@ def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None) -> di
         if grids and surf.alphas_2d:
             loss0 = {s: _loss_at_theta(result, s) for s in grids}
             keep("surface_2d", lambda: F.surface_2d_figure(surf.alphas_2d, grids, loss0, surf.tolerance, lunit))
+        planes = {s: surf.plane_grids[s] for s in ordered_splits(surf.plane_grids) if surf.plane_grids[s]}
+        if planes and surf.alphas_2d:
+            loss0 = {s: _loss_at_theta(result, s) for s in planes}
+            keep("plane_2d", lambda: F.surface_2d_figure(surf.alphas_2d, planes, loss0, surf.tolerance, lunit))
         sets = []
         for s in ordered_splits(surf.curves):
             if not surf.curves[s]:
@@ -282,6 +310,57 @@ def _nonfinite(result: AuditResult) -> list[dict[str, Any]]:
     return rows
 
 
+def _shift_context(result: AuditResult) -> dict[str, Any] | None:
+    """Rows of the domain-shift table (train / ID test / OOD / OOD:ID) and the verdict's case finding."""
+    sh = result.shift
+    if sh is None:
+        return None
+    cols = [s for s in ("train", "id", "ood") if s in sh.splits]
+    sp = sh.splits
+    unit = f" ({result.unit})" if result.unit else ""
+
+    def row(label, get, ratio_key=None, digits=4, percent=False, note=""):
+        values = []
+        for s in cols:
+            try:
+                values.append(get(sp[s]))
+            except (KeyError, AttributeError):
+                values.append(None)
+        return {"label": label, "values": values, "ratio": sh.ratios.get(ratio_key) if ratio_key else None,
+                "has_ratio": ratio_key is not None, "percent": percent, "digits": digits, "note": note}
+
+    q = lambda key: (lambda x: x.targets.quantiles.get(key))  # noqa: E731
+    groups = [
+        ("Targets" + unit, [
+            row("compounds", lambda x: x.targets.n),
+            row("mean", lambda x: x.targets.mean),
+            row("standard deviation", lambda x: x.targets.std),
+            row("1st percentile", q("q01")),
+            row("median", q("q50")),
+            row("99th percentile", q("q99")),
+            row("outside the training range", lambda x: x.outside_range, percent=True),
+            row("outside the training 1st–99th percentiles", lambda x: x.outside_p01_p99, percent=True),
+            row("KS statistic vs train (p-value)", lambda x: None if x.ks_statistic is None else
+                f"{fmt_num(x.ks_statistic, 3)} ({fmt_num(x.ks_pvalue, 2)})", "target_ks_ratio"),
+            row("Wasserstein distance to train" + unit, lambda x: x.wasserstein, "target_wasserstein_ratio"),
+            row("… in training standard deviations", lambda x: x.wasserstein_std),
+        ]),
+    ]
+    for space, title in (("composition", "Composition: mean distance to the k nearest training compounds"),
+                         ("embedding", "Embedding: mean distance to the k nearest training compounds")):
+        if not any(space in sp[s].distances for s in cols):
+            continue
+        groups.append((title, [
+            row("median", lambda x, sp_=space: x.distances[sp_].median, f"{space}_knn_ratio"),
+            row("90th percentile", lambda x, sp_=space: x.distances[sp_].p90, f"{space}_knn_p90_ratio"),
+            row("compounds measured", lambda x, sp_=space: x.distances[sp_].n),
+            row("left out (non-finite vector)", lambda x, sp_=space: x.distances[sp_].n_excluded),
+        ]))
+    case = next((f for f in result.findings if f.id == "domain_shift"), None)
+    return {"cols": cols, "groups": groups, "case": case, "spaces": [s for s in ("composition", "embedding")
+                                                                     if any(s in sp[c].distances for c in cols)]}
+
+
 def _spec_text(spec: dict[str, Any]) -> str:
     try:
         return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=False, width=96)
@@ -301,7 +380,7 @@ def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[s
     ratios = [
         {"key": k, "label": RATIO_INFO.get(k, (k.removesuffix("_ratio").replace("_", " "), ""))[0],
          "worse": RATIO_INFO.get(k, ("", ""))[1], "value": v}
-        for k, v in result.ratios.items()
+        for k, v in result.ratios.items() if k not in SHIFT_RATIO_INFO
     ]
     hess_splits = ordered_splits(result.hessian)
     k_max = max((len(h.top_eigenvalues) for h in result.hessian.values()), default=0)
@@ -320,6 +399,7 @@ def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[s
         "metric_splits": ordered_splits(result.metrics),
         "omitted_columns": omitted_columns,
         "ratios": ratios,
+        "shift": _shift_context(result),
         "nonfinite": _nonfinite(result),
         "surface_scale": scale,
         "log_span": LOG_SCALE_SPAN,
