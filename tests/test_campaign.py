@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.conftest import MP_FILE, needs_shared
 from traits.campaign import load_campaign, run_campaign, summarise, summary_markdown
 from traits.cli import app
-from traits.errors import SpecError
+from traits.errors import SpecError, TraitsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +134,16 @@ def test_cli_campaign(campaign_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "seed-3" / "a-enthalpy-fe" / "results.json").is_file()
     assert "OOD/ID MAE" in result.output
+
+
+def test_summary_only_runs_nothing_and_lists_missing(campaign_dir, tmp_path):
+    out = tmp_path / "out"
+    run_campaign(campaign_dir, out, seeds=[0], profile="tiny")
+    logs: list[str] = []
+    summary = run_campaign(campaign_dir, out, seeds=[0, 5], profile="tiny", log=logs.append, summary_only=True)
+    assert len(summary["rows"]) == 2
+    assert summary["missing"] == [{"seed": 5, "task": "a-enthalpy-fe"}, {"seed": 5, "task": "b-gap-random"}]
+    assert not (out / "seed-5").exists()
+    assert "Not finished" in (out / "summary.md").read_text()
+    with pytest.raises(TraitsError, match="no finished audit"):
+        run_campaign(campaign_dir, tmp_path / "empty", seeds=[0], profile="tiny", summary_only=True)

@@ -111,12 +111,16 @@ def run_campaign(
     data_path: Path | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     progress=None,
+    summary_only: bool = False,
 ) -> dict:
-    """Run (or resume) every task for every seed, then write the summary (JSON, Markdown, HTML, PDF)."""
+    """Run (or resume) every task for every seed, then write the summary (JSON, Markdown, HTML, PDF).
+
+    With ``summary_only`` nothing runs: the summary covers the tasks already finished (and lists the
+    others as missing), e.g. to look at a campaign that is still running elsewhere."""
     from traits.audit import run_audit
 
     out_dir = ensure_dir(Path(out_dir))
-    rows = []
+    rows, missing = [], []
     t_start = time.perf_counter()
     for seed in seeds if seeds else [None]:
         tasks = load_campaign(directory, profile, seed, data_path)
@@ -132,6 +136,10 @@ def run_campaign(
                     log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {previous}")
                     rows.append(summary_row(task.name, done))
                     continue
+            if summary_only:
+                log(f"seed {task.spec.seed} {task.name}: not finished, left out of the summary")
+                missing.append({"seed": task.spec.seed, "task": task.name})
+                continue
             log(f"seed {task.spec.seed} {task.name}: running")
             t = time.perf_counter()
             result = run_audit(task.spec, where, spec_path=str(task.path),
@@ -142,6 +150,9 @@ def run_campaign(
     summary["profile"] = profile
     summary["campaign"] = str(directory)
     summary["wall_seconds_this_run"] = time.perf_counter() - t_start
+    summary["missing"] = missing
+    if not rows:
+        raise TraitsError(f"{out_dir}: no finished audit to summarise")
     write_summary(summary, out_dir)
     return summary
 
@@ -318,6 +329,9 @@ def summary_markdown(summary: dict) -> str:
     best = summary.get("best_predictor")
     if best:
         lines += ["", best["statement"]]
+    if summary.get("missing"):
+        lines += ["", "Not finished (left out of this summary): "
+                  + ", ".join(f"{m['task']} (seed {m['seed']})" for m in summary["missing"]) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -317,6 +317,7 @@ def campaign(
     profile: Annotated[str | None, typer.Option(help="Profile of campaign.yaml to apply, e.g. cpu or full.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (default: each spec's).")] = None,
     data: Annotated[Path | None, typer.Option(help="Use this data file instead of each spec's data.path.")] = None,
+    summary_only: Annotated[bool, typer.Option(help="Run nothing; summarise the tasks finished so far.")] = False,
 ) -> None:
     """Run every spec of a campaign (resuming finished tasks) and write a comparison summary."""
     from traits.campaign import run_campaign
@@ -327,9 +328,10 @@ def campaign(
     if bar is not None:
         with bar:
             summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log,
-                                   progress=factory)
+                                   progress=factory, summary_only=summary_only)
     else:
-        summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log)
+        summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log,
+                               summary_only=summary_only)
     from traits.campaign import summary_markdown
 
     out.print(summary_markdown(summary), highlight=False, markup=False)
