@@ -225,6 +225,14 @@ def test_case_fragile_when_close_in_the_embedding_but_sharp():
     assert "sharp / discontinuous" in f.statement and "the representation is fragile" in f.statement
 
 
+def test_case_fragile_when_the_ood_loss_jumps_first():
+    res = make_result(ratios=CALM, nan_points=0)
+    res.metrics["ood"].first_jump, res.metrics["id"].first_jump, res.metrics["id"].smooth_to = 0.12, None, 0.8
+    apply_verdict(res, GateSpec())
+    f = finding(res, "domain_shift")
+    assert f.numbers["case"] == "fragile" and "discontinuous" in f.statement and "jumps at α = 0.12" in f.statement
+
+
 def test_case_neither_when_close_and_calm():
     res = make_result(ratios=CALM, nan_points=0)
     f = finding(res, "domain_shift")

@@ -321,11 +321,13 @@ def summary_markdown(summary: dict) -> str:
         ]) + " |")
     lines += ["", "Spearman rank correlation of each metric's OOD/ID ratio with the OOD/ID MAE ratio, over every "
               "(task, seed): landscape metrics and the distance baselines side by side. A metric that tracks the "
-              "OOD error has ρ near +1 (near −1 for robust radius and basin area, where smaller is worse).", "",
+              "OOD error has ρ near +1, or near −1 for the metrics marked ↓ (a smaller ratio is worse).", "",
               "| kind | metric (OOD/ID) | ρ | p | n |", "|---|---|---|---|---|"]
     for key, c in summary["spearman_vs_mae_ratio"].items():
         kind = c.get("kind", RATIO_KIND.get(key, ""))
-        lines.append(f"| {kind} | {RATIO_LABELS.get(key, key)} | {_f(c['rho'])} | {_f(c['p_value'], 2)} | {c['n']} |")
+        label = RATIO_LABELS.get(key, key).replace("|", "\\|")  # a '|' would split the Markdown cell
+        label += " ↓" if c.get("expected_sign", 1.0) < 0 else ""
+        lines.append(f"| {kind} | {label} | {_f(c['rho'])} | {_f(c['p_value'], 2)} | {c['n']} |")
     best = summary.get("best_predictor")
     if best:
         lines += ["", best["statement"]]

@@ -38,7 +38,8 @@ from the gates):
    the embedding (OOD/ID median kNN ratio at most ``near_ratio``, 1.5) and the OOD loss landscape is
    *sharp* (λ_max or trace ratio above its gate, robust-radius ratio below its gate), *non-convex*
    (|λ_min|/λ_max above 0.1 on OOD and above the ID value) or *discontinuous* (a non-finite share
-   of the OOD surfaces above ``gates.max_nan_fraction``).
+   of the OOD surfaces above ``gates.max_nan_fraction``, or the OOD loss jumps closer to θ than the
+   ID loss does: see the ``discontinuity`` finding).
 3. **neither** otherwise: pass when the landscape is unremarkable, warn when it is flagged but the
    embedding distance lies between ``near_ratio`` and the far threshold (no clear reading).
 
@@ -201,6 +202,9 @@ def extra_findings(result: AuditResult) -> list[Finding]:
 
 
 def _nonconvexity(result: AuditResult, split: str) -> float | None:
+    m = result.metrics.get(split)
+    if m is not None and m.nonconvexity is not None:
+        return m.nonconvexity
     h = result.hessian.get(split)
     if h is None or h.lambda_min is None or not h.top_eigenvalues or h.top_eigenvalues[0] <= 0:
         return None
@@ -222,9 +226,14 @@ def landscape_flags(result: AuditResult, gates) -> list[str]:
     if nc_ood is not None and nc_ood > NONCONVEX_RATIO and (nc_id is None or nc_ood > nc_id):
         flags.append(("non-convex", f"|λ_min|/λ_max = {nc_ood:.2f} on OOD"
                       + (f" vs {nc_id:.2f} on ID" if nc_id is not None else "")))
-    m = result.metrics.get("ood")
+    m, mi = result.metrics.get("ood"), result.metrics.get("id")
     if m is not None and m.nan_fraction is not None and m.nan_fraction > gates.max_nan_fraction:
         flags.append(("discontinuous", f"{m.nan_fraction:.1%} of the OOD surface points are NaN or infinite"))
+    if m is not None and m.first_jump is not None and (mi is None or mi.first_jump is None
+                                                       or m.first_jump < mi.first_jump):
+        smooth = f", ID smooth to α = {mi.smooth_to:.3g}" if mi is not None and mi.first_jump is None and \
+            mi.smooth_to is not None else ""
+        flags.append(("discontinuous", f"the OOD loss jumps at α = {m.first_jump:.3g}{smooth}"))
     return [f"{kind}: {detail}" for kind, detail in flags]
 
 
