@@ -266,6 +266,8 @@ def hessian_plane_surfaces(spec: AuditSpec, model, objectives: dict, train_objec
     from traits.probes.surface import surface_2d
 
     s, h = spec.probes.surface, spec.probes.hessian
+    if not np.isfinite(float(train_objective.loss())):
+        return 0  # no curvature at a non-finite loss: the NaN share of the random surfaces reports it
     device, dtype = train_objective.device, train_objective.dtype
     plane = hessian_plane(train_objective, max_steps=h.max_steps, tol=h.tol, generator=_generator(spec.seed + 29),
                           device=device, dtype=dtype, skip=skip, include_skipped=s.include_bias_and_norm)
