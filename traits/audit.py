@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -554,6 +555,7 @@ def run_audit(
     walls["total"] = sum(walls.values())
     result.provenance.wall_seconds = dict(walls)  # the Provenance holds a copy made before the total
     result.write(out_dir / "results.json")
+    shutil.rmtree(out_dir / ".partial", ignore_errors=True)  # resume files of a finished audit
     if render:
         formats = [f for f in spec.report.formats if f != "json"]
         if formats:
