@@ -6,7 +6,6 @@ Side effects (files, devices, progress) live here; the probes in ``traits.probes
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import platform
 import shutil
 import sys
@@ -20,6 +19,7 @@ import torch
 
 import traits
 from traits.data.prepare import PreparedData, prepare_data
+from traits.data.sources import file_hash
 from traits.errors import CheckpointError, TraitsError
 from traits.files import ensure_dir
 from traits.results import (
@@ -64,14 +64,6 @@ def package_versions() -> dict[str, str]:
         "pydantic": pydantic.__version__,
         "numpy": np.__version__,
     }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _finite_or_none(x) -> float | None:
@@ -537,7 +529,7 @@ def run_audit(
         device=str(device), dtype=spec.dtype, seed=spec.seed, started_at=started, wall_seconds=walls,
         command=command, spec_path=spec_path,
         checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
-        checkpoint_sha256=sha256_file(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,
+        checkpoint_sha256=file_hash(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,
         checkpoint_format=spec.model.format, checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
     )
