@@ -29,6 +29,7 @@ from traits.probes.discontinuity import (
     refine_jump,
     scan_curve,
 )
+from traits.probes.landscape import landscape_stats
 from traits.probes.objective import SplitObjective
 from traits.probes.surface import surface_1d
 
@@ -94,6 +95,23 @@ def test_the_nearest_jump_on_either_side_sets_the_scale():
     # unsorted input gives the same answer
     perm = np.random.default_rng(0).permutation(ALPHAS.size)
     assert first_jump_scale(ALPHAS[perm], losses[perm], 1.0) == pytest.approx(0.425)
+
+
+def test_landscape_stats_keep_each_directions_jump_positions():
+    """What the report draws on the 1D curves: per direction, the signed refined jump positions."""
+    left = lambda x: 1.0 + np.asarray(x) ** 2 + 0.7 * (np.asarray(x) <= -0.41)  # noqa: E731
+    smooth = lambda x: 1.0 + 3.0 * np.asarray(x) ** 2  # noqa: E731
+    curves = [step_curve(ALPHAS), smooth(ALPHAS), left(ALPHAS)]
+    functions = [step_curve, smooth, left]
+    stats = landscape_stats(ALPHAS, curves.copy(), 1.0, None, line_loss=lambda k: functions[k])
+    assert len(stats.jumps_1d) == 3 and stats.jumps_1d[1] == []
+    assert stats.jumps_1d[0] == [pytest.approx(STEP_AT, abs=H / 2**12)]
+    assert stats.jumps_1d[2] == [pytest.approx(-0.41, abs=H / 2**12)]
+    assert stats.n_jumps == 2 and stats.first_jump == pytest.approx(STEP_AT, abs=H / 2**12)
+    assert stats.extra_evaluations == 24
+    unrefined = landscape_stats(ALPHAS, curves, 1.0, None)
+    assert unrefined.jumps_1d[0] == [pytest.approx(0.325)] and unrefined.extra_evaluations == 0
+    json.dumps(stats.to_dict(), allow_nan=False)
 
 
 SMOOTH = {

@@ -294,3 +294,42 @@ def test_number_formatting():
     assert R.fmt_num(-2.5e12) == "−2.5×10¹²"
     assert R.fmt_num(True) == "yes"
     assert R.fmt_seconds(200.0) == "3 min 20 s"
+
+
+def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
+    """Each stored jump position becomes a star on its split's curve, the nearest one a dash-dot line."""
+    import matplotlib.pyplot as plt
+
+    alphas = [-1.0 + 0.1 * i for i in range(21)]
+    smooth = [1.0 + a * a for a in alphas]
+    stepped = [v + (0.8 if a >= 0.35 else 0.0) for v, a in zip(smooth, alphas)]
+    sets = [
+        F.CurveSet(split="id", curves=[smooth, smooth], loss0=1.0),
+        F.CurveSet(split="ood", curves=[stepped, smooth], loss0=1.0, jumps=[[0.37, -0.8], []]),
+    ]
+    with F.style():
+        fig = F.curves_1d_figure(alphas, sets, 0.1)
+    ax = fig.axes[0]
+    stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_xdata()) == [0.37, -0.8]
+    # drawn on the curve, just inside the jump: L(0.3) and L(-0.8) of the stepped curve
+    assert list(stars[0].get_ydata()) == pytest.approx([stepped[13], stepped[2]])
+    dashdot = [ln for ln in ax.lines if ln.get_linestyle() == "-." and ln.get_xdata()[0] == 0.37]
+    assert len(dashdot) == 1
+    assert not [ln for ln in fig.axes[1].lines if ln.get_marker() == "*"]  # the second direction is smooth
+    assert "loss jump" in [t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close(fig)
+
+    # the report passes each split's stored positions (results.surface.landscape[split]["jumps_1d"])
+    seen = {}
+    real = F.curves_1d_figure
+
+    def spy(alphas, sets, tolerance):
+        seen.update({s.split: list(s.jumps) for s in sets})
+        return real(alphas, sets, tolerance)
+
+    monkeypatch.setattr(F, "curves_1d_figure", spy)
+    result = make_result()
+    result.surface.landscape["ood"] = {**result.surface.landscape.get("ood", {}), "jumps_1d": [[0.25], []]}
+    render_html(result)
+    assert seen["ood"] == [[0.25], []] and seen["id"] == []

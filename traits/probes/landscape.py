@@ -7,7 +7,7 @@ stored ``results.json``), optionally refining each jump by bisection when a line
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -20,7 +20,9 @@ class LandscapeStats:
     """``first_jump``: smallest perturbation scale (|α|, or distance from θ on the 2D grid) at which the
     loss jumps (None: smooth everywhere sampled); ``smooth_to``: the loss is smooth at least this far;
     ``n_jumps``; ``extra_evaluations`` spent refining jumps; ``entropy`` and ``entropy_relative``: the
-    loss-landscape entropy (Vita & Schwalbe-Koda 2023) over every sampled point at ``temperature``."""
+    loss-landscape entropy (Vita & Schwalbe-Koda 2023) over every sampled point at ``temperature``;
+    ``jumps_1d``: per 1D direction, the signed positions α of its counting jumps, nearest θ first (what
+    the report marks on the 1D curves)."""
 
     first_jump: float | None
     smooth_to: float | None
@@ -29,6 +31,7 @@ class LandscapeStats:
     entropy: float | None
     entropy_relative: float | None
     temperature: float | None
+    jumps_1d: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -55,13 +58,15 @@ def landscape_stats(
     ``point_loss(α, β)`` the loss on the 2D plane. Without them jumps are located to the grid spacing.
     """
     a = np.asarray(alphas, dtype=float)
-    scales, smooth, n_jumps, extra = [], [], 0, 0
+    scales, smooth, n_jumps, extra, positions = [], [], 0, 0, []
     sampled = []
     for k, curve in enumerate(curves):
         values = _array([curve])[0]
         sampled.append(values)
         scan = scan_curve(a, values, loss0, line_loss=line_loss(k) if line_loss else None)
-        n_jumps += sum(1 for j in scan.jumps if not j.refined or j.confirmed)
+        counting = sorted((j for j in scan.jumps if not j.refined or j.confirmed), key=lambda j: j.distance)
+        n_jumps += len(counting)
+        positions.append([float(j.position) for j in counting])
         extra += scan.n_extra_evals
         if scan.first_scale is not None:
             scales.append(scan.first_scale)
@@ -92,4 +97,5 @@ def landscape_stats(
         entropy=entropy,
         entropy_relative=relative,
         temperature=temperature,
+        jumps_1d=positions,
     )

@@ -398,6 +398,18 @@ class CurveSet:
     radius: float | None = None
     censored: bool = False
     radius_per_direction: Sequence[float | None] = ()
+    jumps: Sequence[Sequence[float]] = ()
+
+
+def _jump_heights(a: np.ndarray, y: np.ndarray, positions: Sequence[float]) -> np.ndarray:
+    """Where to draw jump markers: the curve's value just inside each jump (nearer θ), or NaN."""
+    ok = np.isfinite(y)
+    out = np.full(len(positions), np.nan)
+    for k, p in enumerate(positions):
+        inside = ok & (np.abs(a) <= abs(p)) & (np.sign(a) * np.sign(p) >= 0)
+        if inside.any():
+            out[k] = y[inside][np.argmax(np.abs(a[inside]))]
+    return out
 
 
 def _normalised(curve: np.ndarray, loss0: float | None) -> np.ndarray:
@@ -411,6 +423,8 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
 
     The dashed line is the tolerance 1 + τ; the dotted vertical lines at ±r mark each split's robust
     radius along that direction (a triangle marks a censored radius: the curve never left tolerance).
+    Loss jumps (``CurveSet.jumps``, signed α per direction) are drawn as stars on the curve, and the jump
+    nearest θ of each split gets a dash-dot vertical line: its discontinuity scale along that direction.
     """
     n_dir = min(max((len(s.curves) for s in sets), default=1), MAX_DIRECTIONS)
     ncols = min(n_dir, 2)
@@ -423,7 +437,7 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
     ] or [np.ones(1)])
     finite = ratios[np.isfinite(ratios) & (ratios > 0)]
     use_log = finite.size > 0 and finite.max() / max(finite.min(), 1e-300) > 20
-    any_bad = False
+    any_bad = any_jump = False
     for d, ax in enumerate(axes):
         if d >= n_dir:
             ax.set_visible(False)
@@ -444,6 +458,14 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
                     ax.axvline(sign * r, color=color, ls=":", lw=1.3)
                 if s.censored and r == s.radius:
                     ax.plot([r], [1 + tolerance], marker=">", color=color, ms=6, lw=0)
+            positions = [p for p in (s.jumps[d] if d < len(s.jumps) else ()) if p is not None and math.isfinite(p)]
+            if positions:
+                any_jump = True
+                heights = _jump_heights(a, y, positions)
+                drawn = np.isfinite(heights)
+                ax.plot(np.asarray(positions)[drawn], heights[drawn], lw=0, marker="*", ms=9, color=color,
+                        markeredgecolor="0.15", markeredgewidth=0.5, zorder=5)
+                ax.axvline(min(positions, key=abs), color=color, ls="-.", lw=1.2)
         ax.axhline(1 + tolerance, color="0.2", ls="--", lw=1.0)
         ax.set_title(f"direction {d + 1}")
         ax.set_xlabel("α along the direction (dimensionless)")
@@ -459,6 +481,11 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
         Line2D([], [], color="0.2", ls="--", lw=1.0, label=f"tolerance 1 + τ = {1 + tolerance:g}"),
         Line2D([], [], color="0.3", ls=":", lw=1.3, label="± robust radius"),
     ]
+    if any_jump:
+        handles += [
+            Line2D([], [], color="0.3", lw=0, marker="*", ms=8, label="loss jump"),
+            Line2D([], [], color="0.3", ls="-.", lw=1.2, label="first jump"),
+        ]
     if any_bad:
         handles.append(Line2D([], [], color="0.3", lw=0, marker="x", ms=6, label="non-finite loss (drawn at 1)"))
     ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)

@@ -256,6 +256,7 @@ def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None) -> di
                 split=s, curves=surf.curves[s], loss0=_loss_at_theta(result, s),
                 radius=m.robust_radius if m else None, censored=bool(m and m.robust_radius_censored),
                 radius_per_direction=m.radius_per_direction if m else (),
+                jumps=(surf.landscape.get(s) or {}).get("jumps_1d") or (),
             ))
         if sets and surf.alphas_1d:
             keep("curves_1d", lambda: F.curves_1d_figure(surf.alphas_1d, sets, surf.tolerance))
