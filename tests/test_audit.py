@@ -160,6 +160,21 @@ def test_robust_radii_are_positive_and_within_the_span(audited):
         assert 0 <= m.basin_area <= 1
 
 
+def test_the_eigenvector_plane_has_its_own_basin_area(audited):
+    """The quickstart spec asks for the Hessian plane: each split's basin area on it, from its plane grid."""
+    from traits.probes.metrics import basin_area_fraction
+
+    result, _, _ = audited
+    s = result.surface
+    assert s.plane is not None
+    for name in ("id", "ood"):
+        grid = np.array([[np.nan if v is None else v for v in row] for row in s.plane_grids[name]])
+        assert grid.shape == (5, 5)
+        expected = basin_area_fraction(grid, result.metrics[name].loss, s.tolerance)
+        assert result.metrics[name].plane_basin_area == pytest.approx(expected)
+        assert 0 < result.metrics[name].plane_basin_area <= 1
+
+
 def _expected_ratio(ood, idv):
     if ood is None or idv is None or idv == 0:
         return None
@@ -172,7 +187,8 @@ def test_ratios_are_ood_over_id(audited):
     assert ratios["mae_ratio"] == pytest.approx(acc["ood"].mae / acc["id"].mae, rel=1e-12)
     assert ratios["rmse_ratio"] == pytest.approx(acc["ood"].rmse / acc["id"].rmse, rel=1e-12)
     for key, field in [("lambda_ratio", "lambda_max"), ("trace_ratio", "trace"), ("radius_ratio", "robust_radius"),
-                       ("loss_ratio", "loss"), ("basin_area_ratio", "basin_area"), ("sharpness_ratio", "sharpness")]:
+                       ("loss_ratio", "loss"), ("basin_area_ratio", "basin_area"), ("sharpness_ratio", "sharpness"),
+                       ("plane_basin_area_ratio", "plane_basin_area")]:
         expected = _expected_ratio(getattr(m["ood"], field), getattr(m["id"], field))
         if expected is None:
             assert ratios[key] is None, key

@@ -401,6 +401,9 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
             m.basin_area = _finite_or_none(pm.basin_area_fraction(grid, loss0, tau))
             values += [v for row in surf.grids[split] for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
+        if surf.plane_grids.get(split):
+            plane = np.array([[np.nan if v is None else v for v in row] for row in surf.plane_grids[split]])
+            m.plane_basin_area = _finite_or_none(pm.basin_area_fraction(plane, loss0, tau))
     elif surf is not None and split in surf.curves:  # L(θ) itself is NaN/inf: no radius, but count the points
         values = [v for c in surf.curves[split] for v in c] + [v for row in surf.grids.get(split, []) for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
@@ -433,6 +436,7 @@ def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> d
         out["radius_ratio"] = ratio(o.robust_radius, i.robust_radius)
         out["sharpness_ratio"] = ratio(o.sharpness, i.sharpness)
         out["basin_area_ratio"] = ratio(o.basin_area, i.basin_area)
+        out["plane_basin_area_ratio"] = ratio(o.plane_basin_area, i.plane_basin_area)
         out["loss_ratio"] = ratio(o.loss, i.loss)
         out["nonconvexity_ratio"] = ratio(o.nonconvexity, i.nonconvexity)
         out["first_jump_ratio"] = ratio(o.first_jump, i.first_jump)

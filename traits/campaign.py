@@ -27,14 +27,16 @@ CAMPAIGN_FILE = "campaign.yaml"
 
 #: Landscape metrics whose OOD/ID ratio is compared with the error ratio.
 LANDSCAPE_RATIOS = ("lambda_ratio", "trace_ratio", "radius_ratio", "sharpness_ratio", "basin_area_ratio",
-                    "nonconvexity_ratio", "first_jump_ratio", "entropy_ood_minus_id", "loss_ratio")
+                    "plane_basin_area_ratio", "nonconvexity_ratio", "first_jump_ratio", "entropy_ood_minus_id",
+                    "loss_ratio")
 #: The sceptic's baselines: how far the OOD set lies from training (traits.shift), OOD/ID.
 DISTANCE_RATIOS = ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio")
 #: OOD/ID ratios compared across tasks; the first is the error ratio the others are ranked against.
 SUMMARY_RATIOS = ("mae_ratio", *LANDSCAPE_RATIOS, *DISTANCE_RATIOS)
 RATIO_LABELS = {
     "mae_ratio": "MAE", "lambda_ratio": "λ_max", "trace_ratio": "trace", "radius_ratio": "robust radius",
-    "sharpness_ratio": "sharpness", "basin_area_ratio": "basin area", "loss_ratio": "loss at θ",
+    "sharpness_ratio": "sharpness", "basin_area_ratio": "basin area",
+    "plane_basin_area_ratio": "basin area (eigenvector plane)", "loss_ratio": "loss at θ",
     "nonconvexity_ratio": "|λ_min|/λ_max", "first_jump_ratio": "first jump scale",
     "entropy_ood_minus_id": "loss entropy (OOD − ID)",
     "embedding_knn_ratio": "embedding kNN distance", "composition_knn_ratio": "composition kNN distance",
@@ -45,7 +47,8 @@ RATIO_KIND = {**{k: "landscape" for k in LANDSCAPE_RATIOS}, **{k: "distance base
               "loss_ratio": "error at θ (reference)"}
 #: The sign a ratio's correlation with the error ratio should have if the metric tracks OOD error
 #: (a smaller robust radius or basin means a worse OOD landscape).
-EXPECTED_SIGN = {"radius_ratio": -1.0, "basin_area_ratio": -1.0, "first_jump_ratio": -1.0, "entropy_ood_minus_id": -1.0}
+EXPECTED_SIGN = {"radius_ratio": -1.0, "basin_area_ratio": -1.0, "plane_basin_area_ratio": -1.0,
+                 "first_jump_ratio": -1.0, "entropy_ood_minus_id": -1.0}
 
 
 @dataclass

@@ -140,6 +140,9 @@ class SplitMetrics(_Result):
     radius_per_direction: list[MaybeFloat] = Field(default_factory=list)
     sharpness: MaybeFloat = None
     basin_area: MaybeFloat = None
+    plane_basin_area: MaybeFloat = Field(
+        None, description="basin area fraction on the Hessian-eigenvector plane (surface.directions: hessian)"
+    )
     nan_fraction: MaybeFloat = None
     nonconvexity: MaybeFloat = Field(None, description="|λ_min| / λ_max (0 when λ_min ≥ 0)")
     first_jump: MaybeFloat = Field(None, description="smallest perturbation scale at which the loss jumps")

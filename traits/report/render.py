@@ -54,6 +54,7 @@ RATIO_INFO = {
     "radius_ratio": ("robust radius", "low"),
     "sharpness_ratio": ("sharpness", "high"),
     "basin_area_ratio": ("basin area fraction", "low"),
+    "plane_basin_area_ratio": ("basin area fraction, eigenvector plane", "low"),
     "nonconvexity_ratio": ("non-convexity |λmin|/λmax", "high"),
     "first_jump_ratio": ("scale of the first loss jump", "low"),
 }
