@@ -33,15 +33,6 @@ pytestmark = pytest.mark.skipif(not CGCNN_DIR.is_dir(), reason=f"{CGCNN_DIR} not
 CUTOFF, M, STEP = 8.0, 12, 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and thrash when other processes share the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRAITS_CACHE", str(tmp_path_factory.mktemp("cache")))

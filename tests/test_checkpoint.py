@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import prepare_sample
 
 from traits.errors import CheckpointError
 from traits.models import build_model, load_checkpoint, predict, save_checkpoint
@@ -24,27 +25,9 @@ HYPER = {"atom_fea_len": 8, "n_conv": 2, "h_fea_len": 6, "n_h": 1}
 GRAPH = {"cutoff": 8.0, "max_neighbors": 12, "gaussian_step": 0.2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and thrash when other processes share the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
-    from traits.data.prepare import prepare_data
-    from traits.spec import spec_from_mapping
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAITS_CACHE", str(tmp_path_factory.getbasetemp() / "traits-graph-cache"))
-        spec = spec_from_mapping({
-            "name": "ckpt", "data": {"source": "sample", "target": "formation_energy_per_atom", "subsample": 40},
-            "model": {"train": {}},
-        })
-        return prepare_data(spec).splits["train"][:20]
+    return prepare_sample(tmp_path_factory, "ckpt").splits["train"][:20]
 
 
 def trained_like(arch="cgcnn", seed=0, **hyper):

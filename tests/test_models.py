@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import prepare_sample
 from torch.func import functional_call, vmap
 
 from traits.errors import CheckpointError, DataError, SpecError
@@ -20,27 +21,9 @@ CPU = torch.device("cpu")
 TINY = {"atom_fea_len": 8, "n_conv": 2, "h_fea_len": 6, "n_h": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and thrash when other processes share the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
-    from traits.data.prepare import prepare_data
-    from traits.spec import spec_from_mapping
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAITS_CACHE", str(tmp_path_factory.getbasetemp() / "traits-graph-cache"))
-        spec = spec_from_mapping({
-            "name": "models", "data": {"source": "sample", "target": "formation_energy_per_atom", "subsample": 40},
-            "model": {"train": {}},
-        })
-        data = prepare_data(spec)
+    data = prepare_sample(tmp_path_factory, "models")
     return [g for split in data.splits.values() for g in split]
 
 

@@ -1,5 +1,6 @@
 """Hessian probes against exact references: an analytic quadratic with a chosen spectrum, and a tiny MLP
-whose dense Hessian comes from torch.autograd.functional.hessian of a hand-written forward.
+whose dense Hessian comes from torch.autograd.functional.hessian of a hand-written forward (the MLP and its
+hand-written loss live in ``tiny_models``).
 
 Statistical checks use fixed seeds (so they are deterministic) and tolerances derived from the known
 variance of Rademacher quadratic forms: Var(z^T A z) = 2 (||A||_F^2 - sum_i A_ii^2).
@@ -9,11 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import pytest
 import torch
-from torch import nn
+from tiny_models import DT, gen, make_data, make_mlp, reference_loss
 
 from traits.errors import ProbeError
 from traits.probes.hessian import (
@@ -27,21 +27,7 @@ from traits.probes.hessian import (
 )
 from traits.probes.objective import SplitObjective
 
-DT = torch.float64
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids OpenMP stalls on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def rademacher_var(a: torch.Tensor) -> float:
@@ -191,57 +177,13 @@ def test_same_seed_same_numbers(quadratic):
 
 
 # ------------------------------------------------------------------------------- tiny MLP
-class MLP(nn.Module):
-    def __init__(self, batchnorm: bool) -> None:
-        super().__init__()
-        self.l1 = nn.Linear(3, 8)
-        self.bn = nn.BatchNorm1d(8) if batchnorm else None
-        self.l2 = nn.Linear(8, 6)
-        self.l3 = nn.Linear(6, 1)
-
-    def forward(self, batch):
-        h = torch.tanh(self.l1(batch.x))
-        if self.bn is not None:
-            h = self.bn(h)
-        return self.l3(torch.tanh(self.l2(h))).squeeze(-1)
-
-
-def manual_loss(model: MLP, x, y):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-
-    def f(flat):
-        p, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = int(torch.Size(s).numel())
-            p[n] = flat[i : i + k].reshape(s)
-            i += k
-        h = torch.tanh(x @ p["l1.weight"].T + p["l1.bias"])
-        if model.bn is not None:
-            bn = model.bn
-            h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * p["bn.weight"] + p["bn.bias"]
-        h = torch.tanh(h @ p["l2.weight"].T + p["l2.bias"])
-        return (((h @ p["l3.weight"].T + p["l3.bias"]).squeeze(-1) - y) ** 2).mean()
-
-    return f
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "batchnorm"])
 def mlp(request):
-    torch.manual_seed(0)
-    model = MLP(request.param).to(DT)
-    if request.param:
-        with torch.no_grad():
-            model.bn.running_mean.uniform_(-0.3, 0.3)
-            model.bn.running_var.uniform_(0.5, 2.0)
-            model.bn.weight.uniform_(0.5, 1.5)
-    g = gen(1)
-    x = torch.randn(40, 3, generator=g, dtype=DT)
-    y = torch.randn(40, generator=g, dtype=DT)
-    batches = [types.SimpleNamespace(x=x[:15], y=y[:15]), types.SimpleNamespace(x=x[15:], y=y[15:])]
+    model = make_mlp(request.param, bn_bias=False)
+    x, y, batches = make_data((15, 25))
     obj = SplitObjective(model, batches)
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    h = torch.autograd.functional.hessian(manual_loss(model, x, y), theta)
+    theta, loss = reference_loss(model, x, y)
+    h = torch.autograd.functional.hessian(loss, theta)
     return obj, (h + h.T) / 2
 
 

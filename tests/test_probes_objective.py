@@ -2,7 +2,8 @@
 
 The references never go through SplitObjective or torch.func: the tiny MLP's forward is written out by
 hand from a parameter dict (BatchNorm in eval form: running statistics), the loss is the mean over all
-samples at once, and derivatives come from torch.autograd.functional.
+samples at once, and derivatives come from torch.autograd.functional. The MLP, its hand-written references
+and the data live in ``tiny_models``.
 """
 
 from __future__ import annotations
@@ -11,96 +12,11 @@ import types
 
 import pytest
 import torch
+from tiny_models import DT, make_data, make_mlp, reference_loss, reference_parts
 from torch import nn
 
 from traits.errors import ProbeError, TraitsError
 from traits.probes.objective import SplitObjective
-
-DT = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids OpenMP stalls on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class MLP(nn.Module):
-    def __init__(self, batchnorm: bool) -> None:
-        super().__init__()
-        self.l1 = nn.Linear(3, 8)
-        self.bn = nn.BatchNorm1d(8) if batchnorm else None
-        self.l2 = nn.Linear(8, 6)
-        self.l3 = nn.Linear(6, 1)
-
-    def forward(self, batch):
-        h = torch.tanh(self.l1(batch.x))
-        if self.bn is not None:
-            h = self.bn(h)
-        return self.l3(torch.tanh(self.l2(h))).squeeze(-1)
-
-
-def make_mlp(batchnorm: bool, seed: int = 0) -> MLP:
-    torch.manual_seed(seed)
-    model = MLP(batchnorm).to(DT)
-    if batchnorm:
-        with torch.no_grad():
-            model.bn.running_mean.uniform_(-0.3, 0.3)
-            model.bn.running_var.uniform_(0.5, 2.0)
-            model.bn.weight.uniform_(0.5, 1.5)
-            model.bn.bias.uniform_(-0.2, 0.2)
-    model.train()  # probes must still evaluate with running statistics
-    return model
-
-
-def manual_forward(model: MLP, p: dict, x: torch.Tensor) -> torch.Tensor:
-    h = torch.tanh(x @ p["l1.weight"].T + p["l1.bias"])
-    if model.bn is not None:
-        bn = model.bn
-        h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * p["bn.weight"] + p["bn.bias"]
-    h = torch.tanh(h @ p["l2.weight"].T + p["l2.bias"])
-    return (h @ p["l3.weight"].T + p["l3.bias"]).squeeze(-1)
-
-
-def make_data(sizes=(7, 12, 5), seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    x = torch.randn(n, 3, generator=g, dtype=DT)
-    y = torch.randn(n, generator=g, dtype=DT)
-    batches, start = [], 0
-    for s in sizes:
-        batches.append(types.SimpleNamespace(x=x[start : start + s], y=y[start : start + s]))
-        start += s
-    return x, y, batches
-
-
-def reference_parts(model: nn.Module):
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
-    theta = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
-
-    def split(flat):
-        out, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = int(torch.Size(s).numel())
-            out[n] = flat[i : i + k].reshape(s)
-            i += k
-        return out
-
-    return theta, split
-
-
-def reference_loss(model, x, y, kind="mse"):
-    theta, split = reference_parts(model)
-
-    def f(flat):
-        r = manual_forward(model, split(flat), x) - y
-        return (r**2).mean() if kind == "mse" else r.abs().mean()
-
-    return theta, f
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "batchnorm"])

@@ -17,6 +17,7 @@ import types
 
 import pytest
 import torch
+from tiny_models import gen
 from torch import nn
 
 from traits.errors import ProbeError
@@ -27,10 +28,6 @@ from traits.probes.surface import surface_1d, surface_2d
 
 DT = torch.float64
 CPU = torch.device("cpu")
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def flat(obj: SplitObjective, d: dict[str, torch.Tensor]) -> torch.Tensor:

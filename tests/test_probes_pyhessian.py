@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import sys
-import types
 
 import pytest
 import torch
+from tiny_models import DT, make_data, randomize_batchnorm
 from torch import nn
 
 pytest.importorskip("pyhessian")
@@ -20,17 +20,6 @@ from traits.probes.pyhessian_backend import (  # noqa: E402
     pyhessian_top_eigenvalues,
     pyhessian_trace,
 )
-
-DT = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids OpenMP stalls on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Net(nn.Module):
@@ -48,18 +37,9 @@ class Net(nn.Module):
 def make(sizes):
     torch.manual_seed(0)
     model = Net().to(DT)
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.3, 0.3)
-        model.bn.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorm(model.bn, weight=False, bias=False)
     model.train()
-    g = torch.Generator().manual_seed(1)
-    n = sum(sizes)
-    x = torch.randn(n, 3, generator=g, dtype=DT)
-    y = torch.randn(n, generator=g, dtype=DT)
-    batches, start = [], 0
-    for s in sizes:
-        batches.append(types.SimpleNamespace(x=x[start : start + s], y=y[start : start + s]))
-        start += s
+    _, _, batches = make_data(sizes)
     obj = SplitObjective(model, batches)
     dense = torch.stack([obj.hvp(e) for e in torch.eye(obj.dim, dtype=DT)])
     return model, batches, obj, (dense + dense.T) / 2

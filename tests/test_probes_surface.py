@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from tiny_models import DT, gen, make_data
 from torch import nn
 
 from traits.errors import ProbeError
@@ -18,21 +19,7 @@ from traits.probes.directions import hessian_direction, random_direction
 from traits.probes.objective import SplitObjective
 from traits.probes.surface import surface_1d, surface_2d
 
-DT = torch.float64
 D = 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids OpenMP stalls on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class Linear(nn.Module):
@@ -50,10 +37,7 @@ class Linear(nn.Module):
 def problem():
     torch.manual_seed(0)
     model = Linear().to(DT)
-    g = gen(1)
-    x = torch.randn(30, D, generator=g, dtype=DT)
-    y = torch.randn(30, generator=g, dtype=DT)
-    batches = [types.SimpleNamespace(x=x[:11], y=y[:11]), types.SimpleNamespace(x=x[11:], y=y[11:])]
+    x, y, batches = make_data((11, 19), features=D)
     return model, x, y, SplitObjective(model, batches)
 
 

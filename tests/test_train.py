@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import graph_cache
 
 from traits.errors import CheckpointError, TraitsError
 from traits.models import load_checkpoint
 from traits.train import STATE_FILE, train_model
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and thrash when other processes share the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_spec(seed=3, target="formation_energy_per_atom", architecture="cgcnn", **train):
@@ -39,7 +31,7 @@ def make_spec(seed=3, target="formation_energy_per_atom", architecture="cgcnn", 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return str(tmp_path_factory.getbasetemp() / "traits-graph-cache")
+    return graph_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
