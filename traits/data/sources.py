@@ -15,7 +15,7 @@ import math
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -158,57 +158,71 @@ def _target_names(kind: str, target: str, column: str | None) -> list[str]:
     return [column] if column else DEFAULT_TARGET_FIELDS[kind][target]
 
 
-def read_mp(path: Path, target: str, column: str | None = None, kind: str = "mp") -> SourceData:
-    """Materials Project records: ``material_id``, the target, and ``cif`` or ``structure`` (a dict)."""
-    names = _target_names(kind, target, column)
+def _read_json_source(
+    path: Path,
+    names: list[str],
+    record_id: Callable[[dict[str, Any], int], str],
+    structure: Callable[[dict[str, Any]], tuple[str, StructureFormat] | str],
+) -> SourceData:
+    """The records of a JSON / JSONL source: ``record_id(record, index)`` names each, its target is the
+    first of ``names`` it has, and ``structure(record)`` gives (structure text, format) or the reason to
+    skip it. Records that are not objects or lack a numeric target are skipped and counted."""
     out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
     seen_target = False
     for i, rec in enumerate(_json_records(path)):
         if not isinstance(rec, dict):
             out.skipped["record is not a JSON object"] += 1
             continue
-        rid = str(rec.get("material_id", rec.get("task_id", f"row-{i}")))
-        name, raw = _pick(rec, names)
-        seen_target |= name is not None
-        value = _to_float(raw)
-        if value is None:
-            out.skipped["missing or non-numeric target"] += 1
-            continue
-        if isinstance(rec.get("cif"), str):
-            out.entries.append(Entry(rid, value, rec["cif"], "cif"))
-        elif isinstance(rec.get("structure"), dict):
-            out.entries.append(Entry(rid, value, json.dumps(rec["structure"], sort_keys=True), "pymatgen-dict"))
-        else:
-            out.skipped["no structure (neither 'cif' nor 'structure')"] += 1
-    if not seen_target:
-        raise DataError(f"{path}: no record has the target field {names[0]!r}")
-    return out
-
-
-def read_jarvis(path: Path, target: str, column: str | None = None) -> SourceData:
-    """JARVIS-DFT records: ``jid``, ``atoms`` (lattice_mat, coords, elements, cartesian) and targets."""
-    names = _target_names("jarvis", target, column)
-    out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
-    seen_target = False
-    for i, rec in enumerate(_json_records(path)):
-        if not isinstance(rec, dict):
-            out.skipped["record is not a JSON object"] += 1
-            continue
-        rid = str(rec.get("jid", f"row-{i}"))
+        rid = record_id(rec, i)
         name, raw = _pick(rec, names)
         seen_target |= name is not None
         value = _to_float(raw)  # JARVIS writes "na" for missing values
         if value is None:
             out.skipped["missing or non-numeric target"] += 1
             continue
-        atoms = rec.get("atoms")
-        if not isinstance(atoms, dict):
-            out.skipped["no 'atoms' structure"] += 1
+        found = structure(rec)
+        if isinstance(found, str):
+            out.skipped[found] += 1
             continue
-        out.entries.append(Entry(rid, value, json.dumps(atoms, sort_keys=True), "jarvis-atoms"))
+        out.entries.append(Entry(rid, value, *found))
     if not seen_target:
         raise DataError(f"{path}: no record has the target field {names[0]!r}")
     return out
+
+
+def _mp_structure(rec: dict[str, Any]) -> tuple[str, StructureFormat] | str:
+    if isinstance(rec.get("cif"), str):
+        return rec["cif"], "cif"
+    if isinstance(rec.get("structure"), dict):
+        return json.dumps(rec["structure"], sort_keys=True), "pymatgen-dict"
+    return "no structure (neither 'cif' nor 'structure')"
+
+
+def _jarvis_structure(rec: dict[str, Any]) -> tuple[str, StructureFormat] | str:
+    atoms = rec.get("atoms")
+    if not isinstance(atoms, dict):
+        return "no 'atoms' structure"
+    return json.dumps(atoms, sort_keys=True), "jarvis-atoms"
+
+
+def read_mp(path: Path, target: str, column: str | None = None, kind: str = "mp") -> SourceData:
+    """Materials Project records: ``material_id``, the target, and ``cif`` or ``structure`` (a dict)."""
+    return _read_json_source(
+        path,
+        _target_names(kind, target, column),
+        lambda rec, i: str(rec.get("material_id", rec.get("task_id", f"row-{i}"))),
+        _mp_structure,
+    )
+
+
+def read_jarvis(path: Path, target: str, column: str | None = None) -> SourceData:
+    """JARVIS-DFT records: ``jid``, ``atoms`` (lattice_mat, coords, elements, cartesian) and targets."""
+    return _read_json_source(
+        path,
+        _target_names("jarvis", target, column),
+        lambda rec, i: str(rec.get("jid", f"row-{i}")),
+        _jarvis_structure,
+    )
 
 
 def read_csv(

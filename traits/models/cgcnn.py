@@ -108,6 +108,18 @@ class GraphRegressor(nn.Module):
         dtype = self.embedding.weight.dtype
         return batch.x.to(dtype), batch.edge_attr.to(dtype)
 
+    def _hidden(self, c: Tensor) -> Tensor:
+        """The hidden layers of the head: c = softplus(fc(c)) for each layer of ``self.fcs`` (if any)."""
+        for fc in getattr(self, "fcs", ()):
+            c = F.softplus(fc(c))
+        return c
+
+
+def _linear_chain(widths: list[int]) -> nn.ModuleList:
+    """``nn.Linear(widths[k], widths[k + 1])`` for each consecutive pair: the hidden layers ``fcs`` of a
+    head (applied by :meth:`GraphRegressor._hidden`)."""
+    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
 
 _POOLS = ("mean", "sum", "max")
 
@@ -143,7 +155,7 @@ class CGCNN(GraphRegressor):
             CGConv(atom_fea_len, dim=edge_dim, aggr="add", batch_norm=bool(batch_norm)) for _ in range(n_conv)
         )
         widths = [atom_fea_len] + [h_fea_len] * n_h
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.fcs = _linear_chain(widths)
         self.fc_out = nn.Linear(widths[-1], 1)
 
     def embed(self, batch) -> Tensor:
@@ -155,7 +167,4 @@ class CGCNN(GraphRegressor):
             h = F.softplus(conv(h, batch.edge_index, edge_attr))
         index, size = graph_index(batch)
         pool = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}[self.pooling]
-        c = pool(h, index, size)
-        for fc in self.fcs:
-            c = F.softplus(fc(c))
-        return c
+        return self._hidden(pool(h, index, size))

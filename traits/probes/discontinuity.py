@@ -66,15 +66,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
 from traits.errors import ProbeError
+from traits.probes.metrics import ArrayLike, _as_array
 
-ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 Metric = Literal["euclidean", "chebyshev"]
+_AnyJump = TypeVar("_AnyJump", "Jump", "GridJump")
 
 DEFAULT_THRESHOLD = 5.0
 DEFAULT_WINDOW = 3
@@ -88,15 +89,6 @@ def _num(x: float | None) -> float | None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _as_array(x: ArrayLike, ndim: int, label: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != ndim:
-        raise ProbeError(f"{label} must be {ndim}-D, got shape {arr.shape}")
-    return arr
 
 
 def _sorted_coords(coords: np.ndarray, label: str) -> np.ndarray:
@@ -221,39 +213,21 @@ def find_jumps_1d(
     jumps: list[Jump] = []
     for i in range(a.size - 1):
         f0, f1 = bool(np.isfinite(loss[i])), bool(np.isfinite(loss[i + 1]))
-        mid = 0.5 * (a[i] + a[i + 1])
-        if f0 != f1:
-            jumps.append(
-                Jump(
-                    float(a[i]),
-                    float(a[i + 1]),
-                    float(loss[i]),
-                    float(loss[i + 1]),
-                    math.inf,
-                    math.inf,
-                    "nonfinite",
-                    float(mid),
-                )
-            )
-            continue
-        if not (f0 and f1) or not np.isfinite(expected[i]):
-            continue
-        size = float(d[i])
-        floor = max(base, noise * max(abs(float(loss[i])), abs(float(loss[i + 1]))))
-        if abs(size) > threshold * expected[i] and abs(size) > floor:
+        if f0 != f1:  # a non-finite transition: always a jump
+            size, ratio, kind = math.inf, math.inf, "nonfinite"
+        else:
+            if not f0 or not np.isfinite(expected[i]):  # inside a diverged region, or not judgeable
+                continue
+            size = float(d[i])
+            floor = max(base, noise * max(abs(float(loss[i])), abs(float(loss[i + 1]))))
+            if not (abs(size) > threshold * expected[i] and abs(size) > floor):
+                continue
             ratio = abs(size) / expected[i] if expected[i] > 0 else math.inf
-            jumps.append(
-                Jump(
-                    float(a[i]),
-                    float(a[i + 1]),
-                    float(loss[i]),
-                    float(loss[i + 1]),
-                    size,
-                    float(ratio),
-                    "step",
-                    float(mid),
-                )
-            )
+            kind = "step"
+        mid = 0.5 * (a[i] + a[i + 1])
+        jumps.append(
+            Jump(float(a[i]), float(a[i + 1]), float(loss[i]), float(loss[i + 1]), size, float(ratio), kind, float(mid))
+        )
     return jumps
 
 
@@ -265,9 +239,34 @@ def _extent(coords: np.ndarray) -> float:
     return min(present) if present else 0.0
 
 
-def _counts(jump: Jump) -> bool:
+def _counts(jump: Jump | GridJump) -> bool:
     """Whether a jump counts for the scale: not refined yet, or refined and confirmed."""
     return not jump.refined or bool(jump.confirmed)
+
+
+def _nearest_first(jumps: Sequence[Jump | GridJump], max_refine: int) -> list[int]:
+    """Indices of the ``max_refine`` jumps nearest theta (by inner end, then distance): those to refine."""
+    order = sorted(range(len(jumps)), key=lambda k: (jumps[k].inner, jumps[k].distance))
+    return order[: max(max_refine, 0)]
+
+
+def _scan_head(jumps: Sequence[Jump | GridJump], first_scale: float | None) -> dict:
+    """The keys a scan result's ``to_dict`` starts with: the jumps, how many count, the first scale."""
+    return {
+        "jumps": [j.to_dict() for j in jumps],
+        "n_jumps": sum(1 for j in jumps if _counts(j)),
+        "first_scale": _num(first_scale),
+    }
+
+
+def _first_and_smooth_to(jumps: Sequence[_AnyJump], extent: float) -> tuple[_AnyJump | None, float]:
+    """The counting jump nearest theta (by distance, then inner end; None if none counts) and the distance
+    known jump-free: the smallest inner end over the counting jumps, at most ``extent``."""
+    counting = [j for j in jumps if _counts(j)]
+    if not counting:
+        return None, extent
+    first = min(counting, key=lambda j: (j.distance, j.inner))
+    return first, min(extent, min(j.inner for j in counting))
 
 
 def first_jump_scale(
@@ -401,9 +400,7 @@ class CurveJumps:
 
     def to_dict(self) -> dict:
         return {
-            "jumps": [j.to_dict() for j in self.jumps],
-            "n_jumps": sum(1 for j in self.jumps if _counts(j)),
-            "first_scale": _num(self.first_scale),
+            **_scan_head(self.jumps, self.first_scale),
             "first_bounds": None if self.first_bounds is None else [float(x) for x in self.first_bounds],
             "first_side": self.first_side,
             "smooth_to": float(self.smooth_to),
@@ -429,29 +426,19 @@ def scan_curve(
     :func:`objective_line`), bisect the ``max_refine`` nearest to theta so that the scale is not limited
     by the grid spacing. Refined jumps that do not persist are kept in ``jumps`` with
     ``confirmed=False`` but no longer count for the scale."""
-    jumps = find_jumps_1d(alphas, losses, loss0, threshold, window, min_jump, noise)
+    kw = {"threshold": threshold, "window": window, "min_jump": min_jump, "noise": noise}
+    jumps = find_jumps_1d(alphas, losses, loss0, **kw)
     extra = 0
-    if line_loss is not None and jumps:
-        by_distance = sorted(range(len(jumps)), key=lambda k: (jumps[k].inner, jumps[k].distance))
-        for k in by_distance[: max(max_refine, 0)]:
+    if line_loss is not None:
+        for k in _nearest_first(jumps, max_refine):
             jumps[k] = _refine(jumps[k], line_loss, refine_iters, persist)
             extra += jumps[k].n_evals
-    extent = _extent(_as_array(alphas, 1, "alphas"))
-    counting = [j for j in jumps if _counts(j)]
-    rule = {
-        "threshold": threshold,
-        "window": window,
-        "min_jump": min_jump,
-        "noise": noise,
-        "persist": persist,
-        "refine_iters": refine_iters if line_loss is not None else 0,
-    }
-    if not counting:
-        return CurveJumps(jumps, None, None, None, extent, extra, rule)
-    first = min(counting, key=lambda j: (j.distance, j.inner))
+    rule = dict(kw, persist=persist, refine_iters=refine_iters if line_loss is not None else 0)
+    first, smooth_to = _first_and_smooth_to(jumps, _extent(_as_array(alphas, 1, "alphas")))
+    if first is None:
+        return CurveJumps(jumps, None, None, None, smooth_to, extra, rule)
     side = 1 if first.position >= 0 else -1
     bounds = (first.inner, max(abs(first.lo), abs(first.hi)))
-    smooth_to = min(extent, min(j.inner for j in counting))
     return CurveJumps(jumps, first.distance, bounds, side, smooth_to, extra, rule)
 
 
@@ -460,6 +447,12 @@ def _distance(alpha: float, beta: float, metric: Metric) -> float:
     if metric == "euclidean":
         return math.hypot(alpha, beta)
     return max(abs(alpha), abs(beta))
+
+
+def _line_point(axis: str, fixed: float, t: float) -> tuple[float, float]:
+    """(alpha, beta) of the point ``t`` along a grid line: a row (``axis="beta"``: alpha = ``fixed``, beta = t)
+    or a column (``axis="alpha"``: alpha = t, beta = ``fixed``)."""
+    return (fixed, t) if axis == "beta" else (t, fixed)
 
 
 def _segment_min_distance(start: tuple[float, float], end: tuple[float, float], metric: Metric) -> float:
@@ -531,9 +524,7 @@ class GridJumps:
 
     def to_dict(self) -> dict:
         return {
-            "jumps": [j.to_dict() for j in self.jumps],
-            "n_jumps": sum(1 for j in self.jumps if not j.refined or j.confirmed),
-            "first_scale": _num(self.first_scale),
+            **_scan_head(self.jumps, self.first_scale),
             "first": None if self.first is None else self.first.to_dict(),
             "smooth_to": float(self.smooth_to),
             "metric": self.metric,
@@ -546,12 +537,9 @@ class GridJumps:
 def _summarise_grid(
     jumps: list[GridJump], extent: float, metric: str, n_lines: int, extra: int, rule: dict
 ) -> GridJumps:
-    counting = [j for j in jumps if not j.refined or j.confirmed]
-    if not counting:
-        return GridJumps(jumps, None, None, extent, metric, n_lines, extra, extent, rule)
-    first = min(counting, key=lambda j: (j.distance, j.inner))
-    smooth_to = min(extent, min(j.inner for j in counting))
-    return GridJumps(jumps, first.distance, first, smooth_to, metric, n_lines, extra, extent, rule)
+    first, smooth_to = _first_and_smooth_to(jumps, extent)
+    first_scale = None if first is None else first.distance
+    return GridJumps(jumps, first_scale, first, smooth_to, metric, n_lines, extra, extent, rule)
 
 
 def grid_jumps_2d(
@@ -580,10 +568,7 @@ def grid_jumps_2d(
     jumps: list[GridJump] = []
 
     def add(axis: str, fixed: float, j: Jump) -> None:
-        if axis == "beta":
-            start, end, pos = (fixed, j.lo), (fixed, j.hi), (fixed, j.position)
-        else:
-            start, end, pos = (j.lo, fixed), (j.hi, fixed), (j.position, fixed)
+        start, end, pos = (_line_point(axis, fixed, t) for t in (j.lo, j.hi, j.position))
         jumps.append(
             GridJump(
                 axis,
@@ -623,36 +608,23 @@ def refine_grid_jumps(
     recompute the scale from the refined positions. Returns a new ``GridJumps``."""
     metric: Metric = result.metric  # type: ignore[assignment]
     jumps = list(result.jumps)
-    order = sorted(range(len(jumps)), key=lambda k: (jumps[k].inner, jumps[k].distance))
     extra = result.n_extra_evals
-    for k in order[: max(max_refine, 0)]:
+    for k in _nearest_first(jumps, max_refine):
         jp = jumps[k]
         if jp.refined:
             continue
-        if jp.axis == "beta":
-            alpha = jp.start[0]
-            r = bisect_jump(
-                lambda t, alpha=alpha: point_loss(alpha, t),
-                jp.start[1],
-                jp.end[1],
-                jp.loss_start,
-                jp.loss_end,
-                iters,
-                persist,
-            )
-            pos, start, end = (alpha, r.position), (alpha, r.lo), (alpha, r.hi)
-        else:
-            beta = jp.start[1]
-            r = bisect_jump(
-                lambda t, beta=beta: point_loss(t, beta),
-                jp.start[0],
-                jp.end[0],
-                jp.loss_start,
-                jp.loss_end,
-                iters,
-                persist,
-            )
-            pos, start, end = (r.position, beta), (r.lo, beta), (r.hi, beta)
+        along = 1 if jp.axis == "beta" else 0  # the coordinate that varies along the segment
+        axis, fixed = jp.axis, jp.start[1 - along]
+        r = bisect_jump(
+            lambda t, axis=axis, fixed=fixed: point_loss(*_line_point(axis, fixed, t)),
+            jp.start[along],
+            jp.end[along],
+            jp.loss_start,
+            jp.loss_end,
+            iters,
+            persist,
+        )
+        pos, start, end = (_line_point(axis, fixed, t) for t in (r.position, r.lo, r.hi))
         jumps[k] = replace(
             jp,
             start=start,

@@ -286,6 +286,48 @@ def _verified(hvp, lz: _Lanczos, theta, s, idx: list[int]) -> tuple[torch.Tensor
     return vectors, torch.tensor(residuals, dtype=torch.float64), len(idx)
 
 
+def _extreme_pairs(
+    hvp: HVP,
+    dim: int,
+    k: int,
+    steps: int,
+    generator,
+    device,
+    dtype,
+    small_enough: Callable[[torch.Tensor, torch.Tensor], bool],
+    pick: Callable[[int], list[int]],
+) -> EigenResult:
+    """Grow one Krylov space of at most ``steps`` vectors (restarting on breakdown until k Ritz values
+    exist) and stop at a checked step once ``small_enough(theta, est)`` holds for the ascending Ritz values
+    and their residual estimates, or on breakdown; then verify the Ritz pairs of the columns ``pick(m)``."""
+    lz = _Lanczos(hvp, dim, steps, generator, device, dtype)
+    converged = False
+    theta = s = None
+    while lz.m < steps:
+        if not lz.step(restart=lz.m < k):
+            break
+        m = lz.m
+        if m >= k and (_should_check(m) or m == steps):
+            theta, s, est = _ritz(lz)
+            if small_enough(theta, est) or lz.broken():
+                converged = True
+                break
+    if theta is None or theta.numel() != lz.m:
+        theta, s, est = _ritz(lz)
+    if not converged and (lz.m == dim or (lz.m >= k and lz.broken())):
+        converged = True  # the Krylov space is invariant (or everything): the Ritz pairs are exact
+    idx = pick(lz.m)
+    vectors, residuals, extra = _verified(hvp, lz, theta, s, idx)
+    return EigenResult(
+        values=theta[idx].clone(),
+        vectors=vectors,
+        residuals=residuals,
+        n_hvp=lz.n_hvp + extra,
+        converged=converged,
+        n_steps=lz.m,
+    )
+
+
 def top_eigenvalues(
     hvp: HVP,
     dim: int,
@@ -306,37 +348,18 @@ def top_eigenvalues(
         raise ProbeError(f"k must be >= 1, got {k}")
     k = min(k, dim)
     steps = min(max(max_steps, k), dim)
-    lz = _Lanczos(hvp, dim, steps, generator, device, dtype)
-    converged = False
-    theta = s = None
-    while lz.m < steps:
-        if not lz.step(restart=lz.m < k):
-            break
-        m = lz.m
-        if m >= k and (_should_check(m) or m == steps):
-            theta, s, est = _ritz(lz)
-            top = theta[-k:]
-            spectral = float(theta.abs().max())
-            floor = max(spectral * float(torch.finfo(dtype).eps), torch.finfo(torch.float64).tiny)
-            rel = est[-k:] / top.abs().clamp_min(floor)
-            if bool((rel <= tol).all()) or lz.broken():
-                converged = True
-                break
-    if theta is None or theta.numel() != lz.m:
-        theta, s, est = _ritz(lz)
-    k_eff = min(k, lz.m)
-    idx = list(range(lz.m - 1, lz.m - 1 - k_eff, -1))
-    if not converged and (lz.m == dim or (lz.m >= k and lz.broken())):
-        converged = True  # the Krylov space is invariant (or everything): the Ritz pairs are exact
-    vectors, residuals, extra = _verified(hvp, lz, theta, s, idx)
-    return EigenResult(
-        values=theta[idx].clone(),
-        vectors=vectors,
-        residuals=residuals,
-        n_hvp=lz.n_hvp + extra,
-        converged=converged,
-        n_steps=lz.m,
-    )
+
+    def small_enough(theta: torch.Tensor, est: torch.Tensor) -> bool:
+        top = theta[-k:]
+        spectral = float(theta.abs().max())
+        floor = max(spectral * float(torch.finfo(dtype).eps), torch.finfo(torch.float64).tiny)
+        rel = est[-k:] / top.abs().clamp_min(floor)
+        return bool((rel <= tol).all())
+
+    def pick(m: int) -> list[int]:  # the top min(k, m) Ritz values, largest first
+        return list(range(m - 1, m - 1 - min(k, m), -1))
+
+    return _extreme_pairs(hvp, dim, k, steps, generator, device, dtype, small_enough, pick)
 
 
 def smallest_eigenvalue(
@@ -354,31 +377,12 @@ def smallest_eigenvalue(
     _check_dim(dim)
     _require(generator, device, dtype)
     steps = min(max(max_steps, 1), dim)
-    lz = _Lanczos(hvp, dim, steps, generator, device, dtype)
-    converged = False
-    theta = s = None
-    while lz.m < steps:
-        if not lz.step():
-            break
-        if _should_check(lz.m) or lz.m == steps:
-            theta, s, est = _ritz(lz)
-            scale = max(float(theta.abs().max()), torch.finfo(torch.float64).tiny)
-            if float(est[0]) <= tol * scale or lz.broken():
-                converged = True
-                break
-    if theta is None or theta.numel() != lz.m:
-        theta, s, est = _ritz(lz)
-    if not converged and (lz.m == dim or lz.broken()):
-        converged = True
-    vectors, residuals, extra = _verified(hvp, lz, theta, s, [0])
-    return EigenResult(
-        values=theta[[0]].clone(),
-        vectors=vectors,
-        residuals=residuals,
-        n_hvp=lz.n_hvp + extra,
-        converged=converged,
-        n_steps=lz.m,
-    )
+
+    def small_enough(theta: torch.Tensor, est: torch.Tensor) -> bool:
+        scale = max(float(theta.abs().max()), torch.finfo(torch.float64).tiny)
+        return float(est[0]) <= tol * scale
+
+    return _extreme_pairs(hvp, dim, 1, steps, generator, device, dtype, small_enough, lambda m: [0])
 
 
 # ---------------------------------------------------------------------------------------- traces

@@ -22,6 +22,7 @@ ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
 def _as_array(x: ArrayLike, ndim: int, label: str) -> np.ndarray:
+    """``x`` as a float64 array (a tensor is detached and copied to the CPU) that must be ``ndim``-D."""
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float64).numpy()
     arr = np.asarray(x, dtype=np.float64)

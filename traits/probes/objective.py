@@ -186,8 +186,12 @@ class SplitObjective:
     def _leaves(self) -> dict[str, torch.Tensor]:
         return {n: self.params[n].detach().requires_grad_(True) for n in self.names}
 
-    def gradient(self) -> torch.Tensor:
-        """Flat gradient of L at theta (accumulated batch by batch)."""
+    def _accumulate(
+        self, contribution: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor | None]
+    ) -> torch.Tensor:
+        """Sum over batches of ``contribution(value, inputs)``, a flat vector of length ``dim`` (or None
+        for nothing), where ``value`` is the batch's loss sum / N with grad w.r.t. the leaves ``inputs``
+        (theta, in ``names`` order); batches whose value does not depend on the parameters are skipped."""
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with torch.enable_grad(), eval_mode(self.model):
             leaves = self._leaves()
@@ -197,35 +201,38 @@ class SplitObjective:
                 value = self._batch_sum(full, i) / self.n_samples
                 if not value.requires_grad:
                     continue
-                grads = torch.autograd.grad(value, inputs, allow_unused=True)
-                out += self._flat_or_zero(grads)
+                part = contribution(value, inputs)
+                if part is not None:
+                    out += part
         return out
+
+    def gradient(self) -> torch.Tensor:
+        """Flat gradient of L at theta (accumulated batch by batch)."""
+
+        def batch_gradient(value: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+            return self._flat_or_zero(torch.autograd.grad(value, inputs, allow_unused=True))
+
+        return self._accumulate(batch_gradient)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hessian-vector product H(theta) @ v by double backward, accumulated over batches."""
         if v.dim() != 1 or v.numel() != self.dim:
             raise ProbeError(f"hvp expects a flat vector of length {self.dim}, got shape {tuple(v.shape)}")
         vd = self.unflatten(v.detach().to(device=self.device, dtype=self.dtype))
-        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        with torch.enable_grad(), eval_mode(self.model):
-            leaves = self._leaves()
-            inputs = [leaves[n] for n in self.names]
-            full = self._full(leaves)
-            for i in range(len(self.batches)):
-                value = self._batch_sum(full, i) / self.n_samples
-                if not value.requires_grad:
-                    continue
-                grads = torch.autograd.grad(value, inputs, create_graph=True, allow_unused=True)
-                dot = None
-                for name, g in zip(self.names, grads):
-                    if g is None or not g.requires_grad:
-                        continue  # this block of the gradient is constant: its Hessian rows are zero
-                    term = (g * vd[name]).sum()
-                    dot = term if dot is None else dot + term
-                if dot is None:
-                    continue
-                hv = torch.autograd.grad(dot, inputs, allow_unused=True)
-                out += self._flat_or_zero(hv)
+
+        def batch_hvp(value: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor | None:
+            grads = torch.autograd.grad(value, inputs, create_graph=True, allow_unused=True)
+            dot = None
+            for name, g in zip(self.names, grads):
+                if g is None or not g.requires_grad:
+                    continue  # this block of the gradient is constant: its Hessian rows are zero
+                term = (g * vd[name]).sum()
+                dot = term if dot is None else dot + term
+            if dot is None:
+                return None
+            return self._flat_or_zero(torch.autograd.grad(dot, inputs, allow_unused=True))
+
+        out = self._accumulate(batch_hvp)
         self.n_hvp += 1
         return out
 

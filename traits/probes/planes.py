@@ -141,25 +141,9 @@ def curvature_extremes(
     ``device`` and ``dtype`` are required, as for the functions of :mod:`traits.probes.hessian`."""
     if k_top < 1:
         raise ProbeError(f"k_top must be >= 1, got {k_top}")
-    top: EigenResult = top_eigenvalues(
-        objective.hvp,
-        objective.dim,
-        k=k_top,
-        max_steps=max_steps,
-        tol=tol,
-        generator=generator,
-        device=device,
-        dtype=dtype,
-    )
-    low: EigenResult = smallest_eigenvalue(
-        objective.hvp,
-        objective.dim,
-        max_steps=max_steps,
-        tol=tol,
-        generator=generator,
-        device=device,
-        dtype=dtype,
-    )
+    lanczos = {"max_steps": max_steps, "tol": tol, "generator": generator, "device": device, "dtype": dtype}
+    top: EigenResult = top_eigenvalues(objective.hvp, objective.dim, k=k_top, **lanczos)
+    low: EigenResult = smallest_eigenvalue(objective.hvp, objective.dim, **lanczos)
     return CurvatureResult(
         lambda_max=float(top.values[0]),
         lambda_min=float(low.values[0]),
