@@ -34,6 +34,7 @@ from traits.results import (
     SplitStats,
     SurfaceResult,
     TraceEstimate,
+    nan_array,
 )
 from traits.spec import TARGET_UNITS, AuditSpec
 
@@ -379,7 +380,7 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
     if surf is not None and split in surf.curves and loss0 is not None:
         tau = surf.tolerance
         alphas = np.asarray(surf.alphas_1d)
-        curves = np.array([[np.nan if v is None else v for v in c] for c in surf.curves[split]])
+        curves = nan_array(surf.curves[split])
         radii = surf.radius.get(split)
         if radii:  # refined by bisection along each direction
             finite = [r for r in radii if r is not None]
@@ -397,12 +398,12 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         m.sharpness = _finite_or_none(max(pm.sharpness(alphas, c, loss0, eps) for c in curves))
         values = [v for c in surf.curves[split] for v in c]
         if split in surf.grids:
-            grid = np.array([[np.nan if v is None else v for v in row] for row in surf.grids[split]])
+            grid = nan_array(surf.grids[split])
             m.basin_area = _finite_or_none(pm.basin_area_fraction(grid, loss0, tau))
             values += [v for row in surf.grids[split] for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
         if surf.plane_grids.get(split):
-            plane = np.array([[np.nan if v is None else v for v in row] for row in surf.plane_grids[split]])
+            plane = nan_array(surf.plane_grids[split])
             m.plane_basin_area = _finite_or_none(pm.basin_area_fraction(plane, loss0, tau))
     elif surf is not None and split in surf.curves:  # L(θ) itself is NaN/inf: no radius, but count the points
         values = [v for c in surf.curves[split] for v in c] + [v for row in surf.grids.get(split, []) for v in row]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traits.errors import TraitsError
@@ -22,6 +23,14 @@ SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "
 
 Level = Literal["pass", "warn", "fail"]
 MaybeFloat = float | None
+
+
+def nan_array(values) -> np.ndarray:
+    """Stored numbers (a list, or a list of lists, of float | None; None marks a non-finite value) as a
+    float array with NaN for None."""
+    if len(values) and np.ndim(values[0]) > 0:
+        return np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
 class _Result(BaseModel):

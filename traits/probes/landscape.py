@@ -13,6 +13,7 @@ import numpy as np
 
 from traits.probes.discontinuity import grid_jumps_2d, refine_grid_jumps, scan_curve
 from traits.probes.entropy import entropy_summary
+from traits.results import nan_array
 
 
 @dataclass
@@ -37,10 +38,6 @@ class LandscapeStats:
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
-def _array(values: Sequence) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
-
-
 def landscape_stats(
     alphas: Sequence[float],
     curves: Sequence[Sequence[float | None]],
@@ -61,7 +58,7 @@ def landscape_stats(
     scales, smooth, n_jumps, extra, positions = [], [], 0, 0, []
     sampled = []
     for k, curve in enumerate(curves):
-        values = _array([curve])[0]
+        values = nan_array(curve)
         sampled.append(values)
         scan = scan_curve(a, values, loss0, line_loss=line_loss(k) if line_loss else None)
         counting = sorted((j for j in scan.jumps if not j.refined or j.confirmed), key=lambda j: j.distance)
@@ -73,7 +70,7 @@ def landscape_stats(
         if scan.smooth_to is not None:
             smooth.append(scan.smooth_to)
     if grid is not None and alphas_2d is not None and len(grid):
-        g = _array(grid)
+        g = nan_array(grid)
         sampled.append(g.reshape(-1))
         b = np.asarray(alphas_2d, dtype=float)
         found = grid_jumps_2d(b, b, g, loss0)

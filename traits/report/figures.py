@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from traits.results import SPLIT_LABELS
+from traits.results import SPLIT_LABELS, nan_array
 
 #: Text width of an A4 page with 2 cm margins, in inches: figures are drawn at this width.
 PAGE_WIDTH = 6.7
@@ -82,13 +82,6 @@ def loss_unit(unit: str, loss: str) -> str:
     return f"({unit})²" if loss == "mse" else unit
 
 
-def _array(values: Sequence) -> np.ndarray:
-    """A list (of lists) of float | None as a float array with NaN for None."""
-    if len(values) and isinstance(values[0], list | tuple):
-        return np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-
-
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -141,7 +134,7 @@ def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figur
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
     cleaned = []
     for p in panels:
-        t, y = _array(p.targets), _array(p.predictions)
+        t, y = nan_array(p.targets), nan_array(p.predictions)
         size = min(len(t), len(y))
         t, y = t[:size], y[:size]
         ok = np.isfinite(t) & np.isfinite(y)
@@ -193,7 +186,7 @@ TAIL_QUANTILE = 0.99
 def _histograms(ax, values: Mapping[str, Sequence[float]], bins: int = 30, clip_tail: bool = False) -> None:
     """Step histograms (density, each split normalised on its own) on common bins. With ``clip_tail`` the
     axis stops at the pooled :data:`TAIL_QUANTILE` and the values beyond are counted in a note."""
-    arrays = {s: _array(v) for s, v in values.items()}
+    arrays = {s: nan_array(v) for s, v in values.items()}
     arrays = {s: a[np.isfinite(a)] for s, a in arrays.items()}
     pooled = np.concatenate([a for a in arrays.values() if a.size] or [np.zeros(0)])
     if pooled.size == 0:
@@ -266,11 +259,11 @@ def density_figure(densities: Mapping[str, tuple[Sequence[float], Sequence[float
     """
     fig = _new_figure(2.9)
     ax = fig.subplots()
-    peaks = [np.nanmax(_array(d)) for _, d in densities.values() if len(d)]
+    peaks = [np.nanmax(nan_array(d)) for _, d in densities.values() if len(d)]
     peak = max([p for p in peaks if np.isfinite(p) and p > 0] or [1.0])
     floor = peak * floor_fraction
     for i, (split, (grid, dens)) in enumerate(densities.items()):
-        x, d = _array(grid), _array(dens)
+        x, d = nan_array(grid), nan_array(dens)
         n = min(len(x), len(d))
         x, d = x[:n], np.where(np.isfinite(d[:n]), np.maximum(d[:n], floor), np.nan)
         color = split_color(split, i)
@@ -317,7 +310,7 @@ class SurfaceScale:
 
 def surface_scale(grids: Mapping[str, Sequence[Sequence[float | None]]]) -> SurfaceScale | None:
     """Shared colour scale: log10 when the finite positive losses span more than :data:`LOG_SCALE_SPAN`."""
-    finite = np.concatenate([a[np.isfinite(a)] for a in (_array(g).ravel() for g in grids.values())] or [[]])
+    finite = np.concatenate([a[np.isfinite(a)] for a in (nan_array(g).ravel() for g in grids.values())] or [[]])
     if finite.size == 0:
         return None
     lo, hi = float(finite.min()), float(finite.max())
@@ -340,11 +333,11 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
     n = len(grids)
     fig = _new_figure(PAGE_WIDTH / max(n, 1) * 0.85 + 0.45)
     axes = np.atleast_1d(fig.subplots(1, n, sharex=True, sharey=True))
-    a = _array(alphas)
+    a = nan_array(alphas)
     levels = np.linspace(scale.vmin, scale.vmax, 16) if scale else None
     mappable = None
     for i, (ax, (split, grid)) in enumerate(zip(axes, grids.items())):
-        z = _array(grid).T  # rows = β (y), columns = α (x)
+        z = nan_array(grid).T  # rows = β (y), columns = α (x)
         finite = np.isfinite(z)
         if scale and scale.log:
             shown = np.full_like(z, np.nan)
@@ -431,9 +424,9 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
     nrows = math.ceil(n_dir / ncols)
     fig = _new_figure(2.6 * nrows + 0.35)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
-    a = _array(alphas)
+    a = nan_array(alphas)
     ratios = np.concatenate([
-        _normalised(_array(c), s.loss0) for s in sets for c in s.curves[:n_dir]
+        _normalised(nan_array(c), s.loss0) for s in sets for c in s.curves[:n_dir]
     ] or [np.ones(1)])
     finite = ratios[np.isfinite(ratios) & (ratios > 0)]
     use_log = finite.size > 0 and finite.max() / max(finite.min(), 1e-300) > 20
@@ -446,9 +439,9 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
             if d >= len(s.curves):
                 continue
             color = split_color(s.split, i)
-            y = _normalised(_array(s.curves[d]), s.loss0)
+            y = _normalised(nan_array(s.curves[d]), s.loss0)
             ax.plot(a, y, color=color, lw=1.5, marker="o", ms=2.5, label=split_label(s.split))
-            bad = ~np.isfinite(_array(s.curves[d]))
+            bad = ~np.isfinite(nan_array(s.curves[d]))
             if bad.any():
                 any_bad = True
                 ax.plot(a[bad], np.full(bad.sum(), 1.0), lw=0, marker="x", color=color, ms=6)
