@@ -333,3 +333,12 @@ def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
     result.surface.landscape["ood"] = {**result.surface.landscape.get("ood", {}), "jumps_1d": [[0.25], []]}
     render_html(result)
     assert seen["ood"] == [[0.25], []] and seen["id"] == []
+
+
+def test_the_entropy_difference_is_labelled_as_a_difference():
+    result = make_result()
+    result.ratios["entropy_ood_minus_id"] = -1.25
+    html = render_html(result)
+    row = re.search(r"<tr><td>loss entropy: a difference, OOD − ID.*?</tr>", html)
+    assert row is not None, "no entropy row in the ratios table"
+    assert R.fmt_num(-1.25, 3) in row.group(0) and "below 0 (a difference)" in row.group(0)

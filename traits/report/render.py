@@ -44,7 +44,8 @@ FORMATS = ("html", "pdf")
 PDF_DPI = 200
 SPLIT_ORDER = ("train", "val", "id", "ood")
 
-#: OOD/ID ratios: label and the direction in which a ratio means "worse out of distribution".
+#: OOD/ID ratios: label and the direction in which a ratio means "worse out of distribution" ("high" /
+#: "low": above / below 1; "negative": a difference, worse below 0).
 RATIO_INFO = {
     "mae_ratio": ("MAE", "high"),
     "rmse_ratio": ("RMSE", "high"),
@@ -57,6 +58,7 @@ RATIO_INFO = {
     "plane_basin_area_ratio": ("basin area fraction, eigenvector plane", "low"),
     "nonconvexity_ratio": ("non-convexity |λmin|/λmax", "high"),
     "first_jump_ratio": ("scale of the first loss jump", "low"),
+    "entropy_ood_minus_id": ("loss entropy: a difference, OOD − ID", "negative"),
 }
 #: Domain-shift ratios (shown in their own section, not among the landscape ratios).
 SHIFT_RATIO_INFO = {
