@@ -331,8 +331,11 @@ def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
     monkeypatch.setattr(F, "curves_1d_figure", spy)
     result = make_result()
     result.surface.landscape["ood"] = {**result.surface.landscape.get("ood", {}), "jumps_1d": [[0.25], []]}
-    render_html(result)
+    html = render_html(result)
     assert seen["ood"] == [[0.25], []] and seen["id"] == []
+    assert "Stars mark loss jumps" in html and "No loss jump was found along these curves" not in html
+    plain = render_html(make_result())
+    assert "No loss jump was found along these curves" in plain and "Stars mark loss jumps" not in plain
 
 
 def test_the_entropy_difference_is_labelled_as_a_difference():
