@@ -34,6 +34,7 @@ from traits.results import (
     SplitStats,
     SurfaceResult,
     TraceEstimate,
+    json_float,
     nan_array,
 )
 from traits.spec import TARGET_UNITS, AuditSpec
@@ -67,15 +68,10 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def _finite_or_none(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _grid_to_lists(t: torch.Tensor) -> list:
     arr = t.detach().cpu().double().numpy()
     if arr.ndim == 1:
-        return [_finite_or_none(v) for v in arr]
+        return [json_float(v) for v in arr]
     return [_grid_to_lists(torch.from_numpy(row)) for row in arr]
 
 
@@ -172,22 +168,22 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
                                         tol=h.tol, generator=_generator(split_seed))
         tr = pyhessian_trace(model, batches, spec.probes.loss, max_iter=h.trace_hvps, tol=0.0,
                              generator=_generator(split_seed + 2))
-        traces = [TraceEstimate(method="hutchinson", estimate=_finite_or_none(tr.estimate),
-                                stderr=_finite_or_none(tr.stderr), n_hvp=tr.n_hvp)]
+        traces = [TraceEstimate(method="hutchinson", estimate=json_float(tr.estimate),
+                                stderr=json_float(tr.stderr), n_hvp=tr.n_hvp)]
         lam_min, density = None, None
     else:
         eig = hs.top_eigenvalues(obj.hvp, obj.dim, k=h.top_k, max_steps=h.max_steps, tol=h.tol,
                                  generator=_generator(split_seed), **kw)
         low = hs.smallest_eigenvalue(obj.hvp, obj.dim, max_steps=h.max_steps, tol=h.tol,
                                      generator=_generator(split_seed + 1), **kw)
-        lam_min = _finite_or_none(low.values[0])
+        lam_min = json_float(low.values[0])
         hut = hs.hutchinson_trace(obj.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2), **kw)
         hpp = hs.hutchpp_trace(obj.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3), **kw)
         traces = [
-            TraceEstimate(method="hutchinson", estimate=_finite_or_none(hut.estimate),
-                          stderr=_finite_or_none(hut.stderr), n_hvp=hut.n_hvp),
-            TraceEstimate(method="hutch++", estimate=_finite_or_none(hpp.estimate),
-                          stderr=_finite_or_none(hpp.stderr), n_hvp=hpp.n_hvp),
+            TraceEstimate(method="hutchinson", estimate=json_float(hut.estimate),
+                          stderr=json_float(hut.stderr), n_hvp=hut.n_hvp),
+            TraceEstimate(method="hutch++", estimate=json_float(hpp.estimate),
+                          stderr=json_float(hpp.stderr), n_hvp=hpp.n_hvp),
         ]
         dens = hs.slq_density(obj.hvp, obj.dim, n_runs=h.density_runs, n_steps=h.density_steps,
                               generator=_generator(split_seed + 4), grid_size=400, **kw)
@@ -195,7 +191,7 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
         density = Density(grid=d["grid"], density=d["density"], nodes=d["nodes"], weights=d["weights"])
     values = [float(v) for v in eig.values]
     return HessianResult(
-        backend=h.backend, n_samples=n_samples, loss=_finite_or_none(loss0), top_eigenvalues=values,
+        backend=h.backend, n_samples=n_samples, loss=json_float(loss0), top_eigenvalues=values,
         residuals=[float(r) for r in eig.residuals], converged=bool(eig.converged), n_hvp=int(eig.n_hvp),
         lambda_min=lam_min, traces=traces, density=density, seconds=time.perf_counter() - t0,
     )
@@ -227,7 +223,7 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
             curves.append(_grid_to_lists(curve))
             points += len(alphas)
             radius, cens, evals = refined_radius(obj, directions[k], alphas, curve, loss0, s.tolerance)
-            radii.append(_finite_or_none(radius))
+            radii.append(json_float(radius))
             censored.append(cens)
             result.refine_evaluations += evals
         result.curves[split] = curves
@@ -283,7 +279,7 @@ def add_landscape_stats(spec: AuditSpec, objectives: dict, directions: list, res
     from traits.probes.landscape import landscape_stats
 
     s = spec.probes.surface
-    losses = {split: _finite_or_none(obj.loss()) for split, obj in objectives.items()}
+    losses = {split: json_float(obj.loss()) for split, obj in objectives.items()}
     temperature = s.entropy_temperature or losses.get("id")
     for split, obj in objectives.items():
         if losses[split] is None:
@@ -391,36 +387,32 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
             m.radius_per_direction = radii
         else:  # grid resolution only
             radius = pm.robust_radius_directions(alphas, curves, loss0, tau)
-            m.robust_radius = _finite_or_none(radius.radius)
+            m.robust_radius = json_float(radius.radius)
             m.robust_radius_censored = bool(radius.censored)
-            m.radius_per_direction = [_finite_or_none(r.radius) for r in radius.per_direction]
+            m.radius_per_direction = [json_float(r.radius) for r in radius.per_direction]
         eps = spec.probes.surface.sharpness_radius
-        m.sharpness = _finite_or_none(max(pm.sharpness(alphas, c, loss0, eps) for c in curves))
+        m.sharpness = json_float(max(pm.sharpness(alphas, c, loss0, eps) for c in curves))
         values = [v for c in surf.curves[split] for v in c]
         if split in surf.grids:
             grid = nan_array(surf.grids[split])
-            m.basin_area = _finite_or_none(pm.basin_area_fraction(grid, loss0, tau))
+            m.basin_area = json_float(pm.basin_area_fraction(grid, loss0, tau))
             values += [v for row in surf.grids[split] for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
         if surf.plane_grids.get(split):
             plane = nan_array(surf.plane_grids[split])
-            m.plane_basin_area = _finite_or_none(pm.basin_area_fraction(plane, loss0, tau))
+            m.plane_basin_area = json_float(pm.basin_area_fraction(plane, loss0, tau))
     elif surf is not None and split in surf.curves:  # L(θ) itself is NaN/inf: no radius, but count the points
         values = [v for c in surf.curves[split] for v in c] + [v for row in surf.grids.get(split, []) for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
     if hess is not None:
         from traits.probes.planes import nonconvexity
 
-        m.nonconvexity = _finite_or_none_opt(nonconvexity(m.lambda_min, m.lambda_max))
+        m.nonconvexity = json_float(nonconvexity(m.lambda_min, m.lambda_max))
     stats = surf.landscape.get(split) if surf is not None else None
     if stats:
         m.first_jump, m.smooth_to = stats.get("first_jump"), stats.get("smooth_to")
         m.n_jumps, m.entropy = stats.get("n_jumps"), stats.get("entropy")
     return m
-
-
-def _finite_or_none_opt(x) -> float | None:
-    return None if x is None else _finite_or_none(x)
 
 
 def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> dict[str, float | None]:
@@ -488,9 +480,9 @@ def run_audit(
         ids, preds, targets = predict(model, graphs, device)
         stats = accuracy_of(preds, targets)
         acc[split] = Accuracy(
-            n=len(ids), mae=_finite_or_none(stats["mae"]), rmse=_finite_or_none(stats["rmse"]),
-            r2=_finite_or_none(stats["r2"]), ids=list(ids),
-            predictions=[_finite_or_none(p) for p in preds], targets=[float(y) for y in targets],
+            n=len(ids), mae=json_float(stats["mae"]), rmse=json_float(stats["rmse"]),
+            r2=json_float(stats["r2"]), ids=list(ids),
+            predictions=[json_float(p) for p in preds], targets=[float(y) for y in targets],
         )
     walls["accuracy"] = time.perf_counter() - t
 
@@ -515,7 +507,7 @@ def run_audit(
             walls[f"hessian_{split}"] = time.perf_counter() - t
         sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
         objectives[split] = SplitObjective(model, collate(sub, device, dtype), loss=spec.probes.loss)
-        loss0[split] = _finite_or_none(objectives[split].loss())
+        loss0[split] = json_float(objectives[split].loss())
     surface = None
     if spec.probes.surface.enabled:
         t = time.perf_counter()

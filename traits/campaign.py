@@ -20,7 +20,7 @@ import numpy as np
 
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
-from traits.results import AuditResult, load_result
+from traits.results import AuditResult, json_float, load_result
 from traits.spec import AuditSpec, load_spec, read_mapping
 
 CAMPAIGN_FILE = "campaign.yaml"
@@ -247,17 +247,12 @@ def summarise(rows: list[dict]) -> dict:
         entry = {"kind": RATIO_KIND[key], "expected_sign": EXPECTED_SIGN.get(key, 1.0), "n": len(pairs)}
         if len(pairs) >= 3 and len({p[1] for p in pairs}) > 1 and len({p[0] for p in pairs}) > 1:
             rho, p = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
-            entry |= {"rho": _finite(rho), "p_value": _finite(p)}
+            entry |= {"rho": json_float(rho), "p_value": json_float(p)}
         else:
             entry |= {"rho": None, "p_value": None}
         correlations[key] = entry
     return {"rows": rows, "tasks": per_task, "spearman_vs_mae_ratio": correlations,
             "best_predictor": best_predictors(correlations)}
-
-
-def _finite(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def best_predictors(correlations: dict) -> dict:

@@ -8,6 +8,7 @@ therefore hold ``float | None``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,14 @@ SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "
 
 Level = Literal["pass", "warn", "fail"]
 MaybeFloat = float | None
+
+
+def json_float(x) -> float | None:
+    """A JSON-ready number: None for None, NaN and ±inf, else ``float(x)``."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def nan_array(values) -> np.ndarray:

@@ -62,6 +62,7 @@ import torch
 from scipy.special import logsumexp
 
 from traits.errors import ProbeError
+from traits.results import json_float
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float] | Sequence[Sequence[float]]
 Definition = Literal["paper", "gibbs"]
@@ -70,13 +71,6 @@ SOURCE = (
     "Vita & Schwalbe-Koda, Mach. Learn.: Sci. Technol. 4, 035031 (2023); S = k ln sum_i exp(-L_i/(kT)) "
     "as in the authors' notebook get_entropy (github.com/jvita/data_efficiency_in_IAPS)"
 )
-
-
-def _num(x: float | None) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _flat(losses: ArrayLike) -> np.ndarray:
@@ -157,15 +151,15 @@ class LossEntropy:
 
     def to_dict(self) -> dict:
         return {
-            "entropy": _num(self.entropy),
-            "entropy_relative": _num(self.entropy_relative),
-            "gibbs": _num(self.gibbs),
-            "max_entropy": _num(self.max_entropy),
+            "entropy": json_float(self.entropy),
+            "entropy_relative": json_float(self.entropy_relative),
+            "gibbs": json_float(self.gibbs),
+            "max_entropy": json_float(self.max_entropy),
             "n_points": int(self.n_points),
             "n_nonfinite": int(self.n_nonfinite),
             "temperature": float(self.temperature),
             "k": float(self.k),
-            "loss0": _num(self.loss0),
+            "loss0": json_float(self.loss0),
             "definition": "S = k ln sum_i exp(-L_i/(kT)); relative: L_i - L(theta); gibbs: -k sum p_i ln p_i",
             "source": SOURCE,
         }

@@ -57,16 +57,9 @@ from traits.errors import ProbeError
 from traits.probes.directions import hessian_direction
 from traits.probes.hessian import EigenResult, smallest_eigenvalue, top_eigenvalues
 from traits.probes.objective import SplitObjective
+from traits.results import json_float
 
 Scale = Literal["theta", "unit"]
-
-
-def _num(x: float | None) -> float | None:
-    """A JSON-ready float: None for None, NaN and +-inf."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def nonconvexity(lambda_min: float | None, lambda_max: float | None) -> float | None:
@@ -112,12 +105,12 @@ class CurvatureResult:
 
     def to_dict(self) -> dict:
         return {
-            "lambda_max": _num(self.lambda_max),
-            "lambda_min": _num(self.lambda_min),
-            "nonconvexity": _num(self.nonconvexity),
-            "top_values": [_num(v) for v in self.top_values],
-            "residual_max": _num(self.residual_max),
-            "residual_min": _num(self.residual_min),
+            "lambda_max": json_float(self.lambda_max),
+            "lambda_min": json_float(self.lambda_min),
+            "nonconvexity": json_float(self.nonconvexity),
+            "top_values": [json_float(v) for v in self.top_values],
+            "residual_max": json_float(self.residual_max),
+            "residual_min": json_float(self.residual_min),
             "converged_max": bool(self.converged_max),
             "converged_min": bool(self.converged_min),
             "n_hvp": int(self.n_hvp),
@@ -205,10 +198,10 @@ class PlaneResult:
             {
                 "directions": "hessian",
                 "scale": self.scale,
-                "direction_norm": _num(self.direction_norm),
-                "curvature_along_max": _num(self.curvature_along_max),
-                "curvature_along_min": _num(self.curvature_along_min),
-                "cos_raw": _num(self.cos_raw),
+                "direction_norm": json_float(self.direction_norm),
+                "curvature_along_max": json_float(self.curvature_along_max),
+                "curvature_along_min": json_float(self.curvature_along_min),
+                "cos_raw": json_float(self.cos_raw),
             }
         )
         return out
