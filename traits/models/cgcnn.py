@@ -109,16 +109,11 @@ class GraphRegressor(nn.Module):
         return batch.x.to(dtype), batch.edge_attr.to(dtype)
 
     def _hidden(self, c: Tensor) -> Tensor:
-        """The hidden layers of the head: c = softplus(fc(c)) for each layer of ``self.fcs`` (if any)."""
+        """The hidden layers of the head: c = softplus(fc(c)) for each layer of ``self.fcs``, a subclass's
+        ``nn.ModuleList`` of hidden ``nn.Linear`` layers (a subclass without hidden layers has no ``fcs``)."""
         for fc in getattr(self, "fcs", ()):
             c = F.softplus(fc(c))
         return c
-
-
-def _linear_chain(widths: list[int]) -> nn.ModuleList:
-    """``nn.Linear(widths[k], widths[k + 1])`` for each consecutive pair: the hidden layers ``fcs`` of a
-    head (applied by :meth:`GraphRegressor._hidden`)."""
-    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
 
 _POOLS = ("mean", "sum", "max")
@@ -155,7 +150,7 @@ class CGCNN(GraphRegressor):
             CGConv(atom_fea_len, dim=edge_dim, aggr="add", batch_norm=bool(batch_norm)) for _ in range(n_conv)
         )
         widths = [atom_fea_len] + [h_fea_len] * n_h
-        self.fcs = _linear_chain(widths)
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.fc_out = nn.Linear(widths[-1], 1)
 
     def embed(self, batch) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from traits.errors import CheckpointError, SpecError
-from traits.models.cgcnn import GraphRegressor, _linear_chain, graph_index
+from traits.models.cgcnn import GraphRegressor, graph_index
 
 #: Graph settings the original checkpoints need (pass as ``GraphSpec(**ORIGINAL_GRAPH)``).
 ORIGINAL_GRAPH: dict = {"cutoff": 8.0, "max_neighbors": 12, "gaussian_step": 0.2, "pad_neighbors": True}
@@ -91,7 +91,7 @@ class CGCNNOriginal(GraphRegressor):
         self.convs = nn.ModuleList(OriginalConv(atom_fea_len, edge_dim) for _ in range(n_conv))
         self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
         if n_h > 1:
-            self.fcs = _linear_chain([h_fea_len] * n_h)
+            self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
         self.fc_out = nn.Linear(h_fea_len, 1)
 
     def embed(self, batch) -> Tensor:

@@ -41,8 +41,8 @@ A jump's ``position`` is the midpoint of its grid bracket, or the refined positi
 ``distance`` from theta is ``|position|`` on a line. ``first_jump_scale`` is the smallest distance over
 all jumps on either side of theta (None when the line is smooth). ``smooth_to`` is the largest distance
 out to which the line is known to be jump-free: the smallest inner end (|alpha| nearest theta) over the
-jumps' brackets, or, with no jump, the smaller of the two sides' extents (the range checked; the one
-side's extent for a ray).
+counting jumps' brackets (at most the extent), or, with no jump, the smaller of the two sides' extents
+(the range checked; the one side's extent for a ray).
 
 On a 2-D grid every row and every column is scanned as a line; the distance of a point (alpha, beta)
 from theta is Euclidean, sqrt(alpha^2 + beta^2), by default (``metric="chebyshev"``: max(|alpha|,
@@ -73,6 +73,7 @@ import torch
 
 from traits.errors import ProbeError
 from traits.probes.metrics import ArrayLike, _as_array
+from traits.results import json_float
 
 Metric = Literal["euclidean", "chebyshev"]
 _AnyJump = TypeVar("_AnyJump", "Jump", "GridJump")
@@ -82,13 +83,6 @@ DEFAULT_WINDOW = 3
 DEFAULT_MIN_JUMP = 1e-3
 DEFAULT_NOISE = 1e-5
 DEFAULT_PERSIST = 0.5
-
-
-def _num(x: float | None) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _sorted_coords(coords: np.ndarray, label: str) -> np.ndarray:
@@ -144,10 +138,10 @@ class Jump:
         return {
             "lo": float(self.lo),
             "hi": float(self.hi),
-            "loss_lo": _num(self.loss_lo),
-            "loss_hi": _num(self.loss_hi),
-            "size": _num(self.size),
-            "ratio": _num(self.ratio),
+            "loss_lo": json_float(self.loss_lo),
+            "loss_hi": json_float(self.loss_hi),
+            "size": json_float(self.size),
+            "ratio": json_float(self.ratio),
             "kind": self.kind,
             "position": float(self.position),
             "distance": float(self.distance),
@@ -239,7 +233,7 @@ def _extent(coords: np.ndarray) -> float:
     return min(present) if present else 0.0
 
 
-def _counts(jump: Jump | GridJump) -> bool:
+def counts(jump: Jump | GridJump) -> bool:
     """Whether a jump counts for the scale: not refined yet, or refined and confirmed."""
     return not jump.refined or bool(jump.confirmed)
 
@@ -254,15 +248,15 @@ def _scan_head(jumps: Sequence[Jump | GridJump], first_scale: float | None) -> d
     """The keys a scan result's ``to_dict`` starts with: the jumps, how many count, the first scale."""
     return {
         "jumps": [j.to_dict() for j in jumps],
-        "n_jumps": sum(1 for j in jumps if _counts(j)),
-        "first_scale": _num(first_scale),
+        "n_jumps": sum(1 for j in jumps if counts(j)),
+        "first_scale": json_float(first_scale),
     }
 
 
 def _first_and_smooth_to(jumps: Sequence[_AnyJump], extent: float) -> tuple[_AnyJump | None, float]:
     """The counting jump nearest theta (by distance, then inner end; None if none counts) and the distance
     known jump-free: the smallest inner end over the counting jumps, at most ``extent``."""
-    counting = [j for j in jumps if _counts(j)]
+    counting = [j for j in jumps if counts(j)]
     if not counting:
         return None, extent
     first = min(counting, key=lambda j: (j.distance, j.inner))
@@ -494,11 +488,11 @@ class GridJump:
             "position": [float(x) for x in self.position],
             "distance": float(self.distance),
             "inner": float(self.inner),
-            "size": _num(self.size),
-            "ratio": _num(self.ratio),
+            "size": json_float(self.size),
+            "ratio": json_float(self.ratio),
             "kind": self.kind,
-            "loss_start": _num(self.loss_start),
-            "loss_end": _num(self.loss_end),
+            "loss_start": json_float(self.loss_start),
+            "loss_end": json_float(self.loss_end),
             "refined": bool(self.refined),
             "confirmed": self.confirmed,
             "n_evals": int(self.n_evals),
@@ -509,7 +503,8 @@ class GridJump:
 class GridJumps:
     """Jumps of a 2-D grid, every row and column scanned. ``first_scale``: distance of the nearest
     counting jump (None if none); ``first``: that jump; ``smooth_to``: distance known jump-free (the
-    inner distance of the nearest jump, or the grid's inscribed radius min(|alpha|, |beta| extents));
+    smallest inner distance over the counting jumps, at most the grid's inscribed radius
+    min(|alpha|, |beta| extents));
     ``n_lines``: rows + columns scanned; ``n_extra_evals``: evaluations spent refining."""
 
     jumps: list[GridJump]

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from traits.probes.discontinuity import grid_jumps_2d, refine_grid_jumps, scan_curve
+from traits.probes.discontinuity import counts, grid_jumps_2d, refine_grid_jumps, scan_curve
 from traits.probes.entropy import entropy_summary
 from traits.results import nan_array
 
@@ -61,7 +61,7 @@ def landscape_stats(
         values = nan_array(curve)
         sampled.append(values)
         scan = scan_curve(a, values, loss0, line_loss=line_loss(k) if line_loss else None)
-        counting = sorted((j for j in scan.jumps if not j.refined or j.confirmed), key=lambda j: j.distance)
+        counting = sorted((j for j in scan.jumps if counts(j)), key=lambda j: j.distance)
         n_jumps += len(counting)
         positions.append([float(j.position) for j in counting])
         extra += scan.n_extra_evals
@@ -76,7 +76,7 @@ def landscape_stats(
         found = grid_jumps_2d(b, b, g, loss0)
         if point_loss is not None:
             found = refine_grid_jumps(found, point_loss)
-        n_jumps += sum(1 for j in found.jumps if not j.refined or j.confirmed)
+        n_jumps += sum(1 for j in found.jumps if counts(j))
         extra += found.n_extra_evals
         if found.first_scale is not None:
             scales.append(found.first_scale)

@@ -409,7 +409,7 @@ def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[s
         "log_span": LOG_SCALE_SPAN,
         "n_directions": max((len(c) for c in surf.curves.values()), default=0) if surf is not None else 0,
         "curve_jumps": sum(len(p) for st in (surf.landscape.values() if surf is not None else ())
-                           for p in (st.get("jumps_1d") or [])),
+                           for p in (st.get("jumps_1d") or [])[:MAX_DIRECTIONS]),
         "max_directions": MAX_DIRECTIONS,
         "spec_text": _spec_text(result.spec),
         "css": Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
