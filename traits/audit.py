@@ -435,7 +435,7 @@ def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> d
         out["first_jump_ratio"] = ratio(o.first_jump, i.first_jump)
         if o.entropy is not None and i.entropy is not None:  # can change sign: a difference, not a ratio
             out["entropy_ood_minus_id"] = o.entropy - i.entropy
-    return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in out.items()}
+    return {k: json_float(v) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------------------------------ audit

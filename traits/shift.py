@@ -42,7 +42,7 @@ from functools import lru_cache
 import numpy as np
 
 from traits.errors import TraitsError
-from traits.results import DistanceSummary, ShiftResult, ShiftSamples, ShiftSplit, TargetSummary
+from traits.results import DistanceSummary, ShiftResult, ShiftSamples, ShiftSplit, TargetSummary, json_float
 
 #: Compositions cover Z = 1..100 (the data readers drop structures with heavier elements).
 N_ELEMENTS = 100
@@ -64,11 +64,6 @@ def _q(p: float) -> str:
     return f"q{round(p * 100):02d}"
 
 
-def _f(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 # ------------------------------------------------------------------------------------------ targets
 
 
@@ -86,8 +81,9 @@ def target_summary(y) -> TargetSummary:
         return TargetSummary(n=0)
     qs = np.quantile(arr, QUANTILES)
     return TargetSummary(
-        n=int(arr.size), mean=_f(arr.mean()), std=_f(arr.std()), min=_f(arr.min()), max=_f(arr.max()),
-        quantiles={_q(p): _f(v) for p, v in zip(QUANTILES, qs)},
+        n=int(arr.size), mean=json_float(arr.mean()), std=json_float(arr.std()),
+        min=json_float(arr.min()), max=json_float(arr.max()),
+        quantiles={_q(p): json_float(v) for p, v in zip(QUANTILES, qs)},
     )
 
 
@@ -111,10 +107,10 @@ def target_shift(train_y, y) -> dict[str, float | None]:
     return {
         "outside_range": float(np.mean((arr < train.min()) | (arr > train.max()))),
         "outside_p01_p99": float(np.mean((arr < lo) | (arr > hi))),
-        "ks_statistic": _f(ks.statistic),
-        "ks_pvalue": _f(ks.pvalue),
-        "wasserstein": _f(w),
-        "wasserstein_std": _f(w / std) if std > 0 else None,
+        "ks_statistic": json_float(ks.statistic),
+        "ks_pvalue": json_float(ks.pvalue),
+        "wasserstein": json_float(w),
+        "wasserstein_std": json_float(w / std) if std > 0 else None,
     }
 
 
@@ -261,8 +257,8 @@ def summarise_distances(d, n_excluded: int = 0) -> DistanceSummary:
     arr = np.asarray(d, dtype=np.float64).reshape(-1)
     if arr.size == 0:
         return DistanceSummary(n=0, n_excluded=n_excluded)
-    return DistanceSummary(n=int(arr.size), median=_f(np.median(arr)), p90=_f(np.quantile(arr, 0.9)),
-                           mean=_f(arr.mean()), n_excluded=n_excluded)
+    return DistanceSummary(n=int(arr.size), median=json_float(np.median(arr)), p90=json_float(np.quantile(arr, 0.9)),
+                           mean=json_float(arr.mean()), n_excluded=n_excluded)
 
 
 def ratio(ood: float | None, idv: float | None) -> float | None:
