@@ -109,6 +109,8 @@ def load_or_train(spec: AuditSpec, data: PreparedData, out_dir: Path, device: to
 def check_checkpoint_against_spec(spec: AuditSpec, loaded: LoadedModel, data: PreparedData) -> list[Finding]:
     """Flag a checkpoint trained on another split or omission (graph settings are checked on load)."""
     meta = loaded.metadata or {}
+    if spec.data.sets is not None:
+        return _check_checkpoint_against_sets(meta, loaded, data)
     found = []
     if "omit" in meta and sorted(meta["omit"]) != sorted(spec.omit):
         found.append(Finding(
@@ -122,6 +124,38 @@ def check_checkpoint_against_spec(spec: AuditSpec, loaded: LoadedModel, data: Pr
             id="checkpoint_split", level="warn",
             statement="The checkpoint was trained on another split of the data (manifest hash differs): "
             "ID test compounds may have been seen in training",
+        ))
+    return found
+
+
+def _check_checkpoint_against_sets(meta: dict, loaded: LoadedModel, data: PreparedData) -> list[Finding]:
+    """With named sets: ID compounds holding an element the checkpoint was trained without, and whether the
+    checkpoint's training data is known at all (only when TRAITS trained it on these very sets)."""
+    from traits.data.graphs import graph_elements
+
+    found = []
+    omitted = set(meta.get("omit") or [])
+    with_omitted = sum(bool(omitted & graph_elements(g)) for g in data.splits.get("id", []))
+    if with_omitted:
+        found.append(Finding(
+            id="checkpoint_omission", level="warn",
+            statement=f"The checkpoint was trained omitting {sorted(omitted)}, yet {with_omitted} compounds of the "
+            "named ID set contain one of them: they are not in distribution for this model",
+            numbers={"id_with_omitted": float(with_omitted)},
+        ))
+    if loaded.trained_now or meta.get("manifest_hash") == data.manifest.hash:
+        return found
+    if meta.get("manifest_hash"):
+        found.append(Finding(
+            id="checkpoint_split", level="warn",
+            statement="The checkpoint was trained on other data than these named sets (manifest hash differs): "
+            "compounds of the ID or OOD set may have been seen in training",
+        ))
+    else:
+        found.append(Finding(
+            id="checkpoint_training_data", level="pass",
+            statement="The checkpoint carries no record of its training data: that the named ID and OOD sets "
+            "were held out from its training is not checked by this audit",
         ))
     return found
 
@@ -328,6 +362,14 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     from traits.models.inference import embed
 
     cfg = spec.probes.shift
+    thresholds = {"near_ratio": cfg.near_ratio, "target_outside_fraction": cfg.target_outside_fraction}
+    if "train" not in splits:  # named sets without data.sets.train: nothing to measure against
+        return sh.compute_shift(
+            {s: [float(g.y) for g in splits.get(s, [])] for s in sh.COMPARED}, {}, k=cfg.k, seed=spec.seed + 19,
+            max_points=cfg.max_points, n_train_total=0, thresholds=thresholds,
+            problems=["training data is not given (data.sets has no 'train'): the target shift and the distances "
+                      "to the training compounds were not measured"],
+        )
     train_all = splits.get("train", [])
     train = subsample(train_all, cfg.max_train, spec.seed + 17)
     graphs = {"train": train, "id": splits.get("id", []), "ood": splits.get("ood", [])}
@@ -357,8 +399,7 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
         features += " + fraction-weighted " + ", ".join(sh.PROPERTY_NAMES) + " (standardised)"
     return sh.compute_shift(
         targets, spaces, k=cfg.k, seed=spec.seed + 19, max_points=cfg.max_points, composition_features=features,
-        n_train_total=len(train_all), problems=problems,
-        thresholds={"near_ratio": cfg.near_ratio, "target_outside_fraction": cfg.target_outside_fraction},
+        n_train_total=len(train_all), problems=problems, thresholds=thresholds,
     )
 
 

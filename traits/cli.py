@@ -127,8 +127,9 @@ def data(
     prepared = load_data_with_progress(loaded)
     out.print(
         f"[bold]{loaded.name}[/]: {prepared.source}, target {loaded.data.target}, "
-        f"omit {', '.join(loaded.omit) or 'nothing (random split)'}; "
-        f"{prepared.n_read} records read, {prepared.cache_hits} graphs from cache, {prepared.built} built",
+        + (f"omit {', '.join(loaded.omit) or 'nothing (random split)'}; " if loaded.data.sets is None else
+           "sets used as given; ")
+        + f"{prepared.n_read} records read, {prepared.cache_hits} graphs from cache, {prepared.built} built",
         highlight=False,
     )
     if prepared.skipped:

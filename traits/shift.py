@@ -294,7 +294,8 @@ def compute_shift(
 ) -> ShiftResult:
     """Every diagnostic for the ``id`` and ``ood`` splits against ``train``.
 
-    ``targets[split]``: the targets of each of ``train``, ``id``, ``ood``. ``spaces[name][split]``: the
+    ``targets[split]``: the targets of each of ``train``, ``id``, ``ood`` (without a ``train`` key, when no
+    training set is known, only the ID and OOD target summaries are filled). ``spaces[name][split]``: the
     (n, d) features of each compound in a distance space (``composition``, ``embedding``), already
     standardised; ``None`` for a space that could not be measured. Rows with a non-finite feature are
     left out of that space (counted, and recorded as a problem). Bad inputs never raise: each becomes a
@@ -305,7 +306,10 @@ def compute_shift(
     splits: dict[str, ShiftSplit] = {}
     samples: dict[str, ShiftSamples] = {}
     ys: dict[str, np.ndarray] = {}
-    for s in ("train", *COMPARED):
+    # no "train" key at all (named sets without a training set): only the per-split target summaries;
+    # the caller's ``problems`` say why nothing is measured against training
+    train_given = "train" in targets
+    for s in ("train", *COMPARED) if train_given else COMPARED:
         arr = np.asarray(targets.get(s, []), dtype=np.float64).reshape(-1)
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -314,8 +318,10 @@ def compute_shift(
         ys[s] = arr
         splits[s] = ShiftSplit(targets=target_summary(arr))
         samples[s] = ShiftSamples(targets=_sample(arr, max_points, rng))
-    train_y = ys["train"]
-    if train_y.size == 0:
+    train_y = ys.get("train", np.zeros(0))
+    if not train_given:
+        spaces = {}
+    elif train_y.size == 0:
         notes.append("the training split has no targets: the target shift was not measured")
     elif float(train_y.std()) == 0.0:
         notes.append(f"the training targets are constant (every one is {train_y[0]:.4g}): they have no spread, "

@@ -60,14 +60,36 @@ class GraphSpec(_Strict):
     )
 
 
+class DataSets(_Strict):
+    """Named sets: each a data file read by the spec's ``source`` reader; the probes run on exactly these."""
+
+    id: Path = Field(description="The in-distribution (ID) test set.")
+    ood: Path = Field(description="The out-of-distribution (OOD) set.")
+    train: Path | None = Field(
+        None, description="The training set, when known: the domain-shift distances are measured against it "
+        "(they are skipped without it), and 'model.train' trains on it."
+    )
+    val: Path | None = Field(None, description="The validation set (early stopping when 'model.train' is set).")
+
+    def named(self) -> dict[str, Path]:
+        """The given sets in split order (train, val, id, ood)."""
+        return {k: v for k, v in (("train", self.train), ("val", self.val), ("id", self.id), ("ood", self.ood))
+                if v is not None}
+
+
 class DataSpec(_Strict):
-    """Where the structures and targets come from."""
+    """Where the structures and targets come from: one file split by the omission rule, or named sets."""
 
     source: Literal["sample", "csv", "mp", "jarvis"] = Field(
         description="Reader: 'sample' (the bundled Materials Project sample), 'csv' (a CIF column and "
         "target columns), 'mp' (Materials Project JSON / JSON Lines), 'jarvis' (JARVIS-DFT JSON)."
     )
-    path: Path | None = Field(None, description="Data file; not used for source 'sample'.")
+    path: Path | None = Field(None, description="Data file; not used for source 'sample' or with 'sets'.")
+    sets: DataSets | None = Field(
+        None, description="Named sets instead of an omission split: {id: FILE, ood: FILE, train: FILE, val: FILE} "
+        "(train and val optional), each read by 'source' with the options below; 'omit' must then be empty. "
+        "The probes run on exactly these structures (no re-splitting, no subsample).",
+    )
     target: str = Field(description="Target property: formation_energy_per_atom or band_gap.")
     target_column: str | None = Field(
         None, description="Column/field holding the target, when it differs from the source's default."
@@ -86,8 +108,23 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataSpec:
+        if self.sets is not None:
+            if self.path is not None:
+                raise ValueError("give either 'path' (one file, split by 'omit') or 'sets' (named set files), "
+                                 "not both")
+            if self.subsample is not None:
+                raise ValueError("'subsample' does not apply to 'sets': the probes run on exactly the named "
+                                 "structures (probes.hessian.max_samples and probes.surface.max_samples still "
+                                 "cap what each probe uses)")
+            files = self.sets.named()
+            names = {}
+            for name, file in files.items():
+                if file in names:
+                    raise ValueError(f"sets.{names[file]} and sets.{name} name the same file {file}")
+                names[file] = name
+            return self
         if self.source != "sample" and self.path is None:
-            raise ValueError(f"source {self.source!r} needs a 'path' to the data file")
+            raise ValueError(f"source {self.source!r} needs a 'path' to the data file (or 'sets' naming set files)")
         return self
 
 
@@ -290,6 +327,31 @@ class AuditSpec(_Strict):
                              f"({far:g}): a set cannot be both close to and far from the training compounds")
         return self
 
+    @model_validator(mode="after")
+    def _named_sets(self) -> AuditSpec:
+        sets = self.data.sets
+        if sets is None:
+            return self
+        problems = []
+        if self.omit:
+            problems.append(f"omit: must be empty when data.sets names the sets (got {self.omit}); the OOD set is "
+                            "data.sets.ood")
+        if "split" in self.model_fields_set:
+            problems.append("split: the fractions do not apply to data.sets (the sets are used as given); remove it")
+        if self.model.train is not None and (sets.train is None or sets.val is None):
+            missing = " and ".join(f"data.sets.{k}" for k in ("train", "val") if getattr(sets, k) is None)
+            problems.append(f"model.train: training needs {missing} (the set files to train and early-stop on); "
+                            "give them, or a model.checkpoint without model.train")
+        if sets.train is None:
+            if "train" in self.probes.splits:
+                problems.append("probes.splits: 'train' needs data.sets.train")
+            if self.probes.surface.directions == "hessian":
+                problems.append("probes.surface.directions: 'hessian' takes its plane from the training loss and "
+                                "needs data.sets.train")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @field_validator("omit")
     @classmethod
     def _elements(cls, value: list[str]) -> list[str]:
@@ -393,6 +455,9 @@ def spec_from_mapping(
     base = Path(base or Path.cwd())
     if spec.data.path is not None:
         spec.data.path = _expand(spec.data.path, base)
+    if spec.data.sets is not None:
+        for name, file in spec.data.sets.named().items():
+            setattr(spec.data.sets, name, _expand(file, base))
     if spec.model.checkpoint is not None:
         spec.model.checkpoint = _expand(spec.model.checkpoint, base)
     spec.report.out_dir = _expand(spec.report.out_dir, base)
@@ -400,6 +465,9 @@ def spec_from_mapping(
         problems = []
         if spec.data.path is not None and not spec.data.path.is_file():
             problems.append(f"  - data.path: no such file: {spec.data.path}")
+        if spec.data.sets is not None:
+            problems += [f"  - data.sets.{name}: no such file: {file}"
+                         for name, file in spec.data.sets.named().items() if not file.is_file()]
         ckpt = spec.model.checkpoint
         if need_checkpoint and ckpt is not None and spec.model.train is None and not ckpt.is_file():
             problems.append(f"  - model.checkpoint: no such file: {ckpt}")

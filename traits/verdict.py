@@ -54,6 +54,7 @@ from every training compound by construction, whatever the model learned. Bad sh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from traits.results import AuditResult, Finding, GateOutcome, Level
 
@@ -82,6 +83,9 @@ NONCONVEX_RATIO = 0.1
 def ood_description(result: AuditResult) -> str:
     if result.omit:
         return f"{'/'.join(result.omit)}-containing compounds"
+    named = ((result.spec or {}).get("data") or {}).get("sets")
+    if named and named.get("ood"):  # data.sets: the OOD set is a file the spec names
+        return f"the named OOD set ({Path(str(named['ood'])).name})"
     return "the held-out random split"
 
 

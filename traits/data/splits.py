@@ -1,8 +1,11 @@
-"""Chemistry-omission splits: train / val / ID test / OOD, deterministic by seed.
+"""Chemistry-omission splits: train / val / ID test / OOD, deterministic by seed; or named sets.
 
 OOD is every compound that contains an omitted element. The remaining (in-distribution) pool is
 shuffled with the seed and cut into train / val / ID test by the spec's fractions. With nothing
 omitted (a random-split baseline) a random ``ood_fraction`` of the pool is held out as the "OOD" set.
+
+With named sets (``data.sets``) nothing is split: each set is a file, its compounds are the split as
+given (file order), and the manifest records each file with its sha256 (:func:`named_set_manifest`).
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ class SplitManifest:
     seed: int
     fractions: dict[str, float]
     data_hash: str
+    #: Named sets only: split -> {"path", "sha256", "records" (read), "count" (usable graphs)}.
+    sets: dict[str, dict] | None = None
 
     @property
     def hash(self) -> str:
-        payload = json.dumps(
-            {"ids": self.ids, "omit": self.omit, "seed": self.seed, "data_hash": self.data_hash},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()
+        if self.sets is not None:  # named sets: the ids and the files, independent of the seed
+            content = {"ids": self.ids, "sets": {k: v["sha256"] for k, v in self.sets.items()}}
+        else:
+            content = {"ids": self.ids, "omit": self.omit, "seed": self.seed, "data_hash": self.data_hash}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "ids": self.ids,
             "omit": self.omit,
             "seed": self.seed,
@@ -49,6 +54,9 @@ class SplitManifest:
             "manifest_hash": self.hash,
             "counts": {k: len(v) for k, v in self.ids.items()},
         }
+        if self.sets is not None:
+            out["sets"] = self.sets
+        return out
 
     def write(self, path: Path) -> Path:
         write_json_atomic(path, self.to_dict())
@@ -106,3 +114,34 @@ def assign_splits(
     return SplitManifest(
         ids=split_ids, omit=sorted(omitted), seed=seed, fractions=dict(fractions), data_hash=data_hash
     )
+
+
+
+def check_disjoint(ids: dict[str, Sequence[str]], paths: dict[str, object]) -> None:
+    """Raise DataError, naming both files, when a compound id is in two named sets (or twice in one)."""
+    owner: dict[str, str] = {}
+    for name, members in ids.items():
+        seen: set[str] = set()
+        dup = next((i for i in members if i in seen or seen.add(i)), None)
+        if dup is not None:
+            raise DataError(f"{paths[name]}: compound id {dup!r} appears twice in the {name} set")
+        shared = sorted(seen & owner.keys())
+        if shared:
+            other = owner[shared[0]]
+            raise DataError(
+                f"{paths[name]}: {len(shared)} compound id(s) of the {name} set are also in the {other} set "
+                f"{paths[other]} (e.g. {', '.join(shared[:3])}); a compound must be in one set only"
+            )
+        owner.update(dict.fromkeys(members, name))
+
+
+def named_set_manifest(ids: dict[str, Sequence[str]], files: dict[str, dict], seed: int = 0) -> SplitManifest:
+    """The manifest of named sets: ``ids[split]`` in file order, ``files[split]`` = {"path", "sha256", ...}.
+
+    The data hash is the sha256 of the sets' own hashes (one line ``split:sha256`` each, in split order).
+    Raises DataError naming both files when an id is in two sets.
+    """
+    check_disjoint(ids, {k: v["path"] for k, v in files.items()})
+    digest = hashlib.sha256("".join(f"{k}:{files[k]['sha256']}\n" for k in ids).encode()).hexdigest()
+    return SplitManifest(ids={k: list(v) for k, v in ids.items()}, omit=[], seed=seed, fractions={},
+                         data_hash=digest, sets={k: dict(files[k]) for k in ids})
