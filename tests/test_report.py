@@ -15,7 +15,7 @@ from traits.report import render as R
 from traits.report import render_html, render_report
 from traits.results import Accuracy, AuditResult, Finding, HessianResult, SplitMetrics, SurfaceResult
 
-SECTION_IDS = [sid for sid, _ in R.SECTIONS]
+SECTION_IDS = [s.id for s in R.SECTIONS]
 PAYLOAD = "<script>alert(1)</script>"
 
 
@@ -39,7 +39,7 @@ def test_every_section_in_order_with_key_numbers(result, html):
     positions = [html.find(f'<section id="{sid}">') for sid in SECTION_IDS]
     assert all(p >= 0 for p in positions), dict(zip(SECTION_IDS, positions))
     assert positions == sorted(positions)
-    verdict = html[positions[0]:positions[1]]
+    verdict = html[positions[1]:positions[2]]
     # the findings table comes before the gates table, and shows the overall status
     assert "badge-fail" in verdict and verdict.index("Findings") < verdict.index("Gates")
     for f in result.findings:
@@ -55,7 +55,7 @@ def test_every_section_in_order_with_key_numbers(result, html):
     assert "eV/atom" in html and "(eV/atom)²" in html
     # missing grid values are listed as non-finite
     assert "3 of 225 2D grid points non-finite" in html
-    for name in ("parity", "shift", "eigenvalues", "density", "surface_2d", "curves_1d"):
+    for name in ("ratios", "parity", "shift", "eigenvalues", "density", "surface_2d", "curves_1d"):
         assert f'id="fig-{name}"' in html
 
 
@@ -64,7 +64,7 @@ def test_html_is_self_contained(html):
     assert not re.search(r"<link\b[^>]*stylesheet", html, re.I)
     assert "@import" not in html and "url(" not in html
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
-    assert len(sources) == 6 and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
+    assert len(sources) == 7 and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
     assert "<style>" in html and "@page" in html  # the CSS is inlined
     assert "<script" not in html.lower()
 
@@ -105,8 +105,10 @@ def test_pdf_is_valid_with_headings_and_name(result, rendered):
     assert n >= 3
     text = "\n".join(page.extract_text() for page in reader.pages)
     flat = " ".join(text.split())
-    for number, (_, heading) in enumerate(R.SECTIONS, 1):
-        assert f"{number}. {heading}" in flat, heading
+    numbered = [s for s in R.SECTIONS if s.numbered]
+    for number, section in enumerate(numbered, 1):
+        assert f"{number}. {section.heading}" in flat, section.heading
+    assert "Summary" in flat.split("1. Verdict")[0]
     assert result.name in flat
     assert f"page 1 of {n}" in flat and f"page {n} of {n}" in flat
     # no temporary files are left beside the report

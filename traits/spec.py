@@ -299,6 +299,14 @@ class ReportSpec(_Strict):
     out_dir: Path = Path("traits-out")
 
 
+class CardSpec(_Strict):
+    """Optional model-card fields, shown in the report (provenance section and summary page)."""
+
+    intended_use: str = Field("", description="What the model is for, and what it is not for.")
+    training_data: str = Field("", description="The data the model was trained on (source, size, licence).")
+    licence: str = Field("", description="Licence of the model weights, e.g. 'CC-BY-4.0' or 'MIT'.")
+
+
 class AuditSpec(_Strict):
     """A whole audit."""
 
@@ -318,6 +326,7 @@ class AuditSpec(_Strict):
     probes: ProbeSpec = Field(default_factory=ProbeSpec)
     gates: GateSpec = Field(default_factory=GateSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    card: CardSpec | None = Field(None, description="Optional model card: intended use, training data, licence.")
 
     @model_validator(mode="after")
     def _near_below_far(self) -> AuditSpec:

@@ -216,25 +216,31 @@ def shift_figure(targets: Mapping[str, Sequence[float]], distances: Mapping[str,
     """Histograms (density, one outline per split) of the targets and of each distance space's kNN distances.
 
     ``distances[space][split]``: the per-compound mean distance to the ``k`` nearest training compounds.
-    ``band``: the training 1st and 99th percentiles of the targets, drawn as dashed lines.
+    ``band``: the training 1st and 99th percentiles of the targets, drawn as dashed lines. Each panel is
+    half the page wide (two per row) so that its axis text prints at 8-9 pt.
     """
     panels = 1 + len(distances)
-    fig = _new_figure(2.7, PAGE_WIDTH)
-    axes = np.atleast_1d(fig.subplots(1, panels))
+    ncols = 1 if panels == 1 else 2
+    nrows = math.ceil(panels / ncols)
+    fig = _new_figure(2.75 * nrows + 0.35, PAGE_WIDTH)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
     _histograms(axes[0], targets)
     if band is not None:
         for x in band:
             if x is not None and math.isfinite(x):
                 axes[0].axvline(x, color="0.25", ls="--", lw=0.9)
     name = target.replace("_", " ")
-    axes[0].set_xlabel(f"{name}\n({unit})" if unit else name, fontsize=7.5)
+    axes[0].set_xlabel(f"{name} ({unit})" if unit else name)
     axes[0].set_title("targets")
     for ax, (space, by_split) in zip(axes[1:], distances.items()):
         _histograms(ax, by_split, clip_tail=True)
-        ax.set_xlabel("mean distance to the k nearest\ntraining compounds (dimensionless)", fontsize=7.5)
+        ax.set_xlabel("mean distance to the k nearest training\ncompounds (dimensionless)")
         ax.set_title(f"{SPACE_TITLES.get(space, space)} distance, k = {k}")
-    for i, ax in enumerate(axes):
-        ax.set_ylabel("density" if i == 0 else "")
+    for ax in axes:
+        ax.set_ylabel("density (per x unit)")
         ax.grid(True, lw=0.4, alpha=0.5)
         ax.xaxis.set_major_locator(MaxNLocator(5))
     splits = list(dict.fromkeys([*targets, *(s for d in distances.values() for s in d)]))
@@ -381,6 +387,98 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
     return fig
 
 
+#: The eigenvector plane's colour scale stops at this quantile of the pooled log loss ratios (the loss
+#: along the top eigenvector rises by many orders of magnitude; a full scale would show only that).
+PLANE_CLIP_QUANTILE = 0.95
+
+
+@dataclass(frozen=True)
+class PlaneScale:
+    """Colour scale of the eigenvector plane: log10 of L/L(θ), clipped above at ``vmax``."""
+
+    vmin: float
+    vmax: float
+    clipped: bool
+
+
+def plane_scale(grids: Mapping[str, Sequence[Sequence[float | None]]],
+                loss0: Mapping[str, float | None]) -> PlaneScale | None:
+    """Shared scale of log10(L/L(θ)) over every split: from the smallest value (at most 0, at least −2) up
+    to the :data:`PLANE_CLIP_QUANTILE` of the pooled values (at least log10 2)."""
+    pooled = []
+    for split, grid in grids.items():
+        l0 = loss0.get(split)
+        if l0 is None or not math.isfinite(l0) or l0 <= 0:
+            continue
+        z = nan_array(grid) / l0
+        pooled.append(np.log10(z[np.isfinite(z) & (z > 0)]))
+    values = np.concatenate(pooled) if pooled else np.zeros(0)
+    if values.size == 0:
+        return None
+    lo = float(max(min(values.min(), 0.0), -2.0))
+    top = float(values.max())
+    cut = float(np.quantile(values, PLANE_CLIP_QUANTILE))
+    hi = max(cut, math.log10(2.0), lo + 1e-6)
+    return PlaneScale(lo, hi, clipped=top > hi + 1e-9)
+
+
+def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
+                    loss0: Mapping[str, float | None], tolerance: float) -> Figure:
+    """The Hessian-eigenvector plane per split, coloured by log10(L/L(θ)) on one clipped scale.
+
+    Relative to each split's own L(θ), so that the shape near θ shows and not the split's loss level;
+    the scale stops at :data:`PLANE_CLIP_QUANTILE` of the pooled values (brighter regions saturate, the
+    colour bar's arrow says so). α runs along the top eigenvector, β along the bottom one.
+    """
+    scale = plane_scale(grids, loss0)
+    n = len(grids)
+    fig = _new_figure(PAGE_WIDTH / max(n, 1) * 0.85 + 0.45)
+    axes = np.atleast_1d(fig.subplots(1, n, sharex=True, sharey=True))
+    a = nan_array(alphas)
+    mappable = None
+    for i, (ax, (split, grid)) in enumerate(zip(axes, grids.items())):
+        z = nan_array(grid).T  # rows = β (y), columns = α (x)
+        finite = np.isfinite(z)
+        l0 = loss0.get(split)
+        shown = np.full_like(z, np.nan)
+        if l0 is not None and math.isfinite(l0) and l0 > 0:
+            ok = finite & (z > 0)
+            shown[ok] = np.log10(z[ok] / l0)
+        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor="#e6e6e6", edgecolor="none",
+                               hatch="////", zorder=0))
+        masked = np.ma.masked_invalid(np.clip(shown, scale.vmin, scale.vmax) if scale else shown)
+        if scale and masked.count() >= 4:
+            levels = np.linspace(scale.vmin, scale.vmax, 17)
+            mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis",
+                                   extend="max" if scale.clipped else "neither", zorder=1)
+            level = math.log10(1 + tolerance)
+            if np.nanmin(masked) < level < np.nanmax(masked):
+                for color, width, z_order in (("white", 1.8, 2), ("black", 0.7, 3)):
+                    ax.contour(a, a, masked, levels=[level], colors=color, linewidths=width,
+                               linestyles="solid", zorder=z_order)
+        ax.plot([0], [0], marker="+", color="red", ms=9, mew=1.6, zorder=4)
+        ax.set_aspect("equal", adjustable="box")
+        n_bad = int((~finite).sum())
+        ax.set_title(split_label(split) + (f" ({n_bad} non-finite)" if n_bad else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        ax.yaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        if i == 0:
+            ax.set_ylabel("β along v_min (dimensionless)")
+    fig.supxlabel("α along v_max, the top eigenvector (dimensionless)", fontsize=9)
+    if mappable is not None:
+        bar = fig.colorbar(mappable, ax=list(axes), shrink=0.9, pad=0.02, aspect=25)
+        ticks = MaxNLocator(6).tick_values(scale.vmin, scale.vmax)
+        bar.set_ticks([t for t in ticks if scale.vmin - 1e-12 <= t <= scale.vmax + 1e-12])
+        bar.set_label("log₁₀ L/L(θ) (dimensionless)" + (", clipped" if scale.clipped else ""))
+    handles = [
+        Line2D([], [], color="black", lw=1.2, label=f"tolerance L/L(θ) = 1 + τ, τ = {tolerance:g}"),
+        Line2D([], [], color="red", marker="+", lw=0, ms=8, mew=1.6, label="θ (trained weights)"),
+        Patch(facecolor="#e6e6e6", edgecolor="#9a9a9a", hatch="////", label="non-finite loss"),
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncol=3, frameon=False)
+    return fig
+
+
 @dataclass(frozen=True)
 class CurveSet:
     """One split's 1D curves (one per direction), the loss at θ and its robust radii."""
@@ -483,6 +581,79 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
         handles.append(Line2D([], [], color="0.3", lw=0, marker="x", ms=6, label="non-finite loss (drawn at 1)"))
     ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary: every OOD/ID ratio against its gate
+
+
+@dataclass(frozen=True)
+class RatioPoint:
+    """One OOD/ID ratio of one audit: value, interval (or None), gate threshold (or None) and level."""
+
+    label: str
+    value: float
+    low: float | None = None
+    high: float | None = None
+    threshold: float | None = None
+    level: str = ""  # "pass" | "warn" | "fail" | "" (no gate)
+    series: str = ""  # which audit, when several are compared
+
+
+LEVEL_COLORS = {"pass": "#1b7f3b", "warn": "#b07800", "fail": "#b3261e", "": "#3a4a5c"}
+_SERIES_MARKERS = ("o", "s", "D", "^")
+
+
+def ratio_figure(points: Sequence[RatioPoint]) -> Figure:
+    """OOD/ID ratios on one logarithmic axis: a dot per ratio (coloured by its gate's level), its interval
+    as a bar, its gate threshold as a grey tick, and the line ratio = 1 (OOD like ID). With several
+    series (``RatioPoint.series``: two audits compared), each series gets its own marker, offset."""
+    labels = list(dict.fromkeys(p.label for p in points))
+    series = list(dict.fromkeys(p.series for p in points))
+    fig = _new_figure(0.2 * len(labels) + 0.75)
+    ax = fig.subplots()
+    values = [v for p in points for v in (p.value, p.low, p.high, p.threshold)
+              if v is not None and math.isfinite(v) and v > 0]
+    lo, hi = (min(values + [1.0]), max(values + [1.0])) if values else (0.5, 2.0)
+    ax.set_xscale("log")
+    ax.set_xlim(lo / 1.6, hi * 1.6)
+    ax.axvline(1.0, color="0.45", lw=1.0, zorder=1)
+    step = 0.32 if len(series) > 1 else 0.0
+    for p in points:
+        if p.value is None or not math.isfinite(p.value) or p.value <= 0:
+            continue
+        row = labels.index(p.label)
+        k = series.index(p.series)
+        y = row + (k - (len(series) - 1) / 2) * step
+        color = LEVEL_COLORS.get(p.level, LEVEL_COLORS[""])
+        if p.low is not None and p.high is not None and p.low > 0 and p.high > 0:
+            ax.plot([p.low, p.high], [y, y], color=color, lw=2.2, alpha=0.55, solid_capstyle="butt", zorder=2)
+        ax.plot([p.value], [y], marker=_SERIES_MARKERS[k % len(_SERIES_MARKERS)], color=color, ms=6.5, lw=0,
+                markeredgecolor="white", markeredgewidth=0.6, zorder=3)
+    for label in labels:
+        row = labels.index(label)
+        thresholds = {p.threshold for p in points if p.label == label and p.threshold}
+        for t in thresholds:
+            ax.plot([t], [row], marker="|", color="0.25", ms=14, mew=1.8, lw=0, zorder=2)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("OOD / ID ratio (dimensionless, log scale)")
+    ax.grid(True, axis="x", which="major", lw=0.4, alpha=0.5)
+    handles = [Line2D([], [], color=LEVEL_COLORS[lv], marker="o", lw=0, ms=6, label=name)
+               for lv, name in (("pass", "gate passed"), ("warn", "gate warns"), ("fail", "gate failed"),
+                                ("", "no gate"))
+               if any(p.level == lv for p in points)]
+    handles.append(Line2D([], [], color="0.25", marker="|", lw=0, ms=10, mew=1.8, label="gate threshold"))
+    if any(p.low is not None and p.high is not None for p in points):
+        handles.append(Line2D([], [], color="0.4", lw=2.2, alpha=0.55, label="95% interval"))
+    if len(series) > 1:
+        handles += [Line2D([], [], color="0.3", marker=_SERIES_MARKERS[k % len(_SERIES_MARKERS)], lw=0, ms=6,
+                           label=name) for k, name in enumerate(series)]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6), frameon=False,
+               fontsize=7.5, handletextpad=0.4, columnspacing=1.2)
     return fig
 
 

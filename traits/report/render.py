@@ -13,62 +13,39 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import logging
-import math
 import mimetypes
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
 from traits.errors import OutputError, TraitsError
 from traits.files import ensure_dir, write_bytes_atomic, write_text_atomic
-from traits.results import SPLIT_LABELS, AuditResult
-
-#: (id, heading) of every report section, in order.
-SECTIONS = (
-    ("verdict", "Verdict"),
-    ("provenance", "Model and data provenance"),
-    ("splits", "Data splits"),
-    ("accuracy", "Accuracy"),
-    ("shift", "Is the OOD set inside the training domain?"),
-    ("hessian", "Hessian spectrum"),
-    ("surfaces", "Loss surfaces"),
-    ("methods", "Methods"),
-    ("appendix", "Appendix: reproducibility"),
+from traits.report.formatting import (  # noqa: F401  (re-exported: templates and tests use them here)
+    SPLIT_ORDER,
+    fmt_interval,
+    fmt_num,
+    fmt_seconds,
+    ordered_splits,
+    split_label,
 )
+from traits.report.sections import (  # noqa: F401
+    FIGURES,
+    RATIO_INFO,
+    SECTIONS,
+    SHIFT_RATIO_INFO,
+    Section,
+    figure_names,
+    loss_at_theta,
+    section_context,
+)
+from traits.results import AuditResult
+
 FORMATS = ("html", "pdf")
 PDF_DPI = 200
-SPLIT_ORDER = ("train", "val", "id", "ood")
-
-#: OOD/ID ratios: label and the direction in which a ratio means "worse out of distribution" ("high" /
-#: "low": above / below 1; "negative": a difference, worse below 0).
-RATIO_INFO = {
-    "mae_ratio": ("MAE", "high"),
-    "rmse_ratio": ("RMSE", "high"),
-    "loss_ratio": ("loss at θ", "high"),
-    "lambda_ratio": ("largest Hessian eigenvalue λmax", "high"),
-    "trace_ratio": ("Hessian trace", "high"),
-    "radius_ratio": ("robust radius", "low"),
-    "sharpness_ratio": ("sharpness", "high"),
-    "basin_area_ratio": ("basin area fraction", "low"),
-    "plane_basin_area_ratio": ("basin area fraction, eigenvector plane", "low"),
-    "nonconvexity_ratio": ("non-convexity |λmin|/λmax", "high"),
-    "first_jump_ratio": ("scale of the first loss jump", "low"),
-    "entropy_ood_minus_id": ("loss entropy: a difference, OOD − ID", "negative"),
-}
-#: Domain-shift ratios (shown in their own section, not among the landscape ratios).
-SHIFT_RATIO_INFO = {
-    "composition_knn_ratio": ("composition kNN distance, median", "high"),
-    "composition_knn_p90_ratio": ("composition kNN distance, 90th percentile", "high"),
-    "embedding_knn_ratio": ("embedding kNN distance, median", "high"),
-    "embedding_knn_p90_ratio": ("embedding kNN distance, 90th percentile", "high"),
-    "target_wasserstein_ratio": ("Wasserstein distance of the targets to train", "high"),
-    "target_ks_ratio": ("KS statistic of the targets against train", "high"),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,52 +108,7 @@ def make_url_fetcher(root: Path | None = None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Formatting filters
-
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def fmt_num(value: Any, digits: int = 4) -> str:
-    """A number for a table: 4 significant digits, '—' for missing, NaN/∞ spelled out."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}".replace(",", "\u202f") if abs(value) >= 10000 else str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "∞" if value > 0 else "−∞"
-        text = f"{value:.{digits}g}"
-        if "e" in text:
-            mantissa, exp = text.split("e")
-            return f"{mantissa.replace('-', '−')}×10{str(int(exp)).translate(_SUPERSCRIPT)}"
-        return text.replace("-", "−") if value < 0 else text
-    return str(value)
-
-
-def fmt_seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value < 60:
-        return f"{value:.1f} s"
-    minutes, seconds = divmod(value, 60)
-    if minutes < 60:
-        return f"{int(minutes)} min {seconds:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)} h {int(minutes)} min"
-
-
-def split_label(split: str) -> str:
-    return SPLIT_LABELS.get(split, split)
-
-
-def ordered_splits(keys: Iterable[str]) -> list[str]:
-    keys = list(keys)
-    known = [s for s in SPLIT_ORDER if s in keys]
-    return known + [k for k in keys if k not in SPLIT_ORDER]
+# The template environment
 
 
 @functools.lru_cache(maxsize=4)
@@ -190,6 +122,7 @@ def _environment(directory: str) -> Environment:
         keep_trailing_newline=True,
     )
     env.filters["num"] = fmt_num
+    env.filters["interval"] = fmt_interval
     env.filters["seconds"] = fmt_seconds
     env.filters["split"] = split_label
     env.globals["ordered"] = ordered_splits
@@ -200,222 +133,45 @@ def _environment(directory: str) -> Environment:
 # Figures
 
 
-def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None) -> dict[str, Any]:
-    """Every figure the result has data for, as :class:`~traits.report.figures.EncodedFigure`."""
+def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None,
+                   sections: tuple[Section, ...] = SECTIONS) -> dict[str, Any]:
+    """Every figure the sections show and the result has data for, as
+    :class:`~traits.report.figures.EncodedFigure` (builders in :data:`~traits.report.sections.FIGURES`)."""
     from traits.report import figures as F
 
-    lunit = F.loss_unit(result.unit, result.loss)
     out: dict[str, Any] = {}
-
-    def keep(name, make):
+    for name in figure_names(sections):
         with F.style():
-            fig = make()
-            out[name] = F.encode(fig, svg=svg, png_dpi=png_dpi, salt=f"traits-{name}")
-
-    panels = [
-        F.ParityData(s, acc.targets, acc.predictions, acc.mae, acc.r2)
-        for s in ("id", "ood")
-        if (acc := result.accuracy.get(s)) is not None and acc.targets and acc.predictions
-    ]
-    if panels:
-        keep("parity", lambda: F.parity_figure(panels, result.unit, result.target))
-
-    sh = result.shift
-    if sh is not None and any(smp.targets or smp.distances for smp in sh.samples.values()):
-        keep("shift", lambda: F.shift_figure(
-            {s: sh.samples[s].targets for s in ordered_splits(sh.samples)},
-            {space: {s: sh.samples[s].distances[space] for s in ordered_splits(sh.samples)
-                     if space in sh.samples[s].distances}
-             for space in ("composition", "embedding")
-             if any(space in smp.distances for smp in sh.samples.values())},
-            result.unit, result.target, sh.k,
-            band=(sh.splits["train"].targets.quantiles.get("q01"), sh.splits["train"].targets.quantiles.get("q99"))
-            if "train" in sh.splits else None))
-
-    hess = {s: result.hessian[s] for s in ordered_splits(result.hessian)}
-    eig = {s: h.top_eigenvalues for s, h in hess.items() if h.top_eigenvalues}
-    if eig:
-        keep("eigenvalues", lambda: F.eigenvalue_figure(eig, lunit))
-    dens = {s: (h.density.grid, h.density.density) for s, h in hess.items() if h.density and h.density.grid}
-    if dens:
-        keep("density", lambda: F.density_figure(dens, lunit))
-
-    surf = result.surface
-    if surf is not None:
-        grids = {s: surf.grids[s] for s in ordered_splits(surf.grids) if surf.grids[s]}
-        if grids and surf.alphas_2d:
-            loss0 = {s: _loss_at_theta(result, s) for s in grids}
-            keep("surface_2d", lambda: F.surface_2d_figure(surf.alphas_2d, grids, loss0, surf.tolerance, lunit))
-        planes = {s: surf.plane_grids[s] for s in ordered_splits(surf.plane_grids) if surf.plane_grids[s]}
-        if planes and surf.alphas_2d:
-            loss0 = {s: _loss_at_theta(result, s) for s in planes}
-            keep("plane_2d", lambda: F.surface_2d_figure(surf.alphas_2d, planes, loss0, surf.tolerance, lunit))
-        sets = []
-        for s in ordered_splits(surf.curves):
-            if not surf.curves[s]:
-                continue
-            m = result.metrics.get(s)
-            sets.append(F.CurveSet(
-                split=s, curves=surf.curves[s], loss0=_loss_at_theta(result, s),
-                radius=m.robust_radius if m else None, censored=bool(m and m.robust_radius_censored),
-                radius_per_direction=m.radius_per_direction if m else (),
-                jumps=(surf.landscape.get(s) or {}).get("jumps_1d") or (),
-            ))
-        if sets and surf.alphas_1d:
-            keep("curves_1d", lambda: F.curves_1d_figure(surf.alphas_1d, sets, surf.tolerance))
+            fig = FIGURES[name](result)
+            if fig is not None:
+                out[name] = F.encode(fig, svg=svg, png_dpi=png_dpi, salt=f"traits-{name}")
     return out
-
-
-def _loss_at_theta(result: AuditResult, split: str) -> float | None:
-    """L(θ) of a split as the surfaces saw it: the curve at α = 0, else the grid centre, else metrics."""
-    surf = result.surface
-    if surf is not None:
-        curves = surf.curves.get(split) or []
-        if curves and surf.alphas_1d:
-            i = min(range(len(surf.alphas_1d)), key=lambda k: abs(surf.alphas_1d[k]))
-            for curve in curves:
-                if i < len(curve) and curve[i] is not None:
-                    return curve[i]
-        grid = surf.grids.get(split) or []
-        if grid and surf.alphas_2d:
-            i = min(range(len(surf.alphas_2d)), key=lambda k: abs(surf.alphas_2d[k]))
-            if i < len(grid) and i < len(grid[i]) and grid[i][i] is not None:
-                return grid[i][i]
-    m = result.metrics.get(split)
-    return m.loss if m else None
 
 
 # ----------------------------------------------------------------------------------------------
 # The template context
 
 
-def _nonfinite(result: AuditResult) -> list[dict[str, Any]]:
-    """Where the surfaces hold no finite loss: per split, counts and coordinates."""
-    surf = result.surface
-    if surf is None:
-        return []
-    rows = []
-    for s in ordered_splits([*surf.curves, *(k for k in surf.grids if k not in surf.curves)]):
-        grid_points = [
-            (surf.alphas_2d[i] if i < len(surf.alphas_2d) else math.nan,
-             surf.alphas_2d[j] if j < len(surf.alphas_2d) else math.nan)
-            for i, row in enumerate(surf.grids.get(s) or []) for j, v in enumerate(row) if v is None
-        ]
-        curve_points = [
-            (d + 1, surf.alphas_1d[i] if i < len(surf.alphas_1d) else math.nan)
-            for d, curve in enumerate(surf.curves.get(s) or []) for i, v in enumerate(curve) if v is None
-        ]
-        n_grid = sum(len(r) for r in surf.grids.get(s) or [])
-        n_curve = sum(len(c) for c in surf.curves.get(s) or [])
-        if grid_points or curve_points:
-            rows.append({
-                "split": s, "grid": grid_points, "n_grid": n_grid, "curve": curve_points, "n_curve": n_curve,
-            })
-    return rows
-
-
-def _shift_context(result: AuditResult) -> dict[str, Any] | None:
-    """Rows of the domain-shift table (train / ID test / OOD / OOD:ID) and the verdict's case finding."""
-    sh = result.shift
-    if sh is None:
-        return None
-    cols = [s for s in ("train", "id", "ood") if s in sh.splits]
-    sp = sh.splits
-    unit = f" ({result.unit})" if result.unit else ""
-
-    def row(label, get, ratio_key=None, digits=4, percent=False, note=""):
-        values = []
-        for s in cols:
-            try:
-                values.append(get(sp[s]))
-            except (KeyError, AttributeError):
-                values.append(None)
-        return {"label": label, "values": values, "ratio": sh.ratios.get(ratio_key) if ratio_key else None,
-                "has_ratio": ratio_key is not None, "percent": percent, "digits": digits, "note": note}
-
-    q = lambda key: (lambda x: x.targets.quantiles.get(key))  # noqa: E731
-    groups = [
-        ("Targets" + unit, [
-            row("compounds", lambda x: x.targets.n),
-            row("mean", lambda x: x.targets.mean),
-            row("standard deviation", lambda x: x.targets.std),
-            row("1st percentile", q("q01")),
-            row("median", q("q50")),
-            row("99th percentile", q("q99")),
-            row("outside the training range", lambda x: x.outside_range, percent=True),
-            row("outside the training 1st–99th percentiles", lambda x: x.outside_p01_p99, percent=True),
-            row("KS statistic vs train (p-value)", lambda x: None if x.ks_statistic is None else
-                f"{fmt_num(x.ks_statistic, 3)} ({fmt_num(x.ks_pvalue, 2)})", "target_ks_ratio"),
-            row("Wasserstein distance to train" + unit, lambda x: x.wasserstein, "target_wasserstein_ratio"),
-            row("… in training standard deviations", lambda x: x.wasserstein_std),
-        ]),
-    ]
-    for space, title in (("composition", "Composition: mean distance to the k nearest training compounds"),
-                         ("embedding", "Embedding: mean distance to the k nearest training compounds")):
-        if not any(space in sp[s].distances for s in cols):
-            continue
-        groups.append((title, [
-            row("median", lambda x, sp_=space: x.distances[sp_].median, f"{space}_knn_ratio"),
-            row("90th percentile", lambda x, sp_=space: x.distances[sp_].p90, f"{space}_knn_p90_ratio"),
-            row("compounds measured", lambda x, sp_=space: x.distances[sp_].n),
-            row("left out (non-finite vector)", lambda x, sp_=space: x.distances[sp_].n_excluded),
-        ]))
-    case = next((f for f in result.findings if f.id == "domain_shift"), None)
-    return {"cols": cols, "groups": groups, "case": case, "spaces": [s for s in ("composition", "embedding")
-                                                                     if any(s in sp[c].distances for c in cols)]}
-
-
-def _spec_text(spec: dict[str, Any]) -> str:
-    try:
-        return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=False, width=96)
-    except yaml.YAMLError:  # pragma: no cover - a spec is JSON data, always representable
-        import json
-
-        return json.dumps(spec, indent=2, ensure_ascii=False, default=str)
-
-
 def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[str, Any]:
-    from traits.report.figures import LOG_SCALE_SPAN, MAX_DIRECTIONS, loss_unit, surface_scale
+    from traits.report.figures import loss_unit
 
-    surf = result.surface
-    scale = None
-    if surf is not None and surf.grids:
-        scale = surface_scale({s: g for s, g in surf.grids.items() if g})
-    ratios = [
-        {"key": k, "label": RATIO_INFO.get(k, (k.removesuffix("_ratio").replace("_", " "), ""))[0],
-         "worse": RATIO_INFO.get(k, ("", ""))[1], "value": v}
-        for k, v in result.ratios.items() if k not in SHIFT_RATIO_INFO
-    ]
-    hess_splits = ordered_splits(result.hessian)
-    k_max = max((len(h.top_eigenvalues) for h in result.hessian.values()), default=0)
-    counted = (e for st in result.splits.values() for e in st.with_omitted)
-    omitted_columns = list(dict.fromkeys([*result.omit, *counted]))
-    return {
+    numbered = [s for s in SECTIONS if s.numbered]
+    context = {
         "r": result,
         "sections": SECTIONS,
+        "numbers": {s.id: i for i, s in enumerate(numbered, 1)},
         "figures": {name: {"src": getattr(enc, image), "width": enc.width_in} for name, enc in figures.items()},
         "loss_unit": loss_unit(result.unit, result.loss),
         "loss_name": {"mse": "mean squared error", "mae": "mean absolute error"}.get(result.loss, result.loss),
-        "split_names": ordered_splits(result.splits),
-        "accuracy_splits": ordered_splits(result.accuracy),
-        "hessian_splits": hess_splits,
-        "k_max": k_max,
-        "metric_splits": ordered_splits(result.metrics),
-        "omitted_columns": omitted_columns,
-        "ratios": ratios,
-        "shift": _shift_context(result),
-        "nonfinite": _nonfinite(result),
-        "surface_scale": scale,
-        "log_span": LOG_SCALE_SPAN,
-        "n_directions": max((len(c) for c in surf.curves.values()), default=0) if surf is not None else 0,
-        "curve_jumps": sum(len(p) for st in (surf.landscape.values() if surf is not None else ())
-                           for p in (st.get("jumps_1d") or [])[:MAX_DIRECTIONS]),
-        "max_directions": MAX_DIRECTIONS,
-        "spec_text": _spec_text(result.spec),
         "css": Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
         "ood_who": (f"compounds containing {', '.join(result.omit)}" if result.omit else
                     "a random held-out set (no chemistry omitted)"),
     }
+    extra = section_context(result)
+    clash = set(extra) & set(context)
+    if clash:
+        raise ValueError(f"report section context redefines {sorted(clash)}")
+    return {**context, **extra}
 
 
 def _render(result: AuditResult, figures: dict[str, Any], image: str, medium: str) -> str:

@@ -1,0 +1,148 @@
+"""Formatting for reports: numbers, durations, split names, and portable paths and host details.
+
+Reports travel (attached to papers, uploaded as CI artefacts), so what they show of the machine that
+made them is kept to what reproducing the audit needs: file *names* (with their hashes elsewhere) or
+paths relative to the spec, never absolute local paths; the operating system and architecture, never
+the kernel build or the host name.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+import shlex
+from collections.abc import Iterable
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+from traits.results import SPLIT_LABELS
+
+SPLIT_ORDER = ("train", "val", "id", "ood")
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def fmt_num(value: Any, digits: int = 4) -> str:
+    """A number for a table: 4 significant digits, '—' for missing, NaN/∞ spelled out."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", "\u202f") if abs(value) >= 10000 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        text = f"{value:.{digits}g}"
+        if "e" in text:
+            mantissa, exp = text.split("e")
+            return f"{mantissa.replace('-', '−')}×10{str(int(exp)).translate(_SUPERSCRIPT)}"
+        return text.replace("-", "−") if value < 0 else text
+    return str(value)
+
+
+def fmt_interval(low: Any, high: Any, digits: int = 3) -> str:
+    """``[low, high]`` for an interval, '' when either end is missing."""
+    if low is None or high is None:
+        return ""
+    return f"[{fmt_num(float(low), digits)}, {fmt_num(float(high), digits)}]"
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(value, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {seconds:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)} h {int(minutes)} min"
+
+
+def split_label(split: str) -> str:
+    return SPLIT_LABELS.get(split, split)
+
+
+def ordered_splits(keys: Iterable[str]) -> list[str]:
+    keys = list(keys)
+    known = [s for s in SPLIT_ORDER if s in keys]
+    return known + [k for k in keys if k not in SPLIT_ORDER]
+
+
+# ----------------------------------------------------------------------------------------------
+# Portable paths and host details
+
+
+def _is_absolute(text: str) -> bool:
+    return text.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", text)) or text.startswith("\\\\")
+
+
+def _name(text: str) -> str:
+    if "\\" in text and "/" not in text:
+        return PureWindowsPath(text).name
+    return PurePosixPath(text).name or text
+
+
+def portable_path(path: Any, spec_path: str = "") -> str:
+    """A path as a report may show it: relative to the spec's directory when both are absolute and the
+    path lies below that directory, else just the file name. Relative paths and non-paths are kept."""
+    if path is None:
+        return ""
+    text = str(path)
+    if not text or not _is_absolute(text):
+        return text
+    spec = str(spec_path or "")
+    if spec and _is_absolute(spec) and not text.startswith("~"):
+        base = posixpath.dirname(posixpath.normpath(spec))
+        norm = posixpath.normpath(text)
+        if base not in ("", "/") and norm.startswith(base.rstrip("/") + "/"):
+            return posixpath.relpath(norm, base)
+    return _name(text)
+
+
+def portable_command(command: str, spec_path: str = "") -> str:
+    """A command line with every absolute path argument made portable (see :func:`portable_path`)."""
+    if not command:
+        return ""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    out = []
+    for w in words:
+        if "=" in w and w.startswith("--"):
+            key, _, value = w.partition("=")
+            out.append(f"{key}={portable_path(value, spec_path)}" if _is_absolute(value) else w)
+        else:
+            out.append(portable_path(w, spec_path) if _is_absolute(w) else w)
+    return " ".join(shlex.quote(w) for w in out)
+
+
+def portable_spec(value: Any, spec_path: str = "") -> Any:
+    """The stored spec with every absolute path string made portable (nested dicts and lists)."""
+    if isinstance(value, dict):
+        return {k: portable_spec(v, spec_path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_spec(v, spec_path) for v in value]
+    if isinstance(value, str) and _is_absolute(value) and "\n" not in value:
+        return portable_path(value, spec_path)
+    return value
+
+
+_ARCHES = ("x86_64", "amd64", "aarch64", "arm64", "armv7l", "ppc64le", "s390x", "i686", "riscv64")
+
+
+def host_summary(platform: str) -> str:
+    """Operating system and CPU architecture from ``platform.platform()`` (e.g. 'Linux, x86_64'): what
+    affects floating-point reproducibility, without the kernel build or distribution details."""
+    if not platform:
+        return ""
+    system = platform.split("-", 1)[0]
+    lowered = platform.lower()
+    arch = next((a for a in _ARCHES if a in lowered), "")
+    if system.lower() in ("macos", "darwin"):
+        system = "macOS"
+    return ", ".join(x for x in (system, arch) if x)

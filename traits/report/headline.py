@@ -1,0 +1,207 @@
+"""The headline numbers of an audit, with units and intervals where the result has them.
+
+Read by the report's summary page and by ``traits compare``. Nothing here is measured again: every
+number comes from an :class:`~traits.results.AuditResult`. Intervals come from three places, in this
+order of preference:
+
+* ``result.ratio_intervals`` (``{name: {"low", "high", "status"}}``) when the result carries them;
+* for MAE and the OOD/ID MAE ratio, a percentile bootstrap over the stored per-compound predictions
+  (:data:`BOOTSTRAP_DRAWS` resamples, fixed seed, so a report renders the same every time);
+* for the Hessian trace, the estimator's standard error (± :data:`Z95` standard errors).
+
+A number without one of these is shown without an interval, never with an invented one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from traits.results import AuditResult, nan_array
+
+#: Bootstrap resamples for MAE intervals, the seed they are drawn with and the coverage.
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_SEED = 0
+LEVEL = 0.95
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Value:
+    """One number and, where known, its interval (``low``/``high``) and where the interval comes from."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    source: str = ""  # "bootstrap" | "stderr" | "result" | ""
+    censored: bool = False  # a lower bound (robust radius at the edge of the grid)
+
+    @property
+    def has_interval(self) -> bool:
+        return self.low is not None and self.high is not None
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A row of the summary table: the ID and OOD value of one quantity and their OOD/ID ratio."""
+
+    key: str
+    label: str
+    unit: str
+    id: Value
+    ood: Value
+    ratio: Value
+    ratio_key: str = ""
+    worse: str = "high"  # which way the ratio is worse out of distribution: "high" | "low"
+
+
+@dataclass
+class Bootstrap:
+    """Bootstrap draws of the MAE of a split (``None`` when it has no per-compound data)."""
+
+    draws: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def finite(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _percentiles(draws: np.ndarray) -> tuple[float | None, float | None]:
+    draws = draws[np.isfinite(draws)]
+    if draws.size < 10:
+        return None, None
+    tail = 100 * (1 - LEVEL) / 2
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def mae_draws(result: AuditResult, split: str, *, draws: int = BOOTSTRAP_DRAWS,
+              seed: int = BOOTSTRAP_SEED) -> np.ndarray | None:
+    """Bootstrap resamples of a split's MAE from its stored predictions (None without per-compound data)."""
+    acc = result.accuracy.get(split)
+    if acc is None or not acc.targets or not acc.predictions:
+        return None
+    t, y = nan_array(acc.targets), nan_array(acc.predictions)
+    n = min(len(t), len(y))
+    err = np.abs(y[:n] - t[:n])
+    err = err[np.isfinite(err)]
+    if err.size < 2:
+        return None
+    # one generator per split (seeded by its name) so that a split's draws do not depend on the others
+    rng = np.random.default_rng([seed, sum(map(ord, split))])
+    index = rng.integers(0, err.size, size=(draws, err.size))
+    return err[index].mean(axis=1)
+
+
+def mae_value(result: AuditResult, split: str, draws: np.ndarray | None = None) -> Value:
+    acc = result.accuracy.get(split)
+    if acc is None:
+        return Value(None)
+    draws = mae_draws(result, split) if draws is None else draws
+    if draws is None:
+        return Value(finite(acc.mae))
+    lo, hi = _percentiles(draws)
+    return Value(finite(acc.mae), lo, hi, "bootstrap" if lo is not None else "")
+
+
+def stored_interval(result: AuditResult, name: str) -> tuple[float | None, float | None, str]:
+    """(low, high, status) of ``result.ratio_intervals[name]`` when the result carries one."""
+    intervals = getattr(result, "ratio_intervals", None) or {}
+    entry = intervals.get(name) if isinstance(intervals, dict) else None
+    if entry is None:
+        return None, None, ""
+    if hasattr(entry, "model_dump"):
+        entry = entry.model_dump()
+    if not isinstance(entry, dict):
+        return None, None, ""
+    return finite(entry.get("low")), finite(entry.get("high")), str(entry.get("status") or "")
+
+
+def ratio_value(result: AuditResult, name: str, boot: dict[str, np.ndarray | None] | None = None) -> Value:
+    """A ratio of ``result.ratios`` with its interval: the stored one, else (MAE) the bootstrap's."""
+    value = finite(result.ratios.get(name))
+    lo, hi, _ = stored_interval(result, name)
+    if lo is not None or hi is not None:
+        return Value(value, lo, hi, "result")
+    if name == "mae_ratio" and value is not None:
+        boot = boot if boot is not None else {s: mae_draws(result, s) for s in ("id", "ood")}
+        if boot.get("id") is not None and boot.get("ood") is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lo, hi = _percentiles(boot["ood"] / boot["id"])
+            if lo is not None:
+                return Value(value, lo, hi, "bootstrap")
+    return Value(value)
+
+
+def _trace_value(result: AuditResult, split: str) -> Value:
+    m = result.metrics.get(split)
+    if m is None or finite(m.trace) is None:
+        return Value(None)
+    se = finite(m.trace_stderr)
+    if se is None:
+        return Value(m.trace)
+    return Value(m.trace, m.trace - Z95 * se, m.trace + Z95 * se, "stderr")
+
+
+def _metric(result: AuditResult, split: str, name: str) -> Value:
+    m = result.metrics.get(split)
+    if m is None:
+        return Value(None)
+    return Value(finite(getattr(m, name, None)),
+                 censored=bool(name == "robust_radius" and m.robust_radius_censored))
+
+
+def headlines(result: AuditResult) -> list[Headline]:
+    """The summary table's rows, in reading order; quantities the audit did not measure are left out."""
+    from traits.report.figures import loss_unit
+
+    lunit = loss_unit(result.unit, result.loss)
+    boot = {s: mae_draws(result, s) for s in ("id", "ood")}
+    rows = [
+        Headline("mae", "mean absolute error", result.unit, mae_value(result, "id", boot["id"]),
+                 mae_value(result, "ood", boot["ood"]), ratio_value(result, "mae_ratio", boot), "mae_ratio"),
+        Headline("loss", "loss at θ", lunit, _metric(result, "id", "loss"), _metric(result, "ood", "loss"),
+                 ratio_value(result, "loss_ratio"), "loss_ratio"),
+        Headline("lambda_max", "largest Hessian eigenvalue λmax", lunit, _metric(result, "id", "lambda_max"),
+                 _metric(result, "ood", "lambda_max"), ratio_value(result, "lambda_ratio"), "lambda_ratio"),
+        Headline("trace", "Hessian trace", lunit, _trace_value(result, "id"), _trace_value(result, "ood"),
+                 ratio_value(result, "trace_ratio"), "trace_ratio"),
+        Headline("robust_radius", "robust radius", "α units", _metric(result, "id", "robust_radius"),
+                 _metric(result, "ood", "robust_radius"), ratio_value(result, "radius_ratio"), "radius_ratio",
+                 worse="low"),
+        Headline("embedding_knn", "embedding kNN distance, median", "dimensionless",
+                 _knn(result, "id"), _knn(result, "ood"), ratio_value(result, "embedding_knn_ratio"),
+                 "embedding_knn_ratio"),
+    ]
+    return [h for h in rows if any(v.value is not None for v in (h.id, h.ood, h.ratio))]
+
+
+def _knn(result: AuditResult, split: str) -> Value:
+    sh = result.shift
+    if sh is None or split not in sh.splits or "embedding" not in sh.splits[split].distances:
+        return Value(None)
+    return Value(finite(sh.splits[split].distances["embedding"].median))
+
+
+def flagged(result: AuditResult, limit: int = 3) -> list[Any]:
+    """The findings a reader needs first: fails, then warns, at most ``limit`` (the rest are counted)."""
+    order = {"fail": 0, "warn": 1}
+    hits = [f for f in result.findings if f.level in order]
+    return sorted(hits, key=lambda f: order[f.level])[:limit]
+
+
+def interval_of_finding(result: AuditResult, finding) -> Value | None:
+    """The ratio (and its interval) behind a gate's finding, when the finding is a gate on a ratio."""
+    if finding.id in result.ratios:
+        v = ratio_value(result, finding.id)
+        return v if v.value is not None else None
+    return None

@@ -1,0 +1,469 @@
+"""The sections of a report, in one registry.
+
+A :class:`Section` names everything a report section needs: its anchor id, its heading, the template
+that renders it, the function that builds its part of the template context from an
+:class:`~traits.results.AuditResult`, and the figures it shows (names in :data:`FIGURES`, each a
+function from a result to a matplotlib Figure or None). Adding a section is one template plus one
+entry in :data:`SECTIONS`; the table of contents, the numbered headings, the figures drawn and the
+template context all follow from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from traits.report.formatting import (
+    fmt_num,
+    host_summary,
+    ordered_splits,
+    portable_command,
+    portable_path,
+    portable_spec,
+)
+from traits.results import AuditResult
+
+Context = Callable[[AuditResult], dict[str, Any]]
+FigureBuilder = Callable[[AuditResult], Any]
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str
+    heading: str
+    template: str
+    context: Context | None = None
+    figures: tuple[str, ...] = ()
+    numbered: bool = True
+
+
+#: OOD/ID ratios: label and the direction in which a ratio means "worse out of distribution" ("high" /
+#: "low": above / below 1; "negative": a difference, worse below 0).
+RATIO_INFO = {
+    "mae_ratio": ("MAE", "high"),
+    "rmse_ratio": ("RMSE", "high"),
+    "loss_ratio": ("loss at θ", "high"),
+    "lambda_ratio": ("largest Hessian eigenvalue λmax", "high"),
+    "trace_ratio": ("Hessian trace", "high"),
+    "radius_ratio": ("robust radius", "low"),
+    "sharpness_ratio": ("sharpness", "high"),
+    "basin_area_ratio": ("basin area fraction", "low"),
+    "plane_basin_area_ratio": ("basin area fraction, eigenvector plane", "low"),
+    "nonconvexity_ratio": ("non-convexity |λmin|/λmax", "high"),
+    "first_jump_ratio": ("scale of the first loss jump", "low"),
+    "entropy_ood_minus_id": ("loss entropy: a difference, OOD − ID", "negative"),
+}
+#: Domain-shift ratios (shown in their own section, not among the landscape ratios).
+SHIFT_RATIO_INFO = {
+    "composition_knn_ratio": ("composition kNN distance, median", "high"),
+    "composition_knn_p90_ratio": ("composition kNN distance, 90th percentile", "high"),
+    "embedding_knn_ratio": ("embedding kNN distance, median", "high"),
+    "embedding_knn_p90_ratio": ("embedding kNN distance, 90th percentile", "high"),
+    "target_wasserstein_ratio": ("Wasserstein distance of the targets to train", "high"),
+    "target_ks_ratio": ("KS statistic of the targets against train", "high"),
+}
+
+
+def ratio_label(key: str) -> str:
+    info = RATIO_INFO.get(key) or SHIFT_RATIO_INFO.get(key)
+    return info[0] if info else key.removesuffix("_ratio").replace("_", " ")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def loss_at_theta(result: AuditResult, split: str) -> float | None:
+    """L(θ) of a split as the surfaces saw it: the curve at α = 0, else the grid centre, else metrics."""
+    surf = result.surface
+    if surf is not None:
+        curves = surf.curves.get(split) or []
+        if curves and surf.alphas_1d:
+            i = min(range(len(surf.alphas_1d)), key=lambda k: abs(surf.alphas_1d[k]))
+            for curve in curves:
+                if i < len(curve) and curve[i] is not None:
+                    return curve[i]
+        grid = surf.grids.get(split) or []
+        if grid and surf.alphas_2d:
+            i = min(range(len(surf.alphas_2d)), key=lambda k: abs(surf.alphas_2d[k]))
+            if i < len(grid) and i < len(grid[i]) and grid[i][i] is not None:
+                return grid[i][i]
+    m = result.metrics.get(split)
+    return m.loss if m else None
+
+
+def interval_of(result: AuditResult, key: str) -> dict[str, Any] | None:
+    """``result.ratio_intervals[key]`` as {low, high, status} when the result carries one."""
+    from traits.report.headline import stored_interval
+
+    low, high, status = stored_interval(result, key)
+    if low is None and high is None and not status:
+        return None
+    return {"low": low, "high": high, "status": status}
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures: name -> builder (None when the result has no data for it)
+
+
+def _fig_ratios(result: AuditResult):
+    from traits.report import figures as F
+
+    points = summary_ratio_points(result)
+    return F.ratio_figure(points) if points else None
+
+
+def summary_ratio_points(result: AuditResult, series: str = "") -> list[Any]:
+    """The OOD/ID ratios of the summary figure: every gated ratio, then the other landscape ratios."""
+    from traits.report.figures import RatioPoint
+    from traits.report.headline import ratio_value
+
+    gates = {g.name: g for g in result.gates}
+    keys = [g.name for g in result.gates if g.name.endswith("_ratio")]
+    keys += [k for k in ("loss_ratio", "basin_area_ratio", "plane_basin_area_ratio", "first_jump_ratio")
+             if k not in keys]
+    points = []
+    for key in keys:
+        v = ratio_value(result, key)
+        if v.value is None or v.value <= 0:
+            continue
+        g = gates.get(key)
+        points.append(RatioPoint(label=ratio_label(key), value=v.value, low=v.low, high=v.high,
+                                 threshold=g.threshold if g else None, level=g.level if g and g.value is not None
+                                 else "", series=series))
+    return points
+
+
+def _fig_parity(result: AuditResult):
+    from traits.report import figures as F
+
+    panels = [
+        F.ParityData(s, acc.targets, acc.predictions, acc.mae, acc.r2)
+        for s in ("id", "ood")
+        if (acc := result.accuracy.get(s)) is not None and acc.targets and acc.predictions
+    ]
+    return F.parity_figure(panels, result.unit, result.target) if panels else None
+
+
+def _fig_shift(result: AuditResult):
+    from traits.report import figures as F
+
+    sh = result.shift
+    if sh is None or not any(smp.targets or smp.distances for smp in sh.samples.values()):
+        return None
+    return F.shift_figure(
+        {s: sh.samples[s].targets for s in ordered_splits(sh.samples)},
+        {space: {s: sh.samples[s].distances[space] for s in ordered_splits(sh.samples)
+                 if space in sh.samples[s].distances}
+         for space in ("composition", "embedding")
+         if any(space in smp.distances for smp in sh.samples.values())},
+        result.unit, result.target, sh.k,
+        band=(sh.splits["train"].targets.quantiles.get("q01"), sh.splits["train"].targets.quantiles.get("q99"))
+        if "train" in sh.splits else None)
+
+
+def _hessians(result: AuditResult):
+    return {s: result.hessian[s] for s in ordered_splits(result.hessian)}
+
+
+def _fig_eigenvalues(result: AuditResult):
+    from traits.report import figures as F
+
+    eig = {s: h.top_eigenvalues for s, h in _hessians(result).items() if h.top_eigenvalues}
+    return F.eigenvalue_figure(eig, F.loss_unit(result.unit, result.loss)) if eig else None
+
+
+def _fig_density(result: AuditResult):
+    from traits.report import figures as F
+
+    dens = {s: (h.density.grid, h.density.density) for s, h in _hessians(result).items()
+            if h.density and h.density.grid}
+    return F.density_figure(dens, F.loss_unit(result.unit, result.loss)) if dens else None
+
+
+def _fig_surface_2d(result: AuditResult):
+    from traits.report import figures as F
+
+    surf = result.surface
+    if surf is None or not surf.alphas_2d:
+        return None
+    grids = {s: surf.grids[s] for s in ordered_splits(surf.grids) if surf.grids[s]}
+    if not grids:
+        return None
+    loss0 = {s: loss_at_theta(result, s) for s in grids}
+    return F.surface_2d_figure(surf.alphas_2d, grids, loss0, surf.tolerance, F.loss_unit(result.unit, result.loss))
+
+
+def _fig_plane_2d(result: AuditResult):
+    from traits.report import figures as F
+
+    surf = result.surface
+    if surf is None or not surf.alphas_2d:
+        return None
+    planes = {s: surf.plane_grids[s] for s in ordered_splits(surf.plane_grids) if surf.plane_grids[s]}
+    if not planes:
+        return None
+    loss0 = {s: loss_at_theta(result, s) for s in planes}
+    return F.plane_2d_figure(surf.alphas_2d, planes, loss0, surf.tolerance)
+
+
+def _fig_curves_1d(result: AuditResult):
+    from traits.report import figures as F
+
+    surf = result.surface
+    if surf is None or not surf.alphas_1d:
+        return None
+    sets = []
+    for s in ordered_splits(surf.curves):
+        if not surf.curves[s]:
+            continue
+        m = result.metrics.get(s)
+        sets.append(F.CurveSet(
+            split=s, curves=surf.curves[s], loss0=loss_at_theta(result, s),
+            radius=m.robust_radius if m else None, censored=bool(m and m.robust_radius_censored),
+            radius_per_direction=m.radius_per_direction if m else (),
+            jumps=(surf.landscape.get(s) or {}).get("jumps_1d") or (),
+        ))
+    return F.curves_1d_figure(surf.alphas_1d, sets, surf.tolerance) if sets else None
+
+
+FIGURES: dict[str, FigureBuilder] = {
+    "ratios": _fig_ratios,
+    "parity": _fig_parity,
+    "shift": _fig_shift,
+    "eigenvalues": _fig_eigenvalues,
+    "density": _fig_density,
+    "surface_2d": _fig_surface_2d,
+    "curves_1d": _fig_curves_1d,
+    "plane_2d": _fig_plane_2d,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Context builders, one per section that needs more than the result itself
+
+
+def summary_context(result: AuditResult) -> dict[str, Any]:
+    from traits.report.headline import flagged, headlines, interval_of_finding
+
+    findings = flagged(result)
+    card = result.spec.get("card") or {}
+    rows = headlines(result)
+    sources = {v.source for h in rows for v in (h.id, h.ood, h.ratio) if v.has_interval}
+    sources |= {x["ratio"].source for x in ({"ratio": interval_of_finding(result, f)} for f in findings)
+                if x["ratio"] is not None and x["ratio"].has_interval}
+    return {"summary": {
+        "headlines": rows,
+        "sources": sorted(sources),
+        "flagged": [{"finding": f, "ratio": interval_of_finding(result, f)} for f in findings],
+        "n_fail": sum(f.level == "fail" for f in result.findings),
+        "n_warn": sum(f.level == "warn" for f in result.findings),
+        "n_more": sum(f.level in ("fail", "warn") for f in result.findings) - len(findings),
+        "case": next((f for f in result.findings if f.id == "domain_shift"), None),
+        "intended_use": card.get("intended_use") if isinstance(card, dict) else None,
+    }}
+
+
+def provenance_context(result: AuditResult) -> dict[str, Any]:
+    p = result.provenance
+    spec_path = p.spec_path
+    card = result.spec.get("card")
+    return {
+        "checkpoint_name": portable_path(p.checkpoint_path, spec_path) if p.checkpoint_path else "",
+        "data_source_name": portable_path(p.data_source, spec_path),
+        "card": card if isinstance(card, dict) and any(card.values()) else None,
+    }
+
+
+def splits_context(result: AuditResult) -> dict[str, Any]:
+    counted = (e for st in result.splits.values() for e in st.with_omitted)
+    return {"split_names": ordered_splits(result.splits),
+            "omitted_columns": list(dict.fromkeys([*result.omit, *counted]))}
+
+
+def accuracy_context(result: AuditResult) -> dict[str, Any]:
+    from traits.report.headline import mae_value
+
+    return {"accuracy_splits": ordered_splits(result.accuracy),
+            "mae_intervals": {s: mae_value(result, s) for s in result.accuracy}}
+
+
+def shift_context(result: AuditResult) -> dict[str, Any]:
+    """Rows of the domain-shift table (train / ID test / OOD / OOD:ID) and the verdict's case finding."""
+    sh = result.shift
+    if sh is None:
+        return {"shift": None}
+    cols = [s for s in ("train", "id", "ood") if s in sh.splits]
+    sp = sh.splits
+    unit = f" ({result.unit})" if result.unit else ""
+
+    def row(label, get, ratio_key=None, digits=4, percent=False, note=""):
+        values = []
+        for s in cols:
+            try:
+                values.append(get(sp[s]))
+            except (KeyError, AttributeError):
+                values.append(None)
+        return {"label": label, "values": values, "ratio": sh.ratios.get(ratio_key) if ratio_key else None,
+                "has_ratio": ratio_key is not None, "percent": percent, "digits": digits, "note": note}
+
+    q = lambda key: (lambda x: x.targets.quantiles.get(key))  # noqa: E731
+    groups = [
+        ("Targets" + unit, [
+            row("compounds", lambda x: x.targets.n),
+            row("mean", lambda x: x.targets.mean),
+            row("standard deviation", lambda x: x.targets.std),
+            row("1st percentile", q("q01")),
+            row("median", q("q50")),
+            row("99th percentile", q("q99")),
+            row("outside the training range", lambda x: x.outside_range, percent=True),
+            row("outside the training 1st–99th percentiles", lambda x: x.outside_p01_p99, percent=True),
+            row("KS statistic vs train (p-value)", lambda x: None if x.ks_statistic is None else
+                f"{fmt_num(x.ks_statistic, 3)} ({fmt_num(x.ks_pvalue, 2)})", "target_ks_ratio"),
+            row("Wasserstein distance to train" + unit, lambda x: x.wasserstein, "target_wasserstein_ratio"),
+            row("… in training standard deviations", lambda x: x.wasserstein_std),
+        ]),
+    ]
+    for space, title in (("composition", "Composition: mean distance to the k nearest training compounds"),
+                         ("embedding", "Embedding: mean distance to the k nearest training compounds")):
+        if not any(space in sp[s].distances for s in cols):
+            continue
+        groups.append((title, [
+            row("median", lambda x, sp_=space: x.distances[sp_].median, f"{space}_knn_ratio"),
+            row("90th percentile", lambda x, sp_=space: x.distances[sp_].p90, f"{space}_knn_p90_ratio"),
+            row("compounds measured", lambda x, sp_=space: x.distances[sp_].n),
+            row("left out (non-finite vector)", lambda x, sp_=space: x.distances[sp_].n_excluded),
+        ]))
+    case = next((f for f in result.findings if f.id == "domain_shift"), None)
+    return {"shift": {"cols": cols, "groups": groups, "case": case,
+                      "spaces": [s for s in ("composition", "embedding") if any(s in sp[c].distances for c in cols)]}}
+
+
+def hessian_context(result: AuditResult) -> dict[str, Any]:
+    return {"hessian_splits": ordered_splits(result.hessian),
+            "k_max": max((len(h.top_eigenvalues) for h in result.hessian.values()), default=0)}
+
+
+def _nonfinite(result: AuditResult) -> list[dict[str, Any]]:
+    """Where the surfaces hold no finite loss: per split, counts and coordinates."""
+    surf = result.surface
+    if surf is None:
+        return []
+    rows = []
+    for s in ordered_splits([*surf.curves, *(k for k in surf.grids if k not in surf.curves)]):
+        grid_points = [
+            (surf.alphas_2d[i] if i < len(surf.alphas_2d) else math.nan,
+             surf.alphas_2d[j] if j < len(surf.alphas_2d) else math.nan)
+            for i, row in enumerate(surf.grids.get(s) or []) for j, v in enumerate(row) if v is None
+        ]
+        curve_points = [
+            (d + 1, surf.alphas_1d[i] if i < len(surf.alphas_1d) else math.nan)
+            for d, curve in enumerate(surf.curves.get(s) or []) for i, v in enumerate(curve) if v is None
+        ]
+        n_grid = sum(len(r) for r in surf.grids.get(s) or [])
+        n_curve = sum(len(c) for c in surf.curves.get(s) or [])
+        if grid_points or curve_points:
+            rows.append({
+                "split": s, "grid": grid_points, "n_grid": n_grid, "curve": curve_points, "n_curve": n_curve,
+            })
+    return rows
+
+
+def surfaces_context(result: AuditResult) -> dict[str, Any]:
+    from traits.report.figures import LOG_SCALE_SPAN, MAX_DIRECTIONS, plane_scale, surface_scale
+
+    surf = result.surface
+    scale = plane = None
+    if surf is not None and surf.grids:
+        scale = surface_scale({s: g for s, g in surf.grids.items() if g})
+    if surf is not None and surf.plane_grids:
+        grids = {s: g for s, g in surf.plane_grids.items() if g}
+        plane = plane_scale(grids, {s: loss_at_theta(result, s) for s in grids}) if grids else None
+    ratios = [
+        {"key": k, "label": ratio_label(k), "worse": RATIO_INFO.get(k, ("", ""))[1], "value": v,
+         "interval": interval_of(result, k)}
+        for k, v in result.ratios.items() if k not in SHIFT_RATIO_INFO
+    ]
+    plane_info = surf.plane if surf is not None and surf.plane else {}
+    lam_min = plane_info.get("lambda_min") if isinstance(plane_info, dict) else None
+    return {
+        "metric_splits": ordered_splits(result.metrics),
+        "ratios": ratios,
+        "any_ratio_interval": any(q["interval"] for q in ratios),
+        "nonfinite": _nonfinite(result),
+        "surface_scale": scale,
+        "plane_scale": plane,
+        "plane_negative": lam_min is not None and isinstance(lam_min, (int, float)) and lam_min < 0,
+        "log_span": LOG_SCALE_SPAN,
+        "n_directions": max((len(c) for c in surf.curves.values()), default=0) if surf is not None else 0,
+        "curve_jumps": sum(len(p) for st in (surf.landscape.values() if surf is not None else ())
+                           for p in (st.get("jumps_1d") or [])[:MAX_DIRECTIONS]),
+        "max_directions": MAX_DIRECTIONS,
+    }
+
+
+def cite_context(result: AuditResult) -> dict[str, Any]:
+    from traits.report.citation import bibtex, citations
+
+    refs = citations(result)
+    return {"references": refs, "bibtex": bibtex(refs)}
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    try:
+        return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=False, width=96)
+    except yaml.YAMLError:  # pragma: no cover - a spec is JSON data, always representable
+        import json
+
+        return json.dumps(spec, indent=2, ensure_ascii=False, default=str)
+
+
+def appendix_context(result: AuditResult) -> dict[str, Any]:
+    p = result.provenance
+    return {
+        "spec_text": _spec_text(portable_spec(result.spec, p.spec_path)),
+        "command_text": portable_command(p.command, p.spec_path),
+        "spec_name": portable_path(p.spec_path, p.spec_path) if p.spec_path else "",
+        "host": host_summary(p.platform),
+    }
+
+
+#: Every section of the report, in order. ``numbered=False`` sections get no number and no TOC entry.
+SECTIONS: tuple[Section, ...] = (
+    Section("summary", "Summary", "partials/summary.html.j2", summary_context, ("ratios",), numbered=False),
+    Section("verdict", "Verdict", "partials/verdict.html.j2"),
+    Section("provenance", "Model and data provenance", "partials/provenance.html.j2", provenance_context),
+    Section("splits", "Data splits", "partials/splits.html.j2", splits_context),
+    Section("accuracy", "Accuracy", "partials/accuracy.html.j2", accuracy_context, ("parity",)),
+    Section("shift", "Is the OOD set inside the training domain?", "partials/shift.html.j2", shift_context,
+            ("shift",)),
+    Section("hessian", "Hessian spectrum", "partials/hessian.html.j2", hessian_context,
+            ("eigenvalues", "density")),
+    Section("surfaces", "Loss surfaces", "partials/surfaces.html.j2", surfaces_context,
+            ("surface_2d", "curves_1d", "plane_2d")),
+    Section("methods", "Methods", "partials/methods.html.j2"),
+    Section("cite", "How to cite", "partials/cite.html.j2", cite_context),
+    Section("appendix", "Appendix: reproducibility", "partials/appendix.html.j2", appendix_context),
+)
+
+
+def section_context(result: AuditResult, sections: tuple[Section, ...] = SECTIONS) -> dict[str, Any]:
+    """The union of every section's context; two sections may not define the same key."""
+    out: dict[str, Any] = {}
+    for section in sections:
+        if section.context is None:
+            continue
+        part = section.context(result)
+        clash = set(part) & set(out)
+        if clash:
+            raise ValueError(f"report section {section.id!r} redefines context keys {sorted(clash)}")
+        out.update(part)
+    return out
+
+
+def figure_names(sections: tuple[Section, ...] = SECTIONS) -> list[str]:
+    return list(dict.fromkeys(name for s in sections for name in s.figures))
