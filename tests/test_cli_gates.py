@@ -265,12 +265,14 @@ def test_junit_xml_of_failing_gates(tmp_path, failing):
     unmeasured = {g.name for g in result.gates if g.value is None}
     for case, g in zip(cases, result.gates):
         assert (case.find("failure") is not None) == (g.name in failed), g.name
-        assert (case.find("skipped") is not None) == (g.name in unmeasured), g.name
+        # warnings (a violated warn-only gate or an unmeasured one) are <skipped> so that dashboards show them
+        assert (case.find("skipped") is not None) == (g.level == "warn"), g.name
         if g.level == "warn" and g.value is not None:
             assert "warning" in case.find("system-out").text
     assert int(suite.get("tests")) == len(cases) == N_GATES
     assert int(suite.get("failures")) == len(failed) == int(root.get("failures"))
-    assert int(suite.get("skipped")) == len(unmeasured) and int(suite.get("errors")) == 0
+    assert int(suite.get("skipped")) == sum(g.level == "warn" for g in result.gates) >= len(unmeasured)
+    assert int(suite.get("errors")) == 0
     message = cases[0].find("failure").get("message")
     assert "OOD/ID MAE ratio" in message
 
