@@ -277,19 +277,78 @@ class AuditResult(_Result):
 
 def load_result(path: str | Path) -> AuditResult:
     """Read a ``results.json``; errors say which file and what is wrong with it."""
+    from traits.inputs import read_text_checked
+
     path = Path(path)
-    if not path.is_file():
-        raise TraitsError(f"{path}: no such results file")
+    text = read_text_checked(path, "results file", TraitsError, limit=None)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise TraitsError(f"{path}: not a readable results file ({exc})") from exc
+    except RecursionError:
+        raise TraitsError(f"{path}: not a results file (its JSON is nested too deeply)") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version is None or str(version).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise TraitsError(f"{path}: results schema version {version!r}; this TRAITS reads {SCHEMA_VERSION}")
     try:
-        return AuditResult.model_validate(raw)
+        result = AuditResult.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise TraitsError(f"{path}: invalid results file at {where}: {first['msg']}") from None
+    except RecursionError:
+        raise TraitsError(f"{path}: not a results file (nested too deeply)") from None
+    problem = shape_problem(result)
+    if problem is not None:
+        raise TraitsError(f"{path}: invalid results file at {problem}")
+    return result
+
+
+def shape_problem(result: AuditResult) -> str | None:
+    """The first place where a result's arrays do not fit together (a ragged grid, a curve longer than
+    its α axis, a short ``alphas_2d``, ...) as "field: problem", or None when they all fit."""
+    def finite(x) -> bool:
+        return x is not None and math.isfinite(x)
+
+    s = result.surface
+    if s is not None:
+        if not (finite(s.span) and s.span > 0):
+            return f"surface.span: must be a positive finite number, got {s.span!r}"
+        if not finite(s.tolerance):
+            return f"surface.tolerance: must be a finite number, got {s.tolerance!r}"
+        if any(not finite(a) for a in s.alphas_1d + s.alphas_2d):
+            return "surface.alphas_1d / alphas_2d: the axes must hold finite numbers only"
+        n1, n2 = len(s.alphas_1d), len(s.alphas_2d)
+        if s.curves and n1 < 2:
+            return f"surface.alphas_1d: {n1} value(s); curves need at least 2"
+        for split, curves in s.curves.items():
+            for k, curve in enumerate(curves):
+                if len(curve) != n1:
+                    return f"surface.curves.{split}[{k}]: {len(curve)} values but alphas_1d has {n1}"
+            for name, per_direction in (("radius", s.radius.get(split)),
+                                        ("radius_censored", s.radius_censored.get(split))):
+                if per_direction is not None and len(per_direction) != len(curves):
+                    return f"surface.{name}.{split}: {len(per_direction)} values for {len(curves)} directions"
+        for field_name, grids in (("grids", s.grids), ("plane_grids", s.plane_grids)):
+            for split, grid in grids.items():
+                if n2 < 2:
+                    return f"surface.alphas_2d: {n2} value(s) but surface.{field_name}.{split} needs its axis"
+                if len(grid) != n2:
+                    return f"surface.{field_name}.{split}: {len(grid)} rows but alphas_2d has {n2}"
+                for i, row in enumerate(grid):
+                    if len(row) != n2:
+                        return (f"surface.{field_name}.{split}[{i}]: {len(row)} values but alphas_2d has {n2} "
+                                "(ragged grid)")
+    for split, acc in result.accuracy.items():
+        if len(acc.predictions) != len(acc.targets):
+            return f"accuracy.{split}: {len(acc.predictions)} predictions but {len(acc.targets)} targets"
+        if acc.ids and len(acc.ids) != len(acc.targets):
+            return f"accuracy.{split}: {len(acc.ids)} ids but {len(acc.targets)} targets"
+    for split, h in result.hessian.items():
+        d = h.density
+        if d is not None:
+            if len(d.grid) != len(d.density):
+                return f"hessian.{split}.density: {len(d.density)} density values on a grid of {len(d.grid)}"
+            if len(d.nodes) != len(d.weights) or any(len(a) != len(b) for a, b in zip(d.nodes, d.weights)):
+                return f"hessian.{split}.density: nodes and weights differ in shape"
+    return None

@@ -28,7 +28,8 @@ DATA_ROOT_ENV = "TRAITS_DATA"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and ±inf are refused in every number of a spec (e.g. `span: .inf`), naming the field
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _check_element(symbol: str) -> str:
@@ -312,7 +313,7 @@ class AuditSpec(_Strict):
 
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of every random choice (0 <= seed < 2**63).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     data: DataSpec
@@ -375,12 +376,13 @@ class AuditSpec(_Strict):
 # Loading
 
 
-def _expand(path: Path, base: Path) -> Path:
+def _expand(path: Path, base: Path, where: str = "the spec") -> Path:
     text = str(path)
     if "${" + DATA_ROOT_ENV + "}" in text:
         root = os.environ.get(DATA_ROOT_ENV)
         if not root:
-            raise SpecError(f"the spec uses ${{{DATA_ROOT_ENV}}} but the environment variable is not set")
+            raise SpecError(f"{where}: the path {text!r} uses ${{{DATA_ROOT_ENV}}} but the environment variable "
+                            f"{DATA_ROOT_ENV} is not set; set it to the data root")
         text = text.replace("${" + DATA_ROOT_ENV + "}", root)
     p = Path(os.path.expanduser(text))
     return p if p.is_absolute() else (base / p).resolve()
@@ -405,17 +407,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 def read_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML or JSON file into a dict, with errors naming the file."""
+    from traits.inputs import read_text_checked
+
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec ({exc})") from exc
+    text = read_text_checked(path, "spec file", SpecError)
     try:
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be an audit spec") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: an audit spec must be a mapping of keys to values, got {type(raw).__name__}")
     return raw
@@ -463,26 +464,35 @@ def spec_from_mapping(
         raise SpecError(format_validation_error(err, source)) from None
     base = Path(base or Path.cwd())
     if spec.data.path is not None:
-        spec.data.path = _expand(spec.data.path, base)
+        spec.data.path = _expand(spec.data.path, base, f"{source}: data.path")
     if spec.data.sets is not None:
         for name, file in spec.data.sets.named().items():
-            setattr(spec.data.sets, name, _expand(file, base))
+            setattr(spec.data.sets, name, _expand(file, base, f"{source}: data.sets.{name}"))
     if spec.model.checkpoint is not None:
-        spec.model.checkpoint = _expand(spec.model.checkpoint, base)
-    spec.report.out_dir = _expand(spec.report.out_dir, base)
+        spec.model.checkpoint = _expand(spec.model.checkpoint, base, f"{source}: model.checkpoint")
+    spec.report.out_dir = _expand(spec.report.out_dir, base, f"{source}: report.out_dir")
     if check_files:
         problems = []
         if spec.data.path is not None and not spec.data.path.is_file():
-            problems.append(f"  - data.path: no such file: {spec.data.path}")
+            problems.append(f"  - data.path: {_not_a_file(spec.data.path)}")
         if spec.data.sets is not None:
-            problems += [f"  - data.sets.{name}: no such file: {file}"
+            problems += [f"  - data.sets.{name}: {_not_a_file(file)}"
                          for name, file in spec.data.sets.named().items() if not file.is_file()]
         ckpt = spec.model.checkpoint
-        if need_checkpoint and ckpt is not None and spec.model.train is None and not ckpt.is_file():
-            problems.append(f"  - model.checkpoint: no such file: {ckpt}")
+        if need_checkpoint and ckpt is not None and not ckpt.is_file() and (
+                spec.model.train is None or os.path.lexists(ckpt)):  # training replaces a missing file only
+            problems.append(f"  - model.checkpoint: {_not_a_file(ckpt)}")
         if problems:
             raise SpecError(f"{source}: invalid audit spec\n" + "\n".join(problems))
     return spec
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` is not a usable file: missing, or a directory / FIFO / device (see traits.inputs)."""
+    from traits.inputs import describe_kind
+
+    kind = describe_kind(path)
+    return f"no such file: {path}" if kind in (None, "missing") else f"{path} is {kind}, not a regular file"
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -75,11 +75,40 @@ class GraphArrays:
         return {"z": self.z, "edge_index": self.edge_index, "dist": self.dist}
 
 
+class DegenerateStructure(GraphError):
+    """A structure with no usable geometry: a singular or non-finite lattice, non-finite coordinates."""
+
+
+#: Smallest cell volume (Å³) taken for a real crystal; below it the lattice is singular.
+MIN_VOLUME = 1e-6
+
+
+def check_geometry(structure) -> None:
+    """Raise DegenerateStructure for a singular lattice (zero volume) or non-finite numbers."""
+    try:
+        matrix = np.asarray(structure.lattice.matrix, dtype=float)
+        coords = np.asarray(structure.cart_coords, dtype=float)
+        volume = abs(float(np.linalg.det(matrix)))
+    except (ValueError, TypeError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise DegenerateStructure(f"unusable lattice ({type(exc).__name__}: {exc})") from None
+    if not (np.isfinite(matrix).all() and np.isfinite(coords).all()):
+        raise DegenerateStructure("the lattice or the atomic coordinates hold non-finite numbers")
+    if not volume > MIN_VOLUME:
+        raise DegenerateStructure(f"singular lattice (cell volume {volume:.3g} Å³)")
+    if len(structure) == 0:
+        raise DegenerateStructure("the structure has no atoms")
+
+
 def structure_graph(structure, settings) -> GraphArrays:
-    """Build the neighbour graph of a pymatgen ``Structure`` (raises GraphError on isolated atoms)."""
+    """Build the neighbour graph of a pymatgen ``Structure`` (raises GraphError on isolated atoms,
+    DegenerateStructure on a singular lattice or non-finite numbers)."""
+    check_geometry(structure)
     n = len(structure)
     z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
-    centres, neighbours, _images, dists = structure.get_neighbor_list(r=settings.cutoff)
+    try:
+        centres, neighbours, _images, dists = structure.get_neighbor_list(r=settings.cutoff)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
     order = np.lexsort((dists, centres))  # by centre, then by distance
     centres, neighbours, dists = centres[order], neighbours[order], dists[order]
     counts = np.bincount(centres, minlength=n)
@@ -192,7 +221,10 @@ def build_graphs(
     cache = cache if cache is not None else GraphCache()
     table = atom_feature_table()
     out = GraphSet(graphs=[])
+    n = len(entries)
     for i, entry in enumerate(entries):
+        if progress is not None and i:
+            progress(i, n)  # every entry counts, skipped ones too
         key = entry_key(entry, settings)
         arrays = cache.get(key)
         if arrays is None:
@@ -203,6 +235,9 @@ def build_graphs(
                 continue
             try:
                 arrays = structure_graph(structure, settings)
+            except DegenerateStructure:
+                out.skipped["degenerate structure (singular lattice or non-finite numbers)"] += 1
+                continue
             except GraphError:
                 if settings.isolated_atoms == "error":
                     raise
@@ -216,8 +251,8 @@ def build_graphs(
             out.skipped["element without atom features (Z > 100)"] += 1
             continue
         out.graphs.append(to_data(arrays, entry.target, entry.id, settings))
-        if progress is not None:
-            progress(i + 1, len(entries))
+    if progress is not None and n:
+        progress(n, n)
     return out
 
 

@@ -87,8 +87,9 @@ def sample_path() -> Path:
 
 
 def file_hash(path: Path) -> str:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such data file")
+    from traits.inputs import require_file
+
+    require_file(Path(path), "data file", DataError)
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
@@ -100,10 +101,17 @@ def file_hash(path: Path) -> str:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
+    """The file's text (gzip or plain), after checking it is a regular file whose text fits in memory."""
+    from traits.inputs import check_fits, file_size, require_file
+
+    require_file(path, "data file", DataError)
+    size = file_size(path)
     with open(path, "rb") as fh:
         magic = fh.read(2)
+        if magic == b"\x1f\x8b" and size >= 18:
+            fh.seek(-4, io.SEEK_END)  # gzip trailer: the uncompressed size modulo 2**32
+            size = max(size, int.from_bytes(fh.read(4), "little"))
+    check_fits(path, 2 * size, "data file", DataError)  # the text, and the records parsed from it
     if magic == b"\x1f\x8b":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8")
@@ -113,6 +121,8 @@ def _read_all(path: Path) -> str:
     try:
         with _open_text(path) as fh:
             return fh.read()
+    except MemoryError:
+        raise DataError(f"{path}: the data file does not fit in the available memory") from None
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable or truncated data file ({type(exc).__name__}: {exc})") from exc
 
@@ -128,6 +138,8 @@ def _json_records(path: Path) -> Iterator[dict[str, Any]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc}); is the file truncated?") from exc
+        except RecursionError:
+            raise DataError(f"{path}: the JSON is nested too deeply to be a list of records") from None
         yield from data
         return
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -137,6 +149,8 @@ def _json_records(path: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {lineno} is not valid JSON ({exc}); is the file truncated?") from exc
+        except RecursionError:
+            raise DataError(f"{path}: line {lineno} is nested too deeply to be a record") from None
 
 
 def _to_float(value: Any) -> float | None:
@@ -239,13 +253,20 @@ def read_csv(
     text = _read_all(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
-        reader = csv.DictReader(io.StringIO(text))
+        # strict: a quoted field cut off by the end of the file is an error, not a short record
+        reader = csv.DictReader(io.StringIO(text), strict=True)
         header = reader.fieldnames or []
         missing = [c for c in (tcol, scol) if c not in header]
         if missing:
             raise DataError(f"{path}: column(s) {missing} not found; the file has {header}")
         out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
         for i, row in enumerate(reader):
+            if None in row or any(v is None for v in row.values()):
+                n_fields = len(header) - sum(v is None for v in row.values()) + len(row.get(None) or [])
+                raise DataError(
+                    f"{path}: line {reader.line_num} has {n_fields} fields but the header has {len(header)}; "
+                    "is the file truncated?"
+                )
             value = _to_float(row.get(tcol))
             if value is None:
                 out.skipped["missing or non-numeric target"] += 1
@@ -277,4 +298,17 @@ def read_source(data_spec) -> SourceData:
         raise DataError(f"unknown data source {kind!r}")
     if not data.entries:
         raise DataError(f"{path}: no usable records ({dict(data.skipped) or 'the file has none'})")
+    check_unique_ids(path, data.entries)
     return data
+
+
+def check_unique_ids(path: Path, entries: list[Entry]) -> None:
+    """A DataError naming the file and the first id that two records share."""
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if entry.id in first:
+            raise DataError(
+                f"{path}: duplicate compound id {entry.id!r} (usable records {first[entry.id] + 1} and {i + 1}); "
+                "every compound needs its own id"
+            )
+        first[entry.id] = i

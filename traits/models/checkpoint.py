@@ -61,9 +61,10 @@ def safe_torch_load(path: Path, extra_globals: Iterable = ()) -> object:
     names any other global (a class or function, e.g. one whose ``__reduce__`` would run code) is
     refused without executing it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    from traits.inputs import check_fits, file_size, require_file
+
+    path = require_file(Path(path), "checkpoint file", CheckpointError)
+    check_fits(path, file_size(path), "checkpoint", CheckpointError)
     try:
         with torch.serialization.safe_globals(list(extra_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -220,9 +221,48 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict) -> Path:
 # Load
 
 
+#: Sidecar fields and the JSON types they must have (checked before any is used).
+_NUMBER = "a number"
+SIDECAR_TYPES: dict[str, tuple[str, tuple]] = {
+    "traits_checkpoint": ("an integer", (int,)),
+    "architecture": ("a string", (str,)),
+    "hyper": ("a mapping of hyper-parameters", (dict,)),
+    "node_dim": ("an integer", (int,)),
+    "edge_dim": ("an integer", (int,)),
+    "graph": ("a mapping of graph settings or null", (dict, type(None))),
+    "target": ("a string or null", (str, type(None))),
+    "unit": ("a string or null", (str, type(None))),
+    "target_mean": (_NUMBER, (int, float)),
+    "target_std": (_NUMBER, (int, float)),
+    "omit": ("a list of element symbols", (list,)),
+    "weights_sha256": ("a string or null", (str, type(None))),
+    "metrics": ("a mapping", (dict,)),
+}
+
+
+def check_sidecar(sidecar: Path, meta: dict) -> dict:
+    """Refuse a sidecar whose known fields have the wrong JSON type, naming the file and the field."""
+    for key, (kind, types) in SIDECAR_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            shown = json.dumps(value, default=str)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CheckpointError(f"{sidecar}: field {key!r} must be {kind}, got {shown}")
+        if kind == _NUMBER and not math.isfinite(value):
+            raise CheckpointError(f"{sidecar}: field {key!r} must be a finite number, got {value}")
+    return meta
+
+
 def _read_sidecar(path: Path, required: bool) -> dict | None:
+    from traits.inputs import SMALL_FILE_LIMIT, check_fits, describe_kind, file_size
+
     sidecar = sidecar_path(path)
-    if not sidecar.is_file():
+    kind = describe_kind(sidecar)
+    if kind not in (None, "missing"):
+        raise CheckpointError(f"{sidecar}: the checkpoint metadata is {kind}, not a regular file")
+    if kind == "missing":
         if required:
             raise CheckpointError(
                 f"{path}: its metadata sidecar {sidecar.name} is missing (TRAITS writes it beside the weights; "
@@ -230,13 +270,57 @@ def _read_sidecar(path: Path, required: bool) -> dict | None:
                 "weights, or load a plain state dict with model.format: state-dict."
             )
         return None
+    check_fits(sidecar, file_size(sidecar), "checkpoint metadata", CheckpointError, limit=SMALL_FILE_LIMIT)
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{sidecar}: checkpoint metadata must be a JSON object")
-    return meta
+    return check_sidecar(sidecar, meta)
+
+
+def safetensors_size(path: Path) -> int:
+    """The size a safetensors file must have according to its header (8-byte length, JSON header,
+    tensor data); a CheckpointError for a header that is cut off, oversized or malformed."""
+    from traits.inputs import file_size
+
+    actual = file_size(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({actual} bytes, shorter than its header)")
+            n = int.from_bytes(head, "little")
+            if n > min(actual - 8, 100 << 20):
+                raise CheckpointError(
+                    f"{path}: truncated or corrupt safetensors file (its header claims {n} bytes; the file has "
+                    f"{actual})"
+                )
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path}: corrupt safetensors file (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors file (its header is not a JSON object)")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
+            raise CheckpointError(f"{path}: corrupt safetensors file (tensor {str(name)[:60]!r} has no valid offsets)")
+        end = max(end, offsets[1])
+    expected = 8 + n + end
+    if actual < expected:
+        raise CheckpointError(
+            f"{path}: truncated safetensors file: its header describes {expected} bytes but the file has {actual}"
+        )
+    return expected
 
 
 def _check_target(path: Path, have: str | None, want: str | None) -> None:
@@ -273,7 +357,13 @@ def _normalizer(path: Path, meta: dict | None, normalizer) -> tuple[float, float
     if normalizer is not None:
         mean, std = (float(v) for v in normalizer)
     elif meta is not None and "target_mean" in meta and "target_std" in meta:
-        mean, std = float(meta["target_mean"]), float(meta["target_std"])
+        try:
+            mean, std = float(meta["target_mean"]), float(meta["target_std"])
+        except (TypeError, ValueError):
+            raise CheckpointError(
+                f"{sidecar_path(path)}: target_mean and target_std must be numbers, got "
+                f"{meta['target_mean']!r:.40} and {meta['target_std']!r:.40}"
+            ) from None
     else:
         raise CheckpointError(
             f"{path}: no target normaliser: write {sidecar_path(path).name} beside it with "
@@ -321,11 +411,12 @@ def load_checkpoint(
     ``target`` (the spec's target) and ``graph`` (the spec's graph settings), when given, are checked
     against what the checkpoint records. Every problem raises a CheckpointError.
     """
+    from traits.inputs import check_fits, require_file
+
     path = Path(path)
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    require_file(path, "checkpoint file", CheckpointError)
 
     if fmt == "cgcnn-original":
         from traits.models.cgcnn_original import load_cgcnn_original
@@ -347,10 +438,13 @@ def load_checkpoint(
                 f"{sidecar_path(path)}: not a TRAITS checkpoint sidecar of a known version "
                 f"(traits_checkpoint={version!r}; this TRAITS reads up to {FORMAT_VERSION})"
             )
+        check_fits(path, safetensors_size(path), "checkpoint", CheckpointError)  # before reading it whole
         try:
             blob = path.read_bytes()
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
+        except MemoryError:
+            raise CheckpointError(f"{path}: the checkpoint does not fit in the available memory") from None
         recorded = meta.get("weights_sha256")
         if recorded and hashlib.sha256(blob).hexdigest() != recorded:
             raise CheckpointError(
@@ -374,7 +468,9 @@ def load_checkpoint(
         try:
             model = build_model(arch, meta.get("hyper") or {}, int(meta.get("node_dim", 92)),
                                 int(meta.get("edge_dim", 41)))
-        except (TypeError, ValueError) as exc:
+        except CheckpointError as exc:  # unknown architecture or hyper-parameter: name the sidecar
+            raise CheckpointError(f"{sidecar_path(path)}: {exc}") from None
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{sidecar_path(path)}: invalid hyper-parameters ({exc})") from None
         load_weights(model, state, path)
         model.set_target_normalizer(*_normalizer(path, meta, normalizer))

@@ -1,0 +1,107 @@
+"""Checks on input files before they are opened: that a path is a regular file (not a directory, a named
+pipe or a device, whose reads can block forever or never end), and that a file read whole into memory
+fits.
+
+Every check raises the caller's :class:`~traits.errors.TraitsError` subclass with a message naming the
+file and the reason, so the CLI reports it as bad input (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from traits.errors import TraitsError
+
+#: Files that are small by nature (specs, gate files, checkpoint sidecars): refused above this size.
+SMALL_FILE_LIMIT = 64 << 20
+#: Most of the available memory one file read whole may take (the rest is for what is built from it).
+MEMORY_SHARE = 0.5
+
+
+def describe_kind(path: Path) -> str | None:
+    """None for a regular file (or a symlink to one); otherwise what the path is, in words."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)})"
+        return "missing"
+    except PermissionError:
+        return "not accessible (permission denied)"
+    except OSError as exc:
+        return f"not accessible ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    what = next((name for test, name in kinds if test(mode)), "not a regular file")
+    if os.path.islink(path):
+        what += f" (the symbolic link points to {os.path.realpath(path)})"
+    return what
+
+
+def require_file(path: Path, what: str, error: type[TraitsError] = TraitsError) -> Path:
+    """``path`` when it is a readable regular file; else ``error`` saying what it is instead."""
+    path = Path(path)
+    kind = describe_kind(path)
+    if kind == "missing":
+        raise error(f"{path}: no such {what}")
+    if kind is not None:
+        raise error(f"{path}: the {what} is {kind}, not a regular file")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: the {what} is not readable (permission denied)")
+    return path
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_fits(path: Path, size: int, what: str, error: type[TraitsError] = TraitsError,
+               limit: int | None = None) -> None:
+    """Refuse to read ``size`` bytes of ``path`` into memory when they exceed ``limit`` or would not fit
+    in the available memory (with room to spare for what is built from them)."""
+    if limit is not None and size > limit:
+        raise error(f"{path}: the {what} is {_human(size)}, more than the {_human(limit)} such a file may have; "
+                    "is it the right file?")
+    free = available_memory()
+    if free is not None and size > MEMORY_SHARE * free:
+        raise error(f"{path}: the {what} needs {_human(size)} of memory to read but only {_human(free)} is "
+                    "available; free memory or use a machine with more")
+
+
+def file_size(path: Path) -> int:
+    return os.stat(path).st_size
+
+
+def read_text_checked(path: Path, what: str, error: type[TraitsError] = TraitsError,
+                      limit: int | None = SMALL_FILE_LIMIT) -> str:
+    """The UTF-8 text of a regular file, after the kind and size checks above."""
+    path = require_file(path, what, error)
+    check_fits(path, file_size(path), what, error, limit)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read the {what} ({exc})") from None
