@@ -428,9 +428,13 @@ def write_cifs(folder: Path) -> list[Path]:
 
 
 def parse_csv(text: str) -> tuple[list[str], list[tuple[str, float]]]:
+    """The header line and (id, prediction) of each row of `traits predict` (id,prediction,unit)."""
+    import csv
+    import io
+
     lines = [line for line in text.splitlines() if line.strip()]
-    rows = [line.rsplit(",", 1) for line in lines[1:]]
-    return lines[:1], [(ident, float(value)) for ident, value in rows]
+    rows = list(csv.reader(io.StringIO("\n".join(lines[1:]))))
+    return lines[:1], [(ident, float(value)) for ident, value, _unit in rows]
 
 
 def test_predict_prints_a_csv_row_per_file(tmp_path):
@@ -438,7 +442,7 @@ def test_predict_prints_a_csv_row_per_file(tmp_path):
     res = invoke("predict", "--checkpoint", CHECKPOINT, "--device", "cpu", *files)
     assert res.exit_code == 0, res.output
     header, rows = parse_csv(res.stdout)
-    assert header == ["id,prediction"]
+    assert header == ["id,prediction,unit"]
     assert [ident for ident, _ in rows] == [str(f) for f in files]
     values = dict(rows)
     assert all(math.isfinite(v) for v in values.values())
@@ -467,7 +471,7 @@ def test_predict_with_an_original_cgcnn_checkpoint():
     res = invoke("predict", "--format", "cgcnn-original", "--checkpoint", ckpt, "--device", "cpu", *files)
     assert res.exit_code == 0, res.output
     header, rows = parse_csv(res.stdout)
-    assert header == ["id,prediction"] and len(rows) == len(files) == 10
+    assert header == ["id,prediction,unit"] and len(rows) == len(files) == 10
     assert [ident for ident, _ in rows] == [str(f) for f in files]
     expected = predict_structures(ckpt, "cgcnn-original", files, device=torch.device("cpu"))
     for (_, got), (_, want) in zip(rows, expected):

@@ -491,10 +491,36 @@ def run_audit(
     progress: ProgressFactory | None = None,
     train_progress: bool | None = False,
     render: bool = True,
+    overwrite: bool = False,
 ) -> AuditResult:
-    """Run every probe of ``spec``; write results.json (and the report formats it asks for)."""
+    """Run every probe of ``spec``; write results.json (and the report formats it asks for).
+
+    The output folder is locked for the audit and must not hold another audit's results (see
+    :mod:`traits.outdir`): ``overwrite`` removes them first; an audit of the same spec resumes there."""
+    from traits.outdir import claim_output
+
+    out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
+    lock = claim_output(out_dir, spec, overwrite=overwrite, spec_path=spec_path)
+    try:
+        return _run_audit(spec, out_dir, spec_path=spec_path, command=command, progress=progress,
+                          train_progress=train_progress, render=render)
+    finally:
+        lock.release()
+
+
+def _run_audit(
+    spec: AuditSpec,
+    out_dir: Path | None = None,
+    *,
+    spec_path: str = "",
+    command: str = "",
+    progress: ProgressFactory | None = None,
+    train_progress: bool | None = False,
+    render: bool = True,
+) -> AuditResult:
     from traits.models.inference import accuracy as accuracy_of
     from traits.models.inference import predict
+    from traits.progress import start_stage
     from traits.verdict import apply_verdict
 
     out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
@@ -516,6 +542,7 @@ def run_audit(
     pre_findings = check_checkpoint_against_spec(spec, loaded, data)
 
     t = time.perf_counter()
+    stage_done = start_stage(progress, "predictions")
     acc = {}
     for split, graphs in data.splits.items():
         ids, preds, targets = predict(model, graphs, device)
@@ -526,12 +553,15 @@ def run_audit(
             predictions=[json_float(p) for p in preds], targets=[float(y) for y in targets],
         )
     walls["accuracy"] = time.perf_counter() - t
+    stage_done()
 
     shift = None
     if spec.probes.shift.enabled:
         t = time.perf_counter()
+        stage_done = start_stage(progress, "domain-shift diagnostics")
         shift = run_shift(spec, model, data.splits, device)
         walls["shift"] = time.perf_counter() - t
+        stage_done()
 
     from traits.probes.objective import SplitObjective
 
@@ -542,10 +572,12 @@ def run_audit(
         graphs = data.splits[split]
         if spec.probes.hessian.enabled:
             t = time.perf_counter()
+            stage_done = start_stage(progress, f"Hessian {split}")
             sub = subsample(graphs, spec.probes.hessian.max_samples, spec.seed + 11 * k)
             hessians[split] = run_hessian(spec, model, collate(sub, device, dtype), len(sub),
                                           spec.seed + 101 * (k + 1), device, dtype)
             walls[f"hessian_{split}"] = time.perf_counter() - t
+            stage_done()
         sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
         objectives[split] = SplitObjective(model, collate(sub, device, dtype), loss=spec.probes.loss)
         loss0[split] = json_float(objectives[split].loss())
@@ -591,7 +623,9 @@ def run_audit(
         if formats:
             from traits.report.render import render_report
 
+            stage_done = start_stage(progress, f"report ({', '.join(formats)})")
             render_report(result, out_dir, formats=tuple(formats))
+            stage_done()
     return result
 
 

@@ -144,9 +144,11 @@ def run_campaign(
                 missing.append({"seed": task.spec.seed, "task": task.name})
                 continue
             log(f"seed {task.spec.seed} {task.name}: running")
+            _clear_stale_task(where, task.spec, log)
             t = time.perf_counter()
             result = run_audit(task.spec, where, spec_path=str(task.path),
-                               command=f"traits campaign {directory}", progress=progress)
+                               command=f"traits campaign {directory}", progress=progress,
+                               train_progress=progress if callable(progress) else False)
             log(f"seed {task.spec.seed} {task.name}: {result.status} in {time.perf_counter() - t:.0f} s")
             rows.append(summary_row(task.name, result))
     summary = summarise(rows)
@@ -158,6 +160,20 @@ def run_campaign(
         raise TraitsError(f"{out_dir}: no finished audit to summarise")
     write_summary(summary, out_dir)
     return summary
+
+
+def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) -> None:
+    """A task folder holding another spec's audit (the profile or the spec changed) is the campaign's own:
+    remove that audit's results and reports so the new run does not mix with them; the trained model is
+    kept (training resumes when its settings are unchanged, and refuses a state of other settings)."""
+    from traits.outdir import folder_owner, remove_artefacts, same_audit
+
+    if not where.is_dir():
+        return
+    owner = folder_owner(where)
+    if owner is not None and (owner.spec is None or not same_audit(owner.spec, spec.model_dump(mode="json"))):
+        removed = remove_artefacts(where, keep=("model",))
+        log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
 
 
 def _get(d: dict, *keys):

@@ -1,56 +1,156 @@
-"""The ``traits`` command line: validate, schema, data, train, predict, audit, report, gate.
+"""The ``traits`` command line: validate, schema, data, train, predict, audit, report, gate, campaign.
 
-Exit codes: 0 success (all gates pass), 1 a gate failed, 2 bad input (the message says what to fix).
+Exit codes: 0 success (all gates pass), 1 a gate failed, 2 bad input (the message says what to fix),
+3 an internal error (a bug: one line naming the log file that holds the traceback; ``--debug`` shows it).
+Everything printed on the terminal is plain text: rich markup, highlighting and emoji codes are off, so
+a file name or spec string such as ``a[/].yaml`` or ``[link=...]`` is printed as it is.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime as _dt
 import functools
 import json
+import os
+import platform
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from traits.errors import TraitsError
 
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success (every gate passes); 1 a gate failed; 2 bad input (spec, data, checkpoint, "
+    "results file, output folder: one message naming the file and what to fix); 3 an internal error "
+    "(a bug in TRAITS: one line naming a log file with the traceback; --debug prints it)."
+)
+
 app = typer.Typer(
     name="traits",
-    help="TRAITS: audit materials ML models by their loss landscapes, in and out of distribution.",
+    help="TRAITS: audit materials ML models by their loss landscapes, in and out of distribution.\n\n"
+    + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Plain text only: user strings (paths, spec names, messages) must never be read as rich markup.
+out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+#: Settings of this invocation (the global options and the per-command --quiet / --verbose / --debug).
+OPTIONS = {"debug": False, "verbosity": 1}
 
 SpecArg = Annotated[Path, typer.Argument(help="Audit spec (YAML or JSON).", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (errors and results only).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More progress output (every update).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="On an internal error, print the traceback too.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        import traits
+
+        out.print(f"traits {traits.__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the TRAITS version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", envvar="TRAITS_DEBUG",
+                                        help="On an internal error, print the traceback too.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    OPTIONS["debug"] = bool(debug)
+    OPTIONS["verbosity"] = 0 if quiet else (2 if verbose else 1)
+
+
+def _set_local(quiet: bool = False, verbose: bool = False, debug: bool = False) -> None:
+    if quiet:
+        OPTIONS["verbosity"] = 0
+    elif verbose:
+        OPTIONS["verbosity"] = 2
+    if debug:
+        OPTIONS["debug"] = True
+
+
+def print_error(message: str) -> None:
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+def write_crash_log(exc: BaseException, out_dir: Path | None) -> Path | None:
+    """Write the traceback of an internal error atomically, into ``out_dir`` when it exists, else the
+    temporary directory. Returns the log's path, or None when nothing could be written."""
+    import traits
+    from traits.files import write_text_atomic
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = (
+        f"TRAITS internal error\ntime: {stamp}\ntraits: {traits.__version__}\npython: {sys.version.split()[0]}\n"
+        f"platform: {platform.platform()}\ncommand: {_command_line()}\n\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    folders = [Path(out_dir)] if out_dir is not None and Path(out_dir).is_dir() else []
+    folders.append(Path(tempfile.gettempdir()))
+    for folder in folders:
+        try:
+            return write_text_atomic(folder / f"traits-error-{stamp}-{os.getpid()}.log", text)
+        except (TraitsError, OSError):
+            continue
+    return None
+
+
+def report_internal_error(exc: BaseException, out_dir: Path | None) -> None:
+    log = write_crash_log(exc, out_dir)
+    summary = (str(exc).splitlines() or [""])[0][:200]
+    where = f"the traceback is in {log}" if log is not None else "no log file could be written"
+    print_error(f"internal error ({type(exc).__name__}: {summary}); this is a bug in TRAITS, not a problem with "
+                f"the input: {where}. Please report it; --debug prints the traceback.")
+    if OPTIONS["debug"]:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 def handles_errors(func):
-    """Print a TraitsError as one clear message (no traceback) and exit 2."""
+    """A TraitsError becomes one clear message and exit 2; any other exception (a bug) exit 3 with a log."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except TraitsError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
         except KeyboardInterrupt:
             err.print("interrupted; partial work is kept where the command supports resuming")
             raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - every other exception is a bug: exit 3, never 1
+            report_internal_error(exc, kwargs.get("out_dir"))
+            raise typer.Exit(EXIT_INTERNAL_ERROR) from None
 
     return wrapper
 
 
-def progress_enabled() -> bool:
-    return sys.stderr.isatty()
+def reporter():
+    """Progress for this invocation: bars on a terminal, timestamped lines otherwise, none when quiet."""
+    from traits.progress import Reporter
+
+    return Reporter(verbosity=OPTIONS["verbosity"])
 
 
 @app.command()
@@ -60,7 +160,7 @@ def validate(spec: SpecArg) -> None:
     from traits.spec import load_spec
 
     loaded = load_spec(spec)
-    out.print(f"{spec}: valid audit spec [bold]{loaded.name}[/]", highlight=False)
+    out.print(Text.assemble(f"{spec}: valid audit spec ", (loaded.name, "bold")))
 
 
 @app.command()
@@ -99,17 +199,14 @@ def print_split_table(stats: dict, omit: list[str], unit: str, console: Console 
     console.print(table)
 
 
-def load_data_with_progress(spec):
-    """Prepare the spec's data with a progress bar on a terminal."""
+def load_data_with_progress(spec, progress=None):
+    """Prepare the spec's data, showing the graph-building stage on ``progress`` (a Reporter)."""
     from traits.data.prepare import prepare_data
 
-    if not progress_enabled():
-        return prepare_data(spec)
-    from rich.progress import Progress
-
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("building crystal graphs", total=None)
-        return prepare_data(spec, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if progress is None:
+        with reporter() as rep:
+            return prepare_data(spec, progress=rep("building crystal graphs", 0))
+    return prepare_data(spec, progress=progress("building crystal graphs", 0))
 
 
 @app.command()
@@ -125,37 +222,21 @@ def data(
 
     loaded = load_spec(spec, need_checkpoint=False)
     prepared = load_data_with_progress(loaded)
-    out.print(
-        f"[bold]{loaded.name}[/]: {prepared.source}, target {loaded.data.target}, "
+    out.print(Text.assemble(
+        (loaded.name, "bold"),
+        f": {prepared.source}, target {loaded.data.target}, "
         + (f"omit {', '.join(loaded.omit) or 'nothing (random split)'}; " if loaded.data.sets is None else
            "sets used as given; ")
         + f"{prepared.n_read} records read, {prepared.cache_hits} graphs from cache, {prepared.built} built",
-        highlight=False,
-    )
+    ))
     if prepared.skipped:
         for reason, count in sorted(prepared.skipped.items()):
-            out.print(f"  skipped {count}: {reason}", highlight=False)
+            out.print(f"  skipped {count}: {reason}")
     print_split_table(prepared.stats(loaded.omit), loaded.omit, TARGET_UNITS[loaded.data.target])
     out.print(f"split manifest hash {prepared.manifest.hash[:16]}, data hash {prepared.manifest.data_hash[:16]}")
     if manifest is not None:
         prepared.manifest.write(manifest)
         out.print(f"wrote {manifest}")
-
-
-def progress_factory():
-    """A ProgressFactory drawing rich bars on a terminal (None when not a TTY: quiet)."""
-    if not progress_enabled():
-        return None, None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
-
-    def factory(description: str, total: int):
-        task = bar.add_task(description, total=total or None)
-        return lambda done, n: bar.update(task, completed=done, total=n)
-
-    return bar, factory
 
 
 def _command_line() -> str:
@@ -170,7 +251,7 @@ def print_verdict(result, console: Console = out) -> None:
     table.add_column("level")
     table.add_column("finding")
     for f in result.findings:
-        table.add_row(f"[{colours[f.level]}]{f.level}[/]", f.statement)
+        table.add_row(Text(f.level, style=colours.get(f.level, "")), f.statement)
     console.print(table)
 
 
@@ -181,28 +262,35 @@ def audit(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory (default: report.out_dir).")] = None,
     formats: Annotated[str | None, typer.Option("--format", help="Comma-separated: json,html,pdf.")] = None,
     junit: Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML here.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace another audit's results in the output folder (removes its results, reports, "
+        "split manifest, resume files and trained model first).")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
-    """Run the audit a spec declares; exit 0 if all gates pass, 1 if one fails, 2 on bad input."""
+    """Run the audit a spec declares; exit 0 if all gates pass, 1 if one fails, 2 on bad input, 3 on a bug.
+
+    The output folder must not hold another audit's results (use --overwrite); an audit of the same spec
+    resumes there. Progress goes to stderr: bars on a terminal, timestamped lines in a log."""
     from traits.audit import run_audit
     from traits.spec import load_spec
     from traits.verdict import exit_code
 
+    _set_local(quiet, verbose, debug)
     overrides = {"report.formats": [f.strip() for f in formats.split(",") if f.strip()]} if formats else None
     loaded = load_spec(spec, overrides=overrides)
-    bar, factory = progress_factory()
-    if bar is not None:
-        with bar:
-            result = run_audit(loaded, out_dir, spec_path=str(spec), command=_command_line(), progress=factory,
-                               train_progress=None)
-    else:
-        result = run_audit(loaded, out_dir, spec_path=str(spec), command=_command_line())
     target = Path(out_dir) if out_dir else loaded.report.out_dir
+    with reporter() as rep:
+        rep.detail(f"audit {loaded.name} into {target}")
+        result = run_audit(loaded, target, spec_path=str(spec), command=_command_line(), progress=rep,
+                           train_progress=rep, overwrite=overwrite)
     print_verdict(result)
     if junit is not None:
         from traits.junit import write_junit
 
         write_junit(result, junit)
-    out.print(f"results and report in {target}", highlight=False)
+    out.print(f"results and report in {target}")
     raise typer.Exit(exit_code(result))
 
 
@@ -212,8 +300,13 @@ def report(
     results: Annotated[Path, typer.Argument(help="A results.json written by `traits audit`.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("."),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: html,pdf.")] = "html,pdf",
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace another audit's results and reports in the output folder.")] = False,
 ) -> None:
-    """Re-render the report of a past audit from its results.json (no model or data needed)."""
+    """Re-render the report of a past audit from its results.json (no model or data needed).
+
+    The output folder must not hold another audit's results or reports (use --overwrite)."""
+    from traits.outdir import acquire_lock, check_folder
     from traits.report.render import render_report
     from traits.results import load_result
 
@@ -221,9 +314,12 @@ def report(
     bad = [f for f in wanted if f not in ("html", "pdf")]
     if bad:
         raise typer.BadParameter(f"unknown format(s) {bad}; choose html and/or pdf")
-    written = render_report(load_result(results), out_dir, formats=wanted)
+    result = load_result(results)
+    with acquire_lock(out_dir, purpose=f"report of {result.name!r}"):
+        check_folder(out_dir, result.spec, overwrite=overwrite, spec_path=str(results))
+        written = render_report(result, out_dir, formats=wanted)
     for path in written.values():
-        out.print(f"wrote {path}", highlight=False)
+        out.print(f"wrote {path}")
 
 
 @app.command()
@@ -269,25 +365,70 @@ def train(
     spec: SpecArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the checkpoint and training logs.")],
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last saved epoch.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Train the spec's model on its train split (early stopping on val); write a checkpoint."""
     from traits.audit import resolve_device
+    from traits.outdir import acquire_lock
     from traits.spec import load_spec
     from traits.train import train_model
 
+    _set_local(quiet, verbose, debug)
     loaded = load_spec(spec, need_checkpoint=False)
     if loaded.model.train is None:
         raise TraitsError(f"{spec}: model.train is not set; add training settings to train a model")
-    prepared = load_data_with_progress(loaded)
-    result = train_model(loaded, prepared, out_dir, device=resolve_device(loaded.device), resume=resume,
-                         progress=None)
+    with acquire_lock(out_dir, purpose=f"train {loaded.name!r}"), reporter() as rep:
+        prepared = load_data_with_progress(loaded, rep)
+        result = train_model(loaded, prepared, out_dir, device=resolve_device(loaded.device), resume=resume,
+                             progress=rep)
     table = Table(title=f"MAE ({loaded.data.target})", title_justify="left")
     for col in ("split", "MAE", "RMSE", "R²", "n"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split, m in result.metrics.items():
         table.add_row(split, _fmt(m["mae"], 4), _fmt(m["rmse"], 4), _fmt(m["r2"], 3), str(m["n"]))
     out.print(table)
-    out.print(f"checkpoint {result.checkpoint} ({result.epochs_run} epochs)", highlight=False)
+    out.print(f"checkpoint {result.checkpoint} ({result.epochs_run} epochs)")
+
+
+def _parse_hyper(text: str | None) -> dict | None:
+    """``--hyper``: a JSON object or comma-separated key=value pairs, validated as CGCNN hyper-parameters."""
+    from pydantic import ValidationError
+
+    from traits.spec import CGCNNHyper, format_validation_error
+
+    if text is None:
+        return None
+    if text.lstrip().startswith("{"):
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise TraitsError(f"--hyper: not a JSON object ({exc})") from None
+        if not isinstance(raw, dict):
+            raise TraitsError("--hyper: give a JSON object or key=value pairs")
+    else:
+        raw = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise TraitsError(f"--hyper: {part!r} is not key=value")
+            raw[key.strip()] = value.strip()
+    try:
+        return CGCNNHyper.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        message = format_validation_error(exc, "--hyper").replace("invalid audit spec", "invalid value")
+        raise TraitsError(message) from None
+
+
+def _parse_normalizer(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        mean, std = (float(v) for v in text.split(","))
+    except ValueError:
+        raise TraitsError(f"--normalizer: give MEAN,STD (two numbers), got {text!r}") from None
+    return mean, std
 
 
 @app.command()
@@ -295,19 +436,49 @@ def train(
 def predict(
     files: Annotated[list[Path], typer.Argument(help="CIF or POSCAR files.", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to predict with.")],
-    fmt: Annotated[str, typer.Option("--format", help="traits | state-dict | cgcnn-original")] = "traits",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="auto (detect from the file) | traits | state-dict | cgcnn-original")] = "auto",
+    architecture: Annotated[str | None, typer.Option(
+        help="Architecture of a plain state dict: cgcnn | cgcnn-original.")] = None,
+    hyper: Annotated[str | None, typer.Option(
+        help="Hyper-parameters of a plain state dict: JSON or key=value pairs, e.g. "
+        "atom_fea_len=32,n_conv=2,h_fea_len=64.")] = None,
+    normalizer: Annotated[str | None, typer.Option(
+        help="MEAN,STD of the target a plain state dict was trained on (default: its JSON sidecar).")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Target the checkpoint predicts, for the unit column when the checkpoint does not say.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
-    """Print `id,prediction` for each structure file (a quick sanity check of any checkpoint)."""
-    from traits.audit import resolve_device
-    from traits.models.inference import predict_structures
+    """Print `id,prediction,unit` (CSV) for each structure file: a quick sanity check of any checkpoint.
 
-    if fmt not in ("traits", "state-dict", "cgcnn-original"):
-        raise TraitsError(f"unknown checkpoint format {fmt!r}; choose traits, state-dict or cgcnn-original")
-    rows = predict_structures(checkpoint, fmt, list(files), device=resolve_device(device))
-    sys.stdout.write("id,prediction\n")
+    The format is detected from the file: safetensors with its model.json sidecar, an original CGCNN
+    .pth.tar, or a plain state dict (which needs --architecture and, unless they are the defaults,
+    --hyper)."""
+    from traits.audit import resolve_device
+    from traits.models.inference import detect_format, predict_files
+    from traits.models.registry import ARCHITECTURES
+    from traits.spec import TARGET_UNITS
+
+    if fmt not in ("auto", "traits", "state-dict", "cgcnn-original"):
+        raise TraitsError(f"--format: unknown checkpoint format {fmt!r}; choose auto, traits, state-dict or "
+                          "cgcnn-original")
+    if architecture is not None and architecture not in ARCHITECTURES:
+        raise TraitsError(f"--architecture: unknown architecture {architecture!r}; choose "
+                          f"{' or '.join(sorted(ARCHITECTURES))}")
+    if target is not None and target not in TARGET_UNITS:
+        raise TraitsError(f"--target: unknown target {target!r}; choose {' or '.join(sorted(TARGET_UNITS))}")
+    hyper_dict, norm = _parse_hyper(hyper), _parse_normalizer(normalizer)
+    kind = detect_format(checkpoint) if fmt == "auto" else fmt
+    if kind == "state-dict" and architecture is None:
+        raise TraitsError(f"{checkpoint}: a plain state dict holds no architecture; give --architecture "
+                          "(and --hyper unless the hyper-parameters are the defaults)")
+    rows, unit = predict_files(checkpoint, kind, list(files), device=resolve_device(device),
+                               architecture=architecture if kind == "state-dict" else None,
+                               hyper=hyper_dict, normalizer=norm, target=target)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["id", "prediction", "unit"])
     for ident, value in rows:
-        sys.stdout.write(f"{ident},{value:.6g}\n")
+        writer.writerow([ident, f"{value:.6g}", unit])
 
 
 @app.command()
@@ -319,24 +490,25 @@ def campaign(
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (default: each spec's).")] = None,
     data: Annotated[Path | None, typer.Option(help="Use this data file instead of each spec's data.path.")] = None,
     summary_only: Annotated[bool, typer.Option(help="Run nothing; summarise the tasks finished so far.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Run every spec of a campaign (resuming finished tasks) and write a comparison summary."""
-    from traits.campaign import run_campaign
+    from traits.campaign import run_campaign, summary_markdown
 
-    seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
-    bar, factory = progress_factory()
-    log = lambda msg: err.print(msg, highlight=False)  # noqa: E731
-    if bar is not None:
-        with bar:
-            summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log,
-                                   progress=factory, summary_only=summary_only)
-    else:
-        summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=log,
-                               summary_only=summary_only)
-    from traits.campaign import summary_markdown
-
-    out.print(summary_markdown(summary), highlight=False, markup=False)
-    out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}", highlight=False, markup=False)
+    _set_local(quiet, verbose, debug)
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
+    except ValueError:
+        raise TraitsError(f"--seeds: give comma-separated integers, got {seeds!r}") from None
+    if seed_list is not None and any(not 0 <= s < 2**63 for s in seed_list):
+        raise TraitsError(f"--seeds: every seed must satisfy 0 <= seed < 2**63, got {seeds}")
+    with reporter() as rep:
+        summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=rep.log,
+                               progress=rep, summary_only=summary_only)
+    out.print(summary_markdown(summary))
+    out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -179,7 +179,8 @@ def train_model(
 ) -> TrainResult:
     """Train ``spec.model`` on ``data.splits['train']``, early-stopping on 'val' MAE, and write outputs.
 
-    ``progress``: a rich progress bar when True, or when None and stdout is a terminal.
+    ``progress``: a rich progress bar when True, or when None and stdout is a terminal; or a progress
+    factory (:class:`traits.progress.Reporter`), which gets one "training" stage counting epochs.
     ``resume``: continue from ``out_dir/train_state.pt`` when it exists (otherwise start afresh).
     ``stop_after_epoch``: end after that epoch as if interrupted (state saved, ``completed=False``).
     """
@@ -248,7 +249,11 @@ def train_model(
             "target_std": std,
         }
 
-    show = progress if progress is not None else sys.stdout.isatty()
+    factory = progress if callable(progress) else None
+    show = False if factory is not None else (progress if progress is not None else sys.stdout.isatty())
+    epoch_done = factory("training", ts.epochs) if factory is not None else None
+    if epoch_done is not None and epoch:
+        epoch_done(epoch, ts.epochs, status=f"(resumed after epoch {epoch})")
     eval_batch = max(256, ts.batch_size)
     with _progress(show) as bar:
         task = bar.add_task("train", total=ts.epochs, completed=epoch, status="")
@@ -285,7 +290,10 @@ def train_model(
             elif scheduler is not None:
                 scheduler.step()
             history.append({"epoch": epoch, "train_loss": train_loss, "val_mae": val_mae, "lr": lr})
-            bar.update(task, completed=epoch, status=f"val MAE {val_mae:.4g} (best {best_val:.4g} @ {best_epoch})")
+            status = f"val MAE {val_mae:.4g} (best {best_val:.4g} @ {best_epoch})"
+            bar.update(task, completed=epoch, status=status)
+            if epoch_done is not None:
+                epoch_done(epoch, ts.epochs, status=status)
             finished = epoch >= ts.epochs or bad_epochs >= ts.patience
             interrupted = stop_after_epoch is not None and epoch >= stop_after_epoch and not finished
             if finished or interrupted or epoch % ts.checkpoint_every == 0:
@@ -296,6 +304,8 @@ def train_model(
                     resumed=resumed, best_epoch=best_epoch, stopped_early=False, completed=False,
                 )
 
+    if epoch_done is not None and hasattr(epoch_done, "end"):
+        epoch_done.end(f"after {epoch} epochs (best {best_epoch})")
     load_weights(model, best_state, "best weights")
     model.to(device=device, dtype=dtype)
     metrics = {}

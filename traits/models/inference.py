@@ -85,9 +85,10 @@ def _structure_data(path: Path, settings):
 
     from traits.data.graphs import atom_feature_table, structure_graph, to_data
     from traits.errors import GraphError
+    from traits.inputs import SMALL_FILE_LIMIT, check_fits, file_size, require_file
 
-    if not path.is_file():
-        raise DataError(f"{path}: no such structure file")
+    require_file(path, "structure file", DataError)
+    check_fits(path, file_size(path), "structure file", DataError, limit=SMALL_FILE_LIMIT)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -107,7 +108,44 @@ def _structure_data(path: Path, settings):
     return to_data(arrays, math.nan, str(path), settings)
 
 
-def predict_structures(
+def detect_format(path: Path) -> str:
+    """The checkpoint format of a file, from its content: 'traits' (safetensors), 'cgcnn-original' (a
+    PyTorch file holding the original CGCNN dict: state_dict, normalizer, args) or 'state-dict' (any other
+    PyTorch file). Loading uses the same safe readers as :func:`load_checkpoint`."""
+    import argparse
+
+    from traits.errors import CheckpointError
+    from traits.inputs import file_size, require_file
+    from traits.models.checkpoint import safe_torch_load
+
+    path = require_file(Path(path), "checkpoint file", CheckpointError)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < file_size(path):
+        return "traits"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a legacy pickle
+        raw = safe_torch_load(path, extra_globals=[argparse.Namespace])
+        if isinstance(raw, dict) and {"state_dict", "normalizer", "args"} <= set(raw):
+            return "cgcnn-original"
+        return "state-dict"
+    raise CheckpointError(
+        f"{path}: cannot tell the checkpoint format (neither safetensors nor a PyTorch file); give --format"
+    )
+
+
+def unit_of(meta: dict, target: str | None = None) -> str:
+    """The unit of a checkpoint's predictions: its sidecar's 'unit', or that of its (or the given) target."""
+    from traits.spec import TARGET_UNITS
+
+    if isinstance(meta.get("unit"), str) and meta["unit"]:
+        return meta["unit"]
+    return TARGET_UNITS.get(meta.get("target") or target or "", "unknown")
+
+
+def predict_files(
     checkpoint: Path,
     fmt: str,
     files: Sequence[Path],
@@ -116,20 +154,24 @@ def predict_structures(
     architecture: str | None = None,
     hyper=None,
     graph=None,
+    normalizer: tuple[float, float] | None = None,
+    target: str | None = None,
     batch_size: int = 256,
-) -> list[tuple[str, float]]:
-    """Predict the target of each CIF/POSCAR file with a checkpoint: [(file as given, prediction)].
+) -> tuple[list[tuple[str, float]], str]:
+    """Predict the target of each CIF/POSCAR file with a checkpoint: ([(file as given, prediction)], unit).
 
-    Graphs are built with the checkpoint's own graph settings (``ORIGINAL_GRAPH`` for
-    'cgcnn-original'); for a 'state-dict' without a sidecar, with ``graph`` or the defaults.
-    Unreadable files raise a DataError naming the file.
+    ``fmt`` 'auto' detects the format (:func:`detect_format`). Graphs are built with the checkpoint's own
+    graph settings (``ORIGINAL_GRAPH`` for 'cgcnn-original'); for a 'state-dict' without a sidecar, with
+    ``graph`` or the defaults. Unreadable files raise a DataError naming the file.
     """
     from traits.models.cgcnn_original import ORIGINAL_GRAPH
     from traits.models.checkpoint import load_checkpoint
     from traits.spec import GraphSpec
 
+    if fmt == "auto":
+        fmt = detect_format(Path(checkpoint))
     model, meta = load_checkpoint(
-        Path(checkpoint), fmt, architecture=architecture, hyper=hyper, device=device
+        Path(checkpoint), fmt, architecture=architecture, hyper=hyper, normalizer=normalizer, device=device
     )
     if fmt == "cgcnn-original":
         settings = GraphSpec(**ORIGINAL_GRAPH)
@@ -141,4 +183,22 @@ def predict_structures(
         settings = GraphSpec()
     graphs = [_structure_data(Path(f), settings) for f in files]
     ids, preds, _ = predict(model, graphs, device, batch_size)
-    return [(i, float(p)) for i, p in zip(ids, preds)]
+    return [(i, float(p)) for i, p in zip(ids, preds)], unit_of(meta, target)
+
+
+def predict_structures(
+    checkpoint: Path,
+    fmt: str,
+    files: Sequence[Path],
+    device: torch.device,
+    *,
+    architecture: str | None = None,
+    hyper=None,
+    graph=None,
+    batch_size: int = 256,
+) -> list[tuple[str, float]]:
+    """Predict the target of each CIF/POSCAR file with a checkpoint: [(file as given, prediction)]
+    (see :func:`predict_files`, which also gives the unit)."""
+    rows, _unit = predict_files(checkpoint, fmt, files, device, architecture=architecture, hyper=hyper,
+                                graph=graph, batch_size=batch_size)
+    return rows

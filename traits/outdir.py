@@ -1,0 +1,311 @@
+"""The output-folder policy: one folder, one audit, one writer at a time.
+
+- **One audit per folder.** An audit marks its folder with ``.traits-audit.json`` (the spec, its hash and
+  name). A later audit of the *same* spec (the spec minus ``report.out_dir`` and ``report.formats``)
+  resumes there; an audit of another spec is refused (exit 2) unless ``overwrite`` is set, which first
+  removes every artefact an audit writes (:data:`OWNED_FILES`, :data:`OWNED_DIRS`) and nothing else. A
+  folder without the marker is judged by its ``results.json`` (folders written before the marker existed);
+  reports without results (from an unknown audit) count as another audit's. So the results and reports
+  in one folder always describe the same audit.
+- **One writer per folder.** ``.traits.lock`` (pid, host, start time) is created atomically before
+  anything is written and removed at the end. A second run on the folder is refused with a message naming
+  the holder; a lock left by a run that died (its pid no longer exists on this host) is taken over.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traits.errors import OutputError
+from traits.files import ensure_dir, write_json_atomic
+
+MARKER = ".traits-audit.json"
+LOCK = ".traits.lock"
+#: Files an audit writes into its folder (``--overwrite`` removes these, and only these, besides the dirs).
+OWNED_FILES = ("results.json", "report.html", "report.pdf", "split_manifest.json", MARKER)
+#: Folders an audit writes into its folder: 2D-surface resume files and the model it trained.
+OWNED_DIRS = (".partial", "model")
+REPORT_FILES = ("report.html", "report.pdf")
+#: Spec fields that do not change what an audit measures (where it is written, which formats).
+IGNORED_FIELDS = (("report", "out_dir"), ("report", "formats"))
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def audit_identity(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a spec (as a JSON-mode dict) that define the audit."""
+    ident = copy.deepcopy(spec_dict) if isinstance(spec_dict, dict) else {}
+    for section, key in IGNORED_FIELDS:
+        if isinstance(ident.get(section), dict):
+            ident[section].pop(key, None)
+    return ident
+
+
+def spec_hash(spec_dict: dict[str, Any]) -> str:
+    text = json.dumps(audit_identity(spec_dict), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _project(live, stored):
+    if isinstance(live, dict) and isinstance(stored, dict):
+        return {k: _project(live[k], stored[k]) for k in stored if k in live}
+    return live
+
+
+def same_audit(stored: dict[str, Any], live: dict[str, Any]) -> bool:
+    """Whether a stored spec and a live one describe the same audit. Fields added to the spec schema
+    since the stored one was written (absent from it) are ignored, so upgrading TRAITS does not turn a
+    folder's own audit into "another audit"."""
+    a, b = audit_identity(stored), audit_identity(live)
+    if not set(a) <= set(b):
+        return False
+    return _project(b, a) == a
+
+
+# ------------------------------------------------------------------------------------------ the lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")[:10000])
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock whose process is gone (same host), or that is unreadable, is stale."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return True
+    if holder.get("host") not in (None, socket.gethostname()):
+        return False  # another machine (a shared file system): cannot tell, assume it is running
+    return not _pid_alive(pid)
+
+
+@dataclass
+class OutputLock:
+    path: Path
+    info: dict
+
+    def release(self) -> None:
+        holder = _read_lock(self.path)
+        if holder is not None and holder.get("pid") == self.info["pid"] and holder.get("token") == self.info["token"]:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _busy(path: Path, holder: dict) -> OutputError:
+    who = f"pid {holder.get('pid')}"
+    if holder.get("host"):
+        who += f" on {holder['host']}"
+    if holder.get("started"):
+        who += f", started {holder['started']}"
+    what = f" ({holder['purpose']})" if holder.get("purpose") else ""
+    return OutputError(
+        f"{path.parent}: another TRAITS run is writing into this folder ({who}{what}); wait for it to finish or "
+        f"use another --out. If no such run exists, delete {path}"
+    )
+
+
+def acquire_lock(out_dir: Path, purpose: str = "") -> OutputLock:
+    """Create ``out_dir/.traits.lock`` atomically (with its content), taking over a stale one."""
+    out_dir = ensure_dir(Path(out_dir))
+    path = out_dir / LOCK
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "token": os.urandom(8).hex()}
+    for _attempt in range(5):
+        try:
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f"{LOCK}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+        except OSError as exc:
+            raise OutputError(f"{out_dir}: cannot create the lock file ({exc.strerror or exc})") from None
+        try:
+            os.link(tmp, path)  # atomic, and the lock never exists without its content
+            return OutputLock(path, info)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(info, fh)
+                return OutputLock(path, info)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise OutputError(f"{out_dir}: cannot create the lock file ({exc.strerror or exc})") from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        holder = _read_lock(path)
+        if holder is None:
+            continue  # released meanwhile
+        if not _is_stale(holder):
+            raise _busy(path, holder)
+        # take the stale lock over: move it aside, and put it back if it turns out to be a fresh one
+        aside = out_dir / f"{LOCK}.{os.getpid()}.{info['token']}.stale"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot remove the stale lock ({exc.strerror or exc})") from None
+        moved = _read_lock(aside)
+        if moved and moved != holder and not _is_stale(moved):
+            try:
+                os.link(aside, path)
+            except OSError:
+                pass
+            os.unlink(aside)
+            raise _busy(path, moved)
+        os.unlink(aside)
+    raise OutputError(f"{path}: could not take the output folder's lock; try again")
+
+
+# ------------------------------------------------------------------------------------------ ownership
+
+
+@dataclass
+class Owner:
+    spec: dict | None  # None: unknown (unreadable evidence)
+    evidence: str  # the file that says so
+
+    @property
+    def name(self) -> str:
+        return str((self.spec or {}).get("name", "?"))
+
+
+def _read_json(path: Path, limit: int = 1 << 30):
+    try:
+        if path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, MemoryError):
+        return None
+
+
+def folder_owner(out_dir: Path) -> Owner | None:
+    """Which audit a folder belongs to: from its marker, else its results.json, else None (no audit's
+    artefacts) — or an Owner with spec None when there are artefacts of an unknown audit."""
+    out_dir = Path(out_dir)
+    marker = out_dir / MARKER
+    if marker.exists():
+        data = _read_json(marker, 64 << 20)
+        spec = data.get("spec") if isinstance(data, dict) else None
+        return Owner(spec if isinstance(spec, dict) else None, str(marker))
+    results = out_dir / "results.json"
+    if results.exists():
+        data = _read_json(results)
+        spec = data.get("spec") if isinstance(data, dict) else None
+        return Owner(spec if isinstance(spec, dict) else None, str(results))
+    reports = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    if reports:
+        return Owner(None, str(out_dir / reports[0]))
+    return None
+
+
+def remove_artefacts(out_dir: Path, keep: tuple[str, ...] = ()) -> list[str]:
+    """Remove every file and folder an audit writes into ``out_dir`` (except ``keep``); return their names."""
+    removed = []
+    for name in OWNED_FILES + OWNED_DIRS:
+        if name in keep:
+            continue
+        path = Path(out_dir) / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            else:
+                continue
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot remove the stale artefact ({exc.strerror or exc})") from None
+        removed.append(name)
+    return removed
+
+
+def _refusal(out_dir: Path, owner: Owner, name: str, new_hash: str, keep: tuple[str, ...]) -> OutputError:
+    if owner.spec is None:
+        what = f"artefacts of an unknown audit ({Path(owner.evidence).name} cannot be matched to a spec)"
+    else:
+        what = f"the results of another audit ({owner.name!r}, spec hash {spec_hash(owner.spec)[:12]})"
+    listed = ", ".join(n + ("/" if n in OWNED_DIRS else "") for n in OWNED_FILES + OWNED_DIRS if n not in keep)
+    return OutputError(
+        f"{out_dir}: the folder holds {what}; this audit ({name!r}, spec hash {new_hash[:12]}) would leave its "
+        f"results and reports mixed with them. Use another --out, or --overwrite to replace them (removes "
+        f"{listed} there)"
+    )
+
+
+def write_marker(out_dir: Path, spec_dict: dict, spec_path: str = "") -> Path:
+    return write_json_atomic(Path(out_dir) / MARKER, {
+        "traits_output": 1, "name": spec_dict.get("name"), "spec_hash": spec_hash(spec_dict),
+        "spec_path": spec_path, "spec": spec_dict,
+    })
+
+
+def check_folder(out_dir: Path, spec_dict: dict, *, overwrite: bool = False, keep: tuple[str, ...] = (),
+                 spec_path: str = "") -> list[str]:
+    """Apply the one-audit-per-folder rule for an audit of ``spec_dict`` (JSON-mode) and mark the folder
+    as its own. Returns the names of the artefacts removed (``overwrite``)."""
+    owner = folder_owner(out_dir)
+    removed: list[str] = []
+    if overwrite:
+        removed = remove_artefacts(out_dir, keep)
+    elif owner is not None and (owner.spec is None or not same_audit(owner.spec, spec_dict)):
+        raise _refusal(Path(out_dir), owner, str(spec_dict.get("name")), spec_hash(spec_dict), keep)
+    write_marker(out_dir, spec_dict, spec_path)
+    return removed
+
+
+def claim_output(out_dir: Path, spec, *, overwrite: bool = False, keep: tuple[str, ...] = (),
+                 spec_path: str = "") -> OutputLock:
+    """Lock ``out_dir`` and make it the folder of ``spec``'s audit (see the module docstring). The caller
+    releases the returned lock when the audit ends."""
+    spec_dict = spec.model_dump(mode="json") if hasattr(spec, "model_dump") else dict(spec)
+    lock = acquire_lock(out_dir, purpose=f"audit {spec_dict.get('name')!r}")
+    try:
+        check_folder(out_dir, spec_dict, overwrite=overwrite, keep=keep, spec_path=spec_path)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
