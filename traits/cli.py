@@ -511,6 +511,27 @@ def campaign(
     out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}")
 
 
+@app.command()
+@handles_errors
+def compare(
+    a: Annotated[Path, typer.Argument(help="results.json of the reference audit A (e.g. the previous model).")],
+    b: Annotated[Path, typer.Argument(help="results.json of the audit B compared with it (e.g. the new model).")],
+    gates: Annotated[Path | None, typer.Option(help="YAML/JSON file of gates on the change.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory for compare.json/html/pdf.")] = Path("."),
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,html,pdf.")] = "json,html,pdf",
+    junit: Annotated[Path | None, typer.Option(help="Also write the gates on the change as JUnit XML here.")] = None,
+) -> None:
+    """Compare two audits side by side and gate on the change: exit 0 if every gate holds, 1 if one fails, 2 on
+    bad input."""
+    from traits.compare import compare_files, exit_code, print_comparison
+
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    comparison = compare_files(a, b, gates, out_dir, wanted, junit)
+    print_comparison(comparison, out)
+    out.print(f"comparison in {out_dir}", highlight=False)
+    raise typer.Exit(exit_code(comparison))
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     app()
 

@@ -387,48 +387,66 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
     return fig
 
 
-#: The eigenvector plane's colour scale stops at this quantile of the pooled log loss ratios (the loss
-#: along the top eigenvector rises by many orders of magnitude; a full scale would show only that).
-PLANE_CLIP_QUANTILE = 0.95
-
-
 @dataclass(frozen=True)
 class PlaneScale:
-    """Colour scale of the eigenvector plane: log10 of L/L(θ), clipped above at ``vmax``."""
+    """Colour scale of the eigenvector plane, in :func:`plane_colour` units of L/L(θ)."""
 
     vmin: float
     vmax: float
-    clipped: bool
+
+
+def plane_colour(log_ratio):
+    """The plane's colour coordinate: sign(x)·log10(1 + |x|) of x = log10 L/L(θ). Doubly logarithmic, so
+    that a rise of a few percent (the flat β axis) and one of ten orders of magnitude (along the top
+    eigenvector) both show on one scale; 0 is L = L(θ)."""
+    x = np.asarray(log_ratio, dtype=float)
+    return np.sign(x) * np.log10(1.0 + np.abs(x))
 
 
 def plane_scale(grids: Mapping[str, Sequence[Sequence[float | None]]],
                 loss0: Mapping[str, float | None]) -> PlaneScale | None:
-    """Shared scale of log10(L/L(θ)) over every split: from the smallest value (at most 0, at least −2) up
-    to the :data:`PLANE_CLIP_QUANTILE` of the pooled values (at least log10 2)."""
+    """Shared scale over every split: the range of :func:`plane_colour` of L/L(θ) (at least up to 2 L(θ))."""
     pooled = []
     for split, grid in grids.items():
         l0 = loss0.get(split)
         if l0 is None or not math.isfinite(l0) or l0 <= 0:
             continue
         z = nan_array(grid) / l0
-        pooled.append(np.log10(z[np.isfinite(z) & (z > 0)]))
+        pooled.append(plane_colour(np.log10(z[np.isfinite(z) & (z > 0)])))
     values = np.concatenate(pooled) if pooled else np.zeros(0)
     if values.size == 0:
         return None
-    lo = float(max(min(values.min(), 0.0), -2.0))
-    top = float(values.max())
-    cut = float(np.quantile(values, PLANE_CLIP_QUANTILE))
-    hi = max(cut, math.log10(2.0), lo + 1e-6)
-    return PlaneScale(lo, hi, clipped=top > hi + 1e-9)
+    lo = float(max(min(values.min(), 0.0), float(plane_colour(-2.0))))
+    hi = float(max(values.max(), float(plane_colour(math.log10(2.0))), lo + 1e-6))
+    return PlaneScale(lo, hi)
+
+
+def _ratio_label(ratio: float) -> str:
+    if ratio >= 1e3 or ratio < 0.01:
+        return _power_of_ten(ratio)
+    return f"{ratio:g}"
+
+
+def _plane_ticks(scale: PlaneScale) -> tuple[list[float], list[str]]:
+    """Colour-bar ticks at round values of L/L(θ) (0.01 ... 1e16), placed in plane-colour units."""
+    ratios = [0.01, 0.1, 0.5, 1.0, 2.0, 10.0, 100.0, 1e4, 1e8, 1e16, 1e32]
+    ticks, labels = [], []
+    for r in ratios:
+        t = float(plane_colour(math.log10(r)))
+        if scale.vmin - 1e-9 <= t <= scale.vmax + 1e-9:
+            ticks.append(t)
+            labels.append(_ratio_label(r))
+    return ticks, labels
 
 
 def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
                     loss0: Mapping[str, float | None], tolerance: float) -> Figure:
-    """The Hessian-eigenvector plane per split, coloured by log10(L/L(θ)) on one clipped scale.
+    """The Hessian-eigenvector plane per split, coloured by L/L(θ) on one doubly logarithmic scale.
 
     Relative to each split's own L(θ), so that the shape near θ shows and not the split's loss level;
-    the scale stops at :data:`PLANE_CLIP_QUANTILE` of the pooled values (brighter regions saturate, the
-    colour bar's arrow says so). α runs along the top eigenvector, β along the bottom one.
+    :func:`plane_colour` compresses the orders-of-magnitude rise along the top eigenvector so that the
+    slight one along the bottom eigenvector shows too (the colour bar is labelled in L/L(θ)). α runs along
+    the top eigenvector, β along the bottom one.
     """
     scale = plane_scale(grids, loss0)
     n = len(grids)
@@ -443,15 +461,14 @@ def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequen
         shown = np.full_like(z, np.nan)
         if l0 is not None and math.isfinite(l0) and l0 > 0:
             ok = finite & (z > 0)
-            shown[ok] = np.log10(z[ok] / l0)
+            shown[ok] = plane_colour(np.log10(z[ok] / l0))
         ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor="#e6e6e6", edgecolor="none",
                                hatch="////", zorder=0))
         masked = np.ma.masked_invalid(np.clip(shown, scale.vmin, scale.vmax) if scale else shown)
         if scale and masked.count() >= 4:
-            levels = np.linspace(scale.vmin, scale.vmax, 17)
-            mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis",
-                                   extend="max" if scale.clipped else "neither", zorder=1)
-            level = math.log10(1 + tolerance)
+            levels = np.linspace(scale.vmin, scale.vmax, 21)
+            mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis", zorder=1)
+            level = float(plane_colour(math.log10(1 + tolerance)))
             if np.nanmin(masked) < level < np.nanmax(masked):
                 for color, width, z_order in (("white", 1.8, 2), ("black", 0.7, 3)):
                     ax.contour(a, a, masked, levels=[level], colors=color, linewidths=width,
@@ -467,9 +484,10 @@ def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequen
     fig.supxlabel("α along v_max, the top eigenvector (dimensionless)", fontsize=9)
     if mappable is not None:
         bar = fig.colorbar(mappable, ax=list(axes), shrink=0.9, pad=0.02, aspect=25)
-        ticks = MaxNLocator(6).tick_values(scale.vmin, scale.vmax)
-        bar.set_ticks([t for t in ticks if scale.vmin - 1e-12 <= t <= scale.vmax + 1e-12])
-        bar.set_label("log₁₀ L/L(θ) (dimensionless)" + (", clipped" if scale.clipped else ""))
+        ticks, labels = _plane_ticks(scale)
+        bar.set_ticks(ticks)
+        bar.set_ticklabels(labels)
+        bar.set_label("L/L(θ) (dimensionless, doubly log scale)")
     handles = [
         Line2D([], [], color="black", lw=1.2, label=f"tolerance L/L(θ) = 1 + τ, τ = {tolerance:g}"),
         Line2D([], [], color="red", marker="+", lw=0, ms=8, mew=1.6, label="θ (trained weights)"),
@@ -639,7 +657,10 @@ def ratio_figure(points: Sequence[RatioPoint]) -> Figure:
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels)
     ax.set_ylim(len(labels) - 0.5, -0.5)
+    decades = math.log10(hi * 1.6) - math.log10(lo / 1.6)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # mathtext is off: default minor labels would be raw TeX
     ax.set_xlabel("OOD / ID ratio (dimensionless, log scale)")
     ax.grid(True, axis="x", which="major", lw=0.4, alpha=0.5)
     handles = [Line2D([], [], color=LEVEL_COLORS[lv], marker="o", lw=0, ms=6, label=name)
@@ -652,7 +673,8 @@ def ratio_figure(points: Sequence[RatioPoint]) -> Figure:
     if len(series) > 1:
         handles += [Line2D([], [], color="0.3", marker=_SERIES_MARKERS[k % len(_SERIES_MARKERS)], lw=0, ms=6,
                            label=name) for k, name in enumerate(series)]
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6), frameon=False,
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6 if len(series) < 2 else 4),
+               frameon=False,
                fontsize=7.5, handletextpad=0.4, columnspacing=1.2)
     return fig
 

@@ -44,10 +44,12 @@ def fmt_num(value: Any, digits: int = 4) -> str:
 
 
 def fmt_interval(low: Any, high: Any, digits: int = 3) -> str:
-    """``[low, high]`` for an interval, '' when either end is missing."""
-    if low is None or high is None:
+    """``[low, high]`` for an interval; an open end (None) is ∞; '' when both ends are missing."""
+    if low is None and high is None:
         return ""
-    return f"[{fmt_num(float(low), digits)}, {fmt_num(float(high), digits)}]"
+    left = "(−∞" if low is None else f"[{fmt_num(float(low), digits)}"
+    right = "∞)" if high is None else f"{fmt_num(float(high), digits)}]"
+    return f"{left}, {right}"
 
 
 def fmt_seconds(value: float | None) -> str:

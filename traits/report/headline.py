@@ -38,9 +38,15 @@ class Value:
     high: float | None = None
     source: str = ""  # "bootstrap" | "stderr" | "result" | ""
     censored: bool = False  # a lower bound (robust radius at the edge of the grid)
+    status: str = ""  # of a stored interval: ok | uncertified | undefined
 
     @property
     def has_interval(self) -> bool:
+        """At least one bound is known (a stored interval may be open on one side: a censored radius)."""
+        return self.low is not None or self.high is not None
+
+    @property
+    def closed(self) -> bool:
         return self.low is not None and self.high is not None
 
 
@@ -129,9 +135,9 @@ def stored_interval(result: AuditResult, name: str) -> tuple[float | None, float
 def ratio_value(result: AuditResult, name: str, boot: dict[str, np.ndarray | None] | None = None) -> Value:
     """A ratio of ``result.ratios`` with its interval: the stored one, else (MAE) the bootstrap's."""
     value = finite(result.ratios.get(name))
-    lo, hi, _ = stored_interval(result, name)
-    if lo is not None or hi is not None:
-        return Value(value, lo, hi, "result")
+    lo, hi, status = stored_interval(result, name)
+    if lo is not None or hi is not None or status not in ("", "ok"):
+        return Value(value, lo, hi, "result", status=status)
     if name == "mae_ratio" and value is not None:
         boot = boot if boot is not None else {s: mae_draws(result, s) for s in ("id", "ood")}
         if boot.get("id") is not None and boot.get("ood") is not None:

@@ -1,0 +1,559 @@
+"""Two audits side by side: the change of every headline number, with intervals, and gates on the change.
+
+``traits compare A/results.json B/results.json`` reads two stored results (the same task with two
+models, or one model before and after a change; A is the reference, B the candidate) and writes
+``compare.json``, ``compare.html`` and ``compare.pdf``. Each metric gets A, B, the change B − A and
+the relative change (B − A)/|A|, with 95% intervals where both results allow one:
+
+* MAE per split and the OOD/ID MAE ratio: a percentile bootstrap over the compounds (paired resamples
+  when both audits hold the same compounds, independent ones otherwise; :mod:`traits.report.headline`);
+* the Hessian trace: the estimators' standard errors (± 1.96 √(se_A² + se_B²));
+* a ratio whose interval both results store (``ratio_intervals``): the conservative difference of the
+  two intervals, [low_B − high_A, high_B − low_A].
+
+Gates on the change (:class:`DeltaGate`, from ``--gates FILE`` or :data:`DEFAULT_GATES`) bound the growth
+or the drop of a metric, absolute or relative, e.g. "the OOD/ID MAE ratio must not grow by more than
+10%". A gate decides on the point estimate; its interval says whether the change is certain (the
+whole interval beyond the limit) or not. Exit codes as ``traits gate``: 0 every failing gate holds,
+1 one is violated, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from traits.errors import OutputError, SpecError, TraitsError
+from traits.files import ensure_dir, write_bytes_atomic, write_text_atomic
+from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, finite, mae_draws, ratio_value
+from traits.results import AuditResult, Finding, Level, load_result
+
+COMPARE_SCHEMA_VERSION = "1.0"
+FORMATS = ("json", "html", "pdf")
+LIMITS = ("max_growth", "max_relative_growth", "max_drop", "max_relative_drop")
+
+
+# ----------------------------------------------------------------------------------------------
+# Gates on deltas
+
+
+class DeltaGate(BaseModel):
+    """A bound on how much one metric may change from A to B. Exactly one limit is set:
+
+    ``max_growth`` (B − A ≤ limit), ``max_relative_growth`` ((B − A)/|A| ≤ limit), ``max_drop``
+    (A − B ≤ limit), ``max_relative_drop`` ((A − B)/|A| ≤ limit). ``fail: false`` makes a violation a
+    warning (exit 0) instead of a failure (exit 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(description="A metric of the comparison, e.g. mae_ratio, ood_mae, radius_ratio.")
+    max_growth: float | None = Field(None, ge=0)
+    max_relative_growth: float | None = Field(None, ge=0)
+    max_drop: float | None = Field(None, ge=0)
+    max_relative_drop: float | None = Field(None, ge=0)
+    fail: bool = True
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> DeltaGate:
+        given = [k for k in LIMITS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of {', '.join(LIMITS)} (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in LIMITS if getattr(self, k) is not None)
+
+    @property
+    def limit(self) -> float:
+        return float(getattr(self, self.kind))
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}.{self.kind}"
+
+
+#: Without ``--gates``: the OOD/ID MAE ratio may grow by at most 10% (fails); the OOD MAE by at most 10%
+#: and the robust-radius ratio may drop by at most half (both warn).
+DEFAULT_GATES = (
+    DeltaGate(metric="mae_ratio", max_relative_growth=0.10),
+    DeltaGate(metric="ood_mae", max_relative_growth=0.10, fail=False),
+    DeltaGate(metric="radius_ratio", max_relative_drop=0.5, fail=False),
+)
+
+
+def read_gates(path: Path) -> list[DeltaGate]:
+    """Gates from a YAML/JSON file: a list of gates, ``{gates: [...]}``, or the short form
+    ``{gates: {METRIC: {LIMIT: VALUE, ...}}}`` (one gate per metric)."""
+    from traits.spec import format_validation_error, read_mapping
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such gates file")
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        import yaml
+
+        try:
+            raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise SpecError(f"{path}: not a readable YAML/JSON file ({exc})") from None
+    else:
+        raw = read_mapping(path)
+    if isinstance(raw, dict) and "compare" in raw and isinstance(raw["compare"], dict):
+        raw = raw["compare"]
+    if isinstance(raw, dict):
+        raw = raw.get("gates", raw)
+    if isinstance(raw, dict):
+        raw = [{"metric": metric, **(limits or {})} for metric, limits in raw.items()]
+    if not isinstance(raw, list):
+        raise SpecError(f"{path}: expected a list of gates (metric plus one of {', '.join(LIMITS)})")
+    gates = []
+    for i, entry in enumerate(raw):
+        try:
+            gates.append(DeltaGate.model_validate(entry))
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc, f"{path} (gate {i + 1})")) from None
+    unknown = [g.metric for g in gates if g.metric not in METRICS and not g.metric.endswith("_ratio")
+               and g.metric != "entropy_ood_minus_id"]
+    if unknown:
+        raise SpecError(f"{path}: unknown metric(s) {', '.join(map(repr, unknown))}; choose from "
+                        f"{', '.join(sorted(METRICS))} or any ratio of the results (…_ratio)")
+    return gates
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics: what is compared
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: Callable[[AuditResult], str]
+    better: str  # "lower" | "higher" | "" (no direction)
+
+
+def _unit(result: AuditResult) -> str:
+    return result.unit
+
+
+def _lunit(result: AuditResult) -> str:
+    from traits.report.figures import loss_unit
+
+    return loss_unit(result.unit, result.loss)
+
+
+def _none(_: AuditResult) -> str:
+    return "dimensionless"
+
+
+def _alpha(_: AuditResult) -> str:
+    return "α units"
+
+
+def _split_metrics() -> dict[str, Metric]:
+    out = {}
+    for split, who in (("id", "ID test"), ("ood", "OOD")):
+        out[f"{split}_mae"] = Metric(f"{split}_mae", f"{who} MAE", _unit, "lower")
+        out[f"{split}_rmse"] = Metric(f"{split}_rmse", f"{who} RMSE", _unit, "lower")
+        out[f"{split}_lambda_max"] = Metric(f"{split}_lambda_max", f"{who} λmax", _lunit, "lower")
+        out[f"{split}_trace"] = Metric(f"{split}_trace", f"{who} Hessian trace", _lunit, "lower")
+        out[f"{split}_robust_radius"] = Metric(f"{split}_robust_radius", f"{who} robust radius", _alpha, "higher")
+    return out
+
+
+def _ratio_metrics() -> dict[str, Metric]:
+    from traits.report.sections import RATIO_INFO, SHIFT_RATIO_INFO
+
+    out = {}
+    for key, (label, worse) in {**RATIO_INFO, **SHIFT_RATIO_INFO}.items():
+        better = {"high": "lower", "low": "higher", "negative": "higher"}.get(worse, "")
+        text = label if key == "entropy_ood_minus_id" else f"OOD/ID {label}"
+        out[key] = Metric(key, text, _none, better)
+    return out
+
+
+METRICS: dict[str, Metric] = {**_split_metrics(), **_ratio_metrics()}
+
+
+def _value(result: AuditResult, key: str) -> Value:
+    if key.endswith(("_mae", "_rmse")) and key.split("_", 1)[0] in ("id", "ood"):
+        split, what = key.split("_", 1)
+        acc = result.accuracy.get(split)
+        return Value(finite(getattr(acc, what)) if acc is not None else None)
+    for split in ("id", "ood"):
+        if key.startswith(split + "_") and key[len(split) + 1:] in ("lambda_max", "trace", "robust_radius"):
+            m = result.metrics.get(split)
+            if m is None:
+                return Value(None)
+            name = key[len(split) + 1:]
+            if name == "trace":
+                se = finite(m.trace_stderr)
+                v = finite(m.trace)
+                if v is not None and se is not None:
+                    return Value(v, v - Z95 * se, v + Z95 * se, "stderr")
+                return Value(v)
+            return Value(finite(getattr(m, name)), censored=name == "robust_radius" and m.robust_radius_censored)
+    return ratio_value(result, key)
+
+
+# ----------------------------------------------------------------------------------------------
+# The comparison result
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
+
+
+class AuditRef(_Model):
+    """What identifies one of the two audits (no local paths: the file name and hashes)."""
+
+    label: Literal["A", "B"]
+    name: str
+    file: str
+    results_sha256: str
+    status: Level
+    target: str
+    unit: str
+    omit: list[str]
+    loss: str
+    checkpoint_sha256: str | None = None
+    data_hash: str = ""
+    manifest_hash: str = ""
+    started_at: str = ""
+    traits_version: str = ""
+
+
+class DeltaRow(_Model):
+    key: str
+    label: str
+    unit: str
+    better: str
+    a: float | None = None
+    b: float | None = None
+    a_low: float | None = None
+    a_high: float | None = None
+    b_low: float | None = None
+    b_high: float | None = None
+    delta: float | None = None
+    delta_low: float | None = None
+    delta_high: float | None = None
+    relative: float | None = None
+    relative_low: float | None = None
+    relative_high: float | None = None
+    interval: str = Field("", description="bootstrap | stderr | bounds | '' (no interval)")
+    change: Literal["better", "worse", "same", ""] = ""
+    censored: bool = False
+
+
+class DeltaGateOutcome(_Model):
+    name: str
+    metric: str
+    kind: str
+    limit: float
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    passed: bool
+    level: Level
+    certain: bool | None = Field(None, description="the whole interval lies on one side of the limit")
+    statement: str
+
+
+class ComparisonResult(_Model):
+    schema_version: str = COMPARE_SCHEMA_VERSION
+    kind: Literal["traits-comparison"] = "traits-comparison"
+    a: AuditRef
+    b: AuditRef
+    rows: list[DeltaRow]
+    gates: list[DeltaGateOutcome]
+    findings: list[Finding] = Field(default_factory=list)
+    status: Level = "pass"
+
+    def write(self, path: Path) -> Path:
+        return write_text_atomic(path, self.model_dump_json(indent=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Computing it
+
+
+def _percentile_interval(draws: np.ndarray) -> tuple[float | None, float | None]:
+    draws = draws[np.isfinite(draws)]
+    if draws.size < 10:
+        return None, None
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _bootstrap_draws(result: AuditResult, key: str, seed: dict[str, int]) -> np.ndarray | None:
+    if key in ("id_mae", "ood_mae"):
+        split = key.split("_")[0]
+        return mae_draws(result, split, seed=seed[split])
+    if key == "mae_ratio":
+        i, o = mae_draws(result, "id", seed=seed["id"]), mae_draws(result, "ood", seed=seed["ood"])
+        if i is None or o is None:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return o / i
+    return None
+
+
+def _row(key: str, a: AuditResult, b: AuditResult) -> DeltaRow:
+    metric = METRICS.get(key) or Metric(key, key.replace("_", " "), _none, "")
+    va, vb = _value(a, key), _value(b, key)
+    row = DeltaRow(key=key, label=metric.label, unit=metric.unit(b), better=metric.better, a=va.value, b=vb.value,
+                   a_low=va.low, a_high=va.high, b_low=vb.low, b_high=vb.high,
+                   censored=va.censored or vb.censored)
+    if va.value is None or vb.value is None:
+        return row
+    row.delta = vb.value - va.value
+    row.relative = row.delta / abs(va.value) if va.value != 0 else None
+    # the same compounds in both audits: paired resamples (one draw of compounds for A and B, so the
+    # interval is that of the change on these compounds); different compounds: independent resamples
+    paired = {s: bool(a.accuracy.get(s) and b.accuracy.get(s) and a.accuracy[s].ids
+                      and a.accuracy[s].ids == b.accuracy[s].ids) for s in ("id", "ood")}
+    da = _bootstrap_draws(a, key, {s: BOOTSTRAP_SEED for s in paired})
+    db = _bootstrap_draws(b, key, {s: BOOTSTRAP_SEED if paired[s] else BOOTSTRAP_SEED + 1 for s in paired})
+    if da is not None and db is not None:
+        row.delta_low, row.delta_high = _percentile_interval(db - da)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row.relative_low, row.relative_high = _percentile_interval((db - da) / np.abs(da))
+        row.interval = "bootstrap" if row.delta_low is not None else ""
+    elif va.source == vb.source == "stderr" and va.closed and vb.closed:
+        se = math.hypot((va.high - va.value) / Z95, (vb.high - vb.value) / Z95)
+        row.delta_low, row.delta_high = row.delta - Z95 * se, row.delta + Z95 * se
+        if va.value != 0:
+            row.relative_low, row.relative_high = row.delta_low / abs(va.value), row.delta_high / abs(va.value)
+        row.interval = "stderr"
+    elif va.closed and vb.closed:
+        row.delta_low, row.delta_high = vb.low - va.high, vb.high - va.low
+        if va.low > 0 and va.high > 0:
+            row.relative_low, row.relative_high = vb.low / va.high - 1, vb.high / va.low - 1
+        row.interval = "bounds"
+    scale = max(abs(va.value), abs(vb.value), 1e-300)
+    if abs(row.delta) <= 1e-9 * scale:
+        row.change = "same"
+    elif metric.better:
+        lower = row.delta < 0
+        row.change = "better" if lower == (metric.better == "lower") else "worse"
+    return row
+
+
+def comparison_keys(a: AuditResult, b: AuditResult) -> list[str]:
+    """Every metric both audits could have: accuracy, per-split curvature and radius, then the ratios."""
+    keys = [k for k in _split_metrics()]
+    ratio_keys = [k for k in _ratio_metrics()]
+    extra = [k for k in dict.fromkeys([*a.ratios, *b.ratios]) if k not in ratio_keys]
+    return keys + ratio_keys + extra
+
+
+def evaluate_delta_gate(gate: DeltaGate, row: DeltaRow | None) -> DeltaGateOutcome:
+    kind, limit = gate.kind, gate.limit
+    relative = kind.startswith("max_relative")
+    sign = 1.0 if kind.endswith("growth") else -1.0  # a drop is the negative of the change
+    what = {"max_growth": "growth", "max_relative_growth": "relative growth", "max_drop": "drop",
+            "max_relative_drop": "relative drop"}[kind]
+    label = row.label if row is not None else gate.metric
+    base = dict(name=gate.name, metric=gate.metric, kind=kind, limit=limit)
+    point = None if row is None else (row.relative if relative else row.delta)
+    if point is None:
+        return DeltaGateOutcome(**base, value=None, passed=True, level="warn",
+                                statement=f"{label}: {what} not measured (missing in A or B, or A is 0); "
+                                          "the gate was not applied")
+    value = sign * point + 0.0  # no negative zero in the statement
+    lo_raw, hi_raw = (row.relative_low, row.relative_high) if relative else (row.delta_low, row.delta_high)
+    low = high = None
+    if lo_raw is not None and hi_raw is not None:
+        low, high = sorted((sign * lo_raw, sign * hi_raw))
+    ok = value <= limit
+    level: Level = "pass" if ok else ("fail" if gate.fail else "warn")
+    certain = None if low is None else (low > limit if not ok else high <= limit)
+    fmt = (lambda x: f"{100 * x:+.1f}%") if relative else (lambda x: f"{x:+.4g}")
+    text = f"{label}: {what} {fmt(value)} from A to B (limit {fmt(limit).lstrip('+')})"
+    if low is not None:
+        text += f", 95% interval [{fmt(low)}, {fmt(high)}]"
+        if not ok:
+            text += ": the whole interval exceeds the limit" if certain else ": the interval still includes the limit"
+        elif not certain:
+            text += ": within the limit, but the interval reaches beyond it"
+    text += "" if ok else ("; fails the comparison" if gate.fail else "; warns")
+    return DeltaGateOutcome(**base, value=value, low=low, high=high, passed=level != "fail", level=level,
+                            certain=certain, statement=text)
+
+
+def _task_findings(a: AuditResult, b: AuditResult) -> list[Finding]:
+    found = []
+    diffs = [name for name, x, y in (("target", a.target, b.target), ("unit", a.unit, b.unit),
+                                     ("omitted elements", a.omit, b.omit), ("loss", a.loss, b.loss))
+             if x != y]
+    if diffs:
+        found.append(Finding(id="different_task", level="warn",
+                             statement=f"A and B are audits of different tasks (their {', '.join(diffs)} differ): "
+                                       "the deltas compare unlike quantities"))
+    if a.provenance.data_hash and b.provenance.data_hash and a.provenance.data_hash != b.provenance.data_hash:
+        found.append(Finding(id="different_data", level="warn",
+                             statement="A and B were audited on different data (their data hashes differ)"))
+    elif a.provenance.manifest_hash and b.provenance.manifest_hash and \
+            a.provenance.manifest_hash != b.provenance.manifest_hash:
+        found.append(Finding(id="different_split", level="warn",
+                             statement="A and B split the same data differently (their split manifests differ): "
+                                       "their ID test and OOD sets are not the same compounds"))
+    same = a.provenance.checkpoint_sha256 and a.provenance.checkpoint_sha256 == b.provenance.checkpoint_sha256
+    if same:
+        found.append(Finding(id="same_checkpoint", level="pass",
+                             statement="A and B audit the same checkpoint (equal SHA-256): differences come from "
+                                       "the audit settings, not the model"))
+    return found
+
+
+def _ref(label: str, result: AuditResult, path: Path | None) -> AuditRef:
+    p = result.provenance
+    if path is not None and Path(path).is_file():
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        file = Path(path).name if Path(path).parent.name in ("", ".") else f"{Path(path).parent.name}/{Path(path).name}"
+    else:
+        digest = hashlib.sha256(result.model_dump_json().encode("utf-8")).hexdigest()
+        file = ""
+    return AuditRef(label=label, name=result.name, file=file, results_sha256=digest, status=result.status,
+                    target=result.target, unit=result.unit, omit=list(result.omit), loss=result.loss,
+                    checkpoint_sha256=p.checkpoint_sha256, data_hash=p.data_hash, manifest_hash=p.manifest_hash,
+                    started_at=p.started_at, traits_version=p.traits_version)
+
+
+def compare_results(a: AuditResult, b: AuditResult, gates: Iterable[DeltaGate] = DEFAULT_GATES, *,
+                    a_path: Path | None = None, b_path: Path | None = None) -> ComparisonResult:
+    """Compare audit ``b`` with the reference ``a``: every metric's change, then the gates on it."""
+    keys = comparison_keys(a, b)
+    gates = list(gates)
+    for g in gates:  # a gate on a ratio the catalogue does not list still gets its row
+        if g.metric not in keys:
+            keys.append(g.metric)
+    rows = [_row(k, a, b) for k in keys]
+    by_key = {r.key: r for r in rows}
+    outcomes = [evaluate_delta_gate(g, by_key.get(g.metric)) for g in gates]
+    shown = [r for r in rows if r.a is not None or r.b is not None or r.key in {g.metric for g in gates}]
+    findings = _task_findings(a, b)
+    levels = {o.level for o in outcomes} | {f.level for f in findings}
+    status: Level = "fail" if "fail" in levels else ("warn" if "warn" in levels else "pass")
+    return ComparisonResult(a=_ref("A", a, a_path), b=_ref("B", b, b_path), rows=shown, gates=outcomes,
+                            findings=findings, status=status)
+
+
+def exit_code(comparison: ComparisonResult) -> int:
+    """0 when every failing gate holds (warnings allowed), 1 when one is violated."""
+    return 1 if any(not g.passed for g in comparison.gates) else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing it
+
+
+def _ratio_points(result: AuditResult, series: str) -> list[Any]:
+    from traits.report.sections import summary_ratio_points
+
+    return summary_ratio_points(result, series=series)
+
+
+def render_html(comparison: ComparisonResult, a: AuditResult, b: AuditResult, *, medium: str = "screen") -> str:
+    from markupsafe import Markup
+
+    from traits.report import figures as F
+    from traits.report.render import template_environment, templates_dir
+
+    points = _ratio_points(a, "A (reference)") + _ratio_points(b, "B (candidate)")
+    figure = None
+    if points:
+        with F.style():
+            enc = F.encode(F.ratio_figure(points), svg=medium == "screen",
+                           png_dpi=200 if medium == "print" else None, salt="traits-compare")
+        figure = {"src": enc.svg if medium == "screen" else enc.png, "width": enc.width_in}
+    env = template_environment()
+    return env.get_template("compare.html.j2").render(
+        c=comparison, ra=a, rb=b, figure=figure, medium=medium,
+        css=Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
+    )
+
+
+def write_comparison(comparison: ComparisonResult, a: AuditResult, b: AuditResult, out_dir: Path,
+                     formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    """Write ``compare.json`` / ``compare.html`` / ``compare.pdf``; a failed write removes the others."""
+    from traits.report.render import html_to_pdf
+
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise TraitsError(f"unknown format(s) {', '.join(map(repr, unknown))}; choose from json, html, pdf")
+    out_dir = ensure_dir(Path(out_dir))
+    payload: dict[str, str | bytes] = {}
+    if "json" in formats:
+        payload["json"] = comparison.model_dump_json(indent=1)
+    if "html" in formats:
+        payload["html"] = render_html(comparison, a, b, medium="screen")
+    if "pdf" in formats:
+        payload["pdf"] = html_to_pdf(render_html(comparison, a, b, medium="print"))
+    written: dict[str, Path] = {}
+    try:
+        for fmt, data in payload.items():
+            path = out_dir / f"compare.{fmt}"
+            if isinstance(data, bytes):
+                write_bytes_atomic(path, data)
+            else:
+                write_text_atomic(path, data)
+            written[fmt] = path
+    except OutputError:
+        for path in written.values():
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def junit_xml(comparison: ComparisonResult) -> bytes:
+    """The delta gates as JUnit XML (one case per gate; warnings as skipped), like ``traits gate``'s."""
+    from traits.junit import Case, cases_xml
+
+    cases = []
+    for g in comparison.gates:
+        status = "fail" if g.level == "fail" else ("warn" if g.level == "warn" else "pass")
+        interval = f"[{g.low:.6g}, {g.high:.6g}] (95%)" if g.low is not None and g.high is not None else "none"
+        details = {"value": "not measured" if g.value is None else f"{g.value:.6g}",
+                   "threshold": f"<= {g.limit:g} ({g.kind})", "interval": interval, "level": g.level}
+        cases.append(Case(g.name, status, g.statement, details))
+    return cases_xml(f"traits.compare.{comparison.a.name}.vs.{comparison.b.name}", [("", cases, 0.0)], 0.0,
+                     comparison.b.started_at)
+
+
+def compare_files(a_path: Path, b_path: Path, gates_path: Path | None = None, out_dir: Path = Path("."),
+                  formats: Iterable[str] = FORMATS, junit: Path | None = None) -> ComparisonResult:
+    """What ``traits compare`` does: load, compare, gate, write; returns the comparison."""
+    a, b = load_result(a_path), load_result(b_path)
+    gates = read_gates(gates_path) if gates_path is not None else list(DEFAULT_GATES)
+    comparison = compare_results(a, b, gates, a_path=Path(a_path), b_path=Path(b_path))
+    write_comparison(comparison, a, b, out_dir, formats)
+    if junit is not None:
+        write_bytes_atomic(Path(junit), junit_xml(comparison))
+    return comparison
+
+
+def print_comparison(comparison: ComparisonResult, console) -> None:
+    """The gates and the changed headline numbers as a rich table."""
+    from rich.table import Table
+    from rich.text import Text
+
+    colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+    table = Table(title=Text(f"B {comparison.b.name} vs A {comparison.a.name}: {comparison.status.upper()}"),
+                  title_justify="left")
+    table.add_column("level")
+    table.add_column("gate on the change")
+    for g in comparison.gates:
+        table.add_row(Text(g.level, style=colours[g.level]), Text(g.statement))
+    for f in comparison.findings:
+        table.add_row(Text(f.level, style=colours[f.level]), Text(f.statement))
+    console.print(table)
