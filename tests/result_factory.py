@@ -89,15 +89,26 @@ def _hessian(rng: np.random.Generator, split: str, scale: float, n_samples: int)
     for lam, w in zip(top, (0.03, 0.025, 0.02, 0.015, 0.01)):
         density += w * np.exp(-0.5 * ((grid - lam) / (0.03 * scale)) ** 2) / (0.03 * scale * math.sqrt(2 * math.pi))
     trace = float(sum(top) * 3.1)
+    residuals = [float(r) for r in rng.uniform(1e-5, 8e-4, 5)]
+    lam_min = float(-0.03 * scale)
+    # certified pairs: relative residuals below the audit's default tolerance 1e-3
+    top_run = {"values": [float(v) for v in top], "residuals": residuals,
+               "abs_residuals": [r * abs(v) for r, v in zip(residuals, top)],
+               "accuracy": [1e-3 * abs(v) for v in top], "converged": [True] * 5, "n_hvp": 40, "n_steps": 35}
+    bottom_run = {"values": [lam_min], "residuals": [5e-4], "abs_residuals": [5e-4 * abs(lam_min)],
+                  "accuracy": [1e-3 * max(abs(lam_min), 1e-2 * top[0])], "converged": [True], "n_hvp": 30,
+                  "n_steps": 29}
     return {
+        "top": top_run,
+        "bottom": bottom_run,
         "backend": "traits",
         "n_samples": n_samples,
         "loss": LOSS_AT_THETA[split],
         "top_eigenvalues": [float(v) for v in top],
-        "residuals": [float(r) for r in rng.uniform(1e-5, 8e-4, 5)],
+        "residuals": residuals,
         "converged": True,
         "n_hvp": 40,
-        "lambda_min": float(-0.03 * scale),
+        "lambda_min": lam_min,
         "traces": [
             {"method": "hutch++", "estimate": trace, "stderr": 0.04 * trace, "n_hvp": 30},
             {"method": "hutchinson", "estimate": trace * 1.05, "stderr": 0.11 * trace, "n_hvp": 30},

@@ -190,12 +190,28 @@ def test_ratios_are_ood_over_id(audited):
                        ("loss_ratio", "loss"), ("basin_area_ratio", "basin_area"), ("sharpness_ratio", "sharpness"),
                        ("plane_basin_area_ratio", "plane_basin_area")]:
         expected = _expected_ratio(getattr(m["ood"], field), getattr(m["id"], field))
+        interval = result.ratio_intervals.get(key)
+        if interval is not None and interval.status != "ok":  # uncertified or undefined: never stored as a number
+            assert ratios[key] is None, key
+            continue
         if expected is None:
             assert ratios[key] is None, key
         else:
             assert ratios[key] == pytest.approx(expected, rel=1e-12), key
-    for key in ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "loss_ratio"):
+        if interval is not None:
+            assert interval.value == pytest.approx(ratios[key], rel=1e-12), key
+            assert (interval.low is None or interval.low <= ratios[key]) and \
+                (interval.high is None or ratios[key] <= interval.high), key
+    for key in ("mae_ratio", "lambda_ratio", "radius_ratio", "loss_ratio"):
         assert ratios[key] is not None and ratios[key] > 0, key
+    # the trace ratio is a number only when both traces are significantly positive (Fieller interval)
+    tr = result.ratio_intervals["trace_ratio"]
+    if tr.status == "ok":
+        assert m["id"].trace > 1.959 * m["id"].trace_stderr and tr.low <= ratios["trace_ratio"] <= tr.high
+    elif tr.status == "uncertified":  # a one-probe Hutchinson part has no standard error
+        assert m["id"].trace_stderr is None or m["ood"].trace_stderr is None
+    else:
+        assert tr.status == "undefined" and m["id"].trace <= 1.96 * m["id"].trace_stderr
     gate_values = {g.name: g.value for g in result.gates}
     assert gate_values["mae_ratio"] == ratios["mae_ratio"] and gate_values["radius_ratio"] == ratios["radius_ratio"]
 

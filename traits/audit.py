@@ -26,6 +26,7 @@ from traits.results import (
     Accuracy,
     AuditResult,
     Density,
+    EigenRun,
     Finding,
     HessianResult,
     Provenance,
@@ -66,6 +67,10 @@ def package_versions() -> dict[str, str]:
         "pydantic": pydantic.__version__,
         "numpy": np.__version__,
     }
+
+
+#: Bisection steps refining each robust radius between the grid points that bracket it.
+RADIUS_BISECTIONS = 10
 
 
 def _grid_to_lists(t: torch.Tensor) -> list:
@@ -204,7 +209,7 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
                              generator=_generator(split_seed + 2))
         traces = [TraceEstimate(method="hutchinson", estimate=json_float(tr.estimate),
                                 stderr=json_float(tr.stderr), n_hvp=tr.n_hvp)]
-        lam_min, density = None, None
+        lam_min, density, low = None, None, None
     else:
         eig = hs.top_eigenvalues(obj.hvp, obj.dim, k=h.top_k, max_steps=h.max_steps, tol=h.tol,
                                  generator=_generator(split_seed), **kw)
@@ -224,10 +229,27 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
         d = dens.to_dict()
         density = Density(grid=d["grid"], density=d["density"], nodes=d["nodes"], weights=d["weights"])
     values = [float(v) for v in eig.values]
+    top_run = eigen_run(eig)
+    if h.backend == "pyhessian":  # power iteration's own rule is not a certificate: judge its verified residuals
+        top_run.converged = [bool(r is not None and r <= h.tol) for r in top_run.residuals]
     return HessianResult(
         backend=h.backend, n_samples=n_samples, loss=json_float(loss0), top_eigenvalues=values,
-        residuals=[float(r) for r in eig.residuals], converged=bool(eig.converged), n_hvp=int(eig.n_hvp),
-        lambda_min=lam_min, traces=traces, density=density, seconds=time.perf_counter() - t0,
+        residuals=[float(r) for r in eig.residuals], converged=all(top_run.converged), n_hvp=int(eig.n_hvp),
+        lambda_min=lam_min, top=top_run, bottom=eigen_run(low) if low is not None else None,
+        traces=traces, density=density, seconds=time.perf_counter() - t0,
+    )
+
+
+def eigen_run(eig) -> EigenRun:
+    """A :class:`traits.probes.hessian.EigenResult` as stored in results.json."""
+    d = eig.to_dict()
+    n = len(d["values"])
+    return EigenRun(
+        values=[json_float(v) for v in d["values"]], residuals=[json_float(v) for v in d["residuals"]],
+        abs_residuals=[json_float(v) for v in d["abs_residuals"]]
+        or [json_float(r * abs(v)) for r, v in zip(d["residuals"], d["values"])],
+        accuracy=[json_float(v) for v in d["accuracy"]] or [None] * n,
+        converged=[bool(c) for c in d["converged_each"]], n_hvp=int(d["n_hvp"]), n_steps=int(d["n_steps"]),
     )
 
 
@@ -348,7 +370,7 @@ def refined_radius(obj, direction: dict, alphas: torch.Tensor, curve: torch.Tens
             params.update({n: obj.params[n] for n in obj.names if n not in params})
             return float(obj.loss(params))
 
-        radius, n = refine_radius(line_loss, inside, outside, threshold, iters=10)
+        radius, n = refine_radius(line_loss, inside, outside, threshold, iters=RADIUS_BISECTIONS)
         sides.append((radius, False))
         evals += n
     radius = min(r for r, _ in sides)
@@ -408,9 +430,13 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
     from traits.probes import metrics as pm
 
     m = SplitMetrics(loss=loss0)
-    if hess is not None:
-        m.lambda_max = hess.top_eigenvalues[0] if hess.top_eigenvalues else None
-        m.lambda_min = hess.lambda_min
+    if hess is not None:  # an eigenvalue that was not certified is not a metric (its raw value stays in hess)
+        if hess.top_eigenvalues and hess.lambda_max_certified:
+            m.lambda_max = hess.top_eigenvalues[0]
+            m.lambda_max_abs_residual = hess.top.abs_residuals[0] if hess.top is not None else None
+        if hess.lambda_min_certified:
+            m.lambda_min = hess.lambda_min
+            m.lambda_min_abs_residual = hess.bottom.abs_residuals[0]
         best = next((t for t in hess.traces if t.method == "hutch++"), hess.traces[0] if hess.traces else None)
         if best is not None:
             m.trace, m.trace_stderr = best.estimate, best.stderr
@@ -419,7 +445,9 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         alphas = np.asarray(surf.alphas_1d)
         curves = nan_array(surf.curves[split])
         radii = surf.radius.get(split)
-        if radii:  # refined by bisection along each direction
+        step = float(np.min(np.diff(alphas))) if len(alphas) > 1 else None
+        if radii:  # refined by bisection along each direction (RADIUS_BISECTIONS halvings of a grid step)
+            m.robust_radius_resolution = step / 2**RADIUS_BISECTIONS if step is not None else None
             finite = [r for r in radii if r is not None]
             m.robust_radius = min(finite) if finite else None
             m.robust_radius_censored = any(
@@ -427,6 +455,7 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
             )
             m.radius_per_direction = radii
         else:  # grid resolution only
+            m.robust_radius_resolution = step
             radius = pm.robust_radius_directions(alphas, curves, loss0, tau)
             m.robust_radius = json_float(radius.radius)
             m.robust_radius_censored = bool(radius.censored)
@@ -477,6 +506,66 @@ def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> d
         if o.entropy is not None and i.entropy is not None:  # can change sign: a difference, not a ratio
             out["entropy_ood_minus_id"] = o.entropy - i.entropy
     return {k: json_float(v) for k, v in out.items()}
+
+
+def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy],
+                    hessians: dict[str, HessianResult], shift: ShiftResult | None, seed: int) -> dict[str, dict]:
+    """An interval for every ratio a gate or the verdict reads (:mod:`traits.intervals`).
+
+    λ_max: the certified Ritz value ± its verified absolute residual; trace: Fieller from the Hutch++
+    standard errors; robust radius: the bisection bracket, unbounded above when censored; MAE/RMSE and the
+    embedding kNN distance: a bootstrap over compounds (sampling intervals, shown but not deciding)."""
+    from traits import intervals as iv
+
+    out: dict[str, dict] = {}
+    i, o = metrics.get("id"), metrics.get("ood")
+    if "id" in accuracy and "ood" in accuracy:
+        def abs_err(a: Accuracy) -> list[float]:
+            return [abs(p - y) for p, y in zip(a.predictions, a.targets) if p is not None]
+
+        ei, eo = abs_err(accuracy["id"]), abs_err(accuracy["ood"])
+        out["mae_ratio"] = iv.bootstrap_ratio(eo, ei, np.mean, seed=seed)
+        rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+        out["rmse_ratio"] = iv.bootstrap_ratio(eo, ei, rms, seed=seed + 1)
+    if i is not None and o is not None:
+        hi, ho = hessians.get("id"), hessians.get("ood")
+        if hi is not None and ho is not None and hi.top_eigenvalues and ho.top_eigenvalues:
+            def lam_max(h: HessianResult, m: SplitMetrics) -> iv.Estimate:
+                return iv.Estimate.plus_minus(h.top_eigenvalues[0], m.lambda_max_abs_residual, h.lambda_max_certified)
+
+            out["lambda_ratio"] = iv.bounds_ratio(lam_max(ho, o), lam_max(hi, i), "residual bounds")
+        if i.trace is not None and o.trace is not None:
+            out["trace_ratio"] = iv.fieller_ratio(o.trace, o.trace_stderr, i.trace, i.trace_stderr)
+        if i.robust_radius is not None and o.robust_radius is not None:
+            def radius(m: SplitMetrics) -> iv.Estimate:
+                res = m.robust_radius_resolution or 0.0
+                # the refined radius is the last point known inside: the crossing lies within one bracket above
+                return iv.Estimate(m.robust_radius, m.robust_radius,
+                                   None if m.robust_radius_censored else m.robust_radius + 2 * res)
+
+            out["radius_ratio"] = iv.bounds_ratio(radius(o), radius(i), "bisection bracket")
+        if i.nonconvexity is not None and o.nonconvexity is not None:
+            out["nonconvexity_ratio"] = iv.bounds_ratio(iv.Estimate.exact(o.nonconvexity),
+                                                        iv.Estimate.exact(i.nonconvexity), "certified eigenvalues")
+        elif hi is not None and ho is not None and hi.bottom is not None and ho.bottom is not None:
+            out["nonconvexity_ratio"] = iv._result(None, None, None, "uncertified", "certified eigenvalues", True)
+    if shift is not None:
+        ood_s, id_s = shift.samples.get("ood"), shift.samples.get("id")
+        if ood_s is not None and id_s is not None and "embedding" in ood_s.distances and "embedding" in id_s.distances:
+            out["embedding_knn_ratio"] = iv.bootstrap_ratio(ood_s.distances["embedding"], id_s.distances["embedding"],
+                                                            np.median, seed=seed + 2)
+            if shift.ratios.get("embedding_knn_ratio") is not None:  # the point value is the full-split one
+                out["embedding_knn_ratio"]["value"] = shift.ratios["embedding_knn_ratio"]
+    return out
+
+
+def certified_ratios(values: dict[str, float | None], intervals: dict[str, dict]) -> dict[str, float | None]:
+    """The ratios as stored: None where the interval says the ratio is uncertified or undefined."""
+    out = dict(values)
+    for name, interval in intervals.items():
+        if name in out and interval["status"] != "ok":
+            out[name] = None
+    return out
 
 
 # ------------------------------------------------------------------------------------------ audit
@@ -593,6 +682,7 @@ def _run_audit(
         walls["surfaces"] = time.perf_counter() - t
 
     metrics = {s: split_metrics(spec, s, hessians.get(s), surface, loss0[s]) for s in spec.probes.splits}
+    intervals = ratio_intervals(metrics, acc, hessians, shift, spec.seed + 31)
     checkpoint_path = loaded.checkpoint
     provenance = Provenance(
         traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
@@ -608,7 +698,8 @@ def _run_audit(
         target=spec.data.target, unit=TARGET_UNITS[spec.data.target], omit=list(spec.omit), loss=spec.probes.loss,
         splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
         accuracy=acc, hessian=hessians, surface=surface, shift=shift, metrics=metrics,
-        ratios={**ratios(metrics, acc), **(shift.ratios if shift is not None else {})},
+        ratios=certified_ratios({**ratios(metrics, acc), **(shift.ratios if shift is not None else {})}, intervals),
+        ratio_intervals=intervals,
     )
     apply_verdict(result, spec.gates)
     result.findings = pre_findings + result.findings

@@ -19,7 +19,7 @@ from traits.errors import TraitsError
 from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`).
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -101,6 +101,20 @@ class Density(_Result):
     weights: list[list[float]] = Field(default_factory=list)
 
 
+class EigenRun(_Result):
+    """One Lanczos run's certified pairs (``traits.probes.hessian``): per pair the Ritz value, its verified
+    relative residual ||Hv - θv|| / |θ|, the absolute residual (an eigenvalue lies within it of the
+    value), the accuracy it had to reach, and whether it did (``converged``: true only when earned)."""
+
+    values: list[MaybeFloat] = Field(default_factory=list)
+    residuals: list[MaybeFloat] = Field(default_factory=list)
+    abs_residuals: list[MaybeFloat] = Field(default_factory=list)
+    accuracy: list[MaybeFloat] = Field(default_factory=list)
+    converged: list[bool] = Field(default_factory=list)
+    n_hvp: int = 0
+    n_steps: int = 0
+
+
 class HessianResult(_Result):
     backend: str
     n_samples: int
@@ -110,9 +124,21 @@ class HessianResult(_Result):
     converged: bool = True
     n_hvp: int = 0
     lambda_min: MaybeFloat = None
+    top: EigenRun | None = Field(None, description="the top-k run, pair by pair (schema 1.2)")
+    bottom: EigenRun | None = Field(None, description="the λ_min run (schema 1.2); None for backends without one")
     traces: list[TraceEstimate] = Field(default_factory=list)
     density: Density | None = None
     seconds: float = 0.0
+
+    @property
+    def lambda_max_certified(self) -> bool:
+        if self.top is not None:
+            return bool(self.top.converged and self.top.converged[0])
+        return bool(self.converged and self.top_eigenvalues)
+
+    @property
+    def lambda_min_certified(self) -> bool:
+        return bool(self.bottom is not None and self.bottom.converged and self.bottom.converged[0])
 
 
 class SurfaceResult(_Result):
@@ -148,13 +174,19 @@ class SurfaceResult(_Result):
 
 
 class SplitMetrics(_Result):
+    """Per-split numbers the ratios and gates read. An eigenvalue that was not certified is None here (its
+    raw value stays in ``hessian``); ``*_abs_residual`` bound its error."""
+
     loss: MaybeFloat = None
     lambda_max: MaybeFloat = None
+    lambda_max_abs_residual: MaybeFloat = None
     lambda_min: MaybeFloat = None
+    lambda_min_abs_residual: MaybeFloat = None
     trace: MaybeFloat = None
     trace_stderr: MaybeFloat = None
     robust_radius: MaybeFloat = None
     robust_radius_censored: bool = False
+    robust_radius_resolution: MaybeFloat = Field(None, description="half-width of the radius' bracket")
     radius_per_direction: list[MaybeFloat] = Field(default_factory=list)
     sharpness: MaybeFloat = None
     basin_area: MaybeFloat = None
@@ -239,6 +271,19 @@ class Finding(_Result):
     numbers: dict[str, MaybeFloat | str] = Field(default_factory=dict)
 
 
+class RatioInterval(_Result):
+    """One ratio with its interval (:mod:`traits.intervals`): ``status`` ok / uncertified / undefined;
+    ``decides``: the interval bounds the estimator's error (a gate inside it is undetermined) rather than
+    being a sampling interval over compounds."""
+
+    value: MaybeFloat = None
+    low: MaybeFloat = None
+    high: MaybeFloat = None
+    status: Literal["ok", "uncertified", "undefined"] = "ok"
+    method: str = ""
+    decides: bool = True
+
+
 class GateOutcome(_Result):
     name: str
     passed: bool
@@ -247,6 +292,9 @@ class GateOutcome(_Result):
     threshold: float
     comparison: Literal["<=", ">="]
     statement: str
+    determined: bool = Field(True, description="False when the value or its interval cannot decide the gate")
+    low: MaybeFloat = None
+    high: MaybeFloat = None
 
 
 class AuditResult(_Result):
@@ -267,6 +315,9 @@ class AuditResult(_Result):
     shift: ShiftResult | None = None
     metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
     ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each metric")
+    ratio_intervals: dict[str, RatioInterval] = Field(
+        default_factory=dict, description="each ratio with its interval and status (schema 1.2)"
+    )
     findings: list[Finding] = Field(default_factory=list)
     gates: list[GateOutcome] = Field(default_factory=list)
     status: Level = "pass"

@@ -97,50 +97,84 @@ def gate_value(result: AuditResult, name: str) -> float | None:
 
 
 def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
-    """Evaluate every gate of ``gates`` (a :class:`traits.spec.GateSpec`) on stored results."""
+    """Evaluate every gate of ``gates`` (a :class:`traits.spec.GateSpec`) on stored results.
+
+    A gate is *undetermined* (a warning, never a pass or a fail) when its metric was not measured, is not
+    certified (an eigenvalue that did not converge), is a ratio with a denominator that is not positive,
+    or has an estimator interval (``result.ratio_intervals``, :func:`traits.intervals.decision`) that
+    contains the threshold. Sampling intervals (bootstrap over compounds) are shown but do not decide."""
+    from traits.intervals import decision, format_interval
+
     outcomes = []
     for gate in GATES:
         threshold = float(getattr(gates, gate.threshold_field))
         value = gate_value(result, gate.name)
-        if value is None:
+        interval = result.ratio_intervals.get(gate.name)
+        iv = interval.model_dump() if interval is not None else None
+        if iv is not None:
+            verdict = decision(iv, threshold, gate.comparison)
+        elif value is not None:
+            ok = value <= threshold if gate.comparison == "<=" else value >= threshold
+            verdict = "pass" if ok else "fail"
+        else:
+            verdict = "undetermined"
+        low, high = (iv["low"], iv["high"]) if iv is not None else (value, value)
+        if verdict == "undetermined":
+            if iv is not None and iv["status"] != "ok":
+                why = format_interval(iv)
+            elif value is None:
+                why = "not measured"
+            else:
+                why = f"{format_interval(iv)}: the interval contains the gate {gate.comparison} {threshold:g}"
             outcomes.append(GateOutcome(
-                name=gate.name, passed=True, level="warn", value=None, threshold=threshold,
-                comparison=gate.comparison, statement=f"{gate.label}: not measured",
+                name=gate.name, passed=True, level="warn", value=value, threshold=threshold,
+                comparison=gate.comparison, determined=False, low=low, high=high,
+                statement=f"{gate.label}: {why}; undetermined",
             ))
             continue
-        ok = value <= threshold if gate.comparison == "<=" else value >= threshold
-        level: Level = "pass" if ok else ("fail" if gate.name in gates.fail_on else "warn")
+        level: Level = "pass" if verdict == "pass" else ("fail" if gate.name in gates.fail_on else "warn")
+        shown = format_interval(iv) if iv is not None else f"{value:.3g}"
         outcomes.append(GateOutcome(
             name=gate.name, passed=level != "fail", level=level, value=value, threshold=threshold,
-            comparison=gate.comparison,
-            statement=f"{gate.label} is {value:.3g} (gate {gate.comparison} {threshold:g})",
+            comparison=gate.comparison, low=low, high=high,
+            statement=f"{gate.label} is {shown} (gate {gate.comparison} {threshold:g})",
         ))
     return outcomes
+
+
+def _with_interval(outcome: GateOutcome) -> str:
+    """'1.23 [1.10, 1.41]' from a gate outcome's value and interval."""
+    if outcome.low is None and outcome.high is None or (outcome.low == outcome.value == outcome.high):
+        return f"{outcome.value:.2f}"
+    lo = f"{outcome.low:.2f}" if outcome.low is not None else "−∞"
+    hi = f"{outcome.high:.2f}" if outcome.high is not None else "∞"
+    return f"{outcome.value:.2f} [{lo}, {hi}{']' if outcome.high is not None else ')'}"
 
 
 def _finding_for_gate(result: AuditResult, outcome: GateOutcome) -> Finding:
     who = ood_description(result)
     v = outcome.value
-    numbers = {"value": v, "threshold": outcome.threshold}
-    if v is None:
-        text = f"{outcome.statement}; the gate was not applied"
+    numbers = {"value": v, "threshold": outcome.threshold, "low": outcome.low, "high": outcome.high}
+    if v is None or not outcome.determined:
+        text = f"{outcome.statement}: the gate was not applied"
     elif outcome.name == "mae_ratio":
         ood, idm = result.accuracy["ood"].mae, result.accuracy["id"].mae
         numbers |= {"ood_mae": ood, "id_mae": idm}
         verdict = "the model does not transfer to" if outcome.level != "pass" else "accuracy holds for"
-        text = f"OOD MAE is {v:.2f}x the ID MAE ({ood:.3g} vs {idm:.3g} {result.unit}): {verdict} {who}"
+        text = (f"OOD MAE is {_with_interval(outcome)}x the ID MAE ({ood:.3g} vs {idm:.3g} {result.unit}; "
+                f"95% bootstrap interval over compounds): {verdict} {who}")
     elif outcome.name == "radius_ratio":
         verdict = "the representation is fragile for" if outcome.level != "pass" else "the loss basin is as wide for"
-        text = f"OOD robust radius is {v:.2f}x the ID radius: {verdict} {who}"
+        text = f"OOD robust radius is {_with_interval(outcome)}x the ID radius: {verdict} {who}"
         censored = any(result.metrics[s].robust_radius_censored for s in ("id", "ood") if s in result.metrics)
         if censored:
             text += " (at least one radius reached the edge of the grid: a lower bound)"
     elif outcome.name == "lambda_ratio":
         verdict = "the OOD loss is much sharper" if outcome.level != "pass" else "curvature is comparable"
-        text = f"OOD λ_max is {v:.2f}x the ID λ_max: {verdict} for {who}"
+        text = f"OOD λ_max is {_with_interval(outcome)}x the ID λ_max: {verdict} for {who}"
     elif outcome.name == "trace_ratio":
         verdict = "more total curvature" if outcome.level != "pass" else "comparable total curvature"
-        text = f"OOD Hessian trace is {v:.2f}x the ID trace: {verdict} for {who}"
+        text = f"OOD Hessian trace is {_with_interval(outcome)}x the ID trace: {verdict} for {who}"
     elif outcome.name == "embedding_knn_ratio":
         where = "outside" if outcome.level != "pass" else "within"
         text = (f"In the model's embedding, OOD compounds are {v:.2f}x as far from their nearest training compounds "
@@ -181,11 +215,22 @@ def extra_findings(result: AuditResult) -> list[Finding]:
         if not h.converged:
             found.append(Finding(
                 id=f"hessian_unconverged_{split}", level="warn",
-                statement=f"Top eigenvalues on the {split} split did not reach the tolerance "
-                f"(largest relative residual {max(h.residuals or [float('nan')]):.2g}); raise probes.hessian.max_steps",
+                statement=f"Top eigenvalues on the {split} split were not certified within the budget "
+                f"(largest relative residual {max(h.residuals or [float('nan')]):.2g}); they are not used by any "
+                "gate; raise probes.hessian.max_steps",
                 numbers={"max_residual": max(h.residuals) if h.residuals else None},
             ))
-        if h.lambda_min is not None and h.top_eigenvalues and h.lambda_min < 0 < h.top_eigenvalues[0]:
+        if h.bottom is not None and not h.lambda_min_certified:
+            res = h.bottom.residuals[0] if h.bottom.residuals else None
+            found.append(Finding(
+                id=f"lambda_min_unconverged_{split}", level="warn",
+                statement=f"λ_min on the {split} split was not certified within {h.bottom.n_steps} Lanczos steps "
+                f"(Ritz value {h.lambda_min:.3g}, relative residual {res if res is not None else float('nan'):.2g}): "
+                "it is not used by the non-convexity metric or the verdict; raise probes.hessian.max_steps",
+                numbers={"lambda_min": h.lambda_min, "residual": res},
+            ))
+        if (h.lambda_min_certified and h.lambda_max_certified and h.lambda_min is not None and h.top_eigenvalues
+                and h.lambda_min < 0 < h.top_eigenvalues[0]):
             ratio = abs(h.lambda_min) / h.top_eigenvalues[0]
             if ratio > 0.1:
                 found.append(Finding(
@@ -206,25 +251,40 @@ def extra_findings(result: AuditResult) -> list[Finding]:
 
 
 def _nonconvexity(result: AuditResult, split: str) -> float | None:
+    """|λ_min|/λ_max from certified eigenvalues only (None otherwise)."""
     m = result.metrics.get(split)
     if m is not None and m.nonconvexity is not None:
         return m.nonconvexity
     h = result.hessian.get(split)
-    if h is None or h.lambda_min is None or not h.top_eigenvalues or h.top_eigenvalues[0] <= 0:
+    if (h is None or h.lambda_min is None or not h.top_eigenvalues or h.top_eigenvalues[0] <= 0
+            or not (h.lambda_min_certified and h.lambda_max_certified)):
         return None
     return max(0.0, -h.lambda_min) / h.top_eigenvalues[0]
 
 
 def landscape_flags(result: AuditResult, gates) -> list[str]:
     """What is wrong with the OOD landscape, in words with numbers (empty when nothing is)."""
+    from traits.intervals import decision
+
     r = result.ratios
     flags = []
+
+    def beyond(name: str, threshold: float, comparison: str) -> bool:
+        """The ratio violates its gate beyond doubt: certified, and its estimator interval clear of it."""
+        value = r.get(name)
+        if value is None:
+            return False
+        interval = result.ratio_intervals.get(name)
+        if interval is None:
+            return not (value <= threshold if comparison == "<=" else value >= threshold)
+        return decision(interval.model_dump(), threshold, comparison) == "fail"
+
     lam, trace, radius = r.get("lambda_ratio"), r.get("trace_ratio"), r.get("radius_ratio")
-    if lam is not None and lam > gates.max_lambda_ratio:
+    if beyond("lambda_ratio", gates.max_lambda_ratio, "<="):
         flags.append(("sharp", f"λ_max {lam:.2f}x the ID value"))
-    if trace is not None and trace > gates.max_trace_ratio:
+    if beyond("trace_ratio", gates.max_trace_ratio, "<="):
         flags.append(("sharp", f"Hessian trace {trace:.2f}x the ID value"))
-    if radius is not None and radius < gates.min_radius_ratio:
+    if beyond("radius_ratio", gates.min_radius_ratio, ">="):
         flags.append(("sharp", f"robust radius {radius:.2f}x the ID radius"))
     nc_ood, nc_id = _nonconvexity(result, "ood"), _nonconvexity(result, "id")
     if nc_ood is not None and nc_ood > NONCONVEX_RATIO and (nc_id is None or nc_ood > nc_id):

@@ -40,8 +40,10 @@ HVP = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class EigenResult:
     """Eigenpairs: ``values`` (CPU float64, descending for top-k), ``vectors`` (k x dim, on the working
-    device), ``residuals`` ||Hv - lambda v|| / |lambda| per pair, ``n_hvp`` products used, ``converged``
-    whether the stopping rule was met before the step budget ran out, ``n_steps`` Krylov dimension."""
+    device), ``residuals`` the verified ||Hv - theta v|| / |theta| per pair and ``abs_residuals`` the same
+    without the division, ``accuracy`` the absolute accuracy each pair had to reach, ``converged_each``
+    whether it did (verified, settled, see the solvers), ``converged`` whether all did, ``n_hvp``
+    products used (verification included), ``n_steps`` Krylov dimension."""
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -50,11 +52,18 @@ class EigenResult:
     converged: bool
     n_steps: int = 0
     method: str = "lanczos"
+    abs_residuals: torch.Tensor | None = None
+    accuracy: torch.Tensor | None = None
+    converged_each: list[bool] | None = None
 
     def to_dict(self, include_vectors: bool = False) -> dict:
         out = {
             "values": [float(x) for x in self.values],
             "residuals": [float(x) for x in self.residuals],
+            "abs_residuals": [float(x) for x in self.abs_residuals] if self.abs_residuals is not None else [],
+            "accuracy": [float(x) for x in self.accuracy] if self.accuracy is not None else [],
+            "converged_each": list(self.converged_each) if self.converged_each is not None
+            else [bool(self.converged)] * len(self.values),
             "n_hvp": int(self.n_hvp),
             "converged": bool(self.converged),
             "n_steps": int(self.n_steps),
@@ -272,18 +281,22 @@ def _should_check(m: int) -> bool:
 
 
 def _verified(hvp, lz: _Lanczos, theta, s, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Ritz vectors for columns ``idx`` of ``s`` and their true relative residuals (one HVP each)."""
+    """Ritz vectors for columns ``idx`` of ``s`` and their true absolute residuals ||Hv - theta v||
+    (one HVP each)."""
     coeffs = s[:, idx].T.to(device=lz.device, dtype=lz.dtype)
     vectors = coeffs @ lz.Q[: lz.m]
     vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(lz.dtype).tiny)
-    spectral = float(theta.abs().max()) if theta.numel() else 0.0
-    floor = max(spectral * float(torch.finfo(lz.dtype).eps), torch.finfo(torch.float64).tiny)
     residuals = []
     for row, i in zip(vectors, idx):
         hv = _apply(hvp, row)
-        lam = float(theta[i])
-        residuals.append(float((hv - lam * row).norm()) / max(abs(lam), floor))
+        residuals.append(float((hv - float(theta[i]) * row).norm()))
     return vectors, torch.tensor(residuals, dtype=torch.float64), len(idx)
+
+
+def _relative(abs_residuals: torch.Tensor, values: torch.Tensor, spectral: float, dtype) -> torch.Tensor:
+    """||Hv - theta v|| / |theta| (the common definition), guarded against theta = 0."""
+    floor = max(spectral * float(torch.finfo(dtype).eps), torch.finfo(torch.float64).tiny)
+    return abs_residuals / values.abs().clamp_min(floor)
 
 
 def _extreme_pairs(
@@ -294,37 +307,63 @@ def _extreme_pairs(
     generator,
     device,
     dtype,
-    small_enough: Callable[[torch.Tensor, torch.Tensor], bool],
+    accuracy: Callable[[torch.Tensor, list[int]], torch.Tensor],
     pick: Callable[[int], list[int]],
+    min_steps: int = 1,
 ) -> EigenResult:
-    """Grow one Krylov space of at most ``steps`` vectors (restarting on breakdown until k Ritz values
-    exist) and stop at a checked step once ``small_enough(theta, est)`` holds for the ascending Ritz values
-    and their residual estimates, or on breakdown; then verify the Ritz pairs of the columns ``pick(m)``."""
+    """Grow one Krylov space of at most ``steps`` vectors (restarting from a fresh random vector on
+    breakdown) and stop once the Ritz pairs of the columns ``pick(m)`` are certified, or the budget ends.
+
+    ``accuracy(theta, idx)`` gives the absolute accuracy each picked Ritz value must reach. A pick is
+    certified when, at a checked step m >= ``min_steps``: (1) the cheap residual estimates
+    |beta_m s_mi| are within that accuracy, (2) each picked Ritz value moved by less than it since the
+    previous check (it has settled), and (3) the true residuals ||Hv - theta v||, verified with one HVP
+    per pair, are within it too. A failed verification does not stop the run. When the space becomes
+    invariant (breakdown after at least k vectors, or m = dim) the Ritz pairs are exact."""
     lz = _Lanczos(hvp, dim, steps, generator, device, dtype)
-    converged = False
-    theta = s = None
+    extra, prev = 0, None
+    verified = None  # (m, vectors, abs residuals) of the last verification
     while lz.m < steps:
-        if not lz.step(restart=lz.m < k):
+        if not lz.step(restart=True):
             break
         m = lz.m
-        if m >= k and (_should_check(m) or m == steps):
-            theta, s, est = _ritz(lz)
-            if small_enough(theta, est) or lz.broken():
-                converged = True
-                break
-    if theta is None or theta.numel() != lz.m:
+        if m < max(k, min_steps) or not (_should_check(m) or m == steps):
+            continue
         theta, s, est = _ritz(lz)
-    if not converged and (lz.m == dim or (lz.m >= k and lz.broken())):
-        converged = True  # the Krylov space is invariant (or everything): the Ritz pairs are exact
+        idx = pick(m)
+        acc = accuracy(theta, idx)
+        values = theta[idx]
+        settled = prev is not None and bool(((values - prev).abs() <= acc).all())
+        prev = values.clone()
+        exact = m == dim or (m >= k and lz.broken())
+        if exact or (settled and bool((est[idx] <= acc).all())):
+            vectors, abs_res, used = _verified(hvp, lz, theta, s, idx)
+            extra += used
+            verified = (m, vectors, abs_res)
+            if exact or bool((abs_res <= acc).all()):
+                break
+    theta, s, _ = _ritz(lz)
     idx = pick(lz.m)
-    vectors, residuals, extra = _verified(hvp, lz, theta, s, idx)
+    acc = accuracy(theta, idx)
+    if verified is None or verified[0] != lz.m:
+        vectors, abs_res, used = _verified(hvp, lz, theta, s, idx)
+        extra += used
+    else:
+        vectors, abs_res = verified[1], verified[2]
+    exact = lz.m == dim or (lz.m >= k and lz.broken())
+    each = [bool(exact or r <= a) for r, a in zip(abs_res.tolist(), acc.tolist())]
+    spectral = float(theta.abs().max()) if theta.numel() else 0.0
+    values = theta[idx].clone()
     return EigenResult(
-        values=theta[idx].clone(),
+        values=values,
         vectors=vectors,
-        residuals=residuals,
+        residuals=_relative(abs_res, values, spectral, dtype),
         n_hvp=lz.n_hvp + extra,
-        converged=converged,
+        converged=all(each),
         n_steps=lz.m,
+        abs_residuals=abs_res,
+        accuracy=acc.to(torch.float64),
+        converged_each=each,
     )
 
 
@@ -340,6 +379,10 @@ def top_eigenvalues(
 ) -> EigenResult:
     """The k algebraically largest eigenvalues (descending) with eigenvectors and verified residuals.
 
+    A pair counts as converged when its true relative residual ||Hv - theta v|| / |theta| is at most
+    ``tol`` (so |lambda - theta| <= tol |theta| for some eigenvalue lambda) and its Ritz value has settled
+    between two checks. The top Ritz values of a Krylov space are lower bounds of the top eigenvalues
+    (Cauchy interlacing), and the ends of the spectrum are the first to converge (Kaniel-Paige-Saad).
     ``generator``, ``device`` and ``dtype`` are required (they have defaults only so that they may follow
     ``tol`` positionally); nothing is guessed."""
     _check_dim(dim)
@@ -349,17 +392,20 @@ def top_eigenvalues(
     k = min(k, dim)
     steps = min(max(max_steps, k), dim)
 
-    def small_enough(theta: torch.Tensor, est: torch.Tensor) -> bool:
-        top = theta[-k:]
+    def accuracy(theta: torch.Tensor, idx: list[int]) -> torch.Tensor:
         spectral = float(theta.abs().max())
         floor = max(spectral * float(torch.finfo(dtype).eps), torch.finfo(torch.float64).tiny)
-        rel = est[-k:] / top.abs().clamp_min(floor)
-        return bool((rel <= tol).all())
+        return tol * theta[idx].abs().clamp_min(floor / tol)
 
     def pick(m: int) -> list[int]:  # the top min(k, m) Ritz values, largest first
         return list(range(m - 1, m - 1 - min(k, m), -1))
 
-    return _extreme_pairs(hvp, dim, k, steps, generator, device, dtype, small_enough, pick)
+    return _extreme_pairs(hvp, dim, k, steps, generator, device, dtype, accuracy, pick)
+
+
+#: lambda_min is certified to ``tol * max(|lambda_min|, MIN_FLOOR * max|theta|)``: an eigenvalue smaller
+#: in magnitude than 1% of the spectral radius only needs to be located to that absolute accuracy.
+MIN_FLOOR = 1e-2
 
 
 def smallest_eigenvalue(
@@ -371,18 +417,33 @@ def smallest_eigenvalue(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> EigenResult:
-    """lambda_min (the most negative eigenvalue, or the smallest) from the low end of the Lanczos
-    tridiagonal; stops when its residual estimate is <= tol * max(|theta_min|, max |theta|).
+    """lambda_min (the most negative eigenvalue, or the smallest), certified or marked unconverged.
+
+    Why the flag is earned: the smallest Ritz value theta_1 of any Krylov space is an *upper* bound of
+    lambda_min (Courant-Fischer), so the error is one-sided; a true residual ||Hv - theta_1 v|| <= a
+    proves an eigenvalue in [theta_1 - a, theta_1 + a]. A residual alone does not prove that this is the
+    *smallest* eigenvalue: a Ritz value in a dense near-zero bulk has a residual that is small next to
+    lambda_max after two or three steps, which a rule relative to max |theta| accepted. Here the accuracy
+    ``a`` is relative to theta_1 itself, ``a = tol * max(|theta_1|, MIN_FLOOR * max|theta|)`` (the floor,
+    1% of the spectral radius, keeps a lambda_min that is truly ~0 from running forever), and theta_1
+    must also have settled: moved by less than ``a`` since the previous check. A bulk Ritz value cannot
+    meet that before the space has resolved the bulk, and Lanczos resolves the ends of the spectrum
+    first (Kaniel-Paige-Saad), so the value that meets it is the bottom one unless the random start
+    vector is almost orthogonal to its eigenvector. Lanczos is shift-invariant (the Krylov space of
+    sigma I - H is that of H), so no shifted operator is needed, unlike power iteration. When the budget
+    ends first the result is ``converged=False`` and must not be used as a number.
     ``generator``, ``device`` and ``dtype`` are required, as for :func:`top_eigenvalues`."""
     _check_dim(dim)
     _require(generator, device, dtype)
     steps = min(max(max_steps, 1), dim)
 
-    def small_enough(theta: torch.Tensor, est: torch.Tensor) -> bool:
-        scale = max(float(theta.abs().max()), torch.finfo(torch.float64).tiny)
-        return float(est[0]) <= tol * scale
+    def accuracy(theta: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        spectral = float(theta.abs().max())
+        floor = max(MIN_FLOOR * spectral, torch.finfo(torch.float64).tiny)
+        return tol * theta[idx].abs().clamp_min(floor)
 
-    return _extreme_pairs(hvp, dim, 1, steps, generator, device, dtype, small_enough, lambda m: [0])
+    return _extreme_pairs(hvp, dim, 1, steps, generator, device, dtype, accuracy, lambda m: [0],
+                          min_steps=min(3, dim))
 
 
 # ---------------------------------------------------------------------------------------- traces
