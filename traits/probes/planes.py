@@ -82,8 +82,9 @@ class CurvatureResult:
 
     ``top_values``: the k_top largest eigenvalues (descending), ``lambda_max`` = top_values[0];
     ``lambda_min``: the smallest eigenvalue; ``nonconvexity``: see :func:`nonconvexity`;
-    ``residual_*``: verified ||Hv - lambda v|| / |lambda|; ``converged_*``: the Lanczos stopping rule was
-    met; ``n_hvp``: Hessian-vector products spent on both runs together. ``v_max`` / ``v_min`` are the unit
+    ``residual_*``: verified ||Hv - lambda v|| / |lambda| (``abs_residual_*`` without the division);
+    ``converged_*``: the pair is certified (:mod:`traits.probes.hessian`), and ``nonconvexity`` is None
+    unless both are; ``n_hvp``: Hessian-vector products spent on both runs together. ``v_max`` / ``v_min`` are the unit
     eigenvectors (flat, on the working device; not part of ``to_dict``)."""
 
     lambda_max: float
@@ -98,9 +99,14 @@ class CurvatureResult:
     n_steps_min: int
     v_max: torch.Tensor
     v_min: torch.Tensor
+    abs_residual_max: float | None = None
+    abs_residual_min: float | None = None
 
     @property
     def nonconvexity(self) -> float | None:
+        """From certified eigenvalues only: None when either end did not converge."""
+        if not (self.converged_max and self.converged_min):
+            return None
         return nonconvexity(self.lambda_min, self.lambda_max)
 
     def to_dict(self) -> dict:
@@ -113,6 +119,8 @@ class CurvatureResult:
             "residual_min": json_float(self.residual_min),
             "converged_max": bool(self.converged_max),
             "converged_min": bool(self.converged_min),
+            "abs_residual_max": json_float(self.abs_residual_max),
+            "abs_residual_min": json_float(self.abs_residual_min),
             "n_hvp": int(self.n_hvp),
             "n_steps_max": int(self.n_steps_max),
             "n_steps_min": int(self.n_steps_min),
@@ -143,8 +151,10 @@ def curvature_extremes(
         top_values=[float(v) for v in top.values],
         residual_max=float(top.residuals[0]),
         residual_min=float(low.residuals[0]),
-        converged_max=bool(top.converged),
+        converged_max=bool(top.converged_each[0]) if top.converged_each else bool(top.converged),
         converged_min=bool(low.converged),
+        abs_residual_max=float(top.abs_residuals[0]) if top.abs_residuals is not None else None,
+        abs_residual_min=float(low.abs_residuals[0]) if low.abs_residuals is not None else None,
         n_hvp=int(top.n_hvp + low.n_hvp),
         n_steps_max=int(top.n_steps),
         n_steps_min=int(low.n_steps),
