@@ -292,7 +292,9 @@ def safetensors_size(path: Path) -> int:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({actual} bytes, shorter than its header)")
+                raise CheckpointError(
+                    f"{path}: truncated or corrupt safetensors file ({actual} bytes, shorter than its header)"
+                )
             n = int.from_bytes(head, "little")
             if n > min(actual - 8, 100 << 20):
                 raise CheckpointError(
@@ -318,7 +320,8 @@ def safetensors_size(path: Path) -> int:
     expected = 8 + n + end
     if actual < expected:
         raise CheckpointError(
-            f"{path}: truncated safetensors file: its header describes {expected} bytes but the file has {actual}"
+            f"{path}: truncated or corrupt safetensors file: its header describes {expected} bytes but the file "
+            f"has {actual}"
         )
     return expected
 
