@@ -165,6 +165,8 @@ def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[s
         "loss_name": {"mse": "mean squared error", "mae": "mean absolute error"}.get(result.loss, result.loss),
         "css": Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
         "ood_who": (f"compounds containing {', '.join(result.omit)}" if result.omit else
+                    f"the compounds of the named OOD set {Path(str(result.spec['data']['sets']['ood'])).name}"
+                    if (result.spec.get("data") or {}).get("sets") else
                     "a random held-out set (no chemistry omitted)"),
     }
     extra = section_context(result)
