@@ -375,6 +375,7 @@ def test_the_audit_writes_the_manifest_and_a_report(audited):
     assert result["spec"]["data"]["sets"]["ood"].endswith("ood.jsonl.gz")
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "training data is not given" in html
+    assert "named OOD set ood.jsonl.gz" in html and "random held-out" not in html
 
 
 def test_a_past_sets_audit_re_renders(audited, tmp_path):
