@@ -326,6 +326,17 @@ def test_a_bad_sidecar_field_is_bad_input_naming_the_file_and_field(tmp_path, ch
     no_traceback(res)
 
 
+@pytest.mark.parametrize("graph, where", [({"cutoff": "far"}, "graph.cutoff"), ({"bogus": 1}, "graph.bogus")])
+def test_invalid_sidecar_graph_settings_are_bad_input(tmp_path, graph, where):
+    ckpt = _sidecar_copy(tmp_path, graph=graph)
+    cif = tmp_path / "nacl.cif"
+    cif.write_text(ROCKSALT)
+    res = invoke("predict", "--checkpoint", ckpt, "--device", "cpu", cif)
+    assert res.exit_code == 2, res.output
+    assert "model.json" in res.output and where in res.output
+    no_traceback(res)
+
+
 def test_an_unknown_sidecar_architecture_names_the_file(tmp_path):
     ckpt = _sidecar_copy(tmp_path, architecture="transformer-9000")
     res = invoke("predict", "--checkpoint", ckpt, "--device", "cpu", tmp_path / "x.cif")

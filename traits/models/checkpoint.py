@@ -473,8 +473,9 @@ def load_checkpoint(
                                 int(meta.get("edge_dim", 41)))
         except CheckpointError as exc:  # unknown architecture or hyper-parameter: name the sidecar
             raise CheckpointError(f"{sidecar_path(path)}: {exc}") from None
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{sidecar_path(path)}: invalid hyper-parameters ({exc})") from None
+        except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
+            raise CheckpointError(f"{sidecar_path(path)}: invalid hyper-parameters ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]})") from None
         load_weights(model, state, path)
         model.set_target_normalizer(*_normalizer(path, meta, normalizer))
         meta = {**meta, "format": "traits"}

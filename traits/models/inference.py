@@ -173,14 +173,25 @@ def predict_files(
     model, meta = load_checkpoint(
         Path(checkpoint), fmt, architecture=architecture, hyper=hyper, normalizer=normalizer, device=device
     )
-    if fmt == "cgcnn-original":
-        settings = GraphSpec(**ORIGINAL_GRAPH)
-    elif meta.get("graph"):
-        settings = GraphSpec(**meta["graph"])
-    elif graph is not None:
-        settings = graph if isinstance(graph, GraphSpec) else GraphSpec(**dict(graph))
-    else:
-        settings = GraphSpec()
+    from pydantic import ValidationError
+
+    from traits.errors import CheckpointError
+    from traits.models.checkpoint import sidecar_path
+
+    try:
+        if fmt == "cgcnn-original":
+            settings = GraphSpec(**ORIGINAL_GRAPH)
+        elif meta.get("graph"):
+            settings = GraphSpec(**meta["graph"])
+        elif graph is not None:
+            settings = graph if isinstance(graph, GraphSpec) else GraphSpec(**dict(graph))
+        else:
+            settings = GraphSpec()
+    except (ValidationError, TypeError) as exc:
+        problem = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in problem["loc"])
+        raise CheckpointError(f"{sidecar_path(Path(checkpoint))}: invalid graph settings"
+                              f"{' at graph.' + where if where else ''}: {problem['msg']}") from None
     graphs = [_structure_data(Path(f), settings) for f in files]
     ids, preds, _ = predict(model, graphs, device, batch_size)
     return [(i, float(p)) for i, p in zip(ids, preds)], unit_of(meta, target)
