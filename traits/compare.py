@@ -479,6 +479,7 @@ def render_html(comparison: ComparisonResult, a: AuditResult, b: AuditResult, *,
     return env.get_template("compare.html.j2").render(
         c=comparison, ra=a, rb=b, figure=figure, medium=medium,
         css=Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
+        css_narrow=Markup((templates_dir() / "report-narrow.css").read_text(encoding="utf-8")),
     )
 
 

@@ -164,6 +164,7 @@ def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[s
         "loss_unit": loss_unit(result.unit, result.loss),
         "loss_name": {"mse": "mean squared error", "mae": "mean absolute error"}.get(result.loss, result.loss),
         "css": Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
+        "css_narrow": Markup((templates_dir() / "report-narrow.css").read_text(encoding="utf-8")),
         "ood_who": (f"compounds containing {', '.join(result.omit)}" if result.omit else
                     f"the compounds of the named OOD set {Path(str(result.spec['data']['sets']['ood'])).name}"
                     if (result.spec.get("data") or {}).get("sets") else
