@@ -72,7 +72,7 @@ def test_sections_come_from_one_registry(html):
 def test_print_css_keeps_headings_with_what_follows_and_numbers_whole():
     css = (ROOT / "templates" / "report.css").read_text()
     assert re.search(r"h1, h2, h3 \{[^}]*break-after: avoid", css)
-    assert re.search(r"h2 \+ p, h3 \+ p \{[^}]*break-after: avoid", css)
+    assert re.search(r"h2 \+ p, h3 \+ p,[^{]*h3 \+ figure \{[^}]*break-before: avoid", css)
     assert re.search(r"figure\.figure \{[^}]*break-inside: avoid", css)
     assert re.search(r"\.n, \.num, \.ci \{[^}]*white-space: nowrap", css)
     assert re.search(r"section#summary \{ break-after: page; \}", css)
