@@ -398,6 +398,7 @@ def surfaces_context(result: AuditResult) -> dict[str, Any]:
         "surface_scale": scale,
         "plane_scale": plane,
         "plane_negative": lam_min is not None and isinstance(lam_min, (int, float)) and lam_min < 0,
+        "plane_certified": bool(plane_info.get("converged_min")) and bool(plane_info.get("converged_max")),
         "log_span": LOG_SCALE_SPAN,
         "n_directions": max((len(c) for c in surf.curves.values()), default=0) if surf is not None else 0,
         "curve_jumps": sum(len(p) for st in (surf.landscape.values() if surf is not None else ())
