@@ -125,8 +125,10 @@ def test_delta_gate_needs_exactly_one_limit():
 
 def test_gates_files_in_each_form(tmp_path):
     forms = {
-        "list.yaml": "- {metric: mae_ratio, max_relative_growth: 0.1}\n- {metric: ood_mae, max_growth: 0.05, fail: false}\n",
-        "keyed.yaml": "gates:\n  - {metric: mae_ratio, max_relative_growth: 0.1}\n  - {metric: ood_mae, max_growth: 0.05, fail: false}\n",
+        "list.yaml": "- {metric: mae_ratio, max_relative_growth: 0.1}\n"
+                     "- {metric: ood_mae, max_growth: 0.05, fail: false}\n",
+        "keyed.yaml": "gates:\n  - {metric: mae_ratio, max_relative_growth: 0.1}\n"
+                      "  - {metric: ood_mae, max_growth: 0.05, fail: false}\n",
         "short.yaml": "gates:\n  mae_ratio: {max_relative_growth: 0.1}\n  ood_mae: {max_growth: 0.05, fail: false}\n",
         "short.json": json.dumps({"gates": {"mae_ratio": {"max_relative_growth": 0.1},
                                             "ood_mae": {"max_growth": 0.05, "fail": False}}}),
