@@ -532,6 +532,41 @@ def compare(
     raise typer.Exit(exit_code(comparison))
 
 
+@app.command()
+@handles_errors
+def screen(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to screen with (its sidecar beside it).")],
+    structures: Annotated[list[Path], typer.Argument(
+        help="CIF, POSCAR/CONTCAR/.vasp, or Materials Project / JARVIS JSON files, or folders of them.",
+        show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    calibration: Annotated[Path | None, typer.Option(
+        help="Calibration file (default: <checkpoint stem>.calibration.json beside the checkpoint).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Checkpoint format: auto | traits | cgcnn-original.")] = "auto",
+    report_formats: Annotated[str, typer.Option("--report", help="Comma-separated: html,pdf (or none).")] = "html,pdf",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Predict unlabelled structures with per-compound uncertainty and flags: predictions.csv/json, a
+    per-element and per-chemical-system summary and a screening report (screen.html/pdf)."""
+    from traits.audit import resolve_device
+    from traits.screen import screen as run_screen
+
+    wanted = [f.strip() for f in report_formats.split(",") if f.strip() and f.strip() != "none"]
+    bad = [f for f in wanted if f not in ("html", "pdf")]
+    if bad:
+        raise TraitsError(f"--report: unknown format(s) {', '.join(bad)}; choose html, pdf or none")
+    res = run_screen(checkpoint, list(structures), out_dir, fmt=fmt, calibration=calibration,
+                     device=resolve_device(device), formats=wanted)
+    skipped = sum(res.skipped.values())
+    out.print(f"screened {res.n_screened} of {res.n_read} structures ({skipped} skipped"
+              f"{': ' + '; '.join(f'{k}: {v}' for k, v in res.skipped.items()) if skipped else ''}); "
+              f"{res.n_flagged} flagged high, {res.n_nan} without a finite prediction", highlight=False)
+    if not res.calibrated:
+        out.print("no calibration stored with this checkpoint: the scores are uncalibrated (see the report)",
+                  highlight=False)
+    out.print(f"results in {out_dir}: {', '.join(p.name for p in res.files.values())}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     app()
 

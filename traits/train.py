@@ -342,6 +342,7 @@ def train_model(
     )
     metadata = {**json.loads(sidecar_path(checkpoint).read_text(encoding="utf-8")), "format": "traits"}
     write_json_atomic(out_dir / METRICS_FILE, summary)
+    _write_calibration(model, data, checkpoint, device)
     write_json_atomic(out_dir / MANIFEST_FILE, data.manifest.to_dict())
     return TrainResult(
         model=model.eval(),
@@ -355,6 +356,17 @@ def train_model(
         completed=True,
         metadata=metadata,
     )
+
+
+def _write_calibration(model, data, checkpoint: Path, device) -> None:
+    """The screening calibration beside the checkpoint (:mod:`traits.screen`); a model it cannot calibrate
+    (no validation split, a non-finite training error) simply gets none, and ``traits screen`` says so."""
+    from traits.screen import calibration_path, write_calibration
+
+    try:
+        write_calibration(model, data.splits, calibration_path(checkpoint), device)
+    except TraitsError:
+        calibration_path(checkpoint).unlink(missing_ok=True)
 
 
 __all__ = ["TrainResult", "train_model", "STATE_FILE", "CHECKPOINT_FILE", "METRICS_FILE", "MANIFEST_FILE"]

@@ -305,7 +305,7 @@ def gaussian_loglik(residuals: np.ndarray, variance: np.ndarray) -> float:
     return float(np.mean(-0.5 * (np.log(2 * np.pi * v) + r * r / v)))
 
 
-DEFAULT_PRIOR_GRID = tuple(float(x) for x in np.logspace(-6, 6, 49))
+DEFAULT_PRIOR_GRID = tuple(float(x) for x in np.logspace(-8, 6, 57))
 
 
 def fit_prior_precision(variance_at, residuals: np.ndarray, noise_var: float,
@@ -377,7 +377,8 @@ def _last_layer_variance_at(gram: np.ndarray, noise_var: float, features: np.nda
 
 
 def fit_last_layer(train_features, noise_var: float, val_features=None, val_residuals=None,
-                   prior_precision: float | None = None, grid: Sequence[float] = DEFAULT_PRIOR_GRID) -> LastLayerLaplace:
+                   prior_precision: float | None = None,
+                   grid: Sequence[float] = DEFAULT_PRIOR_GRID) -> LastLayerLaplace:
     """Fit the last-layer posterior; the prior precision is given, or fitted on the validation residuals."""
     if not (noise_var > 0 and math.isfinite(noise_var)):
         raise ProbeError(f"the noise variance must be positive and finite, got {noise_var}")
