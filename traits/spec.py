@@ -151,6 +151,54 @@ class SplitSpec(_Strict):
         return self
 
 
+#: Kinds of held-out rule a spec's ``holdout`` can name (MatFold's split types of the same names).
+HOLDOUT_KINDS = ("element", "chemsys", "spacegroup", "crystal_system", "group", "row")
+CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+
+
+class HoldoutSpec(_Strict):
+    """A generalised omission rule: the OOD set is every compound carrying one of ``values`` of ``kind``.
+
+    element: contains any listed element (the same as ``omit``); chemsys: its chemical system is one of the
+    listed ones ("Fe-O", elements sorted); spacegroup: its space-group number (spglib, symprec 0.1) is listed;
+    crystal_system: likewise its crystal system; group / row: it contains an element of a listed
+    periodic-table group (1-18) or row (1-7)."""
+
+    kind: Literal["element", "chemsys", "spacegroup", "crystal_system", "group", "row"]
+    values: list[str | int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _values(self) -> HoldoutSpec:
+        out: list[str | int] = []
+        for v in self.values:
+            if self.kind == "element":
+                out.append(_check_element(str(v)))
+            elif self.kind == "chemsys":
+                parts = str(v).split("-")
+                out.append("-".join(sorted(_check_element(e) for e in parts)))
+            elif self.kind in ("spacegroup", "group", "row"):
+                hi = {"spacegroup": 230, "group": 18, "row": 7}[self.kind]
+                try:
+                    number = int(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"holdout {self.kind}: {v!r} is not a number (1-{hi})") from None
+                if not 1 <= number <= hi or str(number) != str(v).strip():
+                    raise ValueError(f"holdout {self.kind}: {v!r} is not a number from 1 to {hi}")
+                out.append(number)
+            else:
+                if str(v).lower() not in CRYSTAL_SYSTEMS:
+                    raise ValueError(f"holdout crystal_system: {v!r} is not one of {', '.join(CRYSTAL_SYSTEMS)}")
+                out.append(str(v).lower())
+        if len(set(out)) != len(out):
+            raise ValueError("holdout lists a value twice")
+        if out != list(self.values):
+            object.__setattr__(self, "values", out)  # normalised, without re-running validation
+        return self
+
+    def label(self) -> str:
+        return f"{self.kind} {', '.join(str(v) for v in self.values)}"
+
+
 class CGCNNHyper(_Strict):
     """Hyper-parameters of the crystal graph convolutional network."""
 
@@ -322,6 +370,9 @@ class AuditSpec(_Strict):
         description="Element symbols; a compound containing any of them is out of distribution. "
         "Empty: a random-split baseline.",
     )
+    holdout: HoldoutSpec | None = Field(
+        None, description="Instead of 'omit': a generalised omission rule {kind: element|chemsys|spacegroup|"
+        "crystal_system|group|row, values: [...]}; every compound it matches is out of distribution.")
     split: SplitSpec = Field(default_factory=SplitSpec)
     model: ModelSpec
     probes: ProbeSpec = Field(default_factory=ProbeSpec)
@@ -335,6 +386,14 @@ class AuditSpec(_Strict):
         if near > far:
             raise ValueError(f"probes.shift.near_ratio ({near:g}) must not exceed gates.max_embedding_knn_ratio "
                              f"({far:g}): a set cannot be both close to and far from the training compounds")
+        return self
+
+    @model_validator(mode="after")
+    def _one_omission_rule(self) -> AuditSpec:
+        if self.holdout is not None and self.omit:
+            raise ValueError("give either 'omit' (elements) or 'holdout' (a generalised rule), not both")
+        if self.holdout is not None and self.data.sets is not None:
+            raise ValueError("holdout: does not apply to data.sets (the OOD set is data.sets.ood)")
         return self
 
     @model_validator(mode="after")

@@ -56,14 +56,24 @@ def prepare_data(
     skipped = source.skipped + graphs.skipped
     if not graphs.graphs:
         raise DataError(f"{source.source or 'data'}: no structure could be turned into a graph ({dict(skipped)})")
+    holdout = spec.holdout.model_dump(mode="json") if getattr(spec, "holdout", None) is not None else None
+    elements = [graph_elements(g) for g in graphs.graphs]
+    ood_mask = None
+    if holdout is not None:  # a generalised omission rule (traits.spec.HoldoutSpec)
+        from traits.data.splits import holdout_mask
+
+        by_entry = {e.id: e for e in entries}
+        ood_mask = holdout_mask(holdout, elements, [by_entry[g.material_id].structure for g in graphs.graphs])
     manifest = assign_splits(
         [g.material_id for g in graphs.graphs],
-        [graph_elements(g) for g in graphs.graphs],
+        elements,
         spec.omit,
         spec.split.model_dump(include={"train", "val", "test"}),
         spec.seed,
         data_hash=source.data_hash,
         ood_fraction=spec.split.ood_fraction,
+        ood_mask=ood_mask,
+        holdout=holdout,
     )
     by_id = {g.material_id: g for g in graphs.graphs}
     splits = {name: [by_id[i] for i in manifest.ids[name]] for name in SPLITS}

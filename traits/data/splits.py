@@ -35,6 +35,8 @@ class SplitManifest:
     data_hash: str
     #: Named sets only: split -> {"path", "sha256", "records" (read), "count" (usable graphs)}.
     sets: dict[str, dict] | None = None
+    #: A generalised omission rule (spec ``holdout``: {"kind", "values"}) that chose the OOD set, if any.
+    holdout: dict | None = None
 
     @property
     def hash(self) -> str:
@@ -42,6 +44,8 @@ class SplitManifest:
             content = {"ids": self.ids, "sets": {k: v["sha256"] for k, v in self.sets.items()}}
         else:
             content = {"ids": self.ids, "omit": self.omit, "seed": self.seed, "data_hash": self.data_hash}
+            if self.holdout is not None:
+                content["holdout"] = self.holdout
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -56,6 +60,8 @@ class SplitManifest:
         }
         if self.sets is not None:
             out["sets"] = self.sets
+        if self.holdout is not None:
+            out["holdout"] = self.holdout
         return out
 
     def write(self, path: Path) -> Path:
@@ -71,8 +77,14 @@ def assign_splits(
     seed: int,
     data_hash: str = "",
     ood_fraction: float = 0.1,
+    *,
+    ood_mask: Sequence[bool] | None = None,
+    holdout: dict | None = None,
 ) -> SplitManifest:
-    """Assign each compound to a split; raise DataError when a split would be empty."""
+    """Assign each compound to a split; raise DataError when a split would be empty.
+
+    ``ood_mask`` (aligned with ``ids``; from :func:`holdout_mask`) marks the OOD compounds of a generalised
+    ``holdout`` rule instead of ``omit``; the rule itself is recorded in the manifest."""
     if len(ids) != len(elements):
         raise ValueError("ids and elements differ in length")
     if len(set(ids)) != len(ids):
@@ -82,14 +94,21 @@ def assign_splits(
     rng = np.random.default_rng(seed)
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")  # independent of input order
     sorted_ids = [ids[i] for i in order]
-    is_ood = np.array([bool(omitted & set(elements[i])) for i in order])
-    if omitted:
+    if ood_mask is not None:
+        if len(ood_mask) != len(ids):
+            raise ValueError("ood_mask and ids differ in length")
+        is_ood = np.array([bool(ood_mask[i]) for i in order])
+    else:
+        is_ood = np.array([bool(omitted & set(elements[i])) for i in order])
+    if omitted or ood_mask is not None:
         ood = [i for i, o in zip(sorted_ids, is_ood) if o]
         pool = [i for i, o in zip(sorted_ids, is_ood) if not o]
         if not ood:
+            rule = (f"matches holdout {holdout['kind']} {holdout['values']}" if holdout and ood_mask is not None
+                    else f"contains {', '.join(sorted(omitted))}")
             raise DataError(
-                f"no compound contains {', '.join(sorted(omitted))}: the OOD set would be empty. "
-                "Check 'omit' or use more data."
+                f"no compound {rule}: the OOD set would be empty. "
+                f"Check '{'holdout' if ood_mask is not None else 'omit'}' or use more data."
             )
         pool = [pool[i] for i in rng.permutation(len(pool))]
     else:
@@ -112,8 +131,49 @@ def assign_splits(
             "use more data or change the split fractions"
         )
     return SplitManifest(
-        ids=split_ids, omit=sorted(omitted), seed=seed, fractions=dict(fractions), data_hash=data_hash
+        ids=split_ids, omit=sorted(omitted), seed=seed, fractions=dict(fractions), data_hash=data_hash,
+        holdout=dict(holdout) if holdout is not None else None,
     )
+
+
+#: spglib tolerance of the symmetry labels (MatFold's SpacegroupAnalyzer setting).
+SYMPREC = 0.1
+
+
+def compound_label(kind: str, elements: Iterable[str], structure=None):
+    """The label(s) of one compound under a holdout ``kind``: a set for the element-wise kinds (element,
+    group, row: held out when any is listed), one value for chemsys, spacegroup and crystal_system.
+    ``structure`` (a pymatgen Structure, or a callable returning one) is needed only by the symmetry kinds."""
+    from pymatgen.core.periodic_table import Element
+
+    els = sorted(set(elements))
+    if kind == "element":
+        return set(els)
+    if kind == "chemsys":
+        return "-".join(els)
+    if kind == "group":
+        return {Element(e).group for e in els}
+    if kind == "row":
+        return {Element(e).row for e in els}
+    if kind in ("spacegroup", "crystal_system"):
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        s = structure() if callable(structure) else structure
+        sga = SpacegroupAnalyzer(s, symprec=SYMPREC)
+        return sga.get_space_group_number() if kind == "spacegroup" else sga.get_crystal_system()
+    raise ValueError(f"unknown holdout kind {kind!r}")
+
+
+def holdout_mask(holdout: dict, elements: Sequence[Iterable[str]], structures: Sequence | None = None) -> list[bool]:
+    """Which compounds a ``holdout`` rule ({"kind", "values"}) puts out of distribution."""
+    kind, values = holdout["kind"], set(holdout["values"])
+    if kind in ("spacegroup", "crystal_system") and structures is None:
+        raise ValueError(f"holdout {kind} needs the structures")
+    out = []
+    for i, els in enumerate(elements):
+        label = compound_label(kind, els, structures[i] if structures is not None else None)
+        out.append(bool(label & values) if isinstance(label, set) else label in values)
+    return out
 
 
 
