@@ -16,10 +16,11 @@ Hessian-vector products (``hvp_method``, see :data:`HVP_METHODS`):
   The first product runs the forward pass and the first backward (``create_graph=True``) per batch and
   keeps the resulting gradient graph; every later product is only the second backward through it. The
   graphs are dropped as soon as ``params``, ``buffers`` or the frozen weights change (new tensors or
-  in-place edits), by :meth:`SplitObjective.release_graphs`, or when another objective starts keeping
-  graphs (at most one objective holds them at a time). Graphs are kept only while their total size,
-  counted from the tensors autograd saves, fits ``hvp_memory_budget``; the batches beyond it are
-  recomputed per product as in ``"recompute"``. Results are bit-identical to ``"recompute"``.
+  in-place edits), by :meth:`SplitObjective.release_graphs` or ``loss_many`` (surface grids), or when
+  another objective starts keeping graphs (at most one objective holds them at a time). Graphs are kept
+  only while their total size, counted from the tensors autograd saves, fits ``hvp_memory_budget``; the
+  batches beyond it are recomputed per product as in ``"recompute"``. Results are bit-identical to
+  ``"recompute"``.
 * ``"recompute"``: double backward, forward pass and gradient graph rebuilt for every product.
 * ``"jvp"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(batch loss))`` per batch; equal to
   the others within float rounding.
@@ -247,6 +248,7 @@ class SplitObjective:
         if chunk_size is not None and chunk_size < 1:
             raise ProbeError(f"chunk_size must be >= 1, got {chunk_size}")
         step = n_points if chunk_size is None else chunk_size
+        self.release_graphs()  # surface grids need the memory more than a sequence of products
         out = torch.empty(n_points, dtype=self.dtype, device=self.device)
         with torch.no_grad(), eval_mode(self.model):
             for start in range(0, n_points, max(step, 1)):
@@ -346,7 +348,8 @@ class SplitObjective:
 
     def _state(self) -> list[tuple[str, torch.Tensor, int]]:
         """(name, tensor, in-place version) of every tensor the loss reads."""
-        return [(name, t, t._version) for store in (self.params, self._frozen, self.buffers) for name, t in store.items()]
+        stores = (self.params, self._frozen, self.buffers)
+        return [(name, t, t._version) for store in stores for name, t in store.items()]
 
     def _graphs_current(self) -> bool:
         """Whether retained graphs exist and theta (params, frozen weights, buffers) is unchanged since."""
