@@ -625,6 +625,21 @@ def test_reporter_prints_by_time_between_deciles_and_is_silent_when_quiet():
     assert quiet.getvalue() == ""
 
 
+def test_a_stage_without_steps_prints_still_running_lines():
+    import time
+
+    from traits.progress import Reporter
+
+    stream = io.StringIO()
+    with Reporter(mode="lines", stream=stream, interval=0.05, heartbeat=True) as rep:
+        done = rep("Hessian id", 1)
+        time.sleep(0.4)
+        done(1, 1)
+    text = stream.getvalue()
+    assert "Hessian id: still running after" in text and "Hessian id: done in" in text
+    assert text.index("still running") < text.index("done in")
+
+
 def test_a_piped_audit_prints_timestamped_progress_lines(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", **{"probes.hessian": {"enabled": True, "top_k": 1, "max_steps": 3,
                                                                  "trace_hvps": 3, "density_runs": 1,

@@ -68,8 +68,11 @@ class _Stage:
         now = r.clock()
         if not self.ended and now - self.last_print >= r.interval:
             self.last_print = now
-            progress = f"{self._count()}, " if self.done and self.total > 1 else ""
-            r.line(f"{self.description}: {progress}still running after {now - self.started:.0f} s")
+            elapsed = f"after {now - self.started:.0f} s"
+            if self.done and self.total > 1:
+                r.line(f"{self.description}: {self._count()} {elapsed}")
+            else:
+                r.line(f"{self.description}: still running {elapsed}")
 
     def _count(self) -> str:
         if not self.total:
