@@ -22,33 +22,24 @@ from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
 from traits.results import AuditResult, json_float, load_result
 from traits.spec import AuditSpec, load_spec, read_mapping
+from traits.study import catalogue as _catalogue
 
 CAMPAIGN_FILE = "campaign.yaml"
 
-#: Landscape metrics whose OOD/ID ratio is compared with the error ratio.
-LANDSCAPE_RATIOS = ("lambda_ratio", "trace_ratio", "radius_ratio", "sharpness_ratio", "basin_area_ratio",
-                    "plane_basin_area_ratio", "nonconvexity_ratio", "first_jump_ratio", "entropy_ood_minus_id",
-                    "loss_ratio")
+# Columns, labels, kinds and expected signs come from the one metric catalogue (traits.study.catalogue).
+_RANKED = _catalogue.ranked()
+#: Landscape metrics whose OOD/ID ratio is compared with the error ratio (the loss at θ listed last).
+LANDSCAPE_RATIOS = tuple(m.name for m in _RANKED if m.kind == "landscape") + ("loss_ratio",)
 #: The sceptic's baselines: how far the OOD set lies from training (traits.shift), OOD/ID.
-DISTANCE_RATIOS = ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio")
+DISTANCE_RATIOS = tuple(m.name for m in _RANKED if m.kind == "distance baseline")
 #: OOD/ID ratios compared across tasks; the first is the error ratio the others are ranked against.
 SUMMARY_RATIOS = ("mae_ratio", *LANDSCAPE_RATIOS, *DISTANCE_RATIOS)
-RATIO_LABELS = {
-    "mae_ratio": "MAE", "lambda_ratio": "λ_max", "trace_ratio": "trace", "radius_ratio": "robust radius",
-    "sharpness_ratio": "sharpness", "basin_area_ratio": "basin area",
-    "plane_basin_area_ratio": "basin area (eigenvector plane)", "loss_ratio": "loss at θ",
-    "nonconvexity_ratio": "|λ_min|/λ_max", "first_jump_ratio": "first jump scale",
-    "entropy_ood_minus_id": "loss entropy (OOD − ID)",
-    "embedding_knn_ratio": "embedding kNN distance", "composition_knn_ratio": "composition kNN distance",
-    "target_wasserstein_ratio": "target Wasserstein to train",
-}
-RATIO_KIND = {**{k: "landscape" for k in LANDSCAPE_RATIOS}, **{k: "distance baseline" for k in DISTANCE_RATIOS},
-              # the loss at θ is the probes' own error (MSE on their subsample): listed, never a "best" predictor
-              "loss_ratio": "error at θ (reference)"}
+RATIO_LABELS = {k: v for k, v in _catalogue.labels().items() if k in SUMMARY_RATIOS}
+# the loss at θ is the probes' own error (MSE on their subsample): listed, never a "best" predictor
+RATIO_KIND = {m.name: m.kind for m in _RANKED}
 #: The sign a ratio's correlation with the error ratio should have if the metric tracks OOD error
 #: (a smaller robust radius or basin means a worse OOD landscape).
-EXPECTED_SIGN = {"radius_ratio": -1.0, "basin_area_ratio": -1.0, "plane_basin_area_ratio": -1.0,
-                 "first_jump_ratio": -1.0, "entropy_ood_minus_id": -1.0}
+EXPECTED_SIGN = {m.name: m.direction for m in _RANKED if m.direction < 0}
 
 
 @dataclass
@@ -105,6 +96,80 @@ def _same_spec(result: AuditResult, spec: AuditSpec) -> bool:
     return set(ran) <= set(want) and _project(want, ran) == ran
 
 
+def campaign_resources(directory: Path) -> dict[str, dict]:
+    """``resources`` of campaign.yaml: {"default": {"CPU": 1}, TASK: {"GPU": 1}, ...} (Dask worker resources)."""
+    settings = Path(directory) / CAMPAIGN_FILE
+    raw = read_mapping(settings).get("resources", {}) if settings.is_file() else {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{settings}: 'resources' must map task names (or 'default') to e.g. {{GPU: 1}}")
+    return raw
+
+
+def task_resources(task: Task, declared: dict[str, dict]) -> dict:
+    """What a task needs: its entry in campaign.yaml ``resources``, else the default, else GPU for a spec
+    pinned to ``device: cuda`` and one CPU otherwise."""
+    if task.name in declared:
+        return dict(declared[task.name])
+    if task.spec.device == "cuda":
+        return {"GPU": 1}
+    return dict(declared.get("default", {"CPU": 1}))
+
+
+def finished_row(where: Path, spec: AuditSpec, task: str) -> dict | None:
+    """The summary row of a finished task folder (its results.json produced by this spec), else None."""
+    previous = where / "results.json"
+    if not previous.is_file():
+        return None
+    try:
+        done = load_result(previous)
+    except TraitsError:
+        return None
+    return summary_row(task, done) if _same_spec(done, spec) else None
+
+
+def run_task(job, progress=None, log: Callable[[str], None] | None = None) -> dict:
+    """Run one (seed, task) job (:class:`traits.study.executors.Job`) and return its summary row.
+
+    Idempotent: a folder whose results.json came from this spec is reused, not rerun. The audit writes
+    into the task's own folder and results.json (renamed into place) is written last, so a task whose
+    worker was lost has no results.json and runs again (training resumes from its saved state)."""
+    from traits.audit import run_audit
+
+    log = log or (lambda _m: None)
+    if getattr(job, "threads", 0):
+        from traits.study.executors import _set_threads
+
+        _set_threads(job.threads)
+    spec = load_spec(Path(job.spec_path), overrides=dict(job.overrides), need_checkpoint=False)
+    where = Path(job.where)
+    row = finished_row(where, spec, job.task)
+    if row is not None:
+        log(f"{job.label}: done earlier, reusing {where / 'results.json'}")
+        return row
+    log(f"{job.label}: running")
+    _clear_stale_task(where, spec, log)
+    t = time.perf_counter()
+    result = run_audit(spec, where, spec_path=job.spec_path, command=f"traits campaign {job.campaign}",
+                       progress=progress, train_progress=progress if callable(progress) else False)
+    log(f"{job.label}: {result.status} in {time.perf_counter() - t:.0f} s")
+    return summary_row(job.task, result)
+
+
+def estimate_text(n_pending: int, n_total: int, n_tasks: int, n_seeds: int, measured: list[float],
+                  workers: int) -> str:
+    """The compute estimate printed before a campaign starts: tasks × seeds × measured time per task."""
+    head = f"{n_total} audits ({n_tasks} tasks × {n_seeds} seed{'s' * (n_seeds != 1)}), {n_pending} to run"
+    if not n_pending:
+        return head + "."
+    if not measured:
+        return (head + "; no finished task of this campaign to measure the time per task from yet (run one "
+                "with --max-tasks 1 to get an estimate).")
+    per = float(np.median(measured))
+    hours = n_pending * per / max(1, workers) / 3600
+    return (head + f"; measured {per:.0f} s per task (median of {len(measured)} finished) → about "
+            f"{n_pending} × {per:.0f} s / {workers} worker{'s' * (workers != 1)} ≈ {hours:.1f} h.")
+
+
 def run_campaign(
     directory: Path,
     out_dir: Path,
@@ -115,50 +180,101 @@ def run_campaign(
     log: Callable[[str], None] = lambda _msg: None,
     progress=None,
     summary_only: bool = False,
+    executor: str = "local",
+    workers: int = 1,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    max_tasks: int | None = None,
+    task_fn: Callable | None = None,
+    dask_processes: bool = True,
 ) -> dict:
     """Run (or resume) every task for every seed, then write the summary (JSON, Markdown, HTML, PDF).
 
+    Tasks run in this process (``workers=1``, the default), on a local process pool (``workers > 1``) or on
+    Dask (``executor="dask"``, a LocalCluster or the running ``scheduler``); see traits.study.executors.
+    ``max_tasks`` runs at most that many unfinished tasks (e.g. one, to measure the time per task).
     With ``summary_only`` nothing runs: the summary covers the tasks already finished (and lists the
     others as missing), e.g. to look at a campaign that is still running elsewhere."""
-    from traits.audit import run_audit
+    from traits.study.executors import Job, TaskFailed, execute, plan_threads
 
     out_dir = ensure_dir(Path(out_dir))
-    rows, missing = [], []
     t_start = time.perf_counter()
-    for seed in seeds if seeds else [None]:
+    declared = campaign_resources(Path(directory)) if Path(directory).is_dir() else {}
+    per_thread = None if executor == "local" and workers == 1 and threads is None else (
+        plan_threads(workers, threads) if not scheduler else (threads or 1))
+    slots: list[dict | None] = []
+    jobs: list[tuple[int, Job]] = []
+    missing: list[dict] = []
+    seed_list = seeds if seeds else [None]
+    n_tasks = 0
+    for seed in seed_list:
         tasks = load_campaign(directory, profile, seed, data_path)
+        n_tasks = len(tasks)
+        overrides = dict(read_mapping(Path(directory) / CAMPAIGN_FILE).get("profiles", {}).get(profile) or {}) \
+            if profile is not None else {}
+        if seed is not None:
+            overrides["seed"] = seed
+        if data_path is not None:
+            overrides["data.path"] = str(Path(data_path).resolve())
         for task in tasks:
             where = out_dir / f"seed-{task.spec.seed}" / task.name
-            previous = where / "results.json"
-            if previous.is_file():
-                try:
-                    done = load_result(previous)
-                except TraitsError:
-                    done = None
-                if done is not None and _same_spec(done, task.spec):
-                    log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {previous}")
-                    rows.append(summary_row(task.name, done))
-                    continue
+            row = finished_row(where, task.spec, task.name)
+            if row is not None:
+                log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {where / 'results.json'}")
+                slots.append(row)
+                continue
             if summary_only:
                 log(f"seed {task.spec.seed} {task.name}: not finished, left out of the summary")
                 missing.append({"seed": task.spec.seed, "task": task.name})
+                slots.append(None)
                 continue
-            log(f"seed {task.spec.seed} {task.name}: running")
-            _clear_stale_task(where, task.spec, log)
-            t = time.perf_counter()
-            result = run_audit(task.spec, where, spec_path=str(task.path),
-                               command=f"traits campaign {directory}", progress=progress,
-                               train_progress=progress if callable(progress) else False)
-            log(f"seed {task.spec.seed} {task.name}: {result.status} in {time.perf_counter() - t:.0f} s")
-            rows.append(summary_row(task.name, result))
+            job = Job(index=len(slots), task=task.name, seed=task.spec.seed, spec_path=str(task.path),
+                      overrides=overrides, where=str(where), campaign=str(directory),
+                      threads=per_thread or 0, resources=task_resources(task, declared))
+            jobs.append((len(slots), job))
+            slots.append(None)
+    measured = [r["wall_seconds"] for r in slots if r is not None and r.get("wall_seconds")]
+    if not summary_only:
+        log(estimate_text(len(jobs), len(slots), n_tasks, len(seed_list), measured, workers))
+    if max_tasks is not None and len(jobs) > max_tasks:
+        for i, job in jobs[max_tasks:]:
+            missing.append({"seed": job.seed, "task": job.task})
+        jobs = jobs[:max_tasks]
+    failed = []
+    if jobs:
+        if task_fn is not None:
+            fn = task_fn
+        elif executor == "local" and workers == 1:
+            def fn(job, _progress=progress, _log=log):
+                return run_task(job, progress=_progress, log=_log)
+        else:
+            fn = run_task
+        results = execute(fn, [j for _, j in jobs], executor=executor, workers=workers, threads=threads,
+                          scheduler=scheduler, log=log, dask_processes=dask_processes)
+        for (i, job), res in zip(jobs, results):
+            if isinstance(res, TaskFailed):
+                failed.append({"seed": job.seed, "task": job.task, "error": res.error, "kind": res.kind})
+            else:
+                slots[i] = res
+    rows = [r for r in slots if r is not None]
+    if not rows:
+        if failed:
+            raise TraitsError(f"{out_dir}: every task failed; the first: {failed[0]['task']} (seed "
+                              f"{failed[0]['seed']}): {failed[0]['error']}")
+        raise TraitsError(f"{out_dir}: no finished audit to summarise")
     summary = summarise(rows)
     summary["profile"] = profile
     summary["campaign"] = str(directory)
     summary["wall_seconds_this_run"] = time.perf_counter() - t_start
     summary["missing"] = missing
-    if not rows:
-        raise TraitsError(f"{out_dir}: no finished audit to summarise")
+    summary["executor"] = {"kind": executor, "workers": workers, "threads_per_worker": per_thread,
+                           "scheduler": scheduler}
+    if failed:
+        summary["failed"] = failed
     write_summary(summary, out_dir)
+    if failed:
+        raise TraitsError(f"{len(failed)} task(s) failed (the summary covers the others): "
+                          + "; ".join(f"{f['task']} (seed {f['seed']}): {f['error']}" for f in failed[:3]))
     return summary
 
 
@@ -189,7 +305,8 @@ def summary_row(task: str, result: AuditResult) -> dict:
     m = {s: result.metrics.get(s) for s in ("id", "ood")}
     row = {
         "task": task, "name": result.name, "seed": result.provenance.seed, "target": result.target,
-        "unit": result.unit, "omit": result.omit, "status": result.status,
+        "unit": result.unit, "omit": result.omit, "holdout": (result.spec or {}).get("holdout"),
+        "family": task_family(result), "status": result.status,
         "id_mae": _get(result.accuracy.get("id"), "mae"), "ood_mae": _get(result.accuracy.get("ood"), "mae"),
         "n_id": _get(result.accuracy.get("id"), "n"), "n_ood": _get(result.accuracy.get("ood"), "n"),
         "wall_seconds": sum(v for k, v in result.provenance.wall_seconds.items() if k != "total"),
@@ -208,6 +325,25 @@ def summary_row(task: str, result: AuditResult) -> dict:
     row["shift_case"] = case.numbers.get("case") if case is not None else None
     row["failed_gates"] = [g.name for g in result.gates if g.level == "fail"]
     return row
+
+
+def task_family(result: AuditResult) -> str:
+    """element (omit), the holdout kind, named sets, or random (nothing omitted)."""
+    holdout = (result.spec or {}).get("holdout")
+    if holdout:
+        return str(holdout.get("kind"))
+    if result.omit:
+        return "element"
+    if ((result.spec or {}).get("data") or {}).get("sets"):
+        return "named sets"
+    return "random"
+
+
+def held_out_text(entry: dict) -> str:
+    holdout = entry.get("holdout")
+    if holdout:
+        return f"{holdout['kind']} {', '.join(str(v) for v in holdout['values'])}"
+    return ", ".join(entry.get("omit") or []) or "none (random)"
 
 
 def _landscape_ratios(result: AuditResult) -> dict:
@@ -243,10 +379,15 @@ def summarise(rows: list[dict]) -> dict:
     tasks: dict[str, dict] = {}
     for row in rows:
         tasks.setdefault(row["task"], {"task": row["task"], "target": row["target"], "omit": row["omit"],
+                                       "holdout": row.get("holdout"), "family": row.get("family"),
                                        "unit": row["unit"], "rows": []})["rows"].append(row)
     per_task = []
     for t in tasks.values():
         entry = {k: t[k] for k in ("task", "target", "omit", "unit")}
+        if t.get("holdout"):
+            entry["holdout"] = t["holdout"]
+        if t.get("family"):
+            entry["family"] = t["family"]
         entry["seeds"] = [r["seed"] for r in t["rows"]]
         for key in ("id_mae", "ood_mae", *SUMMARY_RATIOS, "id_lambda_max", "ood_lambda_max", "id_trace",
                     "ood_trace", "id_robust_radius", "ood_robust_radius", "ood_target_outside"):
@@ -326,7 +467,7 @@ def summary_markdown(summary: dict) -> str:
     for e in summary["tasks"]:
         outside = e.get("ood_target_outside")
         lines.append("| " + " | ".join([
-            e["task"], e["target"], ", ".join(e["omit"]) or "none (random)", _pm(e, "id_mae"), _pm(e, "ood_mae"),
+            e["task"], e["target"], held_out_text(e), _pm(e, "id_mae"), _pm(e, "ood_mae"),
             _pm(e, "mae_ratio"), _pm(e, "id_lambda_max"), _pm(e, "ood_lambda_max"), _pm(e, "lambda_ratio"),
             _pm(e, "id_trace"), _pm(e, "ood_trace"), _pm(e, "trace_ratio"), _pm(e, "id_robust_radius"),
             _pm(e, "ood_robust_radius"), _pm(e, "radius_ratio"), _pm(e, "embedding_knn_ratio"),

@@ -1,0 +1,149 @@
+"""Executors: the local process pool and Dask give the same results; a worker killed mid-task is rerun;
+a mini campaign gives identical summaries on both."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from traits.errors import SpecError
+from traits.study.executors import TaskFailed, execute, plan_threads
+
+
+@dataclass(frozen=True)
+class Toy:
+    index: int
+    marker: str = ""
+    task: str = "toy"
+    threads: int = 1
+    resources: tuple = ()
+
+    @property
+    def label(self) -> str:
+        return f"toy {self.index}"
+
+
+def square(job: Toy) -> int:
+    if job.index == 3:
+        raise ValueError("three is bad")
+    return job.index ** 2
+
+
+def die_once(job: Toy) -> int:
+    """Kills its own worker process the first time it runs (a marker file remembers), then succeeds."""
+    marker = Path(job.marker)
+    if job.index == 1 and not marker.exists():
+        marker.write_text("killed once")
+        os._exit(17)
+    return job.index * 10
+
+
+def test_plan_threads():
+    assert plan_threads(2, n_cores=2) == 1
+    assert plan_threads(1, n_cores=16) == 16
+    assert plan_threads(3, n_cores=16) == 5
+    with pytest.raises(SpecError, match="exceeds"):
+        plan_threads(2, 2, n_cores=2)
+    with pytest.raises(SpecError, match="at least 1"):
+        plan_threads(0)
+    with pytest.raises(SpecError, match="choose one of"):
+        execute(square, [Toy(0)], executor="slurm")
+    with pytest.raises(SpecError, match="needs --executor dask"):
+        execute(square, [Toy(0)], scheduler="tcp://127.0.0.1:1")
+
+
+def test_local_pool_results_in_order_failures_recorded_and_lost_worker_rerun(tmp_path):
+    jobs = [Toy(i) for i in range(5)]
+    got = execute(square, jobs, workers=2, threads=1)
+    assert got[:3] == [0, 1, 4] and got[4] == 16
+    assert isinstance(got[3], TaskFailed) and "three is bad" in got[3].error
+    logs: list[str] = []
+    killing = [Toy(i, marker=str(tmp_path / "killed")) for i in range(3)]
+    assert execute(die_once, killing, workers=2, threads=1, log=logs.append) == [0, 10, 20]
+    assert (tmp_path / "killed").read_text() == "killed once"
+    assert any("worker was lost" in m for m in logs)
+
+
+def test_dask_local_cluster_matches_local_pool(tmp_path):
+    pytest.importorskip("distributed")
+    jobs = [Toy(i) for i in range(5)]
+    got = execute(square, jobs, executor="dask", workers=1, threads=1, dask_processes=False)
+    assert got[:3] == [0, 1, 4] and got[4] == 16 and isinstance(got[3], TaskFailed)
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_task_is_rerun(tmp_path):
+    pytest.importorskip("distributed")
+    jobs = [Toy(i, marker=str(tmp_path / "killed")) for i in range(3)]
+    assert execute(die_once, jobs, executor="dask", workers=1, threads=1) == [0, 10, 20]
+    assert (tmp_path / "killed").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# A mini campaign on each executor
+
+
+def _mini(name, target, omit=(), holdout=None):
+    from tests.test_campaign import mini_spec
+
+    spec = mini_spec(name, target, list(omit))
+    if holdout:
+        spec["holdout"] = holdout
+    return spec
+
+
+@pytest.fixture()
+def mini_campaign(tmp_path):
+    d = tmp_path / "campaign"
+    d.mkdir()
+    (d / "a-fe.yaml").write_text(yaml.safe_dump(_mini("a-fe", "formation_energy_per_atom", ["Fe"])))
+    (d / "b-row2.yaml").write_text(yaml.safe_dump(_mini("b-row2", "band_gap", holdout={"kind": "row", "values": [2]})))
+    (d / "campaign.yaml").write_text(yaml.safe_dump({"profiles": {"tiny": {"data.subsample": 120}},
+                                                     "resources": {"default": {"CPU": 1}}}))
+    return d
+
+
+def _comparable(summary: dict) -> dict:
+    s = json.loads(json.dumps(summary))
+    for key in ("wall_seconds_this_run", "executor"):
+        s.pop(key, None)
+    return s
+
+
+def _kill_first_audit(job):
+    """The campaign's task function, except that the first attempt of the first task kills its worker."""
+    from traits.campaign import run_task
+
+    marker = Path(job.where).parent.parent / "killed-once"
+    if job.index == 0 and not marker.exists():
+        marker.write_text("x")
+        os._exit(9)
+    return run_task(job)
+
+
+@pytest.mark.slow
+def test_mini_campaign_identical_on_local_pool_and_dask(mini_campaign, tmp_path):
+    pytest.importorskip("distributed")
+    from traits.campaign import run_campaign
+
+    local = run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", workers=2, threads=1,
+                         task_fn=_kill_first_audit)
+    assert (tmp_path / "local" / "killed-once").exists()  # the first task's worker died and the task was rerun
+    dask = run_campaign(mini_campaign, tmp_path / "dask", seeds=[0], profile="tiny", executor="dask", workers=1,
+                        threads=1, dask_processes=False)
+    assert len(local["rows"]) == len(dask["rows"]) == 2
+    a, b = _comparable(local), _comparable(dask)
+    for row in a["rows"] + b["rows"]:
+        row.pop("wall_seconds")
+    assert a == b
+    assert {r["family"] for r in a["rows"]} == {"element", "row"}
+    assert "row 2" in (tmp_path / "dask" / "summary.md").read_text()
+    # idempotent: a second run on the pool reuses every finished task folder
+    logs: list[str] = []
+    run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", workers=2, threads=1, log=logs.append)
+    assert sum("done earlier" in m for m in logs) == 2

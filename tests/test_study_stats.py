@@ -1,0 +1,116 @@
+"""The study statistics against cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from traits.study import stats
+
+
+def _rows(errors, values, tasks, family="element", **extra):
+    rows = []
+    for e, v, t in zip(errors, values, tasks):
+        rows.append({"task": t, "family": family, "mae_ratio": e, "m": v, **{k: x[len(rows)] for k, x in extra.items()}})
+    return rows
+
+
+def test_monotone_data_gives_rho_one_with_a_tight_interval():
+    x = np.arange(1, 13, dtype=float)
+    rows = _rows(x, x ** 2, [f"t{i}" for i in range(12)])
+    got = stats.metric_statistics(rows, "m", n_boot=300, controls={})
+    assert got["rho"] == pytest.approx(1.0)
+    assert got["low"] == pytest.approx(1.0) and got["high"] == pytest.approx(1.0)
+    assert got["p"] < 1e-6
+    assert got["n_tasks"] == 12
+
+
+def test_independent_noise_interval_covers_zero():
+    rng = np.random.default_rng(3)
+    n = 40
+    rows = _rows(rng.normal(size=n), rng.normal(size=n), [f"t{i}" for i in range(n)])
+    got = stats.metric_statistics(rows, "m", n_boot=500, controls={})
+    assert got["low"] < 0 < got["high"]
+    assert got["p"] > 0.05
+
+
+def test_holm_on_known_p_values():
+    adj = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
+    assert adj["a"] == pytest.approx(0.03)
+    assert adj["c"] == pytest.approx(0.06)
+    assert adj["b"] == pytest.approx(0.06)
+    assert adj["d"] is None
+    assert stats.holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}
+
+
+def test_cluster_bootstrap_is_wider_than_naive_on_duplicated_seeds():
+    """Three identical 'seeds' per task: the naive bootstrap treats 3n points as independent and is too
+    narrow; clustering by task gives the interval of the n distinct tasks."""
+    rng = np.random.default_rng(0)
+    n = 10
+    e = rng.normal(size=n)
+    v = 0.5 * e + rng.normal(size=n)
+    tasks = [f"t{i}" for i in range(n)]
+    dup = _rows(np.repeat(e, 3), np.repeat(v, 3), np.repeat(tasks, 3))
+    x = np.array([r["m"] for r in dup])
+    y = np.array([r["mae_ratio"] for r in dup])
+    stat = lambda i: stats.spearman(x[i], y[i])  # noqa: E731
+    clustered = stats.cluster_bootstrap(stat, len(dup), [r["task"] for r in dup], n_boot=800)
+    naive = stats.cluster_bootstrap(stat, len(dup), list(range(len(dup))), n_boot=800)
+    single = stats.cluster_bootstrap(lambda i: stats.spearman(v[i], e[i]), n, tasks, n_boot=800)
+    assert clustered["n_clusters"] == n and naive["n_clusters"] == 3 * n
+    width = lambda b: b["high"] - b["low"]  # noqa: E731
+    assert width(naive) < 0.8 * width(clustered)
+    assert width(clustered) == pytest.approx(width(single), rel=0.35)
+    # the p-value uses the task means: duplicating seeds does not make it smaller
+    p_dup = stats.spearman_p_on_clusters(x, y, [r["task"] for r in dup])
+    p_one = stats.spearman_p_on_clusters(v, e, tasks)
+    assert p_dup == pytest.approx(p_one)
+
+
+def test_partial_spearman_removes_a_confounder():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=200)
+    x = z + 0.1 * rng.normal(size=200)
+    y = z + 0.1 * rng.normal(size=200)
+    assert stats.spearman(x, y) > 0.9
+    assert abs(stats.partial_spearman(x, y, [z])) < 0.2
+
+
+def test_noise_floor_and_versus_baseline_and_study_block():
+    rng = np.random.default_rng(2)
+    rows = []
+    for t in range(8):
+        err = 1.0 + t
+        for s in range(3):
+            rows.append({"task": f"e{t}", "family": "element", "mae_ratio": err + 0.01 * s,
+                         "lambda_ratio": err * 2 + 0.01 * s, "embedding_knn_ratio": rng.normal(),
+                         "loss_ratio": err + rng.normal(), "target_wasserstein_ratio": rng.normal()})
+    for t in range(3):
+        for s in range(3):
+            rows.append({"task": f"r{t}", "family": "random", "mae_ratio": 1.0 + 0.05 * rng.normal(),
+                         "lambda_ratio": 1.3 + 0.01 * s, "embedding_knn_ratio": 1.0, "loss_ratio": 1.0,
+                         "target_wasserstein_ratio": 1.0})
+    kinds = {"lambda_ratio": "landscape", "embedding_knn_ratio": "distance baseline",
+             "loss_ratio": "error at θ (reference)"}
+    out = stats.study_statistics(rows, ["lambda_ratio", "embedding_knn_ratio", "loss_ratio"], kinds=kinds,
+                                 signs={}, n_boot=200)
+    floor = out["noise_floor"]["lambda_ratio"]
+    assert floor["n"] == 9 and floor["share_above_1"] == 1.0 and floor["median"] == pytest.approx(1.31)
+    assert out["overall"]["lambda_ratio"]["rho"] > 0.8
+    assert out["overall"]["lambda_ratio"]["p_holm"] >= out["overall"]["lambda_ratio"]["p"]
+    assert out["vs_best_baseline"]["baseline"] == "embedding_knn_ratio"
+    vs = out["vs_best_baseline"]["metrics"]["lambda_ratio"]
+    assert vs["diff"] > 0 and vs["low"] is not None
+    assert out["per_family"]["element"]["metrics"]["lambda_ratio"]["rho"] == pytest.approx(1.0)
+    assert out["per_family"]["random"]["metrics"] is None
+    assert set(out["overall"]["lambda_ratio"]["partial"]) == {"loss", "target_shift", "all"}
+
+
+def test_figures_render():
+    rows = [{"task": f"t{i}", "family": "element" if i % 2 else "random", "mae_ratio": 1.0 + i,
+             "lambda_ratio": 1.0 + 2 * i} for i in range(6)]
+    out = stats.study_statistics(rows, ["lambda_ratio"], kinds={"lambda_ratio": "landscape"}, signs={}, n_boot=50)
+    assert stats.forest_figure(out, {"lambda_ratio": "λ_max"}).axes
+    assert stats.scatter_figure(rows, ["lambda_ratio"], {"lambda_ratio": "λ_max"}).axes

@@ -1,0 +1,162 @@
+"""The one catalogue of metrics: what each OOD/ID number is, which way is worse, which gate reads it,
+whether it fails an audit by default, and what the committed study measured about it.
+
+Ratios, report rows, campaign columns and gates read this list instead of keeping their own:
+:mod:`traits.campaign` takes its columns, labels, kinds and expected signs from it; the study summary
+(:mod:`traits.study.summary`) writes the measured ρ back into ``docs/study/catalogue-evidence.json``,
+which :func:`evidence` reads, so a report can cite the number next to a metric it flags on.
+
+The default-fail rule the study supports (:func:`fails_by_default_from_evidence`): a metric fails an
+audit by default only when the committed study's cluster-bootstrap interval of ρ (in the metric's
+expected direction) lies above the noise floor of the random-split baselines; every other metric warns.
+Until a study at the issue-16 budget is committed there is no such evidence, and ``fails_by_default``
+below keeps today's gate defaults for the error ratio and the NaN share (which are direct measurements
+of failure, not predictors) and marks every landscape metric as warn-only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+#: Where the committed study's per-metric evidence lives (written by ``traits study summary``).
+EVIDENCE_FILE = Path(__file__).resolve().parents[2] / "docs" / "study" / "catalogue-evidence.json"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a study measured: Spearman ρ of the metric's OOD/ID ratio with the OOD/ID error ratio."""
+
+    rho: float | None
+    low: float | None
+    high: float | None
+    n_tasks: int
+    n_audits: int
+    noise_floor: float | None
+    study_version: str
+    data_set: str
+    pipeline_check: bool = True  # True: a tiny-budget run, not evidence
+
+    def text(self) -> str:
+        if self.rho is None:
+            return f"not measured in {self.study_version}"
+        iv = f" [{self.low:.2f}, {self.high:.2f}]" if self.low is not None and self.high is not None else ""
+        tag = ", pipeline check only" if self.pipeline_check else ""
+        return f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks ({self.study_version}, {self.data_set}{tag})"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str                    # the key in AuditResult.ratios / the campaign row
+    label: str                   # short label for tables and figures
+    kind: str                    # "error", "landscape", "distance baseline", "error at θ (reference)", "surface"
+    direction: float = 1.0       # +1: a larger OOD/ID value is worse; -1: a smaller one is worse
+    unit: str = "ratio"          # "ratio" (OOD/ID), "difference" (OOD − ID) or "fraction"
+    gate_field: str | None = None    # the GateSpec threshold field, when a gate reads the metric
+    comparison: str | None = None    # the gate's comparison ("<=" or ">=")
+    fails_by_default: bool = False   # in GateSpec.fail_on by default
+    description: str = ""
+    evidence: Evidence | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_METRICS: tuple[Metric, ...] = (
+    Metric("mae_ratio", "MAE", "error", gate_field="max_mae_ratio", comparison="<=", fails_by_default=True,
+           description="OOD MAE / ID MAE: the error itself, the quantity every other metric is ranked against."),
+    Metric("lambda_ratio", "λ_max", "landscape", gate_field="max_lambda_ratio", comparison="<=",
+           description="Top Hessian eigenvalue of the OOD loss over the ID one (certified Lanczos)."),
+    Metric("trace_ratio", "trace", "landscape", gate_field="max_trace_ratio", comparison="<=",
+           description="Hessian trace (Hutch++), OOD over ID."),
+    Metric("radius_ratio", "robust radius", "landscape", direction=-1.0, gate_field="min_radius_ratio",
+           comparison=">=", fails_by_default=False,
+           description="Radius of the region where the loss stays within (1+τ)·L(θ), OOD over ID. Warn-only "
+           "until a study shows it tracks OOD error: the reference campaign measured ρ = 0.04."),
+    Metric("sharpness_ratio", "sharpness", "landscape", description="ε-sharpness, OOD over ID."),
+    Metric("basin_area_ratio", "basin area", "landscape", direction=-1.0,
+           description="Area of the 2D robust basin, OOD over ID."),
+    Metric("plane_basin_area_ratio", "basin area (eigenvector plane)", "landscape", direction=-1.0,
+           description="Basin area in the plane of the top and bottom Hessian eigenvectors, OOD over ID."),
+    Metric("nonconvexity_ratio", "|λ_min|/λ_max", "landscape", description="Non-convexity at θ, OOD over ID."),
+    Metric("first_jump_ratio", "first jump scale", "landscape", direction=-1.0,
+           description="Distance to the first discontinuity of the 1D loss curves, OOD over ID."),
+    Metric("entropy_ood_minus_id", "loss entropy (OOD − ID)", "landscape", direction=-1.0, unit="difference",
+           description="Entropy of the loss surface, OOD minus ID."),
+    Metric("loss_ratio", "loss at θ", "error at θ (reference)",
+           description="The probes' own MSE at θ, OOD over ID; listed, never a 'best' predictor."),
+    Metric("embedding_knn_ratio", "embedding kNN distance", "distance baseline", gate_field="max_embedding_knn_ratio",
+           comparison="<=", description="Median distance of OOD compounds to their nearest training compounds "
+           "in the model's embedding, over the ID one."),
+    Metric("composition_knn_ratio", "composition kNN distance", "distance baseline",
+           description="The same in a composition (element-fraction) space: needs no model."),
+    Metric("target_wasserstein_ratio", "target Wasserstein to train", "distance baseline",
+           description="Wasserstein distance of the OOD targets to the training targets, over the ID one."),
+    Metric("nan_fraction", "non-finite share of the loss surfaces", "surface", unit="fraction",
+           gate_field="max_nan_fraction", comparison="<=", fails_by_default=True,
+           description="A numerical failure of the model, not a predictor: not ranked."),
+)
+
+
+@lru_cache(maxsize=4)
+def _evidence(path: str) -> dict[str, Evidence]:
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    raw = json.loads(p.read_text(encoding="utf-8"))
+    meta = {k: raw.get(k) for k in ("study_version", "data_set", "pipeline_check")}
+    out = {}
+    for name, e in (raw.get("metrics") or {}).items():
+        out[name] = Evidence(rho=e.get("rho"), low=e.get("low"), high=e.get("high"), n_tasks=e.get("n_tasks", 0),
+                             n_audits=e.get("n_audits", 0), noise_floor=e.get("noise_floor"),
+                             study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
+                             pipeline_check=bool(meta["pipeline_check"]))
+    return out
+
+
+def catalogue(evidence_file: Path | None = None) -> tuple[Metric, ...]:
+    """Every metric, with the committed study's evidence attached where it measured the metric."""
+    ev = _evidence(str(evidence_file or EVIDENCE_FILE))
+    return tuple(replace(m, evidence=ev.get(m.name)) for m in _METRICS)
+
+
+def metric(name: str) -> Metric:
+    for m in catalogue():
+        if m.name == name:
+            return m
+    raise KeyError(name)
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    return tuple(m.name for m in _METRICS if kind is None or m.kind == kind)
+
+
+def labels() -> dict[str, str]:
+    return {m.name: m.label for m in _METRICS}
+
+
+def ranked() -> tuple[Metric, ...]:
+    """The metrics ranked against the error ratio (all but the error itself and the NaN share)."""
+    return tuple(m for m in _METRICS if m.kind not in ("error", "surface"))
+
+
+def default_fail_on() -> list[str]:
+    """What ``GateSpec.fail_on`` should default to: the gated metrics that fail by default."""
+    return [m.name for m in _METRICS if m.gate_field and m.fails_by_default]
+
+
+def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:
+    return _evidence(str(evidence_file or EVIDENCE_FILE)).get(name)
+
+
+def fails_by_default_from_evidence(m: Metric) -> bool:
+    """The study's rule: fail by default only when the lower end of the metric's ρ interval, taken in its
+    expected direction, clears the random-split noise floor, in a real study (not a pipeline check)."""
+    ev = m.evidence
+    if ev is None or ev.pipeline_check or ev.low is None or ev.high is None:
+        return False
+    low = ev.low if m.direction > 0 else -ev.high
+    floor = ev.noise_floor if ev.noise_floor is not None else 0.0
+    return low > floor

@@ -1,0 +1,230 @@
+"""Executors for campaign tasks: in-process, a local process pool (default for ``--workers N``), or Dask.
+
+Every executor takes a picklable task function and a list of jobs and returns, in job order, each job's
+result or the exception it raised (:class:`TaskFailed`), so one failing audit does not stop the others.
+Tasks are idempotent (the task function skips a finished task folder), so a lost worker costs only the
+task it was running: the local pool starts a fresh pool and resubmits the unfinished jobs, Dask's
+scheduler reschedules the tasks of a dead worker on another (its nanny restarts the worker process).
+
+Threads: each worker runs ``threads`` torch threads, ``workers × threads ≤ cores``
+(:func:`plan_threads`). Resources: a job declares what it needs (``{"CPU": 1}`` or ``{"GPU": 1}``); on
+Dask these are worker resources, so a GPU audit runs only on a worker started with ``--resources GPU=1``.
+
+Dask (``pip install 'traits-audit[distributed]'``) is imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traits.errors import SpecError, TraitsError
+
+EXECUTORS = ("local", "dask")
+
+
+@dataclass
+class TaskFailed:
+    """A job that raised (or whose worker was lost more often than allowed)."""
+
+    job: Any
+    error: str
+    kind: str = "error"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (seed, task) of a campaign, everything a worker needs to run it (picklable)."""
+
+    index: int
+    task: str
+    seed: int | None
+    spec_path: str
+    overrides: dict
+    where: str
+    campaign: str
+    threads: int = 1
+    resources: dict = field(default_factory=lambda: {"CPU": 1})
+
+    @property
+    def label(self) -> str:
+        return f"seed {self.seed if self.seed is not None else '-'} {self.task}"
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def plan_threads(workers: int, threads: int | None = None, n_cores: int | None = None) -> int:
+    """Torch threads per worker so that ``workers × threads ≤ cores`` (at least 1)."""
+    n_cores = n_cores or cores()
+    if workers < 1:
+        raise SpecError(f"--workers must be at least 1, got {workers}")
+    if threads is None:
+        return max(1, n_cores // workers)
+    if threads < 1:
+        raise SpecError(f"--threads must be at least 1, got {threads}")
+    if workers * threads > n_cores:
+        raise SpecError(f"--workers {workers} × --threads {threads} = {workers * threads} exceeds the {n_cores} "
+                        "cores of this machine; lower one of them")
+    return threads
+
+
+def _set_threads(threads: int) -> None:
+    """Torch threads of this process: the environment for a torch not imported yet (it reads
+    OMP_NUM_THREADS when it starts; importing it here would slow every worker's start), else directly."""
+    import sys
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def run_inline(fn: Callable, jobs: Sequence, log: Callable[[str], None] = lambda _m: None) -> list:
+    """In this process, one job after another (progress bars and logs as before)."""
+    out = []
+    for job in jobs:
+        try:
+            out.append(fn(job))
+        except TraitsError as exc:
+            log(f"{getattr(job, 'label', job)}: failed: {exc}")
+            out.append(TaskFailed(job, str(exc)))
+    return out
+
+
+def run_local(fn: Callable, jobs: Sequence, workers: int, threads: int,
+              log: Callable[[str], None] = lambda _m: None, max_lost: int = 2) -> list:
+    """A pool of ``workers`` spawned processes (no server). A worker that dies breaks the pool: a fresh pool
+    is started and the unfinished jobs are resubmitted, each at most ``max_lost`` times more."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    results: dict[int, Any] = {}
+    lost: dict[int, int] = {}
+    pending = dict(enumerate(jobs))
+    while pending:
+        broken = False
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"),
+                                 initializer=_set_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(fn, job): i for i, job in pending.items()}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                label = getattr(jobs[i], "label", i)
+                try:
+                    results[i] = fut.result()
+                    log(f"{label}: finished")
+                except BrokenProcessPool:
+                    broken = True
+                    lost[i] = lost.get(i, 0) + 1
+                    continue
+                except Exception as exc:  # the task raised: record it, go on with the others
+                    log(f"{label}: failed: {exc}")
+                    results[i] = TaskFailed(jobs[i], f"{type(exc).__name__}: {exc}")
+                pending.pop(i, None)
+        if broken:
+            for i in list(pending):
+                if lost[i] > max_lost:
+                    results[i] = TaskFailed(jobs[i], f"the worker running it was lost {lost[i]} times", "lost")
+                    pending.pop(i)
+            if pending:
+                log(f"a worker was lost; resubmitting {len(pending)} unfinished task(s)")
+    return [results[i] for i in range(len(jobs))]
+
+
+def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler: str | None = None,
+             log: Callable[[str], None] = lambda _m: None, processes: bool = True) -> list:
+    """On Dask distributed: a LocalCluster on 127.0.0.1 (``workers`` single-threaded workers, each offering
+    ``CPU=1`` and ``GPU=1`` when torch sees one) or the running scheduler at ``scheduler``. Each job is one
+    Dask task declaring ``job.resources``; the scheduler reschedules the task of a lost worker."""
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise SpecError("--executor dask needs Dask distributed: pip install 'traits-audit[distributed]'") from exc
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        resources = {"CPU": 1}
+        if _cuda_devices() and workers == 1:
+            resources["GPU"] = 1
+        # loopback only; tcp even in-process (the inproc transport does not parse a host-only address)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes, protocol="tcp://",
+                               host="127.0.0.1", dashboard_address=None, resources=resources)
+        client = Client(cluster)
+    try:
+        offered = [w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values()]
+        for job in jobs:
+            need = getattr(job, "resources", None) or {"CPU": 1}
+            if offered and not any(all(o.get(k, 0) >= v for k, v in need.items()) for o in offered):
+                raise SpecError(f"{getattr(job, 'label', job)} needs {need} but no Dask worker offers it (start "
+                                "workers with e.g. --resources 'GPU=1,CPU=1')")
+        client.run(_set_threads, threads)
+        futures = {}
+        for i, job in enumerate(jobs):
+            fut = client.submit(_call, fn, job, key=f"traits-task-{i}-{getattr(job, 'task', i)}",
+                                resources=getattr(job, "resources", None) or {"CPU": 1}, pure=False)
+            futures[fut] = i
+        results: dict[int, Any] = {}
+        for fut in as_completed(list(futures)):
+            i = futures[fut]
+            label = getattr(jobs[i], "label", i)
+            try:
+                results[i] = fut.result()
+                log(f"{label}: finished")
+            except Exception as exc:
+                log(f"{label}: failed: {exc}")
+                results[i] = TaskFailed(jobs[i], f"{type(exc).__name__}: {exc}")
+        return [results[i] for i in range(len(jobs))]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _cuda_devices() -> int:
+    """Visible CUDA devices, without importing torch unless it is already imported."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return 1 if Path("/dev/nvidia0").exists() else 0
+
+
+def _call(fn: Callable, job: Any) -> Any:
+    threads = getattr(job, "threads", None)
+    if threads:
+        _set_threads(threads)
+    return fn(job)
+
+
+def execute(fn: Callable, jobs: Sequence, *, executor: str = "local", workers: int = 1, threads: int | None = None,
+            scheduler: str | None = None, log: Callable[[str], None] = lambda _m: None,
+            dask_processes: bool = True) -> list:
+    """Run ``fn`` on every job with the chosen executor; results (or :class:`TaskFailed`) in job order."""
+    if executor not in EXECUTORS:
+        raise SpecError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if scheduler and executor != "dask":
+        raise SpecError("--scheduler needs --executor dask")
+    if not jobs:
+        return []
+    if executor == "dask":
+        t = plan_threads(workers, threads) if not scheduler else (threads or 1)
+        return run_dask(fn, jobs, workers, t, scheduler, log, processes=dask_processes)
+    t = plan_threads(workers, threads)
+    if workers == 1:
+        return run_inline(fn, jobs, log)
+    return run_local(fn, jobs, workers, t, log)
