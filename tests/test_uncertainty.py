@@ -206,3 +206,34 @@ def test_bootstrap_ratio_and_ensemble_and_knn():
     assert far[1] > far[0]
     with pytest.raises(ProbeError):
         unc.ensemble([np.zeros(3)])
+
+
+@pytest.mark.slow
+def test_the_audit_probe_fills_results_and_the_report_section(tmp_path):
+    """probes.uncertainty in a shrunk quickstart audit: every method scored, the section and figure drawn,
+    the screening calibration written; a result without it says 'not run'."""
+    from pathlib import Path
+
+    from traits.audit import run_audit
+    from traits.report.render import render_html
+    from traits.results import load_result
+    from traits.screen import load_calibration
+    from traits.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "audits" / "quickstart.yaml", overrides={
+        "device": "cpu", "data.subsample": 300, "probes.hessian.enabled": False, "probes.shift.enabled": False,
+        "probes.surface.points_1d": 5, "probes.surface.points_2d": 5, "probes.surface.max_samples": 4,
+        "probes.surface.directions": "random", "probes.uncertainty.enabled": True, "probes.uncertainty.top_k": 3,
+        "probes.uncertainty.planes": 1, "probes.uncertainty.points": 3, "probes.uncertainty.max_samples": 16,
+        "probes.uncertainty.max_eval": 40, "probes.hessian.max_steps": 8, "report.formats": ["json"]})
+    result = run_audit(spec, tmp_path / "out")
+    unc = load_result(tmp_path / "out" / "results.json").uncertainty
+    assert set(unc["methods"]) == {"hessian_wag", "laplace", "last_layer", "knn"}
+    for m in unc["methods"].values():
+        assert m["ood"]["calibration"]["n"] > 0 and m["u_ratio"]["value"] is not None
+    assert load_calibration(tmp_path / "out" / "model.calibration.json")["version"] == 1
+    html = render_html(result)
+    assert "Would we have known without labels?" in html and 'id="fig-uncertainty"' in html
+    result.uncertainty = None
+    assert "Per-compound uncertainty (probes.uncertainty): not run" in render_html(result)

@@ -425,6 +425,55 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     )
 
 
+def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Path, device, dtype) -> dict:
+    """Per-compound uncertainty (:mod:`traits.probes.uncertainty`) on the val / ID / OOD sets, scored against
+    the errors; also writes the screening calibration (``model.calibration.json``) into ``out_dir``."""
+    from traits.models.inference import embed
+    from traits.probes import uncertainty as unc
+    from traits.probes.directions import random_direction
+    from traits.probes.hessian import top_eigenvalues
+    from traits.probes.objective import SplitObjective
+    from traits.probes.planes import hessian_plane
+    from traits.screen import write_calibration
+
+    u, s = spec.probes.uncertainty, spec.probes.surface
+    if not (splits.get("train") and splits.get("val")) or spec.probes.loss != "mse":
+        return {"problems": ["needs the training and validation splits and the 'mse' loss; not run"]}
+    queries = {name: subsample(splits[name], u.max_eval, spec.seed + 41 + k)
+               for k, name in enumerate(("val", "id", "ood")) if splits.get(name)}
+    batches = {name: collate(g, device, dtype) for name, g in queries.items()}
+    targets = {name: np.array([float(g.y) for g in gs]) for name, gs in queries.items()}
+    obj = SplitObjective(model, collate(subsample(splits["train"], u.max_samples, spec.seed + 43), device, dtype))
+    gen = _generator(spec.seed + 47)
+    eig = top_eigenvalues(obj.hvp, obj.dim, k=u.top_k, max_steps=max(spec.probes.hessian.max_steps, 2 * u.top_k),
+                          tol=spec.probes.hessian.tol, generator=gen, device=device, dtype=dtype)
+    skip = set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
+    dirs = [random_direction(obj.params, gen, skip=skip, include_skipped=s.include_bias_and_norm)
+            for _ in range(2 * u.planes)]
+    planes = [(f"random-{i + 1}", dirs[2 * i], dirs[2 * i + 1]) for i in range(u.planes)]
+    plane = hessian_plane(obj, max_steps=spec.probes.hessian.max_steps, tol=spec.probes.hessian.tol, generator=gen,
+                          device=device, dtype=dtype, skip=skip, include_skipped=s.include_bias_and_norm)
+    planes.append(("hessian", plane.d_max, plane.d_min))
+    axis = torch.linspace(-s.span, s.span, u.points, dtype=torch.float64)
+    preds, info = unc.landscape_uncertainty(
+        model, obj, batches, eig=eig, planes=planes, axis=axis,
+        tolerance=s.tolerance, n_train=len(splits["train"]), train_batches=collate(splits["train"], device, dtype),
+        val_targets=targets["val"])
+    residuals = {name: targets[name] - preds["last_layer"][name].mean for name in targets}
+    scores_of = {m: {name: p.std for name, p in by.items()} for m, by in preds.items()}
+    train_emb = embed(model, splits["train"], device)
+    scores_of["knn"] = {name: unc.knn_distance(train_emb, embed(model, g, device), k=spec.probes.shift.k)
+                        for name, g in queries.items()}
+    methods = {m: unc.score_method(v, residuals, seed=spec.seed) for m, v in scores_of.items()
+               if "id" in v and "ood" in v}
+    problems = []
+    try:
+        write_calibration(model, splits, out_dir / "model.calibration.json", device, seed=spec.seed)
+    except TraitsError as exc:
+        problems.append(f"no screening calibration written: {exc}")
+    return {"methods": methods, "info": info, "n": {k: len(v) for k, v in targets.items()}, "problems": problems}
+
+
 def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf: SurfaceResult | None,
                   loss0: float | None) -> SplitMetrics:
     from traits.probes import metrics as pm
@@ -680,6 +729,13 @@ def _run_audit(
                                device, dtype), loss=spec.probes.loss)
         surface = run_surfaces(spec, model, objectives, out_dir, progress, train_objective=train_objective)
         walls["surfaces"] = time.perf_counter() - t
+    uncertainty = None
+    if spec.probes.uncertainty.enabled:
+        t = time.perf_counter()
+        stage_done = start_stage(progress, "per-compound uncertainty")
+        uncertainty = run_uncertainty(spec, model, data.splits, out_dir, device, dtype)
+        walls["uncertainty"] = time.perf_counter() - t
+        stage_done()
 
     metrics = {s: split_metrics(spec, s, hessians.get(s), surface, loss0[s]) for s in spec.probes.splits}
     intervals = ratio_intervals(metrics, acc, hessians, shift, spec.seed + 31)
@@ -697,7 +753,7 @@ def _run_audit(
         name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,
         target=spec.data.target, unit=TARGET_UNITS[spec.data.target], omit=list(spec.omit), loss=spec.probes.loss,
         splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
-        accuracy=acc, hessian=hessians, surface=surface, shift=shift, metrics=metrics,
+        accuracy=acc, hessian=hessians, surface=surface, shift=shift, uncertainty=uncertainty, metrics=metrics,
         ratios=certified_ratios({**ratios(metrics, acc), **(shift.ratios if shift is not None else {})}, intervals),
         ratio_intervals=intervals,
     )

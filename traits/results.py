@@ -313,6 +313,8 @@ class AuditResult(_Result):
     hessian: dict[str, HessianResult] = Field(default_factory=dict)
     surface: SurfaceResult | None = None
     shift: ShiftResult | None = None
+    uncertainty: dict[str, Any] | None = Field(
+        None, description="per-compound uncertainty methods scored against the errors (probes.uncertainty)")
     metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
     ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each metric")
     ratio_intervals: dict[str, RatioInterval] = Field(

@@ -308,12 +308,28 @@ class ShiftSpec(_Strict):
     )
 
 
+class UncertaintySpec(_Strict):
+    """Per-compound predictive uncertainty (:mod:`traits.probes.uncertainty`), scored against the errors."""
+
+    enabled: bool = Field(False, description="Run Hessian-WAG, linearised and last-layer Laplace and the kNN "
+                          "baseline, and score them against the actual errors (section 'Would we have known "
+                          "without labels?'). The WAG span and tolerance are those of probes.surface.")
+    top_k: int = Field(10, ge=1, le=50, description="Lanczos pairs of the training-loss Hessian for the Laplace "
+                       "posterior (only certified pairs are used).")
+    planes: int = Field(2, ge=0, le=8, description="Random filter-normalised planes for Hessian-WAG, besides "
+                        "the Hessian-eigenvector plane.")
+    points: int = Field(9, ge=3, le=41, description="Grid points per axis of each WAG plane.")
+    max_samples: int | None = Field(256, gt=0, description="Training structures of the curvature and WAG losses.")
+    max_eval: int | None = Field(1000, gt=0, description="At most this many val / ID / OOD compounds scored.")
+
+
 class ProbeSpec(_Strict):
     loss: Literal["mse", "mae"] = Field("mse", description="Loss in physical units used by every probe.")
     splits: list[Literal["train", "id", "ood"]] = Field(default_factory=lambda: ["id", "ood"])
     hessian: HessianSpec = Field(default_factory=HessianSpec)
     surface: SurfaceSpec = Field(default_factory=SurfaceSpec)
     shift: ShiftSpec = Field(default_factory=ShiftSpec)
+    uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
 
     @field_validator("splits")
     @classmethod

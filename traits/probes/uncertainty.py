@@ -163,11 +163,16 @@ def hessian_wag(
     tolerance: float,
     queries: Mapping[str, Sequence],
     chunk_size: int | None = None,
+    *,
+    min_kept: int = 0,
+    max_halvings: int = 0,
 ) -> WagResult:
     """Average and spread of the predictions of the low-loss models on the planes (module docstring).
 
     ``planes``: (label, d1, d2) with directions scaled as the surfaces are; ``axis``: the grid coordinates
-    (both axes); ``queries``: name -> batches of the compounds to predict."""
+    (both axes); ``queries``: name -> batches of the compounds to predict. A plane on which fewer than
+    ``min_kept`` off-centre points are kept is evaluated again on the grid shrunk by half, at most
+    ``max_halvings`` times (the kept points of the last grid are used; ``kept[i]['scale']`` says which)."""
     axis = axis.to(torch.float64).reshape(-1)
     if axis.numel() == 0:
         raise ProbeError("the grid axis is empty")
@@ -184,13 +189,19 @@ def hessian_wag(
     squares = [(m.to(torch.float64) ** 2) for m in members]
     n_models, kept, evals, coeffs = 1, [], 0, []
     for p, (label, d1, d2) in enumerate(planes):
-        stacked = _plane_points(objective, d1, d2, a, b)
-        losses = objective.loss_many(stacked, chunk_size=chunk_size)
-        evals += int(losses.numel())
-        mask = low_loss_mask(losses, loss0, tolerance).cpu()
-        kept.append({"plane": label, "kept": int(mask.sum()) + 1, "points": int(a.numel()) + 1})
+        scale = 1.0
+        for halving in range(max(int(max_halvings), 0) + 1):
+            pa, pb = a * scale, b * scale
+            stacked = _plane_points(objective, d1, d2, pa, pb)
+            losses = objective.loss_many(stacked, chunk_size=chunk_size)
+            evals += int(losses.numel())
+            mask = low_loss_mask(losses, loss0, tolerance).cpu()
+            if int(mask.sum()) >= min_kept or halving == max_halvings:
+                break
+            scale /= 2
+        kept.append({"plane": label, "kept": int(mask.sum()) + 1, "points": int(a.numel()) + 1, "scale": scale})
         idx = torch.nonzero(mask).reshape(-1)
-        coeffs.extend((p, float(a[i]), float(b[i])) for i in idx)
+        coeffs.extend((p, float(pa[i]), float(pb[i])) for i in idx)
         if idx.numel() == 0:
             continue
         chosen = {n: t[idx.to(t.device)] for n, t in stacked.items()}
@@ -505,3 +516,79 @@ def bootstrap_ratio(ood, idv, n_boot: int = 2000, seed: int = 0, level: float = 
     ratios = mo / np.where(mi > 0, mi, np.nan)
     lo, hi = np.nanquantile(ratios, [(1 - level) / 2, (1 + level) / 2])
     return {"value": float(o.mean() / i.mean()), "low": float(lo), "high": float(hi)}
+
+
+# ---------------------------------------------------------------------------------------- all methods, scored
+def landscape_uncertainty(
+    model,
+    train_objective: SplitObjective,
+    queries: Mapping[str, Sequence],
+    *,
+    eig,
+    planes: Sequence[tuple[str, Direction, Direction]],
+    axis: torch.Tensor,
+    tolerance: float,
+    n_train: int,
+    train_batches: Sequence,
+    val_targets: np.ndarray,
+    min_kept: int = 8,
+    max_halvings: int = 3,
+) -> tuple[dict[str, dict[str, Predictive]], dict]:
+    """Hessian-WAG, low-rank linearised Laplace and last-layer Laplace for every query set.
+
+    ``queries`` must hold ``"val"`` (the prior precisions are fitted there, against ``val_targets``);
+    ``eig`` the certified top pairs of the training-loss Hessian (``train_objective``);
+    ``train_batches`` every training compound (last-layer features; ``n_train`` of them, the N of the
+    likelihood). Returns (method -> query -> Predictive, diagnostics)."""
+    if "val" not in queries:
+        raise ProbeError("the validation split is needed to fit the prior precision")
+    if train_objective.loss_kind != "mse":
+        raise ProbeError("the Laplace approximations need the Gaussian likelihood of an 'mse' loss")
+    out: dict[str, dict[str, Predictive]] = {}
+    info: dict = {}
+    means = {q: predict_at(train_objective, None, b).to(torch.float64).cpu().numpy() for q, b in queries.items()}
+    r_val = np.asarray(val_targets, dtype=np.float64) - means["val"]
+
+    wag = hessian_wag(train_objective, planes, axis, tolerance, queries, min_kept=min_kept, max_halvings=max_halvings)
+    out["hessian_wag"] = wag.predictions
+    info["hessian_wag"] = {"n_models": wag.n_models, "kept": wag.kept, "tolerance": wag.tolerance,
+                           "loss0": wag.loss0, "n_evaluations": wag.n_evaluations}
+
+    noise_var = float(train_objective.loss())  # the training MSE at theta: sigma^2 of the likelihood
+    curv = low_rank_curvature(eig)
+    info["laplace"] = {"k": int(len(curv.values)), "n_clipped": curv.n_clipped, "n_unconverged": curv.n_unconverged,
+                       "eigenvalues": [float(v) for v in curv.raw_values], "noise_var": noise_var, "n_data": n_train}
+    if len(curv.values):
+        prec = precision_values(curv, n_train, noise_var)
+        proj = {q: jvp_projections(train_objective, curv.vectors, b).cpu() for q, b in queries.items()}
+        lam, _ = fit_prior_precision(lambda x: laplace_variance(proj["val"], prec, x).numpy(), r_val, noise_var)
+        info["laplace"]["prior_precision"] = lam
+        out["laplace"] = {q: Predictive("laplace", means[q], laplace_variance(proj[q], prec, lam).sqrt().numpy(),
+                                        noise_var) for q in queries}
+
+    feats = last_layer_features(model, train_batches).numpy()
+    qfeats = {q: last_layer_features(model, b).numpy() for q, b in queries.items()}
+    post = fit_last_layer(feats, noise_var, val_features=qfeats["val"], val_residuals=r_val)
+    info["last_layer"] = {"prior_precision": post.prior_precision, "noise_var": noise_var, "n_data": post.n_data}
+    out["last_layer"] = {q: Predictive("last_layer", means[q], np.sqrt(post.variance(f)), noise_var)
+                         for q, f in qfeats.items()}
+    return out, info
+
+
+def score_method(u: Mapping[str, np.ndarray], residuals: Mapping[str, np.ndarray], *, seed: int = 0,
+                 n_boot: int = 2000, max_points: int = 500) -> dict:
+    """How one uncertainty ``u`` (per split: val, id, ood) tracks the errors ``residuals`` (same splits):
+    Spearman rho against |error| on OOD and ID, calibration after recalibrating on validation, and the
+    OOD/ID ratio of the mean uncertainty next to the OOD/ID ratio of the mean absolute error."""
+    rec = recalibrate(u["val"], residuals["val"])
+    out: dict = {"recalibration": rec.to_dict()}
+    for split in ("id", "ood"):
+        uu, rr = np.asarray(u[split], dtype=np.float64), np.asarray(residuals[split], dtype=np.float64)
+        cal = calibration(rr, rec.sigma(uu))
+        keep = np.random.default_rng(seed).permutation(len(uu))[:max_points]
+        out[split] = {"spearman": spearman(uu, np.abs(rr)), "mean_u": float(np.nanmean(uu)) if len(uu) else None,
+                      "calibration": cal,
+                      "points": {"u": [float(x) for x in uu[keep]], "abs_err": [float(x) for x in np.abs(rr[keep])]}}
+    out["u_ratio"] = bootstrap_ratio(u["ood"], u["id"], n_boot=n_boot, seed=seed)
+    out["error_ratio"] = bootstrap_ratio(np.abs(residuals["ood"]), np.abs(residuals["id"]), n_boot=n_boot, seed=seed)
+    return out

@@ -25,6 +25,7 @@ from traits.report.formatting import (
     portable_path,
     portable_spec,
 )
+from traits.report.uncertainty import uncertainty_context, uncertainty_figure
 from traits.results import AuditResult
 
 Context = Callable[[AuditResult], dict[str, Any]]
@@ -240,6 +241,7 @@ FIGURES: dict[str, FigureBuilder] = {
     "surface_2d": _fig_surface_2d,
     "curves_1d": _fig_curves_1d,
     "plane_2d": _fig_plane_2d,
+    "uncertainty": uncertainty_figure,
 }
 
 
@@ -446,6 +448,8 @@ SECTIONS: tuple[Section, ...] = (
             ("eigenvalues", "density")),
     Section("surfaces", "Loss surfaces", "partials/surfaces.html.j2", surfaces_context,
             ("surface_2d", "curves_1d", "plane_2d")),
+    Section("uncertainty", "Would we have known without labels?", "partials/uncertainty.html.j2",
+            uncertainty_context, ("uncertainty",)),
     Section("methods", "Methods", "partials/methods.html.j2"),
     Section("cite", "How to cite", "partials/cite.html.j2", cite_context),
     Section("appendix", "Appendix: reproducibility", "partials/appendix.html.j2", appendix_context),
