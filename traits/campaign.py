@@ -25,6 +25,8 @@ from traits.spec import AuditSpec, load_spec, read_mapping
 from traits.study import catalogue as _catalogue
 
 CAMPAIGN_FILE = "campaign.yaml"
+#: Files of a campaign directory that are not audit specs (the generated study's table of tasks).
+NOT_SPECS = (CAMPAIGN_FILE, "families.json")
 
 # Columns, labels, kinds and expected signs come from the one metric catalogue (traits.study.catalogue).
 _RANKED = _catalogue.ranked()
@@ -70,7 +72,7 @@ def load_campaign(directory: Path, profile: str | None = None, seed: int | None 
     if data_path is not None:
         overrides["data.path"] = str(Path(data_path).resolve())
     paths = sorted(p for p in directory.iterdir()
-                   if p.suffix in (".yaml", ".yml", ".json") and p.name != CAMPAIGN_FILE)
+                   if p.suffix in (".yaml", ".yml", ".json") and p.name not in NOT_SPECS)
     if not paths:
         raise SpecError(f"{directory}: no audit specs (*.yaml, *.json) in the campaign directory")
     tasks = [Task(p.stem, p, load_spec(p, overrides=overrides, need_checkpoint=False)) for p in paths]

@@ -490,6 +490,12 @@ def campaign(
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (default: each spec's).")] = None,
     data: Annotated[Path | None, typer.Option(help="Use this data file instead of each spec's data.path.")] = None,
     summary_only: Annotated[bool, typer.Option(help="Run nothing; summarise the tasks finished so far.")] = False,
+    executor: Annotated[str, typer.Option(help="local (this process, or a process pool with --workers > 1) or "
+                                               "dask (a LocalCluster, or --scheduler).")] = "local",
+    workers: Annotated[int, typer.Option(help="Tasks run at once (processes or Dask workers).")] = 1,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per worker (default: cores / workers).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
+    max_tasks: Annotated[int | None, typer.Option(help="Run at most this many unfinished tasks.")] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
@@ -506,7 +512,8 @@ def campaign(
         raise TraitsError(f"--seeds: every seed must satisfy 0 <= seed < 2**63, got {seeds}")
     with reporter() as rep:
         summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=rep.log,
-                               progress=rep, summary_only=summary_only)
+                               progress=rep, summary_only=summary_only, executor=executor, workers=workers,
+                               threads=threads, scheduler=scheduler, max_tasks=max_tasks)
     out.print(summary_markdown(summary))
     out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}")
 
@@ -565,6 +572,11 @@ def screen(
         out.print("no calibration stored with this checkpoint: the scores are uncalibrated (see the report)",
                   highlight=False)
     out.print(f"results in {out_dir}: {', '.join(p.name for p in res.files.values())}", highlight=False)
+
+
+from traits.study.cli import register as _register_study  # noqa: E402  (traits study generate | summary)
+
+_register_study(app, handles_errors, out)
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

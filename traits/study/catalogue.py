@@ -34,10 +34,11 @@ class Evidence:
     high: float | None
     n_tasks: int
     n_audits: int
-    noise_floor: float | None
+    noise_floor: float | None   # the metric's OOD/ID ratio on random splits: 97.5 % (2.5 % where smaller is worse)
     study_version: str
     data_set: str
     pipeline_check: bool = True  # True: a tiny-budget run, not evidence
+    p_holm: float | None = None
 
     def text(self) -> str:
         if self.rho is None:
@@ -112,7 +113,7 @@ def _evidence(path: str) -> dict[str, Evidence]:
         out[name] = Evidence(rho=e.get("rho"), low=e.get("low"), high=e.get("high"), n_tasks=e.get("n_tasks", 0),
                              n_audits=e.get("n_audits", 0), noise_floor=e.get("noise_floor"),
                              study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
-                             pipeline_check=bool(meta["pipeline_check"]))
+                             pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"))
     return out
 
 
@@ -152,11 +153,21 @@ def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:
 
 
 def fails_by_default_from_evidence(m: Metric) -> bool:
-    """The study's rule: fail by default only when the lower end of the metric's ρ interval, taken in its
-    expected direction, clears the random-split noise floor, in a real study (not a pipeline check)."""
+    """The study's rule: fail by default only when, in a real study (not a pipeline check), the metric's ρ
+    interval taken in its expected direction lies above 0 and its Holm-adjusted p is below 0.05. (The
+    random-split noise floor of the ratio, ``evidence.noise_floor``, is what a gate threshold must exceed:
+    see :func:`threshold_clears_floor`.)"""
     ev = m.evidence
     if ev is None or ev.pipeline_check or ev.low is None or ev.high is None:
         return False
     low = ev.low if m.direction > 0 else -ev.high
-    floor = ev.noise_floor if ev.noise_floor is not None else 0.0
-    return low > floor
+    return low > 0 and ev.p_holm is not None and ev.p_holm < 0.05
+
+
+def threshold_clears_floor(m: Metric, threshold: float) -> bool | None:
+    """Whether a gate threshold lies beyond the metric's ratio on random splits (where nothing is out of
+    distribution); a threshold inside that range fires on noise. None without a measured floor."""
+    ev = m.evidence
+    if ev is None or ev.noise_floor is None:
+        return None
+    return threshold > ev.noise_floor if m.direction > 0 else threshold < ev.noise_floor

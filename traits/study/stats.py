@@ -27,9 +27,10 @@ CONTROLS = {"loss": "loss_ratio", "target_shift": "target_wasserstein_ratio"}
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x)
+    """Average ranks (1-based; ties share their mean rank), as scipy.stats.rankdata, without its overhead."""
+    _, inverse, counts = np.unique(np.asarray(x, float), return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    return (upper - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -75,6 +76,9 @@ def cluster_bootstrap(stat: Callable[[np.ndarray], float | None], n_rows: int, c
     for i, c in enumerate(clusters):
         groups.setdefault(c, []).append(i)
     members = [np.asarray(v) for v in groups.values()]
+    if len(members) < 2:
+        return {"value": stat(np.arange(n_rows)) if n_rows else None, "low": None, "high": None, "n_boot": 0,
+                "n_clusters": len(members)}
     rng = np.random.default_rng(seed)
     point = stat(np.arange(n_rows))
     values = []
