@@ -267,7 +267,8 @@ def _refusal(out_dir: Path, owner: Owner, name: str, new_hash: str, keep: tuple[
     if owner.spec is None:
         what = f"artefacts of an unknown audit ({Path(owner.evidence).name} cannot be matched to a spec)"
     else:
-        what = f"the results of another audit ({owner.name!r}, spec hash {spec_hash(owner.spec)[:12]})"
+        what = (f"the outputs of another audit ({owner.name!r}, spec hash {spec_hash(owner.spec)[:12]}, "
+                f"per {Path(owner.evidence).name})")
     listed = ", ".join(n + ("/" if n in OWNED_DIRS else "") for n in OWNED_FILES + OWNED_DIRS if n not in keep)
     return OutputError(
         f"{out_dir}: the folder holds {what}; this audit ({name!r}, spec hash {new_hash[:12]}) would leave its "
