@@ -156,3 +156,16 @@ def test_catalogue_is_the_one_list():
     assert gated <= set(GateSpec.model_fields)
     assert set(cat.default_fail_on()) <= set(GateSpec().fail_on)
     assert "radius_ratio" not in cat.default_fail_on()  # warn-only until a study shows it tracks OOD error
+
+
+def test_catalogue_agrees_with_the_lists_it_replaces():
+    """Until verdict.py and report/sections.py read the catalogue, their own lists must agree with it."""
+    from traits.report.sections import RATIO_INFO, SHIFT_RATIO_INFO
+    from traits.verdict import GATES
+
+    for key, (label, worse) in {**RATIO_INFO, **SHIFT_RATIO_INFO}.items():
+        m = cat.metric(key)
+        assert (m.report_label, m.worse) == (label, worse), key
+    for gate in GATES:
+        m = cat.metric(gate.name)
+        assert (m.gate_field, m.comparison) == (gate.threshold_field, gate.comparison), gate.name

@@ -59,7 +59,17 @@ class Metric:
     comparison: str | None = None    # the gate's comparison ("<=" or ">=")
     fails_by_default: bool = False   # in GateSpec.fail_on by default
     description: str = ""
+    report_label: str = ""           # the report's longer label (traits.report.sections.RATIO_INFO today)
+    source: str | None = None        # what the ratio divides: "accuracy.mae", "metrics.lambda_max", "shift..."
+    ranked: bool = True              # ranked against the error ratio in campaign and study summaries
     evidence: Evidence | None = None
+
+    @property
+    def worse(self) -> str:
+        """The report's direction word: "high", "low", or "negative" for a difference."""
+        if self.unit == "difference":
+            return "negative" if self.direction < 0 else "positive"
+        return "high" if self.direction > 0 else "low"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,36 +77,55 @@ class Metric:
 
 _METRICS: tuple[Metric, ...] = (
     Metric("mae_ratio", "MAE", "error", gate_field="max_mae_ratio", comparison="<=", fails_by_default=True,
+           report_label="MAE", source="accuracy.mae", ranked=False,
            description="OOD MAE / ID MAE: the error itself, the quantity every other metric is ranked against."),
+    Metric("rmse_ratio", "RMSE", "error", report_label="RMSE", source="accuracy.rmse", ranked=False,
+           description="OOD RMSE / ID RMSE."),
     Metric("lambda_ratio", "λ_max", "landscape", gate_field="max_lambda_ratio", comparison="<=",
+           report_label="largest Hessian eigenvalue λmax", source="metrics.lambda_max",
            description="Top Hessian eigenvalue of the OOD loss over the ID one (certified Lanczos)."),
     Metric("trace_ratio", "trace", "landscape", gate_field="max_trace_ratio", comparison="<=",
-           description="Hessian trace (Hutch++), OOD over ID."),
+           report_label="Hessian trace", source="metrics.trace", description="Hessian trace (Hutch++), OOD over ID."),
     Metric("radius_ratio", "robust radius", "landscape", direction=-1.0, gate_field="min_radius_ratio",
-           comparison=">=", fails_by_default=False,
+           comparison=">=", fails_by_default=False, report_label="robust radius", source="metrics.robust_radius",
            description="Radius of the region where the loss stays within (1+τ)·L(θ), OOD over ID. Warn-only "
            "until a study shows it tracks OOD error: the reference campaign measured ρ = 0.04."),
-    Metric("sharpness_ratio", "sharpness", "landscape", description="ε-sharpness, OOD over ID."),
-    Metric("basin_area_ratio", "basin area", "landscape", direction=-1.0,
-           description="Area of the 2D robust basin, OOD over ID."),
+    Metric("sharpness_ratio", "sharpness", "landscape", report_label="sharpness", source="metrics.sharpness",
+           description="ε-sharpness, OOD over ID."),
+    Metric("basin_area_ratio", "basin area", "landscape", direction=-1.0, report_label="basin area fraction",
+           source="metrics.basin_area", description="Area of the 2D robust basin, OOD over ID."),
     Metric("plane_basin_area_ratio", "basin area (eigenvector plane)", "landscape", direction=-1.0,
+           report_label="basin area fraction, eigenvector plane", source="metrics.plane_basin_area",
            description="Basin area in the plane of the top and bottom Hessian eigenvectors, OOD over ID."),
-    Metric("nonconvexity_ratio", "|λ_min|/λ_max", "landscape", description="Non-convexity at θ, OOD over ID."),
+    Metric("nonconvexity_ratio", "|λ_min|/λ_max", "landscape", report_label="non-convexity |λmin|/λmax",
+           source="metrics.nonconvexity", description="Non-convexity at θ, OOD over ID."),
     Metric("first_jump_ratio", "first jump scale", "landscape", direction=-1.0,
+           report_label="scale of the first loss jump", source="metrics.first_jump",
            description="Distance to the first discontinuity of the 1D loss curves, OOD over ID."),
     Metric("entropy_ood_minus_id", "loss entropy (OOD − ID)", "landscape", direction=-1.0, unit="difference",
+           report_label="loss entropy: a difference, OOD − ID", source="metrics.entropy",
            description="Entropy of the loss surface, OOD minus ID."),
-    Metric("loss_ratio", "loss at θ", "error at θ (reference)",
+    Metric("loss_ratio", "loss at θ", "error at θ (reference)", report_label="loss at θ", source="metrics.loss",
            description="The probes' own MSE at θ, OOD over ID; listed, never a 'best' predictor."),
     Metric("embedding_knn_ratio", "embedding kNN distance", "distance baseline", gate_field="max_embedding_knn_ratio",
-           comparison="<=", description="Median distance of OOD compounds to their nearest training compounds "
-           "in the model's embedding, over the ID one."),
+           comparison="<=", report_label="embedding kNN distance, median", source="shift",
+           description="Median distance of OOD compounds to their nearest training compounds in the model's "
+           "embedding, over the ID one."),
     Metric("composition_knn_ratio", "composition kNN distance", "distance baseline",
+           report_label="composition kNN distance, median", source="shift",
            description="The same in a composition (element-fraction) space: needs no model."),
     Metric("target_wasserstein_ratio", "target Wasserstein to train", "distance baseline",
+           report_label="Wasserstein distance of the targets to train", source="shift",
            description="Wasserstein distance of the OOD targets to the training targets, over the ID one."),
+    Metric("composition_knn_p90_ratio", "composition kNN distance (p90)", "distance baseline", ranked=False,
+           report_label="composition kNN distance, 90th percentile", source="shift"),
+    Metric("embedding_knn_p90_ratio", "embedding kNN distance (p90)", "distance baseline", ranked=False,
+           report_label="embedding kNN distance, 90th percentile", source="shift"),
+    Metric("target_ks_ratio", "target KS statistic", "distance baseline", ranked=False,
+           report_label="KS statistic of the targets against train", source="shift"),
     Metric("nan_fraction", "non-finite share of the loss surfaces", "surface", unit="fraction",
-           gate_field="max_nan_fraction", comparison="<=", fails_by_default=True,
+           gate_field="max_nan_fraction", comparison="<=", fails_by_default=True, ranked=False,
+           report_label="non-finite share of the loss surfaces", source="metrics.nan_fraction",
            description="A numerical failure of the model, not a predictor: not ranked."),
 )
 
@@ -139,8 +168,9 @@ def labels() -> dict[str, str]:
 
 
 def ranked() -> tuple[Metric, ...]:
-    """The metrics ranked against the error ratio (all but the error itself and the NaN share)."""
-    return tuple(m for m in _METRICS if m.kind not in ("error", "surface"))
+    """The metrics ranked against the error ratio (not the errors themselves, the NaN share, or the
+    secondary shift statistics)."""
+    return tuple(m for m in _METRICS if m.ranked)
 
 
 def default_fail_on() -> list[str]:
