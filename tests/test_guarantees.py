@@ -20,7 +20,7 @@ from result_factory import make_result
 from typer.testing import CliRunner
 
 from traits.cli import app
-from traits.errors import CheckpointError, OutputError, SpecError
+from traits.errors import CheckpointError, OutputError, SpecError, TraitsError
 from traits.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -679,6 +679,6 @@ def test_campaign_passes_progress_to_training(tmp_path, monkeypatch):
     camp.mkdir()
     write_spec(camp / "task.yaml")
     rep = Reporter(mode="lines", stream=io.StringIO())
-    with pytest.raises(OutputError):
+    with pytest.raises(TraitsError, match="stop here"):  # the task's error, however the campaign reports it
         run_campaign(camp, tmp_path / "out", progress=rep, log=rep.log)
     assert seen["progress"] is rep and seen["train_progress"] is rep
