@@ -147,3 +147,13 @@ def test_mini_campaign_identical_on_local_pool_and_dask(mini_campaign, tmp_path)
     logs: list[str] = []
     run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", workers=2, threads=1, log=logs.append)
     assert sum("done earlier" in m for m in logs) == 2
+
+
+def test_compute_estimate_text():
+    from traits.campaign import estimate_text
+
+    assert "no finished task" in estimate_text(6, 6, 2, 3, [], 2)
+    text = estimate_text(4, 6, 2, 3, [100.0, 300.0], 2)
+    assert "6 audits (2 tasks × 3 seeds), 4 to run" in text and "200 s per task" in text
+    assert "4 × 200 s / 2 workers ≈ 0.1 h" in text
+    assert estimate_text(0, 6, 2, 3, [1.0], 1).endswith("0 to run.")

@@ -168,4 +168,4 @@ def test_catalogue_agrees_with_the_lists_it_replaces():
         assert (m.report_label, m.worse) == (label, worse), key
     for gate in GATES:
         m = cat.metric(gate.name)
-        assert (m.gate_field, m.comparison) == (gate.threshold_field, gate.comparison), gate.name
+        assert (m.gate_field, m.comparison, m.gate_label) == (gate.threshold_field, gate.comparison, gate.label)

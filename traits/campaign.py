@@ -532,7 +532,7 @@ def write_summary(summary: dict, out_dir: Path) -> dict[str, Path]:
         fig = encode(summary_figure(summary), svg=medium == "html", png_dpi=None if medium == "html" else 200)
         html = env.get_template("summary.html.j2").render(
             summary=summary, figure=fig.svg if medium == "html" else fig.png, css=css,
-            labels=RATIO_LABELS, pm=_pm, f=_f,
+            labels=RATIO_LABELS, pm=_pm, f=_f, held_out=held_out_text,
         )
         if medium == "html":
             paths["html"] = write_text_atomic(out_dir / "summary.html", html)

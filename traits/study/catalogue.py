@@ -62,6 +62,7 @@ class Metric:
     report_label: str = ""           # the report's longer label (traits.report.sections.RATIO_INFO today)
     source: str | None = None        # what the ratio divides: "accuracy.mae", "metrics.lambda_max", "shift..."
     ranked: bool = True              # ranked against the error ratio in campaign and study summaries
+    gate_label: str = ""             # the gate's statement label (traits.verdict.GATES today)
     evidence: Evidence | None = None
 
     @property
@@ -128,6 +129,13 @@ _METRICS: tuple[Metric, ...] = (
            report_label="non-finite share of the loss surfaces", source="metrics.nan_fraction",
            description="A numerical failure of the model, not a predictor: not ranked."),
 )
+
+
+_GATE_LABELS = {"mae_ratio": "OOD/ID MAE ratio", "lambda_ratio": "OOD/ID λ_max ratio",
+                "trace_ratio": "OOD/ID Hessian trace ratio", "radius_ratio": "OOD/ID robust-radius ratio",
+                "nan_fraction": "non-finite share of the loss surfaces",
+                "embedding_knn_ratio": "OOD/ID embedding kNN-distance ratio"}
+_METRICS = tuple(replace(m, gate_label=_GATE_LABELS.get(m.name, "")) for m in _METRICS)
 
 
 @lru_cache(maxsize=4)
