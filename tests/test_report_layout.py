@@ -123,7 +123,8 @@ def test_domain_shift_histograms_are_large_with_readable_text():
 def _with_plane(lambda_min: float):
     base = make_result()
     surf = base.surface.model_copy(deep=True)
-    surf.plane = {"lambda_max": 120.0, "lambda_min": lambda_min}
+    surf.plane = {"lambda_max": 120.0, "lambda_min": lambda_min, "converged_max": True, "converged_min": True,
+                  "residual_max": 1e-4, "residual_min": 1e-3}
     a = np.array(surf.alphas_2d)
     grid = lambda l0, c: (l0 * (1 + 1e6 * c * a[:, None] ** 2 + 0.3 * a[None, :] ** 2)).tolist()  # noqa: E731
     surf.plane_grids = {"id": grid(0.0068, 1.0), "ood": grid(0.091, 3.0)}
