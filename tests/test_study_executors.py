@@ -157,3 +157,15 @@ def test_compute_estimate_text():
     assert "6 audits (2 tasks × 3 seeds), 4 to run" in text and "200 s per task" in text
     assert "4 × 200 s / 2 workers ≈ 0.1 h" in text
     assert estimate_text(0, 6, 2, 3, [1.0], 1).endswith("0 to run.")
+
+
+def test_dask_refuses_a_gpu_task_without_a_gpu_worker():
+    pytest.importorskip("distributed")
+
+    @dataclass(frozen=True)
+    class GpuToy(Toy):
+        resources: dict = None  # type: ignore[assignment]
+
+    job = GpuToy(0, resources={"GPU": 1})
+    with pytest.raises(SpecError, match="no Dask worker offers it"):
+        execute(square, [job], executor="dask", workers=2, threads=1, dask_processes=False)

@@ -162,17 +162,21 @@ def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler
                                host="127.0.0.1", dashboard_address=None, resources=resources)
         client = Client(cluster)
     try:
-        offered = [w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values()]
+        offered = [w.get("resources") or {} for w in client.scheduler_info().get("workers", {}).values()]
+        use_resources = any(offered)  # workers started without --resources: tasks cannot ask for any
+        if not use_resources:
+            log("the Dask workers declare no resources: tasks are placed without CPU/GPU constraints")
         for job in jobs:
             need = getattr(job, "resources", None) or {"CPU": 1}
-            if offered and not any(all(o.get(k, 0) >= v for k, v in need.items()) for o in offered):
+            if use_resources and not any(all(o.get(k, 0) >= v for k, v in need.items()) for o in offered):
                 raise SpecError(f"{getattr(job, 'label', job)} needs {need} but no Dask worker offers it (start "
                                 "workers with e.g. --resources 'GPU=1,CPU=1')")
         client.run(_set_threads, threads)
         futures = {}
         for i, job in enumerate(jobs):
             fut = client.submit(_call, fn, job, key=f"traits-task-{i}-{getattr(job, 'task', i)}",
-                                resources=getattr(job, "resources", None) or {"CPU": 1}, pure=False)
+                                resources=(getattr(job, "resources", None) or {"CPU": 1}) if use_resources else None,
+                                pure=False)
             futures[fut] = i
         results: dict[int, Any] = {}
         for fut in as_completed(list(futures)):
