@@ -18,13 +18,13 @@ METHOD_LABELS = {
 
 
 def _methods(result: AuditResult) -> dict[str, Any]:
-    unc = result.uncertainty or {}
+    unc = getattr(result, "uncertainty", None) or {}  # absent from results models older than the field
     methods = unc.get("methods") or {}
     return {m: methods[m] for m in METHOD_LABELS if m in methods}
 
 
 def uncertainty_context(result: AuditResult) -> dict[str, Any]:
-    unc = result.uncertainty
+    unc = getattr(result, "uncertainty", None)
     methods = _methods(result)
     rows = []
     for m, s in methods.items():
