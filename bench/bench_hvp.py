@@ -87,7 +87,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="one size, fewer rounds (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 6, quick 3)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1 on a machine shared with other jobs, where "
+                             "OpenMP threads waiting on each other cost far more than they gain)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 6)
     sizes = [(64, 128)] if args.quick else [(100, 128), (256, 128)]
     print(f"# TRAITS HVP variants  device={args.device}  torch={torch.__version__}  "

@@ -25,9 +25,10 @@ Hessian-vector products (``hvp_method``, see :data:`HVP_METHODS`):
 * ``"jvp"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(batch loss))`` per batch; equal to
   the others within float rounding.
 
-On the original CGCNN (96,641 parameters, one batch of 100 crystals, 2-core CPU) ``"retain"`` is about
-2.5x faster per product than ``"recompute"`` and ``"jvp"`` about 1.5x slower (``bench/bench_hvp.py``,
-figures in ``bench/README.md``), so ``"retain"`` is the default on every device.
+On the original CGCNN (96,641 parameters; 100 crystals in one batch, or 256 in two; CPU) ``"retain"`` is
+1.4-1.6x faster per product than ``"recompute"`` and ``"jvp"`` 1.2-1.4x slower (``bench/bench_hvp.py``,
+figures in ``bench/README.md``), so ``"retain"`` is the default. It is the default on CUDA too, untimed
+there (no GPU was available): it skips the same forward pass and first backward on any device.
 
 Device and dtype are those of the model's parameters; nothing is moved.
 """
