@@ -347,3 +347,12 @@ def test_the_entropy_difference_is_labelled_as_a_difference():
     row = re.search(r"<tr><td>loss entropy: a difference, OOD − ID.*?</tr>", html)
     assert row is not None, "no entropy row in the ratios table"
     assert R.fmt_num(-1.25, 3) in row.group(0) and "below 0 (a difference)" in row.group(0)
+
+
+def test_a_report_without_surface_probes_renders_its_hessian_and_metrics():
+    from traits.report.render import render_html
+
+    result = make_result(surface=None)
+    assert result.surface is None and result.metrics
+    html = render_html(result)
+    assert "certified" in html and "λ<sub>min</sub>" in html
