@@ -197,6 +197,7 @@ def figures(results: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     from matplotlib import pyplot as plt
 
     for res in results:
@@ -209,6 +210,7 @@ def figures(results: list[dict], out: Path) -> None:
                 pts = sc[m][split]["points"]
                 ax.scatter(pts["u"], pts["abs_err"], s=5, alpha=0.5, color=colour, label=split.upper())
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{LABELS[m]}\nρ OOD {_fmt(sc[m]['ood']['spearman'])}", fontsize=8)
             ax.set_xlabel("uncertainty u", fontsize=8)
             if j == 0:
@@ -224,7 +226,10 @@ def figures(results: list[dict], out: Path) -> None:
                 ax.set_ylabel("observed share", fontsize=8)
         fig.suptitle(res["name"], fontsize=9)
         fig.tight_layout()
-        fig.savefig(out / f"{res['name'].replace('/', '_')}.png", dpi=110)
+        slug = "".join(c if c.isalnum() else "-" for c in res["name"]).strip("-")
+        while "--" in slug:
+            slug = slug.replace("--", "-")
+        fig.savefig(out / f"{slug}.png", dpi=110)
         plt.close(fig)
 
 
@@ -240,7 +245,14 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=7, help="WAG grid points per axis")
     ap.add_argument("--train-samples", type=int, default=128, help="training structures of the curvature and WAG")
     ap.add_argument("--skip", nargs="*", default=[], help="task names (e.g. 'bandgap-omit-Fe (seed 0)') to skip")
+    ap.add_argument("--merge", type=Path, nargs="*", default=None,
+                    help="combine the tasks of these results.json files into --out (nothing is recomputed)")
     args = ap.parse_args()
+    if args.merge:
+        args.out.mkdir(parents=True, exist_ok=True)
+        merged = [t for f in args.merge for t in json.loads(f.read_text())["tasks"]]
+        write_outputs(merged, args.out)
+        return
     torch.set_num_threads(1)
     from traits.models.checkpoint import load_checkpoint
     from traits.spec import GraphSpec
@@ -285,10 +297,14 @@ def main() -> None:
         res["name"] = f"{t['task']} (seed {t['seed']})"
         results.append(res)
         (args.out / "results.json").write_text(json.dumps({"tasks": results, "headline": headline(results)}))
+    write_outputs(results, args.out)
+
+
+def write_outputs(results: list[dict], out: Path) -> None:
     head = headline(results)
-    (args.out / "results.json").write_text(json.dumps({"tasks": results, "headline": head}, indent=1))
-    (args.out / "table.md").write_text(table(results))
-    figures(results, args.out)
+    (out / "results.json").write_text(json.dumps({"tasks": results, "headline": head}, indent=1))
+    (out / "table.md").write_text(table(results))
+    figures(results, out)
     print(table(results))
     print(json.dumps(head, indent=1))
 
