@@ -31,7 +31,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from traits.errors import CheckpointError, SpecError
-from traits.models.cgcnn import GraphRegressor, graph_index
+from traits.models.base import Adapter
+from traits.models.cgcnn import GraphRegressor, _GraphAdapterMixin, graph_index
+from traits.models.weights import load_weights, safe_torch_load
+from traits.spec import CGCNNHyper
 
 #: Graph settings the original checkpoints need (pass as ``GraphSpec(**ORIGINAL_GRAPH)``).
 ORIGINAL_GRAPH: dict = {"cutoff": 8.0, "max_neighbors": 12, "gaussian_step": 0.2, "pad_neighbors": True}
@@ -124,8 +127,6 @@ def load_cgcnn_original(path: Path, device: torch.device) -> tuple[CGCNNOriginal
     training arguments as a dict), ``epoch``, ``best_mae_error``, ``target`` (when recognisable),
     ``target_mean``, ``target_std``, ``hyper``, ``architecture`` and the ``graph`` settings it needs.
     """
-    from traits.models.checkpoint import load_weights, safe_torch_load
-
     path = Path(path)
     raw = safe_torch_load(path, extra_globals=[argparse.Namespace])
     if not isinstance(raw, dict) or not {"state_dict", "normalizer", "args"} <= set(raw):
@@ -166,3 +167,15 @@ def load_cgcnn_original(path: Path, device: torch.device) -> tuple[CGCNNOriginal
         "best_mae_error": float(best) if best is not None else None,
     }
     return model, metadata
+
+
+class CGCNNOriginalAdapter(_GraphAdapterMixin, Adapter):
+    """The ``cgcnn-original`` adapter: checkpoints of the original CGCNN code (``.pth.tar``, weights-only)."""
+
+    name = "cgcnn-original"
+    package = None
+    property = None  # the target recorded in the checkpoint's arguments
+    Options = CGCNNHyper
+
+    def default_graph(self) -> dict:
+        return dict(ORIGINAL_GRAPH)

@@ -1,0 +1,335 @@
+"""The model-adapter seam: what TRAITS needs from any model it audits, and the registry of adapters.
+
+An adapter turns a saved model into the three things the probes need:
+
+- ``load(source, hyper, device)``: an eval-mode, uncompiled ``nn.Module`` whose ``forward(batch)`` returns one
+  value per structure for the adapter's declared ``property`` (in ``units``). ``source`` is a local file or a
+  bundled weights name; an adapter never reaches the network: weights that would be downloaded raise a
+  :class:`~traits.errors.CheckpointError` naming the file to fetch and where to put it.
+- ``featurise(structure)`` and ``collate(items, device, dtype)``: a pymatgen ``Structure`` becomes an
+  adapter-specific payload (wrapped in a :class:`Featurised` carrying ``material_id``, ``y`` and ``z``), and a
+  list of them becomes one batch object carrying ``.y`` (a ``(B,)`` tensor), ``num_graphs`` and ``material_id``.
+  A structure the adapter cannot featurise raises :class:`FeaturiseError`; it is skipped and counted.
+- ``probe_parameters(model)``: the names of the parameters to probe. ``requires_grad`` is not trusted (CHGNet
+  freezes its AtomRef, other packages freeze everything unless loaded for training):
+  :func:`set_probe_parameters` makes exactly these trainable, every other parameter frozen.
+
+and describes the model in :class:`ModelInfo` (property, units, dtype, package and weights versions, weights
+hash, training data when known). Each adapter validates its own settings with its own Pydantic model
+(``Options``; ``traits schema`` exports them).
+
+Adapters are found by name: the built-ins below, then entry points of the group ``traits.models``
+(``[project.entry-points."traits.models"] myadapter = "mypkg.adapter:MyAdapter"``), so a third party adds one
+without editing TRAITS. An adapter whose package is missing raises a SpecError saying which ``pip install`` to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from traits.errors import SpecError, TraitsError
+
+#: Entry-point group third-party adapters register under.
+ENTRY_POINT_GROUP = "traits.models"
+
+#: Built-in adapters: name -> "module:Class" (imported only when chosen).
+BUILTIN_ADAPTERS: dict[str, str] = {
+    "cgcnn": "traits.models.cgcnn:CGCNNAdapter",
+    "cgcnn-original": "traits.models.cgcnn_original:CGCNNOriginalAdapter",
+    "chgnet": "traits.models.chgnet:CHGNetAdapter",
+    "sevenn": "traits.models.sevenn:SevenNetAdapter",
+    "torch": "traits.models.torch_module:TorchModuleAdapter",
+}
+
+#: The label-free target: the model is scored against its own unperturbed predictions.
+MODEL_TARGET = "model"
+
+#: Environment switches that keep model libraries from reaching the network (set before they are imported).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "WANDB_MODE": "offline", "WANDB_DISABLED": "true"}
+
+
+class FeaturiseError(TraitsError):
+    """A structure the adapter cannot turn into its input (skipped and counted, not fatal)."""
+
+
+class NoOptions(BaseModel):
+    """An adapter without settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(BaseModel):
+    """What an adapter knows about the model it loaded (recorded in results.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str
+    property: str | None = None
+    units: str | None = None
+    dtype: str | None = None
+    package: str | None = None
+    package_version: str | None = None
+    weights: str | None = None
+    weights_version: str | None = None
+    weights_sha256: str | None = None
+    training_data: str | None = None
+    n_parameters: int | None = None
+    n_probed: int | None = None
+
+
+@dataclass
+class Featurised:
+    """One structure as an adapter's input: the payload plus what TRAITS reads (id, target, atomic numbers)."""
+
+    material_id: str
+    y: torch.Tensor
+    z: torch.Tensor
+    payload: Any
+    num_atoms: int = 0
+
+
+@dataclass
+class StructureBatch:
+    """A collated batch: the adapter's payload and the targets ``y`` ((B,) tensor)."""
+
+    payload: Any
+    y: torch.Tensor
+    material_id: list[str] = field(default_factory=list)
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.y.numel())
+
+    def to(self, device) -> StructureBatch:  # payloads are built on the device by ``collate``
+        self.y = self.y.to(device)
+        return self
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """The protocol every adapter implements (see the module docstring)."""
+
+    name: ClassVar[str]
+    extra: ClassVar[str | None]
+    package: ClassVar[str | None]
+    property: ClassVar[str | None]
+    units: ClassVar[str | None]
+    training_data: ClassVar[str | None]
+    Options: ClassVar[type[BaseModel]]
+
+    def load(self, source: str | Path | None, options: BaseModel, device: torch.device) -> nn.Module: ...
+
+    def featurise(self, structure, options: BaseModel) -> Any: ...
+
+    def collate(self, items: Sequence[Featurised], device: torch.device, dtype: torch.dtype) -> Any: ...
+
+    def probe_parameters(self, model: nn.Module) -> list[str]: ...
+
+    def info(self, model: nn.Module, source: str | Path | None, options: BaseModel) -> ModelInfo: ...
+
+
+class Adapter:
+    """Shared behaviour of the adapters; subclasses set the class attributes and implement load/featurise/
+    collate (the batch they return must carry ``.y``)."""
+
+    name: ClassVar[str] = ""
+    extra: ClassVar[str | None] = None  # the pip extra of traits-audit that installs the package
+    package: ClassVar[str | None] = None  # the distribution to import / report the version of
+    property: ClassVar[str | None] = None  # None: whatever the checkpoint records
+    units: ClassVar[str | None] = None
+    training_data: ClassVar[str | None] = None
+    bundled: ClassVar[tuple[str, ...]] = ()  # weights names shipped in the package (no file needed)
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    batch_size: ClassVar[int] = 64
+
+    # -- availability ---------------------------------------------------------------------------
+    @classmethod
+    def require(cls) -> None:
+        """Raise a SpecError naming the ``pip install`` to run when the adapter's package is missing."""
+        if cls.package is None:
+            return
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
+        try:
+            importlib.import_module(cls.package.replace("-", "_"))
+        except ImportError as exc:
+            extra = f"'traits-audit[{cls.extra}]'" if cls.extra else cls.package
+            raise SpecError(
+                f"model.architecture {cls.name!r} needs the {cls.package!r} package, which is not installed "
+                f"({exc}): run `pip install {extra}`"
+            ) from None
+
+    @classmethod
+    def package_version(cls) -> str | None:
+        if cls.package is None:
+            return None
+        try:
+            return importlib_metadata.version(cls.package)
+        except importlib_metadata.PackageNotFoundError:
+            return None
+
+    # -- defaults -------------------------------------------------------------------------------
+    def declared_property(self, options) -> str | None:
+        """The property the model predicts (None: recorded in the checkpoint, checked on load)."""
+        return self.property
+
+    def probe_parameters(self, model: nn.Module) -> list[str]:
+        """Every parameter, whatever its ``requires_grad`` flag."""
+        return [name for name, _ in model.named_parameters()]
+
+    def info(self, model: nn.Module, source, options) -> ModelInfo:
+        from traits.models.weights import sha256_file
+
+        path = Path(source) if source is not None and Path(str(source)).is_file() else None
+        dtype = next((p.dtype for p in model.parameters()), None)
+        return ModelInfo(
+            adapter=self.name, property=self.property, units=self.units,
+            dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
+            package=self.package, package_version=self.package_version(),
+            weights=str(source) if source is not None else None,
+            weights_sha256=sha256_file(path) if path is not None else None,
+            training_data=self.training_data,
+            n_parameters=sum(p.numel() for p in model.parameters()),
+            n_probed=sum(p.numel() for n, p in model.named_parameters() if n in set(self.probe_parameters(model))),
+        )
+
+    def featurise_entries(self, entries, options, target_is_model: bool = False) -> tuple[list[Featurised], Counter]:
+        """Featurise source entries (``traits.data.sources.Entry``); unreadable or unfeaturisable ones are
+        skipped and counted by reason."""
+        items: list[Featurised] = []
+        skipped: Counter = Counter()
+        for entry in entries:
+            try:
+                structure = entry.structure()
+            except ValueError:
+                skipped["unreadable structure"] += 1
+                continue
+            try:
+                items.append(self.featurise_structure(entry.id, structure, entry.target, options))
+            except FeaturiseError as exc:
+                skipped[f"cannot featurise ({str(exc)[:80]})"] += 1
+        return items, skipped
+
+    def featurise_structure(self, material_id: str, structure, target: float, options) -> Featurised:
+        payload = self.featurise(structure, options)
+        z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
+        return Featurised(str(material_id), torch.tensor(float(target), dtype=torch.float64), z, payload,
+                          num_atoms=len(structure))
+
+    def batches(self, items: Sequence[Featurised], device: torch.device, dtype: torch.dtype,
+                batch_size: int | None = None) -> list:
+        """Pre-collated batches of ``items`` (in order), each carrying ``.y`` in ``dtype``."""
+        size = batch_size or self.batch_size
+        out = []
+        for start in range(0, len(items), size):
+            out.append(self.collate(list(items[start:start + size]), device, dtype))
+        return out
+
+    def predict(self, model: nn.Module, items: Sequence[Featurised], device: torch.device,
+                dtype: torch.dtype | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, predictions, targets) for ``items`` in eval mode, without gradients."""
+        from traits.probes.objective import eval_mode
+
+        dtype = dtype or next(model.parameters()).dtype
+        ids, preds, targets = [], [], []
+        with torch.no_grad(), eval_mode(model):
+            for batch in self.batches(items, device, dtype):
+                out = model(batch)
+                check_output(out, batch, self.name)
+                ids.extend(batch.material_id)
+                preds.append(out.detach().to("cpu", torch.float64).reshape(-1))
+                targets.append(batch.y.detach().to("cpu", torch.float64).reshape(-1))
+        if not preds:
+            return [], np.zeros(0), np.zeros(0)
+        return ids, torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+def check_output(out, batch, name: str) -> None:
+    """A forward must return a finite (B,) tensor; anything else is a ProbeError naming the adapter."""
+    from traits.errors import ProbeError
+
+    n = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
+    if not isinstance(out, torch.Tensor):
+        raise ProbeError(f"model {name!r}: forward returned {type(out).__name__}, not a tensor of one value "
+                         "per structure")
+    if n is not None and (out.numel() != n or out.dim() > 2 or (out.dim() == 2 and out.shape[1] != 1)):
+        raise ProbeError(f"model {name!r}: forward returned shape {tuple(out.shape)} for {n} structures; it must "
+                         "return one value per structure")
+    if not torch.isfinite(out).all():
+        raise ProbeError(f"model {name!r}: forward returned NaN or infinite predictions")
+
+
+def set_probe_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """Make exactly ``names`` trainable (``requires_grad``) and freeze every other parameter; returns the names
+    in ``named_parameters`` order. Unknown names are a SpecError."""
+    wanted = set(names)
+    known = {n for n, _ in model.named_parameters()}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise SpecError(f"parameters to probe not in the model: {', '.join(unknown[:5])}")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in wanted)
+    return [n for n, _ in model.named_parameters() if n in wanted]
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def _entry_points() -> dict[str, importlib_metadata.EntryPoint]:
+    try:
+        eps = importlib_metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except TypeError:  # pragma: no cover - Python < 3.10
+        eps = importlib_metadata.entry_points().get(ENTRY_POINT_GROUP, [])
+    return {ep.name: ep for ep in eps}
+
+
+def adapter_names() -> list[str]:
+    """Every adapter name: the built-ins, then those registered through entry points."""
+    return list(BUILTIN_ADAPTERS) + sorted(n for n in _entry_points() if n not in BUILTIN_ADAPTERS)
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    """The adapter class of ``name`` (importable without its package); an unknown name is a SpecError listing the
+    installed adapters."""
+    target = BUILTIN_ADAPTERS.get(name)
+    if target is not None:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    ep = _entry_points().get(name)
+    if ep is None:
+        raise SpecError(f"unknown model adapter {name!r}; installed adapters: {', '.join(adapter_names())}")
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a third-party adapter that fails to import
+        raise SpecError(f"model adapter {name!r} (entry point {ep.value}) cannot be imported: "
+                        f"{type(exc).__name__}: {exc}") from None
+    return cls
+
+
+def get_adapter(name: str) -> Adapter:
+    """An instance of the adapter ``name``."""
+    return adapter_class(name)()
+
+
+def options_schemas() -> dict[str, dict]:
+    """Each importable adapter's options JSON schema, by adapter name (for ``traits schema``)."""
+    out = {}
+    for name in adapter_names():
+        try:
+            out[name] = adapter_class(name).Options.model_json_schema()
+        except SpecError:
+            continue
+    return out
