@@ -169,3 +169,26 @@ def test_catalogue_agrees_with_the_lists_it_replaces():
     for gate in GATES:
         m = cat.metric(gate.name)
         assert (m.gate_field, m.comparison, m.gate_label) == (gate.threshold_field, gate.comparison, gate.label)
+
+
+def test_committed_study_campaigns_meet_the_issue_budget():
+    from tests.conftest import MP_FILE, PEROV_FILE
+
+    if not (MP_FILE.is_file() and PEROV_FILE.is_file()):
+        pytest.skip("needs ../shared/data")
+    from traits.campaign import load_campaign
+
+    root = Path(__file__).resolve().parents[1] / "audits" / "study"
+    mp = load_campaign(root / "mp", "study", seed=0)
+    elements = {t.spec.omit[0] for t in mp if t.spec.omit}
+    assert len(elements) >= 12 and {"Fe", "O"} <= elements
+    assert {t.spec.data.target for t in mp} == {"formation_energy_per_atom", "band_gap"}
+    kinds = [t.spec.holdout.kind for t in mp if t.spec.holdout]
+    assert all(kinds.count(k) >= 2 for k in ("chemsys", "group", "row"))
+    assert any(not t.spec.omit and not t.spec.holdout for t in mp)  # the random baselines
+    for t in mp:
+        assert t.spec.data.subsample >= 5000 and t.spec.model.train.epochs >= 40
+        assert t.spec.probes.hessian.max_samples >= 256 and t.spec.probes.surface.max_samples >= 256
+    perov = load_campaign(root / "perov5", "study", seed=0)
+    assert len([t for t in perov if t.spec.omit]) >= 8
+    assert {t.spec.data.target_column for t in perov} == {"heat_ref"}
