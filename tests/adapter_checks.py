@@ -1,0 +1,65 @@
+"""Shared checks for the model-adapter tests: agreement with the package's own predictions, and the Hessian-vector
+product of the adapter's objective against central finite differences of its gradient."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from traits.data.sources import read_mp, sample_path
+
+
+def sample_entries(n: int = 12):
+    """The first ``n`` Materials Project entries of the bundled sample."""
+    return read_mp(sample_path(), "formation_energy_per_atom", kind="sample").entries[:n]
+
+
+def small_entries(n: int = 3, max_atoms: int = 6):
+    """``n`` sample entries with at most ``max_atoms`` atoms (fast second derivatives)."""
+    out = []
+    for e in read_mp(sample_path(), "formation_energy_per_atom", kind="sample").entries:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if len(e.structure()) <= max_atoms:
+                out.append(e)
+        if len(out) == n:
+            break
+    return out
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def hvp_vs_finite_differences(adapter, model, entries, label_free: bool = True, eps: float = 1e-4,
+                              seed: int = 0, options=None) -> tuple[float, float]:
+    """(relative error of H v against (g(θ+εv) − g(θ−εv)) / 2ε, |Hv|) in float64 on ``entries``."""
+    from traits.models.base import set_probe_parameters
+    from traits.probes.objective import SplitObjective
+
+    dev = torch.device("cpu")
+    model = model.to(torch.float64)
+    set_probe_parameters(model, adapter.probe_parameters(model))
+    items, _ = adapter.featurise_entries(entries, options if options is not None else adapter.Options())
+    batches = adapter.batches(items, dev, torch.float64)
+    if label_free:
+        with torch.no_grad():
+            for b in batches:
+                b.y = model(b).detach().reshape(-1) + 0.01  # a residual, so the full Hessian is exercised
+    obj = SplitObjective(model, batches, loss="mse", hvp_method="recompute")
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(obj.dim, generator=g, dtype=torch.float64)
+    v = v / v.norm()
+    hv = obj.hvp(v)
+    theta = obj.flatten(obj.params)
+
+    def grad_at(x):
+        sub = SplitObjective(model, batches, loss="mse", hvp_method="recompute")
+        sub.params = {k: t.clone() for k, t in sub.unflatten(x.clone()).items()}
+        return sub.gradient()
+
+    fd = (grad_at(theta + eps * v) - grad_at(theta - eps * v)) / (2 * eps)
+    return float((hv - fd).norm() / fd.norm()), float(hv.norm())

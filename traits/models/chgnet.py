@@ -1,0 +1,140 @@
+"""CHGNet (Deng et al., Nat. Mach. Intell. 5, 1031, 2023) through the adapter seam: energy per atom (eV/atom).
+
+The weights ship in the ``chgnet`` wheel (``options.version``: 0.3.0, 0.2.0 or r2scan); a local checkpoint file
+(``model.checkpoint``) is read with ``weights_only`` loading. The forward is called energy-only (``task='e'``), so
+CHGNet's internal force/stress autograd never runs; the composition model (AtomRef), which CHGNet freezes, is
+probed like every other parameter. Structures become CHGNet's own ``CrystalGraph`` with the model's converter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from traits.errors import CheckpointError
+from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
+
+
+class CHGNetOptions(BaseModel):
+    """Settings of the ``chgnet`` adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal["0.3.0", "0.2.0", "r2scan"] = Field(
+        "0.3.0", description="Bundled weights of the chgnet wheel (ignored when model.checkpoint names a file).")
+    probe: Literal["all", "trainable"] = Field(
+        "all", description="Parameters to probe: all (AtomRef included) or only those CHGNet leaves trainable.")
+
+
+class CHGNetEnergy(nn.Module):
+    """``forward(batch)`` -> (B,) CHGNet energies per atom, energy-only (no force autograd)."""
+
+    def __init__(self, chgnet: nn.Module):
+        super().__init__()
+        self.chgnet = chgnet
+
+    def forward(self, batch: StructureBatch) -> torch.Tensor:
+        # CHGNet.forward(graphs, task="e") step by step, with the composition features in the model's dtype
+        # (CHGNet casts them to float32, which would stop float64 audits)
+        from chgnet.model.model import BatchedGraph
+
+        m = self.chgnet
+        batched = BatchedGraph.from_graphs(batch.payload, bond_basis_expansion=m.bond_basis_expansion,
+                                           angle_basis_expansion=m.angle_basis_expansion, compute_stress=False)
+        energy = m._compute(batched, compute_force=False, compute_stress=False, compute_magmom=False)["e"]
+        if m.composition_model is not None:
+            feas = m.composition_model._assemble_graphs(batch.payload).to(energy.dtype)
+            energy = energy + m.composition_model._get_energy(feas)
+        return energy.reshape(-1)
+
+    def embed(self, batch: StructureBatch) -> torch.Tensor:
+        return self.chgnet(batch.payload, task="e", return_crystal_feas=True)["crystal_fea"]
+
+
+_FLOAT_FIELDS = ("atom_frac_coord", "lattice", "neighbor_image")
+
+
+class CHGNetAdapter(Adapter):
+    name = "chgnet"
+    extra = "chgnet"
+    package = "chgnet"
+    property = "energy_per_atom"
+    units = "eV/atom"
+    training_data = "MPtrj (Materials Project relaxation trajectories, CHGNet 0.3.0 / 0.2.0)"
+    bundled = ("0.3.0", "0.2.0", "r2scan")
+    Options = CHGNetOptions
+    batch_size = 32
+
+    def __init__(self) -> None:
+        self._converter = None
+        self._frozen: set[str] = set()
+
+    def load(self, source, options: CHGNetOptions | None, device: torch.device) -> nn.Module:
+        self.require()
+        from chgnet.model import CHGNet
+
+        options = options or CHGNetOptions()
+        if source is not None and str(source) not in self.bundled:
+            from traits.inputs import require_file
+            from traits.models.weights import safe_torch_load
+
+            path = require_file(Path(source), "CHGNet checkpoint", CheckpointError)
+            raw = safe_torch_load(path)
+            if not isinstance(raw, dict) or "model" not in raw or "state_dict" not in raw.get("model", {}):
+                raise CheckpointError(f"{path}: not a CHGNet checkpoint (expected {{'model': {{'model_args', "
+                                      "'state_dict'}}}} as written by CHGNet's trainer)")
+            try:
+                model = CHGNet.from_dict(raw["model"])
+            except Exception as exc:
+                raise CheckpointError(f"{path}: the weights do not fit a CHGNet model "
+                                      f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        else:
+            version = str(source) if source is not None else options.version
+            model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+        self._converter = model.graph_converter
+        self._frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        self._probe = options.probe
+        wrapped = CHGNetEnergy(model).to(device).eval()
+        return wrapped
+
+    def probe_parameters(self, model: nn.Module) -> list[str]:
+        names = [n for n, _ in model.named_parameters()]
+        if getattr(self, "_probe", "all") == "trainable":
+            return [n for n in names if n.removeprefix("chgnet.") not in self._frozen]
+        return names
+
+    def info(self, model, source, options):
+        out = super().info(model, source, options)
+        out.weights_version = getattr(model.chgnet, "version", None) or (options.version if options else None)
+        return out
+
+    def _graph_converter(self):
+        if self._converter is None:
+            self.require()
+            from chgnet.graph import CrystalGraphConverter
+
+            self._converter = CrystalGraphConverter(atom_graph_cutoff=6, bond_graph_cutoff=3)
+        return self._converter
+
+    def featurise(self, structure, options=None):
+        try:
+            return self._graph_converter()(structure, graph_id=None)
+        except Exception as exc:  # CHGNet raises ValueError / RuntimeError for isolated atoms and the like
+            raise FeaturiseError(f"{type(exc).__name__}: {str(exc)[:60]}") from None
+
+    def collate(self, items: Sequence[Featurised], device: torch.device, dtype: torch.dtype) -> StructureBatch:
+        graphs = []
+        for item in items:
+            g = item.payload
+            if any(getattr(g, f).dtype != dtype for f in _FLOAT_FIELDS) or str(device) != "cpu":
+                g = g.to(device)
+                for f in _FLOAT_FIELDS:
+                    setattr(g, f, getattr(g, f).to(dtype))
+            graphs.append(g)
+        y = torch.stack([item.y for item in items]).to(device=device, dtype=dtype)
+        return StructureBatch(graphs, y, [item.material_id for item in items])
