@@ -192,3 +192,14 @@ def test_committed_study_campaigns_meet_the_issue_budget():
     perov = load_campaign(root / "perov5", "study", seed=0)
     assert len([t for t in perov if t.spec.omit]) >= 8
     assert {t.spec.data.target_column for t in perov} == {"heat_ref"}
+
+
+def test_random_baselines_hold_out_growing_shares(labels, tmp_path):
+    from traits.campaign import load_campaign
+
+    crit = fm.Criteria(min_ood=10, min_train=60, random_tasks=3)
+    fams = fm.generate_families(labels, ["random"], crit)
+    assert [f.slug for f in fams] == ["random", "random-15pct", "random-20pct"]
+    fm.write_study(tmp_path / "r", fams, ["band_gap"], {"source": "sample"})
+    got = {t.name: t.spec.split.ood_fraction for t in load_campaign(tmp_path / "r", "tiny", seed=0)}
+    assert got == {"gap-random": 0.1, "gap-random-15pct": 0.15, "gap-random-20pct": 0.2}

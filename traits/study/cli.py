@@ -29,6 +29,8 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         subsample: Annotated[int | None, typer.Option(help="Subsample the profile draws (counts are scaled to "
                                                             "it); default: the study profile's.")] = None,
         per_family: Annotated[int, typer.Option(help="Tasks per family other than element and random.")] = 2,
+        random_tasks: Annotated[int, typer.Option("--random", help="Random-split baselines per target (holding "
+                                                  "out 10 %, 15 %, 20 %, ...).")] = 3,
         labels: Annotated[str, typer.Option(help="Label backend: traits (the splitter's own) or matfold.")] = "traits",
         seeds: Annotated[int, typer.Option(help="Seeds planned (for the compute estimate).")] = 3,
     ) -> None:
@@ -47,7 +49,8 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         ensure.mkdir(parents=True, exist_ok=True)
         lab = fm.load_or_label(source, pool, tgts[0], ensure / "labels.json.gz", symmetry=symmetry, backend=labels,
                                target_column=target_column, log=lambda m: out.print(m, highlight=False))
-        criteria = fm.Criteria(min_ood=min_ood, min_train=min_train, subsample=sub, per_family=per_family)
+        criteria = fm.Criteria(min_ood=min_ood, min_train=min_train, subsample=sub, per_family=per_family,
+                               random_tasks=random_tasks)
         chosen = fm.generate_families(lab, fams, criteria, elements=elements if elements in ("auto", "study")
                                       else elements.split(","))
         data = {"source": source}
@@ -58,7 +61,8 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         profiles = {"study": {**fm.STUDY_PROFILE, "data.subsample": sub}, "tiny": dict(fm.TINY_PROFILE)}
         written = fm.write_study(out_dir, chosen, tgts, data, profiles=profiles, meta={
             "pool": str(pool) if pool else "bundled sample", "pool_size": len(lab), "labels": lab.backend,
-            "criteria": {"min_ood": min_ood, "min_train": min_train, "subsample": sub, "per_family": per_family}})
+            "criteria": {"min_ood": min_ood, "min_train": min_train, "subsample": sub, "per_family": per_family,
+                         "random_tasks": random_tasks}})
         for f in chosen:
             out.print(f"{f.family:15s} {f.slug:40s} pool {f.n_ood_pool:6d} → expected OOD {f.expected_ood:7.0f}, "
                       f"train pool {f.expected_train_left:7.0f}", highlight=False)

@@ -238,6 +238,8 @@ class Criteria:
     min_train: int = 1000
     subsample: int | None = None
     per_family: int = 2
+    #: Random-split baselines per target, holding out 10 %, 15 %, 20 %, ... (the noise floor's sample).
+    random_tasks: int = 1
 
     def scale(self, n_pool: int) -> float:
         return 1.0 if self.subsample is None or self.subsample >= n_pool else self.subsample / n_pool
@@ -256,11 +258,12 @@ class Family:
     name: str = ""
     target: str = ""
     notes: list[str] = field(default_factory=list)
+    ood_fraction: float | None = None  # random baselines only: the held-out share
 
     @property
     def slug(self) -> str:
         if self.family == "random":
-            return "random"
+            return "random" if self.ood_fraction in (None, 0.1) else f"random-{round(100 * self.ood_fraction)}pct"
         if len(self.values) > 2:  # a bundle: the largest value and how many more (families.json lists them all)
             return f"{self.family}-{self.values[0]}-and-{len(self.values) - 1}-more"
         return f"{self.family}-" + "+".join(str(v) for v in self.values)
@@ -339,7 +342,10 @@ def generate_families(labels: PoolLabels, families: Sequence[str], criteria: Cri
             out += choose_elements(labels, criteria, elements)
         elif fam == "random":
             n = len(labels)
-            out.append(Family("random", [], 0, n, 0.1 * n * criteria.scale(n), 0.9 * n * criteria.scale(n)))
+            for k in range(max(1, criteria.random_tasks)):
+                frac = round(0.1 + 0.05 * k, 2)
+                out.append(Family("random", [], 0, n, frac * n * criteria.scale(n), (1 - frac) * n * criteria.scale(n),
+                                  ood_fraction=frac))
         else:
             got = group_candidates(labels, fam, criteria)
             if not got:
@@ -365,6 +371,8 @@ def task_spec(fam: Family, target: str, data: dict, template: dict) -> dict:
     spec["description"] = f"Generated ({STUDY_VERSION}, family {fam.family}): CGCNN on {target} with {what}."
     spec["data"] = {**data, "target": target}
     spec["omit"] = list(fam.values) if fam.family == "element" else []
+    if fam.family == "random" and fam.ood_fraction is not None:
+        spec.setdefault("split", {})["ood_fraction"] = fam.ood_fraction
     if fam.family not in ("element", "random"):
         spec["holdout"] = {"kind": fam.family, "values": list(fam.values)}
     return spec
