@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 import traits
-from traits.data.prepare import PreparedData, prepare_data
+from traits.data.prepare import PreparedData, prepare_data, prepare_for_adapter
 from traits.data.sources import file_hash
 from traits.errors import CheckpointError, TraitsError
 from traits.files import ensure_dir
+from traits.models.base import set_probe_parameters
 from traits.results import (
     Accuracy,
     AuditResult,
@@ -38,7 +39,7 @@ from traits.results import (
     json_float,
     nan_array,
 )
-from traits.spec import TARGET_UNITS, AuditSpec
+from traits.spec import GRAPH_ARCHITECTURES, MODEL_TARGET, TARGET_UNITS, AuditSpec
 
 #: Stage name -> callback(done, total); the CLI attaches rich progress bars, the API stays quiet.
 ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
@@ -165,6 +166,83 @@ def _check_checkpoint_against_sets(meta: dict, loaded: LoadedModel, data: Prepar
     return found
 
 
+def load_adapter_model(spec: AuditSpec, device: torch.device, model_object=None):
+    """(adapter, options, LoadedModel) for a model loaded through its adapter (:mod:`traits.models.base`), or for
+    ``model_object``, an ``nn.Module`` given to :func:`run_audit` (audited with the spec's adapter, 'torch' when
+    the spec names a CGCNN one). The metadata holds the adapter's ``model_info``."""
+    from traits.models.base import get_adapter
+
+    name = spec.model.architecture
+    if model_object is not None and name in GRAPH_ARCHITECTURES:
+        name = "torch"
+    adapter = get_adapter(name)
+    if name == "torch" and model_object is not None:
+        from traits.models.torch_module import TorchModuleOptions
+
+        options = (TorchModuleOptions.model_validate(spec.model.options) if spec.model.options
+                   else TorchModuleOptions(module="<in memory>:Module"))
+        if spec.data.target != MODEL_TARGET and options.property is None:
+            options = options.model_copy(update={"property": spec.data.target,
+                                                 "units": TARGET_UNITS.get(spec.data.target)})
+        model = adapter.load(None, options, device, module=model_object)
+        source = None
+    else:
+        options = spec.model.adapter_options()
+        source = spec.model.checkpoint
+        if model_object is not None:
+            model = model_object.to(device).eval()
+        else:
+            model = adapter.load(source, options, device)
+    info = adapter.info(model, source, options)
+    meta = {"adapter": name, "model_info": info.model_dump(mode="json"), "target": info.property,
+            "unit": info.units, "training_data": info.training_data}
+    return adapter, options, LoadedModel(model, meta, Path(source) if source and Path(source).is_file() else None)
+
+
+def provenance_findings(spec: AuditSpec, loaded: LoadedModel) -> list[Finding]:
+    """What is known of the model's training data: named when known; a warning when it is not (unless TRAITS
+    trained the model on this very split, which the split checks cover)."""
+    meta = loaded.metadata or {}
+    if loaded.trained_now or meta.get("manifest_hash"):
+        return []
+    known = meta.get("training_data")
+    if known:
+        return [Finding(id="training_data", level="pass",
+                        statement=f"Training data of the model (declared by its adapter): {known}. Whether the ID "
+                        "and OOD sets overlap it is not checked by this audit")]
+    return [Finding(id="training_data_unknown", level="warn",
+                    statement="Training data unknown: the OOD set may overlap training. No element or compound is "
+                    "called unseen by this audit")]
+
+
+def clear_relative_metrics(m: SplitMetrics) -> None:
+    """Label-free mode: L(θ) = 0, so radius, sharpness and basin areas (relative to L(θ)) are undefined."""
+    for name in ("robust_radius", "sharpness", "basin_area", "plane_basin_area"):
+        if hasattr(m, name):
+            setattr(m, name, None)
+    if hasattr(m, "radius_per_direction"):
+        m.radius_per_direction = []
+
+
+def result_unit(spec: AuditSpec, loaded: LoadedModel) -> str:
+    """The unit of the predictions: the target's, or (label-free / adapters) the model's declared one."""
+    if spec.data.target in TARGET_UNITS:
+        return TARGET_UNITS[spec.data.target]
+    meta = loaded.metadata or {}
+    unit = meta.get("unit") or (meta.get("model_info") or {}).get("units")
+    if not unit and meta.get("target") in TARGET_UNITS:
+        unit = TARGET_UNITS[meta["target"]]
+    return unit or "model units"
+
+
+def _prediction_stats(preds) -> dict:
+    p = np.asarray(preds, dtype=np.float64)
+    if not p.size:
+        return {"n": 0}
+    return {"n": int(p.size), "mean": json_float(p.mean()), "std": json_float(p.std()), "min": json_float(p.min()),
+            "max": json_float(p.max())}
+
+
 # ------------------------------------------------------------------------------------------ probes
 
 
@@ -197,7 +275,7 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
 
     h = spec.probes.hessian
     t0 = time.perf_counter()
-    obj = SplitObjective(model, batches, loss=spec.probes.loss)
+    obj = SplitObjective(model, batches, loss=spec.probes.loss, hvp_method=h.hvp)
     loss0 = float(obj.loss())
     kw = {"device": device, "dtype": dtype}
     if h.backend == "pyhessian":
@@ -630,18 +708,25 @@ def run_audit(
     train_progress: bool | None = False,
     render: bool = True,
     overwrite: bool = False,
+    model=None,
+    structures=None,
 ) -> AuditResult:
     """Run every probe of ``spec``; write results.json (and the report formats it asks for).
 
     The output folder is locked for the audit and must not hold another audit's results (see
-    :mod:`traits.outdir`): ``overwrite`` removes them first; an audit of the same spec resumes there."""
+    :mod:`traits.outdir`): ``overwrite`` removes them first; an audit of the same spec resumes there.
+
+    ``model``: an ``nn.Module`` to audit instead of loading ``spec.model`` (its ``forward(batch)`` returns one
+    value per structure; with a CGCNN architecture in the spec it gets TRAITS crystal graphs, otherwise the spec's
+    adapter featurises). ``structures``: pymatgen Structures, ASE Atoms or (id, structure[, target]) tuples
+    instead of ``spec.data``'s file, split by the spec's omission rule (label-free with ``data.target: model``)."""
     from traits.outdir import claim_output
 
     out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
     lock = claim_output(out_dir, spec, overwrite=overwrite, spec_path=spec_path)
     try:
         return _run_audit(spec, out_dir, spec_path=spec_path, command=command, progress=progress,
-                          train_progress=train_progress, render=render)
+                          train_progress=train_progress, render=render, model_object=model, structures=structures)
     finally:
         lock.release()
 
@@ -655,6 +740,8 @@ def _run_audit(
     progress: ProgressFactory | None = None,
     train_progress: bool | None = False,
     render: bool = True,
+    model_object=None,
+    structures=None,
 ) -> AuditResult:
     from traits.models.inference import accuracy as accuracy_of
     from traits.models.inference import predict
@@ -668,22 +755,55 @@ def _run_audit(
     dtype = torch.float64 if spec.dtype == "float64" else torch.float32
     torch.manual_seed(spec.seed)
 
-    t = time.perf_counter()
-    data = prepare_data(spec, progress=progress("building crystal graphs", 0) if progress else None)
-    data.manifest.write(out_dir / "split_manifest.json")
-    walls["data"] = time.perf_counter() - t
+    label_free = spec.data.target == MODEL_TARGET
+    adapter = None
+    if model_object is not None or structures is not None or spec.model.architecture not in GRAPH_ARCHITECTURES:
+        # an adapter brings its own featurisation: load the model first, split on entries, then featurise
+        t = time.perf_counter()
+        adapter, options, loaded = load_adapter_model(spec, device, model_object)
+        model = loaded.model.to(device=device, dtype=dtype).eval()
+        set_probe_parameters(model, adapter.probe_parameters(model))
+        walls["model"] = time.perf_counter() - t
+        t = time.perf_counter()
+        data = prepare_for_adapter(spec, adapter, options, structures=structures,
+                                   progress=progress("featurising structures", 0) if progress else None)
+        data.manifest.write(out_dir / "split_manifest.json")
+        walls["data"] = time.perf_counter() - t
+        pre_findings = provenance_findings(spec, loaded)
+    else:
+        t = time.perf_counter()
+        data = prepare_data(spec, progress=progress("building crystal graphs", 0) if progress else None)
+        data.manifest.write(out_dir / "split_manifest.json")
+        walls["data"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    loaded = load_or_train(spec, data, out_dir, device, progress=train_progress)
-    model = loaded.model.to(device=device, dtype=dtype).eval()
-    walls["model"] = time.perf_counter() - t
-    pre_findings = check_checkpoint_against_spec(spec, loaded, data)
+        t = time.perf_counter()
+        loaded = load_or_train(spec, data, out_dir, device, progress=train_progress)
+        model = loaded.model.to(device=device, dtype=dtype).eval()
+        walls["model"] = time.perf_counter() - t
+        pre_findings = check_checkpoint_against_spec(spec, loaded, data) + provenance_findings(spec, loaded)
+
+    def batches_of(items: list) -> list:
+        out = collate(items, device, dtype) if adapter is None else adapter.batches(items, device, dtype)
+        if label_free:  # the targets are the model's own predictions at θ, on exactly these batches
+            with torch.no_grad():
+                for b in out:
+                    b.y = model(b).detach().reshape(b.y.shape).to(dtype)
+        return out
 
     t = time.perf_counter()
     stage_done = start_stage(progress, "predictions")
     acc = {}
+    prediction_stats = {}
     for split, graphs in data.splits.items():
-        ids, preds, targets = predict(model, graphs, device)
+        if adapter is None:
+            ids, preds, targets = predict(model, graphs, device)
+        else:
+            ids, preds, targets = adapter.predict(model, graphs, device, dtype)
+        prediction_stats[split] = _prediction_stats(preds)
+        if label_free:  # split statistics and the shift diagnostics then describe the predictions
+            for g, p in zip(graphs, preds):
+                g.y = torch.full_like(g.y, float(p)) if g.y.dim() else torch.tensor(float(p), dtype=g.y.dtype)
+            continue
         stats = accuracy_of(preds, targets)
         acc[split] = Accuracy(
             n=len(ids), mae=json_float(stats["mae"]), rmse=json_float(stats["rmse"]),
@@ -712,12 +832,13 @@ def _run_audit(
             t = time.perf_counter()
             stage_done = start_stage(progress, f"Hessian {split}")
             sub = subsample(graphs, spec.probes.hessian.max_samples, spec.seed + 11 * k)
-            hessians[split] = run_hessian(spec, model, collate(sub, device, dtype), len(sub),
+            hessians[split] = run_hessian(spec, model, batches_of(sub), len(sub),
                                           spec.seed + 101 * (k + 1), device, dtype)
             walls[f"hessian_{split}"] = time.perf_counter() - t
             stage_done()
         sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
-        objectives[split] = SplitObjective(model, collate(sub, device, dtype), loss=spec.probes.loss)
+        objectives[split] = SplitObjective(model, batches_of(sub), loss=spec.probes.loss,
+                                           hvp_method=spec.probes.hessian.hvp)
         loss0[split] = json_float(objectives[split].loss())
     surface = None
     if spec.probes.surface.enabled:
@@ -725,8 +846,8 @@ def _run_audit(
         train_objective = None
         if spec.probes.surface.directions == "hessian":  # the plane comes from the training loss
             train_objective = objectives.get("train") or SplitObjective(
-                model, collate(subsample(data.splits["train"], spec.probes.hessian.max_samples, spec.seed + 23),
-                               device, dtype), loss=spec.probes.loss)
+                model, batches_of(subsample(data.splits["train"], spec.probes.hessian.max_samples, spec.seed + 23)),
+                loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
         surface = run_surfaces(spec, model, objectives, out_dir, progress, train_objective=train_objective)
         walls["surfaces"] = time.perf_counter() - t
     uncertainty = None
@@ -738,6 +859,9 @@ def _run_audit(
         stage_done()
 
     metrics = {s: split_metrics(spec, s, hessians.get(s), surface, loss0[s]) for s in spec.probes.splits}
+    if label_free:
+        for m in metrics.values():  # L(θ) = 0: a tolerance relative to it defines no region
+            clear_relative_metrics(m)
     intervals = ratio_intervals(metrics, acc, hessians, shift, spec.seed + 31)
     checkpoint_path = loaded.checkpoint
     provenance = Provenance(
@@ -746,16 +870,18 @@ def _run_audit(
         command=command, spec_path=spec_path,
         checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
         checkpoint_sha256=file_hash(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,
-        checkpoint_format=spec.model.format, checkpoint_metadata=_jsonable(loaded.metadata),
+        checkpoint_format=spec.model.format if adapter is None else spec.model.architecture,
+        checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
     )
     result = AuditResult(
         name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,
-        target=spec.data.target, unit=TARGET_UNITS[spec.data.target], omit=list(spec.omit), loss=spec.probes.loss,
+        target=spec.data.target, unit=result_unit(spec, loaded), omit=list(spec.omit), loss=spec.probes.loss,
         splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
         accuracy=acc, hessian=hessians, surface=surface, shift=shift, uncertainty=uncertainty, metrics=metrics,
         ratios=certified_ratios({**ratios(metrics, acc), **(shift.ratios if shift is not None else {})}, intervals),
-        ratio_intervals=intervals,
+        ratio_intervals=intervals, mode="label-free" if label_free else "labels", prediction_stats=prediction_stats,
+        model_info=(loaded.metadata or {}).get("model_info"),
     )
     apply_verdict(result, spec.gates)
     result.findings = pre_findings + result.findings

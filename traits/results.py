@@ -323,6 +323,14 @@ class AuditResult(_Result):
     findings: list[Finding] = Field(default_factory=list)
     gates: list[GateOutcome] = Field(default_factory=list)
     status: Level = "pass"
+    mode: Literal["labels", "label-free"] = Field(
+        "labels", description="label-free (data.target: model): the loss is the mean squared deviation from the "
+        "model's own predictions at θ, so the Hessian at θ is the Gauss-Newton matrix and no accuracy is measured")
+    prediction_stats: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per split: n, mean, std, min, max of the predictions at θ")
+    model_info: dict[str, Any] | None = Field(
+        None, description="the model adapter's description: property, units, package and weights versions, "
+        "weights sha256, training data when known")
 
     def write(self, path: Path) -> Path:
         return write_text_atomic(path, self.model_dump_json(indent=1))

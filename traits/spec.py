@@ -21,7 +21,11 @@ from traits.errors import SpecError
 TARGET_UNITS = {
     "formation_energy_per_atom": "eV/atom",
     "band_gap": "eV",
+    "energy_per_atom": "eV/atom",
 }
+
+#: ``data.target: model``: a label-free audit, scored against the model's own unperturbed predictions.
+MODEL_TARGET = "model"
 
 #: Environment variable naming the root that ``${TRAITS_DATA}`` in a spec path expands to.
 DATA_ROOT_ENV = "TRAITS_DATA"
@@ -91,7 +95,10 @@ class DataSpec(_Strict):
         "(train and val optional), each read by 'source' with the options below; 'omit' must then be empty. "
         "The probes run on exactly these structures (no re-splitting, no subsample).",
     )
-    target: str = Field(description="Target property: formation_energy_per_atom or band_gap.")
+    target: str = Field(description="Target property: formation_energy_per_atom, band_gap or energy_per_atom "
+                        "(read from target_column, e.g. your own DFT energies), or 'model' for a label-free audit "
+                        "(the loss is the mean squared deviation from the model's own unperturbed predictions; "
+                        "no labels are read).")
     target_column: str | None = Field(
         None, description="Column/field holding the target, when it differs from the source's default."
     )
@@ -103,8 +110,8 @@ class DataSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _known_target(cls, value: str) -> str:
-        if value not in TARGET_UNITS:
-            raise ValueError(f"unknown target {value!r}; choose one of {sorted(TARGET_UNITS)}")
+        if value not in TARGET_UNITS and value != MODEL_TARGET:
+            raise ValueError(f"unknown target {value!r}; choose one of {sorted(TARGET_UNITS) + [MODEL_TARGET]}")
         return value
 
     @model_validator(mode="after")
@@ -227,18 +234,71 @@ class TrainSpec(_Strict):
 ModelFormat = Literal["traits", "state-dict", "cgcnn-original"]
 
 
-class ModelSpec(_Strict):
-    """The model under audit: an architecture and either a checkpoint or how to train one."""
+#: Adapters whose models TRAITS builds and trains itself (model.hyper, model.format and model.train apply).
+GRAPH_ARCHITECTURES = ("cgcnn", "cgcnn-original")
 
-    architecture: Literal["cgcnn", "cgcnn-original"] = "cgcnn"
-    hyper: CGCNNHyper = Field(default_factory=CGCNNHyper)
+
+class ModelSpec(_Strict):
+    """The model under audit: an adapter (architecture) and either a checkpoint or how to train one."""
+
+    architecture: str = Field("cgcnn", description="The model adapter: cgcnn, cgcnn-original, chgnet, sevenn, "
+                              "torch, or one registered through the 'traits.models' entry points.")
+    hyper: CGCNNHyper = Field(default_factory=CGCNNHyper, description="CGCNN hyper-parameters (cgcnn, "
+                              "cgcnn-original).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The adapter's own settings, validated by "
+                                    "its options model (see 'traits schema'), e.g. chgnet {version: 0.3.0}.")
     checkpoint: Path | None = Field(None, description="Weights to audit (safetensors + JSON sidecar, "
-                                    "a plain state dict, or an original CGCNN .pth.tar).")
+                                    "a plain state dict, or an original CGCNN .pth.tar; for chgnet / sevenn a "
+                                    "local checkpoint instead of the weights bundled in the package).")
     format: ModelFormat = "traits"
     train: TrainSpec | None = None
 
+    @field_validator("architecture")
+    @classmethod
+    def _known_adapter(cls, value: str) -> str:
+        from traits.models.base import adapter_names
+
+        if value not in adapter_names():
+            raise ValueError(f"unknown model adapter {value!r}; installed adapters: {', '.join(adapter_names())}")
+        return value
+
+    def adapter_options(self):
+        """``options`` validated by the adapter's own options model (CGCNN: ``hyper``)."""
+        from traits.models.base import adapter_class
+
+        if self.architecture in GRAPH_ARCHITECTURES:
+            return self.hyper
+        return adapter_class(self.architecture).Options.model_validate(self.options)
+
+    @model_validator(mode="after")
+    def _adapter_fields(self) -> ModelSpec:
+        if self.architecture in GRAPH_ARCHITECTURES:
+            if self.options:
+                raise ValueError(f"model.options does not apply to {self.architecture!r} (use model.hyper)")
+            return self
+        from traits.models.base import adapter_class
+
+        if self.train is not None:
+            raise ValueError(f"model.train applies to cgcnn and cgcnn-original only, not {self.architecture!r}")
+        if self.format != "traits":
+            raise ValueError(f"model.format applies to cgcnn and cgcnn-original only, not {self.architecture!r}")
+        if "hyper" in self.model_fields_set:
+            raise ValueError(f"model.hyper holds CGCNN hyper-parameters; {self.architecture!r} takes model.options")
+        try:
+            self.adapter_options()
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            raise ValueError(f"model.options{'.' + where if where else ''} ({self.architecture}): "
+                             f"{problem['msg']}") from None
+        if self.checkpoint is None and not adapter_class(self.architecture).bundled:
+            raise ValueError(f"model {self.architecture!r} needs model.checkpoint (a weights file)")
+        return self
+
     @model_validator(mode="after")
     def _checkpoint_or_train(self) -> ModelSpec:
+        if self.architecture not in GRAPH_ARCHITECTURES:
+            return self
         if self.checkpoint is None and self.train is None:
             raise ValueError("give either 'checkpoint' (weights to audit) or 'train' (how to train them)")
         if self.format == "cgcnn-original" and self.architecture != "cgcnn-original":
@@ -250,8 +310,13 @@ class HessianSpec(_Strict):
     enabled: bool = True
     backend: Literal["traits", "pyhessian"] = "traits"
     top_k: int = Field(5, ge=1, le=50)
-    max_steps: int = Field(60, ge=2, description="Most Lanczos steps (HVPs) for the top eigenvalues.")
-    tol: float = Field(1e-3, gt=0, description="Relative residual at which a Ritz pair counts as converged.")
+    max_steps: int = Field(60, ge=2, description="Most Lanczos steps (HVPs) of each eigenvalue run (top-k, λ_min).")
+    tol: float = Field(1e-3, gt=0, description="Relative residual at which a Ritz pair counts as converged "
+                       "(for λ_min relative to |λ_min|, floored at 1% of the spectral radius).")
+    hvp: Literal["retain", "recompute", "jvp"] = Field(
+        "retain", description="Hessian-vector products: double backward keeping each batch's gradient graph "
+        "between products (fastest, bit-identical to 'recompute'), rebuilding it per product, or "
+        "forward-over-reverse ('jvp').")
     trace_hvps: int = Field(60, ge=3, description="HVP budget of each trace estimate.")
     density_runs: int = Field(3, ge=1)
     density_steps: int = Field(40, ge=2)
@@ -402,6 +467,21 @@ class AuditSpec(_Strict):
         if near > far:
             raise ValueError(f"probes.shift.near_ratio ({near:g}) must not exceed gates.max_embedding_knn_ratio "
                              f"({far:g}): a set cannot be both close to and far from the training compounds")
+        return self
+
+    @model_validator(mode="after")
+    def _target_matches_model(self) -> AuditSpec:
+        from traits.models.base import adapter_class
+
+        if self.data.target == MODEL_TARGET or self.model.architecture in GRAPH_ARCHITECTURES:
+            return self
+        adapter = adapter_class(self.model.architecture)()
+        have = adapter.declared_property(self.model.adapter_options())
+        if have is not None and have != self.data.target:
+            raise ValueError(
+                f"model {self.model.architecture!r} predicts {have} but data.target is {self.data.target}: scoring "
+                f"one against the other is meaningless. Use data.target: {have} with a target_column holding it, "
+                "or data.target: model for a label-free audit")
         return self
 
     @model_validator(mode="after")
@@ -572,7 +652,11 @@ def _not_a_file(path: Path) -> str:
 
 def spec_json_schema() -> dict[str, Any]:
     """The JSON schema of an audit spec (for editors and validation in other tools)."""
+    from traits.models.base import options_schemas
+
     schema = AuditSpec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "TRAITS audit spec"
+    # each adapter's own settings (model.options), by model.architecture
+    schema["x-traits-model-options"] = options_schemas()
     return schema

@@ -240,7 +240,7 @@ def extra_findings(result: AuditResult) -> list[Finding]:
                     numbers={"lambda_min": h.lambda_min, "lambda_max": h.top_eigenvalues[0]},
                 ))
     ood = result.splits.get("ood")
-    if ood and ood.elements_unseen_in_train:
+    if ood and ood.elements_unseen_in_train and trained_on_this_split(result):
         found.append(Finding(
             id="unseen_elements", level="pass",
             statement=f"The OOD set contains elements never seen in training "
@@ -248,6 +248,19 @@ def extra_findings(result: AuditResult) -> list[Finding]:
             numbers={"n_unseen": float(len(ood.elements_unseen_in_train))},
         ))
     return found
+
+
+def trained_on_this_split(result: AuditResult) -> bool:
+    """Whether the model's training data is this audit's training split (TRAITS trained it here: the checkpoint
+    records this manifest). Only then may an element be called unseen in training."""
+    p = result.provenance
+    meta = p.checkpoint_metadata or {}
+    if meta.get("manifest_hash"):
+        return bool(p.manifest_hash) and meta["manifest_hash"] == p.manifest_hash
+    # no manifest recorded: only a TRAITS checkpoint of its own kind, never an external one (an original CGCNN
+    # file, a plain state dict, an adapter's model), whose training data this audit does not know
+    return (p.checkpoint_format == "traits" and not meta.get("model_info") and not meta.get("training_data")
+            and result.model_info is None)
 
 
 def _nonconvexity(result: AuditResult, split: str) -> float | None:

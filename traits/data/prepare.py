@@ -6,6 +6,7 @@ given: no subsample, no re-splitting; a split without a file (train, val) is abs
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from traits.data.graphs import GraphCache, build_graphs, graph_elements
-from traits.data.sources import read_source
+from traits.data.sources import SourceData, read_source
 from traits.data.splits import SPLITS, SplitManifest, assign_splits, check_disjoint, named_set_manifest
 from traits.errors import DataError
 
@@ -159,3 +160,136 @@ def split_statistics(splits: dict[str, list], omit: list[str]) -> dict[str, dict
             "elements_unseen_in_train": sorted(present - train_elements) if has_train else [],
         }
     return out
+
+
+def _parse_entries(entries: list) -> tuple[list, list, Counter]:
+    """(entries, structures) of the entries whose structure parses, and the count of those that do not."""
+    kept, structures, skipped = [], [], Counter()
+    for entry in entries:
+        try:
+            structures.append(entry.structure())
+            kept.append(entry)
+        except ValueError:
+            skipped["unreadable structure"] += 1
+    return kept, structures, skipped
+
+
+def _featurise(adapter, options, entries: list, structures: list, progress=None, offset: int = 0,
+               total: int = 0) -> tuple[list, Counter]:
+    from traits.models.base import FeaturiseError
+
+    items, skipped = [], Counter()
+    for k, (entry, structure) in enumerate(zip(entries, structures)):
+        try:
+            items.append(adapter.featurise_structure(entry.id, structure, entry.target, options))
+        except FeaturiseError as exc:
+            skipped[f"the model cannot featurise it ({str(exc)[:60]})"] += 1
+        if progress is not None:
+            progress(offset + k + 1, total)
+    return items, skipped
+
+
+@dataclass(frozen=True)
+class InMemoryEntry:
+    """A structure given in memory (``run_audit(..., structures=...)``), shaped like a source ``Entry``."""
+
+    id: str
+    target: float
+    value: object
+
+    def structure(self):
+        return self.value
+
+
+def in_memory_entries(structures) -> list[InMemoryEntry]:
+    """Entries from pymatgen Structures, ASE Atoms, or (id, structure) / (id, structure, target) tuples."""
+    out = []
+    for k, item in enumerate(structures):
+        target = math.nan
+        if isinstance(item, tuple):
+            if len(item) not in (2, 3):
+                raise DataError(f"structures[{k}]: a tuple must be (id, structure) or (id, structure, target)")
+            sid, value = str(item[0]), item[1]
+            if len(item) == 3:
+                target = float(item[2])
+        else:
+            sid, value = f"structure-{k}", item
+        if not hasattr(value, "composition"):
+            try:
+                from pymatgen.io.ase import AseAtomsAdaptor
+
+                value = AseAtomsAdaptor.get_structure(value)
+            except Exception as exc:
+                raise DataError(f"structures[{k}]: neither a pymatgen Structure nor ASE Atoms "
+                                f"({type(value).__name__}: {exc})") from None
+        out.append(InMemoryEntry(sid, target, value))
+    if not out:
+        raise DataError("structures: the list is empty")
+    return out
+
+
+def prepare_for_adapter(spec, adapter, options, progress: Callable[[int, int], None] | None = None,
+                        structures=None) -> PreparedData:
+    """Read the spec's data, split on the entries (ids, element sets; or the named sets as given), then featurise
+    each split with the model adapter (``traits.models.base``); structures it cannot featurise are skipped and
+    counted. Items carry ``material_id``, ``y`` and ``z`` like the crystal graphs of :func:`prepare_data`."""
+    from traits.data.splits import holdout_mask
+
+    if spec.data.sets is not None and structures is None:
+        files = spec.data.sets.named()
+        reader = spec.data.model_copy(update={"source": "mp" if spec.data.source == "sample" else spec.data.source,
+                                              "sets": None})
+        sources = {name: read_source(reader.model_copy(update={"path": path})) for name, path in files.items()}
+        check_disjoint({name: [e.id for e in src.entries] for name, src in sources.items()}, files)
+        total = sum(len(src.entries) for src in sources.values())
+        splits, info, skipped, n_read, offset = {}, {}, Counter(), 0, 0
+        for name, src in sources.items():
+            entries, structures, lost = _parse_entries(src.entries)
+            items, lost2 = _featurise(adapter, options, entries, structures, progress, offset, total)
+            offset += len(src.entries)
+            lost = src.skipped + lost + lost2
+            if not items:
+                raise DataError(f"{files[name]}: the {name} set is empty: no structure could be featurised by the "
+                                f"model ({dict(lost)})")
+            skipped.update({f"{name} set: {reason}": n for reason, n in lost.items()})
+            records = len(src.entries) + sum(src.skipped.values())
+            n_read += records
+            splits[name] = items
+            info[name] = {"path": str(files[name]), "sha256": src.data_hash, "records": records, "count": len(items)}
+        manifest = named_set_manifest({name: [g.material_id for g in gs] for name, gs in splits.items()}, info,
+                                      seed=spec.seed)
+        return PreparedData(splits=splits, manifest=manifest, skipped=skipped, n_read=n_read, built=offset,
+                            source="named sets: " + ", ".join(f"{n} {p}" for n, p in files.items()))
+    if structures is not None:
+        import hashlib
+
+        given = in_memory_entries(structures)
+        digest = hashlib.sha256("\n".join(e.id for e in given).encode()).hexdigest()
+        source = SourceData(entries=given, data_hash=digest, source=f"{len(given)} structures given in memory")
+    else:
+        source = read_source(spec.data)
+    entries = subsample_entries(source.entries, spec.data.subsample, spec.seed)
+    entries, structures, lost = _parse_entries(entries)
+    if not entries:
+        raise DataError(f"{source.source or 'data'}: no readable structure ({dict(source.skipped + lost)})")
+    elements = [frozenset(el.symbol for el in s.composition.elements) for s in structures]
+    holdout = spec.holdout.model_dump(mode="json") if getattr(spec, "holdout", None) is not None else None
+    ood_mask = holdout_mask(holdout, elements, structures) if holdout is not None else None
+    manifest = assign_splits(
+        [e.id for e in entries], elements, spec.omit, spec.split.model_dump(include={"train", "val", "test"}),
+        spec.seed, data_hash=source.data_hash, ood_fraction=spec.split.ood_fraction, ood_mask=ood_mask,
+        holdout=holdout,
+    )
+    index = {e.id: k for k, e in enumerate(entries)}
+    splits, skipped = {}, source.skipped + lost
+    total, done = len(entries), 0
+    for name in SPLITS:
+        members = [index[i] for i in manifest.ids[name]]
+        items, lost2 = _featurise(adapter, options, [entries[k] for k in members], [structures[k] for k in members],
+                                  progress, done, total)
+        done += len(members)
+        skipped += lost2
+        splits[name] = items
+    return PreparedData(splits=splits, manifest=manifest, skipped=skipped,
+                        n_read=len(source.entries) + sum(source.skipped.values()), built=done,
+                        source=source.source or "bundled sample")

@@ -169,7 +169,11 @@ def _pick(record: dict[str, Any], names: list[str]) -> tuple[str | None, Any]:
 
 
 def _target_names(kind: str, target: str, column: str | None) -> list[str]:
-    return [column] if column else DEFAULT_TARGET_FIELDS[kind][target]
+    """Fields to read the target from; none for the label-free target 'model' (every entry gets NaN); a target
+    without a default field is read from the field of its own name."""
+    if target == "model":
+        return []
+    return [column] if column else DEFAULT_TARGET_FIELDS[kind].get(target, [target])
 
 
 def _read_json_source(
@@ -189,8 +193,8 @@ def _read_json_source(
             continue
         rid = record_id(rec, i)
         name, raw = _pick(rec, names)
-        seen_target |= name is not None
-        value = _to_float(raw)  # JARVIS writes "na" for missing values
+        seen_target |= name is not None or not names
+        value = _to_float(raw) if names else math.nan  # JARVIS writes "na" for missing values
         if value is None:
             out.skipped["missing or non-numeric target"] += 1
             continue
@@ -247,7 +251,7 @@ def read_csv(
     structure_column: str | None = None,
 ) -> SourceData:
     """A CSV file with an id column, a CIF column and target columns (plain or gzip)."""
-    tcol = _target_names("csv", target, column)[0]
+    tcol = (_target_names("csv", target, column) or [None])[0]
     icol = id_column or "material_id"
     scol = structure_column or "cif"
     text = _read_all(path)
@@ -256,7 +260,7 @@ def read_csv(
         # strict: a quoted field cut off by the end of the file is an error, not a short record
         reader = csv.DictReader(io.StringIO(text), strict=True)
         header = reader.fieldnames or []
-        missing = [c for c in (tcol, scol) if c not in header]
+        missing = [c for c in (tcol, scol) if c is not None and c not in header]
         if missing:
             raise DataError(f"{path}: column(s) {missing} not found; the file has {header}")
         out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
@@ -267,7 +271,7 @@ def read_csv(
                     f"{path}: line {reader.line_num} has {n_fields} fields but the header has {len(header)}; "
                     "is the file truncated?"
                 )
-            value = _to_float(row.get(tcol))
+            value = _to_float(row.get(tcol)) if tcol is not None else math.nan
             if value is None:
                 out.skipped["missing or non-numeric target"] += 1
                 continue
