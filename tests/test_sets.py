@@ -376,6 +376,8 @@ def test_the_audit_writes_the_manifest_and_a_report(audited):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "training data is not given" in html
     assert "named OOD set ood.jsonl.gz" in html and "random held-out" not in html
+    # no training set: the split table makes no claim about what training saw
+    assert "Elements unseen in train" not in html and "the audit has no training set" in html
 
 
 def test_a_past_sets_audit_re_renders(audited, tmp_path):
