@@ -10,7 +10,8 @@ from traits.spec import AuditSpec, HoldoutSpec
 
 
 def _spec(**kw):
-    base = {"name": "h", "data": {"source": "sample", "target": "band_gap"}, "model": {"architecture": "cgcnn", "train": {"epochs": 1}}}
+    base = {"name": "h", "data": {"source": "sample", "target": "band_gap"},
+            "model": {"architecture": "cgcnn", "train": {"epochs": 1}}}
     return AuditSpec.model_validate({**base, **kw})
 
 

@@ -11,7 +11,8 @@ from traits.study import stats
 def _rows(errors, values, tasks, family="element", **extra):
     rows = []
     for e, v, t in zip(errors, values, tasks):
-        rows.append({"task": t, "family": family, "mae_ratio": e, "m": v, **{k: x[len(rows)] for k, x in extra.items()}})
+        rows.append({"task": t, "family": family, "mae_ratio": e, "m": v,
+                     **{k: x[len(rows)] for k, x in extra.items()}})
     return rows
 
 

@@ -239,7 +239,7 @@ def run_campaign(
     if not summary_only:
         log(estimate_text(len(jobs), len(slots), n_tasks, len(seed_list), measured, workers))
     if max_tasks is not None and len(jobs) > max_tasks:
-        for i, job in jobs[max_tasks:]:
+        for _i, job in jobs[max_tasks:]:
             missing.append({"seed": job.seed, "task": job.task})
         jobs = jobs[:max_tasks]
     failed = []

@@ -15,15 +15,18 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     @study.command()
     @handles_errors
     def generate(
-        pool: Annotated[Path | None, typer.Option(help="Data pool (e.g. the MP JSONL); not for --source sample.")] = None,
-        out_dir: Annotated[Path, typer.Option("--out", help="Campaign directory to write the specs into.")] = Path("study"),
+        pool: Annotated[Path | None, typer.Option(
+            help="Data pool (e.g. the MP JSONL); not for --source sample.")] = None,
+        out_dir: Annotated[Path, typer.Option(
+            "--out", help="Campaign directory to write the specs into.")] = Path("study"),
         source: Annotated[str, typer.Option(help="Reader of the pool: mp, jarvis, csv or sample.")] = "mp",
         elements: Annotated[str, typer.Option(help="auto (every element meeting the minimums), study (the "
                                                    "issue's list) or Fe,O,...")] = "auto",
         families: Annotated[str, typer.Option(help="Comma-separated: element,chemsys,spacegroup,crystal_system,"
                                                    "group,row,random.")] = "element,random",
         targets: Annotated[str, typer.Option(help="Comma-separated targets.")] = "formation_energy_per_atom,band_gap",
-        target_column: Annotated[str | None, typer.Option(help="Column of the target, e.g. heat_ref (Perov-5).")] = None,
+        target_column: Annotated[str | None, typer.Option(
+            help="Column of the target, e.g. heat_ref (Perov-5).")] = None,
         min_ood: Annotated[int, typer.Option(help="Least OOD compounds per task, after the subsample.")] = 100,
         min_train: Annotated[int, typer.Option(help="Least compounds left for training, after the subsample.")] = 1000,
         subsample: Annotated[int | None, typer.Option(help="Subsample the profile draws (counts are scaled to "
@@ -77,13 +80,15 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     def summary(
         runs: Annotated[Path, typer.Argument(help="Campaign output directory (seed-*/TASK/results.json).")],
         out_dir: Annotated[Path, typer.Option("--out", help="Where the study summary goes.")] = Path("docs/study"),
-        data_set: Annotated[str, typer.Option(help="Name of the data set, cited by reports.")] = "Materials Project (mp_36738)",
+        data_set: Annotated[str, typer.Option(
+            help="Name of the data set, cited by reports.")] = "Materials Project (mp_36738)",
         pipeline_check: Annotated[bool, typer.Option("--pipeline-check/--evidence",
                                                      help="Label the summary a pipeline check (tiny budget) or "
                                                      "evidence (the study budget).")] = True,
         n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
         profile: Annotated[str | None, typer.Option(help="Profile the runs used (recorded).")] = None,
-        watch_s: Annotated[float | None, typer.Option("--watch", help="Rewrite every N seconds as tasks finish.")] = None,
+        watch_s: Annotated[float | None, typer.Option(
+            "--watch", help="Rewrite every N seconds as tasks finish.")] = None,
     ) -> None:
         """Summarise the finished tasks of a study (statistics, plots, catalogue evidence); --watch keeps it
         updated while the study runs."""
