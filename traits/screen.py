@@ -402,7 +402,12 @@ def screen(checkpoint: Path, paths: Sequence[Path], out_dir: Path, *, fmt: str =
     model = model.eval()
     if not (hasattr(model, "embed") and hasattr(model, "fc_out")):
         raise TraitsError(f"{checkpoint}: the model has no embedding and linear output layer to score")
-    settings = GraphSpec(**meta["graph"]) if meta.get("graph") else GraphSpec()
+    if fmt == "cgcnn-original":
+        from traits.models.cgcnn_original import ORIGINAL_GRAPH
+
+        settings = GraphSpec(**ORIGINAL_GRAPH)
+    else:
+        settings = GraphSpec(**meta["graph"]) if meta.get("graph") else GraphSpec()
     cal_file = Path(calibration) if calibration is not None else calibration_path(checkpoint)
     cal = load_calibration(cal_file) if (calibration is not None or cal_file.is_file()) else None
     inputs = read_inputs(paths)
