@@ -153,3 +153,55 @@ def test_label_free_audit_of_an_in_memory_module_and_structures(tmp_path):
     assert any(f.id == "training_data_unknown" and "may overlap training" in f.statement for f in result.findings)
     assert not any(f.id == "unseen_elements" for f in result.findings)
     assert math.isfinite(result.hessian["id"].top_eigenvalues[0])
+
+
+def test_ase_files_are_read_as_entries(tmp_path):
+    pytest.importorskip("ase")
+    import ase.io
+    from adapter_checks import sample_entries
+    from ase.db import connect
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from traits.data.sources import read_ase
+
+    entries = sample_entries(3)
+    frames = []
+    for k, e in enumerate(entries):
+        atoms = AseAtomsAdaptor.get_atoms(e.structure())
+        atoms.info.update({"material_id": e.id, "energy_per_atom": -1.0 - k})
+        frames.append(atoms)
+    ase.io.write(tmp_path / "s.extxyz", frames, format="extxyz")
+    got = read_ase(tmp_path / "s.extxyz", "energy_per_atom")
+    assert [x.id for x in got.entries] == [e.id for e in entries]
+    assert [x.target for x in got.entries] == [-1.0, -2.0, -3.0]
+    assert len(got.entries[0].structure()) == len(entries[0].structure())
+    with connect(tmp_path / "s.db") as db:
+        for atoms in frames:
+            db.write(atoms, material_id=atoms.info["material_id"])
+    free = read_ase(tmp_path / "s.db", "model")
+    assert len(free.entries) == 3 and all(math.isnan(x.target) for x in free.entries)
+
+
+def test_public_probe_api_on_a_custom_module():
+    import traits.probes as probes
+
+    assert {"SplitObjective", "top_eigenvalues", "hutchpp_trace", "surface_1d"} <= set(probes.__all__)
+    for name in probes.__all__:
+        getattr(probes, name)
+
+    class Batch:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    wrapped = type("M", (torch.nn.Module,), {"__init__": lambda self: (torch.nn.Module.__init__(self),
+                                                                       setattr(self, "net", model))[0],
+                                             "forward": lambda self, b: self.net(b.x).squeeze(-1)})()
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        batch = Batch(x, wrapped(Batch(x, None)))  # label-free: the model's own predictions
+    obj = probes.SplitObjective(wrapped, [batch])
+    eig = probes.top_eigenvalues(obj.hvp, obj.dim, k=2, max_steps=obj.dim, generator=torch.Generator().manual_seed(0),
+                                 device=obj.device, dtype=obj.dtype)
+    assert float(obj.loss()) == 0.0 and float(eig.values.min()) > -1e-6

@@ -85,9 +85,10 @@ class DataSets(_Strict):
 class DataSpec(_Strict):
     """Where the structures and targets come from: one file split by the omission rule, or named sets."""
 
-    source: Literal["sample", "csv", "mp", "jarvis"] = Field(
+    source: Literal["sample", "csv", "mp", "jarvis", "ase"] = Field(
         description="Reader: 'sample' (the bundled Materials Project sample), 'csv' (a CIF column and "
-        "target columns), 'mp' (Materials Project JSON / JSON Lines), 'jarvis' (JARVIS-DFT JSON)."
+        "target columns), 'mp' (Materials Project JSON / JSON Lines), 'jarvis' (JARVIS-DFT JSON), 'ase' (any "
+        "file ASE reads: extxyz, an ASE database, ...; targets from each frame's info / key-value pairs)."
     )
     path: Path | None = Field(None, description="Data file; not used for source 'sample' or with 'sets'.")
     sets: DataSets | None = Field(

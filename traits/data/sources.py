@@ -31,6 +31,7 @@ DEFAULT_TARGET_FIELDS: dict[str, dict[str, list[str]]] = {
     "sample": {"formation_energy_per_atom": ["formation_energy_per_atom"], "band_gap": ["band_gap"]},
     "jarvis": {"formation_energy_per_atom": ["formation_energy_peratom"], "band_gap": ["optb88vdw_bandgap"]},
     "csv": {"formation_energy_per_atom": ["formation_energy_per_atom"], "band_gap": ["band_gap"]},
+    "ase": {"formation_energy_per_atom": ["formation_energy_per_atom"], "band_gap": ["band_gap"]},
 }
 
 SAMPLE_FILE = "mp_sample.jsonl.gz"
@@ -285,6 +286,53 @@ def read_csv(
     return out
 
 
+def read_ase(path: Path, target: str, column: str | None = None, id_column: str | None = None) -> SourceData:
+    """Any file ASE reads (extxyz, an ASE database ``.db``, CIF, POSCAR, ...), every frame / row one compound.
+
+    The target is the frame's ``info`` (database: key-value pair) named ``column`` or the target's own name, or,
+    for ``energy_per_atom`` without such a field, the attached calculator's energy divided by the atoms; the id is
+    ``info[id_column or 'material_id']`` or ``<file stem>-<index>``. Needs ``pip install 'traits-audit[ase]'``."""
+    try:
+        import ase.io
+    except ImportError:
+        raise DataError(f"{path}: reading ASE files needs the 'ase' package: run `pip install 'traits-audit[ase]'`") \
+            from None
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    names = _target_names("ase", target, column) if target != "model" else []
+    out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
+    try:
+        frames = ase.io.read(str(path), index=":")
+    except Exception as exc:  # ASE raises many kinds for unreadable files
+        raise DataError(f"{path}: ASE cannot read this file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    key = id_column or "material_id"
+    for i, atoms in enumerate(frames):
+        info = dict(atoms.info or {})
+        rid = str(info.get(key, f"{Path(path).name.split('.')[0]}-{i}"))
+        value: float | None = math.nan
+        if names:
+            _name, raw = _pick(info, names)
+            value = _to_float(raw)
+            if value is None and target == "energy_per_atom" and atoms.calc is not None and len(atoms):
+                try:
+                    value = _to_float(atoms.get_potential_energy() / len(atoms))
+                except Exception:  # no stored energy
+                    value = None
+        if value is None:
+            out.skipped["missing or non-numeric target"] += 1
+            continue
+        try:
+            structure = AseAtomsAdaptor.get_structure(atoms)
+        except Exception:
+            out.skipped["not a periodic crystal (no cell)"] += 1
+            continue
+        out.entries.append(Entry(rid, value, json.dumps(structure.as_dict(), sort_keys=True, default=float),
+                                 "pymatgen-dict"))
+    return out
+
+
 def read_source(data_spec) -> SourceData:
     """Dispatch on ``data_spec.source`` (a :class:`traits.spec.DataSpec`)."""
     kind = data_spec.source
@@ -295,6 +343,8 @@ def read_source(data_spec) -> SourceData:
         data = read_mp(path, data_spec.target, data_spec.target_column)
     elif kind == "jarvis":
         data = read_jarvis(path, data_spec.target, data_spec.target_column)
+    elif kind == "ase":
+        data = read_ase(path, data_spec.target, data_spec.target_column, data_spec.id_column)
     elif kind == "csv":
         data = read_csv(path, data_spec.target, data_spec.target_column, data_spec.id_column,
                         data_spec.structure_column)

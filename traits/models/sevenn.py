@@ -96,6 +96,7 @@ class SevenNetAdapter(Adapter):
     property = "energy_per_atom"
     units = "eV/atom"
     training_data = "MPtrj (Materials Project relaxation trajectories; SevenNet-0)"
+    bundled = ("7net-0",)
     Options = SevenNetOptions
     batch_size = 16
 
