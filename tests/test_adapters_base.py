@@ -205,3 +205,21 @@ def test_public_probe_api_on_a_custom_module():
     eig = probes.top_eigenvalues(obj.hvp, obj.dim, k=2, max_steps=obj.dim, generator=torch.Generator().manual_seed(0),
                                  device=obj.device, dtype=obj.dtype)
     assert float(obj.loss()) == 0.0 and float(eig.values.min()) > -1e-6
+
+
+@pytest.mark.parametrize("path", ["audits/chgnet/label-free.yaml", "audits/sevenn/label-free.yaml"])
+def test_ready_label_free_specs_validate(path):
+    from pathlib import Path
+
+    from traits.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / path)
+    assert spec.data.target == "model" and spec.data.sets is not None
+    assert spec.data.sets.id.is_file() and spec.data.sets.ood.is_file()
+
+
+def test_schema_exports_each_adapters_options():
+    from traits.spec import spec_json_schema
+
+    options = spec_json_schema()["x-traits-model-options"]
+    assert "version" in options["chgnet"]["properties"] and "module" in options["torch"]["properties"]
