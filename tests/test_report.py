@@ -213,7 +213,9 @@ def test_a_failed_write_removes_the_files_already_written(result, tmp_path, monk
     def refuse(path, data):
         raise OutputError(f"{path}: cannot write (disk full)")
 
-    monkeypatch.setattr(R, "write_bytes_atomic", refuse)
+    import traits.files
+
+    monkeypatch.setattr(traits.files, "write_bytes_atomic", refuse)
     with pytest.raises(OutputError, match="disk full"):
         render_report(result, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []

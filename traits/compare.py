@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from traits.errors import OutputError, SpecError, TraitsError
-from traits.files import ensure_dir, write_bytes_atomic, write_text_atomic
+from traits.errors import SpecError, TraitsError
+from traits.files import ensure_dir, write_bytes_atomic, write_formats_atomic, write_text_atomic
 from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, finite, mae_draws, ratio_value
 from traits.results import AuditResult, Finding, Level, load_result
 
@@ -500,20 +500,7 @@ def write_comparison(comparison: ComparisonResult, a: AuditResult, b: AuditResul
         payload["html"] = render_html(comparison, a, b, medium="screen")
     if "pdf" in formats:
         payload["pdf"] = html_to_pdf(render_html(comparison, a, b, medium="print"))
-    written: dict[str, Path] = {}
-    try:
-        for fmt, data in payload.items():
-            path = out_dir / f"compare.{fmt}"
-            if isinstance(data, bytes):
-                write_bytes_atomic(path, data)
-            else:
-                write_text_atomic(path, data)
-            written[fmt] = path
-    except OutputError:
-        for path in written.values():
-            path.unlink(missing_ok=True)
-        raise
-    return written
+    return write_formats_atomic(out_dir, "compare", payload)
 
 
 def junit_xml(comparison: ComparisonResult) -> bytes:

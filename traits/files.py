@@ -57,3 +57,22 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 
 def write_json_atomic(path: Path, payload) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=True))
+
+
+def write_formats_atomic(out_dir: Path, stem: str, payload: dict[str, str | bytes]) -> dict[str, Path]:
+    """Write ``out_dir/stem.FMT`` for each format of ``payload`` (text or bytes), each atomically; when one
+    fails, the ones already written by this call are removed too, so the formats always describe one run."""
+    written: dict[str, Path] = {}
+    try:
+        for fmt, data in payload.items():
+            path = Path(out_dir) / f"{stem}.{fmt}"
+            if isinstance(data, bytes):
+                write_bytes_atomic(path, data)
+            else:
+                write_text_atomic(path, data)
+            written[fmt] = path
+    except OutputError:
+        for path in written.values():
+            path.unlink(missing_ok=True)
+        raise
+    return written

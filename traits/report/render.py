@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from traits.errors import OutputError, TraitsError
-from traits.files import ensure_dir, write_bytes_atomic, write_text_atomic
+from traits.files import ensure_dir, write_formats_atomic
 from traits.report.formatting import (  # noqa: F401  (re-exported: templates and tests use them here)
     SPLIT_ORDER,
     fmt_interval,
@@ -245,18 +245,5 @@ def render_report(result: AuditResult, out_dir: Path, formats: Iterable[str] = F
         payload["html"] = _render(result, figures, "svg", "screen")
     if "pdf" in formats:
         payload["pdf"] = _pdf_bytes(_render(result, figures, "png", "print"))
-    written: dict[str, Path] = {}
-    try:
-        for fmt, data in payload.items():
-            path = out_dir / f"report.{fmt}"
-            if isinstance(data, bytes):
-                write_bytes_atomic(path, data)
-            else:
-                write_text_atomic(path, data)
-            written[fmt] = path
-    except OutputError:
-        for path in written.values():
-            path.unlink(missing_ok=True)
-        raise
-    return written
+    return write_formats_atomic(out_dir, "report", payload)
 
