@@ -20,7 +20,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -124,6 +123,21 @@ def report_internal_error(exc: BaseException, out_dir: Path | None) -> None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
+def _pass_through() -> tuple[type[BaseException], ...]:
+    """The exceptions the CLI framework uses for its own exits and usage errors: typer's own, and click's where
+    the installed typer still builds on click (typer < 0.20 depends on it; later releases do not)."""
+    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    kinds += [getattr(typer, name) for name in ("TyperException", "BadParameter") if hasattr(typer, name)]
+    try:
+        import click
+    except ImportError:
+        return tuple(kinds)
+    return (*kinds, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort)
+
+
+_PASS_THROUGH = _pass_through()
+
+
 def handles_errors(func):
     """A TraitsError becomes one clear message and exit 2; any other exception (a bug) exit 3 with a log."""
 
@@ -134,7 +148,7 @@ def handles_errors(func):
         except TraitsError as exc:
             print_error(str(exc))
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        except (typer.Exit, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except _PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             err.print("interrupted; partial work is kept where the command supports resuming")
