@@ -327,6 +327,22 @@ def surface_scale(grids: Mapping[str, Sequence[Sequence[float | None]]]) -> Surf
     return SurfaceScale(False, lo, hi)
 
 
+def _tolerance_outline(ax, a, masked, level: float) -> None:
+    """The tolerance contour 1 + τ, white under black so that it shows on any colour."""
+    for color, width, z_order in (("white", 1.8, 2), ("black", 0.7, 3)):
+        ax.contour(a, a, masked, levels=[level], colors=color, linewidths=width, linestyles="solid", zorder=z_order)
+
+
+def _panel_frame(ax, split: str, finite) -> None:
+    """θ marked at the origin, equal axes, the split as title (with its non-finite count), symmetric ticks."""
+    ax.plot([0], [0], marker="+", color="red", ms=9, mew=1.6, zorder=4)
+    ax.set_aspect("equal", adjustable="box")
+    n_bad = int((~finite).sum())
+    ax.set_title(split_label(split) + (f" ({n_bad} non-finite)" if n_bad else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+    ax.yaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+
+
 def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
                       loss0: Mapping[str, float | None], tolerance: float, unit: str) -> Figure:
     """Filled contours of the loss over (α, β) per split side by side on one colour scale.
@@ -361,15 +377,8 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
                 level = (1 + tolerance) * l0
                 level = math.log10(level) if scale.log else level
                 if np.nanmin(shown) < level < np.nanmax(shown):
-                    for color, width, z_order in (("white", 1.8, 2), ("black", 0.7, 3)):
-                        ax.contour(a, a, masked, levels=[level], colors=color, linewidths=width,
-                                   linestyles="solid", zorder=z_order)
-        ax.plot([0], [0], marker="+", color="red", ms=9, mew=1.6, zorder=4)
-        ax.set_aspect("equal", adjustable="box")
-        n_bad = int((~finite).sum())
-        ax.set_title(split_label(split) + (f" ({n_bad} non-finite)" if n_bad else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
-        ax.yaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+                    _tolerance_outline(ax, a, masked, level)
+        _panel_frame(ax, split, finite)
         if i == 0:
             ax.set_ylabel("β, direction 2 (dimensionless)")
     fig.supxlabel("α, direction 1 (dimensionless)", fontsize=9)
@@ -470,15 +479,8 @@ def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequen
             mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis", zorder=1)
             level = float(plane_colour(math.log10(1 + tolerance)))
             if np.nanmin(masked) < level < np.nanmax(masked):
-                for color, width, z_order in (("white", 1.8, 2), ("black", 0.7, 3)):
-                    ax.contour(a, a, masked, levels=[level], colors=color, linewidths=width,
-                               linestyles="solid", zorder=z_order)
-        ax.plot([0], [0], marker="+", color="red", ms=9, mew=1.6, zorder=4)
-        ax.set_aspect("equal", adjustable="box")
-        n_bad = int((~finite).sum())
-        ax.set_title(split_label(split) + (f" ({n_bad} non-finite)" if n_bad else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
-        ax.yaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+                _tolerance_outline(ax, a, masked, level)
+        _panel_frame(ax, split, finite)
         if i == 0:
             ax.set_ylabel("β along v_min (dimensionless)")
     fig.supxlabel("α along v_max, the top eigenvector (dimensionless)", fontsize=9)
