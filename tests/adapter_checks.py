@@ -29,6 +29,23 @@ def small_entries(n: int = 3, max_atoms: int = 6):
     return out
 
 
+def load_adapter(name: str, device=torch.device("cpu")):
+    """(adapter, model): the registered adapter ``name`` and its default model, loaded with default options."""
+    from traits.models.base import get_adapter
+
+    adapter = get_adapter(name)
+    return adapter, adapter.load(None, adapter.Options(), device)
+
+
+def sample_predictions(adapter, model, n: int = 10, device=torch.device("cpu")):
+    """(entries, ids, predictions) of the adapter on the first ``n`` sample entries; every entry must featurise."""
+    entries = sample_entries(n)
+    items, skipped = adapter.featurise_entries(entries, adapter.Options())
+    assert len(items) == n and not skipped
+    ids, preds, _ = adapter.predict(model, items, device)
+    return entries, ids, preds
+
+
 def relative_error(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))

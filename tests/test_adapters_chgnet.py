@@ -10,7 +10,13 @@ import torch
 
 pytest.importorskip("chgnet")
 
-from adapter_checks import hvp_vs_finite_differences, relative_error, sample_entries, small_entries  # noqa: E402
+from adapter_checks import (  # noqa: E402
+    hvp_vs_finite_differences,
+    load_adapter,
+    relative_error,
+    sample_predictions,
+    small_entries,
+)
 
 from traits.models.base import get_adapter  # noqa: E402
 
@@ -19,16 +25,12 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def loaded():
-    adapter = get_adapter("chgnet")
-    return adapter, adapter.load(None, adapter.Options(), CPU)
+    return load_adapter("chgnet", CPU)
 
 
 def test_chgnet_agrees_with_chgnet_predict_structure(loaded):
     adapter, model = loaded
-    entries = sample_entries(10)
-    items, skipped = adapter.featurise_entries(entries, adapter.Options())
-    assert len(items) == 10 and not skipped
-    ids, preds, _ = adapter.predict(model, items, CPU)
+    entries, ids, preds = sample_predictions(adapter, model, 10, CPU)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = [float(model.chgnet.predict_structure(e.structure(), task="e")["e"]) for e in entries]

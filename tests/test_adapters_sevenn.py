@@ -10,7 +10,14 @@ import torch
 
 pytest.importorskip("sevenn")
 
-from adapter_checks import hvp_vs_finite_differences, relative_error, sample_entries, small_entries  # noqa: E402
+from adapter_checks import (  # noqa: E402
+    hvp_vs_finite_differences,
+    load_adapter,
+    relative_error,
+    sample_entries,
+    sample_predictions,
+    small_entries,
+)
 
 from traits.models.base import get_adapter  # noqa: E402
 
@@ -19,8 +26,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def loaded():
-    adapter = get_adapter("sevenn")
-    return adapter, adapter.load(None, adapter.Options(), CPU)
+    return load_adapter("sevenn", CPU)
 
 
 def test_sevenn_agrees_with_sevennet_calculator(loaded):
@@ -28,10 +34,7 @@ def test_sevenn_agrees_with_sevennet_calculator(loaded):
     from sevenn.calculator import SevenNetCalculator
 
     adapter, model = loaded
-    entries = sample_entries(10)
-    items, skipped = adapter.featurise_entries(entries, adapter.Options())
-    assert len(items) == 10 and not skipped
-    ids, preds, _ = adapter.predict(model, items, CPU)
+    entries, ids, preds = sample_predictions(adapter, model, 10, CPU)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calc = SevenNetCalculator("7net-0", device="cpu")  # the reference: SevenNet's own loader and forward
