@@ -553,6 +553,26 @@ def compare(
     raise typer.Exit(exit_code(comparison))
 
 
+@app.command("export-mace")
+@handles_errors
+def export_mace(
+    model_file: Annotated[Path, typer.Argument(help="A MACE model file (*.model), as MACE's trainer or the MACE-MP "
+                                               "foundation models ship it. It is UNPICKLED: only a file you trust.")],
+    folder: Annotated[Path, typer.Argument(help="Folder to write mace-config.json and weights.safetensors to.")],
+    training_data: Annotated[str | None, typer.Option(help="What the model was trained on (recorded, reported).")]
+    = None,
+) -> None:
+    """Convert a pickled MACE model into the folder the 'mace' adapter audits (config JSON + safetensors).
+
+    Unpickling a MACE model file runs code from it; audits never do. Run this once, on a file you trust; every
+    audit afterwards reads only the JSON and the safetensors weights."""
+    from traits.models.mace import export_file
+
+    written = export_file(model_file, folder, training_data)
+    out.print(Text.assemble("MACE model written to ", str(written), " (model.architecture: mace, "
+                            "model.checkpoint: this folder)"))
+
+
 @app.command()
 @handles_errors
 def screen(

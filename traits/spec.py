@@ -635,12 +635,23 @@ def spec_from_mapping(
             problems += [f"  - data.sets.{name}: {_not_a_file(file)}"
                          for name, file in spec.data.sets.named().items() if not file.is_file()]
         ckpt = spec.model.checkpoint
-        if need_checkpoint and ckpt is not None and not ckpt.is_file() and (
+        if need_checkpoint and ckpt is not None and not ckpt.is_file() and not (
+                ckpt.is_dir() and _folder_checkpoints(spec.model.architecture)) and (
                 spec.model.train is None or os.path.lexists(ckpt)):  # training replaces a missing file only
             problems.append(f"  - model.checkpoint: {_not_a_file(ckpt)}")
         if problems:
             raise SpecError(f"{source}: invalid audit spec\n" + "\n".join(problems))
     return spec
+
+
+def _folder_checkpoints(architecture: str) -> bool:
+    """Whether the adapter reads a model folder (ALIGNN, MACE) rather than one weights file."""
+    from traits.models.base import adapter_class
+
+    try:
+        return bool(getattr(adapter_class(architecture), "checkpoint_folder", False))
+    except SpecError:
+        return False
 
 
 def _not_a_file(path: Path) -> str:

@@ -50,6 +50,8 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "cgcnn-original": "traits.models.cgcnn_original:CGCNNOriginalAdapter",
     "chgnet": "traits.models.chgnet:CHGNetAdapter",
     "sevenn": "traits.models.sevenn:SevenNetAdapter",
+    "alignn": "traits.models.alignn:ALIGNNAdapter",
+    "mace": "traits.models.mace:MACEAdapter",
     "torch": "traits.models.torch_module:TorchModuleAdapter",
 }
 
@@ -152,6 +154,7 @@ class Adapter:
     units: ClassVar[str | None] = None
     training_data: ClassVar[str | None] = None
     bundled: ClassVar[tuple[str, ...]] = ()  # weights names shipped in the package (no file needed)
+    checkpoint_folder: ClassVar[bool] = False  # model.checkpoint may name a folder (config + weights)
     Options: ClassVar[type[BaseModel]] = NoOptions
     batch_size: ClassVar[int] = 64
 
