@@ -97,6 +97,19 @@ class CGCNNOriginal(GraphRegressor):
             self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
         self.fc_out = nn.Linear(h_fea_len, 1)
 
+    def _conv_fast(self, k: int, params, h, edge_index, e) -> Tensor:
+        """OriginalConv_k with bn1 folded into fc_full and fc_full split into blocks."""
+        from traits.models.cgcnn import bn_affine, split_linear_messages
+
+        p, conv = f"convs.{k}.", self.convs[k]
+        weight = torch.cat([params[p + "fc_full.weight"], params[p + "fc_full.bias"][:, None]], dim=1)
+        summed = split_linear_messages(weight, h, edge_index, e, bn=bn_affine(params, p + "bn1", conv.bn1))
+        scale, shift = bn_affine(params, p + "bn2", conv.bn2)
+        return F.softplus(h + summed * scale + shift)
+
+    def _head_fast(self, params, pooled: Tensor) -> Tensor:
+        return F.softplus(F.linear(F.softplus(pooled), params["conv_to_fc.weight"], params["conv_to_fc.bias"]))
+
     def embed(self, batch) -> Tensor:
         from torch_geometric.nn import global_mean_pool
 

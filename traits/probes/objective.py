@@ -50,6 +50,10 @@ from traits.errors import ProbeError
 LossKind = Literal["mse", "mae"]
 HvpMethod = Literal["retain", "recompute", "jvp"]
 
+#: Largest relative difference (to the largest |prediction|) between a model's ``probe_forward`` and its plain
+#: forward at theta for the fast forward to be used (float32 rounding of a reordered sum is ~1e-7 to 1e-6).
+FAST_FORWARD_RTOL = 1e-5
+
 #: The Hessian-vector product variants of ``SplitObjective`` (``hvp_method``); the first is the default.
 HVP_METHODS: tuple[str, ...] = ("retain", "recompute", "jvp")
 
@@ -131,6 +135,11 @@ class SplitObjective:
     hvp_method: how ``hvp`` computes products (``"retain"``, ``"recompute"`` or ``"jvp"``; module docstring).
     hvp_memory_budget: bytes of gradient graphs ``"retain"`` may keep (default: ``default_graph_budget``).
     retained_bytes: bytes of the graphs kept now (0 when none).
+    fast_forward: whether loss evaluations without gradients (surfaces, ``loss``, ``loss_many``) use the model's
+        ``probe_forward`` (an algebraically equal, cheaper forward a model may define, e.g. the CGCNNs): ``None``
+        until first needed, then whether it matched the plain forward at theta (``fast_forward_error``: the
+        relative difference, or why it failed); ``False`` when the model has none or ``fast_forward=False``.
+        Gradients and Hessian-vector products always use the plain forward.
     vmap_ok: ``None`` until ``loss_many`` first ran, then whether ``torch.func.vmap`` works for this
         model; once it failed, ``loss_many`` loops over points (``vmap_error`` says why).
     """
@@ -144,6 +153,7 @@ class SplitObjective:
         *,
         hvp_method: HvpMethod = "retain",
         hvp_memory_budget: int | None = None,
+        fast_forward: bool = True,
     ) -> None:
         if loss not in ("mse", "mae"):
             raise ProbeError(f"unknown loss {loss!r}; use 'mse' or 'mae'")
@@ -184,6 +194,11 @@ class SplitObjective:
             default_graph_budget(self.device) if hvp_memory_budget is None else int(hvp_memory_budget)
         )
         self._graphs: _RetainedGraphs | None = None
+        # the model's own cheaper forward for loss evaluations without gradients (``probe_forward``), used once it
+        # matched the plain forward at theta on the first batch
+        self.fast_forward: bool | None = None if fast_forward and callable(getattr(model, "probe_forward", None)) \
+            else False
+        self.fast_forward_error: float | str | None = None
 
     # ------------------------------------------------------------------ flat <-> dict
     def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -210,9 +225,31 @@ class SplitObjective:
         full.update({n: params[n] for n in self.names})
         return full
 
+    def _check_fast_forward(self) -> bool:
+        """Whether ``model.probe_forward`` may stand in for the plain forward: decided once, by comparing both at
+        theta on the first batch (relative difference within :data:`FAST_FORWARD_RTOL`)."""
+        if self.fast_forward is None:
+            full = self._full(self.params)
+            try:
+                with torch.no_grad(), eval_mode(self.model):
+                    plain = functional_call(self.model, full, (self.batches[0],)).reshape(-1)
+                    fast = self.model.probe_forward(full, self.batches[0]).reshape(-1)
+                scale = plain.abs().max().clamp_min(torch.finfo(plain.dtype).tiny)
+                diff = float((fast - plain).abs().max() / scale)
+                self.fast_forward_error = diff
+                self.fast_forward = bool(diff <= FAST_FORWARD_RTOL)
+            except Exception as exc:  # noqa: BLE001 - any failure means: use the plain forward
+                self.fast_forward_error = f"{type(exc).__name__}: {exc}"
+                self.fast_forward = False
+        return bool(self.fast_forward)
+
     def _batch_sum(self, full: dict[str, torch.Tensor], i: int) -> torch.Tensor:
         """Sum of per-sample losses of batch ``i`` (not divided by N)."""
-        pred = functional_call(self.model, full, (self.batches[i],))
+        if self.fast_forward is not False and not torch.is_grad_enabled() and not self.model.training \
+                and self._check_fast_forward():
+            pred = self.model.probe_forward(full, self.batches[i])
+        else:
+            pred = functional_call(self.model, full, (self.batches[i],))
         y = self.targets[i]
         if pred.shape != y.shape:
             if pred.numel() != y.numel():

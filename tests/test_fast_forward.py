@@ -1,0 +1,129 @@
+"""The CGCNNs' ``probe_forward`` (split linear maps, batch norm folded in) against their plain forward, and the
+objective's use of it: only for loss evaluations without gradients, only after it matched at theta, and never when
+it does not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from tiny_models import prepare_sample, randomize_batchnorm
+
+from traits.probes.objective import SplitObjective
+
+CONFIGS = [
+    ("cgcnn", {"atom_fea_len": 12, "n_conv": 2, "h_fea_len": 16, "n_h": 1, "batch_norm": True, "pooling": "mean"}),
+    ("cgcnn", {"atom_fea_len": 12, "n_conv": 2, "h_fea_len": 16, "n_h": 2, "batch_norm": False, "pooling": "sum"}),
+    ("cgcnn", {"atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8, "n_h": 1, "batch_norm": True, "pooling": "max"}),
+    ("cgcnn-original", {"atom_fea_len": 12, "n_conv": 2, "h_fea_len": 16, "n_h": 2}),
+]
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    from traits.audit import collate
+
+    data = prepare_sample(tmp_path_factory, "fast-forward", subsample=48)
+    return collate(data.splits["train"][:40], torch.device("cpu"), torch.float32, 16)
+
+
+def build(arch: str, hyper: dict, seed: int = 0, dtype=torch.float32):
+    from traits.models.registry import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, dict(hyper))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            randomize_batchnorm(module)
+    model.target_mean.fill_(-0.8)
+    model.target_std.fill_(1.3)
+    return model.to(dtype).eval()
+
+
+def full_params(model):
+    out = {n: b for n, b in model.named_buffers()}
+    out.update({n: p.detach() for n, p in model.named_parameters()})
+    return out
+
+
+@pytest.mark.parametrize("arch,hyper", CONFIGS)
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_probe_forward_equals_the_plain_forward(batches, arch, hyper, dtype, rtol):
+    model = build(arch, hyper, dtype=dtype)
+    params = full_params(model)
+    with torch.no_grad():
+        for b in batches:
+            plain = functional_call(model, params, (b,))
+            fast = model.probe_forward(params, b)
+            assert fast.shape == plain.shape
+            assert torch.allclose(fast, plain, rtol=rtol, atol=rtol * float(plain.abs().max())), \
+                float((fast - plain).abs().max())
+
+
+@pytest.mark.parametrize("arch,hyper", CONFIGS[::3])
+def test_probe_forward_follows_perturbed_weights(batches, arch, hyper):
+    """At weights away from theta (batch-norm weights and running statistics included) the two still agree: the
+    folding is recomputed from the weights it is given, not cached."""
+    model = build(arch, hyper, dtype=torch.float64)
+    params = full_params(model)
+    g = torch.Generator().manual_seed(3)
+    moved = {n: t + 0.3 * torch.randn(t.shape, generator=g, dtype=t.dtype) * t.abs().mean()
+             if t.is_floating_point() and "running_var" not in n else t for n, t in params.items()}
+    with torch.no_grad():
+        for b in batches:
+            assert torch.allclose(model.probe_forward(moved, b), functional_call(model, moved, (b,)), rtol=1e-10)
+
+
+def test_objective_uses_it_for_losses_only_after_it_matched(batches):
+    model = build(*CONFIGS[3])
+    fast = SplitObjective(model, batches)
+    plain = SplitObjective(model, batches, fast_forward=False)
+    assert fast.fast_forward is None and plain.fast_forward is False
+    calls = []
+    original = model.probe_forward
+    model.probe_forward = lambda p, b: calls.append(1) or original(p, b)
+    assert float(fast.loss()) == pytest.approx(float(plain.loss()), rel=1e-6)
+    assert fast.fast_forward is True and fast.fast_forward_error < 1e-5 and calls
+    n = len(calls)
+    g_fast, g_plain = fast.gradient(), plain.gradient()  # gradients: the plain forward, bit for bit
+    assert torch.equal(g_fast, g_plain) and len(calls) == n
+    v = torch.randn(fast.dim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fast.hvp(v), plain.hvp(v)) and len(calls) == n
+
+
+def test_surface_grids_agree_with_and_without_it(batches):
+    from traits.probes.directions import random_direction
+    from traits.probes.surface import surface_2d
+
+    model = build(*CONFIGS[0])
+    fast = SplitObjective(model, batches)
+    plain = SplitObjective(model, batches, fast_forward=False)
+    skip = model.normalization_parameter_names()
+    d1 = random_direction(fast.params, torch.Generator().manual_seed(1), skip=skip)
+    d2 = random_direction(fast.params, torch.Generator().manual_seed(2), skip=skip)
+    axis = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    a = surface_2d(fast, d1, d2, axis, axis)
+    b = surface_2d(plain, d1, d2, axis, axis)
+    assert fast.fast_forward is True
+    assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_a_wrong_probe_forward_is_detected_and_not_used(batches):
+    model = build(*CONFIGS[0])
+    original = model.probe_forward
+    model.probe_forward = lambda p, b: original(p, b) * 1.01  # 1 % off: must be refused
+    obj = SplitObjective(model, batches)
+    reference = SplitObjective(model, batches, fast_forward=False)
+    assert float(obj.loss()) == float(reference.loss())
+    assert obj.fast_forward is False and obj.fast_forward_error > 1e-3
+    model.probe_forward = lambda p, b: (_ for _ in ()).throw(RuntimeError("broken"))
+    broken = SplitObjective(model, batches)
+    assert float(broken.loss()) == float(reference.loss())
+    assert broken.fast_forward is False and "broken" in broken.fast_forward_error
+
+
+def test_probe_forward_refuses_training_mode(batches):
+    model = build(*CONFIGS[0]).train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.probe_forward(full_params(model), batches[0])
