@@ -7,7 +7,8 @@ No ALIGNN or MACE weights are on this machine: for those two a model of the publ
 weights (timing and memory depend on the architecture, not the values) and written to a temporary folder: ALIGNN
 with alignn's default hyper-parameters of the published property models (4 ALIGNN + 4 GCN layers, 256 hidden
 features, CGCNN atom features, 8 Å cutoff, 12 neighbours); MACE with the MACE-MP-0 "small" settings (128x0e hidden,
-2 interactions, correlation 3, max_ell 3, r_max 6 Å, 89 elements). Loads the model through its adapter, featurises the first N_STRUCTURES (default 24) crystals of audits/chgnet/id-no-Fe.jsonl.gz,
+2 interactions, correlation 3, max_ell 3, r_max 6 Å, 89 elements). Loads the model through its adapter,
+featurises the first N_STRUCTURES (default 24) crystals of audits/chgnet/id-no-Fe.jsonl.gz,
 builds the label-free objective (one batch, float32, CPU, ``hvp_method='retain'``) and times N_HVP (default 5)
 Hessian-vector products after one warm-up product. Peak memory is the process's peak resident set size
 (``ru_maxrss``) after the products, and before them (model and data loaded), in MiB.

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call
-
 from tiny_models import prepare_sample, randomize_batchnorm
+from torch.func import functional_call
 
 from traits.probes.objective import SplitObjective
 
