@@ -126,3 +126,32 @@ def test_probe_forward_refuses_training_mode(batches):
     model = build(*CONFIGS[0]).train()
     with pytest.raises(RuntimeError, match="eval mode"):
         model.probe_forward(full_params(model), batches[0])
+
+
+def test_compiled_loss_matches_the_plain_loss(batches):
+    """``compile_loss=True``: the surface losses come from a torch.compile-d loss that matched the uncompiled one
+    at theta, and it follows the weights it is given."""
+    model = build(*CONFIGS[0])
+    compiled = SplitObjective(model, batches, compile_loss=True)
+    plain = SplitObjective(model, batches, fast_forward=False)
+    assert compiled.compiled is None
+    value = float(compiled.loss())
+    assert compiled.compiled is True, compiled.compile_error
+    assert compiled.compile_seconds > 0 and value == pytest.approx(float(plain.loss()), rel=1e-5)
+    g = torch.Generator().manual_seed(4)
+    moved = {n: t + 0.05 * torch.randn(t.shape, generator=g) for n, t in compiled.params.items()}
+    assert float(compiled.loss(moved)) == pytest.approx(float(plain.loss(moved)), rel=1e-5)
+
+
+
+def test_a_loss_that_does_not_compile_keeps_the_plain_path(batches, monkeypatch):
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("inductor: cannot compile this model")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = build(*CONFIGS[0])
+    obj = SplitObjective(model, batches, compile_loss=True)
+    assert float(obj.loss()) == float(SplitObjective(model, batches).loss())
+    assert obj.compiled is False and "cannot compile" in obj.compile_error and obj.compile_seconds is None

@@ -833,8 +833,11 @@ def _run_audit(
             stage_done()
         sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
         objectives[split] = SplitObjective(model, batches_of(sub), loss=spec.probes.loss,
-                                           hvp_method=spec.probes.hessian.hvp)
+                                           hvp_method=spec.probes.hessian.hvp,
+                                           compile_loss=spec.probes.surface.compile)
         loss0[split] = json_float(objectives[split].loss())
+        if objectives[split].compiled:  # the compile time of the first call (probes.surface.compile)
+            walls[f"compile_{split}"] = objectives[split].compile_seconds
     surface = None
     if spec.probes.surface.enabled:
         t = time.perf_counter()

@@ -337,6 +337,9 @@ class SurfaceSpec(_Strict):
     tolerance: float = Field(0.1, gt=0, description="τ: the robust region keeps L ≤ (1+τ)·L(θ).")
     sharpness_radius: float = Field(0.1, gt=0, description="ε of the sharpness metric.")
     chunk_size: int | None = Field(None, ge=1, description="Grid points per pass (auto when empty).")
+    compile: bool = Field(False, description="Evaluate the surface losses with a torch.compile-d (inductor) loss, "
+                          "used only if it matches the uncompiled loss at θ (relative 1e-5); its compile time is "
+                          "recorded. Off by default: on a 2-core CPU it was 1.08x faster after a 35 s compile.")
     max_samples: int | None = Field(1024, gt=0, description="Subsample each split for the surfaces.")
     directions: Literal["random", "hessian"] = Field(
         "random",
