@@ -1,10 +1,13 @@
 """Probe-engine benchmarks on a real crystal model and real data; prints ratios measured side by side.
 
-    python bench/bench_probes.py [--quick] [--device cpu|cuda]
+    python bench/bench_probes.py [--quick] [--device cpu|cuda] [--models original,quickstart] [--only-surface]
 
-1. 2D surface: the engine (pre-collated batches, many grid points per pass) vs a naive loop that,
-   per grid point, loads the perturbed state dict into the model and iterates a DataLoader over the
-   split (how the classic loss-landscape code works). Also: engine time / (points x one forward pass).
+1. 2D surface, side by side on the same model, data and grid size: TRAITS' engine (pre-collated batches; the
+   model's fast forward where it has one; with the plain forward too) against two peers: the classic loop
+   (per grid point, the perturbed state dict is loaded into the model and a DataLoader collates the split, as
+   the loss-landscape code does) and the loss-landscapes package (``random_plane`` with filter normalisation and
+   its own random directions, a metric computing the same loss on the same pre-collated batches). Each is also
+   given as a multiple of the floor: points x one forward pass of the uncompiled model.
 2. Top-5 Hessian eigenvalues: Lanczos vs the pyhessian backend's power iteration, both stopped at the
    same relative tolerance, errors against a converged Lanczos reference; HVP counts and wall time.
 3. Hessian trace: Hutch++ vs Hutchinson error at equal HVP budgets, against the exact trace of a small
@@ -52,14 +55,14 @@ def in_child(fn, *args):
     return result
 
 
-def load_setup(device: torch.device, n_graphs: int, small: bool = False):
+def load_setup(device: torch.device, n_graphs: int, small: bool = False, quickstart: bool = False):
     from traits.data.prepare import prepare_data
     from traits.models.cgcnn_original import load_cgcnn_original
     from traits.models.checkpoint import load_checkpoint
     from traits.models.registry import build_model
     from traits.spec import spec_from_mapping
 
-    use_original = SHARED_CKPT.is_file() and not small
+    use_original = SHARED_CKPT.is_file() and not small and not quickstart
     graph = {"pad_neighbors": True} if use_original else {}
     spec = spec_from_mapping({
         "name": "bench", "data": {"source": "sample", "target": "formation_energy_per_atom", "graph": graph},
@@ -92,7 +95,7 @@ def collate(graphs, device, batch_size=128):
 # ------------------------------------------------------------------------------------ 1. surface
 
 
-def bench_surface(device_name: str, n_graphs: int, points: int):
+def bench_surface(device_name: str, n_graphs: int, points: int, which: str = "original", compile_: bool = False):
     from torch_geometric.loader import DataLoader
 
     from traits.probes.directions import random_direction
@@ -100,9 +103,10 @@ def bench_surface(device_name: str, n_graphs: int, points: int):
     from traits.probes.surface import surface_2d
 
     device = torch.device(device_name)
-    model, graphs, name = load_setup(device, n_graphs)
+    model, graphs, name = load_setup(device, n_graphs, quickstart=which == "quickstart")
     batches = collate(graphs, device)
     obj = SplitObjective(model, batches, loss="mse")
+    plain = SplitObjective(model, batches, loss="mse", fast_forward=False)
     gen = torch.Generator().manual_seed(0)
     skip = model.normalization_parameter_names()
     d1 = random_direction(obj.params, gen, skip=skip)
@@ -128,39 +132,75 @@ def bench_surface(device_name: str, n_graphs: int, points: int):
         model.load_state_dict(base)
         return grid
 
+    def loss_landscapes_plane():
+        """loss-landscapes' random_plane (filter-normalised random directions, its own) with a metric computing
+        the same loss on the same pre-collated batches, in eval mode without gradients."""
+        import copy
+
+        import loss_landscapes
+        from loss_landscapes.metrics import Metric
+
+        class SplitMSE(Metric):
+            def __call__(self, wrapper):
+                total, n = 0.0, 0
+                with torch.no_grad():
+                    for batch in batches:
+                        total += float(((wrapper.forward(batch) - batch.y.view(-1)) ** 2).sum())
+                        n += batch.num_graphs
+                return total / n
+
+        copy_ = copy.deepcopy(model).eval()
+        torch.manual_seed(0)
+        return loss_landscapes.random_plane(copy_, SplitMSE(), distance=10, steps=points, normalization="filter")
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    naive()  # warm-up of both paths (allocator, kernels)
-    surface_2d(obj, d1, d2, axis[:2], axis[:2])
-    sync()
-    t = time.perf_counter()
-    ref = naive()
-    sync()
-    t_naive = time.perf_counter() - t
-    t = time.perf_counter()
-    grid = surface_2d(obj, d1, d2, axis, axis).cpu().numpy()
-    sync()
-    t_engine = time.perf_counter() - t
-    t = time.perf_counter()
-    surface_2d(obj, d1, d2, axis, axis, chunk_size=points)  # one row per vmap pass
-    sync()
-    t_vmap = time.perf_counter() - t
-    with torch.no_grad():
-        obj.loss()
+    def timed(fn):
         sync()
         t = time.perf_counter()
-        reps = 5
-        for _ in range(reps):
-            obj.loss()
+        out = fn()
         sync()
-        t_forward = (time.perf_counter() - t) / reps
+        return out, time.perf_counter() - t
+
+    try:
+        import loss_landscapes  # noqa: F401
+
+        have_ll = True
+    except ImportError:
+        have_ll = False
+    naive()  # warm-up of every path (allocator, kernels)
+    surface_2d(obj, d1, d2, axis[:2], axis[:2])
+    surface_2d(plain, d1, d2, axis[:2], axis[:2])
+    ref, t_naive = timed(naive)
+    t_ll = timed(loss_landscapes_plane)[1] if have_ll else None
+    grid_plain, t_plain = timed(lambda: surface_2d(plain, d1, d2, axis, axis).cpu().numpy())
+    grid, t_engine = timed(lambda: surface_2d(obj, d1, d2, axis, axis).cpu().numpy())
+    t_vmap = timed(lambda: surface_2d(obj, d1, d2, axis, axis, chunk_size=points))[1]  # one row per vmap pass
+    t_compiled = compile_s = compiled_diff = None
+    if compile_:
+        comp = SplitObjective(model, batches, loss="mse", compile_loss=True)
+        comp.loss()  # compiles (timed in compile_seconds) and checks against the uncompiled loss at theta
+        compile_s = comp.compile_seconds
+        if comp.compiled:
+            surface_2d(comp, d1, d2, axis[:2], axis[:2])
+            grid_c, t_compiled = timed(lambda: surface_2d(comp, d1, d2, axis, axis).cpu().numpy())
+            compiled_diff = float(np.max(np.abs(grid_c - grid_plain) / grid_plain))
+        else:
+            compile_s = comp.compile_error
+    with torch.no_grad():
+        plain.loss()
+        reps = 5
+        t_forward = timed(lambda: [plain.loss() for _ in range(reps)])[1] / reps  # the uncompiled plain forward
     return {
-        "model": name, "n_graphs": len(graphs), "points": points * points, "t_naive": t_naive,
-        "t_engine": t_engine, "t_vmap": t_vmap, "t_forward": t_forward,
+        "model": name, "n_graphs": len(graphs), "points": points * points, "t_naive": t_naive, "t_ll": t_ll,
+        "t_plain": t_plain, "t_engine": t_engine, "t_vmap": t_vmap, "t_forward": t_forward,
         "max_rel_diff": float(np.max(np.abs(grid - ref) / ref)),
-        "vmap": obj.vmap_ok, "params": obj.dim,
+        "max_rel_diff_plain": float(np.max(np.abs(grid - grid_plain) / grid_plain)),
+        "vmap": obj.vmap_ok, "params": obj.dim, "fast_forward": obj.fast_forward,
+        "fast_forward_error": obj.fast_forward_error, "t_compiled": t_compiled, "compile_s": compile_s,
+        "compiled_diff": compiled_diff,
     }
 
 
@@ -233,22 +273,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="smaller grids and budgets (a smoke run)")
+    parser.add_argument("--models", default="original,quickstart",
+                        help="surface section: comma-separated models (original: the original CGCNN checkpoint; "
+                        "quickstart: TRAITS' CGCNN checkpoint)")
+    parser.add_argument("--only-surface", action="store_true", help="run section 1 only")
+    parser.add_argument("--compile", action="store_true", help="surface section: also a torch.compile-d loss")
     args = parser.parse_args()
     quick = args.quick
     print(f"# TRAITS probe benchmarks  device={args.device}  torch={torch.__version__}  "
           f"threads={torch.get_num_threads()}  python={sys.version.split()[0]}")
 
-    s, rss = in_child(bench_surface, args.device, 64 if quick else 256, 5 if quick else 11)
-    print(f"\n## 1. 2D surface, {s['points']} grid points, {s['n_graphs']} structures, {s['model']} "
-          f"({s['params']} parameters, vmap={s['vmap']})")
-    print(f"naive loop (state dict + DataLoader per point): {s['t_naive']:.2f} s")
-    chunk = "1" if args.device == "cpu" else "row"
-    print(f"engine, default for the device (chunk {chunk}):    {s['t_engine']:.2f} s")
-    print(f"engine, one grid row per vmap pass:             {s['t_vmap']:.2f} s")
-    print(f"speed-up naive/engine: {s['t_naive'] / s['t_engine']:.2f}x   (target >= 5x)")
-    print(f"engine / (points x one forward pass): {s['t_engine'] / (s['points'] * s['t_forward']):.2f}   "
-          f"(target <= 1.1; one forward pass = {1000 * s['t_forward']:.1f} ms)")
-    print(f"max relative difference engine vs naive: {s['max_rel_diff']:.1e}; peak RSS {rss:.0f} MB")
+    for which in args.models.split(","):
+        s, rss = in_child(bench_surface, args.device, 64 if quick else 256, 5 if quick else 11, which,
+                          args.compile)
+        print(f"\n## 1. 2D surface, {s['points']} grid points, {s['n_graphs']} structures, {s['model']} "
+              f"({s['params']} parameters, vmap={s['vmap']})")
+        floor = s["points"] * s["t_forward"]
+        chunk = "1" if args.device == "cpu" else "row"
+        rows = [("classic loop (state dict + DataLoader per point)", s["t_naive"]),
+                ("loss-landscapes random_plane (same loss, pre-collated batches)", s["t_ll"]),
+                (f"TRAITS engine, plain forward (chunk {chunk})", s["t_plain"]),
+                (f"TRAITS engine, default: fast forward={s['fast_forward']} (chunk {chunk})", s["t_engine"]),
+                ("TRAITS engine, one grid row per vmap pass", s["t_vmap"])]
+        if s["t_compiled"] is not None:
+            rows.append((f"TRAITS engine, torch.compile-d loss (compile {s['compile_s']:.1f} s, not included; "
+                         f"max rel. diff {s['compiled_diff']:.1e})", s["t_compiled"]))
+        elif args.compile:
+            print(f"torch.compile not used: {s['compile_s']}")
+        print(f"floor: points x one uncompiled forward = {floor:.2f} s (one forward {1000 * s['t_forward']:.1f} ms)")
+        for label, t in rows:
+            if t is None:
+                print(f"{label}: not installed (pip install loss-landscapes)")
+                continue
+            print(f"{label}: {t:.2f} s   = {t / floor:.2f} x floor,  {t / s['t_engine']:.2f} x TRAITS default")
+        print(f"targets (CPU): classic / TRAITS >= 2x: {s['t_naive'] / s['t_engine']:.2f}x; loss-landscapes / "
+              "TRAITS >= 2x: " + (f"{s['t_ll'] / s['t_engine']:.2f}x" if s["t_ll"] else "n/a"))
+        print(f"max relative difference TRAITS vs classic loop (same directions): {s['max_rel_diff']:.1e}; fast vs "
+              f"plain forward: {s['max_rel_diff_plain']:.1e} (check at theta: {s['fast_forward_error']}); "
+              f"peak RSS {rss:.0f} MB")
+        if args.only_surface:
+            continue
+    if args.only_surface:
+        return
 
     e, rss = in_child(bench_eigen, args.device, 64 if quick else 256, 1e-3)
     print(f"\n## 2. top-5 eigenvalues, {e['n_graphs']} structures, {e['model']}, tol 1e-3")

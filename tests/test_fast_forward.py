@@ -155,3 +155,37 @@ def test_a_loss_that_does_not_compile_keeps_the_plain_path(batches, monkeypatch)
     obj = SplitObjective(model, batches, compile_loss=True)
     assert float(obj.loss()) == float(SplitObjective(model, batches).loss())
     assert obj.compiled is False and "cannot compile" in obj.compile_error and obj.compile_seconds is None
+
+
+@pytest.mark.parametrize("arch,hyper", CONFIGS[::3])
+def test_batched_hvps_equal_one_by_one_products(batches, arch, hyper):
+    """hvp_many with batched=True (one vmapped backward per batch over all vectors; the CUDA default) against
+    the loop of single products, in float64, including a second call on the retained graphs."""
+    model = build(arch, hyper, dtype=torch.float64)
+    obj = SplitObjective(model, batches)
+    vs = torch.randn(4, obj.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    loop = obj.hvp_many(vs, batched=False)
+    n = obj.n_hvp
+    many = obj.hvp_many(vs, batched=True)
+    assert obj.n_hvp == n + 4 and many.shape == (4, obj.dim)
+    assert torch.allclose(many, loop, rtol=1e-10, atol=1e-12 * float(loop.abs().max()))
+    assert torch.allclose(obj.hvp_many(vs[:2], batched=True), loop[:2], rtol=1e-10,
+                          atol=1e-12 * float(loop.abs().max()))
+    for j in range(4):  # and each row is the plain product
+        assert torch.allclose(loop[j], SplitObjective(model, batches, hvp_method="recompute").hvp(vs[j]),
+                              rtol=1e-9, atol=1e-12 * float(loop.abs().max()))
+
+
+def test_traces_with_batched_products_equal_the_loop(batches):
+    from traits.probes.hessian import hutchinson_trace, hutchpp_trace
+
+    model = build(*CONFIGS[0], dtype=torch.float64)
+    obj = SplitObjective(model, batches)
+    kw = {"device": obj.device, "dtype": obj.dtype}
+    for fn, budget in ((hutchinson_trace, {"n_samples": 7}), (hutchpp_trace, {"n_hvp": 10})):
+        loop = fn(obj.hvp, obj.dim, generator=torch.Generator().manual_seed(2), **budget, **kw)
+        many = fn(obj.hvp, obj.dim, generator=torch.Generator().manual_seed(2),
+                  hvp_many=lambda v: obj.hvp_many(v, batched=True), **budget, **kw)
+        assert many.n_hvp == loop.n_hvp
+        assert many.estimate == pytest.approx(loop.estimate, rel=1e-9)
+        assert many.stderr == pytest.approx(loop.stderr, rel=1e-6)

@@ -289,8 +289,10 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
         low = hs.smallest_eigenvalue(obj.hvp, obj.dim, max_steps=h.max_steps, tol=h.tol,
                                      generator=_generator(split_seed + 1), **kw)
         lam_min = json_float(low.values[0])
-        hut = hs.hutchinson_trace(obj.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2), **kw)
-        hpp = hs.hutchpp_trace(obj.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3), **kw)
+        hut = hs.hutchinson_trace(obj.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2),
+                                  hvp_many=obj.hvp_many, **kw)
+        hpp = hs.hutchpp_trace(obj.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3),
+                               hvp_many=obj.hvp_many, **kw)
         traces = [
             TraceEstimate(method="hutchinson", estimate=json_float(hut.estimate),
                           stderr=json_float(hut.stderr), n_hvp=hut.n_hvp),

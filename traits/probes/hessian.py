@@ -138,6 +138,16 @@ def _require(generator, device, dtype) -> None:
         raise ProbeError(f"pass {', '.join(missing)} explicitly; probes never guess them")
 
 
+def _apply_many(hvp: HVP, hvp_many, stack: torch.Tensor) -> torch.Tensor:
+    """H applied to each row of ``stack`` (k, dim): one ``hvp_many`` call when given, else row by row."""
+    if hvp_many is None or stack.shape[0] < 2:
+        return torch.stack([_apply(hvp, row.contiguous()) for row in stack]) if stack.shape[0] else stack.clone()
+    out = hvp_many(stack)
+    if out.shape != stack.shape:
+        raise ProbeError(f"hvp_many returned shape {tuple(out.shape)} for a stack of shape {tuple(stack.shape)}")
+    return out.to(device=stack.device, dtype=stack.dtype)
+
+
 def _apply(hvp: HVP, v: torch.Tensor) -> torch.Tensor:
     out = hvp(v)
     if out.shape != v.shape:
@@ -461,15 +471,18 @@ def hutchinson_trace(
     generator: torch.Generator,
     device: torch.device | str,
     dtype: torch.dtype,
+    hvp_many=None,
 ) -> TraceResult:
-    """tr(H) ~ mean of z^T H z over Rademacher z; stderr = sample std / sqrt(n) (NaN for n = 1)."""
+    """tr(H) ~ mean of z^T H z over Rademacher z; stderr = sample std / sqrt(n) (NaN for n = 1).
+
+    ``hvp_many`` (optional: a (k, dim) stack -> the k products, e.g. ``SplitObjective.hvp_many``) applies the
+    probes together; the probes and the estimate are the same either way."""
     _check_dim(dim)
     if n_samples < 1:
         raise ProbeError(f"n_samples must be >= 1, got {n_samples}")
-    samples = []
-    for _ in range(n_samples):
-        z = _rademacher((dim,), generator, device, dtype)
-        samples.append(float(z @ _apply(hvp, z)))
+    probes = torch.stack([_rademacher((dim,), generator, device, dtype) for _ in range(n_samples)])
+    products = _apply_many(hvp, hvp_many, probes)
+    samples = [float(z @ hz) for z, hz in zip(probes, products)]
     mean, stderr = _mean_stderr(samples)
     return TraceResult(estimate=mean, stderr=stderr, n_hvp=n_samples, method="hutchinson")
 
@@ -481,9 +494,10 @@ def hutchpp_trace(
     generator: torch.Generator,
     device: torch.device | str,
     dtype: torch.dtype,
+    hvp_many=None,
 ) -> TraceResult:
-    """Hutch++ with a budget of ``n_hvp`` products: a sketch H S of k = n_hvp // 3 Rademacher columns,
-    Q = qr(H S), the exact tr(Q^T H Q) (k products), and Hutchinson on (I - QQ^T) H (I - QQ^T) with the
+    """Hutch++ with a budget of ``n_hvp`` products (``hvp_many``: as in :func:`hutchinson_trace`): a sketch H S
+    of k = n_hvp // 3 Rademacher columns, Q = qr(H S), the exact tr(Q^T H Q) (k products), and Hutchinson on (I - QQ^T) H (I - QQ^T) with the
     remaining n_hvp - 2k probes. ``stderr`` is that Hutchinson part's standard error (the projected part
     is exact given Q). If k >= dim the sketch spans the space and the trace is exact (stderr 0)."""
     _check_dim(dim)
@@ -491,17 +505,20 @@ def hutchpp_trace(
         raise ProbeError(f"Hutch++ needs a budget of at least 3 Hessian-vector products, got {n_hvp}")
     k = min(n_hvp // 3, dim)
     sketch = _rademacher((k, dim), generator, device, dtype)
-    hs = torch.stack([_apply(hvp, row) for row in sketch], dim=1)  # dim x k
+    hs = _apply_many(hvp, hvp_many, sketch).T  # dim x k
     q, _ = torch.linalg.qr(hs, mode="reduced")
-    exact = sum(float(q[:, i] @ _apply(hvp, q[:, i].contiguous())) for i in range(k))
+    hq = _apply_many(hvp, hvp_many, q.T.contiguous())
+    exact = sum(float(q[:, i] @ hq[i]) for i in range(k))
     used = 2 * k
     if k >= dim:
         return TraceResult(estimate=exact, stderr=0.0, n_hvp=used, method="hutch++")
-    samples = []
-    for _ in range(n_hvp - 2 * k):
-        g = _rademacher((dim,), generator, device, dtype)
-        p = g - q @ (q.T @ g)
-        samples.append(float(p @ _apply(hvp, p)))
+    rest = n_hvp - 2 * k
+    if rest:
+        g = torch.stack([_rademacher((dim,), generator, device, dtype) for _ in range(rest)])
+        p = g - (g @ q) @ q.T
+        samples = [float(pi @ hpi) for pi, hpi in zip(p, _apply_many(hvp, hvp_many, p))]
+    else:
+        samples = []
     used += len(samples)
     mean, stderr = _mean_stderr(samples)
     return TraceResult(estimate=exact + mean, stderr=stderr, n_hvp=used, method="hutch++")

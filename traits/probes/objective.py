@@ -453,9 +453,31 @@ class SplitObjective:
         SplitObjective._holder = weakref.ref(self)
         return self._graphs
 
-    def _hvp_retained(self, vd: dict[str, torch.Tensor]) -> torch.Tensor:
+    def hvp_many(self, vectors: torch.Tensor, batched: bool | None = None) -> torch.Tensor:
+        """H(theta) @ v for every row of a (K, dim) stack, as a (K, dim) tensor; counts K products.
+
+        With ``batched`` (default: on CUDA, where one wide kernel beats K narrow ones) the K products share each
+        batch's backward pass through the retained gradient graph (autograd's ``is_grads_batched``, a vmap over
+        the vectors); otherwise, and for the "recompute"/"jvp" variants, they are computed one by one. Both give
+        the same products to rounding (``tests/test_fast_forward.py``)."""
+        if vectors.dim() != 2 or vectors.shape[1] != self.dim:
+            raise ProbeError(f"hvp_many expects a (K, {self.dim}) stack of vectors, got shape {tuple(vectors.shape)}")
+        if batched is None:
+            batched = self.device.type == "cuda"
+        if not batched or self.hvp_method != "retain" or vectors.shape[0] < 2:
+            return torch.stack([self.hvp(v) for v in vectors]) if vectors.shape[0] else vectors.clone()
+        stack = vectors.detach().to(device=self.device, dtype=self.dtype)
+        k = stack.shape[0]
+        pieces = torch.split(stack, self._sizes, dim=1)
+        vd = {n: piece.reshape(k, *shape) for n, piece, shape in zip(self.names, pieces, self._shapes)}
+        out = self._hvp_retained(vd, batched=k)
+        self.n_hvp += k
+        return out
+
+    def _hvp_retained(self, vd: dict[str, torch.Tensor], batched: int = 0) -> torch.Tensor:
+        """The "retain" product; with ``batched`` = K, ``vd`` holds K stacked vectors and the result is (K, dim)."""
         graphs = self._claim_graphs()
-        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        out = torch.zeros((batched, self.dim) if batched else self.dim, dtype=self.dtype, device=self.device)
         inputs = graphs.inputs
         with torch.enable_grad(), eval_mode(self.model):
             for i in range(len(self.batches)):
@@ -484,9 +506,9 @@ class SplitObjective:
                     retain = True
                 part = torch.autograd.grad(
                     [g for _, g in kept], inputs, grad_outputs=[vd[self.names[j]] for j, _ in kept],
-                    retain_graph=retain, allow_unused=True,
+                    retain_graph=retain, allow_unused=True, is_grads_batched=bool(batched),
                 )
-                out += self._flat_or_zero(part)
+                out += self._flat_or_zero(part, batched)
         return out
 
     # ------------------------------------------------------------------ forward-over-reverse
@@ -506,7 +528,11 @@ class SplitObjective:
                 out += self.flatten(part).detach()
         return out
 
-    def _flat_or_zero(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    def _flat_or_zero(self, grads: Sequence[torch.Tensor | None], batched: int = 0) -> torch.Tensor:
+        if batched:
+            parts = [(torch.zeros((batched, size), dtype=self.dtype, device=self.device) if g is None
+                      else g.reshape(batched, -1)) for g, size in zip(grads, self._sizes)]
+            return torch.cat(parts, dim=1).detach()
         parts = [
             (torch.zeros(size, dtype=self.dtype, device=self.device) if g is None else g.reshape(-1))
             for g, size in zip(grads, self._sizes)
