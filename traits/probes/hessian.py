@@ -498,8 +498,9 @@ def hutchpp_trace(
 ) -> TraceResult:
     """Hutch++ with a budget of ``n_hvp`` products (``hvp_many``: as in :func:`hutchinson_trace`): a sketch H S
     of k = n_hvp // 3 Rademacher columns, Q = qr(H S), the exact tr(Q^T H Q) (k products), and Hutchinson on
-    (I - QQ^T) H (I - QQ^T) with the remaining n_hvp - 2k probes. ``stderr`` is that Hutchinson part's standard error (the projected part
-    is exact given Q). If k >= dim the sketch spans the space and the trace is exact (stderr 0)."""
+    (I - QQ^T) H (I - QQ^T) with the remaining n_hvp - 2k probes. ``stderr`` is that Hutchinson part's standard
+    error (the projected part is exact given Q). If k >= dim the sketch spans the space and the trace is exact
+    (stderr 0)."""
     _check_dim(dim)
     if n_hvp < 3:
         raise ProbeError(f"Hutch++ needs a budget of at least 3 Hessian-vector products, got {n_hvp}")
