@@ -74,21 +74,52 @@ def test_probe_forward_follows_perturbed_weights(batches, arch, hyper):
             assert torch.allclose(model.probe_forward(moved, b), functional_call(model, moved, (b,)), rtol=1e-10)
 
 
-def test_objective_uses_it_for_losses_only_after_it_matched(batches):
+def test_objective_uses_it_only_after_it_matched(batches):
     model = build(*CONFIGS[3])
     fast = SplitObjective(model, batches)
     plain = SplitObjective(model, batches, fast_forward=False)
-    assert fast.fast_forward is None and plain.fast_forward is False
+    assert fast.fast_forward is None and plain.fast_forward is False and plain.fast_gradient is False
     calls = []
     original = model.probe_forward
     model.probe_forward = lambda p, b: calls.append(1) or original(p, b)
     assert float(fast.loss()) == pytest.approx(float(plain.loss()), rel=1e-6)
     assert fast.fast_forward is True and fast.fast_forward_error < 1e-5 and calls
-    n = len(calls)
-    g_fast, g_plain = fast.gradient(), plain.gradient()  # gradients: the plain forward, bit for bit
-    assert torch.equal(g_fast, g_plain) and len(calls) == n
-    v = torch.randn(fast.dim, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(fast.hvp(v), plain.hvp(v)) and len(calls) == n
+
+
+@pytest.mark.parametrize("method", ["retain", "recompute"])
+def test_gradients_and_products_through_it_equal_the_plain_ones(batches, method):
+    """In float64 the gradient and the Hessian-vector products of the fast forward equal the plain forward's to
+    rounding; the gradient check at theta passed first."""
+    model = build(*CONFIGS[3], dtype=torch.float64)
+    fast = SplitObjective(model, batches, hvp_method=method)
+    plain = SplitObjective(model, batches, hvp_method=method, fast_forward=False)
+    g_fast, g_plain = fast.gradient(), plain.gradient()
+    assert fast.fast_gradient is True and fast.fast_gradient_error < 1e-10
+    assert torch.allclose(g_fast, g_plain, rtol=1e-9, atol=1e-12 * float(g_plain.abs().max()))
+    v = torch.randn(fast.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h_plain = plain.hvp(v)
+    h_fast = fast.hvp(v)
+    assert torch.allclose(h_fast, h_plain, rtol=1e-9, atol=1e-12 * float(h_plain.abs().max()))
+
+
+def test_jvp_products_and_a_probe_forward_with_wrong_gradients_use_the_plain_forward(batches):
+    model = build(*CONFIGS[0])
+    v = torch.randn(SplitObjective(model, batches).dim, generator=torch.Generator().manual_seed(0))
+    jvp_fast = SplitObjective(model, batches, hvp_method="jvp")
+    jvp_plain = SplitObjective(model, batches, hvp_method="jvp", fast_forward=False)
+    assert torch.equal(jvp_fast.hvp(v), jvp_plain.hvp(v))
+    original = model.probe_forward
+
+    def detached(p, b):  # right values, no gradient through the output layer's weight
+        q = dict(p)
+        q["fc_out.weight"] = q["fc_out.weight"].detach()
+        return original(q, b)
+
+    model.probe_forward = detached
+    obj = SplitObjective(model, batches)
+    reference = SplitObjective(model, batches, fast_forward=False)
+    assert torch.equal(obj.gradient(), reference.gradient())
+    assert obj.fast_forward is True and obj.fast_gradient is False and obj.fast_gradient_error > 1e-3
 
 
 def test_surface_grids_agree_with_and_without_it(batches):

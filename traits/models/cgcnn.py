@@ -83,9 +83,14 @@ def split_linear_messages(weight_bias: Tensor, h: Tensor, edge_index: Tensor, e:
     at_centre = F.linear(h, w[:, :n_fea].contiguous(), b)
     at_neighbour = F.linear(h, w[:, n_fea:2 * n_fea].contiguous())
     gated = F.linear(e, w[:, 2 * n_fea:].contiguous())
-    filt, core = gated.add_(at_centre.index_select(0, centre)).add_(at_neighbour.index_select(0, neighbour)) \
-        .chunk(2, dim=1)
-    message = torch.sigmoid(filt).mul_(F.softplus(core))
+    if torch.is_grad_enabled():  # out of place, so that autograd can differentiate it (twice)
+        gated = gated + at_centre.index_select(0, centre) + at_neighbour.index_select(0, neighbour)
+        filt, core = gated.chunk(2, dim=1)
+        message = torch.sigmoid(filt) * F.softplus(core)
+    else:  # in place: no (E, 2F) temporaries to allocate
+        filt, core = gated.add_(at_centre.index_select(0, centre)).add_(at_neighbour.index_select(0, neighbour)) \
+            .chunk(2, dim=1)
+        message = torch.sigmoid(filt).mul_(F.softplus(core))
     return scatter(message, centre, dim=0, dim_size=h.size(0), reduce="sum")
 
 
