@@ -55,18 +55,29 @@ def bench_size(device_name: str, n_graphs: int, batch_size: int, rounds: int):
     model, graphs, name = load_setup(device, n_graphs)
     batches = collate(graphs, device, batch_size)
     objectives = {m: SplitObjective(model, batches, loss="mse", hvp_method=m) for m in ("recompute", "retain", "jvp")}
+    # the former defaults, differentiating the model's plain forward instead of its probe_forward
+    objectives["recompute, plain fwd"] = SplitObjective(model, batches, loss="mse", hvp_method="recompute",
+                                                        fast_forward=False)
     dim = objectives["retain"].dim
     gen = torch.Generator().manual_seed(0)
     vs = [torch.randn(dim, generator=gen).to(device) for _ in range(rounds + 1)]
     t = time.perf_counter()
     objectives["retain"].hvp(vs[-1])  # builds and keeps the graphs
     t_build = time.perf_counter() - t
-    for m in ("recompute", "jvp"):
+    for m in ("recompute", "jvp", "recompute, plain fwd"):
         objectives[m].hvp(vs[-1])  # warm-up
     res = timed_products(objectives, vs, rounds, device)
+    # "retain" with the plain forward, timed on its own (one objective keeps graphs at a time), then the default
+    # "retain" again beside it
+    sequential = {}
+    for label, fast in (("retain, plain fwd", False), ("retain (again)", True)):
+        obj = SplitObjective(model, batches, loss="mse", hvp_method="retain", fast_forward=fast)
+        obj.hvp(vs[-1])
+        sequential[label] = {"retained": obj.retained_bytes, **timed_products({label: obj}, vs, rounds, device)[label]}
+        obj.release_graphs()
     out = {"model": name, "dim": dim, "n_graphs": len(graphs), "n_batches": len(batches), "build": t_build,
            "retained": objectives["retain"].retained_bytes, "budget_default": objectives["retain"].hvp_memory_budget,
-           "rows": res}
+           "rows": res, "sequential": sequential}
     for obj in objectives.values():
         obj.release_graphs()
     if len(batches) > 1:  # a budget of about half the graphs: the batches beyond it are recomputed per product
@@ -115,6 +126,12 @@ def main() -> None:
                 diff = float(np.abs(row["outs"] - base["outs"]).max()) / scale
                 print(f"{label:20s}  {t_min:9.2f} s  {t_med:6.2f} s   {b_min / t_min:8.2f}x, {b_med / t_med:.2f}x"
                       f"{'':17s}{diff:.1e}")
+        base = r["rows"]["recompute"]
+        for label, row in r["sequential"].items():
+            t_min, t_med = min(row["times"]), float(np.median(row["times"]))
+            diff = float(np.abs(row["outs"] - base["outs"]).max()) / float(np.abs(base["outs"]).max())
+            print(f"{label:20s}  {t_min:9.2f} s  {t_med:6.2f} s   (timed on its own)  retained "
+                  f"{row['retained'] / 2**20:.0f} MB   {diff:.1e}")
         if "half" in r:
             print(f"(half budget: {r['half_budget'] / 2**20:.0f} MB allowed, {r['half_retained'] / 2**20:.0f} MB kept)")
 
