@@ -67,6 +67,7 @@ def bench_size(device_name: str, n_graphs: int, batch_size: int, rounds: int):
     for m in ("recompute", "jvp", "recompute, plain fwd"):
         objectives[m].hvp(vs[-1])  # warm-up
     res = timed_products(objectives, vs, rounds, device)
+    retained = objectives["retain"].retained_bytes  # before another objective takes the graphs over
     # "retain" with the plain forward, timed on its own (one objective keeps graphs at a time), then the default
     # "retain" again beside it
     sequential = {}
@@ -76,7 +77,7 @@ def bench_size(device_name: str, n_graphs: int, batch_size: int, rounds: int):
         sequential[label] = {"retained": obj.retained_bytes, **timed_products({label: obj}, vs, rounds, device)[label]}
         obj.release_graphs()
     out = {"model": name, "dim": dim, "n_graphs": len(graphs), "n_batches": len(batches), "build": t_build,
-           "retained": objectives["retain"].retained_bytes, "budget_default": objectives["retain"].hvp_memory_budget,
+           "retained": retained, "budget_default": objectives["retain"].hvp_memory_budget,
            "rows": res, "sequential": sequential}
     for obj in objectives.values():
         obj.release_graphs()

@@ -145,7 +145,7 @@ class SplitObjective:
     fast_gradient: whether gradients and the "retain"/"recompute" Hessian-vector products differentiate
         ``probe_forward`` too (checked once against the plain forward's gradient at theta on the first batch,
         ``fast_gradient_error``); the "jvp" products always differentiate the plain forward. On the original
-        CGCNN a "retain" product was 3.7-4x faster this way, its retained graph half the size.
+        CGCNN a "retain" product was 2.6-3.0x faster this way (``bench/README.md`` §4b).
     compiled: with ``compile_loss=True``, whether those evaluations run a ``torch.compile``-d per-batch loss
         (inductor, dynamic shapes): ``None`` until first needed, then whether it compiled and matched the
         uncompiled loss at theta (``compile_seconds``: the first call; ``compile_error``: why not). Off by default:
