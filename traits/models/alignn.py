@@ -225,15 +225,13 @@ class ALIGNNAdapter(Adapter):
         self._options = options or ALIGNNOptions()
         config_path, weights = _alignn_folder(source)
         config = _read_config(config_path)
+        trained_on = TARGETS.get(str(config.get("target")))
+        if self._options.property and trained_on and trained_on[0] != self._options.property:
+            raise CheckpointError(f"{config_path}: the model was trained on {config['target']!r} "
+                                  f"({trained_on[0]}), not {self._options.property}")
         model = build_model(config)
         load_weights(model, _state_dict(weights), weights)
         self._config, self._weights = config, weights
-        prop, _ = self._target()
-        if self._options.property and (config.get("target") in TARGETS
-                                       and TARGETS[config["target"]][0] != self._options.property):
-            raise CheckpointError(f"{config_path}: the model was trained on {config['target']!r} "
-                                  f"({TARGETS[config['target']][0]}), not {self._options.property}")
-        del prop
         return ALIGNNProperty(model, model._traits_force_field).to(device).eval()
 
     def info(self, model, source, options):
