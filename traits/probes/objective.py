@@ -149,7 +149,8 @@ class SplitObjective:
     compiled: with ``compile_loss=True``, whether those evaluations run a ``torch.compile``-d per-batch loss
         (inductor, dynamic shapes): ``None`` until first needed, then whether it compiled and matched the
         uncompiled loss at theta (``compile_seconds``: the first call; ``compile_error``: why not). Off by default:
-        on the 2-core CPU it was 1.08x faster than the fast forward after a 35 s compile (``bench/README.md``).
+        on the 2-core CPU a surface point was 1.5-1.7x faster than with the fast forward, after a 12-24 s compile
+        that one 121-point surface does not repay (``bench/README.md`` §1).
     vmap_ok: ``None`` until ``loss_many`` first ran, then whether ``torch.func.vmap`` works for this
         model; once it failed, ``loss_many`` loops over points (``vmap_error`` says why).
     """
@@ -205,8 +206,8 @@ class SplitObjective:
             default_graph_budget(self.device) if hvp_memory_budget is None else int(hvp_memory_budget)
         )
         self._graphs: _RetainedGraphs | None = None
-        # the model's own cheaper forward for loss evaluations without gradients (``probe_forward``), used once it
-        # matched the plain forward at theta on the first batch
+        # the model's own cheaper forward (``probe_forward``): for losses once it matched the plain forward at theta
+        # on the first batch, for gradients once its gradient matched too
         self.fast_forward: bool | None = None if fast_forward and callable(getattr(model, "probe_forward", None)) \
             else False
         self.fast_forward_error: float | str | None = None
