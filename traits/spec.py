@@ -339,8 +339,8 @@ class SurfaceSpec(_Strict):
     chunk_size: int | None = Field(None, ge=1, description="Grid points per pass (auto when empty).")
     compile: bool = Field(False, description="Evaluate the surface losses with a torch.compile-d (inductor) loss, "
                           "used only if it matches the uncompiled loss at θ (relative 1e-5); its compile time is "
-                          "recorded. Off by default: on a 2-core CPU a surface point was 1.5-1.7x faster, after a 12-24 s "
-                          "compile that pays off only on large grids or several surfaces.")
+                          "recorded. Off by default: on a 2-core CPU a surface point was 1.5-1.7x faster, after a "
+                          "12-24 s compile that pays off only on large grids or several surfaces.")
     max_samples: int | None = Field(1024, gt=0, description="Subsample each split for the surfaces.")
     directions: Literal["random", "hessian"] = Field(
         "random",
