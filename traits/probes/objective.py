@@ -247,22 +247,31 @@ class SplitObjective:
         full.update({n: params[n] for n in self.names})
         return full
 
+    def _settle(self, flag: str, measure: Callable[[], float], rtol: float) -> None:
+        """Decide the flag ``flag`` once: ``measure()`` gives the relative difference to the plain path (stored in
+        ``<flag>_error``); the flag is set when it is within ``rtol``, and any failure clears it, keeping the
+        reason."""
+        try:
+            diff = measure()
+            setattr(self, f"{flag}_error", diff)
+            setattr(self, flag, bool(diff <= rtol))
+        except Exception as exc:  # noqa: BLE001 - any failure means: keep the plain path
+            setattr(self, f"{flag}_error", f"{type(exc).__name__}: {exc}")
+            setattr(self, flag, False)
+
     def _check_fast_forward(self) -> bool:
         """Whether ``model.probe_forward`` may stand in for the plain forward: decided once, by comparing both at
         theta on the first batch (relative difference within :data:`FAST_FORWARD_RTOL`)."""
         if self.fast_forward is None:
-            full = self._full(self.params)
-            try:
+
+            def measure() -> float:
+                full = self._full(self.params)
                 with torch.no_grad(), eval_mode(self.model):
                     plain = functional_call(self.model, full, (self.batches[0],)).reshape(-1)
                     fast = self.model.probe_forward(full, self.batches[0]).reshape(-1)
-                scale = plain.abs().max().clamp_min(torch.finfo(plain.dtype).tiny)
-                diff = float((fast - plain).abs().max() / scale)
-                self.fast_forward_error = diff
-                self.fast_forward = bool(diff <= FAST_FORWARD_RTOL)
-            except Exception as exc:  # noqa: BLE001 - any failure means: use the plain forward
-                self.fast_forward_error = f"{type(exc).__name__}: {exc}"
-                self.fast_forward = False
+                return float((fast - plain).abs().max() / plain.abs().max().clamp_min(torch.finfo(plain.dtype).tiny))
+
+            self._settle("fast_forward", measure, FAST_FORWARD_RTOL)
         return bool(self.fast_forward)
 
     def _batch_loss(self, full: dict[str, torch.Tensor], batch, y: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -305,21 +314,18 @@ class SplitObjective:
             if not self._check_fast_forward():
                 self.fast_gradient = False
                 return False
-            try:
+
+            def measure() -> float:
+                grads = []
                 with torch.enable_grad(), eval_mode(self.model):
-                    grads = []
                     for fast in (False, True):
                         leaves = self._leaves()
                         value = self._batch_loss(self._full(leaves), self.batches[0], self.targets[0], fast)
                         grads.append(self._flat_or_zero(torch.autograd.grad(
                             value, [leaves[n] for n in self.names], allow_unused=True)))
-                scale = grads[0].norm().clamp_min(torch.finfo(grads[0].dtype).tiny)
-                diff = float((grads[1] - grads[0]).norm() / scale)
-                self.fast_gradient_error = diff
-                self.fast_gradient = bool(diff <= FAST_GRADIENT_RTOL)
-            except Exception as exc:  # noqa: BLE001 - any failure means: differentiate the plain forward
-                self.fast_gradient_error = f"{type(exc).__name__}: {exc}"
-                self.fast_gradient = False
+                return float((grads[1] - grads[0]).norm() / grads[0].norm().clamp_min(torch.finfo(grads[0].dtype).tiny))
+
+            self._settle("fast_gradient", measure, FAST_GRADIENT_RTOL)
         return bool(self.fast_gradient)
 
     def _batch_sum(self, full: dict[str, torch.Tensor], i: int) -> torch.Tensor:
