@@ -80,3 +80,25 @@ def hvp_vs_finite_differences(adapter, model, entries, label_free: bool = True, 
 
     fd = (grad_at(theta + eps * v) - grad_at(theta - eps * v)) / (2 * eps)
     return float((hv - fd).norm() / fd.norm()), float(hv.norm())
+
+
+def audit_from_spec_file(tmp_path, architecture: str, checkpoint, target: str, omit: list[str], subsample: int,
+                         max_samples: int):
+    """The result of an audit run end to end from a YAML spec file naming ``checkpoint`` (small probe budgets, JSON
+    only), so that the spec loader's path checks are part of the test."""
+    import yaml
+
+    from traits import run_audit
+    from traits.spec import load_spec
+
+    spec_path = tmp_path / f"{architecture}.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": f"{architecture}-e2e", "seed": 0, "device": "cpu",
+        "data": {"source": "sample", "target": target, "subsample": subsample}, "omit": omit,
+        "model": {"architecture": architecture, "checkpoint": str(checkpoint)},
+        "probes": {"splits": ["id", "ood"], "hessian": {"top_k": 1, "max_steps": 6, "trace_hvps": 4,
+                   "density_runs": 1, "density_steps": 4, "max_samples": max_samples},
+                   "surface": {"points_1d": 5, "points_2d": 5, "directions_1d": 1, "max_samples": max_samples},
+                   "shift": {"enabled": False}},
+        "report": {"formats": ["json"]}}))
+    return run_audit(load_spec(spec_path), tmp_path / "out", render=False)

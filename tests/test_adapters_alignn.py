@@ -152,23 +152,9 @@ def test_alignn_pickled_code_in_weights_is_refused(folder, tmp_path):
 def test_alignn_audit_from_a_spec_naming_the_model_folder(folder, tmp_path):
     """A labelled formation-energy audit of an ALIGNN folder, from a spec file (the folder is accepted as
     model.checkpoint), end to end with small probe budgets."""
-    import yaml
+    from adapter_checks import audit_from_spec_file
 
-    from traits import run_audit
-    from traits.spec import load_spec
-
-    spec_path = tmp_path / "alignn.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "alignn-e2e", "seed": 0, "device": "cpu",
-        "data": {"source": "sample", "target": "formation_energy_per_atom", "subsample": 160}, "omit": ["Fe"],
-        "model": {"architecture": "alignn", "checkpoint": str(folder)},
-        "probes": {"splits": ["id", "ood"], "hessian": {"top_k": 1, "max_steps": 6, "trace_hvps": 4,
-                   "density_runs": 1, "density_steps": 4, "max_samples": 16},
-                   "surface": {"points_1d": 5, "points_2d": 5, "directions_1d": 1, "max_samples": 16},
-                   "shift": {"enabled": False}},
-        "report": {"formats": ["json"]}}))
-    spec = load_spec(spec_path)
-    result = run_audit(spec, tmp_path / "out", render=False)
+    result = audit_from_spec_file(tmp_path, "alignn", folder, "formation_energy_per_atom", ["Fe"], 160, 16)
     assert result.mode != "label-free" and set(result.accuracy) >= {"id", "ood"}
     assert result.hessian["id"].top_eigenvalues and math.isfinite(result.hessian["ood"].top_eigenvalues[0])
     assert result.model_info["adapter"] == "alignn"

@@ -162,23 +162,10 @@ def test_mace_label_free_audit_from_a_spec_naming_the_model_folder(exported, tmp
     end with small probe budgets: the Hessian at θ is the Gauss-Newton matrix."""
     import math
 
-    import yaml
-
-    from traits import run_audit
-    from traits.spec import load_spec
+    from adapter_checks import audit_from_spec_file
 
     _, folder, _ = exported
-    spec_path = tmp_path / "mace.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "mace-e2e", "seed": 0, "device": "cpu",
-        "data": {"source": "sample", "target": "model", "subsample": 120}, "omit": ["O"],
-        "model": {"architecture": "mace", "checkpoint": str(folder)},
-        "probes": {"splits": ["id", "ood"], "hessian": {"top_k": 1, "max_steps": 6, "trace_hvps": 4,
-                   "density_runs": 1, "density_steps": 4, "max_samples": 12},
-                   "surface": {"points_1d": 5, "points_2d": 5, "directions_1d": 1, "max_samples": 12},
-                   "shift": {"enabled": False}},
-        "report": {"formats": ["json"]}}))
-    result = run_audit(load_spec(spec_path), tmp_path / "out", render=False)
+    result = audit_from_spec_file(tmp_path, "mace", folder, "model", ["O"], 120, 12)
     assert result.mode == "label-free" and result.model_info["adapter"] == "mace"
     for split in ("id", "ood"):
         top = result.hessian[split].top_eigenvalues[0]
