@@ -9,6 +9,7 @@ an interrupted campaign resumes where it stopped (training and 2D surfaces also 
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import time
 from collections.abc import Callable
@@ -80,6 +81,18 @@ def load_campaign(directory: Path, profile: str | None = None, seed: int | None 
     if len(set(names)) != len(names):
         raise SpecError(f"{directory}: two specs share a name; task names must be unique")
     return tasks
+
+
+def select_tasks(tasks: list[Task], only: list[str] | None, directory: Path) -> list[Task]:
+    """The tasks whose name matches one of the shell patterns ``only`` (all when it is None or empty)."""
+    patterns = [p for p in (only or []) if p]
+    if not patterns:
+        return tasks
+    chosen = [t for t in tasks if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
+    if not chosen:
+        raise SpecError(f"{directory}: no task matches --only {','.join(patterns)}; the tasks are "
+                        + ", ".join(t.name for t in tasks[:8]) + (" ..." if len(tasks) > 8 else ""))
+    return chosen
 
 
 def _project(want, ran):
@@ -187,6 +200,7 @@ def run_campaign(
     threads: int | None = None,
     scheduler: str | None = None,
     max_tasks: int | None = None,
+    only: list[str] | None = None,
     task_fn: Callable | None = None,
     dask_processes: bool = True,
 ) -> dict:
@@ -195,6 +209,8 @@ def run_campaign(
     Tasks run in this process (``workers=1``, the default), on a local process pool (``workers > 1``) or on
     Dask (``executor="dask"``, a LocalCluster or the running ``scheduler``); see traits.study.executors.
     ``max_tasks`` runs at most that many unfinished tasks (e.g. one, to measure the time per task).
+    ``only`` keeps the tasks whose name matches one of these shell patterns (e.g. ``["*-element-*"]`` to run
+    a study's core first); the summary then covers those tasks only.
     With ``summary_only`` nothing runs: the summary covers the tasks already finished (and lists the
     others as missing), e.g. to look at a campaign that is still running elsewhere."""
     from traits.study.executors import Job, TaskFailed, execute, plan_threads
@@ -210,7 +226,7 @@ def run_campaign(
     seed_list = seeds if seeds else [None]
     n_tasks = 0
     for seed in seed_list:
-        tasks = load_campaign(directory, profile, seed, data_path)
+        tasks = select_tasks(load_campaign(directory, profile, seed, data_path), only, directory)
         n_tasks = len(tasks)
         overrides = dict(read_mapping(Path(directory) / CAMPAIGN_FILE).get("profiles", {}).get(profile) or {}) \
             if profile is not None else {}

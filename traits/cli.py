@@ -510,6 +510,8 @@ def campaign(
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker (default: cores / workers).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
     max_tasks: Annotated[int | None, typer.Option(help="Run at most this many unfinished tasks.")] = None,
+    only: Annotated[str | None, typer.Option(help="Comma-separated shell patterns of task names to run, e.g. "
+                                                  "'*-element-*' (default: every task).")] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
@@ -527,7 +529,8 @@ def campaign(
     with reporter() as rep:
         summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=rep.log,
                                progress=rep, summary_only=summary_only, executor=executor, workers=workers,
-                               threads=threads, scheduler=scheduler, max_tasks=max_tasks)
+                               threads=threads, scheduler=scheduler, max_tasks=max_tasks,
+                               only=[p.strip() for p in only.split(",")] if only else None)
     out.print(summary_markdown(summary))
     out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}")
 
