@@ -87,6 +87,25 @@ def test_changed_spec_is_rerun_not_reused(campaign_dir, tmp_path):
     assert any("a-enthalpy-fe: done earlier" in m for m in logs)
     assert any("b-gap-random: running" in m for m in logs)
 
+    # Other gates do not change a measurement: the finished audit is re-gated, not rerun.
+    where = out / "seed-0" / "a-enthalpy-fe"
+    before = json.loads((where / "results.json").read_text())
+    spec = yaml.safe_load((campaign_dir / "a-enthalpy-fe.yaml").read_text())
+    spec["gates"] = {"max_mae_ratio": 1e-6, "fail_on": ["mae_ratio"]}
+    (campaign_dir / "a-enthalpy-fe.yaml").write_text(yaml.safe_dump(spec))
+    logs.clear()
+    summary = run_campaign(campaign_dir, out, seeds=[0], profile="tiny", log=logs.append)
+    assert not any("running" in m for m in logs)
+    assert any("re-gated" in m and "a-enthalpy-fe" in m for m in logs)
+    after = json.loads((where / "results.json").read_text())
+    assert after["ratios"] == before["ratios"] and after["accuracy"] == before["accuracy"]
+    assert after["spec"]["gates"]["max_mae_ratio"] == 1e-6 and after["status"] == "fail"
+    assert json.loads((where / ".traits-audit.json").read_text())["spec"]["gates"] == after["spec"]["gates"]
+    assert next(r for r in summary["rows"] if r["task"] == "a-enthalpy-fe")["status"] == "fail"
+    logs.clear()
+    run_campaign(campaign_dir, out, seeds=[0], profile="tiny", log=logs.append)
+    assert not any("re-gated" in m for m in logs) and sum("done earlier" in m for m in logs) == 2
+
 
 def test_campaign_errors(tmp_path, campaign_dir):
     with pytest.raises(SpecError, match="no such campaign directory"):
@@ -112,6 +131,22 @@ def test_spearman_and_markdown_on_planted_rows():
     assert s["spearman_vs_mae_ratio"]["radius_ratio"]["rho"] is None  # never measured
     assert s["spearman_vs_mae_ratio"]["sharpness_ratio"]["rho"] is None  # constant
     assert "| t3 |" in summary_markdown(s)
+
+
+def test_summary_pages_name_a_holdout_rule_not_a_random_split(tmp_path):
+    from traits.campaign import write_summary
+
+    rows = [{"task": f"t{i}", "target": "band_gap", "omit": [], "unit": "eV", "seed": 0, "status": "pass",
+             "holdout": {"kind": "chemsys", "values": ["Fe-O", "Li-O"]} if i == 1 else None,
+             "id_mae": 1.0, "ood_mae": float(i), "mae_ratio": float(i), "lambda_ratio": 2.0 * i,
+             "trace_ratio": 1.0, "radius_ratio": 1.0, "failed_gates": [], "wall_seconds": 1.0}
+            for i in range(1, 4)]
+    summary = {**summarise(rows), "campaign": "planted", "profile": None, "missing": [], "wall_seconds_this_run": 1.0,
+               "executor": {"kind": "local", "workers": 1, "threads_per_worker": None, "scheduler": None}}
+    write_summary(summary, tmp_path)
+    for name in ("summary.md", "summary.html"):
+        text = (tmp_path / name).read_text()
+        assert "chemsys Fe-O, Li-O" in text and text.count("none (random)") == 2, name
 
 
 @needs_shared(MP_FILE)
@@ -147,3 +182,7 @@ def test_summary_only_runs_nothing_and_lists_missing(campaign_dir, tmp_path):
     assert "Not finished" in (out / "summary.md").read_text()
     with pytest.raises(TraitsError, match="no finished audit"):
         run_campaign(campaign_dir, tmp_path / "empty", seeds=[0], profile="tiny", summary_only=True)
+    only = run_campaign(campaign_dir, out, seeds=[0], profile="tiny", summary_only=True, only=["b-*"])
+    assert [r["task"] for r in only["rows"]] == ["b-gap-random"] and only["missing"] == []
+    with pytest.raises(SpecError, match="no task matches --only"):
+        run_campaign(campaign_dir, out, seeds=[0], profile="tiny", summary_only=True, only=["zz*"])

@@ -98,7 +98,7 @@ def write_result(path: Path, **kwargs) -> Path:
 
 @pytest.fixture
 def failing(tmp_path) -> Path:
-    """The factory default: mae_ratio, radius_ratio and nan_fraction fail the default gates."""
+    """The factory default: mae_ratio and nan_fraction fail the default gates (radius_ratio warns)."""
     path = tmp_path / "results.json"
     make_result().write(path)
     return path
@@ -215,6 +215,8 @@ def test_looser_gates_file_turns_a_fail_into_a_pass(tmp_path, failing):
 def test_stricter_gates_file_turns_a_pass_into_a_fail(tmp_path, passing):
     strict = tmp_path / "gates.yaml"
     strict.write_text("gates:\n  min_radius_ratio: 0.95\n")
+    assert invoke("gate", passing, "--gates", strict).exit_code == 0  # violated, but the radius only warns
+    strict.write_text("gates:\n  min_radius_ratio: 0.95\n  fail_on: [radius_ratio]\n")
     assert invoke("gate", passing, "--gates", strict).exit_code == 1
 
 
@@ -261,7 +263,7 @@ def test_junit_xml_of_failing_gates(tmp_path, failing):
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [g.name for g in result.gates]
     failed = {g.name for g in result.gates if g.level == "fail"}
-    assert {"mae_ratio", "radius_ratio", "nan_fraction"} <= failed
+    assert {"mae_ratio", "nan_fraction"} <= failed and "radius_ratio" not in failed
     unmeasured = {g.name for g in result.gates if g.value is None}
     for case, g in zip(cases, result.gates):
         assert (case.find("failure") is not None) == (g.name in failed), g.name

@@ -154,21 +154,30 @@ def test_catalogue_is_the_one_list():
     assert set(campaign.SUMMARY_RATIOS) <= set(names)
     gated = {m.gate_field for m in cat.catalogue() if m.gate_field}
     assert gated <= set(GateSpec.model_fields)
-    assert set(cat.default_fail_on()) <= set(GateSpec().fail_on)
-    assert "radius_ratio" not in cat.default_fail_on()  # warn-only until a study shows it tracks OOD error
+    assert cat.default_fail_on() == GateSpec().fail_on
+    # without adopted evidence a landscape metric only warns (the reference campaign: radius ρ = 0.04)
+    assert cat.default_fail_on(Path("/nonexistent/catalogue-evidence.json")) == ["mae_ratio", "nan_fraction"]
 
 
-def test_catalogue_agrees_with_the_lists_it_replaces():
-    """Until verdict.py and report/sections.py read the catalogue, their own lists must agree with it."""
+def test_gates_report_rows_and_ratios_all_come_from_the_catalogue():
+    """One list: every gate reads a GateSpec threshold, every threshold has its gate, every ratio an audit
+    stores has a report label, and the report labels are the catalogue's."""
+    from tests.result_factory import make_result
     from traits.report.sections import RATIO_INFO, SHIFT_RATIO_INFO
+    from traits.spec import GATED_METRICS, GateSpec
     from traits.verdict import GATES
 
-    for key, (label, worse) in {**RATIO_INFO, **SHIFT_RATIO_INFO}.items():
-        m = cat.metric(key)
-        assert (m.report_label, m.worse) == (label, worse), key
+    thresholds = {f for f in GateSpec.model_fields if f.startswith(("max_", "min_"))}
+    assert sorted(g.threshold_field for g in GATES) == sorted(thresholds)
+    assert tuple(g.name for g in GATES) == GATED_METRICS
     for gate in GATES:
         m = cat.metric(gate.name)
         assert (m.gate_field, m.comparison, m.gate_label) == (gate.threshold_field, gate.comparison, gate.label)
+        assert gate.label and gate.comparison == ("<=" if gate.threshold_field.startswith("max_") else ">=")
+    stored = set(make_result().ratios)
+    assert stored <= set(RATIO_INFO) | set(SHIFT_RATIO_INFO), stored - set(RATIO_INFO) - set(SHIFT_RATIO_INFO)
+    for key, (label, worse) in {**RATIO_INFO, **SHIFT_RATIO_INFO}.items():
+        assert (cat.metric(key).report_label, cat.metric(key).worse) == (label, worse) and label
 
 
 def test_committed_study_campaigns_meet_the_issue_budget():

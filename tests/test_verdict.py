@@ -106,7 +106,9 @@ def test_thresholds_come_from_the_gate_spec():
     assert gate(tight, "mae_ratio").level == "fail" and gate(tight, "mae_ratio").threshold == 1.1
     r = result_with(radius_ratio=0.9)
     tight = apply_verdict(r, GateSpec(min_radius_ratio=0.95))
-    assert gate(tight, "radius_ratio").level == "fail"
+    assert gate(tight, "radius_ratio").level == "warn"  # a landscape gate warns unless fail_on names it
+    tight = apply_verdict(r, GateSpec(min_radius_ratio=0.95, fail_on=["radius_ratio"]))
+    assert gate(tight, "radius_ratio").level == "fail" and gate(tight, "radius_ratio").threshold == 0.95
 
 
 @pytest.mark.parametrize("name", [g.name for g in GATES if g.name != "nan_fraction"])
@@ -131,8 +133,9 @@ def test_unmeasured_nan_fraction_without_surfaces():
 def test_exit_code_is_one_only_for_failed_gates():
     assert exit_code(result_with()) == 0
     assert exit_code(result_with(trace_ratio=10.0)) == 0  # a warn-only gate
-    assert exit_code(result_with(radius_ratio=0.1)) == 1
-    assert exit_code(make_result()) == 1  # the factory default fails mae, radius and nan gates
+    assert exit_code(result_with(radius_ratio=0.1)) == 0  # no adopted study: the radius only warns
+    assert exit_code(apply_verdict(result_with(radius_ratio=0.1), GateSpec(fail_on=["radius_ratio"]))) == 1
+    assert exit_code(make_result()) == 1  # the factory default fails the mae and nan gates
 
 
 def test_status_ordering_fail_over_warn_over_pass():
@@ -171,7 +174,7 @@ def test_negative_curvature_finding():
 def test_findings_name_the_omitted_element_and_the_ratio():
     r = result_with(radius_ratio=0.31, mae_ratio=2.5, lambda_ratio=4.25, trace_ratio=0.5)
     radius = finding(r, "radius_ratio")
-    assert radius.level == "fail"
+    assert radius.level == "warn"
     assert "0.31x" in radius.statement and "Fe-containing compounds" in radius.statement
     assert "fragile" in radius.statement
     mae = finding(r, "mae_ratio")

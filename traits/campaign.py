@@ -10,6 +10,7 @@ an interrupted campaign resumes where it stopped (training and 2D surfaces also 
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import time
 from collections.abc import Callable
@@ -103,11 +104,17 @@ def _project(want, ran):
     return want
 
 
+def _measured(spec_dict: dict) -> dict:
+    """The part of a spec that decides the measurements: all but the report's folder and the gates (gates
+    only turn numbers into a verdict, and a finished audit is re-gated, not rerun, when they change)."""
+    d = {k: v for k, v in dict(spec_dict).items() if k != "gates"}
+    if isinstance(d.get("report"), dict):
+        d["report"] = {k: v for k, v in d["report"].items() if k != "out_dir"}
+    return d
+
+
 def _same_spec(result: AuditResult, spec: AuditSpec) -> bool:
-    ran = dict(result.spec)
-    want = spec.model_dump(mode="json")
-    ran.get("report", {}).pop("out_dir", None)
-    want.get("report", {}).pop("out_dir", None)
+    ran, want = _measured(result.spec), _measured(spec.model_dump(mode="json"))
     return set(ran) <= set(want) and _project(want, ran) == ran
 
 
@@ -130,8 +137,12 @@ def task_resources(task: Task, declared: dict[str, dict]) -> dict:
     return dict(declared.get("default", {"CPU": 1}))
 
 
-def finished_row(where: Path, spec: AuditSpec, task: str) -> dict | None:
-    """The summary row of a finished task folder (its results.json produced by this spec), else None."""
+def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = True,
+                 log: Callable[[str], None] = lambda _m: None) -> dict | None:
+    """The summary row of a finished task folder (its results.json measured by this spec), else None.
+
+    A result gated with other gates than the spec's is re-gated (:func:`traits.verdict.regate`); with
+    ``rewrite`` its results.json and reports are rewritten, so the folder keeps describing one verdict."""
     previous = where / "results.json"
     if not previous.is_file():
         return None
@@ -139,7 +150,32 @@ def finished_row(where: Path, spec: AuditSpec, task: str) -> dict | None:
         done = load_result(previous)
     except TraitsError:
         return None
-    return summary_row(task, done) if _same_spec(done, spec) else None
+    if not _same_spec(done, spec):
+        return None
+    from traits.verdict import regate
+
+    if regate(done, spec.gates) and rewrite:
+        _rewrite_regated(where, done, spec)
+        log(f"{where}: re-gated with the spec's gates (status {done.status}); measurements reused")
+    return summary_row(task, done)
+
+
+def _rewrite_regated(where: Path, result: AuditResult, spec: AuditSpec) -> None:
+    """results.json (atomically) and then the reports of a re-gated result, under the folder's lock."""
+    from traits.outdir import MARKER, acquire_lock, write_marker
+
+    with acquire_lock(where, purpose=f"re-gating {result.name!r}"):
+        result.write(where / "results.json")
+        try:
+            spec_path = str(json.loads((where / MARKER).read_text(encoding="utf-8")).get("spec_path") or "")
+        except (OSError, ValueError, AttributeError):
+            spec_path = ""
+        write_marker(where, result.spec, spec_path)
+        formats = [f for f in spec.report.formats if f != "json"]
+        if formats:
+            from traits.report.render import render_report
+
+            render_report(result, where, formats=tuple(formats))
 
 
 def run_task(job, progress=None, log: Callable[[str], None] | None = None) -> dict:
@@ -236,7 +272,7 @@ def run_campaign(
             overrides["data.path"] = str(Path(data_path).resolve())
         for task in tasks:
             where = out_dir / f"seed-{task.spec.seed}" / task.name
-            row = finished_row(where, task.spec, task.name)
+            row = finished_row(where, task.spec, task.name, rewrite=not summary_only, log=log)
             if row is not None:
                 log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {where / 'results.json'}")
                 slots.append(row)
@@ -305,7 +341,8 @@ def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) 
     if not where.is_dir():
         return
     owner = folder_owner(where)
-    if owner is not None and (owner.spec is None or not same_audit(owner.spec, spec.model_dump(mode="json"))):
+    if owner is not None and (owner.spec is None or not same_audit(_measured(owner.spec),
+                                                                   _measured(spec.model_dump(mode="json")))):
         removed = remove_artefacts(where, keep=("model",))
         log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
 

@@ -260,12 +260,18 @@ def _command_line() -> str:
 
 
 def print_verdict(result, console: Console = out) -> None:
+    from traits.study.catalogue import labels as metric_labels
+
+    labels = metric_labels()
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}
     table = Table(title=f"{result.name}: {result.status.upper()}", title_justify="left")
     table.add_column("level")
     table.add_column("finding")
     for f in result.findings:
-        table.add_row(Text(f.level, style=colours.get(f.level, "")), f.statement)
+        text = Text(f.statement)  # user strings (names, elements, data sets) print without markup
+        for name, evidence in f.evidence.items():
+            text.append(f"\n  study evidence, {labels.get(name, name)}: {evidence}", style="dim")
+        table.add_row(Text(f.level, style=colours.get(f.level, "")), text)
     console.print(table)
 
 

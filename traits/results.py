@@ -19,7 +19,7 @@ from traits.errors import TraitsError
 from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`).
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -269,6 +269,9 @@ class Finding(_Result):
     level: Level
     statement: str
     numbers: dict[str, MaybeFloat | str] = Field(default_factory=dict)
+    evidence: dict[str, str] = Field(
+        default_factory=dict, description="For each metric the finding flags on: what the adopted study measured "
+        "about it (ρ with its interval, data set, version), or that no study has measured it")
 
 
 class RatioInterval(_Result):
@@ -295,6 +298,8 @@ class GateOutcome(_Result):
     determined: bool = Field(True, description="False when the value or its interval cannot decide the gate")
     low: MaybeFloat = None
     high: MaybeFloat = None
+    evidence: str | None = Field(None, description="What the adopted study measured about the gate's metric "
+                                 "(None for the direct measurements: the MAE ratio and the NaN share)")
 
 
 class AuditResult(_Result):

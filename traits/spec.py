@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from traits.errors import SpecError
+from traits.study import catalogue as _catalogue
 
 #: Targets TRAITS knows how to read from each source kind, with their physical units.
 TARGET_UNITS = {
@@ -409,23 +410,33 @@ class ProbeSpec(_Strict):
         return list(dict.fromkeys(value))
 
 
-class GateSpec(_Strict):
-    """Thresholds turning measurements into pass / warn / fail findings."""
+#: The metrics a gate reads, in the catalogue's order (``gates.fail_on`` may name these).
+GATED_METRICS = tuple(m.name for m in _catalogue.catalogue() if m.gate_field)
 
-    max_mae_ratio: float = Field(2.0, gt=0, description="Fail when OOD MAE / ID MAE exceeds this.")
-    max_lambda_ratio: float = Field(3.0, gt=0, description="Warn when OOD λ_max / ID λ_max exceeds this.")
-    max_trace_ratio: float = Field(3.0, gt=0, description="Warn when OOD trace / ID trace exceeds this.")
-    min_radius_ratio: float = Field(0.5, gt=0, description="Fail when OOD/ID robust radius is below this.")
-    max_nan_fraction: float = Field(0.0, ge=0, le=1, description="Fail when more of a surface is NaN.")
+
+class GateSpec(_Strict):
+    """Thresholds turning measurements into pass / warn / fail findings.
+
+    A violated gate fails the audit when its metric is in ``fail_on`` and warns otherwise. ``fail_on``
+    defaults to :func:`traits.study.catalogue.default_fail_on`: the MAE ratio and the non-finite share of the
+    surfaces, plus a landscape or distance metric only when the adopted study shows it tracks OOD error
+    beyond the noise floor (none has been adopted yet)."""
+
+    max_mae_ratio: float = Field(2.0, gt=0, description="Flag when OOD MAE / ID MAE exceeds this (fails by default).")
+    max_lambda_ratio: float = Field(3.0, gt=0, description="Flag when OOD λ_max / ID λ_max exceeds this.")
+    max_trace_ratio: float = Field(3.0, gt=0, description="Flag when OOD trace / ID trace exceeds this.")
+    min_radius_ratio: float = Field(0.5, gt=0, description="Flag when OOD/ID robust radius is below this.")
+    max_nan_fraction: float = Field(0.0, ge=0, le=1, description="Flag when more of a surface is NaN (fails by "
+                                    "default).")
     max_embedding_knn_ratio: float = Field(
-        2.0, gt=0, description="Warn when the OOD compounds' median distance to their nearest training compounds "
+        2.0, gt=0, description="Flag when the OOD compounds' median distance to their nearest training compounds "
         "in the model's embedding exceeds this multiple of the ID one (the verdict then reads the OOD errors "
         "as extrapolation).",
     )
-    fail_on: list[Literal["mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "nan_fraction",
-                          "embedding_knn_ratio"]] = Field(
-        default_factory=lambda: ["mae_ratio", "radius_ratio", "nan_fraction"],
-        description="Gates whose violation fails the audit; the others only warn.",
+    fail_on: list[Literal[GATED_METRICS]] = Field(  # type: ignore[valid-type]
+        default_factory=_catalogue.default_fail_on,
+        description="Gates whose violation fails the audit; the others only warn. Default: the MAE ratio and "
+        "the non-finite share, plus any metric the adopted study shows to track OOD error (see `traits study`).",
     )
 
 

@@ -1,6 +1,7 @@
 """From measurements to findings: pass / warn / fail against the spec's gates.
 
-Gates (defaults in :class:`traits.spec.GateSpec`, all overridable in a spec's ``gates``):
+Gates (defaults in :class:`traits.spec.GateSpec`, all overridable in a spec's ``gates``; the list is the
+metric catalogue's gated entries, :mod:`traits.study.catalogue`):
 
 =================== ========================================== ======= ================================
 gate                value                                      default meaning when violated
@@ -9,14 +10,21 @@ mae_ratio           OOD MAE / ID MAE                           ≤ 2.0   the mod
 lambda_ratio        OOD λ_max / ID λ_max                       ≤ 3.0   the OOD loss is much sharper
 trace_ratio         OOD tr(H) / ID tr(H)                       ≤ 3.0   more curvature overall OOD
 radius_ratio        OOD robust radius / ID robust radius       ≥ 0.5   OOD loss leaves tolerance sooner
-nan_fraction        largest non-finite share of any surface    ≤ 0.0   the loss blows up nearby
 embedding_knn_ratio OOD / ID median embedding kNN distance     ≤ 2.0   OOD compounds lie far from the
                                                                        training ones in the embedding
+nan_fraction        largest non-finite share of any surface    ≤ 0.0   the loss blows up nearby
 =================== ========================================== ======= ================================
 
-A violated gate is a *fail* when it is listed in ``gates.fail_on`` (default: mae_ratio, radius_ratio,
-nan_fraction) and a *warn* otherwise. A gate whose metric was not measured (probe disabled, or a
-zero denominator) is reported as a warning and never fails the audit.
+A violated gate is a *fail* when it is listed in ``gates.fail_on`` and a *warn* otherwise. The default
+``fail_on`` (:func:`traits.study.catalogue.default_fail_on`) holds the MAE ratio and the NaN share, which
+measure failure directly, and a landscape or distance metric only once an adopted study shows that it
+tracks OOD error beyond the noise floor: no study at the issue-16 budget has been adopted, and the
+reference campaign measured ρ = 0.04 for the robust-radius ratio, so every landscape metric warns by
+default. Every gate outcome and every finding that flags on a landscape or distance metric carries the
+adopted study's evidence for it (``evidence``: ρ with its interval, data set and version, or "not yet
+measured"), recorded when the verdict is applied so a re-rendered report cites what the verdict used. A
+gate whose metric was not measured (probe disabled, or a zero denominator) is reported as a warning and
+never fails the audit.
 
 Domain shift: extrapolation or a fragile representation?
 --------------------------------------------------------
@@ -57,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traits.results import AuditResult, Finding, GateOutcome, Level
+from traits.study import catalogue as _catalogue
 
 
 @dataclass(frozen=True)
@@ -67,14 +76,8 @@ class Gate:
     comparison: str  # "<=" or ">="
 
 
-GATES = (
-    Gate("mae_ratio", "OOD/ID MAE ratio", "max_mae_ratio", "<="),
-    Gate("lambda_ratio", "OOD/ID λ_max ratio", "max_lambda_ratio", "<="),
-    Gate("trace_ratio", "OOD/ID Hessian trace ratio", "max_trace_ratio", "<="),
-    Gate("radius_ratio", "OOD/ID robust-radius ratio", "min_radius_ratio", ">="),
-    Gate("nan_fraction", "non-finite share of the loss surfaces", "max_nan_fraction", "<="),
-    Gate("embedding_knn_ratio", "OOD/ID embedding kNN-distance ratio", "max_embedding_knn_ratio", "<="),
-)
+#: One gate per gated metric of the catalogue, in its order.
+GATES = tuple(Gate(m.name, m.gate_label, m.gate_field, m.comparison) for m in _catalogue.catalogue() if m.gate_field)
 
 #: ``|λ_min| / λ_max`` above which a split's loss counts as markedly non-convex at θ.
 NONCONVEX_RATIO = 0.1
@@ -107,6 +110,7 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
 
     outcomes = []
     for gate in GATES:
+        evidence = _catalogue.evidence_text(gate.name)
         threshold = float(getattr(gates, gate.threshold_field))
         value = gate_value(result, gate.name)
         interval = result.ratio_intervals.get(gate.name)
@@ -129,7 +133,7 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
             outcomes.append(GateOutcome(
                 name=gate.name, passed=True, level="warn", value=value, threshold=threshold,
                 comparison=gate.comparison, determined=False, low=low, high=high,
-                statement=f"{gate.label}: {why}; undetermined",
+                statement=f"{gate.label}: {why}; undetermined", evidence=evidence,
             ))
             continue
         level: Level = "pass" if verdict == "pass" else ("fail" if gate.name in gates.fail_on else "warn")
@@ -137,7 +141,7 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
         outcomes.append(GateOutcome(
             name=gate.name, passed=level != "fail", level=level, value=value, threshold=threshold,
             comparison=gate.comparison, low=low, high=high,
-            statement=f"{gate.label} is {shown} (gate {gate.comparison} {threshold:g})",
+            statement=f"{gate.label} is {shown} (gate {gate.comparison} {threshold:g})", evidence=evidence,
         ))
     return outcomes
 
@@ -182,7 +186,9 @@ def _finding_for_gate(result: AuditResult, outcome: GateOutcome) -> Finding:
     else:
         text = (f"{v:.1%} of the loss-surface points are NaN or infinite: the loss diverges within the probed "
                 "region" if v > 0 else "every loss-surface point is finite")
-    return Finding(id=outcome.name, level=outcome.level, statement=text, numbers=numbers)
+    flagged = outcome.level != "pass" and outcome.determined and outcome.evidence is not None
+    return Finding(id=outcome.name, level=outcome.level, statement=text, numbers=numbers,
+                   evidence={outcome.name: outcome.evidence} if flagged else {})
 
 
 def discontinuity_findings(result: AuditResult) -> list[Finding]:
@@ -205,6 +211,7 @@ def discontinuity_findings(result: AuditResult) -> list[Finding]:
         + (f": the loss is discontinuous close to the trained weights for {who}" if worse else ""),
         numbers={"ood_first_jump": o.first_jump, "id_first_jump": i.first_jump, "ood_smooth_to": o.smooth_to,
                  "id_smooth_to": i.smooth_to},
+        evidence=_evidence_for(["first_jump_ratio"]) if worse else {},
     )]
 
 
@@ -277,6 +284,21 @@ def _nonconvexity(result: AuditResult, split: str) -> float | None:
 
 def landscape_flags(result: AuditResult, gates) -> list[str]:
     """What is wrong with the OOD landscape, in words with numbers (empty when nothing is)."""
+    return [f"{kind}: {detail}" for kind, detail, _metric in _flags(result, gates)]
+
+
+def _evidence_for(metrics) -> dict[str, str]:
+    """The adopted study's evidence for each of these catalogue metrics (the predictors among them)."""
+    out = {}
+    for name in metrics:
+        text = _catalogue.evidence_text(name)
+        if text is not None:
+            out[name] = text
+    return out
+
+
+def _flags(result: AuditResult, gates) -> list[tuple[str, str, str]]:
+    """(kind, detail, catalogue metric) for each landscape flag."""
     from traits.intervals import decision
 
     r = result.ratios
@@ -294,24 +316,25 @@ def landscape_flags(result: AuditResult, gates) -> list[str]:
 
     lam, trace, radius = r.get("lambda_ratio"), r.get("trace_ratio"), r.get("radius_ratio")
     if beyond("lambda_ratio", gates.max_lambda_ratio, "<="):
-        flags.append(("sharp", f"λ_max {lam:.2f}x the ID value"))
+        flags.append(("sharp", f"λ_max {lam:.2f}x the ID value", "lambda_ratio"))
     if beyond("trace_ratio", gates.max_trace_ratio, "<="):
-        flags.append(("sharp", f"Hessian trace {trace:.2f}x the ID value"))
+        flags.append(("sharp", f"Hessian trace {trace:.2f}x the ID value", "trace_ratio"))
     if beyond("radius_ratio", gates.min_radius_ratio, ">="):
-        flags.append(("sharp", f"robust radius {radius:.2f}x the ID radius"))
+        flags.append(("sharp", f"robust radius {radius:.2f}x the ID radius", "radius_ratio"))
     nc_ood, nc_id = _nonconvexity(result, "ood"), _nonconvexity(result, "id")
     if nc_ood is not None and nc_ood > NONCONVEX_RATIO and (nc_id is None or nc_ood > nc_id):
         flags.append(("non-convex", f"|λ_min|/λ_max = {nc_ood:.2f} on OOD"
-                      + (f" vs {nc_id:.2f} on ID" if nc_id is not None else "")))
+                      + (f" vs {nc_id:.2f} on ID" if nc_id is not None else ""), "nonconvexity_ratio"))
     m, mi = result.metrics.get("ood"), result.metrics.get("id")
     if m is not None and m.nan_fraction is not None and m.nan_fraction > gates.max_nan_fraction:
-        flags.append(("discontinuous", f"{m.nan_fraction:.1%} of the OOD surface points are NaN or infinite"))
+        flags.append(("discontinuous", f"{m.nan_fraction:.1%} of the OOD surface points are NaN or infinite",
+                      "nan_fraction"))
     if m is not None and m.first_jump is not None and (mi is None or mi.first_jump is None
                                                        or m.first_jump < mi.first_jump):
         smooth = f", ID smooth to α = {mi.smooth_to:.3g}" if mi is not None and mi.first_jump is None and \
             mi.smooth_to is not None else ""
-        flags.append(("discontinuous", f"the OOD loss jumps at α = {m.first_jump:.3g}{smooth}"))
-    return [f"{kind}: {detail}" for kind, detail in flags]
+        flags.append(("discontinuous", f"the OOD loss jumps at α = {m.first_jump:.3g}{smooth}", "first_jump_ratio"))
+    return flags
 
 
 def _kinds(flags: list[str]) -> str:
@@ -336,7 +359,8 @@ def shift_findings(result: AuditResult, gates) -> list[Finding]:
     if dist is None and sh.ratios.get("composition_knn_ratio") is not None:
         space, dist = "composition", sh.ratios["composition_knn_ratio"]
     where = "in the model's embedding" if space == "embedding" else "in composition (no embedding distance)"
-    flags = landscape_flags(result, gates)
+    triples = _flags(result, gates)
+    flags = [f"{kind}: {detail}" for kind, detail, _metric in triples]
     numbers: dict[str, float | str | None] = {
         "ood_outside_p01_p99": outside, "id_outside_p01_p99": id_outside, "knn_ratio": dist, "space": space,
         "target_outside_fraction": t_out, "near_ratio": near, "far_ratio": far, "landscape_flags": len(flags),
@@ -383,20 +407,51 @@ def shift_findings(result: AuditResult, gates) -> list[Finding]:
             level = "pass"
         case = "neither"
     numbers["case"] = case
-    found.append(Finding(id="domain_shift", level=level, statement=text[0].upper() + text[1:], numbers=numbers))
+    flagged = [metric for _k, _d, metric in triples] + (
+        [f"{space}_knn_ratio"] if far_away else [])
+    found.append(Finding(id="domain_shift", level=level, statement=text[0].upper() + text[1:], numbers=numbers,
+                         evidence=_evidence_for(flagged) if level != "pass" else {}))
     return found
 
 
+#: Ids (or id prefixes, ending in "_") of every finding the verdict makes; any other finding of a result
+#: (the audit's provenance and checkpoint checks) is the audit's own and survives re-gating.
+VERDICT_FINDINGS = (*(g.name for g in GATES), "discontinuity", "hessian_unconverged_", "lambda_min_unconverged_",
+                    "negative_curvature_", "unseen_elements", "shift_input", "domain_shift")
+
+
+def made_by_verdict(finding_id: str) -> bool:
+    return any(finding_id == v or (v.endswith("_") or v == "shift_input") and finding_id.startswith(v)
+               for v in VERDICT_FINDINGS)
+
+
 def apply_verdict(result: AuditResult, gates) -> AuditResult:
-    """Fill ``gates``, ``findings`` and ``status`` of a result (in place) and return it."""
+    """Fill ``gates``, ``findings`` and ``status`` of a result (in place) and return it.
+
+    Findings the verdict does not make (the audit's provenance and checkpoint checks) are kept, so a result
+    can be re-gated (``traits gate``, a campaign reusing a finished audit under new gates) without losing
+    them."""
     result.gates = evaluate_gates(result, gates)
-    result.findings = ([_finding_for_gate(result, g) for g in result.gates] + extra_findings(result)
-                       + shift_findings(result, gates))
+    made = ([_finding_for_gate(result, g) for g in result.gates] + extra_findings(result)
+            + shift_findings(result, gates))
     order = {"fail": 0, "warn": 1, "pass": 2}
-    result.findings.sort(key=lambda f: order[f.level])
+    kept = [f for f in result.findings if not made_by_verdict(f.id)]
+    result.findings = kept + sorted(made, key=lambda f: order[f.level])
     levels = {g.level for g in result.gates} | {f.level for f in result.findings}
     result.status = "fail" if "fail" in levels else ("warn" if "warn" in levels else "pass")
     return result
+
+
+def regate(result: AuditResult, gates) -> bool:
+    """Re-apply the verdict when ``gates`` differ from the ones the result was gated with, recording them in
+    ``result.spec["gates"]``; True when anything was re-gated."""
+    want = gates.model_dump(mode="json")
+    had = (result.spec or {}).get("gates")
+    if isinstance(had, dict) and {k: want[k] for k in had if k in want} == had and set(had) == set(want):
+        return False
+    apply_verdict(result, gates)
+    result.spec = {**(result.spec or {}), "gates": want}
+    return True
 
 
 def exit_code(result: AuditResult) -> int:

@@ -43,6 +43,7 @@ from traits.report.sections import (  # noqa: F401
     section_context,
 )
 from traits.results import AuditResult
+from traits.study import catalogue as _catalogue
 
 FORMATS = ("html", "pdf")
 PDF_DPI = 200
@@ -126,6 +127,7 @@ def _environment(directory: str) -> Environment:
     env.filters["seconds"] = fmt_seconds
     env.filters["split"] = split_label
     env.globals["ordered"] = ordered_splits
+    env.globals["metric_label"] = lambda name: _catalogue.labels().get(name, name)
     return env
 
 

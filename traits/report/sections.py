@@ -27,6 +27,7 @@ from traits.report.formatting import (
 )
 from traits.report.uncertainty import uncertainty_context, uncertainty_figure
 from traits.results import AuditResult
+from traits.study import catalogue as _catalogue
 
 Context = Callable[[AuditResult], dict[str, Any]]
 FigureBuilder = Callable[[AuditResult], Any]
@@ -44,29 +45,10 @@ class Section:
 
 #: OOD/ID ratios: label and the direction in which a ratio means "worse out of distribution" ("high" /
 #: "low": above / below 1; "negative": a difference, worse below 0).
-RATIO_INFO = {
-    "mae_ratio": ("MAE", "high"),
-    "rmse_ratio": ("RMSE", "high"),
-    "loss_ratio": ("loss at θ", "high"),
-    "lambda_ratio": ("largest Hessian eigenvalue λmax", "high"),
-    "trace_ratio": ("Hessian trace", "high"),
-    "radius_ratio": ("robust radius", "low"),
-    "sharpness_ratio": ("sharpness", "high"),
-    "basin_area_ratio": ("basin area fraction", "low"),
-    "plane_basin_area_ratio": ("basin area fraction, eigenvector plane", "low"),
-    "nonconvexity_ratio": ("non-convexity |λmin|/λmax", "high"),
-    "first_jump_ratio": ("scale of the first loss jump", "low"),
-    "entropy_ood_minus_id": ("loss entropy: a difference, OOD − ID", "negative"),
-}
+RATIO_INFO = {m.name: (m.report_label, m.worse) for m in _catalogue.catalogue()
+              if m.kind != "distance baseline" and m.source and m.unit != "fraction"}
 #: Domain-shift ratios (shown in their own section, not among the landscape ratios).
-SHIFT_RATIO_INFO = {
-    "composition_knn_ratio": ("composition kNN distance, median", "high"),
-    "composition_knn_p90_ratio": ("composition kNN distance, 90th percentile", "high"),
-    "embedding_knn_ratio": ("embedding kNN distance, median", "high"),
-    "embedding_knn_p90_ratio": ("embedding kNN distance, 90th percentile", "high"),
-    "target_wasserstein_ratio": ("Wasserstein distance of the targets to train", "high"),
-    "target_ks_ratio": ("KS statistic of the targets against train", "high"),
-}
+SHIFT_RATIO_INFO = {m.name: (m.report_label, m.worse) for m in _catalogue.catalogue() if m.kind == "distance baseline"}
 
 
 def ratio_label(key: str) -> str:

@@ -6,12 +6,16 @@ Ratios, report rows, campaign columns and gates read this list instead of keepin
 (:mod:`traits.study.summary`) writes the measured ρ back into ``docs/study/catalogue-evidence.json``,
 which :func:`evidence` reads, so a report can cite the number next to a metric it flags on.
 
-The default-fail rule the study supports (:func:`fails_by_default_from_evidence`): a metric fails an
-audit by default only when the committed study's cluster-bootstrap interval of ρ (in the metric's
-expected direction) lies above the noise floor of the random-split baselines; every other metric warns.
-Until a study at the issue-16 budget is committed there is no such evidence, and ``fails_by_default``
-below keeps today's gate defaults for the error ratio and the NaN share (which are direct measurements
-of failure, not predictors) and marks every landscape metric as warn-only.
+The default-fail rule (:func:`default_fail_on`, which ``GateSpec.fail_on`` defaults to): the error ratio
+and the non-finite share of the surfaces fail an audit by default, because they are direct measurements
+of failure, not predictors of it. Any other gated metric (the landscape metrics, the embedding distance)
+fails by default only when the adopted study evidence shows it tracks OOD error beyond the noise floor
+(:func:`fails_by_default_from_evidence` and :func:`threshold_clears_floor`); until then it warns.
+
+Evidence is *adopted* deliberately: ``traits study summary`` writes ``catalogue-evidence.json`` beside the
+study summary it describes (``docs/study/``); ``traits study summary --adopt`` (refused for a pipeline
+check) also copies it to :data:`EVIDENCE_FILE`, inside the package, which is what installed copies read.
+No study at the issue-16 budget has been adopted yet, so every landscape metric warns by default.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-#: Where the committed study's per-metric evidence lives (written by ``traits study summary``).
-EVIDENCE_FILE = Path(__file__).resolve().parents[2] / "docs" / "study" / "catalogue-evidence.json"
+#: The adopted study's per-metric evidence (``traits study summary --adopt`` writes it; shipped in the wheel).
+EVIDENCE_FILE = Path(__file__).resolve().parent / "catalogue-evidence.json"
+
+#: What a report says next to a predictor that no adopted study has measured.
+NOT_MEASURED = "not yet measured by an adopted study (warns, never fails, by default)"
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,11 @@ def _evidence(path: str) -> dict[str, Evidence]:
     return out
 
 
+def clear_cache() -> None:
+    """Forget the evidence read so far (after a new evidence file was adopted)."""
+    _evidence.cache_clear()
+
+
 def catalogue(evidence_file: Path | None = None) -> tuple[Metric, ...]:
     """Every metric, with the committed study's evidence attached where it measured the metric."""
     ev = _evidence(str(evidence_file or EVIDENCE_FILE))
@@ -181,9 +193,41 @@ def ranked() -> tuple[Metric, ...]:
     return tuple(m for m in _METRICS if m.ranked)
 
 
-def default_fail_on() -> list[str]:
-    """What ``GateSpec.fail_on`` should default to: the gated metrics that fail by default."""
-    return [m.name for m in _METRICS if m.gate_field and m.fails_by_default]
+def is_predictor(m: Metric) -> bool:
+    """A metric that may predict OOD error (landscape, distance baseline, loss at θ) rather than measure it."""
+    return m.kind not in ("error", "surface")
+
+
+def default_fail_on(evidence_file: Path | None = None) -> list[str]:
+    """What ``GateSpec.fail_on`` defaults to: the direct measurements of failure (the MAE ratio, the NaN
+    share), and a predictor only when the adopted study shows it tracks OOD error
+    (:func:`fails_by_default_from_evidence`) and its default threshold lies beyond the random-split noise
+    floor (:func:`threshold_clears_floor`)."""
+    from traits.spec import GateSpec
+
+    out = []
+    for m in catalogue(evidence_file):
+        if not m.gate_field:
+            continue
+        if not is_predictor(m):
+            if m.fails_by_default:
+                out.append(m.name)
+        elif fails_by_default_from_evidence(m) and threshold_clears_floor(
+                m, float(GateSpec.model_fields[m.gate_field].default)):
+            out.append(m.name)
+    return out
+
+
+def evidence_text(name: str, evidence_file: Path | None = None) -> str | None:
+    """What a report prints next to a flagged metric: the adopted study's ρ with its interval, data set and
+    version, or :data:`NOT_MEASURED`; None for the direct measurements (errors, NaN share), which need none."""
+    try:
+        m = next(x for x in catalogue(evidence_file) if x.name == name)
+    except StopIteration:
+        return None
+    if not is_predictor(m):
+        return None
+    return m.evidence.text() if m.evidence is not None else NOT_MEASURED
 
 
 def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:

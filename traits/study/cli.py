@@ -89,11 +89,19 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         profile: Annotated[str | None, typer.Option(help="Profile the runs used (recorded).")] = None,
         watch_s: Annotated[float | None, typer.Option(
             "--watch", help="Rewrite every N seconds as tasks finish.")] = None,
+        adopt: Annotated[bool, typer.Option(
+            "--adopt", help="Also install the summary's catalogue evidence as the package's defaults (what "
+            "gates fail on by default and what reports cite); refused for a pipeline check.")] = False,
     ) -> None:
         """Summarise the finished tasks of a study (statistics, plots, catalogue evidence); --watch keeps it
         updated while the study runs."""
-        from traits.study.summary import summarise_runs, watch
+        from traits.errors import TraitsError
+        from traits.study import catalogue as cat
+        from traits.study.summary import adopt_evidence, summarise_runs, watch
 
+        if adopt and (pipeline_check or watch_s):
+            raise TraitsError("--adopt needs --evidence (a pipeline check never decides a default gate) and no "
+                              "--watch (adopt a finished summary once)")
         kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile}
         if watch_s:
             watch(runs, out_dir, watch_s, log=lambda m: out.print(m, highlight=False), **kw)
@@ -101,5 +109,10 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         s = summarise_runs(runs, out_dir, log=lambda m: out.print(m, highlight=False), **kw)
         out.print(f"{s['n_audits']} audits of {s['n_tasks']} tasks summarised in {out_dir}/summary.{{json,md,html}}",
                   highlight=False)
+        if adopt:
+            target = adopt_evidence(out_dir / "catalogue-evidence.json")
+            out.print(f"adopted {out_dir / 'catalogue-evidence.json'} as {target}: default gates now fail on "
+                      f"{', '.join(cat.default_fail_on())}",
+                      highlight=False)
 
     app.add_typer(study, name="study")

@@ -9,6 +9,7 @@ never lets a pipeline check decide a default)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -185,6 +186,22 @@ def write_study_summary(summary: dict, out: Path) -> dict[str, Path]:
         pipeline=summary["pipeline_check"], banner=PIPELINE_BANNER, body=body, forest=forest, scatter=scatter)
     paths["html"] = write_text_atomic(out / "summary.html", page)
     return paths
+
+
+def adopt_evidence(evidence: Path) -> Path:
+    """Install a study's ``catalogue-evidence.json`` as the package's (:data:`traits.study.catalogue.EVIDENCE_FILE`),
+    after checking it is a real study's (not a pipeline check) and readable by the catalogue."""
+    try:
+        raw = json.loads(Path(evidence).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TraitsError(f"{evidence}: not a readable catalogue evidence file ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict):
+        raise TraitsError(f"{evidence}: not a catalogue evidence file (no 'metrics' mapping)")
+    if raw.get("pipeline_check", True):
+        raise TraitsError(f"{evidence}: a pipeline check's evidence is never adopted (summarise with --evidence)")
+    target = write_json_atomic(cat.EVIDENCE_FILE, raw)
+    cat.clear_cache()
+    return target
 
 
 def summarise_runs(runs: Path, out: Path, *, data_set: str, pipeline_check: bool, n_boot: int = 2000,

@@ -1,0 +1,191 @@
+"""Default gates follow the adopted study's evidence, and verdicts and reports cite it.
+
+No adopted evidence: only the direct measurements (MAE ratio, NaN share) fail by default and every
+landscape metric warns. An adopted real study moves a metric into the default ``fail_on`` only when its ρ
+interval clears 0 in the expected direction with a Holm p below 0.05 and its gate threshold lies beyond the
+random-split noise floor; a pipeline check never does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.result_factory import make_result
+from traits.cli import app
+from traits.results import Finding
+from traits.spec import GateSpec
+from traits.study import catalogue as cat
+from traits.verdict import GATES, apply_verdict, made_by_verdict, regate
+
+PASSING = {"mae_ratio": 1.2, "rmse_ratio": 1.2, "lambda_ratio": 1.5, "trace_ratio": 1.4, "radius_ratio": 0.9}
+
+
+def evidence_file(path, metrics: dict, *, pipeline_check: bool = False, data_set: str = "MP test pool"):
+    path.write_text(json.dumps({"study_version": "study-test", "data_set": data_set,
+                                "pipeline_check": pipeline_check, "metrics": metrics}))
+    return path
+
+
+def strong(rho: float, low: float, high: float, floor: float, p: float = 1e-3) -> dict:
+    return {"rho": rho, "low": low, "high": high, "p_holm": p, "n_tasks": 30, "n_audits": 90, "noise_floor": floor}
+
+
+@pytest.fixture
+def adopt(tmp_path, monkeypatch):
+    """Adopt an evidence file for the test (the package's own is left alone)."""
+    def _adopt(metrics: dict, **kw):
+        path = evidence_file(tmp_path / "catalogue-evidence.json", metrics, **kw)
+        monkeypatch.setattr(cat, "EVIDENCE_FILE", path)
+        cat.clear_cache()
+        return path
+    yield _adopt
+    cat.clear_cache()
+
+
+def test_without_adopted_evidence_only_direct_measurements_fail(tmp_path, monkeypatch):
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "absent.json")
+    cat.clear_cache()
+    assert cat.default_fail_on() == ["mae_ratio", "nan_fraction"]
+    assert GateSpec().fail_on == ["mae_ratio", "nan_fraction"]
+    r = make_result(ratios={**PASSING, "radius_ratio": 0.1, "lambda_ratio": 9.0}, nan_points=0)
+    apply_verdict(r, GateSpec())
+    levels = {g.name: g.level for g in r.gates}
+    assert levels["radius_ratio"] == "warn" and levels["lambda_ratio"] == "warn" and r.status == "warn"
+    assert all(g.evidence == cat.NOT_MEASURED for g in r.gates if g.name in ("lambda_ratio", "radius_ratio"))
+    assert next(g for g in r.gates if g.name == "mae_ratio").evidence is None  # a direct measurement
+
+
+@pytest.mark.parametrize(("entry", "pipeline", "fails"), [
+    (strong(0.6, 0.3, 0.8, floor=1.3), False, True),       # tracks OOD error; gate 3.0 clears the floor 1.3
+    (strong(0.6, 0.3, 0.8, floor=1.3), True, False),       # the same numbers from a pipeline check
+    (strong(0.6, -0.1, 0.8, floor=1.3), False, False),     # the interval reaches 0
+    (strong(0.6, 0.3, 0.8, floor=1.3, p=0.2), False, False),  # not significant after Holm
+    (strong(0.6, 0.3, 0.8, floor=3.5), False, False),      # random splits reach 3.5: the gate 3.0 fires on noise
+    (strong(-0.6, -0.8, -0.3, floor=1.3), False, False),   # tracks it the wrong way
+])
+def test_adopted_evidence_decides_the_default_fail_on(adopt, entry, pipeline, fails):
+    adopt({"lambda_ratio": entry}, pipeline_check=pipeline)
+    assert ("lambda_ratio" in cat.default_fail_on()) is fails
+    assert ("lambda_ratio" in GateSpec().fail_on) is fails
+    assert {"mae_ratio", "nan_fraction"} <= set(GateSpec().fail_on)
+
+
+def test_a_smaller_is_worse_metric_needs_a_negative_rho(adopt):
+    """The robust radius: a smaller OOD/ID ratio is worse, so evidence is ρ below 0 and a floor above the gate."""
+    adopt({"radius_ratio": strong(-0.55, -0.75, -0.3, floor=0.8)})
+    assert "radius_ratio" in cat.default_fail_on()
+    adopt({"radius_ratio": strong(-0.55, -0.75, -0.3, floor=0.4)})  # random splits go below the gate 0.5
+    assert "radius_ratio" not in cat.default_fail_on()
+
+
+def test_gates_and_findings_cite_the_adopted_evidence(adopt):
+    adopt({"lambda_ratio": strong(0.62, 0.31, 0.8, floor=1.3)}, data_set="MP <b>pool</b>")
+    r = make_result(ratios={**PASSING, "lambda_ratio": 4.25}, nan_points=0)
+    apply_verdict(r, GateSpec())
+    lam = next(g for g in r.gates if g.name == "lambda_ratio")
+    assert lam.level == "fail"  # adopted: the λ_max ratio now fails by default
+    assert "ρ = 0.62 [0.31, 0.80] over 30 tasks" in lam.evidence and "study-test" in lam.evidence
+    finding = next(f for f in r.findings if f.id == "lambda_ratio")
+    assert finding.evidence == {"lambda_ratio": lam.evidence}
+    assert next(f for f in r.findings if f.id == "trace_ratio").evidence == {}  # passed: nothing to cite
+    assert next(f for f in r.findings if f.id == "mae_ratio").evidence == {}
+    trace = next(g for g in r.gates if g.name == "trace_ratio")
+    assert trace.evidence == cat.NOT_MEASURED  # not in the adopted file
+
+    from traits.report.render import render_html
+
+    html = render_html(r)
+    assert "Study evidence" in html and "ρ = 0.62 [0.31, 0.80] over 30 tasks" in html
+    assert "MP &lt;b&gt;pool&lt;/b&gt;" in html and "MP <b>pool</b>" not in html
+
+
+def test_the_evidence_a_result_was_gated_with_is_what_its_report_shows(adopt, tmp_path):
+    """The evidence is stored with the gates, so re-rendering later (after another study) cites the same."""
+    adopt({"lambda_ratio": strong(0.62, 0.31, 0.8, floor=1.3)})
+    r = make_result(ratios={**PASSING, "lambda_ratio": 4.25}, nan_points=0)
+    apply_verdict(r, GateSpec())
+    r.write(tmp_path / "results.json")
+    adopt({"lambda_ratio": strong(0.1, -0.2, 0.4, floor=1.3)})
+    from traits.report.render import render_html
+    from traits.results import load_result
+
+    html = render_html(load_result(tmp_path / "results.json"))
+    assert "ρ = 0.62" in html and "ρ = 0.10" not in html
+
+
+def test_domain_shift_finding_cites_the_metrics_it_flags(tmp_path, monkeypatch):
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "absent.json")
+    cat.clear_cache()
+    r = make_result()  # the factory's sharp OOD landscape close to training: a fragile representation
+    shift = next(f for f in r.findings if f.id == "domain_shift")
+    assert shift.numbers["case"] == "fragile"
+    assert "lambda_ratio" in shift.evidence and set(shift.evidence.values()) == {cat.NOT_MEASURED}
+
+
+def test_regating_keeps_the_audits_own_findings_and_drops_stale_verdict_ones():
+    r = make_result(ratios={**PASSING, "radius_ratio": 0.1}, nan_points=0)
+    own = Finding(id="training_data_unknown", level="warn", statement="Training data unknown")
+    r.findings = [own, *r.findings]
+    assert not made_by_verdict(own.id)
+    assert all(made_by_verdict(f.id) for f in r.findings[1:])
+    assert regate(r, GateSpec(fail_on=["radius_ratio"]))
+    assert r.findings[0] == own and r.status == "fail"
+    assert r.spec["gates"]["fail_on"] == ["radius_ratio"]
+    assert not regate(r, GateSpec(fail_on=["radius_ratio"]))  # the same gates: nothing to do
+    assert regate(r, GateSpec(fail_on=[]))
+    assert r.status == "warn" and own in r.findings  # the warning of the audit's own still counts
+
+
+def test_every_finding_the_verdict_makes_is_known_to_it():
+    """Re-gating drops exactly the verdict's findings: every id it makes must match VERDICT_FINDINGS."""
+    r = make_result()
+    h = r.hessian["id"]
+    h.lambda_min = -0.5 * h.top_eigenvalues[0]
+    r.hessian["ood"].converged = False
+    apply_verdict(r, GateSpec())
+    ids = {f.id for f in r.findings}
+    assert {"negative_curvature_id", "domain_shift"} <= ids
+    assert all(made_by_verdict(i) for i in ids), ids
+    assert {g.name for g in GATES} <= ids
+
+
+def test_adopt_refuses_a_pipeline_check_and_installs_real_evidence(tmp_path, monkeypatch):
+    from traits.errors import TraitsError
+    from traits.study.summary import adopt_evidence
+
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "pkg" / "catalogue-evidence.json")
+    (tmp_path / "pkg").mkdir()
+    check = evidence_file(tmp_path / "check.json", {"lambda_ratio": strong(0.6, 0.3, 0.8, 1.3)}, pipeline_check=True)
+    with pytest.raises(TraitsError, match="never adopted"):
+        adopt_evidence(check)
+    assert not cat.EVIDENCE_FILE.exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(TraitsError, match="not a readable"):
+        adopt_evidence(bad)
+    real = evidence_file(tmp_path / "real.json", {"lambda_ratio": strong(0.6, 0.3, 0.8, 1.3)})
+    try:
+        assert adopt_evidence(real) == cat.EVIDENCE_FILE
+        assert "lambda_ratio" in cat.default_fail_on()
+    finally:
+        cat.clear_cache()
+    res = CliRunner().invoke(app, ["study", "summary", str(tmp_path), "--adopt"])  # a pipeline check by default
+    assert res.exit_code == 2 and "--adopt needs --evidence" in res.output
+
+
+def test_terminal_verdict_prints_statements_and_evidence_without_markup(adopt):
+    from rich.console import Console
+
+    from traits.cli import print_verdict
+
+    adopt({"lambda_ratio": strong(0.62, 0.31, 0.8, floor=1.3)}, data_set="pool [red]x[/red]")
+    r = make_result(ratios={**PASSING, "lambda_ratio": 4.25}, nan_points=0)
+    apply_verdict(r, GateSpec())
+    r.findings[0].statement = "name [bold]kept[/bold] literally"
+    console = Console(width=400, record=True)
+    print_verdict(r, console)
+    text = console.export_text()
+    assert "[bold]kept[/bold]" in text and "pool [red]x[/red]" in text
+    assert "study evidence, λ_max: ρ = 0.62 [0.31, 0.80]" in text
