@@ -145,6 +145,21 @@ def test_study_summary_files_and_catalogue_evidence(tmp_path):
     assert cat.fails_by_default_from_evidence(metrics["radius_ratio"])  # ρ = −1, a smaller radius is worse
 
 
+def test_an_interim_study_summary_says_so_and_is_not_evidence(tmp_path):
+    from traits.study.summary import IN_PROGRESS_BANNER, PIPELINE_BANNER, study_summary, write_study_summary
+
+    s = study_summary(_rows(), data_set="planted", pipeline_check=False, in_progress=True, n_boot=40)
+    paths = write_study_summary(s, tmp_path)
+    for name in ("md", "html"):
+        text = paths[name].read_text()
+        assert IN_PROGRESS_BANNER in text and PIPELINE_BANNER not in text, name
+    ev = {m.name: m for m in cat.catalogue(paths["evidence"])}["lambda_ratio"]
+    assert ev.evidence.in_progress and not cat.fails_by_default_from_evidence(ev)
+    final = study_summary(_rows(), data_set="planted", pipeline_check=False, n_boot=40)
+    md = write_study_summary(final, tmp_path / "final")["md"].read_text()
+    assert IN_PROGRESS_BANNER not in md and PIPELINE_BANNER not in md
+
+
 def test_catalogue_is_the_one_list():
     from traits import campaign
     from traits.spec import GateSpec

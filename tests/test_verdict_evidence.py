@@ -22,8 +22,9 @@ from traits.verdict import GATES, apply_verdict, made_by_verdict, regate
 PASSING = {"mae_ratio": 1.2, "rmse_ratio": 1.2, "lambda_ratio": 1.5, "trace_ratio": 1.4, "radius_ratio": 0.9}
 
 
-def evidence_file(path, metrics: dict, *, pipeline_check: bool = False, data_set: str = "MP test pool"):
-    path.write_text(json.dumps({"study_version": "study-test", "data_set": data_set,
+def evidence_file(path, metrics: dict, *, pipeline_check: bool = False, data_set: str = "MP test pool",
+                  in_progress: bool = False):
+    path.write_text(json.dumps({"study_version": "study-test", "data_set": data_set, "in_progress": in_progress,
                                 "pipeline_check": pipeline_check, "metrics": metrics}))
     return path
 
@@ -70,6 +71,12 @@ def test_adopted_evidence_decides_the_default_fail_on(adopt, entry, pipeline, fa
     assert ("lambda_ratio" in cat.default_fail_on()) is fails
     assert ("lambda_ratio" in GateSpec().fail_on) is fails
     assert {"mae_ratio", "nan_fraction"} <= set(GateSpec().fail_on)
+
+
+def test_an_interim_summary_never_decides_a_default(adopt):
+    adopt({"lambda_ratio": strong(0.6, 0.3, 0.8, floor=1.3)}, in_progress=True)
+    assert "lambda_ratio" not in cat.default_fail_on()
+    assert "interim: study in progress" in cat.evidence_text("lambda_ratio")
 
 
 def test_a_smaller_is_worse_metric_needs_a_negative_rho(adopt):
@@ -161,6 +168,9 @@ def test_adopt_refuses_a_pipeline_check_and_installs_real_evidence(tmp_path, mon
     with pytest.raises(TraitsError, match="never adopted"):
         adopt_evidence(check)
     assert not cat.EVIDENCE_FILE.exists()
+    interim = evidence_file(tmp_path / "interim.json", {"lambda_ratio": strong(0.6, 0.3, 0.8, 1.3)}, in_progress=True)
+    with pytest.raises(TraitsError, match="in progress is never adopted"):
+        adopt_evidence(interim)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(TraitsError, match="not a readable"):

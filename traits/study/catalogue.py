@@ -46,12 +46,14 @@ class Evidence:
     data_set: str
     pipeline_check: bool = True  # True: a tiny-budget run, not evidence
     p_holm: float | None = None
+    in_progress: bool = False    # True: an interim summary of a study still running, not evidence
 
     def text(self) -> str:
         if self.rho is None:
             return f"not measured in {self.study_version}"
         iv = f" [{self.low:.2f}, {self.high:.2f}]" if self.low is not None and self.high is not None else ""
-        tag = ", pipeline check only" if self.pipeline_check else ""
+        tag = ", pipeline check only" if self.pipeline_check else (", interim: study in progress" if self.in_progress
+                                                                   else "")
         return f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks ({self.study_version}, {self.data_set}{tag})"
 
 
@@ -151,13 +153,14 @@ def _evidence(path: str) -> dict[str, Evidence]:
     if not p.is_file():
         return {}
     raw = json.loads(p.read_text(encoding="utf-8"))
-    meta = {k: raw.get(k) for k in ("study_version", "data_set", "pipeline_check")}
+    meta = {k: raw.get(k) for k in ("study_version", "data_set", "pipeline_check", "in_progress")}
     out = {}
     for name, e in (raw.get("metrics") or {}).items():
         out[name] = Evidence(rho=e.get("rho"), low=e.get("low"), high=e.get("high"), n_tasks=e.get("n_tasks", 0),
                              n_audits=e.get("n_audits", 0), noise_floor=e.get("noise_floor"),
                              study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
-                             pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"))
+                             pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"),
+                             in_progress=bool(meta["in_progress"]))
     return out
 
 
@@ -240,7 +243,7 @@ def fails_by_default_from_evidence(m: Metric) -> bool:
     random-split noise floor of the ratio, ``evidence.noise_floor``, is what a gate threshold must exceed:
     see :func:`threshold_clears_floor`.)"""
     ev = m.evidence
-    if ev is None or ev.pipeline_check or ev.low is None or ev.high is None:
+    if ev is None or ev.pipeline_check or ev.in_progress or ev.low is None or ev.high is None:
         return False
     low = ev.low if m.direction > 0 else -ev.high
     return low > 0 and ev.p_holm is not None and ev.p_holm < 0.05

@@ -89,6 +89,9 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         profile: Annotated[str | None, typer.Option(help="Profile the runs used (recorded).")] = None,
         watch_s: Annotated[float | None, typer.Option(
             "--watch", help="Rewrite every N seconds as tasks finish.")] = None,
+        in_progress: Annotated[bool, typer.Option(
+            "--in-progress", help="Label the summary an interim one of a study still running (never adopted).",
+        )] = False,
         adopt: Annotated[bool, typer.Option(
             "--adopt", help="Also install the summary's catalogue evidence as the package's defaults (what "
             "gates fail on by default and what reports cite); refused for a pipeline check.")] = False,
@@ -99,10 +102,11 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         from traits.study import catalogue as cat
         from traits.study.summary import adopt_evidence, summarise_runs, watch
 
-        if adopt and (pipeline_check or watch_s):
-            raise TraitsError("--adopt needs --evidence (a pipeline check never decides a default gate) and no "
-                              "--watch (adopt a finished summary once)")
-        kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile}
+        if adopt and (pipeline_check or watch_s or in_progress):
+            raise TraitsError("--adopt needs --evidence (a pipeline check never decides a default gate), no "
+                              "--in-progress and no --watch (adopt a finished study's summary once)")
+        kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile,
+              "in_progress": in_progress}
         if watch_s:
             watch(runs, out_dir, watch_s, log=lambda m: out.print(m, highlight=False), **kw)
             return

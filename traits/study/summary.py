@@ -22,6 +22,16 @@ from traits.study.families import STUDY_VERSION
 
 PIPELINE_BANNER = ("PIPELINE CHECK, NOT EVIDENCE: this summary was made at a tiny budget to exercise the study "
                    "pipeline end to end; its numbers say nothing about the metrics.")
+IN_PROGRESS_BANNER = ("STUDY IN PROGRESS, NOT YET EVIDENCE: an interim summary of the audits finished so far at the "
+                      "study budget; intervals are wide and the task mix is incomplete. It cannot be adopted.")
+
+
+def banner(summary: dict) -> str | None:
+    if summary.get("pipeline_check"):
+        return PIPELINE_BANNER
+    if summary.get("in_progress"):
+        return IN_PROGRESS_BANNER
+    return None
 
 
 def result_paths(runs: Path) -> list[Path]:
@@ -43,7 +53,7 @@ def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None) -> li
 
 
 def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
-                  seed: int = 0, profile: str | None = None) -> dict:
+                  seed: int = 0, profile: str | None = None, in_progress: bool = False) -> dict:
     from traits.campaign import summarise
     from traits.study.stats import study_statistics
 
@@ -58,7 +68,8 @@ def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_bo
         f["audits"] += 1
     return {
         "study_version": STUDY_VERSION, "data_set": data_set, "pipeline_check": pipeline_check,
-        "profile": profile, "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "in_progress": bool(in_progress and not pipeline_check), "profile": profile,
+        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n_audits": len(rows), "n_tasks": len({r["task"] for r in rows}),
         "families": {k: {"tasks": len(v["tasks"]), "audits": v["audits"]} for k, v in sorted(per_family.items())},
         "statistics": stats, "tasks": summarise(rows)["tasks"], "rows": rows,
@@ -70,7 +81,8 @@ def evidence_json(summary: dict) -> dict:
     floor = summary["statistics"]["noise_floor"]
     return {
         "study_version": summary["study_version"], "data_set": summary["data_set"],
-        "pipeline_check": summary["pipeline_check"], "generated_utc": summary["generated_utc"],
+        "pipeline_check": summary["pipeline_check"], "in_progress": summary.get("in_progress", False),
+        "generated_utc": summary["generated_utc"],
         "rule": "fails by default only if the rho interval (expected direction) lies above 0 and p_holm < 0.05",
         "metrics": {k: {"rho": v["rho"], "low": v["low"], "high": v["high"], "p_holm": v.get("p_holm"),
                         "n_tasks": v["n_tasks"], "n_audits": v["n_audits"],
@@ -99,8 +111,8 @@ def summary_markdown(summary: dict) -> str:
     labels = cat.labels()
     st = summary["statistics"]
     lines = [f"# TRAITS study summary ({summary['study_version']}, {summary['data_set']})", ""]
-    if summary["pipeline_check"]:
-        lines += [f"> **{PIPELINE_BANNER}**", ""]
+    if banner(summary):
+        lines += [f"> **{banner(summary)}**", ""]
     lines += [f"{summary['n_audits']} audits of {summary['n_tasks']} tasks (profile {summary.get('profile') or '–'}; "
               f"generated {summary['generated_utc']}). Families: "
               + ", ".join(f"{k} {v['tasks']} tasks / {v['audits']} audits" for k, v in summary["families"].items())
@@ -157,7 +169,7 @@ _HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>TRA
 <style>body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem;line-height:1.4}
 table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccc;padding:.2rem .4rem}
 .banner{background:#fff3cd;border:1px solid #d39e00;padding:.6rem;font-weight:bold}</style></head><body>
-{% if pipeline %}<p class="banner">{{ banner }}</p>{% endif %}
+{% if banner %}<p class="banner">{{ banner }}</p>{% endif %}
 {{ body }}
 <h2>ρ with its interval</h2><img alt="forest plot" src="{{ forest }}">
 <h2>OOD/ID ratio against OOD/ID error, by family</h2><img alt="scatter plots" src="{{ scatter }}">
@@ -183,7 +195,7 @@ def write_study_summary(summary: dict, out: Path) -> dict[str, Path]:
     scatter = encode(scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels), svg=True).svg
     body = "<pre>" + _html.escape(md) + "</pre>"
     page = Environment(autoescape=False).from_string(_HTML).render(
-        pipeline=summary["pipeline_check"], banner=PIPELINE_BANNER, body=body, forest=forest, scatter=scatter)
+        banner=banner(summary), body=body, forest=forest, scatter=scatter)
     paths["html"] = write_text_atomic(out / "summary.html", page)
     return paths
 
@@ -199,17 +211,22 @@ def adopt_evidence(evidence: Path) -> Path:
         raise TraitsError(f"{evidence}: not a catalogue evidence file (no 'metrics' mapping)")
     if raw.get("pipeline_check", True):
         raise TraitsError(f"{evidence}: a pipeline check's evidence is never adopted (summarise with --evidence)")
+    if raw.get("in_progress"):
+        raise TraitsError(f"{evidence}: an interim summary of a study in progress is never adopted (summarise the "
+                          "finished study without --in-progress)")
     target = write_json_atomic(cat.EVIDENCE_FILE, raw)
     cat.clear_cache()
     return target
 
 
 def summarise_runs(runs: Path, out: Path, *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
+                   in_progress: bool = False,
                    profile: str | None = None, log: Callable[[str], None] = lambda _m: None) -> dict:
     rows = collect_rows(runs, log)
     if not rows:
         raise TraitsError(f"{runs}: no finished task (no seed-*/TASK/results.json) to summarise")
-    summary = study_summary(rows, data_set=data_set, pipeline_check=pipeline_check, n_boot=n_boot, profile=profile)
+    summary = study_summary(rows, data_set=data_set, pipeline_check=pipeline_check, n_boot=n_boot, profile=profile,
+                            in_progress=in_progress)
     write_study_summary(summary, out)
     log(f"study summary of {len(rows)} audits written to {out}")
     return summary
