@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.result_factory import make_result
 from traits.cli import app
-from traits.results import Finding
+from traits.results import SCHEMA_VERSION, Finding
 from traits.spec import GateSpec
 from traits.study import catalogue as cat
 from traits.verdict import GATES, apply_verdict, made_by_verdict, regate
@@ -137,8 +137,9 @@ def test_regating_keeps_the_audits_own_findings_and_drops_stale_verdict_ones():
     r.findings = [own, *r.findings]
     assert not made_by_verdict(own.id)
     assert all(made_by_verdict(f.id) for f in r.findings[1:])
+    r.schema_version = "1.2"  # written before the evidence fields existed
     assert regate(r, GateSpec(fail_on=["radius_ratio"]))
-    assert r.findings[0] == own and r.status == "fail"
+    assert r.findings[0] == own and r.status == "fail" and r.schema_version == SCHEMA_VERSION
     assert r.spec["gates"]["fail_on"] == ["radius_ratio"]
     assert not regate(r, GateSpec(fail_on=["radius_ratio"]))  # the same gates: nothing to do
     assert regate(r, GateSpec(fail_on=[]))

@@ -449,8 +449,11 @@ def regate(result: AuditResult, gates) -> bool:
     had = (result.spec or {}).get("gates")
     if isinstance(had, dict) and {k: want[k] for k in had if k in want} == had and set(had) == set(want):
         return False
+    from traits.results import SCHEMA_VERSION
+
     apply_verdict(result, gates)
     result.spec = {**(result.spec or {}), "gates": want}
+    result.schema_version = SCHEMA_VERSION  # the verdict's fields (evidence) are this version's
     return True
 
 
