@@ -208,7 +208,7 @@ def test_committed_study_campaigns_meet_the_issue_budget():
     assert len(elements) >= 12 and {"Fe", "O"} <= elements
     assert {t.spec.data.target for t in mp} == {"formation_energy_per_atom", "band_gap"}
     kinds = [t.spec.holdout.kind for t in mp if t.spec.holdout]
-    assert all(kinds.count(k) >= 2 for k in ("chemsys", "group", "row"))
+    assert all(kinds.count(k) >= 2 for k in ("chemsys", "spacegroup", "crystal_system", "group", "row"))
     assert any(not t.spec.omit and not t.spec.holdout for t in mp)  # the random baselines
     for t in mp:
         assert t.spec.data.subsample >= 5000 and t.spec.model.train.epochs >= 40
