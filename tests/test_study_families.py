@@ -227,3 +227,28 @@ def test_random_baselines_hold_out_growing_shares(labels, tmp_path):
     fm.write_study(tmp_path / "r", fams, ["band_gap"], {"source": "sample"})
     got = {t.name: t.spec.split.ood_fraction for t in load_campaign(tmp_path / "r", "tiny", seed=0)}
     assert got == {"gap-random": 0.1, "gap-random-15pct": 0.15, "gap-random-20pct": 0.2}
+
+
+def test_reference_tasks_sit_beside_the_full_pool_models(tmp_path):
+    from traits.study.summary import full_pool_references, study_summary, write_study_summary
+
+    side = tmp_path / "quality"
+    side.mkdir()
+    (side / "full-gap-omit-X.json").write_text(json.dumps({
+        "target": "band_gap", "omit": ["X"], "metrics": {"splits": {"id": {"mae": 0.5}, "ood": {"mae": 1.5}}}}))
+    (side / "full-gap-omit-Y.json").write_text(json.dumps({
+        "target": "band_gap", "omit": ["Y"], "metrics": {"splits": {"id": {"mae": 0.4}, "ood": {"mae": 0.8}}}}))
+    (side / "README.json").write_text("[]")  # another shape: skipped
+    refs = full_pool_references(side)
+    assert [r["element"] for r in refs] == ["X", "Y"]
+    rows = _rows()  # gap-element-0 .. -5 all omit X, two seeds each; nothing omits Y
+    s = study_summary(rows, data_set="planted", pipeline_check=True, n_boot=20, full_pool=refs)
+    x, y = s["reference_table"]
+    mine = [r for r in rows if r["omit"] == ["X"]]
+    assert x["seeds"] == [r["seed"] for r in mine] and x["full_pool_mae_ratio"] == pytest.approx(3.0)
+    assert x["mae_ratio"] == pytest.approx(sum(r["mae_ratio"] for r in mine) / len(mine))
+    assert x["id_mae_vs_full_pool"] == pytest.approx(1.0 / 0.5)
+    assert y["seeds"] == [] and y["mae_ratio"] is None and y["id_mae_vs_full_pool"] is None
+    md = write_study_summary(s, tmp_path / "out")["md"].read_text()
+    assert "## The reference tasks beside the full-pool models" in md
+    assert "| band_gap | Y | 0 | not run yet | – | 2.00 | – |" in md

@@ -92,6 +92,9 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         in_progress: Annotated[bool, typer.Option(
             "--in-progress", help="Label the summary an interim one of a study still running (never adopted).",
         )] = False,
+        full_pool: Annotated[Path | None, typer.Option(
+            help="Folder of the full-pool models' checkpoint sidecars (e.g. docs/quality) for the table of "
+            "reference tasks beside them.")] = None,
         adopt: Annotated[bool, typer.Option(
             "--adopt", help="Also install the summary's catalogue evidence as the package's defaults (what "
             "gates fail on by default and what reports cite); refused for a pipeline check.")] = False,
@@ -106,7 +109,7 @@ def register(app: typer.Typer, handles_errors, out) -> None:
             raise TraitsError("--adopt needs --evidence (a pipeline check never decides a default gate), no "
                               "--in-progress and no --watch (adopt a finished study's summary once)")
         kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile,
-              "in_progress": in_progress}
+              "in_progress": in_progress, "full_pool": full_pool}
         if watch_s:
             watch(runs, out_dir, watch_s, log=lambda m: out.print(m, highlight=False), **kw)
             return

@@ -53,7 +53,8 @@ def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None) -> li
 
 
 def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
-                  seed: int = 0, profile: str | None = None, in_progress: bool = False) -> dict:
+                  seed: int = 0, profile: str | None = None, in_progress: bool = False,
+                  full_pool: list[dict] | None = None) -> dict:
     from traits.campaign import summarise
     from traits.study.stats import study_statistics
 
@@ -73,6 +74,7 @@ def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_bo
         "n_audits": len(rows), "n_tasks": len({r["task"] for r in rows}),
         "families": {k: {"tasks": len(v["tasks"]), "audits": v["audits"]} for k, v in sorted(per_family.items())},
         "statistics": stats, "tasks": summarise(rows)["tasks"], "rows": rows,
+        "reference_table": reference_table(rows, full_pool or []),
     }
 
 
@@ -105,6 +107,63 @@ def _ci(v: dict) -> str:
     if v.get("low") is None:
         return f"{_f(v['rho'])} (no interval)"
     return f"{_f(v['rho'])} [{_f(v['low'])}, {_f(v['high'])}]"
+
+
+def full_pool_references(folder: Path) -> list[dict]:
+    """The full-pool models' accuracy from their checkpoint sidecars (``docs/quality/*.json``: ``target``,
+    ``omit`` of one element, ``metrics.splits.{id,ood}.mae``); files of another shape are skipped."""
+    refs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            splits = raw["metrics"]["splits"]
+            omit = list(raw["omit"])
+            entry = {"target": str(raw["target"]), "element": omit[0], "id_mae": float(splits["id"]["mae"]),
+                     "ood_mae": float(splits["ood"]["mae"]), "source": path.name}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+        if len(omit) == 1:
+            refs.append(entry)
+    return refs
+
+
+def reference_table(rows: list[dict], refs: list[dict]) -> list[dict]:
+    """The seed-facing table: per full-pool reference (target, omitted element), the study's audits of that
+    leave-one-element-out task (every seed), beside the full-pool model, with the study's ID MAE over the
+    full-pool one (the issue's aim: within 1.5x)."""
+    out = []
+    for ref in refs:
+        mine = [r for r in rows if r.get("target") == ref["target"] and list(r.get("omit") or []) == [ref["element"]]
+                and not r.get("holdout") and r.get("mae_ratio") is not None and r.get("id_mae")]
+        ratios = [float(r["mae_ratio"]) for r in mine]
+        id_mae = [float(r["id_mae"]) for r in mine]
+        mean = float(sum(ratios) / len(ratios)) if ratios else None
+        sd = float((sum((x - mean) ** 2 for x in ratios) / (len(ratios) - 1)) ** 0.5) if len(ratios) > 1 else None
+        id_mean = float(sum(id_mae) / len(id_mae)) if id_mae else None
+        out.append({"target": ref["target"], "element": ref["element"], "seeds": [r.get("seed") for r in mine],
+                    "mae_ratios": ratios, "mae_ratio": mean, "mae_ratio_sd": sd, "id_mae": id_mean,
+                    "full_pool_id_mae": ref["id_mae"], "full_pool_mae_ratio": ref["ood_mae"] / ref["id_mae"],
+                    "id_mae_vs_full_pool": id_mean / ref["id_mae"] if id_mean is not None else None,
+                    "source": ref["source"]})
+    return out
+
+
+def _reference_lines(table: list[dict]) -> list[str]:
+    if not table:
+        return []
+    lines = ["", "## The reference tasks beside the full-pool models", "",
+             "Leave-one-element-out tasks that a full-pool model was also trained for (README, model quality): the "
+             "study's OOD/ID MAE per seed and its mean ± sd, the full-pool model's, and the study's ID MAE over the "
+             "full-pool one (the aim: within 1.5x; above it, the study budget compresses the ratios).", "",
+             "| target | omitted | seeds | OOD/ID MAE per seed | mean ± sd | full pool | ID MAE / full-pool ID MAE |",
+             "|---|---|---|---|---|---|---|"]
+    for e in table:
+        per = ", ".join(_f(x) for x in e["mae_ratios"]) or "not run yet"
+        pm = "–" if e["mae_ratio"] is None else _f(e["mae_ratio"]) + (
+            f" ± {_f(e['mae_ratio_sd'])}" if e["mae_ratio_sd"] is not None else "")
+        lines.append(f"| {e['target']} | {e['element']} | {len(e['seeds'])} | {per} | {pm} | "
+                     f"{_f(e['full_pool_mae_ratio'])} | {_f(e['id_mae_vs_full_pool'])} |")
+    return lines
 
 
 def summary_markdown(summary: dict) -> str:
@@ -154,6 +213,7 @@ def summary_markdown(summary: dict) -> str:
         for key in st["overall"]:
             lines.append(f"| {labels.get(key, key).replace('|', chr(92) + '|')} | "
                          + " | ".join(_ci(v["metrics"][key]) for v in fams.values()) + " |")
+    lines += _reference_lines(summary.get("reference_table") or [])
     lines += ["", "## Tasks", "", "| task | family | target | held out | seeds | OOD/ID MAE | OOD/ID λ_max | "
               "OOD/ID trace | verdicts |", "|---|---|---|---|---|---|---|---|---|"]
     from traits.campaign import _pm, held_out_text
@@ -220,13 +280,14 @@ def adopt_evidence(evidence: Path) -> Path:
 
 
 def summarise_runs(runs: Path, out: Path, *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
-                   in_progress: bool = False,
+                   in_progress: bool = False, full_pool: Path | None = None,
                    profile: str | None = None, log: Callable[[str], None] = lambda _m: None) -> dict:
     rows = collect_rows(runs, log)
     if not rows:
         raise TraitsError(f"{runs}: no finished task (no seed-*/TASK/results.json) to summarise")
+    refs = full_pool_references(full_pool) if full_pool is not None else []
     summary = study_summary(rows, data_set=data_set, pipeline_check=pipeline_check, n_boot=n_boot, profile=profile,
-                            in_progress=in_progress)
+                            in_progress=in_progress, full_pool=refs)
     write_study_summary(summary, out)
     log(f"study summary of {len(rows)} audits written to {out}")
     return summary
