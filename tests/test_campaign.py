@@ -77,6 +77,9 @@ def test_mini_campaign_runs_resumes_and_summarises(campaign_dir, tmp_path):
 
 
 def test_changed_spec_is_rerun_not_reused(campaign_dir, tmp_path):
+    spec = yaml.safe_load((campaign_dir / "a-enthalpy-fe.yaml").read_text())
+    spec["report"]["formats"] = ["json", "html"]
+    (campaign_dir / "a-enthalpy-fe.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     run_campaign(campaign_dir, out, seeds=[0], profile="tiny")
     spec = yaml.safe_load((campaign_dir / "b-gap-random.yaml").read_text())
@@ -90,6 +93,7 @@ def test_changed_spec_is_rerun_not_reused(campaign_dir, tmp_path):
     # Other gates do not change a measurement: the finished audit is re-gated, not rerun.
     where = out / "seed-0" / "a-enthalpy-fe"
     before = json.loads((where / "results.json").read_text())
+    assert "FAIL" not in (where / "report.html").read_text()
     spec = yaml.safe_load((campaign_dir / "a-enthalpy-fe.yaml").read_text())
     spec["gates"] = {"max_mae_ratio": 1e-6, "fail_on": ["mae_ratio"]}
     (campaign_dir / "a-enthalpy-fe.yaml").write_text(yaml.safe_dump(spec))
@@ -101,10 +105,22 @@ def test_changed_spec_is_rerun_not_reused(campaign_dir, tmp_path):
     assert after["ratios"] == before["ratios"] and after["accuracy"] == before["accuracy"]
     assert after["spec"]["gates"]["max_mae_ratio"] == 1e-6 and after["status"] == "fail"
     assert json.loads((where / ".traits-audit.json").read_text())["spec"]["gates"] == after["spec"]["gates"]
+    assert "FAIL" in (where / "report.html").read_text()  # the report describes the new verdict
     assert next(r for r in summary["rows"] if r["task"] == "a-enthalpy-fe")["status"] == "fail"
     logs.clear()
     run_campaign(campaign_dir, out, seeds=[0], profile="tiny", log=logs.append)
     assert not any("re-gated" in m for m in logs) and sum("done earlier" in m for m in logs) == 2
+
+    # A task stopped before its results.json, whose gates changed since, resumes instead of being refused.
+    (where / "results.json").unlink()
+    spec["gates"] = {"fail_on": ["mae_ratio", "radius_ratio"]}
+    (campaign_dir / "a-enthalpy-fe.yaml").write_text(yaml.safe_dump(spec))
+    logs.clear()
+    run_campaign(campaign_dir, out, seeds=[0], profile="tiny", log=logs.append)
+    assert any("only the gates changed" in m for m in logs) and any("a-enthalpy-fe: running" in m for m in logs)
+    resumed = json.loads((where / "results.json").read_text())
+    assert resumed["spec"]["gates"]["fail_on"] == ["mae_ratio", "radius_ratio"]
+    assert resumed["accuracy"]["id"]["mae"] == pytest.approx(before["accuracy"]["id"]["mae"])  # the same model
 
 
 def test_campaign_errors(tmp_path, campaign_dir):

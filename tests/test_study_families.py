@@ -252,3 +252,24 @@ def test_reference_tasks_sit_beside_the_full_pool_models(tmp_path):
     md = write_study_summary(s, tmp_path / "out")["md"].read_text()
     assert "## The reference tasks beside the full-pool models" in md
     assert "| band_gap | Y | 0 | not run yet | – | 2.00 | – |" in md
+
+
+def test_the_audit_ratios_are_the_catalogue_ratios_on_planted_numbers():
+    from traits.audit import ratios
+    from traits.results import Accuracy, SplitMetrics
+
+    i = SplitMetrics(loss=0.1, lambda_max=2.0, trace=10.0, robust_radius=0.4, sharpness=0.5, basin_area=0.8,
+                     plane_basin_area=0.6, nonconvexity=0.05, first_jump=None, entropy=1.5, nan_fraction=0.0)
+    o = SplitMetrics(loss=0.3, lambda_max=5.0, trace=40.0, robust_radius=0.2, sharpness=1.5, basin_area=0.4,
+                     plane_basin_area=0.3, nonconvexity=0.2, first_jump=0.1, entropy=1.0, nan_fraction=0.1)
+    acc = {"id": Accuracy(n=10, mae=0.1, rmse=0.2, r2=0.9), "ood": Accuracy(n=10, mae=0.35, rmse=0.5, r2=0.5)}
+    r = ratios({"id": i, "ood": o}, acc)
+    assert r["mae_ratio"] == pytest.approx(3.5) and r["rmse_ratio"] == pytest.approx(2.5)
+    assert r["lambda_ratio"] == pytest.approx(2.5) and r["trace_ratio"] == pytest.approx(4.0)
+    assert r["radius_ratio"] == pytest.approx(0.5) and r["loss_ratio"] == pytest.approx(3.0)
+    assert r["basin_area_ratio"] == pytest.approx(0.5) and r["plane_basin_area_ratio"] == pytest.approx(0.5)
+    assert r["nonconvexity_ratio"] == pytest.approx(4.0) and r["sharpness_ratio"] == pytest.approx(3.0)
+    assert r["entropy_ood_minus_id"] == pytest.approx(-0.5)  # a difference, not a ratio
+    assert r["first_jump_ratio"] is None  # no ID jump: undefined
+    assert "nan_fraction" not in r and not any(k.endswith("knn_ratio") for k in r)  # not ratios of metrics
+    assert set(ratios({"id": i, "ood": o}, {})) == set(r) - {"mae_ratio", "rmse_ratio"}  # label-free

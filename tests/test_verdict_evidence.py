@@ -200,3 +200,52 @@ def test_terminal_verdict_prints_statements_and_evidence_without_markup(adopt):
     text = console.export_text()
     assert "[bold]kept[/bold]" in text and "pool [red]x[/red]" in text
     assert "study evidence, λ_max: ρ = 0.62 [0.31, 0.80]" in text
+
+
+def test_regating_follows_newly_adopted_evidence_and_ignores_fail_on_order(adopt):
+    r = make_result(ratios={**PASSING, "lambda_ratio": 4.25}, nan_points=0)
+    adopt({"lambda_ratio": strong(0.3, -0.2, 0.6, floor=1.3)})  # measured, not strong enough to fail
+    regate(r, GateSpec(fail_on=["nan_fraction", "mae_ratio"]))
+    assert not regate(r, GateSpec(fail_on=["mae_ratio", "nan_fraction", "mae_ratio"]))  # the same set
+    assert next(g for g in r.gates if g.name == "lambda_ratio").level == "warn"
+    adopt({"lambda_ratio": strong(0.62, 0.31, 0.8, floor=1.3)})  # a study adopted since
+    gates = GateSpec(fail_on=["nan_fraction", "mae_ratio"])
+    assert regate(r, gates)
+    assert "ρ = 0.62" in next(g for g in r.gates if g.name == "lambda_ratio").evidence
+    assert not regate(r, gates)
+
+
+def test_a_result_gated_before_evidence_existed_says_so(tmp_path, monkeypatch):
+    from traits.report.render import render_html
+
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "absent.json")
+    cat.clear_cache()
+    r = make_result(ratios={**PASSING, "lambda_ratio": 4.25}, nan_points=0)
+    for g in r.gates:
+        g.evidence = None  # as schema 1.2 stored them
+    html = render_html(r)
+    assert html.count("not recorded (gated before results schema 1.3)") == 4  # λ_max, trace, radius, embedding
+    assert html.count("a direct measurement") == 2  # the MAE ratio and the NaN share
+    assert regate(r, GateSpec()) and all(g.evidence for g in r.gates if g.name == "lambda_ratio")
+
+
+def test_a_broken_evidence_file_is_a_clear_error(adopt, tmp_path, monkeypatch):
+    from traits.errors import TraitsError
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"metrics": {"lambda_ratio": 3}}')
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", broken)
+    cat.clear_cache()
+    with pytest.raises(TraitsError, match="unreadable catalogue evidence"):
+        GateSpec()
+
+
+def test_a_name_that_looks_like_markup_prints(tmp_path):
+    from rich.console import Console
+
+    from traits.cli import print_verdict
+
+    r = make_result(name="model [/x] of [bold]us")
+    console = Console(width=200, record=True)
+    print_verdict(r, console)
+    assert "model [/x] of [bold]us" in console.export_text()

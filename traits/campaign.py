@@ -155,27 +155,34 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
     from traits.verdict import regate
 
     if regate(done, spec.gates) and rewrite:
-        _rewrite_regated(where, done, spec)
-        log(f"{where}: re-gated with the spec's gates (status {done.status}); measurements reused")
+        if _rewrite_regated(where, done, spec):
+            log(f"{where}: re-gated with the spec's gates (status {done.status}); measurements reused")
+        else:
+            log(f"{where}: re-gated in this summary (status {done.status}), but its reports could not be "
+                "rewritten; the folder keeps its earlier verdict and the next run tries again")
     return summary_row(task, done)
 
 
-def _rewrite_regated(where: Path, result: AuditResult, spec: AuditSpec) -> None:
-    """results.json (atomically) and then the reports of a re-gated result, under the folder's lock."""
-    from traits.outdir import MARKER, acquire_lock, write_marker
+def _rewrite_regated(where: Path, result: AuditResult, spec: AuditSpec) -> bool:
+    """Rewrite a re-gated task folder under its lock: the reports first, then the marker, then results.json
+    (atomically) last, so a failure part-way leaves the old results.json and the next run re-gates again.
+    False (and nothing more written) when the reports could not be rendered."""
+    import logging
 
-    with acquire_lock(where, purpose=f"re-gating {result.name!r}"):
-        result.write(where / "results.json")
-        try:
-            spec_path = str(json.loads((where / MARKER).read_text(encoding="utf-8")).get("spec_path") or "")
-        except (OSError, ValueError, AttributeError):
-            spec_path = ""
-        write_marker(where, result.spec, spec_path)
-        formats = [f for f in spec.report.formats if f != "json"]
-        if formats:
-            from traits.report.render import render_report
+    from traits.outdir import acquire_lock, write_marker
+    from traits.report.render import render_report
 
-            render_report(result, where, formats=tuple(formats))
+    formats = tuple(f for f in spec.report.formats if f != "json")
+    try:
+        with acquire_lock(where, purpose=f"re-gating {result.name!r}"):
+            if formats:
+                render_report(result, where, formats=formats)
+            write_marker(where, result.spec, _marker_spec_path(where))
+            result.write(where / "results.json")
+    except (TraitsError, OSError) as exc:  # a busy folder, a report that would not render, a full disk
+        logging.getLogger("traits.campaign").warning("%s: re-gated verdict not written (%s)", where, exc)
+        return False
+    return True
 
 
 def run_task(job, progress=None, log: Callable[[str], None] | None = None) -> dict:
@@ -335,16 +342,32 @@ def run_campaign(
 def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) -> None:
     """A task folder holding another spec's audit (the profile or the spec changed) is the campaign's own:
     remove that audit's results and reports so the new run does not mix with them; the trained model is
-    kept (training resumes when its settings are unchanged, and refuses a state of other settings)."""
-    from traits.outdir import folder_owner, remove_artefacts, same_audit
+    kept (training resumes when its settings are unchanged, and refuses a state of other settings). When
+    only the gates changed, the folder's partial work is the same measurement: its marker takes the new
+    spec and nothing is removed."""
+    from traits.outdir import MARKER, folder_owner, remove_artefacts, same_audit, write_marker
 
     if not where.is_dir():
         return
     owner = folder_owner(where)
-    if owner is not None and (owner.spec is None or not same_audit(_measured(owner.spec),
-                                                                   _measured(spec.model_dump(mode="json")))):
+    if owner is None:
+        return
+    live = spec.model_dump(mode="json")
+    if owner.spec is None or not same_audit(_measured(owner.spec), _measured(live)):
         removed = remove_artefacts(where, keep=("model",))
         log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
+    elif not same_audit(owner.spec, live) and (where / MARKER).is_file():
+        write_marker(where, live, _marker_spec_path(where))
+        log(f"{where}: only the gates changed since the last run; resuming its measurements")
+
+
+def _marker_spec_path(where: Path) -> str:
+    from traits.outdir import MARKER
+
+    try:
+        return str(json.loads((where / MARKER).read_text(encoding="utf-8")).get("spec_path") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _get(d: dict, *keys):

@@ -264,7 +264,7 @@ def print_verdict(result, console: Console = out) -> None:
 
     labels = metric_labels()
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}
-    table = Table(title=f"{result.name}: {result.status.upper()}", title_justify="left")
+    table = Table(title=Text(f"{result.name}: {result.status.upper()}"), title_justify="left")
     table.add_column("level")
     table.add_column("finding")
     for f in result.findings:

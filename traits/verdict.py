@@ -449,17 +449,34 @@ def apply_verdict(result: AuditResult, gates) -> AuditResult:
     return result
 
 
+def _gates_key(raw) -> dict | None:
+    """A gate spec (stored or live) in a comparable form: defaults filled in, ``fail_on`` as a sorted set."""
+    from pydantic import ValidationError
+
+    from traits.spec import GateSpec
+
+    try:
+        spec = raw if isinstance(raw, GateSpec) else GateSpec.model_validate(raw or {})
+    except ValidationError:
+        return None
+    d = spec.model_dump(mode="json")
+    d["fail_on"] = sorted(set(d["fail_on"]))
+    return d
+
+
 def regate(result: AuditResult, gates) -> bool:
-    """Re-apply the verdict when ``gates`` differ from the ones the result was gated with, recording them in
+    """Re-apply the verdict when ``gates`` differ from the ones the result was gated with, or when the
+    adopted study's evidence for a gate differs from what the result recorded, storing the gates in
     ``result.spec["gates"]``; True when anything was re-gated."""
-    want = gates.model_dump(mode="json")
-    had = (result.spec or {}).get("gates")
-    if isinstance(had, dict) and {k: want[k] for k in had if k in want} == had and set(had) == set(want):
-        return False
     from traits.results import SCHEMA_VERSION
 
+    same_gates = _gates_key((result.spec or {}).get("gates")) == _gates_key(gates)
+    recorded = {g.name: g.evidence for g in result.gates}
+    same_evidence = all(recorded.get(g.name) == _catalogue.evidence_text(g.name) for g in GATES if g.name in recorded)
+    if same_gates and same_evidence and set(recorded) == {g.name for g in GATES}:
+        return False
     apply_verdict(result, gates)
-    result.spec = {**(result.spec or {}), "gates": want}
+    result.spec = {**(result.spec or {}), "gates": gates.model_dump(mode="json")}
     result.schema_version = SCHEMA_VERSION  # the verdict's fields (evidence) are this version's
     return True
 

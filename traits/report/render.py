@@ -53,6 +53,14 @@ PDF_DPI = 200
 # Where the templates live, and what WeasyPrint may read
 
 
+def _is_predictor(name: str) -> bool:
+    """Whether a gate's metric predicts OOD error (a landscape or distance metric) rather than measuring it."""
+    try:
+        return _catalogue.is_predictor(_catalogue.metric(name))
+    except KeyError:
+        return False
+
+
 def templates_dir() -> Path:
     """The templates directory: ``traits/templates`` in an installed wheel, else ``<repo>/templates``."""
     try:
@@ -128,6 +136,7 @@ def _environment(directory: str) -> Environment:
     env.filters["split"] = split_label
     env.globals["ordered"] = ordered_splits
     env.globals["metric_label"] = lambda name: _catalogue.labels().get(name, name)
+    env.globals["is_predictor"] = _is_predictor
     return env
 
 

@@ -3,8 +3,9 @@ whether it fails an audit by default, and what the committed study measured abou
 
 Ratios, report rows, campaign columns and gates read this list instead of keeping their own:
 :mod:`traits.campaign` takes its columns, labels, kinds and expected signs from it; the study summary
-(:mod:`traits.study.summary`) writes the measured ρ back into ``docs/study/catalogue-evidence.json``,
-which :func:`evidence` reads, so a report can cite the number next to a metric it flags on.
+(:mod:`traits.study.summary`) writes the measured ρ into ``catalogue-evidence.json`` beside the summary,
+and an adopted copy (:data:`EVIDENCE_FILE`, in the package) is what :func:`evidence` reads, so a report can
+cite the number next to a metric it flags on.
 
 The default-fail rule (:func:`default_fail_on`, which ``GateSpec.fail_on`` defaults to): the error ratio
 and the non-finite share of the surfaces fail an audit by default, because they are direct measurements
@@ -152,7 +153,16 @@ def _evidence(path: str) -> dict[str, Evidence]:
     p = Path(path)
     if not p.is_file():
         return {}
-    raw = json.loads(p.read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("metrics") or {}, dict) or not all(
+                isinstance(e, dict) for e in (raw.get("metrics") or {}).values()):
+            raise ValueError("expected {'metrics': {NAME: {rho, low, high, ...}}, ...}")
+    except (OSError, ValueError) as exc:
+        from traits.errors import TraitsError
+
+        raise TraitsError(f"{p}: unreadable catalogue evidence ({exc}); restore it from git or adopt a study "
+                          "again with `traits study summary ... --evidence --adopt`") from None
     meta = {k: raw.get(k) for k in ("study_version", "data_set", "pipeline_check", "in_progress")}
     out = {}
     for name, e in (raw.get("metrics") or {}).items():
