@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Resume the issue-16 study where it stopped, and commit each finished audit's results.json as it lands.
+#
+#   scripts/run_study.sh            # the MP element core, then the other MP families, then Perov-5
+#   STUDY_DRY=1 scripts/run_study.sh   # print what it would do
+#
+# The campaigns run from a separate worktree of this checkout (STUDY_CODE, default ../study-code), refreshed to
+# HEAD at the start, so edits made here while they run cannot reach the workers (they import TRAITS once but
+# read the report templates at the end of every task). Finished results.json are copied into
+# docs/study/runs-<pool>-partial/ and committed every STUDY_COMMIT_EVERY seconds (default 300), so a session
+# that ends at any moment loses at most the tasks in flight. Settings: STUDY_WORKERS (2), STUDY_THREADS (1).
+set -euo pipefail
+root="$(git rev-parse --show-toplevel)"
+cd "$root"
+code="${STUDY_CODE:-$root/../study-code}"
+workers="${STUDY_WORKERS:-2}"
+threads="${STUDY_THREADS:-1}"
+every="${STUDY_COMMIT_EVERY:-300}"
+dry="${STUDY_DRY:-}"
+
+say() { printf '[%s] %s\n' "$(date -u +%FT%TZ)" "$*"; }
+do_() { if [ -n "$dry" ]; then echo "+ $*"; else "$@"; fi; }
+
+# 1. the frozen code
+if [ -d "$code" ]; then
+  do_ git -C "$code" checkout -q --detach "$(git rev-parse HEAD)"
+else
+  do_ git worktree add -q --detach "$code" HEAD
+fi
+
+# 2. the finished audits of earlier sessions (a task is reused only when its stored spec equals today's)
+for pool in mp perov5; do
+  if [ -d "docs/study/runs-$pool-partial" ]; then
+    do_ mkdir -p "runs/study-$pool"
+    for d in docs/study/runs-"$pool"-partial/seed-*; do [ -d "$d" ] && do_ cp -rn "$d" "runs/study-$pool/"; done
+  fi
+done
+
+# 3. commit finished results.json as they land
+commit_finished() {
+  local pool="$1" n new=0 f rel dst
+  for f in runs/study-"$pool"/seed-*/*/results.json; do
+    [ -f "$f" ] || continue
+    rel="${f#runs/study-$pool/}"
+    dst="docs/study/runs-$pool-partial/$rel"
+    if [ ! -f "$dst" ] || ! cmp -s "$f" "$dst"; then mkdir -p "$(dirname "$dst")"; cp "$f" "$dst"; new=$((new + 1)); fi
+  done
+  [ "$new" -gt 0 ] || return 0
+  n=$(find "docs/study/runs-$pool-partial" -name results.json | wc -l)
+  git add "docs/study/runs-$pool-partial" && git commit -q -m "Study (in progress, not evidence): results.json of \
+the $n finished $pool study audits, kept so the run resumes from them" -- "docs/study/runs-$pool-partial" || true
+}
+if [ -z "$dry" ]; then
+  ( while true; do sleep "$every"; commit_finished mp; commit_finished perov5; done ) &
+  committer=$!
+  trap 'kill "$committer" 2>/dev/null || true; commit_finished mp; commit_finished perov5' EXIT
+fi
+
+# 4. the campaigns, in the order the issue asks for: the core first
+campaign() {
+  do_ env -C "$code" PYTHONPATH="$code" python -m traits.cli campaign "$@" --profile study --seeds 0,1,2 \
+    --workers "$workers" --threads "$threads"
+}
+say "MP element core"
+campaign "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-element-*' || say "some MP core tasks failed"
+say "MP, every family"
+campaign "$code/audits/study/mp" --out "$root/runs/study-mp" || say "some MP tasks failed"
+say "Perov-5"
+campaign "$code/audits/study/perov5" --out "$root/runs/study-perov5" || say "some Perov-5 tasks failed"
+say "done: summarise with traits study summary (docs/study/README.md)"
