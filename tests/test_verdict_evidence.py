@@ -159,6 +159,21 @@ def test_every_finding_the_verdict_makes_is_known_to_it():
     assert {g.name for g in GATES} <= ids
 
 
+def test_every_finding_id_written_in_the_verdict_source_is_registered():
+    """Each literal finding id in traits/verdict.py (or its f-string prefix) is one re-gating replaces."""
+    import re
+    from pathlib import Path
+
+    import traits.verdict as V
+
+    source = Path(V.__file__).read_text(encoding="utf-8")
+    literals = re.findall(r'\bid=f?"([^"{]*)', source) + re.findall(r'else "([a-z_]+)", level=', source)
+    assert len(literals) >= 8, literals
+    for lit in literals:
+        assert made_by_verdict(lit + ("x" if lit.endswith("_") else "")), lit
+    assert not made_by_verdict("checkpoint_split") and not made_by_verdict("training_data")
+
+
 def test_adopt_refuses_a_pipeline_check_and_installs_real_evidence(tmp_path, monkeypatch):
     from traits.errors import TraitsError
     from traits.study.summary import adopt_evidence
