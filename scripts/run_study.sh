@@ -25,6 +25,7 @@ do_() { if [ -n "$dry" ]; then echo "+ $*"; else "$@"; fi; }
 if [ -d "$code" ]; then
   do_ git -C "$code" checkout -q --detach "$(git rev-parse HEAD)"
 else
+  do_ git worktree prune   # a worktree registered by an earlier machine whose folder is gone
   do_ git worktree add -q --detach "$code" HEAD
 fi
 
