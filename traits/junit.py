@@ -81,6 +81,8 @@ def audit_cases(result: AuditResult) -> tuple[list[Case], list[Case]]:
     for g in result.gates:
         details = {"value": _fmt(g.value), "threshold": f"{g.comparison} {g.threshold:g}",
                    "interval": _interval(result, g.name), "level": g.level}
+        if g.evidence:
+            details["study evidence"] = g.evidence
         status = "fail" if g.level == "fail" else ("warn" if g.level == "warn" or g.value is None else "pass")
         gate_cases.append(Case(g.name, status, g.statement, details, stage_seconds(result, g.name)))
     gated = {g.name for g in result.gates}
@@ -91,6 +93,8 @@ def audit_cases(result: AuditResult) -> tuple[list[Case], list[Case]]:
         numbers = {k: _fmt(v) for k, v in f.numbers.items()}
         details = {"value": numbers.pop("value", "—"), "threshold": numbers.pop("threshold", "none (not a gate)"),
                    "interval": _interval(result, f.id), "level": f.level, **numbers}
+        for name, text in f.evidence.items():
+            details[f"study evidence ({name})"] = text
         finding_cases.append(Case(f.id, f.level if f.level in ("fail", "warn") else "pass", f.statement, details,
                                   stage_seconds(result, f.id)))
     return gate_cases, finding_cases
