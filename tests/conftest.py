@@ -32,5 +32,23 @@ def _graph_cache(tmp_path_factory):
     mp.undo()
 
 
+#: The package's adopted study evidence, as shipped (tests run without it; see _no_adopted_evidence).
+SHIPPED_EVIDENCE = ROOT / "traits" / "study" / "catalogue-evidence.json"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_adopted_evidence(tmp_path_factory):
+    """Tests describe the gates for a stated evidence file (none, or one a test adopts), not for whatever
+    study the checkout has adopted; tests/test_verdict_evidence.py checks the shipped file itself."""
+    from traits.study import catalogue
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(catalogue, "EVIDENCE_FILE", tmp_path_factory.mktemp("evidence") / "catalogue-evidence.json")
+    catalogue.clear_cache()
+    yield
+    mp.undo()
+    catalogue.clear_cache()
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not available")

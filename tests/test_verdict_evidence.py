@@ -33,6 +33,19 @@ def strong(rho: float, low: float, high: float, floor: float, p: float = 1e-3) -
     return {"rho": rho, "low": low, "high": high, "p_holm": p, "n_tasks": 30, "n_audits": 90, "noise_floor": floor}
 
 
+def test_the_shipped_evidence_if_any_is_a_finished_study():
+    """What the package ships decides default gates: it must be a real, finished study's, readable by the
+    catalogue. (No study has been adopted yet; then there is no file and nothing to check.)"""
+    from tests.conftest import SHIPPED_EVIDENCE
+
+    if not SHIPPED_EVIDENCE.exists():
+        pytest.skip("no study adopted yet")
+    raw = json.loads(SHIPPED_EVIDENCE.read_text(encoding="utf-8"))
+    assert raw["pipeline_check"] is False and not raw.get("in_progress")
+    measured = {m.name for m in cat.catalogue(SHIPPED_EVIDENCE) if m.evidence is not None}
+    assert measured >= {"lambda_ratio", "trace_ratio"}
+
+
 @pytest.fixture
 def adopt(tmp_path, monkeypatch):
     """Adopt an evidence file for the test (the package's own is left alone)."""
