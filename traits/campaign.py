@@ -10,7 +10,6 @@ an interrupted campaign resumes where it stopped (training and 2D surfaces also 
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import time
 from collections.abc import Callable
@@ -169,7 +168,7 @@ def _rewrite_regated(where: Path, result: AuditResult, spec: AuditSpec) -> bool:
     False (and nothing more written) when the reports could not be rendered."""
     import logging
 
-    from traits.outdir import acquire_lock, write_marker
+    from traits.outdir import acquire_lock, folder_owner, write_marker
     from traits.report.render import render_report
 
     formats = tuple(f for f in spec.report.formats if f != "json")
@@ -177,7 +176,8 @@ def _rewrite_regated(where: Path, result: AuditResult, spec: AuditSpec) -> bool:
         with acquire_lock(where, purpose=f"re-gating {result.name!r}"):
             if formats:
                 render_report(result, where, formats=formats)
-            write_marker(where, result.spec, _marker_spec_path(where))
+            owner = folder_owner(where)
+            write_marker(where, result.spec, owner.spec_path if owner is not None else "")
             result.write(where / "results.json")
     except (TraitsError, OSError) as exc:  # a busy folder, a report that would not render, a full disk
         logging.getLogger("traits.campaign").warning("%s: re-gated verdict not written (%s)", where, exc)
@@ -357,17 +357,8 @@ def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) 
         removed = remove_artefacts(where, keep=("model",))
         log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
     elif not same_audit(owner.spec, live) and (where / MARKER).is_file():
-        write_marker(where, live, _marker_spec_path(where))
+        write_marker(where, live, owner.spec_path)
         log(f"{where}: only the gates changed since the last run; resuming its measurements")
-
-
-def _marker_spec_path(where: Path) -> str:
-    from traits.outdir import MARKER
-
-    try:
-        return str(json.loads((where / MARKER).read_text(encoding="utf-8")).get("spec_path") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 def _get(d: dict, *keys):

@@ -208,6 +208,7 @@ def acquire_lock(out_dir: Path, purpose: str = "") -> OutputLock:
 class Owner:
     spec: dict | None  # None: unknown (unreadable evidence)
     evidence: str  # the file that says so
+    spec_path: str = ""  # the spec file the marker names, when it names one
 
     @property
     def name(self) -> str:
@@ -231,7 +232,8 @@ def folder_owner(out_dir: Path) -> Owner | None:
     if marker.exists():
         data = _read_json(marker, 64 << 20)
         spec = data.get("spec") if isinstance(data, dict) else None
-        return Owner(spec if isinstance(spec, dict) else None, str(marker))
+        spec_path = str(data.get("spec_path") or "") if isinstance(data, dict) else ""
+        return Owner(spec if isinstance(spec, dict) else None, str(marker), spec_path)
     results = out_dir / "results.json"
     if results.exists():
         data = _read_json(results)

@@ -291,7 +291,11 @@ def _nonconvexity(result: AuditResult, split: str) -> float | None:
 
 def landscape_flags(result: AuditResult, gates) -> list[str]:
     """What is wrong with the OOD landscape, in words with numbers (empty when nothing is)."""
-    return [f"{kind}: {detail}" for kind, detail, _metric in _flags(result, gates)]
+    return _flag_texts(_flags(result, gates))
+
+
+def _flag_texts(flags: list[tuple[str, str, str]]) -> list[str]:
+    return [f"{kind}: {detail}" for kind, detail, _metric in flags]
 
 
 def _evidence_for(metrics) -> dict[str, str]:
@@ -367,7 +371,7 @@ def shift_findings(result: AuditResult, gates) -> list[Finding]:
         space, dist = "composition", sh.ratios["composition_knn_ratio"]
     where = "in the model's embedding" if space == "embedding" else "in composition (no embedding distance)"
     triples = _flags(result, gates)
-    flags = [f"{kind}: {detail}" for kind, detail, _metric in triples]
+    flags = _flag_texts(triples)
     numbers: dict[str, float | str | None] = {
         "ood_outside_p01_p99": outside, "id_outside_p01_p99": id_outside, "knn_ratio": dist, "space": space,
         "target_outside_fraction": t_out, "near_ratio": near, "far_ratio": far, "landscape_flags": len(flags),
@@ -424,12 +428,11 @@ def shift_findings(result: AuditResult, gates) -> list[Finding]:
 #: Ids (or id prefixes, ending in "_") of every finding the verdict makes; any other finding of a result
 #: (the audit's provenance and checkpoint checks) is the audit's own and survives re-gating.
 VERDICT_FINDINGS = (*(g.name for g in GATES), "discontinuity", "hessian_unconverged_", "lambda_min_unconverged_",
-                    "negative_curvature_", "unseen_elements", "shift_input", "domain_shift")
+                    "negative_curvature_", "unseen_elements", "shift_input", "shift_input_", "domain_shift")
 
 
 def made_by_verdict(finding_id: str) -> bool:
-    return any(finding_id == v or (v.endswith("_") or v == "shift_input") and finding_id.startswith(v)
-               for v in VERDICT_FINDINGS)
+    return any(finding_id == v or v.endswith("_") and finding_id.startswith(v) for v in VERDICT_FINDINGS)
 
 
 def apply_verdict(result: AuditResult, gates) -> AuditResult:

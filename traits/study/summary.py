@@ -131,15 +131,15 @@ def reference_table(rows: list[dict], refs: list[dict]) -> list[dict]:
     """The seed-facing table: per full-pool reference (target, omitted element), the study's audits of that
     leave-one-element-out task (every seed), beside the full-pool model, with the study's ID MAE over the
     full-pool one (the issue's aim: within 1.5x)."""
+    from traits.campaign import _mean_std
+
     out = []
     for ref in refs:
         mine = [r for r in rows if r.get("target") == ref["target"] and list(r.get("omit") or []) == [ref["element"]]
                 and not r.get("holdout") and r.get("mae_ratio") is not None and r.get("id_mae")]
         ratios = [float(r["mae_ratio"]) for r in mine]
-        id_mae = [float(r["id_mae"]) for r in mine]
-        mean = float(sum(ratios) / len(ratios)) if ratios else None
-        sd = float((sum((x - mean) ** 2 for x in ratios) / (len(ratios) - 1)) ** 0.5) if len(ratios) > 1 else None
-        id_mean = float(sum(id_mae) / len(id_mae)) if id_mae else None
+        mean, sd = _mean_std(ratios)
+        id_mean, _ = _mean_std([float(r["id_mae"]) for r in mine])
         out.append({"target": ref["target"], "element": ref["element"], "seeds": [r.get("seed") for r in mine],
                     "mae_ratios": ratios, "mae_ratio": mean, "mae_ratio_sd": sd, "id_mae": id_mean,
                     "full_pool_id_mae": ref["id_mae"], "full_pool_mae_ratio": ref["ood_mae"] / ref["id_mae"],
