@@ -202,8 +202,16 @@ def test_adopt_refuses_a_pipeline_check_and_installs_real_evidence(tmp_path, mon
         adopt_evidence(interim)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(TraitsError, match="not a readable"):
+    with pytest.raises(TraitsError, match="unreadable catalogue evidence"):
         adopt_evidence(bad)
+    wrong = tmp_path / "wrong.json"  # readable JSON, but the catalogue could not read it once installed
+    wrong.write_text('{"metrics": {"lambda_ratio": 3}, "pipeline_check": false}')
+    with pytest.raises(TraitsError, match="unreadable catalogue evidence"):
+        adopt_evidence(wrong)
+    empty = evidence_file(tmp_path / "empty.json", {})
+    with pytest.raises(TraitsError, match="measures no metric"):
+        adopt_evidence(empty)
+    assert not cat.EVIDENCE_FILE.exists()
     real = evidence_file(tmp_path / "real.json", {"lambda_ratio": strong(0.6, 0.3, 0.8, 1.3)})
     try:
         assert adopt_evidence(real) == cat.EVIDENCE_FILE

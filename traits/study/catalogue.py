@@ -148,11 +148,10 @@ _GATE_LABELS = {"mae_ratio": "OOD/ID MAE ratio", "lambda_ratio": "OOD/ID λ_max 
 _METRICS = tuple(replace(m, gate_label=_GATE_LABELS.get(m.name, "")) for m in _METRICS)
 
 
-@lru_cache(maxsize=4)
-def _evidence(path: str) -> dict[str, Evidence]:
+def read_evidence_file(path: Path, hint: str = "") -> dict:
+    """The raw mapping of a catalogue evidence file, after checking its shape (the one check both the catalogue
+    and adoption use). A file that is not one raises TraitsError naming it; ``hint`` says what to do next."""
     p = Path(path)
-    if not p.is_file():
-        return {}
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(raw, dict) or not isinstance(raw.get("metrics") or {}, dict) or not all(
@@ -161,8 +160,17 @@ def _evidence(path: str) -> dict[str, Evidence]:
     except (OSError, ValueError) as exc:
         from traits.errors import TraitsError
 
-        raise TraitsError(f"{p}: unreadable catalogue evidence ({exc}); restore it from git or adopt a study "
-                          "again with `traits study summary ... --evidence --adopt`") from None
+        raise TraitsError(f"{p}: unreadable catalogue evidence ({exc}){hint}") from None
+    return raw
+
+
+@lru_cache(maxsize=4)
+def _evidence(path: str) -> dict[str, Evidence]:
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    raw = read_evidence_file(p, "; restore it from git or adopt a study again with "
+                                "`traits study summary ... --evidence --adopt`")
     meta = {k: raw.get(k) for k in ("study_version", "data_set", "pipeline_check", "in_progress")}
     out = {}
     for name, e in (raw.get("metrics") or {}).items():

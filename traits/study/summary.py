@@ -263,12 +263,9 @@ def write_study_summary(summary: dict, out: Path) -> dict[str, Path]:
 def adopt_evidence(evidence: Path) -> Path:
     """Install a study's ``catalogue-evidence.json`` as the package's (:data:`traits.study.catalogue.EVIDENCE_FILE`),
     after checking it is a real study's (not a pipeline check) and readable by the catalogue."""
-    try:
-        raw = json.loads(Path(evidence).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TraitsError(f"{evidence}: not a readable catalogue evidence file ({exc})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict):
-        raise TraitsError(f"{evidence}: not a catalogue evidence file (no 'metrics' mapping)")
+    raw = cat.read_evidence_file(Path(evidence))
+    if not raw.get("metrics"):
+        raise TraitsError(f"{evidence}: the evidence file measures no metric; nothing to adopt")
     if raw.get("pipeline_check", True):
         raise TraitsError(f"{evidence}: a pipeline check's evidence is never adopted (summarise with --evidence)")
     if raw.get("in_progress"):
