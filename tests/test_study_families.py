@@ -273,3 +273,46 @@ def test_the_audit_ratios_are_the_catalogue_ratios_on_planted_numbers():
     assert r["first_jump_ratio"] is None  # no ID jump: undefined
     assert "nan_fraction" not in r and not any(k.endswith("knn_ratio") for k in r)  # not ratios of metrics
     assert set(ratios({"id": i, "ood": o}, {})) == set(r) - {"mae_ratio", "rmse_ratio"}  # label-free
+
+
+def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
+    """Only a finished study may be summarised as evidence (and so adopted): a task folder without results,
+    a campaign task never started or a seed not yet run is named, and nothing is written or installed."""
+    from tests.result_factory import make_result
+    from traits.cli import app
+    from traits.study.summary import gaps, watch
+
+    runs = tmp_path / "runs"
+    for where in ("seed-0/a", "seed-0/b", "seed-1/a"):
+        make_result().write(runs / where / "results.json")
+    (runs / "seed-1" / "b").mkdir(parents=True)  # in flight when the session stopped
+    (runs / "seed-1" / "b" / "results.json.tmp").write_text("{")
+    campaign = tmp_path / "specs"
+    campaign.mkdir()
+    for name in ("a.yaml", "b.yaml", "c.yaml", "campaign.yaml"):
+        (campaign / name).write_text("{}")
+    assert gaps(runs) == ["seed-1/b: no readable results.json (unfinished or failed)"]
+    assert gaps(runs, campaign) == ["seed-0/c: not run", "seed-1/b: no readable results.json (unfinished or "
+                                    "failed)", "seed-1/c: not run"]
+    assert gaps(runs, seeds=[0, 1, 2])[-2:] == ["seed-2/a: not run", "seed-2/b: not run"]
+
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "pkg" / "catalogue-evidence.json")
+    out = tmp_path / "summary"
+    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--out", str(out), "--evidence", "--adopt"])
+    assert res.exit_code == 2, res.output
+    assert "not a finished study, 1 audits missing" in " ".join(res.output.split()) and "seed-1/b" in res.output
+    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--out", str(out), "--evidence",
+                                   "--campaign", str(campaign), "--seeds", "0,1"])
+    assert res.exit_code == 2 and "3 audits missing" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--evidence", "--seeds", "0,x"])
+    assert res.exit_code == 2 and "--seeds" in res.output
+    assert not out.exists() and not cat.EVIDENCE_FILE.exists()
+
+    kw = {"data_set": "planted", "pipeline_check": False, "n_boot": 20, "rounds": 1}
+    watch(runs, out, 0, **kw)  # --watch on a running study writes interim summaries
+    assert json.loads((out / "summary.json").read_text())["in_progress"]
+
+    make_result().write(runs / "seed-1" / "b" / "results.json")
+    assert gaps(runs) == [] and gaps(runs, seeds=[0, 1]) == []
+    watch(runs, out, 0, **kw)  # the round that sees it finished writes the final one
+    assert not json.loads((out / "summary.json").read_text())["in_progress"]

@@ -95,6 +95,12 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         full_pool: Annotated[Path | None, typer.Option(
             help="Folder of the full-pool models' checkpoint sidecars (e.g. docs/quality) for the table of "
             "reference tasks beside them.")] = None,
+        campaign: Annotated[Path | None, typer.Option(
+            help="The study's campaign directory (its specs): an evidence summary checks every one of its tasks "
+            "finished, not only the tasks that have a folder.")] = None,
+        seeds: Annotated[str | None, typer.Option(
+            help="The seeds the study runs, e.g. 0,1,2 (default: the seed folders found); an evidence summary "
+            "checks each finished.")] = None,
         adopt: Annotated[bool, typer.Option(
             "--adopt", help="Also install the summary's catalogue evidence as the package's defaults (what "
             "gates fail on by default and what reports cite); refused for a pipeline check.")] = False,
@@ -110,6 +116,13 @@ def register(app: typer.Typer, handles_errors, out) -> None:
                               "--in-progress and no --watch (adopt a finished study's summary once)")
         kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile,
               "in_progress": in_progress, "full_pool": full_pool}
+        if seeds is not None:
+            try:
+                kw["seeds"] = [int(x) for x in seeds.split(",") if x.strip()]
+            except ValueError:
+                raise TraitsError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        if campaign is not None:
+            kw["campaign"] = campaign
         if watch_s:
             watch(runs, out_dir, watch_s, log=lambda m: out.print(m, highlight=False), **kw)
             return

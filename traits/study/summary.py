@@ -38,6 +38,37 @@ def result_paths(runs: Path) -> list[Path]:
     return sorted(Path(runs).glob("seed-*/*/results.json"))
 
 
+def gaps(runs: Path, campaign: Path | None = None, seeds: list[int] | None = None) -> list[str]:
+    """What keeps ``runs`` from being a finished study, one line per missing audit: a task folder without a
+    readable results.json, or a (seed, task) of the grid with no folder. The grid is the tasks of ``campaign``
+    (its spec files) or else those found in any seed folder, times ``seeds`` or else the seed folders found."""
+    from traits.campaign import NOT_SPECS
+    from traits.results import load_result
+
+    runs = Path(runs)
+    found = {d.name: d for d in runs.glob("seed-*") if d.is_dir()}
+    seed_names = [f"seed-{s}" for s in seeds] if seeds else sorted(found)
+    tasks = {t.name for d in found.values() for t in d.iterdir() if t.is_dir()}
+    if campaign is not None:
+        campaign = Path(campaign)
+        if not campaign.is_dir():
+            raise TraitsError(f"{campaign}: no such campaign directory")
+        tasks = {p.stem for p in campaign.iterdir()
+                 if p.suffix in (".yaml", ".yml", ".json") and p.name not in NOT_SPECS}
+    missing = []
+    for seed in seed_names:
+        for task in sorted(tasks):
+            folder = runs / seed / task
+            if not folder.is_dir():
+                missing.append(f"{seed}/{task}: not run")
+                continue
+            try:
+                load_result(folder / "results.json")
+            except TraitsError:
+                missing.append(f"{seed}/{task}: no readable results.json (unfinished or failed)")
+    return missing
+
+
 def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None) -> list[dict]:
     """A summary row per finished task folder ``RUNS/seed-S/TASK/results.json`` (unreadable ones skipped)."""
     from traits.campaign import summary_row
@@ -277,8 +308,17 @@ def adopt_evidence(evidence: Path) -> Path:
 
 
 def summarise_runs(runs: Path, out: Path, *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
-                   in_progress: bool = False, full_pool: Path | None = None,
-                   profile: str | None = None, log: Callable[[str], None] = lambda _m: None) -> dict:
+                   in_progress: bool = False, full_pool: Path | None = None, campaign: Path | None = None,
+                   seeds: list[int] | None = None, profile: str | None = None,
+                   log: Callable[[str], None] = lambda _m: None) -> dict:
+    """Summarise ``runs``. An evidence summary (not a pipeline check, not ``in_progress``) describes a finished
+    study: any audit of the grid (:func:`gaps`) still missing is an error, before anything is written."""
+    if not pipeline_check and not in_progress:
+        missing = gaps(runs, campaign, seeds)
+        if missing:
+            shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise TraitsError(f"{runs}: not a finished study, {len(missing)} audits missing ({shown}); finish the "
+                              "run, or summarise it with --in-progress (an interim summary, never adopted)")
     rows = collect_rows(runs, log)
     if not rows:
         raise TraitsError(f"{runs}: no finished task (no seed-*/TASK/results.json) to summarise")
@@ -298,7 +338,10 @@ def watch(runs: Path, out: Path, every: float, log: Callable[[str], None] = lamb
     while rounds is None or done < rounds:
         now = tuple(str(p) for p in result_paths(runs))
         if now and now != seen:
-            summarise_runs(runs, out, log=log, **kw)
+            # a study still running is summarised as interim; the round that sees it finished is not
+            interim = kw.get("in_progress", False) or (not kw.get("pipeline_check", True) and bool(
+                gaps(runs, kw.get("campaign"), kw.get("seeds"))))
+            summarise_runs(runs, out, log=log, **{**kw, "in_progress": interim})
             seen = now
         done += 1
         if rounds is None or done < rounds:
