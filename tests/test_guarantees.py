@@ -179,6 +179,22 @@ def test_resume_of_the_same_spec_is_allowed(tmp_path):
     assert again.accuracy["ood"].mae == first.accuracy["ood"].mae
 
 
+def test_one_notion_of_the_same_audit_with_and_without_the_verdict():
+    """A folder holds one audit, verdict included; a campaign asks only whether the numbers are the same
+    measurement. Both questions are outdir's, on the same identity."""
+    from traits.outdir import same_audit
+
+    base = fast_spec().model_dump(mode="json")
+    regated = fast_spec(**{"gates.max_mae_ratio": 9.0}).model_dump(mode="json")
+    moved = fast_spec(**{"report.out_dir": "elsewhere", "report.formats": []}).model_dump(mode="json")
+    other = fast_spec(**{"seed": 7}).model_dump(mode="json")
+    assert not same_audit(base, regated) and same_audit(base, regated, measurements_only=True)
+    assert same_audit(base, moved) and same_audit(base, moved, measurements_only=True)
+    assert not same_audit(base, other) and not same_audit(base, other, measurements_only=True)
+    older = {k: v for k, v in base.items() if k != "gates"}  # a spec written before a field existed
+    assert same_audit(older, regated, measurements_only=True)
+
+
 def test_overwrite_removes_stale_artefacts_first(tmp_path):
     from traits.audit import run_audit
 

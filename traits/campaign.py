@@ -21,6 +21,7 @@ import numpy as np
 
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
+from traits.outdir import same_audit
 from traits.results import AuditResult, json_float, load_result
 from traits.spec import AuditSpec, load_spec, read_mapping
 from traits.study import catalogue as _catalogue
@@ -95,28 +96,6 @@ def select_tasks(tasks: list[Task], only: list[str] | None, directory: Path) -> 
     return chosen
 
 
-def _project(want, ran):
-    """``want`` restricted to the keys ``ran`` has: fields added to the spec schema since (with their
-    defaults) do not make an earlier result look like another spec's."""
-    if isinstance(want, dict) and isinstance(ran, dict):
-        return {k: _project(want[k], ran[k]) for k in ran if k in want}
-    return want
-
-
-def _measured(spec_dict: dict) -> dict:
-    """The part of a spec that decides the measurements: all but the report's folder and the gates (gates
-    only turn numbers into a verdict, and a finished audit is re-gated, not rerun, when they change)."""
-    d = {k: v for k, v in dict(spec_dict).items() if k != "gates"}
-    if isinstance(d.get("report"), dict):
-        d["report"] = {k: v for k, v in d["report"].items() if k != "out_dir"}
-    return d
-
-
-def _same_spec(result: AuditResult, spec: AuditSpec) -> bool:
-    ran, want = _measured(result.spec), _measured(spec.model_dump(mode="json"))
-    return set(ran) <= set(want) and _project(want, ran) == ran
-
-
 def campaign_resources(directory: Path) -> dict[str, dict]:
     """``resources`` of campaign.yaml: {"default": {"CPU": 1}, TASK: {"GPU": 1}, ...} (Dask worker resources)."""
     settings = Path(directory) / CAMPAIGN_FILE
@@ -149,7 +128,7 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
         done = load_result(previous)
     except TraitsError:
         return None
-    if not _same_spec(done, spec):
+    if not same_audit(done.spec, spec.model_dump(mode="json"), measurements_only=True):
         return None
     from traits.verdict import regate
 
@@ -345,7 +324,7 @@ def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) 
     kept (training resumes when its settings are unchanged, and refuses a state of other settings). When
     only the gates changed, the folder's partial work is the same measurement: its marker takes the new
     spec and nothing is removed."""
-    from traits.outdir import MARKER, folder_owner, remove_artefacts, same_audit, write_marker
+    from traits.outdir import MARKER, folder_owner, remove_artefacts, write_marker
 
     if not where.is_dir():
         return
@@ -353,7 +332,7 @@ def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) 
     if owner is None:
         return
     live = spec.model_dump(mode="json")
-    if owner.spec is None or not same_audit(_measured(owner.spec), _measured(live)):
+    if owner.spec is None or not same_audit(owner.spec, live, measurements_only=True):
         removed = remove_artefacts(where, keep=("model",))
         log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
     elif not same_audit(owner.spec, live) and (where / MARKER).is_file():

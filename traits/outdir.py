@@ -63,11 +63,17 @@ def _project(live, stored):
     return live
 
 
-def same_audit(stored: dict[str, Any], live: dict[str, Any]) -> bool:
+def same_audit(stored: dict[str, Any], live: dict[str, Any], *, measurements_only: bool = False) -> bool:
     """Whether a stored spec and a live one describe the same audit. Fields added to the spec schema
     since the stored one was written (absent from it) are ignored, so upgrading TRAITS does not turn a
-    folder's own audit into "another audit"."""
+    folder's own audit into "another audit".
+
+    ``measurements_only`` also ignores the gates: the question a campaign asks (are the numbers the same
+    measurement?), since gates only turn numbers into a verdict and a finished audit is re-gated, not rerun,
+    when they change. Without it, the gates count: a folder holds one audit, verdict included."""
     a, b = audit_identity(stored), audit_identity(live)
+    if measurements_only:
+        a, b = ({k: v for k, v in d.items() if k != "gates"} for d in (a, b))
     if not set(a) <= set(b):
         return False
     return _project(b, a) == a
