@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Resume the issue-16 study where it stopped, and commit each finished audit's results.json as it lands.
 #
-#   scripts/run_study.sh            # the MP element core, then the other MP families, then Perov-5
+#   scripts/run_study.sh            # the MP element core, the MP random splits, the other MP families, Perov-5
 #   STUDY_DRY=1 scripts/run_study.sh   # print what it would do
 #
 # The campaigns run from a separate worktree of this checkout (STUDY_CODE, default ../study-code), refreshed to
@@ -64,6 +64,8 @@ campaign() {
 }
 say "MP element core"
 campaign "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-element-*' || say "some MP core tasks failed"
+say "MP random-split baselines (the noise floor every adoption needs)"
+campaign "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-random-*' || say "some MP baselines failed"
 say "MP, every family"
 campaign "$code/audits/study/mp" --out "$root/runs/study-mp" || say "some MP tasks failed"
 say "Perov-5"
