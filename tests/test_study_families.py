@@ -291,9 +291,9 @@ def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
     campaign.mkdir()
     for name in ("a.yaml", "b.yaml", "c.yaml", "campaign.yaml"):
         (campaign / name).write_text("{}")
-    assert gaps(runs) == ["seed-1/b: no readable results.json (unfinished or failed)"]
-    assert gaps(runs, campaign) == ["seed-0/c: not run", "seed-1/b: no readable results.json (unfinished or "
-                                    "failed)", "seed-1/c: not run"]
+    assert gaps(runs) == ["seed-1/b: no results.json (unfinished or failed)"]
+    assert gaps(runs, campaign) == ["seed-0/c: not run", "seed-1/b: no results.json (unfinished or failed)",
+                                    "seed-1/c: not run"]
     assert gaps(runs, seeds=[0, 1, 2])[-2:] == ["seed-2/a: not run", "seed-2/b: not run"]
 
     monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "pkg" / "catalogue-evidence.json")
@@ -311,6 +311,13 @@ def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
     kw = {"data_set": "planted", "pipeline_check": False, "n_boot": 20, "rounds": 1}
     watch(runs, out, 0, **kw)  # --watch on a running study writes interim summaries
     assert json.loads((out / "summary.json").read_text())["in_progress"]
+
+    (runs / "seed-1" / "b" / "results.json").write_text("{")  # finished, but the file was damaged since
+    assert gaps(runs) == []
+    damaged = tmp_path / "damaged"
+    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--out", str(damaged), "--evidence"])
+    assert res.exit_code == 2 and "seed-1/b: unreadable results.json" in " ".join(res.output.split())
+    assert not damaged.exists()
 
     make_result().write(runs / "seed-1" / "b" / "results.json")
     assert gaps(runs) == [] and gaps(runs, seeds=[0, 1]) == []

@@ -40,10 +40,11 @@ def result_paths(runs: Path) -> list[Path]:
 
 def gaps(runs: Path, campaign: Path | None = None, seeds: list[int] | None = None) -> list[str]:
     """What keeps ``runs`` from being a finished study, one line per missing audit: a task folder without a
-    readable results.json, or a (seed, task) of the grid with no folder. The grid is the tasks of ``campaign``
-    (its spec files) or else those found in any seed folder, times ``seeds`` or else the seed folders found."""
+    results.json, or a (seed, task) of the grid with no folder. The grid is the tasks of ``campaign`` (its
+    spec files) or else those found in any seed folder, times ``seeds`` or else the seed folders found.
+    (results.json is renamed into place last, so it is there only when the task finished; whether it reads
+    is :func:`collect_rows`' check.)"""
     from traits.campaign import NOT_SPECS
-    from traits.results import load_result
 
     runs = Path(runs)
     found = {d.name: d for d in runs.glob("seed-*") if d.is_dir()}
@@ -61,16 +62,15 @@ def gaps(runs: Path, campaign: Path | None = None, seeds: list[int] | None = Non
             folder = runs / seed / task
             if not folder.is_dir():
                 missing.append(f"{seed}/{task}: not run")
-                continue
-            try:
-                load_result(folder / "results.json")
-            except TraitsError:
-                missing.append(f"{seed}/{task}: no readable results.json (unfinished or failed)")
+            elif not (folder / "results.json").is_file():
+                missing.append(f"{seed}/{task}: no results.json (unfinished or failed)")
     return missing
 
 
-def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None) -> list[dict]:
-    """A summary row per finished task folder ``RUNS/seed-S/TASK/results.json`` (unreadable ones skipped)."""
+def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None,
+                 skipped: list[str] | None = None) -> list[dict]:
+    """A summary row per finished task folder ``RUNS/seed-S/TASK/results.json``; an unreadable one is logged,
+    skipped and, when ``skipped`` is given, named there (as SEED/TASK)."""
     from traits.campaign import summary_row
     from traits.results import load_result
 
@@ -80,6 +80,8 @@ def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None) -> li
             rows.append(summary_row(path.parent.name, load_result(path)))
         except TraitsError as exc:
             log(f"{path}: skipped ({exc})")
+            if skipped is not None:
+                skipped.append(f"{path.parent.parent.name}/{path.parent.name}")
     return rows
 
 
@@ -313,13 +315,14 @@ def summarise_runs(runs: Path, out: Path, *, data_set: str, pipeline_check: bool
                    log: Callable[[str], None] = lambda _m: None) -> dict:
     """Summarise ``runs``. An evidence summary (not a pipeline check, not ``in_progress``) describes a finished
     study: any audit of the grid (:func:`gaps`) still missing is an error, before anything is written."""
+    unreadable: list[str] = []
+    rows = collect_rows(runs, log, unreadable)
     if not pipeline_check and not in_progress:
-        missing = gaps(runs, campaign, seeds)
+        missing = gaps(runs, campaign, seeds) + [f"{where}: unreadable results.json" for where in unreadable]
         if missing:
             shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise TraitsError(f"{runs}: not a finished study, {len(missing)} audits missing ({shown}); finish the "
                               "run, or summarise it with --in-progress (an interim summary, never adopted)")
-    rows = collect_rows(runs, log)
     if not rows:
         raise TraitsError(f"{runs}: no finished task (no seed-*/TASK/results.json) to summarise")
     refs = full_pool_references(full_pool) if full_pool is not None else []
