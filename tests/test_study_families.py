@@ -125,7 +125,7 @@ def _rows():
 def test_study_summary_files_and_catalogue_evidence(tmp_path):
     from traits.study.summary import PIPELINE_BANNER, study_summary, write_study_summary
 
-    s = study_summary(_rows(), data_set="planted", pipeline_check=True, n_boot=40)
+    s = study_summary(_rows(), data_set="planted", pipeline_check=True, n_boot=400)
     paths = write_study_summary(s, tmp_path)
     md = paths["md"].read_text()
     assert PIPELINE_BANNER in md and "cluster-bootstrap" in md and "| landscape | λ_max |" in md

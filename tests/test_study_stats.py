@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ def test_monotone_data_gives_rho_one_with_a_tight_interval():
     got = stats.metric_statistics(rows, "m", n_boot=300, controls={})
     assert got["rho"] == pytest.approx(1.0)
     assert got["low"] == pytest.approx(1.0) and got["high"] == pytest.approx(1.0)
-    assert got["p"] < 1e-6
+    assert got["p"] == pytest.approx(1 / 301)  # no permutation of 12 tasks beats it: the smallest p of 300
     assert got["n_tasks"] == 12
 
 
@@ -64,10 +66,66 @@ def test_cluster_bootstrap_is_wider_than_naive_on_duplicated_seeds():
     width = lambda b: b["high"] - b["low"]  # noqa: E731
     assert width(naive) < 0.8 * width(clustered)
     assert width(clustered) == pytest.approx(width(single), rel=0.35)
-    # the p-value uses the task means: duplicating seeds does not make it smaller
-    p_dup = stats.spearman_p_on_clusters(x, y, [r["task"] for r in dup])
-    p_one = stats.spearman_p_on_clusters(v, e, tasks)
-    assert p_dup == pytest.approx(p_one)
+    # the statistics use the task means: duplicating seeds changes nothing
+    on_dup = stats.metric_statistics(dup, "m", n_boot=400, controls={})
+    on_one = stats.metric_statistics(_rows(e, v, tasks), "m", n_boot=400, controls={})
+    assert on_dup["n_audits"] == 3 * n and on_dup["n_tasks"] == n
+    assert {k: on_dup[k] for k in ("rho", "low", "high", "p")} == {k: on_one[k] for k in ("rho", "low", "high", "p")}
+
+
+def test_permutation_p_matches_the_exact_one_sided_spearman_test():
+    """Tasks of their own cluster: the p is the permutation test of Spearman ρ, checked against scipy's
+    exact enumeration of all 8! pairings, in the expected direction and against it."""
+    from itertools import permutations
+
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=8)
+    y = 0.6 * x + rng.normal(size=8)
+    got = stats.cluster_permutation_p(x, y, range(8), [""] * 8, n_perm=6000, seed=1)
+    rx, ry = rankdata(x), rankdata(y)
+    every = rx[np.array(list(permutations(range(8))))]               # all 40,320 pairings
+    rhos = np.array([np.corrcoef(r, ry)[0, 1] for r in every])
+    exact = float(np.mean(rhos >= np.corrcoef(rx, ry)[0, 1] - 1e-12))
+    assert 0.01 < exact < 0.3  # a case where the answer is neither trivial nor at the resolution limit
+    assert got == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 6000) + 1 / 6000)
+    against = stats.cluster_permutation_p(x, y, range(8), [""] * 8, sign=-1.0, n_perm=6000, seed=1)
+    assert against > 0.7  # ρ > 0 is no evidence for a metric whose smaller values should mean larger errors
+
+
+def test_tasks_that_hold_out_the_same_compounds_count_once():
+    """Two targets per held-out rule with twin values: clustered by rule, the interval and p are those of
+    the 9 rules (not 18 independent tasks), so the copies do not make the evidence look stronger."""
+    rng = np.random.default_rng(7)
+    n = 9
+    e = rng.normal(size=n)
+    v = 0.8 * e + rng.normal(size=n)
+    twins = [{"task": f"{t}-r{i}", "rule": f"element:r{i}", "target": t, "family": "element",
+              "mae_ratio": e[i], "m": v[i] + (0.001 if t == "gap" else 0.0)} for i in range(n) for t in ("enth", "gap")]
+    naive = [dict(r, rule=None) for r in twins]   # each task its own cluster
+    single = [{"task": f"r{i}", "family": "element", "mae_ratio": e[i], "m": v[i]} for i in range(n)]
+    got = {name: stats.metric_statistics(rows, "m", n_boot=3000, controls={})
+           for name, rows in (("twins", twins), ("naive", naive), ("single", single))}
+    assert got["twins"]["n_clusters"] == n and got["naive"]["n_clusters"] == 2 * n
+    assert 0.01 < got["single"]["p"] < 0.1
+    assert got["twins"]["p"] == pytest.approx(got["single"]["p"], abs=0.01)
+    assert got["naive"]["p"] < 0.3 * got["twins"]["p"]
+    width = {k: g["high"] - g["low"] for k, g in got.items()}
+    assert width["twins"] == pytest.approx(width["single"], rel=0.25) and width["naive"] < 0.85 * width["twins"]
+
+
+def test_a_task_rule_ignores_target_and_seed():
+    from tests.result_factory import make_result
+    from traits.campaign import held_out_rule, summary_row
+
+    fe = make_result()
+    assert held_out_rule(fe) == "element:Fe"
+    assert held_out_rule(make_result(target="band_gap", omit=["Fe"])) == held_out_rule(fe)
+    assert held_out_rule(make_result(omit=["O"])) == "element:O"
+    rnd = make_result(omit=[], spec={**fe.spec, "omit": [], "split": {"ood_fraction": 0.15}})
+    assert held_out_rule(rnd) == "random:0.15"
+    assert summary_row("enthalpy-element-Fe", fe)["rule"] == "element:Fe"
 
 
 def test_partial_spearman_removes_a_confounder():

@@ -10,6 +10,7 @@ an interrupted campaign resumes where it stopped (training and 2D surfaces also 
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import time
 from collections.abc import Callable
@@ -354,7 +355,7 @@ def summary_row(task: str, result: AuditResult) -> dict:
     row = {
         "task": task, "name": result.name, "seed": result.provenance.seed, "target": result.target,
         "unit": result.unit, "omit": result.omit, "holdout": (result.spec or {}).get("holdout"),
-        "family": task_family(result), "status": result.status,
+        "family": task_family(result), "rule": held_out_rule(result), "status": result.status,
         "id_mae": _get(result.accuracy.get("id"), "mae"), "ood_mae": _get(result.accuracy.get("ood"), "mae"),
         "n_id": _get(result.accuracy.get("id"), "n"), "n_ood": _get(result.accuracy.get("ood"), "n"),
         "wall_seconds": sum(v for k, v in result.provenance.wall_seconds.items() if k != "total"),
@@ -385,6 +386,23 @@ def task_family(result: AuditResult) -> str:
     if ((result.spec or {}).get("data") or {}).get("sets"):
         return "named sets"
     return "random"
+
+
+def held_out_rule(result: AuditResult) -> str:
+    """What a task holds out, without its target or seed (``element:Fe``, ``chemsys:Fe-O,Li-O``,
+    ``random:0.15``, ...): the tasks of different targets with one rule test the same compounds, so the study
+    statistics treat them as one cluster (:mod:`traits.study.stats`)."""
+    spec = result.spec or {}
+    family = task_family(result)
+    if family == "element":
+        what = ",".join(sorted(result.omit))
+    elif family == "random":
+        what = str((spec.get("split") or {}).get("ood_fraction"))
+    elif family == "named sets":
+        what = json.dumps((spec.get("data") or {}).get("sets"), sort_keys=True, default=str)
+    else:
+        what = ",".join(sorted(str(v) for v in ((spec.get("holdout") or {}).get("values") or [])))
+    return f"{family}:{what}"
 
 
 def held_out_text(entry: dict) -> str:

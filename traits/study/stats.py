@@ -1,15 +1,23 @@
 """Statistics of a study: does a metric's OOD/ID ratio track the OOD/ID error ratio across tasks?
 
-Audits of one task at different seeds share the task's data and split rule, so they are not independent:
-every interval here is a *cluster bootstrap* that resamples tasks (all seeds of a drawn task come along),
-and every p-value is computed on the per-task means (the effective n is the number of tasks).
+The unit is the *task*: the audits of one task at different seeds share its data and split rule, so they
+are averaged (per-task means of every ratio) before anything is ranked, and ρ, its interval and its p all
+describe the same statistic, Spearman ρ over tasks. Tasks that hold out the same compounds (the two targets
+of one held-out element, chemical system, ..., or one random-split share) are not independent either: they
+form a *cluster* (``rule`` in a summary row, :func:`traits.campaign.held_out_rule`). Every interval is a
+cluster bootstrap (whole clusters drawn with replacement, each bringing its tasks) and every p-value a
+cluster permutation test (whole clusters' metric values exchanged, target for target), so the effective
+n is the number of clusters.
 
-- :func:`spearman` / :func:`cluster_bootstrap`      ρ with a percentile interval over resampled tasks
+- :func:`spearman` / :func:`cluster_bootstrap`      ρ with a percentile interval over resampled clusters
+- :func:`cluster_permutation_p`                     one-sided p in the metric's expected direction
 - :func:`partial_spearman`                          ρ after regressing the ranks on control variables
                                                     (loss at θ, target shift)
-- :func:`holm`                                      Holm step-down adjusted p-values across metrics
+- :func:`holm`                                      Holm step-down adjusted p-values across the candidate
+                                                    metrics (the loss at θ, a reference, is not one)
 - :func:`noise_floor`                               each metric's OOD/ID ratio on the random-split
-                                                    baselines, where nothing is out of distribution
+                                                    baselines, where nothing is out of distribution (per
+                                                    audit: a gate judges one audit)
 - :func:`study_statistics`                          all of it per family and overall, plus each landscape
                                                     metric against the best distance baseline
 """
@@ -24,6 +32,11 @@ import numpy as np
 ERROR_KEY = "mae_ratio"
 #: Controls of the partial correlations: the probes' loss at θ and the target shift to training.
 CONTROLS = {"loss": "loss_ratio", "target_shift": "target_wasserstein_ratio"}
+#: The row fields: the unit (seeds averaged), the cluster (tasks holding out the same compounds), and
+#: what tells a cluster's tasks apart (matched when clusters are exchanged).
+UNIT_KEY, CLUSTER_KEY, SLOT_KEY = "task", "rule", "target"
+#: The kind of metric that is reported but is not a candidate predictor (not in the Holm family).
+REFERENCE_KIND = "error at θ (reference)"
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
@@ -107,55 +120,87 @@ def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     return out
 
 
-def _cluster_means(x: np.ndarray, y: np.ndarray, clusters: list) -> tuple[np.ndarray, np.ndarray]:
-    keys = list(dict.fromkeys(clusters))
-    idx = {k: [i for i, c in enumerate(clusters) if c == k] for k in keys}
-    return (np.array([x[idx[k]].mean() for k in keys]), np.array([y[idx[k]].mean() for k in keys]))
+def task_units(rows: list[dict], keys: Sequence[str]) -> dict:
+    """The per-task means of ``keys`` over the audits where all of them are finite, in first-seen order, with
+    each task's cluster (``rule``; the task itself when a row has none) and slot (its target)."""
+    use = _finite_rows(rows, keys)
+    order = list(dict.fromkeys(r[UNIT_KEY] for r in use))
+    by_task: dict = {t: [] for t in order}
+    for r in use:
+        by_task[r[UNIT_KEY]].append(r)
+    return {"values": {k: np.array([float(np.mean([float(r[k]) for r in by_task[t]])) for t in order])
+                       for k in keys},
+            "clusters": [by_task[t][0].get(CLUSTER_KEY) or t for t in order],
+            "slots": [str(by_task[t][0].get(SLOT_KEY) or "") for t in order],
+            "n_audits": len(use), "n_tasks": len(order)}
 
 
-def spearman_p_on_clusters(x: np.ndarray, y: np.ndarray, clusters: list) -> float | None:
-    """Two-sided p of Spearman ρ on the per-cluster means (n = clusters, not audits)."""
-    from scipy.stats import spearmanr
-
-    mx, my = _cluster_means(x, y, clusters)
-    if len(mx) < 3 or len(set(mx)) < 2 or len(set(my)) < 2:
+def cluster_permutation_p(x: np.ndarray, y: np.ndarray, clusters: Sequence, slots: Sequence, *,
+                          sign: float = 1.0, n_perm: int = 2000, seed: int = 0) -> float | None:
+    """One-sided p of Spearman ρ(x, y) in the direction ``sign``: the share of permutations whose ρ is at least
+    as far that way as the observed one, (1 + hits) / (1 + n_perm). A permutation exchanges whole clusters'
+    x values, slot for slot, among clusters with the same slots, so tasks sharing their held-out compounds
+    stay together (exact under 'x is independent of y across clusters'). None when ρ is undefined or no two
+    clusters can be exchanged."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    observed = spearman(x, y)
+    if observed is None:
         return None
-    p = spearmanr(mx, my).pvalue
-    return float(p) if math.isfinite(p) else None
+    members: dict = {}
+    for i, (c, s) in enumerate(zip(clusters, slots)):
+        slot_map = members.setdefault(c, {})
+        slot_map[(s, sum(1 for k in slot_map if k[0] == s))] = i   # a repeated slot gets an occurrence number
+    strata: dict = {}
+    for c, slot_map in members.items():
+        strata.setdefault(tuple(sorted(slot_map)), []).append(c)
+    blocks = [np.array([[members[c][k] for k in shape] for c in cl]) for shape, cl in strata.items() if len(cl) > 1]
+    if not blocks:
+        return None
+    rx, ry = _rank(x), _rank(y)
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(n_perm):
+        perm = rx.copy()
+        for block in blocks:
+            perm[block] = rx[block[rng.permutation(len(block))]]
+        r = _pearson(perm, ry)
+        if r is not None and sign * r >= sign * observed - 1e-12:
+            hits += 1
+    return (1 + hits) / (1 + n_perm)
 
 
 def _finite_rows(rows: list[dict], keys: Sequence[str]) -> list[dict]:
     return [r for r in rows if all(r.get(k) is not None and math.isfinite(float(r[k])) for k in keys)]
 
 
-def metric_statistics(rows: list[dict], key: str, *, cluster_key: str = "task", n_boot: int = 2000,
-                      level: float = 0.95, seed: int = 0, controls: dict[str, str] | None = None) -> dict:
-    """ρ of ``key`` with the error ratio, its cluster-bootstrap interval, the p on task means, and the
-    partial ρ controlling for each control (and for all of them together), each with an interval."""
+def metric_statistics(rows: list[dict], key: str, *, sign: float = 1.0, n_boot: int = 2000, level: float = 0.95,
+                      seed: int = 0, controls: dict[str, str] | None = None) -> dict:
+    """Over the per-task means: ρ of ``key`` with the error ratio, its cluster-bootstrap interval, the one-sided
+    cluster-permutation p in the direction ``sign``, and the partial ρ controlling for each control (and for
+    all of them together), each with an interval."""
     controls = CONTROLS if controls is None else controls
-    use = _finite_rows(rows, (ERROR_KEY, key))
-    x = np.array([float(r[key]) for r in use])
-    y = np.array([float(r[ERROR_KEY]) for r in use])
-    clusters = [r[cluster_key] for r in use]
-    out = {"n_audits": len(use), "n_tasks": len(set(clusters))}
-    boot = cluster_bootstrap(lambda i: spearman(x[i], y[i]), len(use), clusters, n_boot, level, seed)
+    u = task_units(rows, (ERROR_KEY, key))
+    x, y = u["values"][key], u["values"][ERROR_KEY]
+    clusters = u["clusters"]
+    out = {"n_audits": u["n_audits"], "n_tasks": u["n_tasks"], "n_clusters": len(set(clusters))}
+    boot = cluster_bootstrap(lambda i: spearman(x[i], y[i]), len(x), clusters, n_boot, level, seed)
     out |= {"rho": boot["value"], "low": boot["low"], "high": boot["high"],
-            "p": spearman_p_on_clusters(x, y, clusters) if len(use) else None}
+            "p": cluster_permutation_p(x, y, clusters, u["slots"], sign=sign, n_perm=n_boot, seed=seed + 3)
+            if len(x) else None}
     partial = {}
     for name, ckey in {**controls, **({"all": None} if len(controls) > 1 else {})}.items():
         ckeys = list(controls.values()) if ckey is None else [ckey]
         if key in ckeys:
             continue
-        sub = _finite_rows(use, ckeys)
-        if len(sub) < 5:
-            partial[name] = {"rho": None, "low": None, "high": None, "n_audits": len(sub)}
+        s = task_units(rows, (ERROR_KEY, key, *ckeys))
+        if s["n_tasks"] < 5:
+            partial[name] = {"rho": None, "low": None, "high": None, "n_tasks": s["n_tasks"]}
             continue
-        xs = np.array([float(r[key]) for r in sub])
-        ys = np.array([float(r[ERROR_KEY]) for r in sub])
-        cs = [np.array([float(r[c]) for r in sub]) for c in ckeys]
+        xs, ys = s["values"][key], s["values"][ERROR_KEY]
+        cs = [s["values"][c] for c in ckeys]
         b = cluster_bootstrap(lambda i, xs=xs, ys=ys, cs=cs: partial_spearman(xs[i], ys[i], [c[i] for c in cs]),
-                              len(sub), [r[cluster_key] for r in sub], n_boot, level, seed + 1)
-        partial[name] = {"rho": b["value"], "low": b["low"], "high": b["high"], "n_audits": len(sub)}
+                              len(xs), s["clusters"], n_boot, level, seed + 1)
+        partial[name] = {"rho": b["value"], "low": b["low"], "high": b["high"], "n_tasks": s["n_tasks"]}
     out["partial"] = partial
     return out
 
@@ -177,22 +222,20 @@ def noise_floor(rows: list[dict], keys: Sequence[str], family_key: str = "family
 
 
 def versus_baseline(rows: list[dict], metric: str, baseline: str, signs: dict[str, float], *,
-                    cluster_key: str = "task", n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Difference ``sign·ρ(metric) − sign·ρ(baseline)`` on the audits with both, with a cluster-bootstrap
-    interval from the same resamples for both (positive: the metric tracks the error better)."""
-    use = _finite_rows(rows, (ERROR_KEY, metric, baseline))
-    x = np.array([float(r[metric]) for r in use])
-    b = np.array([float(r[baseline]) for r in use])
-    y = np.array([float(r[ERROR_KEY]) for r in use])
+                    n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Difference ``sign·ρ(metric) − sign·ρ(baseline)`` over the per-task means of the tasks with both, with a
+    cluster-bootstrap interval from the same resamples for both (positive: the metric tracks the error better)."""
+    u = task_units(rows, (ERROR_KEY, metric, baseline))
+    x, b, y = u["values"][metric], u["values"][baseline], u["values"][ERROR_KEY]
     sm, sb = signs.get(metric, 1.0), signs.get(baseline, 1.0)
 
     def diff(i):
         rm, rb = spearman(x[i], y[i]), spearman(b[i], y[i])
         return None if rm is None or rb is None else sm * rm - sb * rb
 
-    boot = cluster_bootstrap(diff, len(use), [r[cluster_key] for r in use], n_boot, level, seed + 2)
-    return {"diff": boot["value"], "low": boot["low"], "high": boot["high"], "n_audits": len(use),
-            "n_tasks": len({r[cluster_key] for r in use})}
+    boot = cluster_bootstrap(diff, len(x), u["clusters"], n_boot, level, seed + 2)
+    return {"diff": boot["value"], "low": boot["low"], "high": boot["high"], "n_audits": u["n_audits"],
+            "n_tasks": u["n_tasks"], "n_clusters": len(set(u["clusters"]))}
 
 
 def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[str, str], signs: dict[str, float],
@@ -201,10 +244,11 @@ def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[st
     landscape metric against the best distance baseline (chosen by its overall signed ρ)."""
 
     def block(sub: list[dict]) -> dict:
-        got = {k: metric_statistics(sub, k, n_boot=n_boot, level=level, seed=seed) for k in metrics}
-        adjusted = holm({k: v["p"] for k, v in got.items()})
+        got = {k: metric_statistics(sub, k, sign=signs.get(k, 1.0), n_boot=n_boot, level=level, seed=seed)
+               for k in metrics}
+        adjusted = holm({k: v["p"] for k, v in got.items() if kinds.get(k) != REFERENCE_KIND})
         for k, v in got.items():
-            v["p_holm"] = adjusted[k]
+            v["p_holm"] = adjusted.get(k)
             v["expected_sign"] = signs.get(k, 1.0)
             v["kind"] = kinds.get(k, "")
         return got
@@ -229,8 +273,11 @@ def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[st
                 versus["metrics"][k] = versus_baseline(rows, k, best, signs, n_boot=n_boot, level=level, seed=seed)
     return {"overall": overall, "per_family": per_family, "noise_floor": noise_floor(rows, metrics),
             "vs_best_baseline": versus,
-            "settings": {"n_boot": n_boot, "level": level, "seed": seed, "cluster": "task",
-                         "p_values": "Spearman on per-task means (n = tasks), Holm-adjusted across metrics",
+            "settings": {"n_boot": n_boot, "n_perm": n_boot, "level": level, "seed": seed,
+                         "unit": "task (seeds averaged)",
+                         "cluster": "held-out rule (the tasks of every target that hold out the same compounds)",
+                         "p_values": "one-sided in the expected direction, cluster permutation test on the per-task "
+                                     "means; Holm-adjusted across the metrics except the loss at θ (a reference)",
                          "controls": CONTROLS}}
 
 
@@ -260,7 +307,7 @@ def forest_figure(stats: dict, labels: dict[str, str]):
     ax.set_yticks(range(len(keys)), [labels.get(k, k) + (" (sign flipped)" if overall[k]["expected_sign"] < 0
                                                           else "") for k in keys], fontsize=8)
     ax.set_xlim(-1.05, 1.05)
-    ax.set_xlabel("Spearman ρ with the OOD/ID error ratio (95 % cluster bootstrap over tasks)")
+    ax.set_xlabel("Spearman ρ with the OOD/ID error ratio over tasks (95 % cluster bootstrap)")
     handles = [ax.plot([], [], "o-", color=c, label=n)[0] for n, c in colours.items()]
     ax.legend(handles=handles, fontsize=7, loc="lower right", frameon=False)
     return fig
