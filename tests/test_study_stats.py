@@ -173,3 +173,17 @@ def test_figures_render():
     out = stats.study_statistics(rows, ["lambda_ratio"], kinds={"lambda_ratio": "landscape"}, signs={}, n_boot=50)
     assert stats.forest_figure(out, {"lambda_ratio": "λ_max"}).axes
     assert stats.scatter_figure(rows, ["lambda_ratio"], {"lambda_ratio": "λ_max"}).axes
+
+
+def test_a_metric_that_only_tells_the_targets_apart_gets_no_credit():
+    """Larger metric and larger error on every band-gap task, unrelated within each target: the pooled ρ is
+    large, but the permutation keeps values with their targets, so p is not small."""
+    rng = np.random.default_rng(11)
+    rows = [{"task": f"{t}-r{i}", "rule": f"element:r{i}", "target": t, "mae_ratio": (3.0 if t == "gap" else 1.0)
+             + 0.3 * rng.random(), "m": (5.0 if t == "gap" else 1.0) + 0.3 * rng.random()}
+            for i in range(10) for t in ("enth", "gap")]
+    got = stats.metric_statistics(rows, "m", n_boot=1000, controls={})
+    assert got["rho"] > 0.5 and got["low"] > 0.3  # the bootstrap alone would call it a clear correlation
+    assert got["p"] > 0.05
+    within = stats.metric_statistics([dict(r, m=r["mae_ratio"] * 2) for r in rows], "m", n_boot=1000, controls={})
+    assert within["p"] < 0.01  # a metric that tracks the error inside each target too is credited

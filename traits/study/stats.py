@@ -141,7 +141,9 @@ def cluster_permutation_p(x: np.ndarray, y: np.ndarray, clusters: Sequence, slot
     as far that way as the observed one, (1 + hits) / (1 + n_perm). A permutation exchanges whole clusters'
     x values, slot for slot, among clusters with the same slots, so tasks sharing their held-out compounds
     stay together (exact under 'x is independent of y across clusters'). None when ρ is undefined or no two
-    clusters can be exchanged."""
+    clusters can be exchanged. Each value keeps its slot (target), so the null distribution holds whatever
+    the targets alone explain: a metric that only tells the targets apart (say, larger on every band-gap
+    task, whose errors are also larger) gets no credit for it, and the null is not centred on 0 then."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     observed = spearman(x, y)
     if observed is None:
