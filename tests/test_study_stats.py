@@ -187,3 +187,23 @@ def test_a_metric_that_only_tells_the_targets_apart_gets_no_credit():
     assert got["p"] > 0.05
     within = stats.metric_statistics([dict(r, m=r["mae_ratio"] * 2) for r in rows], "m", n_boot=1000, controls={})
     assert within["p"] < 0.01  # a metric that tracks the error inside each target too is credited
+
+
+def test_families_with_two_rules_are_pooled_not_given_their_own_interval():
+    """Two held-out rules per symmetry family (both targets): too few for a block of their own; the
+    omission families other than the element one are pooled into one block."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for fam, rules in (("element", 6), ("spacegroup", 2), ("crystal_system", 2), ("random", 2)):
+        for i in range(rules):
+            e = 1.0 + rng.random() * (0.1 if fam == "random" else 3.0)
+            for t in ("enth", "gap"):
+                rows.append({"task": f"{t}-{fam}-{i}", "rule": f"{fam}:{i}", "target": t, "family": fam,
+                             "mae_ratio": e + 0.01 * rng.random(), "lambda_ratio": 2 * e + rng.random()})
+    out = stats.study_statistics(rows, ["lambda_ratio"], kinds={"lambda_ratio": "landscape"}, signs={}, n_boot=100)
+    fam = out["per_family"]
+    assert fam["element"]["n_clusters"] == 6 and fam["element"]["metrics"] is not None
+    assert fam["spacegroup"] == {"n_tasks": 4, "n_clusters": 2, "metrics": None}
+    pooled = fam[stats.OTHER_FAMILIES]
+    assert pooled["n_clusters"] == 4 and pooled["metrics"]["lambda_ratio"]["n_tasks"] == 8
+    assert fam["random"]["metrics"] is None and out["overall"]["lambda_ratio"]["n_clusters"] == 12

@@ -37,6 +37,8 @@ CONTROLS = {"loss": "loss_ratio", "target_shift": "target_wasserstein_ratio"}
 UNIT_KEY, CLUSTER_KEY, SLOT_KEY = "task", "rule", "target"
 #: The kind of metric that is reported but is not a candidate predictor (not in the Holm family).
 REFERENCE_KIND = "error at θ (reference)"
+#: The per-family block that pools the omission families other than the element one.
+OTHER_FAMILIES = "other families (pooled)"
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
@@ -241,9 +243,12 @@ def versus_baseline(rows: list[dict], metric: str, baseline: str, signs: dict[st
 
 
 def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[str, str], signs: dict[str, float],
-                     n_boot: int = 2000, level: float = 0.95, seed: int = 0, min_tasks: int = 3) -> dict:
+                     n_boot: int = 2000, level: float = 0.95, seed: int = 0, min_clusters: int = 3) -> dict:
     """Overall and per-family statistics of every metric, Holm across metrics, the noise floor and each
-    landscape metric against the best distance baseline (chosen by its overall signed ρ)."""
+    landscape metric against the best distance baseline (chosen by its overall signed ρ). A family gets its
+    own block only with at least ``min_clusters`` held-out rules (with two, a bootstrap interval means
+    nothing); the omission families other than the element one are also pooled (:data:`OTHER_FAMILIES`),
+    since the study runs only two rules of each."""
 
     def block(sub: list[dict]) -> dict:
         got = {k: metric_statistics(sub, k, sign=signs.get(k, 1.0), n_boot=n_boot, level=level, seed=seed)
@@ -255,15 +260,21 @@ def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[st
             v["kind"] = kinds.get(k, "")
         return got
 
+    def counted(sub: list[dict]) -> dict:
+        return {"n_tasks": len({r[UNIT_KEY] for r in sub}),
+                "n_clusters": len({r.get(CLUSTER_KEY) or r[UNIT_KEY] for r in sub})}
+
     overall = block(rows)
-    families = sorted({r.get("family") or "?" for r in rows})
+    family = {id(r): r.get("family") or "?" for r in rows}
+    groups = {fam: [r for r in rows if family[id(r)] == fam] for fam in sorted(set(family.values()))}
+    others = sorted(f for f in groups if f not in ("element", "random", "named sets"))
+    if len(others) > 1:
+        groups[OTHER_FAMILIES] = [r for r in rows if family[id(r)] in others]
     per_family = {}
-    for fam in families:
-        sub = [r for r in rows if (r.get("family") or "?") == fam]
-        if fam == "random" or len({r["task"] for r in sub}) < min_tasks:
-            per_family[fam] = {"n_tasks": len({r["task"] for r in sub}), "metrics": None}
-            continue
-        per_family[fam] = {"n_tasks": len({r["task"] for r in sub}), "metrics": block(sub)}
+    for fam, sub in groups.items():
+        n = counted(sub)
+        usable = fam != "random" and n["n_clusters"] >= min_clusters
+        per_family[fam] = n | {"metrics": block(sub) if usable else None}
     baselines = [(signs.get(k, 1.0) * overall[k]["rho"], k) for k in metrics
                  if kinds.get(k) == "distance baseline" and overall[k]["rho"] is not None]
     versus = {"baseline": None, "metrics": {}}

@@ -242,8 +242,12 @@ def summary_markdown(summary: dict) -> str:
                          f"{d['n_audits']} |")
     fams = {k: v for k, v in st["per_family"].items() if v["metrics"]}
     if fams:
-        lines += ["", "## Per family", "", "ρ [95 % CI] within each family with at least 3 tasks.", "",
-                  "| metric | " + " | ".join(f"{k} ({v['n_tasks']} tasks)" for k, v in fams.items()) + " |",
+        few = [f"{k} ({v.get('n_clusters', '?')})" for k, v in st["per_family"].items()
+               if not v["metrics"] and k != "random"]
+        lines += ["", "## Per family", "", "ρ [95 % CI] within each family with at least 3 held-out rules (clusters)"
+                  + (f"; too few rules for their own block: {', '.join(few)}" if few else "") + ".", "",
+                  "| metric | " + " | ".join(f"{k} ({v['n_tasks']} tasks, {v.get('n_clusters', '?')} rules)"
+                                          for k, v in fams.items()) + " |",
                   "|---|" + "---|" * len(fams)]
         for key in st["overall"]:
             lines.append(f"| {labels.get(key, key).replace('|', chr(92) + '|')} | "
