@@ -249,7 +249,16 @@ def test_reference_tasks_sit_beside_the_full_pool_models(tmp_path):
     assert x["mae_ratio"] == pytest.approx(sum(r["mae_ratio"] for r in mine) / len(mine))
     assert x["id_mae_vs_full_pool"] == pytest.approx(1.0 / 0.5)
     assert y["seeds"] == [] and y["mae_ratio"] is None and y["id_mae_vs_full_pool"] is None
+    from scipy.stats import sem, t
+
+    values = [r["mae_ratio"] for r in mine]
+    low, high = t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=sem(values))
+    assert (x["mae_ratio_low"], x["mae_ratio_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert x["id_mae_vs_full_pool_low"] == pytest.approx(2.0) == x["id_mae_vs_full_pool_high"]  # equal ID MAEs
     md = write_study_summary(s, tmp_path / "out")["md"].read_text()
+    assert f"| {x['mae_ratio']:.2f} [{low:.2f}, {high:.2f}] | 3.00 | 2.00 [2.00, 2.00] |" in md
+    task = next(line for line in md.splitlines() if line.startswith("| gap-element-2 |"))
+    assert " [2.94, 3.07] | 4.00 [4.00, 4.00] | " in task  # MAE ratio 3.00 and 3.01 over the seeds; λ_max 4, 4
     assert "## The reference tasks beside the full-pool models" in md
     assert "| band_gap | Y | 0 | not run yet | – | 2.00 | – |" in md
 

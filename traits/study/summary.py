@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,6 +143,28 @@ def _ci(v: dict) -> str:
     return f"{_f(v['rho'])} [{_f(v['low'])}, {_f(v['high'])}]"
 
 
+def seed_interval(values: list, level: float = 0.95) -> dict:
+    """Mean over seeds with its t interval (``level``); no interval from fewer than two finite values."""
+    from scipy.stats import t as student_t
+
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean = sum(v) / len(v)
+    if len(v) < 2:
+        return {"mean": mean, "low": None, "high": None, "n": 1}
+    half = float(student_t.ppf(0.5 + level / 2, len(v) - 1)) * statistics.stdev(v) / math.sqrt(len(v))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(v)}
+
+
+def _seed_text(iv: dict) -> str:
+    if iv["mean"] is None:
+        return "–"
+    if iv["low"] is None:
+        return f"{_f(iv['mean'])} (1 seed)"
+    return f"{_f(iv['mean'])} [{_f(iv['low'])}, {_f(iv['high'])}]"
+
+
 def full_pool_references(folder: Path) -> list[dict]:
     """The full-pool models' accuracy from their checkpoint sidecars (``docs/quality/*.json``: ``target``,
     ``omit`` of one element, ``metrics.splits.{id,ood}.mae``); files of another shape are skipped."""
@@ -173,8 +196,12 @@ def reference_table(rows: list[dict], refs: list[dict]) -> list[dict]:
         ratios = [float(r["mae_ratio"]) for r in mine]
         mean, sd = _mean_std(ratios)
         id_mean, _ = _mean_std([float(r["id_mae"]) for r in mine])
+        ratio_iv = seed_interval(ratios)
+        id_iv = seed_interval([float(r["id_mae"]) / ref["id_mae"] for r in mine])
         out.append({"target": ref["target"], "element": ref["element"], "seeds": [r.get("seed") for r in mine],
-                    "mae_ratios": ratios, "mae_ratio": mean, "mae_ratio_sd": sd, "id_mae": id_mean,
+                    "mae_ratios": ratios, "mae_ratio": mean, "mae_ratio_sd": sd,
+                    "mae_ratio_low": ratio_iv["low"], "mae_ratio_high": ratio_iv["high"], "id_mae": id_mean,
+                    "id_mae_vs_full_pool_low": id_iv["low"], "id_mae_vs_full_pool_high": id_iv["high"],
                     "full_pool_id_mae": ref["id_mae"], "full_pool_mae_ratio": ref["ood_mae"] / ref["id_mae"],
                     "id_mae_vs_full_pool": id_mean / ref["id_mae"] if id_mean is not None else None,
                     "source": ref["source"]})
@@ -186,16 +213,18 @@ def _reference_lines(table: list[dict]) -> list[str]:
         return []
     lines = ["", "## The reference tasks beside the full-pool models", "",
              "Leave-one-element-out tasks that a full-pool model was also trained for (README, model quality): the "
-             "study's OOD/ID MAE per seed and its mean ± sd, the full-pool model's, and the study's ID MAE over the "
-             "full-pool one (the aim: within 1.5x; above it, the study budget compresses the ratios).", "",
-             "| target | omitted | seeds | OOD/ID MAE per seed | mean ± sd | full pool | ID MAE / full-pool ID MAE |",
-             "|---|---|---|---|---|---|---|"]
+             "study's OOD/ID MAE per seed and their mean with its 95 % t interval over the seeds, the full-pool "
+             "model's, and the study's ID MAE over the full-pool one (mean [95 % t interval]; the aim: within 1.5x; "
+             "above it, the study budget compresses the ratios).", "",
+             "| target | omitted | seeds | OOD/ID MAE per seed | mean [95 % CI] | full pool | "
+             "ID MAE / full-pool ID MAE [95 % CI] |", "|---|---|---|---|---|---|---|"]
     for e in table:
         per = ", ".join(_f(x) for x in e["mae_ratios"]) or "not run yet"
-        pm = "–" if e["mae_ratio"] is None else _f(e["mae_ratio"]) + (
-            f" ± {_f(e['mae_ratio_sd'])}" if e["mae_ratio_sd"] is not None else "")
-        lines.append(f"| {e['target']} | {e['element']} | {len(e['seeds'])} | {per} | {pm} | "
-                     f"{_f(e['full_pool_mae_ratio'])} | {_f(e['id_mae_vs_full_pool'])} |")
+        ratio = _seed_text({"mean": e["mae_ratio"], "low": e.get("mae_ratio_low"), "high": e.get("mae_ratio_high")})
+        ident = _seed_text({"mean": e["id_mae_vs_full_pool"], "low": e.get("id_mae_vs_full_pool_low"),
+                            "high": e.get("id_mae_vs_full_pool_high")})
+        lines.append(f"| {e['target']} | {e['element']} | {len(e['seeds'])} | {per} | {ratio} | "
+                     f"{_f(e['full_pool_mae_ratio'])} | {ident} |")
     return lines
 
 
@@ -253,14 +282,20 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"| {labels.get(key, key).replace('|', chr(92) + '|')} | "
                          + " | ".join(_ci(v["metrics"][key]) for v in fams.values()) + " |")
     lines += _reference_lines(summary.get("reference_table") or [])
-    lines += ["", "## Tasks", "", "| task | family | target | held out | seeds | OOD/ID MAE | OOD/ID λ_max | "
-              "OOD/ID trace | verdicts |", "|---|---|---|---|---|---|---|---|---|"]
-    from traits.campaign import _pm, held_out_text
+    lines += ["", "## Tasks", "", "Mean over the seeds [95 % t interval over the seeds].", "",
+              "| task | family | target | held out | seeds | OOD/ID MAE | OOD/ID λ_max | OOD/ID trace | verdicts |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    from traits.campaign import held_out_text
 
+    by_task: dict[str, list[dict]] = {}
+    for r in summary.get("rows") or []:
+        by_task.setdefault(r["task"], []).append(r)
     for e in summary["tasks"]:
+        mine = by_task.get(e["task"], [])
+        cells = [_seed_text(seed_interval([r.get(k) for r in mine]))
+                 for k in ("mae_ratio", "lambda_ratio", "trace_ratio")]
         lines.append(f"| {e['task']} | {e.get('family') or '–'} | {e['target']} | {held_out_text(e)} | "
-                     f"{len(e['seeds'])} | {_pm(e, 'mae_ratio')} | {_pm(e, 'lambda_ratio')} | "
-                     f"{_pm(e, 'trace_ratio')} | {'/'.join(e['verdicts'])} |")
+                     f"{len(e['seeds'])} | {' | '.join(cells)} | {'/'.join(e['verdicts'])} |")
     return "\n".join(lines) + "\n"
 
 
