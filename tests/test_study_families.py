@@ -135,6 +135,7 @@ def test_study_summary_files_and_catalogue_evidence(tmp_path):
     metrics = {m.name: m for m in cat.catalogue(paths["evidence"])}
     ev = metrics["lambda_ratio"].evidence
     assert ev.rho == pytest.approx(1.0, abs=0.03) and ev.pipeline_check and "pipeline check" in ev.text()
+    assert ev.n_clusters == 7 and "over 7 tasks, 7 held-out rules" in ev.text()  # rows without a rule: their task
     assert not cat.fails_by_default_from_evidence(metrics["lambda_ratio"])  # a pipeline check never decides
     real = json.loads(paths["evidence"].read_text())
     real["pipeline_check"] = False

@@ -48,6 +48,7 @@ class Evidence:
     pipeline_check: bool = True  # True: a tiny-budget run, not evidence
     p_holm: float | None = None
     in_progress: bool = False    # True: an interim summary of a study still running, not evidence
+    n_clusters: int | None = None  # held-out rules (tasks that hold out the same compounds count once)
 
     def text(self) -> str:
         if self.rho is None:
@@ -55,7 +56,9 @@ class Evidence:
         iv = f" [{self.low:.2f}, {self.high:.2f}]" if self.low is not None and self.high is not None else ""
         tag = ", pipeline check only" if self.pipeline_check else (", interim: study in progress" if self.in_progress
                                                                    else "")
-        return f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks ({self.study_version}, {self.data_set}{tag})"
+        rules = f", {self.n_clusters} held-out rules" if self.n_clusters else ""
+        return (f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks{rules} "
+                f"({self.study_version}, {self.data_set}{tag})")
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def _evidence(path: str) -> dict[str, Evidence]:
                              n_audits=e.get("n_audits", 0), noise_floor=e.get("noise_floor"),
                              study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
                              pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"),
-                             in_progress=bool(meta["in_progress"]))
+                             in_progress=bool(meta["in_progress"]), n_clusters=e.get("n_clusters"))
     return out
 
 

@@ -121,7 +121,7 @@ def evidence_json(summary: dict) -> dict:
         "generated_utc": summary["generated_utc"],
         "rule": "fails by default only if the rho interval (expected direction) lies above 0 and p_holm < 0.05",
         "metrics": {k: {"rho": v["rho"], "low": v["low"], "high": v["high"], "p_holm": v.get("p_holm"),
-                        "n_tasks": v["n_tasks"], "n_audits": v["n_audits"],
+                        "n_tasks": v["n_tasks"], "n_audits": v["n_audits"], "n_clusters": v.get("n_clusters"),
                         "noise_floor": (floor.get(k) or {}).get("high" if v["expected_sign"] > 0 else "low")}
                     for k, v in overall.items()},
     }
