@@ -333,3 +333,27 @@ def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
     assert gaps(runs) == [] and gaps(runs, seeds=[0, 1]) == []
     watch(runs, out, 0, **kw)  # the round that sees it finished writes the final one
     assert not json.loads((out / "summary.json").read_text())["in_progress"]
+
+
+def test_the_domain_shift_thresholds_are_set_against_the_study(tmp_path):
+    """The summary puts the rule's thresholds beside the study's values: random splits against omission tasks."""
+    from traits.study.summary import shift_thresholds, study_summary, write_study_summary
+
+    rows = _rows()  # element tasks: embedding kNN ratio 1, 2, 3, 1, 2, 3 (two seeds each); the random split 1.0
+    for r in rows:
+        r["ood_target_outside"] = 0.01 if r["family"] == "random" else 0.3 * (r["lambda_ratio"] > 4)
+        r["shift_case"] = "extrapolation" if r["embedding_knn_ratio"] > 2 else "neither"
+    got = shift_thresholds(rows)
+    assert got["thresholds"] == {"near_ratio": 1.5, "max_embedding_knn_ratio": 2.0, "target_outside_fraction": 0.2}
+    omitted = got["groups"]["omission tasks"]
+    assert omitted["embedding_knn_ratio"]["n"] == 12 and omitted["embedding_knn_ratio"]["median"] == 2.0
+    assert omitted["embedding_knn_ratio"]["share_above"] == {"near_ratio": pytest.approx(8 / 12),
+                                                             "max_embedding_knn_ratio": pytest.approx(4 / 12)}
+    assert omitted["ood_target_outside"]["share_above"]["target_outside_fraction"] == pytest.approx(6 / 12)
+    assert omitted["cases"] == {"extrapolation": 4, "neither": 8}
+    rnd = got["groups"]["random splits"]
+    assert rnd["embedding_knn_ratio"]["share_above"]["near_ratio"] == 0.0 and rnd["cases"] == {"neither": 1}
+    md = write_study_summary(study_summary(rows, data_set="planted", pipeline_check=True, n_boot=20),
+                             tmp_path)["md"].read_text()
+    assert "## The domain-shift rule's thresholds against the study" in md
+    assert "| omission tasks | 12 | 2.00 [1.00, 3.00] | 67 % | 33 % |" in md

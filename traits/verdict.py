@@ -62,7 +62,9 @@ Where the thresholds come from: ``target_outside_fraction`` 0.2 is ten times wha
 training set shows (about 0.02); ``near_ratio`` 1.5 and ``max_embedding_knn_ratio`` 2.0 are set by hand.
 None of the three is yet justified by a study: the study's noise floor of the embedding-distance ratio on
 random splits (``catalogue.metric("embedding_knn_ratio").evidence.noise_floor``) is the number that should
-set them, and it is not measured until the study at the issue-16 budget has finished (docs/study/). Every
+set them, and it is not measured until the study at the issue-16 budget has finished (docs/study/); the
+study summary's section "The domain-shift rule's thresholds against the study"
+(:func:`traits.study.summary.shift_thresholds`) puts all three beside the random splits and the omission tasks. Every
 case of this rule is a warning, never a failure, so the hand-set values cannot fail an audit.
 """
 

@@ -109,6 +109,7 @@ def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_bo
         "families": {k: {"tasks": len(v["tasks"]), "audits": v["audits"]} for k, v in sorted(per_family.items())},
         "statistics": stats, "tasks": summarise(rows)["tasks"], "rows": rows,
         "reference_table": reference_table(rows, full_pool or []),
+        "shift_thresholds": shift_thresholds(rows),
     }
 
 
@@ -181,6 +182,72 @@ def full_pool_references(folder: Path) -> list[dict]:
         if len(omit) == 1:
             refs.append(entry)
     return refs
+
+
+def shift_thresholds(rows: list[dict]) -> dict:
+    """The domain-shift rule's thresholds (:mod:`traits.verdict`) against the study: for the embedding
+    kNN-distance ratio (``probes.shift.near_ratio``, ``gates.max_embedding_knn_ratio``) and the share of OOD
+    targets outside the training 1st-99th percentiles (``probes.shift.target_outside_fraction``), the values on
+    the random splits (nothing out of distribution) and on the omission tasks, with the share of audits beyond
+    each threshold, and how often the rule named each case."""
+    import numpy as np
+
+    from traits.spec import GateSpec, ShiftSpec
+
+    near = float(ShiftSpec.model_fields["near_ratio"].default)
+    far = float(GateSpec.model_fields["max_embedding_knn_ratio"].default)
+    outside = float(ShiftSpec.model_fields["target_outside_fraction"].default)
+    groups = {"random splits": [r for r in rows if r.get("family") == "random"],
+              "omission tasks": [r for r in rows if r.get("family") not in ("random", "named sets")]}
+
+    def spread(values: list[float], thresholds: dict[str, float]) -> dict:
+        v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
+        if not len(v):
+            return {"n": 0}
+        lo, hi = np.quantile(v, [0.025, 0.975])
+        return {"n": int(len(v)), "median": float(np.median(v)), "low": float(lo), "high": float(hi),
+                "share_above": {name: float(np.mean(v > t)) for name, t in thresholds.items()}}
+
+    out: dict = {"thresholds": {"near_ratio": near, "max_embedding_knn_ratio": far,
+                                "target_outside_fraction": outside}, "groups": {}}
+    for name, sub in groups.items():
+        cases: dict[str, int] = {}
+        for r in sub:
+            cases[str(r.get("shift_case") or "none")] = cases.get(str(r.get("shift_case") or "none"), 0) + 1
+        out["groups"][name] = {
+            "embedding_knn_ratio": spread([r.get("embedding_knn_ratio") for r in sub],
+                                          {"near_ratio": near, "max_embedding_knn_ratio": far}),
+            "ood_target_outside": spread([r.get("ood_target_outside") for r in sub],
+                                         {"target_outside_fraction": outside}),
+            "cases": dict(sorted(cases.items()))}
+    return out
+
+
+def _shift_lines(table: dict | None) -> list[str]:
+    if not table or not any(g["embedding_knn_ratio"].get("n") for g in table["groups"].values()):
+        return []
+    th = table["thresholds"]
+    lines = ["", "## The domain-shift rule's thresholds against the study", "",
+             f"Per audit, median [2.5–97.5 %] and the share beyond each threshold: the embedding kNN-distance ratio "
+             f"(close to training at most {th['near_ratio']:g}, far above {th['max_embedding_knn_ratio']:g}) and the "
+             f"share of OOD targets outside the training 1st–99th percentiles (outside the training range from "
+             f"{th['target_outside_fraction']:g}); and how often the rule named each case.", "",
+             "| audits | n | embedding kNN ratio | > near | > far | OOD targets outside | > threshold | cases |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, g in table["groups"].items():
+        e, t = g["embedding_knn_ratio"], g["ood_target_outside"]
+
+        def rng(x):
+            return "–" if not x.get("n") else f"{_f(x['median'])} [{_f(x['low'])}, {_f(x['high'])}]"
+
+        def share(x, key):
+            return "–" if not x.get("n") else f"{100 * x['share_above'][key]:.0f} %"
+
+        cases = ", ".join(f"{k} {v}" for k, v in g["cases"].items()) or "–"
+        lines.append(f"| {name} | {e.get('n', 0)} | {rng(e)} | {share(e, 'near_ratio')} | "
+                     f"{share(e, 'max_embedding_knn_ratio')} | {rng(t)} | {share(t, 'target_outside_fraction')} | "
+                     f"{cases} |")
+    return lines
 
 
 def reference_table(rows: list[dict], refs: list[dict]) -> list[dict]:
@@ -282,6 +349,7 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"| {labels.get(key, key).replace('|', chr(92) + '|')} | "
                          + " | ".join(_ci(v["metrics"][key]) for v in fams.values()) + " |")
     lines += _reference_lines(summary.get("reference_table") or [])
+    lines += _shift_lines(summary.get("shift_thresholds"))
     lines += ["", "## Tasks", "", "Mean over the seeds [95 % t interval over the seeds].", "",
               "| task | family | target | held out | seeds | OOD/ID MAE | OOD/ID λ_max | OOD/ID trace | verdicts |",
               "|---|---|---|---|---|---|---|---|---|"]
