@@ -209,19 +209,24 @@ def metric_statistics(rows: list[dict], key: str, *, sign: float = 1.0, n_boot: 
     return out
 
 
+def spread(values: Sequence, above: dict[str, float] | None = None) -> dict:
+    """How many finite values, their median and 2.5-97.5 % range, and the share above each named threshold."""
+    v = np.array([float(x) for x in values if x is not None and math.isfinite(float(x))])
+    if not len(v):
+        return {"n": 0, "median": None, "low": None, "high": None, "share_above": {k: None for k in above or {}}}
+    lo, hi = np.quantile(v, [0.025, 0.975])
+    return {"n": int(len(v)), "median": float(np.median(v)), "low": float(lo), "high": float(hi),
+            "share_above": {k: float(np.mean(v > t)) for k, t in (above or {}).items()}}
+
+
 def noise_floor(rows: list[dict], keys: Sequence[str], family_key: str = "family") -> dict:
     """Each metric's OOD/ID ratio on the random-split baselines (nothing out of distribution, so an honest
     metric sits at 1): how many, the median, the 2.5-97.5 % range and the share above 1."""
     base = [r for r in rows if r.get(family_key) == "random"]
     out = {}
     for key in (ERROR_KEY, *keys):
-        v = np.array([float(r[key]) for r in _finite_rows(base, (key,))])
-        if not len(v):
-            out[key] = {"n": 0, "median": None, "low": None, "high": None, "share_above_1": None}
-            continue
-        lo, hi = np.quantile(v, [0.025, 0.975])
-        out[key] = {"n": int(len(v)), "median": float(np.median(v)), "low": float(lo), "high": float(hi),
-                    "share_above_1": float(np.mean(v > 1.0))}
+        s = spread([r.get(key) for r in base], {"1": 1.0})
+        out[key] = {k: s[k] for k in ("n", "median", "low", "high")} | {"share_above_1": s["share_above"]["1"]}
     return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,17 +144,18 @@ def _ci(v: dict) -> str:
 
 
 def seed_interval(values: list, level: float = 0.95) -> dict:
-    """Mean over seeds with its t interval (``level``); no interval from fewer than two finite values."""
+    """Mean and sd over seeds with the mean's t interval (``level``); no interval from fewer than two finite
+    values."""
     from scipy.stats import t as student_t
 
+    from traits.campaign import _mean_std
+
     v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    mean = sum(v) / len(v)
-    if len(v) < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1}
-    half = float(student_t.ppf(0.5 + level / 2, len(v) - 1)) * statistics.stdev(v) / math.sqrt(len(v))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(v)}
+    mean, sd = _mean_std(v)
+    if sd is None:
+        return {"mean": mean, "sd": None, "low": None, "high": None, "n": len(v)}
+    half = float(student_t.ppf(0.5 + level / 2, len(v) - 1)) * sd / math.sqrt(len(v))
+    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "n": len(v)}
 
 
 def _seed_text(iv: dict) -> str:
@@ -190,36 +190,25 @@ def shift_thresholds(rows: list[dict]) -> dict:
     targets outside the training 1st-99th percentiles (``probes.shift.target_outside_fraction``), the values on
     the random splits (nothing out of distribution) and on the omission tasks, with the share of audits beyond
     each threshold, and how often the rule named each case."""
-    import numpy as np
+    from collections import Counter
 
     from traits.spec import GateSpec, ShiftSpec
+    from traits.study.stats import spread
 
     near = float(ShiftSpec.model_fields["near_ratio"].default)
     far = float(GateSpec.model_fields["max_embedding_knn_ratio"].default)
     outside = float(ShiftSpec.model_fields["target_outside_fraction"].default)
     groups = {"random splits": [r for r in rows if r.get("family") == "random"],
               "omission tasks": [r for r in rows if r.get("family") not in ("random", "named sets")]}
-
-    def spread(values: list[float], thresholds: dict[str, float]) -> dict:
-        v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
-        if not len(v):
-            return {"n": 0}
-        lo, hi = np.quantile(v, [0.025, 0.975])
-        return {"n": int(len(v)), "median": float(np.median(v)), "low": float(lo), "high": float(hi),
-                "share_above": {name: float(np.mean(v > t)) for name, t in thresholds.items()}}
-
     out: dict = {"thresholds": {"near_ratio": near, "max_embedding_knn_ratio": far,
                                 "target_outside_fraction": outside}, "groups": {}}
     for name, sub in groups.items():
-        cases: dict[str, int] = {}
-        for r in sub:
-            cases[str(r.get("shift_case") or "none")] = cases.get(str(r.get("shift_case") or "none"), 0) + 1
         out["groups"][name] = {
             "embedding_knn_ratio": spread([r.get("embedding_knn_ratio") for r in sub],
                                           {"near_ratio": near, "max_embedding_knn_ratio": far}),
             "ood_target_outside": spread([r.get("ood_target_outside") for r in sub],
                                          {"target_outside_fraction": outside}),
-            "cases": dict(sorted(cases.items()))}
+            "cases": dict(sorted(Counter(str(r.get("shift_case") or "none") for r in sub).items()))}
     return out
 
 
@@ -261,12 +250,11 @@ def reference_table(rows: list[dict], refs: list[dict]) -> list[dict]:
         mine = [r for r in rows if r.get("target") == ref["target"] and list(r.get("omit") or []) == [ref["element"]]
                 and not r.get("holdout") and r.get("mae_ratio") is not None and r.get("id_mae")]
         ratios = [float(r["mae_ratio"]) for r in mine]
-        mean, sd = _mean_std(ratios)
-        id_mean, _ = _mean_std([float(r["id_mae"]) for r in mine])
         ratio_iv = seed_interval(ratios)
+        id_mean, _ = _mean_std([float(r["id_mae"]) for r in mine])
         id_iv = seed_interval([float(r["id_mae"]) / ref["id_mae"] for r in mine])
         out.append({"target": ref["target"], "element": ref["element"], "seeds": [r.get("seed") for r in mine],
-                    "mae_ratios": ratios, "mae_ratio": mean, "mae_ratio_sd": sd,
+                    "mae_ratios": ratios, "mae_ratio": ratio_iv["mean"], "mae_ratio_sd": ratio_iv["sd"],
                     "mae_ratio_low": ratio_iv["low"], "mae_ratio_high": ratio_iv["high"], "id_mae": id_mean,
                     "id_mae_vs_full_pool_low": id_iv["low"], "id_mae_vs_full_pool_high": id_iv["high"],
                     "full_pool_id_mae": ref["id_mae"], "full_pool_mae_ratio": ref["ood_mae"] / ref["id_mae"],
