@@ -122,6 +122,11 @@ def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     return out
 
 
+def _cluster(row: dict):
+    """A row's cluster: its held-out rule, or its task when it has none."""
+    return row.get(CLUSTER_KEY) or row[UNIT_KEY]
+
+
 def task_units(rows: list[dict], keys: Sequence[str]) -> dict:
     """The per-task means of ``keys`` over the audits where all of them are finite, in first-seen order, with
     each task's cluster (``rule``; the task itself when a row has none) and slot (its target)."""
@@ -132,7 +137,7 @@ def task_units(rows: list[dict], keys: Sequence[str]) -> dict:
         by_task[r[UNIT_KEY]].append(r)
     return {"values": {k: np.array([float(np.mean([float(r[k]) for r in by_task[t]])) for t in order])
                        for k in keys},
-            "clusters": [by_task[t][0].get(CLUSTER_KEY) or t for t in order],
+            "clusters": [_cluster(by_task[t][0]) for t in order],
             "slots": [str(by_task[t][0].get(SLOT_KEY) or "") for t in order],
             "n_audits": len(use), "n_tasks": len(order)}
 
@@ -265,19 +270,16 @@ def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[st
             v["kind"] = kinds.get(k, "")
         return got
 
-    def counted(sub: list[dict]) -> dict:
-        return {"n_tasks": len({r[UNIT_KEY] for r in sub}),
-                "n_clusters": len({r.get(CLUSTER_KEY) or r[UNIT_KEY] for r in sub})}
-
     overall = block(rows)
-    family = {id(r): r.get("family") or "?" for r in rows}
-    groups = {fam: [r for r in rows if family[id(r)] == fam] for fam in sorted(set(family.values()))}
-    others = sorted(f for f in groups if f not in ("element", "random", "named sets"))
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r.get("family") or "?"):
+        groups.setdefault(r.get("family") or "?", []).append(r)
+    others = [f for f in groups if f not in ("element", "random", "named sets")]
     if len(others) > 1:
-        groups[OTHER_FAMILIES] = [r for r in rows if family[id(r)] in others]
+        groups[OTHER_FAMILIES] = [r for r in rows if (r.get("family") or "?") in others]
     per_family = {}
     for fam, sub in groups.items():
-        n = counted(sub)
+        n = {"n_tasks": len({r[UNIT_KEY] for r in sub}), "n_clusters": len({_cluster(r) for r in sub})}
         usable = fam != "random" and n["n_clusters"] >= min_clusters
         per_family[fam] = n | {"metrics": block(sub) if usable else None}
     baselines = [(signs.get(k, 1.0) * overall[k]["rho"], k) for k in metrics

@@ -223,15 +223,15 @@ def _shift_lines(table: dict | None) -> list[str]:
              f"{th['target_outside_fraction']:g}); and how often the rule named each case.", "",
              "| audits | n | embedding kNN ratio | > near | > far | OOD targets outside | > threshold | cases |",
              "|---|---|---|---|---|---|---|---|"]
+
+    def rng(x):
+        return "–" if not x.get("n") else f"{_f(x['median'])} [{_f(x['low'])}, {_f(x['high'])}]"
+
+    def share(x, key):
+        return "–" if not x.get("n") else f"{100 * x['share_above'][key]:.0f} %"
+
     for name, g in table["groups"].items():
         e, t = g["embedding_knn_ratio"], g["ood_target_outside"]
-
-        def rng(x):
-            return "–" if not x.get("n") else f"{_f(x['median'])} [{_f(x['low'])}, {_f(x['high'])}]"
-
-        def share(x, key):
-            return "–" if not x.get("n") else f"{100 * x['share_above'][key]:.0f} %"
-
         cases = ", ".join(f"{k} {v}" for k, v in g["cases"].items()) or "–"
         lines.append(f"| {name} | {e.get('n', 0)} | {rng(e)} | {share(e, 'near_ratio')} | "
                      f"{share(e, 'max_embedding_knn_ratio')} | {rng(t)} | {share(t, 'target_outside_fraction')} | "
