@@ -114,10 +114,11 @@ def _rows():
             rows.append({"task": f"gap-element-{t}", "family": "element", "target": "band_gap", "omit": ["X"],
                          "unit": "eV", "seed": s, "status": "pass", "mae_ratio": 1.0 + t + 0.01 * s,
                          "lambda_ratio": 2.0 + t, "radius_ratio": 1.0 / (1 + t), "embedding_knn_ratio": 1.0 + (t % 3),
-                         "loss_ratio": 1.0 + t, "target_wasserstein_ratio": 1.0 + (t % 2), "id_mae": 1.0,
+                         "loss_ratio": 1.0 + (0, 2, 1, 4, 3, 5)[t], "target_wasserstein_ratio": 1.0 + (t % 2),
+                         "id_mae": 1.0,
                          "ood_mae": 1.0 + t})
     rows.append({"task": "gap-random", "family": "random", "target": "band_gap", "omit": [], "unit": "eV", "seed": 0,
-                 "status": "pass", "mae_ratio": 1.0, "lambda_ratio": 1.2, "radius_ratio": 1.0,
+                 "status": "pass", "mae_ratio": 1.0, "lambda_ratio": 1.2, "radius_ratio": 1.2,
                  "embedding_knn_ratio": 1.0, "loss_ratio": 1.0, "target_wasserstein_ratio": 1.0})
     return rows
 
@@ -144,6 +145,42 @@ def test_study_summary_files_and_catalogue_evidence(tmp_path):
     metrics = {m.name: m for m in cat.catalogue(tmp_path / "real.json")}
     assert cat.fails_by_default_from_evidence(metrics["lambda_ratio"])
     assert cat.fails_by_default_from_evidence(metrics["radius_ratio"])  # ρ = −1, a smaller radius is worse
+    # the planted λ_max ranks the tasks as the error does and the loss at θ does not: it adds to the loss
+    assert metrics["lambda_ratio"].evidence.partial_loss[0] == pytest.approx(1.0)
+    assert "given the loss at θ, partial ρ = 1.00 [1.00, 1.00]" in metrics["lambda_ratio"].evidence.text()
+
+
+def test_a_metric_that_only_restates_the_loss_at_theta_warns(tmp_path):
+    """ρ clear of 0 and a small Holm p are not enough: a predictor whose partial ρ given the loss at θ spans 0
+    (or was not measured) tells nothing the MAE gate does not, so it never fails by default."""
+    from traits.study.summary import study_summary, write_study_summary
+
+    s = study_summary(_rows(), data_set="planted", pipeline_check=False, n_boot=200)
+    raw = json.loads(write_study_summary(s, tmp_path)["evidence"].read_text())
+    lam = raw["metrics"]["lambda_ratio"]
+    assert lam["low"] > 0 and lam["p_holm"] < 0.05 and lam["partial_loss"]["low"] > 0
+    for partial, fails in (({"rho": 0.9, "low": 0.4, "high": 1.0}, True),
+                           ({"rho": 0.1, "low": -0.4, "high": 0.5}, False),
+                           ({"rho": -0.8, "low": -1.0, "high": -0.3}, False),  # the wrong direction
+                           ({"rho": None, "low": None, "high": None}, False), (None, False)):
+        lam["partial_loss"] = partial
+        f = tmp_path / f"ev-{len(str(partial))}-{fails}.json"
+        f.write_text(json.dumps(raw))
+        cat._evidence.cache_clear()
+        m = next(x for x in cat.catalogue(f) if x.name == "lambda_ratio")
+        assert cat.fails_by_default_from_evidence(m) is fails, partial
+    # a smaller robust radius is worse: its partial ρ must lie below 0
+    rad = raw["metrics"]["radius_ratio"]
+    assert rad["partial_loss"]["high"] < 0
+    for partial, fails in (({"rho": -0.9, "low": -1.0, "high": -0.4}, True), ({"rho": 0.9, "low": 0.4, "high": 1.0},
+                                                                             False)):
+        rad["partial_loss"] = partial
+        f = tmp_path / f"radius-{fails}.json"
+        f.write_text(json.dumps(raw))
+        cat._evidence.cache_clear()
+        m = next(x for x in cat.catalogue(f) if x.name == "radius_ratio")
+        assert cat.fails_by_default_from_evidence(m) is fails, partial
+    cat._evidence.cache_clear()
 
 
 def test_an_interim_study_summary_says_so_and_is_not_evidence(tmp_path):

@@ -137,6 +137,18 @@ def test_partial_spearman_removes_a_confounder():
     assert abs(stats.partial_spearman(x, y, [z])) < 0.2
 
 
+def test_partial_spearman_is_undefined_when_a_control_explains_a_variable():
+    """A variable that is a monotone function of the control leaves residuals at rounding level, whose
+    'correlation' is a random sign; it must read as undefined, not as ρ = ±1."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=12)
+    y = rng.normal(size=12)
+    assert stats.partial_spearman(np.exp(z), y, [z]) is None
+    assert stats.partial_spearman(y, -z ** 3, [z]) is None
+    ok = stats.partial_spearman(y + 0.5 * z, y, [z])
+    assert ok is not None and ok > 0.8
+
+
 def test_noise_floor_and_versus_baseline_and_study_block():
     rng = np.random.default_rng(2)
     rows = []

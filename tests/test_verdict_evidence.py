@@ -2,8 +2,9 @@
 
 No adopted evidence: only the direct measurements (MAE ratio, NaN share) fail by default and every
 landscape metric warns. An adopted real study moves a metric into the default ``fail_on`` only when its ρ
-interval clears 0 in the expected direction with a Holm p below 0.05 and its gate threshold lies beyond the
-random-split noise floor; a pipeline check never does."""
+interval clears 0 in the expected direction with a Holm p below 0.05, its partial ρ given the loss at θ clears 0
+too (it says something the MAE gate does not) and its gate threshold lies beyond the random-split noise floor;
+a pipeline check never does."""
 
 from __future__ import annotations
 
@@ -29,8 +30,11 @@ def evidence_file(path, metrics: dict, *, pipeline_check: bool = False, data_set
     return path
 
 
-def strong(rho: float, low: float, high: float, floor: float, p: float = 1e-3) -> dict:
-    return {"rho": rho, "low": low, "high": high, "p_holm": p, "n_tasks": 30, "n_audits": 90, "noise_floor": floor}
+def strong(rho: float, low: float, high: float, floor: float, p: float = 1e-3, partial: tuple | None = None) -> dict:
+    """An evidence entry; its partial ρ given the loss at θ is the ρ interval itself unless ``partial`` says."""
+    pr, pl, ph = partial if partial is not None else (rho, low, high)
+    return {"rho": rho, "low": low, "high": high, "p_holm": p, "n_tasks": 30, "n_audits": 90, "noise_floor": floor,
+            "partial_loss": {"rho": pr, "low": pl, "high": ph}}
 
 
 def test_the_shipped_evidence_if_any_is_a_finished_study():
@@ -78,6 +82,8 @@ def test_without_adopted_evidence_only_direct_measurements_fail(tmp_path, monkey
     (strong(0.6, 0.3, 0.8, floor=1.3, p=0.2), False, False),  # not significant after Holm
     (strong(0.6, 0.3, 0.8, floor=3.5), False, False),      # random splits reach 3.5: the gate 3.0 fires on noise
     (strong(-0.6, -0.8, -0.3, floor=1.3), False, False),   # tracks it the wrong way
+    (strong(0.6, 0.3, 0.8, floor=1.3, partial=(0.1, -0.3, 0.5)), False, False),  # restates the loss at θ
+    (strong(0.6, 0.3, 0.8, floor=1.3, partial=(None, None, None)), False, False),  # adds to it: not measured
 ])
 def test_adopted_evidence_decides_the_default_fail_on(adopt, entry, pipeline, fails):
     adopt({"lambda_ratio": entry}, pipeline_check=pipeline)

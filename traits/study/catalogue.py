@@ -10,8 +10,9 @@ cite the number next to a metric it flags on.
 The default-fail rule (:func:`default_fail_on`, which ``GateSpec.fail_on`` defaults to): the error ratio
 and the non-finite share of the surfaces fail an audit by default, because they are direct measurements
 of failure, not predictors of it. Any other gated metric (the landscape metrics, the embedding distance)
-fails by default only when the adopted study evidence shows it tracks OOD error beyond the noise floor
-(:func:`fails_by_default_from_evidence` and :func:`threshold_clears_floor`); until then it warns.
+fails by default only when the adopted study evidence shows it tracks OOD error beyond the noise floor and
+beyond what the loss at θ already says (:func:`fails_by_default_from_evidence` and
+:func:`threshold_clears_floor`); until then it warns.
 
 Evidence is *adopted* deliberately: ``traits study summary`` writes ``catalogue-evidence.json`` beside the
 study summary it describes (``docs/study/``); ``traits study summary --adopt`` (refused for a pipeline
@@ -49,6 +50,9 @@ class Evidence:
     p_holm: float | None = None
     in_progress: bool = False    # True: an interim summary of a study still running, not evidence
     n_clusters: int | None = None  # held-out rules (tasks that hold out the same compounds count once)
+    #: Partial ρ given the loss at θ, with its interval: what the metric says about the error beyond the error
+    #: the probes already see at θ (None where the study did not measure it).
+    partial_loss: tuple[float | None, float | None, float | None] = (None, None, None)
 
     def text(self) -> str:
         if self.rho is None:
@@ -57,7 +61,12 @@ class Evidence:
         tag = ", pipeline check only" if self.pipeline_check else (", interim: study in progress" if self.in_progress
                                                                    else "")
         rules = f", {self.n_clusters} held-out rules" if self.n_clusters else ""
-        return (f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks{rules} "
+        pr, pl, ph = self.partial_loss
+        beyond = ""
+        if pr is not None:
+            piv = f" [{pl:.2f}, {ph:.2f}]" if pl is not None and ph is not None else ""
+            beyond = f"; given the loss at θ, partial ρ = {pr:.2f}{piv}"
+        return (f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks{rules}{beyond} "
                 f"({self.study_version}, {self.data_set}{tag})")
 
 
@@ -181,7 +190,8 @@ def _evidence(path: str) -> dict[str, Evidence]:
                              n_audits=e.get("n_audits", 0), noise_floor=e.get("noise_floor"),
                              study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
                              pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"),
-                             in_progress=bool(meta["in_progress"]), n_clusters=e.get("n_clusters"))
+                             in_progress=bool(meta["in_progress"]), n_clusters=e.get("n_clusters"),
+                             partial_loss=tuple((e.get("partial_loss") or {}).get(q) for q in ("rho", "low", "high")))
     return out
 
 
@@ -258,16 +268,30 @@ def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:
     return _evidence(str(evidence_file or EVIDENCE_FILE)).get(name)
 
 
-def fails_by_default_from_evidence(m: Metric) -> bool:
-    """The study's rule: fail by default only when, in a real study (not a pipeline check), the metric's ρ
-    interval taken in its expected direction lies above 0 and its Holm-adjusted p is below 0.05. (The
-    random-split noise floor of the ratio, ``evidence.noise_floor``, is what a gate threshold must exceed:
-    see :func:`threshold_clears_floor`.)"""
-    ev = m.evidence
-    if ev is None or ev.pipeline_check or ev.in_progress or ev.low is None or ev.high is None:
+def _clear_of_zero(low: float | None, high: float | None, direction: float) -> bool:
+    """An interval lying wholly on the expected side of 0."""
+    if low is None or high is None:
         return False
-    low = ev.low if m.direction > 0 else -ev.high
-    return low > 0 and ev.p_holm is not None and ev.p_holm < 0.05
+    return (low if direction > 0 else -high) > 0
+
+
+def fails_by_default_from_evidence(m: Metric) -> bool:
+    """The study's rule: fail by default only when, in a real study (not a pipeline check or an interim
+    summary), the metric's ρ interval taken in its expected direction lies above 0, its Holm-adjusted p is
+    below 0.05, **and** its partial ρ given the loss at θ has an interval above 0 in that direction too.
+
+    The last condition is there because every audit that measures a landscape also measures the error at θ,
+    and its MAE gate fails by default: a predictor's own failure changes a verdict only where the MAE gate
+    passes, and there only what the predictor says beyond the loss at θ counts. A metric that restates the
+    loss at θ (partial ρ near 0) would add false alarms and nothing else, so it warns. (The random-split noise
+    floor of the ratio, ``evidence.noise_floor``, is what a gate threshold must exceed: see
+    :func:`threshold_clears_floor`.)"""
+    ev = m.evidence
+    if ev is None or ev.pipeline_check or ev.in_progress:
+        return False
+    if not _clear_of_zero(ev.low, ev.high, m.direction) or ev.p_holm is None or ev.p_holm >= 0.05:
+        return False
+    return _clear_of_zero(ev.partial_loss[1], ev.partial_loss[2], m.direction)
 
 
 def threshold_clears_floor(m: Metric, threshold: float) -> bool | None:

@@ -67,7 +67,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 def partial_spearman(x: Sequence[float], y: Sequence[float], controls: Sequence[Sequence[float]]) -> float | None:
     """Spearman ρ of x and y controlling for ``controls``: the ranks of x and y are regressed (least squares,
-    with an intercept) on the ranks of the controls and the residuals correlated."""
+    with an intercept) on the ranks of the controls and the residuals correlated. None when the controls
+    explain x or y entirely (a residual at rounding level carries no sign to correlate)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if not controls:
         return spearman(x, y)
@@ -77,7 +78,11 @@ def partial_spearman(x: Sequence[float], y: Sequence[float], controls: Sequence[
     rx, ry = _rank(x), _rank(y)
     beta_x, *_ = np.linalg.lstsq(z, rx, rcond=None)
     beta_y, *_ = np.linalg.lstsq(z, ry, rcond=None)
-    return _pearson(rx - z @ beta_x, ry - z @ beta_y)
+    ex, ey = rx - z @ beta_x, ry - z @ beta_y
+    for r, e in ((rx, ex), (ry, ey)):
+        if float(e @ e) <= 1e-20 * max(float((r - r.mean()) @ (r - r.mean())), 1.0):
+            return None
+    return _pearson(ex, ey)
 
 
 def cluster_bootstrap(stat: Callable[[np.ndarray], float | None], n_rows: int, clusters: Sequence,

@@ -119,10 +119,14 @@ def evidence_json(summary: dict) -> dict:
         "study_version": summary["study_version"], "data_set": summary["data_set"],
         "pipeline_check": summary["pipeline_check"], "in_progress": summary.get("in_progress", False),
         "generated_utc": summary["generated_utc"],
-        "rule": "fails by default only if the rho interval (expected direction) lies above 0 and p_holm < 0.05",
+        "rule": "fails by default only if the rho interval (expected direction) lies above 0, p_holm < 0.05, the "
+                "partial rho given the loss at theta has its interval above 0 too, and the gate threshold lies "
+                "beyond the noise floor",
         "metrics": {k: {"rho": v["rho"], "low": v["low"], "high": v["high"], "p_holm": v.get("p_holm"),
                         "n_tasks": v["n_tasks"], "n_audits": v["n_audits"], "n_clusters": v.get("n_clusters"),
-                        "noise_floor": (floor.get(k) or {}).get("high" if v["expected_sign"] > 0 else "low")}
+                        "noise_floor": (floor.get(k) or {}).get("high" if v["expected_sign"] > 0 else "low"),
+                        "partial_loss": {q: ((v.get("partial") or {}).get("loss") or {}).get(q)
+                                         for q in ("rho", "low", "high")}}
                     for k, v in overall.items()},
     }
 
