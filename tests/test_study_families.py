@@ -157,30 +157,27 @@ def test_a_metric_that_only_restates_the_loss_at_theta_warns(tmp_path):
 
     s = study_summary(_rows(), data_set="planted", pipeline_check=False, n_boot=200)
     raw = json.loads(write_study_summary(s, tmp_path)["evidence"].read_text())
-    lam = raw["metrics"]["lambda_ratio"]
+    lam, rad = raw["metrics"]["lambda_ratio"], raw["metrics"]["radius_ratio"]
     assert lam["low"] > 0 and lam["p_holm"] < 0.05 and lam["partial_loss"]["low"] > 0
-    for partial, fails in (({"rho": 0.9, "low": 0.4, "high": 1.0}, True),
-                           ({"rho": 0.1, "low": -0.4, "high": 0.5}, False),
-                           ({"rho": -0.8, "low": -1.0, "high": -0.3}, False),  # the wrong direction
-                           ({"rho": None, "low": None, "high": None}, False), (None, False)):
-        lam["partial_loss"] = partial
-        f = tmp_path / f"ev-{len(str(partial))}-{fails}.json"
+    assert rad["high"] < 0 and rad["partial_loss"]["high"] < 0  # a smaller radius is worse: ρ below 0
+
+    def decides(name: str, partial) -> bool:
+        raw["metrics"][name]["partial_loss"] = partial
+        f = tmp_path / "ev.json"
         f.write_text(json.dumps(raw))
         cat._evidence.cache_clear()
-        m = next(x for x in cat.catalogue(f) if x.name == "lambda_ratio")
-        assert cat.fails_by_default_from_evidence(m) is fails, partial
-    # a smaller robust radius is worse: its partial ρ must lie below 0
-    rad = raw["metrics"]["radius_ratio"]
-    assert rad["partial_loss"]["high"] < 0
-    for partial, fails in (({"rho": -0.9, "low": -1.0, "high": -0.4}, True), ({"rho": 0.9, "low": 0.4, "high": 1.0},
-                                                                             False)):
-        rad["partial_loss"] = partial
-        f = tmp_path / f"radius-{fails}.json"
-        f.write_text(json.dumps(raw))
-        cat._evidence.cache_clear()
-        m = next(x for x in cat.catalogue(f) if x.name == "radius_ratio")
-        assert cat.fails_by_default_from_evidence(m) is fails, partial
-    cat._evidence.cache_clear()
+        try:
+            return cat.fails_by_default_from_evidence(next(x for x in cat.catalogue(f) if x.name == name))
+        finally:
+            cat._evidence.cache_clear()
+
+    positive, negative = {"rho": 0.9, "low": 0.4, "high": 1.0}, {"rho": -0.9, "low": -1.0, "high": -0.4}
+    assert decides("lambda_ratio", positive)
+    assert not decides("lambda_ratio", {"rho": 0.1, "low": -0.4, "high": 0.5})  # restates the loss at θ
+    assert not decides("lambda_ratio", negative)  # the wrong direction
+    assert not decides("lambda_ratio", {"rho": None, "low": None, "high": None})  # not measured
+    assert not decides("lambda_ratio", None)
+    assert decides("radius_ratio", negative) and not decides("radius_ratio", positive)
 
 
 def test_an_interim_study_summary_says_so_and_is_not_evidence(tmp_path):
