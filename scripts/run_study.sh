@@ -69,7 +69,7 @@ campaign() {
 say "MP element core"
 campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-element-*' || say "some MP core tasks failed"
 say "MP random-split baselines (the noise floor every adoption needs)"
-campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-random-*' || say "some MP baselines failed"
+campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-random,*-random-*' || say "some MP baselines failed"
 say "MP, every family, seed 0"
 campaign 0 "$code/audits/study/mp" --out "$root/runs/study-mp" || say "some MP tasks failed"
 say "Perov-5"
