@@ -17,14 +17,14 @@ nan_fraction        largest non-finite share of any surface    ≤ 0.0   the los
 
 A violated gate is a *fail* when it is listed in ``gates.fail_on`` and a *warn* otherwise. The default
 ``fail_on`` (:func:`traits.study.catalogue.default_fail_on`) holds the MAE ratio and the NaN share, which
-measure failure directly, and a landscape or distance metric only once an adopted study shows that it
-tracks OOD error beyond the noise floor and beyond what the loss at θ already says: no study at the issue-16
-budget has been adopted, and the reference campaign measured ρ = 0.04 for the robust-radius ratio, so
-every landscape metric warns by default. Every gate outcome and every finding that flags on a landscape or distance metric carries the
-adopted study's evidence for it (``evidence``: ρ with its interval, data set and version, or "not yet
-measured"), recorded when the verdict is applied so a re-rendered report cites what the verdict used. A
-gate whose metric was not measured (probe disabled, or a zero denominator) is reported as a warning and
-never fails the audit.
+measure failure directly, and a landscape or distance metric only once an adopted study shows that it tracks
+OOD error beyond the noise floor and beyond what the loss at θ already says: no study at the issue-16 budget
+has been adopted, and the reference campaign measured ρ = 0.04 for the robust-radius ratio, so every landscape
+metric warns by default. Every gate outcome and every finding that flags on a landscape or distance metric
+carries the adopted study's evidence for it (``evidence``: ρ with its interval, data set and version, or "not
+yet measured"), recorded when the verdict is applied so a re-rendered report cites what the verdict used. A
+gate whose metric was not measured (probe disabled, or a zero denominator) is reported as a warning and never
+fails the audit.
 
 Domain shift: extrapolation or a fragile representation?
 --------------------------------------------------------
