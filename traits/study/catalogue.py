@@ -57,17 +57,18 @@ class Evidence:
     def text(self) -> str:
         if self.rho is None:
             return f"not measured in {self.study_version}"
-        iv = f" [{self.low:.2f}, {self.high:.2f}]" if self.low is not None and self.high is not None else ""
         tag = ", pipeline check only" if self.pipeline_check else (", interim: study in progress" if self.in_progress
                                                                    else "")
         rules = f", {self.n_clusters} held-out rules" if self.n_clusters else ""
         pr, pl, ph = self.partial_loss
-        beyond = ""
-        if pr is not None:
-            piv = f" [{pl:.2f}, {ph:.2f}]" if pl is not None and ph is not None else ""
-            beyond = f"; given the loss at θ, partial ρ = {pr:.2f}{piv}"
-        return (f"ρ = {self.rho:.2f}{iv} over {self.n_tasks} tasks{rules}{beyond} "
+        beyond = f"; given the loss at θ, partial ρ = {pr:.2f}{_interval(pl, ph)}" if pr is not None else ""
+        return (f"ρ = {self.rho:.2f}{_interval(self.low, self.high)} over {self.n_tasks} tasks{rules}{beyond} "
                 f"({self.study_version}, {self.data_set}{tag})")
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    """" [low, high]" to two decimals, or nothing when either end is missing."""
+    return f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
 
 
 @dataclass(frozen=True)
