@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from traits import shift as SH
+from traits.data.splits import SPLIT_SCHEME
 from traits.probes import metrics as M
 from traits.results import AuditResult, ShiftResult
 from traits.spec import AuditSpec, GateSpec
@@ -286,6 +287,7 @@ def make_result(
         "spec": _spec(name[:200], description, [e for e in omit if e in ("Fe", "O", "Co", "Ni")], seed),
         "provenance": {
             "traits_version": "0.1.0",
+            "split_scheme": SPLIT_SCHEME,
             "versions": {"python": "3.11.7", "torch": "2.3.1", "torch_geometric": "2.5.3", "pymatgen": "2024.5.1",
                          "numpy": "1.26.4"},
             "platform": "Linux-6.1-x86_64-with-glibc2.36",

@@ -18,6 +18,7 @@ import torch
 
 import traits.files
 from traits.audit import run_audit
+from traits.data.splits import SPLIT_SCHEME
 from traits.errors import CheckpointError, DataError, OutputError, TraitsError
 from traits.results import AuditResult, load_result
 from traits.spec import load_spec
@@ -85,6 +86,7 @@ def test_results_json_is_written_and_loads(audited):
     assert {"data", "model", "accuracy", "hessian_id", "hessian_ood", "surfaces"} <= set(prov.wall_seconds)
     manifest = json.loads((out / "split_manifest.json").read_text())
     assert manifest["manifest_hash"] == prov.manifest_hash
+    assert manifest["scheme"] == prov.split_scheme == SPLIT_SCHEME
     assert manifest["counts"] == {k: v.count for k, v in loaded.splits.items()}
     assert sum(manifest["counts"].values()) == 400
 

@@ -28,7 +28,7 @@ from traits.data.graphs import (
 )
 from traits.data.prepare import prepare_data, split_statistics
 from traits.data.sources import Entry, read_csv, read_jarvis, read_mp, read_source, sample_path
-from traits.data.splits import assign_splits
+from traits.data.splits import SPLIT_SCHEME, assign_splits
 from traits.errors import DataError, GraphError, OutputError
 from traits.spec import GraphSpec, spec_from_mapping
 
@@ -262,6 +262,33 @@ def test_random_baseline_split_and_empty_splits():
         assign_splits(ids[:3], elements[:3], [], fr, seed=0)
     with pytest.raises(DataError, match="duplicate"):
         assign_splits(["a", "a"], [{"Na"}, {"Cl"}], [], fr, seed=0)
+
+
+def test_random_baselines_of_different_shares_are_independent_partitions():
+    """Two random baselines at one seed must be two draws (a noise floor pools them), not nested holdouts
+    sharing one ID test set: their overlaps sit near chance (share x share), never near containment."""
+    ids, elements = toy_pool(4000)
+    fr = {"train": 0.8, "val": 0.1, "test": 0.1}
+    a, b = (assign_splits(ids, elements, [], fr, seed=0, ood_fraction=f) for f in (0.15, 0.2))
+    ood_a, ood_b, id_a, id_b = set(a.ids["ood"]), set(b.ids["ood"]), set(a.ids["id"]), set(b.ids["id"])
+    assert len(ood_a) == 600 and len(ood_b) == 800
+    assert len(ood_a & ood_b) / len(ood_a) < 0.35      # chance: 0.20 of them; nested: 1.0
+    assert len(id_a & id_b) / len(id_a) < 0.25         # chance: about 0.1; one shared ID set: 1.0
+    again = assign_splits(ids, elements, [], fr, seed=0, ood_fraction=0.15)
+    assert again.ids == a.ids and again.to_dict()["scheme"] == SPLIT_SCHEME
+
+
+def test_omission_split_is_one_permutation_of_the_sorted_pool():
+    """An omission split is the seed's permutation of the sorted in-distribution ids, cut by the fractions,
+    as in every earlier split scheme: the random-holdout change moved no omission compound."""
+    ids, elements = toy_pool()
+    fr = {"train": 0.8, "val": 0.1, "test": 0.1}
+    m = assign_splits(ids, elements, ["Fe"], fr, seed=7)
+    pool = sorted(i for i, e in zip(ids, elements) if "Fe" not in e)
+    order = [pool[j] for j in np.random.default_rng(7).permutation(len(pool))]
+    n_train, n_val = round(0.8 * len(pool)), round(0.1 * len(pool))
+    assert m.ids["train"] == order[:n_train] and m.ids["val"] == order[n_train:n_train + n_val]
+    assert m.ids["id"] == order[n_train + n_val:]
 
 
 def test_split_statistics_counts_omitted_and_unseen(tmp_path):

@@ -125,6 +125,9 @@ def test_a_task_rule_ignores_target_and_seed():
     assert held_out_rule(make_result(omit=["O"])) == "element:O"
     rnd = make_result(omit=[], spec={**fe.spec, "omit": [], "split": {"ood_fraction": 0.15}})
     assert held_out_rule(rnd) == "random:0.15"
+    # split scheme 1 nested every share of a seed in one partition: one cluster for all of them
+    old = rnd.model_copy(update={"provenance": rnd.provenance.model_copy(update={"split_scheme": 1})})
+    assert held_out_rule(old) == "random:nested"
     assert summary_row("enthalpy-element-Fe", fe)["rule"] == "element:Fe"
 
 

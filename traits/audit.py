@@ -20,6 +20,7 @@ import torch
 import traits
 from traits.data.prepare import PreparedData, prepare_data, prepare_for_adapter
 from traits.data.sources import file_hash
+from traits.data.splits import SPLIT_SCHEME
 from traits.errors import CheckpointError, TraitsError
 from traits.files import ensure_dir
 from traits.models.base import set_probe_parameters
@@ -874,6 +875,7 @@ def _run_audit(
         checkpoint_format=spec.model.format if adapter is None else spec.model.architecture,
         checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
+        split_scheme=SPLIT_SCHEME,
     )
     result = AuditResult(
         name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,

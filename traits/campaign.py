@@ -391,13 +391,16 @@ def task_family(result: AuditResult) -> str:
 def held_out_rule(result: AuditResult) -> str:
     """What a task holds out, without its target or seed (``element:Fe``, ``chemsys:Fe-O,Li-O``,
     ``random:0.15``, ...): the tasks of different targets with one rule test the same compounds, so the study
-    statistics treat them as one cluster (:mod:`traits.study.stats`)."""
+    statistics treat them as one cluster (:mod:`traits.study.stats`). Random splits drawn by split scheme 1
+    (``provenance.split_scheme``) nested every share of one seed inside one partition, so all of them form one
+    cluster, ``random:nested``."""
     spec = result.spec or {}
     family = task_family(result)
     if family == "element":
         what = ",".join(sorted(result.omit))
     elif family == "random":
-        what = str((spec.get("split") or {}).get("ood_fraction"))
+        nested = result.provenance.split_scheme < 2
+        what = "nested" if nested else str((spec.get("split") or {}).get("ood_fraction"))
     elif family == "named sets":
         what = json.dumps((spec.get("data") or {}).get("sets"), sort_keys=True, default=str)
     else:

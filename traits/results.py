@@ -19,7 +19,7 @@ from traits.errors import TraitsError
 from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`).
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -64,6 +64,8 @@ class Provenance(_Result):
     data_source: str = ""
     data_hash: str = ""
     manifest_hash: str = ""
+    split_scheme: int = Field(1, description="how the split was drawn (traits.data.splits.SPLIT_SCHEME); 1 for "
+                              "results written before it was recorded")
 
 
 class SplitStats(_Result):
