@@ -4,6 +4,8 @@
 #   scripts/run_study.sh            # MP element core, MP random splits, seed 0 of the other MP families,
 #                                   # Perov-5, then seeds 1 and 2 of the other MP families
 #   STUDY_DRY=1 scripts/run_study.sh   # print what it would do
+#   kill "$(cat runs/study.pid)"       # stop it: the campaign stops its workers (their tasks resume next
+#                                      # time) and the audits finished so far are committed
 #
 # The campaigns run from a separate worktree of this checkout (STUDY_CODE, default ../study-code), refreshed to
 # HEAD at the start, so edits made here while they run cannot reach the workers (they import TRAITS once but
@@ -49,22 +51,35 @@ commit_finished() {
   done
   [ "$new" -gt 0 ] || return 0
   n=$(find "docs/study/runs-$pool-partial" -name results.json | wc -l)
-  git add "docs/study/runs-$pool-partial" && git commit -q -m "Study (in progress, not evidence): results.json of \
-the $n finished $pool study audits, kept so the run resumes from them" -- "docs/study/runs-$pool-partial" || true
+  local only="docs/study/runs-$pool-partial/seed-*/*/results.json"   # never an edit of the folder's README
+  git add -- "$only" && git commit -q -m "Study (in progress, not evidence): results.json of \
+the $n finished $pool study audits, kept so the run resumes from them" -- "$only" || true
 }
 if [ -z "$dry" ]; then
   ( while true; do sleep "$every"; commit_finished mp; commit_finished perov5; done ) &
   committer=$!
-  trap 'kill "$committer" 2>/dev/null || true; commit_finished mp; commit_finished perov5' EXIT
+  trap 'kill "$committer" 2>/dev/null || true; commit_finished mp; commit_finished perov5; rm -f runs/study.pid' EXIT
+  mkdir -p runs && echo $$ > runs/study.pid
 fi
+# A campaign runs as a background child that the script waits for, so that a TERM reaches this script at once
+# (bash defers traps while a foreground child runs): it passes the TERM on and waits for the campaign to stop.
+child=""
+stop() { say "stopping"; [ -z "$child" ] || { kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; }; exit 143; }
+trap stop TERM INT
 
 # 4. the campaigns, in the order the issue asks for: the core first. Seed 0 of every other MP family comes
 #    before Perov-5, and their seeds 1 and 2 after it, so every count the issue asks for (each family, Perov-5)
 #    is reached as early as the machine allows; the later seeds only narrow those tasks' seed means.
 campaign() {
   local seeds="$1"; shift
-  do_ env -C "$code" PYTHONPATH="$code" python -m traits.cli campaign "$@" --profile study --seeds "$seeds" \
-    --workers "$workers" --threads "$threads"
+  if [ -n "$dry" ]; then do_ python -m traits.cli campaign "$@" --profile study --seeds "$seeds"; return; fi
+  env -C "$code" PYTHONPATH="$code" python -m traits.cli campaign "$@" --profile study --seeds "$seeds" \
+    --workers "$workers" --threads "$threads" &
+  child=$!
+  local rc=0
+  wait "$child" || rc=$?
+  child=""
+  return "$rc"
 }
 say "MP element core"
 campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-element-*' || say "some MP core tasks failed"

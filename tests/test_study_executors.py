@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,53 @@ def die_once(job: Toy) -> int:
         marker.write_text("killed once")
         os._exit(17)
     return job.index * 10
+
+
+def sleep_and_report(job: Toy) -> int:
+    """Writes its worker's pid into the folder ``job.marker``, then works for two minutes."""
+    (Path(job.marker) / str(os.getpid())).write_text("running")
+    time.sleep(120)
+    return job.index
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_stopped_campaign_leaves_no_worker_running(tmp_path, sig):
+    """SIGTERM makes the pool stop its workers; after SIGKILL (no chance to) each worker notices that its
+    campaign process is gone and ends itself. Either way no worker goes on with its task beside the next run."""
+    driver = ("import sys; from tests.test_study_executors import Toy, sleep_and_report; "
+              "from traits.study.executors import execute; "
+              "execute(sleep_and_report, [Toy(i, marker=sys.argv[1]) for i in range(4)], workers=2, threads=1)")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(tmp_path)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in tmp_path.iterdir()]
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived its campaign"
+        assert len(list(tmp_path.iterdir())) == 2  # and none of the other two tasks was started
+    finally:
+        proc.kill()
+        for w in [int(p.name) for p in tmp_path.iterdir()]:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_plan_threads():

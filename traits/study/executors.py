@@ -6,6 +6,10 @@ Tasks are idempotent (the task function skips a finished task folder), so a lost
 task it was running: the local pool starts a fresh pool and resubmits the unfinished jobs, Dask's
 scheduler reschedules the tasks of a dead worker on another (its nanny restarts the worker process).
 
+Stopping: a campaign stopped by Ctrl-C or SIGTERM ends its local pool's workers at once (their tasks resume
+on the next run), and a worker whose campaign process is gone without that (SIGKILL) ends itself within a
+second (:func:`_exit_when_orphaned`): an orphaned worker would otherwise finish its task beside the next run.
+
 Threads: each worker runs ``threads`` torch threads, ``workers × threads ≤ cores``
 (:func:`plan_threads`). Resources: a job declares what it needs (``{"CPU": 1}`` or ``{"GPU": 1}``); on
 Dask these are worker resources, so a GPU audit runs only on a worker started with ``--resources GPU=1``.
@@ -16,7 +20,11 @@ Dask (``pip install 'traits-audit[distributed]'``) is imported only when chosen.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,13 @@ from typing import Any
 from traits.errors import SpecError, TraitsError
 
 EXECUTORS = ("local", "dask")
+#: Exit status of a local-pool worker that found its campaign process gone.
+ORPHAN_EXIT = 75
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the campaign's main thread while a local pool runs, so the pool stops its workers
+    (the CLI reports it like Ctrl-C: partial work is kept)."""
 
 
 @dataclass
@@ -100,6 +115,50 @@ def run_inline(fn: Callable, jobs: Sequence, log: Callable[[str], None] = lambda
     return out
 
 
+def _start_worker(threads: int, parent: int) -> None:
+    """Initializer of a local-pool worker: its torch threads and the orphan watchdog."""
+    _set_threads(threads)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="traits-orphan-watchdog").start()
+
+
+def _exit_when_orphaned(parent: int, every: float = 0.5) -> None:
+    """End this worker once ``parent`` (the campaign process) is no longer its parent. Its task's files are
+    written atomically and its lock names a dead process, so the next run resumes the task."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(ORPHAN_EXIT)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the pool runs, SIGTERM raises :class:`Terminated` in the main thread (else it would end the
+    campaign process at once and leave the workers running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pool) -> None:
+    """Terminate a ProcessPoolExecutor's workers now, without waiting for their tasks."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run_local(fn: Callable, jobs: Sequence, workers: int, threads: int,
               log: Callable[[str], None] = lambda _m: None, max_lost: int = 2) -> list:
     """A pool of ``workers`` spawned processes (no server). A worker that dies breaks the pool: a fresh pool
@@ -113,23 +172,29 @@ def run_local(fn: Callable, jobs: Sequence, workers: int, threads: int,
     pending = dict(enumerate(jobs))
     while pending:
         broken = False
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"),
-                                 initializer=_set_threads, initargs=(threads,)) as pool:
-            futures = {pool.submit(fn, job): i for i, job in pending.items()}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                label = getattr(jobs[i], "label", i)
-                try:
-                    results[i] = fut.result()
-                    log(f"{label}: finished")
-                except BrokenProcessPool:
-                    broken = True
-                    lost[i] = lost.get(i, 0) + 1
-                    continue
-                except Exception as exc:  # the task raised: record it, go on with the others
-                    log(f"{label}: failed: {exc}")
-                    results[i] = TaskFailed(jobs[i], f"{type(exc).__name__}: {exc}")
-                pending.pop(i, None)
+        with _sigterm_raises(), ProcessPoolExecutor(
+                max_workers=min(workers, len(pending)), mp_context=get_context("spawn"),
+                initializer=_start_worker, initargs=(threads, os.getpid())) as pool:
+            try:
+                futures = {pool.submit(fn, job): i for i, job in pending.items()}
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    label = getattr(jobs[i], "label", i)
+                    try:
+                        results[i] = fut.result()
+                        log(f"{label}: finished")
+                    except BrokenProcessPool:
+                        broken = True
+                        lost[i] = lost.get(i, 0) + 1
+                        continue
+                    except Exception as exc:  # the task raised: record it, go on with the others
+                        log(f"{label}: failed: {exc}")
+                        results[i] = TaskFailed(jobs[i], f"{type(exc).__name__}: {exc}")
+                    pending.pop(i, None)
+            except BaseException:  # Ctrl-C, SIGTERM (Terminated), or a bug here: stop the running tasks too
+                log(f"stopping: {len(pending)} unfinished task(s) are left to the next run")
+                _stop_workers(pool)
+                raise
         if broken:
             for i in list(pending):
                 if lost[i] > max_lost:
