@@ -163,39 +163,13 @@ def run_local(fn: Callable, jobs: Sequence, workers: int, threads: int,
               log: Callable[[str], None] = lambda _m: None, max_lost: int = 2) -> list:
     """A pool of ``workers`` spawned processes (no server). A worker that dies breaks the pool: a fresh pool
     is started and the unfinished jobs are resubmitted, each at most ``max_lost`` times more."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
-
     results: dict[int, Any] = {}
     lost: dict[int, int] = {}
     pending = dict(enumerate(jobs))
-    while pending:
-        broken = False
-        with _sigterm_raises(), ProcessPoolExecutor(
-                max_workers=min(workers, len(pending)), mp_context=get_context("spawn"),
-                initializer=_start_worker, initargs=(threads, os.getpid())) as pool:
-            try:
-                futures = {pool.submit(fn, job): i for i, job in pending.items()}
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    label = getattr(jobs[i], "label", i)
-                    try:
-                        results[i] = fut.result()
-                        log(f"{label}: finished")
-                    except BrokenProcessPool:
-                        broken = True
-                        lost[i] = lost.get(i, 0) + 1
-                        continue
-                    except Exception as exc:  # the task raised: record it, go on with the others
-                        log(f"{label}: failed: {exc}")
-                        results[i] = TaskFailed(jobs[i], f"{type(exc).__name__}: {exc}")
-                    pending.pop(i, None)
-            except BaseException:  # Ctrl-C, SIGTERM (Terminated), or a bug here: stop the running tasks too
-                log(f"stopping: {len(pending)} unfinished task(s) are left to the next run")
-                _stop_workers(pool)
-                raise
-        if broken:
+    with _sigterm_raises():  # for the whole run, the gaps between pools included
+        while pending:
+            if not _pool_round(fn, jobs, pending, results, lost, workers, threads, log):
+                continue
             for i in list(pending):
                 if lost[i] > max_lost:
                     results[i] = TaskFailed(jobs[i], f"the worker running it was lost {lost[i]} times", "lost")
@@ -203,6 +177,40 @@ def run_local(fn: Callable, jobs: Sequence, workers: int, threads: int,
             if pending:
                 log(f"a worker was lost; resubmitting {len(pending)} unfinished task(s)")
     return [results[i] for i in range(len(jobs))]
+
+
+def _pool_round(fn: Callable, jobs: Sequence, pending: dict, results: dict, lost: dict, workers: int,
+                threads: int, log: Callable[[str], None]) -> bool:
+    """One pool over the ``pending`` jobs: each job that ends is moved from ``pending`` into ``results``; a job
+    whose worker was lost stays pending and is counted in ``lost``. True if the pool broke."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    broken = False
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"),
+                             initializer=_start_worker, initargs=(threads, os.getpid())) as pool:
+        try:
+            futures = {pool.submit(fn, job): i for i, job in pending.items()}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                label = getattr(jobs[i], "label", i)
+                try:
+                    results[i] = fut.result()
+                    log(f"{label}: finished")
+                except BrokenProcessPool:
+                    broken = True
+                    lost[i] = lost.get(i, 0) + 1
+                    continue
+                except Exception as exc:  # the task raised: record it, go on with the others
+                    log(f"{label}: failed: {exc}")
+                    results[i] = TaskFailed(jobs[i], f"{type(exc).__name__}: {exc}")
+                pending.pop(i, None)
+        except BaseException:  # Ctrl-C, SIGTERM (Terminated), or a bug here: stop the running tasks too
+            log(f"stopping: {len(pending)} unfinished task(s) are left to the next run")
+            _stop_workers(pool)
+            raise
+    return broken
 
 
 def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler: str | None = None,
