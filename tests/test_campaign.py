@@ -202,3 +202,29 @@ def test_summary_only_runs_nothing_and_lists_missing(campaign_dir, tmp_path):
     assert [r["task"] for r in only["rows"]] == ["b-gap-random"] and only["missing"] == []
     with pytest.raises(SpecError, match="no task matches --only"):
         run_campaign(campaign_dir, out, seeds=[0], profile="tiny", summary_only=True, only=["zz*"])
+
+
+def test_a_random_split_of_an_older_split_scheme_is_redrawn_not_reused(campaign_dir, tmp_path):
+    """A random-split task folder whose audit (and trained model) came from split scheme 1 holds another
+    partition under the same spec: the campaign neither reuses it nor resumes its model, but redraws it. An
+    omission task is drawn alike by both schemes and stays reused."""
+    from traits.data.splits import SPLIT_SCHEME
+
+    out = tmp_path / "out"
+    run_campaign(campaign_dir, out, seeds=[0], profile="tiny")
+    for task in ("a-enthalpy-fe", "b-gap-random"):  # make both look as if drawn by scheme 1
+        where = out / "seed-0" / task
+        res = json.loads((where / "results.json").read_text())
+        res["provenance"]["split_scheme"] = 1
+        (where / "results.json").write_text(json.dumps(res))
+        manifest = json.loads((where / "model" / "split_manifest.json").read_text())
+        manifest.pop("scheme")
+        (where / "model" / "split_manifest.json").write_text(json.dumps(manifest))
+    logs: list[str] = []
+    run_campaign(campaign_dir, out, seeds=[0], profile="tiny", log=logs.append)
+    assert any("a-enthalpy-fe: done earlier" in m for m in logs)
+    assert any("b-gap-random: running" in m for m in logs)
+    assert any("drawn by split scheme 1" in m and "the trained model included" in m for m in logs)
+    redrawn = out / "seed-0" / "b-gap-random"
+    assert json.loads((redrawn / "results.json").read_text())["provenance"]["split_scheme"] == SPLIT_SCHEME
+    assert json.loads((redrawn / "model" / "split_manifest.json").read_text())["scheme"] == SPLIT_SCHEME

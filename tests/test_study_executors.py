@@ -47,6 +47,17 @@ def die_once(job: Toy) -> int:
     return job.index * 10
 
 
+def one_always_dies(job: Toy) -> int:
+    """Job 1 kills its worker every time it runs (each run leaves a file in ``job.marker``); the others take
+    a moment, so that they are running beside it when it dies."""
+    if job.index == 1:
+        (Path(job.marker) / f"run-{time.monotonic_ns()}").write_text("died")
+        time.sleep(0.5)
+        os._exit(9)
+    time.sleep(1.0)
+    return job.index * 10
+
+
 def sleep_and_report(job: Toy) -> int:
     """Writes its worker's pid into the folder ``job.marker``, then works for two minutes."""
     (Path(job.marker) / str(os.getpid())).write_text("running")
@@ -120,11 +131,46 @@ def test_local_pool_results_in_order_failures_recorded_and_lost_worker_rerun(tmp
     assert any("worker was lost" in m for m in logs)
 
 
+def test_a_task_that_always_kills_its_worker_fails_alone(tmp_path):
+    """Only the jobs running when a worker died are charged, and they are then run one at a time: the job that
+    kills its worker every time fails after 1 + max_lost runs, and its neighbours, queued or running beside it,
+    all finish (before, every unfinished job was charged with every loss and all of them failed)."""
+    jobs = [Toy(i, marker=str(tmp_path)) for i in range(6)]
+    got = execute(one_always_dies, jobs, workers=2, threads=1)
+    assert [g for i, g in enumerate(got) if i != 1] == [0, 20, 30, 40, 50]
+    assert isinstance(got[1], TaskFailed) and got[1].kind == "lost" and "lost 3 times" in got[1].error
+    assert len(list(tmp_path.glob("run-*"))) == 3
+
+
 def test_dask_local_cluster_matches_local_pool(tmp_path):
     pytest.importorskip("distributed")
     jobs = [Toy(i) for i in range(5)]
     got = execute(square, jobs, executor="dask", workers=1, threads=1, dask_processes=False)
     assert got[:3] == [0, 1, 4] and got[4] == 16 and isinstance(got[3], TaskFailed)
+
+
+def slow_cube(job: Toy) -> int:
+    time.sleep(0.3)
+    return job.index ** 3
+
+
+def test_two_campaigns_on_one_dask_scheduler_keep_their_own_results():
+    """Two runs at once on one scheduler, with the same task names and indices: each gets its own results
+    (task keys are unique to a run; keyed by index and task name alone, one run received the other's)."""
+    pytest.importorskip("distributed")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None, resources={"CPU": 2}) as cluster:
+        jobs = [Toy(i) for i in range(4) if i != 3]
+        with ThreadPoolExecutor(2) as pool:
+            cubes = pool.submit(execute, slow_cube, jobs, executor="dask", scheduler=cluster.scheduler_address)
+            time.sleep(0.1)
+            squares = pool.submit(execute, square, jobs, executor="dask", scheduler=cluster.scheduler_address)
+            assert cubes.result(timeout=120) == [0, 1, 8]
+            assert squares.result(timeout=120) == [0, 1, 4]
 
 
 @pytest.mark.slow

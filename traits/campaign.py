@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from traits.data.splits import SPLIT_SCHEME
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
 from traits.outdir import same_audit
@@ -131,6 +132,8 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
         return None
     if not same_audit(done.spec, spec.model_dump(mode="json"), measurements_only=True):
         return None
+    if task_family(done) == "random" and done.provenance.split_scheme != SPLIT_SCHEME:
+        return None  # the same spec drew another partition then: not this task's audit (run_task redoes it)
     from traits.verdict import regate
 
     if regate(done, spec.gates) and rewrite:
@@ -326,13 +329,20 @@ def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) 
     only the gates changed, the folder's partial work is the same measurement: its marker takes the new
     spec and nothing is removed."""
     from traits.outdir import MARKER, folder_owner, remove_artefacts, write_marker
+    from traits.train import MANIFEST_FILE
 
     if not where.is_dir():
+        return
+    live = spec.model_dump(mode="json")
+    drawn = _split_scheme_of(where / "model" / MANIFEST_FILE)
+    if _spec_family(live) == "random" and drawn not in (None, SPLIT_SCHEME):
+        removed = remove_artefacts(where)
+        log(f"{where}: its random split was drawn by split scheme {drawn}, not {SPLIT_SCHEME} (another partition); "
+            f"removed {', '.join(removed)}, the trained model included")
         return
     owner = folder_owner(where)
     if owner is None:
         return
-    live = spec.model_dump(mode="json")
     if owner.spec is None or not same_audit(owner.spec, live, measurements_only=True):
         removed = remove_artefacts(where, keep=("model",))
         log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
@@ -378,14 +388,27 @@ def summary_row(task: str, result: AuditResult) -> dict:
 
 def task_family(result: AuditResult) -> str:
     """element (omit), the holdout kind, named sets, or random (nothing omitted)."""
-    holdout = (result.spec or {}).get("holdout")
+    return _spec_family(result.spec or {}, result.omit)
+
+
+def _spec_family(spec: dict, omit: list | None = None) -> str:
+    holdout = spec.get("holdout")
     if holdout:
         return str(holdout.get("kind"))
-    if result.omit:
+    if omit if omit is not None else spec.get("omit"):
         return "element"
-    if ((result.spec or {}).get("data") or {}).get("sets"):
+    if (spec.get("data") or {}).get("sets"):
         return "named sets"
     return "random"
+
+
+def _split_scheme_of(manifest: Path) -> int | None:
+    """The split scheme a trained model's split manifest records (1 when it predates the field), or None
+    when there is no readable manifest."""
+    try:
+        return int(json.loads(manifest.read_text()).get("scheme", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def held_out_rule(result: AuditResult) -> str:

@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,37 +162,78 @@ def _stop_workers(pool) -> None:
 
 def run_local(fn: Callable, jobs: Sequence, workers: int, threads: int,
               log: Callable[[str], None] = lambda _m: None, max_lost: int = 2) -> list:
-    """A pool of ``workers`` spawned processes (no server). A worker that dies breaks the pool: a fresh pool
-    is started and the unfinished jobs are resubmitted, each at most ``max_lost`` times more."""
+    """A pool of ``workers`` spawned processes (no server). A worker that dies breaks the pool, and every task
+    still in it is stopped: a fresh pool is started and the unfinished jobs are resubmitted.
+
+    Only the jobs that had *started* when the pool broke are charged with the loss (each job marks its start
+    in a scratch folder; the queued ones had not run and go on as before). Which of the started ones killed its
+    worker is not known, so they are *suspects*: once the other jobs are done they run one at a time, where a
+    death names its job, and a job whose worker was lost more than ``max_lost`` times fails alone. A task that
+    kills its worker every time (out of memory, say) so costs only itself."""
+    import shutil
+    import tempfile
+
     results: dict[int, Any] = {}
     lost: dict[int, int] = {}
     pending = dict(enumerate(jobs))
-    with _sigterm_raises():  # for the whole run, the gaps between pools included
-        while pending:
-            if not _pool_round(fn, jobs, pending, results, lost, workers, threads, log):
-                continue
-            for i in list(pending):
-                if lost[i] > max_lost:
-                    results[i] = TaskFailed(jobs[i], f"the worker running it was lost {lost[i]} times", "lost")
-                    pending.pop(i)
-            if pending:
-                log(f"a worker was lost; resubmitting {len(pending)} unfinished task(s)")
+    idle_breaks = 0
+    scratch = Path(tempfile.mkdtemp(prefix="traits-pool-"))
+    try:
+        with _sigterm_raises():  # for the whole run, the gaps between pools included
+            while pending:
+                clear = {i: j for i, j in pending.items() if not lost.get(i)}
+                batch, n = (clear, workers) if clear else (dict(pending), 1)
+                if not _pool_round(fn, jobs, batch, pending, results, n, threads, log, scratch):
+                    continue
+                started = 0
+                for marker in scratch.iterdir():  # the jobs that were running when the pool broke
+                    i = int(marker.name)
+                    marker.unlink()
+                    if i in pending:
+                        lost[i] = lost.get(i, 0) + 1
+                        started += 1
+                idle_breaks = 0 if started else idle_breaks + 1
+                if idle_breaks > max_lost:  # the workers die before any job starts (their start-up fails)
+                    for i in list(pending):
+                        results[i] = TaskFailed(jobs[i], "the pool's workers died before running it, "
+                                                f"{idle_breaks} times in a row", "lost")
+                        pending.pop(i)
+                for i in list(pending):
+                    if lost.get(i, 0) > max_lost:
+                        results[i] = TaskFailed(jobs[i], f"the worker running it was lost {lost[i]} times", "lost")
+                        pending.pop(i)
+                if pending:
+                    log(f"a worker was lost; resubmitting {len(pending)} unfinished task(s)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return [results[i] for i in range(len(jobs))]
 
 
-def _pool_round(fn: Callable, jobs: Sequence, pending: dict, results: dict, lost: dict, workers: int,
-                threads: int, log: Callable[[str], None]) -> bool:
-    """One pool over the ``pending`` jobs: each job that ends is moved from ``pending`` into ``results``; a job
-    whose worker was lost stays pending and is counted in ``lost``. True if the pool broke."""
+def _run_marked(fn: Callable, job: Any, marker: str) -> Any:
+    """Run one job in a pool worker, its start marked by the file ``marker`` (removed when the job ends, by
+    returning or raising): a marker left behind names a job whose worker died under it."""
+    path = Path(marker)
+    path.write_text(str(os.getpid()))
+    try:
+        return fn(job)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _pool_round(fn: Callable, jobs: Sequence, batch: dict, pending: dict, results: dict, workers: int,
+                threads: int, log: Callable[[str], None], scratch: Path) -> bool:
+    """One pool of ``workers`` processes over the jobs of ``batch``: each job that ends is moved from
+    ``pending`` into ``results``; a job whose pool broke stays pending (its start marker, if it had started,
+    stays in ``scratch``). True if the pool broke."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     broken = False
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"),
+    with ProcessPoolExecutor(max_workers=min(workers, len(batch)), mp_context=get_context("spawn"),
                              initializer=_start_worker, initargs=(threads, os.getpid())) as pool:
         try:
-            futures = {pool.submit(fn, job): i for i, job in pending.items()}
+            futures = {pool.submit(_run_marked, fn, job, str(scratch / str(i))): i for i, job in batch.items()}
             for fut in as_completed(futures):
                 i = futures[fut]
                 label = getattr(jobs[i], "label", i)
@@ -200,7 +242,6 @@ def _pool_round(fn: Callable, jobs: Sequence, pending: dict, results: dict, lost
                     log(f"{label}: finished")
                 except BrokenProcessPool:
                     broken = True
-                    lost[i] = lost.get(i, 0) + 1
                     continue
                 except Exception as exc:  # the task raised: record it, go on with the others
                     log(f"{label}: failed: {exc}")
@@ -216,8 +257,10 @@ def _pool_round(fn: Callable, jobs: Sequence, pending: dict, results: dict, lost
 def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler: str | None = None,
              log: Callable[[str], None] = lambda _m: None, processes: bool = True) -> list:
     """On Dask distributed: a LocalCluster on 127.0.0.1 (``workers`` single-threaded workers, each offering
-    ``CPU=1`` and ``GPU=1`` when torch sees one) or the running scheduler at ``scheduler``. Each job is one
-    Dask task declaring ``job.resources``; the scheduler reschedules the task of a lost worker."""
+    ``CPU=1``, and ``GPU=1`` too when torch sees a GPU and ``workers`` is 1: several local workers would share
+    one GPU, so with more than one a GPU task is refused) or the running scheduler at ``scheduler``. Each job
+    is one Dask task declaring ``job.resources`` (under a key unique to this run); the scheduler reschedules
+    the task of a lost worker."""
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as exc:
@@ -242,12 +285,15 @@ def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler
         for job in jobs:
             need = getattr(job, "resources", None) or {"CPU": 1}
             if use_resources and not any(all(o.get(k, 0) >= v for k, v in need.items()) for o in offered):
-                raise SpecError(f"{getattr(job, 'label', job)} needs {need} but no Dask worker offers it (start "
-                                "workers with e.g. --resources 'GPU=1,CPU=1')")
+                local = "" if scheduler else (" (a LocalCluster offers GPU=1 only with --workers 1 on a machine "
+                                              "with a GPU)")
+                raise SpecError(f"{getattr(job, 'label', job)} needs {need} but no Dask worker offers it{local}; "
+                                "start workers with e.g. --resources 'GPU=1,CPU=1' and pass --scheduler")
         client.run(_set_threads, threads)
+        run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler may hold another campaign's
         futures = {}
         for i, job in enumerate(jobs):
-            fut = client.submit(_call, fn, job, key=f"traits-task-{i}-{getattr(job, 'task', i)}",
+            fut = client.submit(_call, fn, job, key=f"traits-{run}-{i}-{getattr(job, 'task', i)}",
                                 resources=(getattr(job, "resources", None) or {"CPU": 1}) if use_resources else None,
                                 pure=False)
             futures[fut] = i
