@@ -213,7 +213,7 @@ def _run_marked(fn: Callable, job: Any, marker: str) -> Any:
     """Run one job in a pool worker, its start marked by the file ``marker`` (removed when the job ends, by
     returning or raising): a marker left behind names a job whose worker died under it."""
     path = Path(marker)
-    path.write_text(str(os.getpid()))
+    path.touch()
     try:
         return fn(job)
     finally:
