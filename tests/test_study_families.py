@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from traits.errors import SpecError
+from traits.errors import SpecError, TraitsError
 from traits.study import catalogue as cat
 from traits.study import families as fm
 
@@ -178,6 +178,39 @@ def test_a_metric_that_only_restates_the_loss_at_theta_warns(tmp_path):
     assert not decides("lambda_ratio", {"rho": None, "low": None, "high": None})  # not measured
     assert not decides("lambda_ratio", None)
     assert decides("radius_ratio", negative) and not decides("radius_ratio", positive)
+
+
+def test_an_evidence_file_that_does_not_say_it_is_a_real_study_decides_nothing(tmp_path):
+    """Adoption refuses a file without ``pipeline_check: false``; the catalogue reads such a file the same way
+    (a pipeline check), so a hand-made or truncated file cannot make a predictor fail by default."""
+    from traits.study.summary import adopt_evidence, study_summary, write_study_summary
+
+    s = study_summary(_rows(), data_set="planted", pipeline_check=False, n_boot=200)
+    raw = json.loads(write_study_summary(s, tmp_path)["evidence"].read_text())
+    del raw["pipeline_check"]
+    f = tmp_path / "unsaid.json"
+    f.write_text(json.dumps(raw))
+    cat._evidence.cache_clear()
+    try:
+        lam = next(m for m in cat.catalogue(f) if m.name == "lambda_ratio")
+        assert lam.evidence.pipeline_check and not cat.fails_by_default_from_evidence(lam)
+        assert cat.default_fail_on(f) == ["mae_ratio", "nan_fraction"]
+    finally:
+        cat._evidence.cache_clear()
+    with pytest.raises(TraitsError, match="pipeline check"):
+        adopt_evidence(f)
+
+
+def test_a_noise_floor_from_too_few_random_splits_is_not_written_as_evidence(tmp_path):
+    """The planted rows hold one random-split audit: its floor is shown, marked too few, and the evidence file
+    carries no floor, so no gate threshold is judged by it."""
+    from traits.study.summary import study_summary, write_study_summary
+
+    s = study_summary(_rows(), data_set="planted", pipeline_check=False, n_boot=100)
+    paths = write_study_summary(s, tmp_path)
+    assert s["statistics"]["noise_floor"]["lambda_ratio"]["n"] == 1
+    assert json.loads(paths["evidence"].read_text())["metrics"]["lambda_ratio"]["noise_floor"] is None
+    assert "(n=1, too few)" in paths["md"].read_text()
 
 
 def test_an_interim_study_summary_says_so_and_is_not_evidence(tmp_path):

@@ -171,7 +171,8 @@ def test_noise_floor_and_versus_baseline_and_study_block():
     out = stats.study_statistics(rows, ["lambda_ratio", "embedding_knn_ratio", "loss_ratio"], kinds=kinds,
                                  signs={}, n_boot=200)
     floor = out["noise_floor"]["lambda_ratio"]
-    assert floor["n"] == 9 and floor["share_above_1"] == 1.0 and floor["median"] == pytest.approx(1.31)
+    assert floor["n"] == 9 and floor["share_above_neutral"] == 1.0 and floor["median"] == pytest.approx(1.31)
+    assert floor["neutral"] == 1.0 and not floor["enough"]  # 9 random-split audits: below MIN_FLOOR_AUDITS
     assert out["overall"]["lambda_ratio"]["rho"] > 0.8
     assert out["overall"]["lambda_ratio"]["p_holm"] >= out["overall"]["lambda_ratio"]["p"]
     assert out["vs_best_baseline"]["baseline"] == "embedding_knn_ratio"
@@ -180,6 +181,24 @@ def test_noise_floor_and_versus_baseline_and_study_block():
     assert out["per_family"]["element"]["metrics"]["lambda_ratio"]["rho"] == pytest.approx(1.0)
     assert out["per_family"]["random"]["metrics"] is None
     assert set(out["overall"]["lambda_ratio"]["partial"]) == {"loss", "target_shift", "all"}
+
+
+def test_a_noise_floor_needs_enough_audits_and_its_metric_s_own_neutral_value():
+    """A difference (OOD − ID) sits at 0 on random splits, a ratio at 1: the share 'above' is counted from each
+    metric's own neutral value, and a floor read from fewer than MIN_FLOOR_AUDITS audits is marked not enough."""
+    rng = np.random.default_rng(4)
+    rows = [{"task": f"r{i}", "family": "random", "mae_ratio": 1.0 + 0.02 * rng.normal(),
+             "entropy_ood_minus_id": 0.05 + 0.01 * rng.normal(), "lambda_ratio": 0.9 + 0.01 * rng.normal()}
+            for i in range(stats.MIN_FLOOR_AUDITS)]
+    rows.append({"task": "e0", "family": "element", "mae_ratio": 3.0, "entropy_ood_minus_id": -5.0,
+                 "lambda_ratio": 9.0})
+    out = stats.noise_floor(rows, ["entropy_ood_minus_id", "lambda_ratio"],
+                            neutral={"entropy_ood_minus_id": 0.0})
+    ent, lam = out["entropy_ood_minus_id"], out["lambda_ratio"]
+    assert ent["neutral"] == 0.0 and ent["share_above_neutral"] == 1.0 and ent["enough"]
+    assert lam["neutral"] == 1.0 and lam["share_above_neutral"] == 0.0 and lam["n"] == stats.MIN_FLOOR_AUDITS
+    few = stats.noise_floor(rows[1:], ["lambda_ratio"])["lambda_ratio"]
+    assert few["n"] == stats.MIN_FLOOR_AUDITS - 1 and not few["enough"]
 
 
 def test_figures_render():

@@ -23,7 +23,7 @@ No study at the issue-16 budget has been adopted yet, so every landscape metric 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,7 +43,8 @@ class Evidence:
     high: float | None
     n_tasks: int
     n_audits: int
-    noise_floor: float | None   # the metric's OOD/ID ratio on random splits: 97.5 % (2.5 % where smaller is worse)
+    noise_floor: float | None   # the metric on random splits: 97.5 % (2.5 % where smaller is worse); None from
+                                # fewer than stats.MIN_FLOOR_AUDITS random-split audits
     study_version: str
     data_set: str
     pipeline_check: bool = True  # True: a tiny-budget run, not evidence
@@ -80,7 +81,9 @@ class Metric:
     unit: str = "ratio"          # "ratio" (OOD/ID), "difference" (OOD − ID) or "fraction"
     gate_field: str | None = None    # the GateSpec threshold field, when a gate reads the metric
     comparison: str | None = None    # the gate's comparison ("<=" or ">=")
-    fails_by_default: bool = False   # in GateSpec.fail_on by default
+    #: In GateSpec.fail_on by default: read for the direct measurements (error, surface) only; a predictor's
+    #: default comes from the adopted evidence (:func:`default_fail_on`), whatever this says.
+    fails_by_default: bool = False
     description: str = ""
     report_label: str = ""           # the report's longer label (traits.report.sections.RATIO_INFO today)
     source: str | None = None        # what the ratio divides: "accuracy.mae", "metrics.lambda_max", "shift..."
@@ -95,8 +98,10 @@ class Metric:
             return "negative" if self.direction < 0 else "positive"
         return "high" if self.direction > 0 else "low"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def neutral(self) -> float:
+        """The value with nothing out of distribution: 1 for a ratio, 0 for a difference or a fraction."""
+        return 1.0 if self.unit == "ratio" else 0.0
 
 
 _METRICS: tuple[Metric, ...] = (
@@ -111,7 +116,7 @@ _METRICS: tuple[Metric, ...] = (
     Metric("trace_ratio", "trace", "landscape", gate_field="max_trace_ratio", comparison="<=",
            report_label="Hessian trace", source="metrics.trace", description="Hessian trace (Hutch++), OOD over ID."),
     Metric("radius_ratio", "robust radius", "landscape", direction=-1.0, gate_field="min_radius_ratio",
-           comparison=">=", fails_by_default=False, report_label="robust radius", source="metrics.robust_radius",
+           comparison=">=", report_label="robust radius", source="metrics.robust_radius",
            description="Radius of the region where the loss stays within (1+τ)·L(θ), OOD over ID. Warn-only "
            "until a study shows it tracks OOD error: the reference campaign measured ρ = 0.04."),
     Metric("sharpness_ratio", "sharpness", "landscape", report_label="sharpness", source="metrics.sharpness",
@@ -184,7 +189,9 @@ def _evidence(path: str) -> dict[str, Evidence]:
         return {}
     raw = read_evidence_file(p, "; restore it from git or adopt a study again with "
                                 "`traits study summary ... --evidence --adopt`")
-    meta = {k: raw.get(k) for k in ("study_version", "data_set", "pipeline_check", "in_progress")}
+    meta = {k: raw.get(k) for k in ("study_version", "data_set", "in_progress")}
+    # a file that does not say it is a real study's is read as a pipeline check (adoption refuses it too)
+    meta["pipeline_check"] = raw.get("pipeline_check", True)
     out = {}
     for name, e in (raw.get("metrics") or {}).items():
         out[name] = Evidence(rho=e.get("rho"), low=e.get("low"), high=e.get("high"), n_tasks=e.get("n_tasks", 0),

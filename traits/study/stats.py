@@ -17,7 +17,8 @@ n is the number of clusters.
                                                     metrics (the loss at θ, a reference, is not one)
 - :func:`noise_floor`                               each metric's OOD/ID ratio on the random-split
                                                     baselines, where nothing is out of distribution (per
-                                                    audit: a gate judges one audit)
+                                                    audit: a gate judges one audit; at least
+                                                    MIN_FLOOR_AUDITS of them before it counts)
 - :func:`study_statistics`                          all of it per family and overall, plus each landscape
                                                     metric against the best distance baseline
 """
@@ -229,14 +230,25 @@ def spread(values: Sequence, above: dict[str, float] | None = None) -> dict:
             "share_above": {k: float(np.mean(v > t)) for k, t in (above or {}).items()}}
 
 
-def noise_floor(rows: list[dict], keys: Sequence[str], family_key: str = "family") -> dict:
-    """Each metric's OOD/ID ratio on the random-split baselines (nothing out of distribution, so an honest
-    metric sits at 1): how many, the median, the 2.5-97.5 % range and the share above 1."""
+#: The fewest random-split audits a noise floor is read from: below it the 2.5-97.5 % range is the extremes of
+#: a handful of values, so the floor is reported but marked too few, and no gate threshold is judged by it.
+MIN_FLOOR_AUDITS = 10
+
+
+def noise_floor(rows: list[dict], keys: Sequence[str], family_key: str = "family", *,
+                neutral: dict[str, float] | None = None, min_audits: int = MIN_FLOOR_AUDITS) -> dict:
+    """Each metric's OOD/ID value on the random-split baselines, per audit (nothing is out of distribution, so
+    an honest metric sits at its neutral value: 1 for a ratio, 0 for a difference, as ``neutral`` says; 1
+    where it says nothing): how many, the median, the 2.5-97.5 % range, the share above the neutral value,
+    and whether there are at least ``min_audits`` of them (``enough``; a floor from fewer is not one)."""
     base = [r for r in rows if r.get(family_key) == "random"]
+    neutral = neutral or {}
     out = {}
     for key in (ERROR_KEY, *keys):
-        s = spread([r.get(key) for r in base], {"1": 1.0})
-        out[key] = {k: s[k] for k in ("n", "median", "low", "high")} | {"share_above_1": s["share_above"]["1"]}
+        at = float(neutral.get(key, 1.0))
+        s = spread([r.get(key) for r in base], {"neutral": at})
+        out[key] = {k: s[k] for k in ("n", "median", "low", "high")} | {
+            "neutral": at, "share_above_neutral": s["share_above"]["neutral"], "enough": s["n"] >= min_audits}
     return out
 
 
@@ -258,12 +270,16 @@ def versus_baseline(rows: list[dict], metric: str, baseline: str, signs: dict[st
 
 
 def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[str, str], signs: dict[str, float],
-                     n_boot: int = 2000, level: float = 0.95, seed: int = 0, min_clusters: int = 3) -> dict:
+                     n_boot: int = 2000, level: float = 0.95, seed: int = 0, min_clusters: int = 3,
+                     neutral: dict[str, float] | None = None) -> dict:
     """Overall and per-family statistics of every metric, Holm across metrics, the noise floor and each
     landscape metric against the best distance baseline (chosen by its overall signed ρ). A family gets its
     own block only with at least ``min_clusters`` held-out rules (with two, a bootstrap interval means
     nothing); the omission families other than the element one are also pooled (:data:`OTHER_FAMILIES`),
-    since the study runs only two rules of each."""
+    since the study runs only two rules of each. The overall block ranks every task, the random-split
+    baselines included: they are the no-shift end of the scale (an error ratio near 1), a case a gate meets
+    too. ``neutral`` gives each metric's no-shift value for the noise floor (1 for a ratio, 0 for a
+    difference)."""
 
     def block(sub: list[dict]) -> dict:
         got = {k: metric_statistics(sub, k, sign=signs.get(k, 1.0), n_boot=n_boot, level=level, seed=seed)
@@ -296,7 +312,7 @@ def study_statistics(rows: list[dict], metrics: Sequence[str], *, kinds: dict[st
         for k in metrics:
             if kinds.get(k) == "landscape":
                 versus["metrics"][k] = versus_baseline(rows, k, best, signs, n_boot=n_boot, level=level, seed=seed)
-    return {"overall": overall, "per_family": per_family, "noise_floor": noise_floor(rows, metrics),
+    return {"overall": overall, "per_family": per_family, "noise_floor": noise_floor(rows, metrics, neutral=neutral),
             "vs_best_baseline": versus,
             "settings": {"n_boot": n_boot, "n_perm": n_boot, "level": level, "seed": seed,
                          "unit": "task (seeds averaged)",

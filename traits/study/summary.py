@@ -19,6 +19,7 @@ from traits.errors import TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
 from traits.study import catalogue as cat
 from traits.study.families import STUDY_VERSION
+from traits.study.stats import MIN_FLOOR_AUDITS
 
 PIPELINE_BANNER = ("PIPELINE CHECK, NOT EVIDENCE: this summary was made at a tiny budget to exercise the study "
                    "pipeline end to end; its numbers say nothing about the metrics.")
@@ -94,7 +95,8 @@ def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_bo
     metrics = [m.name for m in cat.ranked()]
     kinds = {m.name: m.kind for m in cat.ranked()}
     signs = {m.name: m.direction for m in cat.ranked()}
-    stats = study_statistics(rows, metrics, kinds=kinds, signs=signs, n_boot=n_boot, seed=seed)
+    neutral = {m.name: m.neutral for m in cat.ranked()}
+    stats = study_statistics(rows, metrics, kinds=kinds, signs=signs, n_boot=n_boot, seed=seed, neutral=neutral)
     per_family: dict[str, dict] = {}
     for r in rows:
         f = per_family.setdefault(r.get("family") or "?", {"tasks": set(), "audits": 0})
@@ -124,7 +126,8 @@ def evidence_json(summary: dict) -> dict:
                 "beyond the noise floor",
         "metrics": {k: {"rho": v["rho"], "low": v["low"], "high": v["high"], "p_holm": v.get("p_holm"),
                         "n_tasks": v["n_tasks"], "n_audits": v["n_audits"], "n_clusters": v.get("n_clusters"),
-                        "noise_floor": (floor.get(k) or {}).get("high" if v["expected_sign"] > 0 else "low"),
+                        "noise_floor": (floor.get(k) or {}).get("high" if v["expected_sign"] > 0 else "low")
+                        if (floor.get(k) or {}).get("enough") else None,
                         "partial_loss": {q: ((v.get("partial") or {}).get("loss") or {}).get(q)
                                          for q in ("rho", "low", "high")}}
                     for k, v in overall.items()},
@@ -297,20 +300,23 @@ def summary_markdown(summary: dict) -> str:
               f"generated {summary['generated_utc']}). Families: "
               + ", ".join(f"{k} {v['tasks']} tasks / {v['audits']} audits" for k, v in summary["families"].items())
               + ".", "",
-              "## Each metric against the OOD/ID error ratio (all tasks)", "",
+              "## Each metric against the OOD/ID error ratio (all tasks, the random-split baselines included)", "",
               "Spearman ρ of the metric's OOD/ID ratio with the OOD/ID MAE ratio over the tasks (each task's "
               "seeds averaged). Tasks that hold out the same compounds (both targets of one held-out element, "
               "chemical system, ... or random share) form a cluster: the 95 % interval is a cluster bootstrap "
               "and p a one-sided cluster permutation test in the metric's expected direction, Holm-adjusted "
               "across the metrics except the loss at θ (a reference, not a candidate). Partial ρ controls for "
               "the loss at θ and for the target shift (Wasserstein of the targets to training). The noise floor "
-              "is the metric's OOD/ID ratio per audit on the random-split baselines (median [2.5–97.5 %]), "
-              "where an honest metric sits at 1. ↓: a smaller ratio is worse (ρ should be negative).", "",
+              "is the metric's OOD/ID value per audit on the random-split baselines (median [2.5–97.5 %]), "
+              "where an honest metric sits at 1 (0 for a difference); read from fewer than "
+              f"{MIN_FLOOR_AUDITS} audits it is marked too few and judges no gate threshold. ↓: a smaller "
+              "value is worse (ρ should be negative).", "",
               "| kind | metric | ρ [95 % CI] | p (one-sided) | p (Holm) | partial ρ: loss | partial ρ: target shift | "
               "clusters / tasks / audits | noise floor (random splits) |", "|---|---|---|---|---|---|---|---|---|"]
     for key, v in st["overall"].items():
         nf = st["noise_floor"].get(key) or {}
-        floor = "–" if not nf.get("n") else f"{_f(nf['median'])} [{_f(nf['low'])}, {_f(nf['high'])}] (n={nf['n']})"
+        floor = "–" if not nf.get("n") else (f"{_f(nf['median'])} [{_f(nf['low'])}, {_f(nf['high'])}] (n={nf['n']}"
+                                             + ("" if nf.get("enough") else ", too few") + ")")
         label = labels.get(key, key).replace("|", "\\|") + (" ↓" if v["expected_sign"] < 0 else "")
         part = v.get("partial", {})
         lines.append(f"| {v['kind']} | {label} | {_ci(v)} | {_p(v['p'])} | {_p(v.get('p_holm'))} | "
