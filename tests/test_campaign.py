@@ -228,3 +228,20 @@ def test_a_random_split_of_an_older_split_scheme_is_redrawn_not_reused(campaign_
     redrawn = out / "seed-0" / "b-gap-random"
     assert json.loads((redrawn / "results.json").read_text())["provenance"]["split_scheme"] == SPLIT_SCHEME
     assert json.loads((redrawn / "model" / "split_manifest.json").read_text())["scheme"] == SPLIT_SCHEME
+
+
+def test_a_task_asks_for_what_its_pinned_device_needs(campaign_dir):
+    """campaign.yaml's task entry wins; else a spec pinned to a device asks for it (a ``device: cpu`` audit
+    under a GPU default must not wait for a GPU worker); else the default; else one CPU."""
+    from dataclasses import replace
+
+    from traits.campaign import task_resources
+
+    task = load_campaign(campaign_dir)[0]
+    pinned = {d: replace(task, spec=task.spec.model_copy(update={"device": d})) for d in ("auto", "cpu", "cuda")}
+    gpu_default = {"default": {"GPU": 1}}
+    assert task_resources(pinned["cpu"], gpu_default) == {"CPU": 1}
+    assert task_resources(pinned["auto"], gpu_default) == {"GPU": 1}
+    assert task_resources(pinned["cuda"], {}) == {"GPU": 1}
+    assert task_resources(pinned["auto"], {}) == {"CPU": 1}
+    assert task_resources(pinned["cpu"], {task.name: {"GPU": 1}}) == {"GPU": 1}

@@ -108,12 +108,15 @@ def campaign_resources(directory: Path) -> dict[str, dict]:
 
 
 def task_resources(task: Task, declared: dict[str, dict]) -> dict:
-    """What a task needs: its entry in campaign.yaml ``resources``, else the default, else GPU for a spec
-    pinned to ``device: cuda`` and one CPU otherwise."""
+    """What a task needs: its entry in campaign.yaml ``resources``; else what its spec's pinned device needs
+    (GPU for ``device: cuda``, one CPU for ``device: cpu``, so a CPU audit never waits for a GPU worker under
+    a GPU default); else the campaign's default; else one CPU."""
     if task.name in declared:
         return dict(declared[task.name])
     if task.spec.device == "cuda":
         return {"GPU": 1}
+    if task.spec.device == "cpu":
+        return {"CPU": 1}
     return dict(declared.get("default", {"CPU": 1}))
 
 
