@@ -411,7 +411,13 @@ def test_the_domain_shift_thresholds_are_set_against_the_study(tmp_path):
         r["ood_target_outside"] = 0.01 if r["family"] == "random" else 0.3 * (r["lambda_ratio"] > 4)
         r["shift_case"] = "extrapolation" if r["embedding_knn_ratio"] > 2 else "neither"
     got = shift_thresholds(rows)
-    assert got["thresholds"] == {"near_ratio": 1.5, "max_embedding_knn_ratio": 2.0, "target_outside_fraction": 0.2}
+    assert got["thresholds"] == {"near_ratio": 1.5, "max_embedding_knn_ratio": 2.0, "target_outside_fraction": 0.2,
+                                 "max_mae_ratio": 2.0}
+    # the error of each case the rule named: extrapolation on the tasks with error 3 and 6, neither on the rest
+    err = got["error_by_case"]
+    assert err["extrapolation"]["n"] == 4 and err["extrapolation"]["share_above"]["max_mae_ratio"] == 1.0
+    assert err["neither"]["n"] == 8 and err["neither"]["share_above"]["max_mae_ratio"] == pytest.approx(5 / 8)
+    assert err["extrapolation"]["median"] == pytest.approx(4.505)
     omitted = got["groups"]["omission tasks"]
     assert omitted["embedding_knn_ratio"]["n"] == 12 and omitted["embedding_knn_ratio"]["median"] == 2.0
     assert omitted["embedding_knn_ratio"]["share_above"] == {"near_ratio": pytest.approx(8 / 12),
@@ -424,3 +430,4 @@ def test_the_domain_shift_thresholds_are_set_against_the_study(tmp_path):
                              tmp_path)["md"].read_text()
     assert "## The domain-shift rule's thresholds against the study" in md
     assert "| omission tasks | 12 | 2.00 [1.00, 3.00] | 67 % | 33 % |" in md
+    assert "| extrapolation | 4 | 4.50 [3.00, 6.01] | 100 % |" in md

@@ -196,7 +196,9 @@ def shift_thresholds(rows: list[dict]) -> dict:
     kNN-distance ratio (``probes.shift.near_ratio``, ``gates.max_embedding_knn_ratio``) and the share of OOD
     targets outside the training 1st-99th percentiles (``probes.shift.target_outside_fraction``), the values on
     the random splits (nothing out of distribution) and on the omission tasks, with the share of audits beyond
-    each threshold, and how often the rule named each case."""
+    each threshold, and how often the rule named each case; and, per case the rule named on the omission
+    tasks, their OOD/ID MAE ratio (spread and share above the MAE gate), which says whether a case's label
+    picks out tasks that transfer worse."""
     from collections import Counter
 
     from traits.spec import GateSpec, ShiftSpec
@@ -204,6 +206,7 @@ def shift_thresholds(rows: list[dict]) -> dict:
 
     near = float(ShiftSpec.model_fields["near_ratio"].default)
     far = float(GateSpec.model_fields["max_embedding_knn_ratio"].default)
+    mae_gate = float(GateSpec.model_fields["max_mae_ratio"].default)
     outside = float(ShiftSpec.model_fields["target_outside_fraction"].default)
     groups = {"random splits": [r for r in rows if r.get("family") == "random"],
               "omission tasks": [r for r in rows if r.get("family") not in ("random", "named sets")]}
@@ -216,6 +219,11 @@ def shift_thresholds(rows: list[dict]) -> dict:
             "ood_target_outside": spread([r.get("ood_target_outside") for r in sub],
                                          {"target_outside_fraction": outside}),
             "cases": dict(sorted(Counter(str(r.get("shift_case") or "none") for r in sub).items()))}
+    by_case: dict[str, list] = {}
+    for r in groups["omission tasks"]:
+        by_case.setdefault(str(r.get("shift_case") or "none"), []).append(r.get("mae_ratio"))
+    out["thresholds"]["max_mae_ratio"] = mae_gate
+    out["error_by_case"] = {c: spread(v, {"max_mae_ratio": mae_gate}) for c, v in sorted(by_case.items())}
     return out
 
 
@@ -243,6 +251,14 @@ def _shift_lines(table: dict | None) -> list[str]:
         lines.append(f"| {name} | {e.get('n', 0)} | {rng(e)} | {share(e, 'near_ratio')} | "
                      f"{share(e, 'max_embedding_knn_ratio')} | {rng(t)} | {share(t, 'target_outside_fraction')} | "
                      f"{cases} |")
+    by_case = table.get("error_by_case") or {}
+    if by_case:
+        lines += ["", "OOD/ID MAE of the omission audits by the case the rule named (median [2.5–97.5 %], share "
+                  f"above the MAE gate {th.get('max_mae_ratio', 2.0):g}): a label that means something picks out "
+                  "audits that transfer worse (or better) than the rest.", "",
+                  "| case | audits | OOD/ID MAE | > MAE gate |", "|---|---|---|---|"]
+        for case, x in by_case.items():
+            lines.append(f"| {case} | {x.get('n', 0)} | {rng(x)} | {share(x, 'max_mae_ratio')} |")
     return lines
 
 
