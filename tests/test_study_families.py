@@ -237,6 +237,11 @@ def test_catalogue_is_the_one_list():
     assert set(campaign.SUMMARY_RATIOS) <= set(names)
     gated = {m.gate_field for m in cat.catalogue() if m.gate_field}
     assert gated <= set(GateSpec.model_fields)
+    # every metric names the audit stage that measures it, and JUnit times each gate by it
+    from traits.junit import STAGE_OF
+
+    assert all(m.stage in ("accuracy", "hessian", "surfaces", "shift") for m in cat.catalogue())
+    assert all(STAGE_OF[m.name] == m.stage for m in cat.catalogue() if m.gate_field)
     assert cat.default_fail_on() == GateSpec().fail_on
     # without adopted evidence a landscape metric only warns (the reference campaign: radius ρ = 0.04)
     assert cat.default_fail_on(Path("/nonexistent/catalogue-evidence.json")) == ["mae_ratio", "nan_fraction"]

@@ -17,16 +17,11 @@ from xml.etree import ElementTree as ET
 
 from traits.files import write_bytes_atomic
 from traits.results import AuditResult
+from traits.study import catalogue as _catalogue
 
 #: The audit stage (keys of ``provenance.wall_seconds``, ``hessian`` meaning every ``hessian_<split>``)
-#: that measured each gate or finding.
-STAGE_OF = {
-    "mae_ratio": "accuracy",
-    "lambda_ratio": "hessian",
-    "trace_ratio": "hessian",
-    "radius_ratio": "surfaces",
-    "nan_fraction": "surfaces",
-    "embedding_knn_ratio": "shift",
+#: that measured each gate (the metric catalogue's ``stage``) or finding.
+STAGE_OF = {m.name: m.stage for m in _catalogue.catalogue() if m.gate_field} | {
     "domain_shift": "shift",
     "shift_input": "shift",
     "discontinuity": "surfaces",

@@ -89,6 +89,9 @@ class Metric:
     source: str | None = None        # what the ratio divides: "accuracy.mae", "metrics.lambda_max", "shift..."
     ranked: bool = True              # ranked against the error ratio in campaign and study summaries
     gate_label: str = ""             # the gate's statement label (traits.verdict.GATES today)
+    #: The audit stage that measures it (a key of ``provenance.wall_seconds``; "hessian" stands for every
+    #: ``hessian_<split>``): what a JUnit case of its gate is timed by.
+    stage: str = ""
     evidence: Evidence | None = None
 
     @property
@@ -163,7 +166,14 @@ _GATE_LABELS = {"mae_ratio": "OOD/ID MAE ratio", "lambda_ratio": "OOD/ID λ_max 
                 "trace_ratio": "OOD/ID Hessian trace ratio", "radius_ratio": "OOD/ID robust-radius ratio",
                 "nan_fraction": "non-finite share of the loss surfaces",
                 "embedding_knn_ratio": "OOD/ID embedding kNN-distance ratio"}
-_METRICS = tuple(replace(m, gate_label=_GATE_LABELS.get(m.name, "")) for m in _METRICS)
+_STAGES = {"accuracy": ("mae_ratio", "rmse_ratio"),
+           "hessian": ("lambda_ratio", "trace_ratio", "nonconvexity_ratio", "plane_basin_area_ratio"),
+           "surfaces": ("radius_ratio", "sharpness_ratio", "basin_area_ratio", "first_jump_ratio",
+                        "entropy_ood_minus_id", "loss_ratio", "nan_fraction"),
+           "shift": ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio",
+                     "composition_knn_p90_ratio", "embedding_knn_p90_ratio", "target_ks_ratio")}
+_STAGE_OF = {name: stage for stage, members in _STAGES.items() for name in members}
+_METRICS = tuple(replace(m, gate_label=_GATE_LABELS.get(m.name, ""), stage=_STAGE_OF[m.name]) for m in _METRICS)
 
 
 def read_evidence_file(path: Path, hint: str = "") -> dict:
