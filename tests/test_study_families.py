@@ -407,6 +407,35 @@ def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
     assert not json.loads((out / "summary.json").read_text())["in_progress"]
 
 
+def test_a_summary_names_the_data_set_its_audits_ran_on(tmp_path):
+    """Without --data-set the summary (and so the evidence reports cite) names the data its audits read, not a
+    default that may be another data set's."""
+    from tests.result_factory import make_result
+    from traits.campaign import data_source
+    from traits.study.summary import summarise_runs
+
+    assert data_source({"data": {"source": "csv", "path": "/x/perov5/perov5.csv.gz",
+                                 "target_column": "heat_ref"}}) == "perov5:heat_ref"
+    assert data_source({"data": {"source": "jsonl", "path": "../shared/data/mp_mtcgcnn/mp_36738.jsonl.gz"}}) == \
+        "mp_36738"
+    assert data_source({"data": {"source": "sample"}}) == "sample"
+
+    runs = tmp_path / "runs"
+    for seed, path in ((0, "/d/perov5.csv.gz"), (1, "/d/perov5.csv.gz")):
+        r = make_result()
+        r.spec["data"] = {**r.spec["data"], "path": path, "target_column": "heat_ref"}
+        r.write(runs / f"seed-{seed}" / "a" / "results.json")
+    s = summarise_runs(runs, tmp_path / "out", data_set=None, pipeline_check=True, n_boot=10)
+    assert s["data_set"] == "Castelli perovskites (Perov-5, heat_ref)"
+    r = make_result()
+    r.spec["data"] = {**r.spec["data"], "path": "/d/other.jsonl"}
+    r.write(runs / "seed-0" / "b" / "results.json")
+    s = summarise_runs(runs, tmp_path / "out", data_set=None, pipeline_check=True, n_boot=10)
+    assert s["data_set"] == "other + Castelli perovskites (Perov-5, heat_ref)"
+    assert summarise_runs(runs, tmp_path / "out", data_set="named", pipeline_check=True, n_boot=10)["data_set"] == \
+        "named"
+
+
 def test_the_domain_shift_thresholds_are_set_against_the_study(tmp_path):
     """The summary puts the rule's thresholds beside the study's values: random splits against omission tasks."""
     from traits.study.summary import shift_thresholds, study_summary, write_study_summary

@@ -372,6 +372,7 @@ def summary_row(task: str, result: AuditResult) -> dict:
         "id_mae": _get(result.accuracy.get("id"), "mae"), "ood_mae": _get(result.accuracy.get("ood"), "mae"),
         "n_id": _get(result.accuracy.get("id"), "n"), "n_ood": _get(result.accuracy.get("ood"), "n"),
         "wall_seconds": sum(v for k, v in result.provenance.wall_seconds.items() if k != "total"),
+        "data": data_source(result.spec or {}),
     }
     for key in ("lambda_max", "trace", "robust_radius", "sharpness", "basin_area", "loss"):
         row[f"id_{key}"] = getattr(m["id"], key, None) if m["id"] else None
@@ -387,6 +388,15 @@ def summary_row(task: str, result: AuditResult) -> dict:
     row["shift_case"] = case.numbers.get("case") if case is not None else None
     row["failed_gates"] = [g.name for g in result.gates if g.level == "fail"]
     return row
+
+
+def data_source(spec: dict) -> str:
+    """The data an audit ran on, as a summary names it: the data file's stem (``mp_36738``, ``perov5``) or the
+    bundled sample, with the target column when the spec names one (``perov5:heat_ref``)."""
+    data = spec.get("data") or {}
+    path = data.get("path")
+    name = Path(str(path)).name.split(".")[0] if path else (data.get("source") or "sample")
+    return f"{name}:{data['target_column']}" if data.get("target_column") else name
 
 
 def task_family(result: AuditResult) -> str:

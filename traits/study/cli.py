@@ -80,8 +80,9 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     def summary(
         runs: Annotated[Path, typer.Argument(help="Campaign output directory (seed-*/TASK/results.json).")],
         out_dir: Annotated[Path, typer.Option("--out", help="Where the study summary goes.")] = Path("docs/study"),
-        data_set: Annotated[str, typer.Option(
-            help="Name of the data set, cited by reports.")] = "Materials Project (mp_36738)",
+        data_set: Annotated[str | None, typer.Option(
+            help="Name of the data set, cited by reports (default: named from the audits' data files, e.g. "
+            "Materials Project (mp_36738)).")] = None,
         pipeline_check: Annotated[bool, typer.Option("--pipeline-check/--evidence",
                                                      help="Label the summary a pipeline check (tiny budget) or "
                                                      "evidence (the study budget).")] = True,

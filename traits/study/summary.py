@@ -86,7 +86,18 @@ def collect_rows(runs: Path, log: Callable[[str], None] = lambda _m: None,
     return rows
 
 
-def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
+#: Names reports cite for the data files the field's studies run on (a data source as ``data_source`` gives it).
+KNOWN_DATA_SETS = {"mp_36738": "Materials Project (mp_36738)",
+                   "perov5:heat_ref": "Castelli perovskites (Perov-5, heat_ref)"}
+
+
+def data_set_name(rows: list[dict]) -> str:
+    """The data set the rows' audits ran on, named for reports (several, when the runs mix them)."""
+    sources = sorted({r.get("data") or "unknown" for r in rows})
+    return " + ".join(KNOWN_DATA_SETS.get(s, s) for s in sources) or "unknown"
+
+
+def study_summary(rows: list[dict], *, data_set: str | None, pipeline_check: bool, n_boot: int = 2000,
                   seed: int = 0, profile: str | None = None, in_progress: bool = False,
                   full_pool: list[dict] | None = None) -> dict:
     from traits.campaign import summarise
@@ -103,7 +114,7 @@ def study_summary(rows: list[dict], *, data_set: str, pipeline_check: bool, n_bo
         f["tasks"].add(r["task"])
         f["audits"] += 1
     return {
-        "study_version": STUDY_VERSION, "data_set": data_set, "pipeline_check": pipeline_check,
+        "study_version": STUDY_VERSION, "data_set": data_set or data_set_name(rows), "pipeline_check": pipeline_check,
         "in_progress": bool(in_progress and not pipeline_check), "profile": profile,
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n_audits": len(rows), "n_tasks": len({r["task"] for r in rows}),
@@ -432,7 +443,7 @@ def adopt_evidence(evidence: Path) -> Path:
     return target
 
 
-def summarise_runs(runs: Path, out: Path, *, data_set: str, pipeline_check: bool, n_boot: int = 2000,
+def summarise_runs(runs: Path, out: Path, *, data_set: str | None, pipeline_check: bool, n_boot: int = 2000,
                    in_progress: bool = False, full_pool: Path | None = None, campaign: Path | None = None,
                    seeds: list[int] | None = None, profile: str | None = None,
                    log: Callable[[str], None] = lambda _m: None) -> dict:
