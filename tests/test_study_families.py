@@ -126,13 +126,22 @@ def _rows():
 def test_study_summary_files_and_catalogue_evidence(tmp_path):
     from traits.study.summary import PIPELINE_BANNER, study_summary, write_study_summary
 
-    s = study_summary(_rows(), data_set="planted", pipeline_check=True, n_boot=400)
+    s = study_summary(_rows(), data_set="planted <script>x</script>", pipeline_check=True, n_boot=400)
     paths = write_study_summary(s, tmp_path)
     md = paths["md"].read_text()
     assert PIPELINE_BANNER in md and "cluster-bootstrap" in md and "| landscape | λ_max |" in md
     assert "best distance baseline" in md
     html = paths["html"].read_text()
     assert "data:image/svg+xml" in html and PIPELINE_BANNER in html
+    # the tables are HTML tables, and a string from the runs is escaped, never markup
+    assert "<td>landscape</td>\n<td>λ_max</td>" in html and "<td>|λ_min|/λ_max</td>" in html
+    assert "planted &lt;script&gt;x&lt;/script&gt;" in html and "<script>" not in html
+    from pypdf import PdfReader
+
+    pdf = PdfReader(paths["pdf"])
+    text = " ".join(page.extract_text() for page in pdf.pages)
+    assert PIPELINE_BANNER.split(":")[0] in text and "best distance baseline" in text
+    assert sum("/XObject" in (p.get("/Resources") or {}) for p in pdf.pages) >= 1  # the plots, as images
     metrics = {m.name: m for m in cat.catalogue(paths["evidence"])}
     ev = metrics["lambda_ratio"].evidence
     assert ev.rho == pytest.approx(1.0, abs=0.03) and ev.pipeline_check and "pipeline check" in ev.text()

@@ -393,9 +393,13 @@ def summary_markdown(summary: dict) -> str:
 
 
 _HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>TRAITS study summary</title>
-<style>body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem;line-height:1.4}
-table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccc;padding:.2rem .4rem}
-.banner{background:#fff3cd;border:1px solid #d39e00;padding:.6rem;font-weight:bold}</style></head><body>
+<style>body{font-family:system-ui,sans-serif;max-width:75rem;margin:2rem auto;padding:0 1rem;line-height:1.4}
+table{border-collapse:collapse;font-size:.8rem;margin:.6rem 0}td,th{border:1px solid #ccc;padding:.15rem .35rem}
+th{background:#f3f3f3}img{max-width:100%}
+.banner{background:#fff3cd;border:1px solid #d39e00;padding:.6rem;font-weight:bold}
+@page{size:A4 landscape;margin:12mm}
+@media print{body{margin:0;max-width:none;font-size:9pt}table{font-size:7pt}h2{break-before:auto}
+img{max-height:170mm}}</style></head><body>
 {% if banner %}<p class="banner">{{ banner }}</p>{% endif %}
 {{ body }}
 <h2>ρ with its interval</h2><img alt="forest plot" src="{{ forest }}">
@@ -403,27 +407,48 @@ table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccc;padd
 </body></html>"""
 
 
-def write_study_summary(summary: dict, out: Path) -> dict[str, Path]:
-    """summary.json, summary.md, summary.html (plots embedded) and catalogue-evidence.json in ``out``."""
-    import html as _html
+def markdown_html(md: str) -> str:
+    """The summary's Markdown as HTML (headings, paragraphs, tables); raw HTML in it is escaped, not passed."""
+    from markdown_it import MarkdownIt
 
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+
+
+def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str, Path]:
+    """summary.json, summary.md, summary.html (plots embedded as SVG), summary.pdf (PNG plots; ``pdf``) and
+    catalogue-evidence.json in ``out``. Everything is rendered before the first file is written."""
     from jinja2 import Environment
+    from markupsafe import Markup
 
     from traits.report.figures import encode
     from traits.study.stats import forest_figure, scatter_figure
 
-    out = ensure_dir(Path(out))
     md = summary_markdown(summary)
+    body = Markup(markdown_html(md))  # markdown-it escapes every string of the summary
+    labels = cat.labels()
+    template = Environment(autoescape=True).from_string(_HTML)
+    pages = {}
+    for medium in ("html", "pdf") if pdf else ("html",):
+        figs = [encode(f, svg=medium == "html", png_dpi=None if medium == "html" else 150)
+                for f in (forest_figure(summary["statistics"], labels),
+                          scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels))]
+        pages[medium] = template.render(banner=banner(summary), body=body,
+                                        **dict(zip(("forest", "scatter"), (f.svg if medium == "html" else f.png
+                                                                           for f in figs))))
+    pdf_bytes = None
+    if pdf:
+        from traits.report.render import html_to_pdf
+
+        pdf_bytes = html_to_pdf(pages["pdf"])
+    out = ensure_dir(Path(out))
     paths = {"json": write_json_atomic(out / "summary.json", summary),
              "md": write_text_atomic(out / "summary.md", md),
-             "evidence": write_json_atomic(out / "catalogue-evidence.json", evidence_json(summary))}
-    labels = cat.labels()
-    forest = encode(forest_figure(summary["statistics"], labels), svg=True).svg
-    scatter = encode(scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels), svg=True).svg
-    body = "<pre>" + _html.escape(md) + "</pre>"
-    page = Environment(autoescape=False).from_string(_HTML).render(
-        banner=banner(summary), body=body, forest=forest, scatter=scatter)
-    paths["html"] = write_text_atomic(out / "summary.html", page)
+             "evidence": write_json_atomic(out / "catalogue-evidence.json", evidence_json(summary)),
+             "html": write_text_atomic(out / "summary.html", pages["html"])}
+    if pdf_bytes is not None:
+        from traits.files import write_bytes_atomic
+
+        paths["pdf"] = write_bytes_atomic(out / "summary.pdf", pdf_bytes)
     return paths
 
 
