@@ -128,8 +128,8 @@ def register(app: typer.Typer, handles_errors, out) -> None:
             watch(runs, out_dir, watch_s, log=lambda m: out.print(m, highlight=False), **kw)
             return
         s = summarise_runs(runs, out_dir, log=lambda m: out.print(m, highlight=False), **kw)
-        out.print(f"{s['n_audits']} audits of {s['n_tasks']} tasks summarised in {out_dir}/summary.{{json,md,html}}",
-                  highlight=False)
+        out.print(f"{s['n_audits']} audits of {s['n_tasks']} tasks summarised in "
+                  f"{out_dir}/summary.{{json,md,html,pdf}}", highlight=False)
         if adopt:
             target = adopt_evidence(out_dir / "catalogue-evidence.json")
             out.print(f"adopted {out_dir / 'catalogue-evidence.json'} as {target}: default gates now fail on "

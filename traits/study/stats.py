@@ -348,10 +348,24 @@ def forest_figure(stats: dict, labels: dict[str, str]):
     ax.set_yticks(range(len(keys)), [labels.get(k, k) + (" (sign flipped)" if overall[k]["expected_sign"] < 0
                                                           else "") for k in keys], fontsize=8)
     ax.set_xlim(-1.05, 1.05)
-    ax.set_xlabel("Spearman ρ with the OOD/ID error ratio over tasks (95 % cluster bootstrap)")
+    ax.set_xlabel("Spearman ρ with the OOD/ID error ratio over tasks\n(95 % cluster-bootstrap interval)", fontsize=8)
     handles = [ax.plot([], [], "o-", color=c, label=n)[0] for n, c in colours.items()]
     ax.legend(handles=handles, fontsize=7, loc="lower right", frameon=False)
     return fig
+
+
+def _log_axis(axis) -> None:
+    """A log axis labelled 0.5, 1, 2, 5, 10, ... in plain numbers (matplotlib's default labels the minor ticks
+    of a short range in its own font size, and they overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if axis is axis.axes.xaxis:
+        axis.axes.set_xscale("log")
+    else:
+        axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def scatter_figure(rows: list[dict], metrics: Sequence[str], labels: dict[str, str]):
@@ -372,11 +386,11 @@ def scatter_figure(rows: list[dict], metrics: Sequence[str], labels: dict[str, s
                 "family": [r.get("family") or "?" for r in use]}
         sns.scatterplot(data=data, x="x", y="y", hue="family", palette=palette, ax=ax, s=14, legend=False)
         if all(v > 0 for v in data["x"]):
-            ax.set_xscale("log")
-        ax.set_yscale("log")
+            _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
         ax.set_xlabel(labels.get(key, key), fontsize=7)
         ax.set_ylabel("OOD/ID MAE", fontsize=7)
-        ax.tick_params(labelsize=6)
+        ax.tick_params(which="both", labelsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     handles = [axes.flat[0].plot([], [], "o", color=palette[f], label=f)[0] for f in families]
