@@ -420,7 +420,7 @@ class GateSpec(_Strict):
     A violated gate fails the audit when its metric is in ``fail_on`` and warns otherwise. ``fail_on``
     defaults to :func:`traits.study.catalogue.default_fail_on`: the MAE ratio and the non-finite share of the
     surfaces, plus a landscape or distance metric only when the adopted study shows it tracks OOD error
-    beyond the noise floor (none has been adopted yet)."""
+    beyond the noise floor (the adopted study, study-1 on MP, adds the λ_max and trace ratios)."""
 
     max_mae_ratio: float = Field(2.0, gt=0, description="Flag when OOD MAE / ID MAE exceeds this (fails by default).")
     max_lambda_ratio: float = Field(3.0, gt=0, description="Flag when OOD λ_max / ID λ_max exceeds this.")

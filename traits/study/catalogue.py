@@ -17,7 +17,8 @@ beyond what the loss at θ already says (:func:`fails_by_default_from_evidence` 
 Evidence is *adopted* deliberately: ``traits study summary`` writes ``catalogue-evidence.json`` beside the
 study summary it describes (``docs/study/``); ``traits study summary --adopt`` (refused for a pipeline
 check) also copies it to :data:`EVIDENCE_FILE`, inside the package, which is what installed copies read.
-No study at the issue-16 budget has been adopted yet, so every landscape metric warns by default.
+The adopted study is study-1 on the Materials Project pool (``docs/study/``, 168 audits); by this rule the λ_max
+and trace ratios fail by default and every other landscape or distance metric warns.
 """
 
 from __future__ import annotations
