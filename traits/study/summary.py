@@ -427,24 +427,22 @@ def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str,
     body = Markup(markdown_html(md))  # markdown-it escapes every string of the summary
     labels = cat.labels()
     template = Environment(autoescape=True).from_string(_HTML)
-    pages = {}
-    for medium in ("html", "pdf") if pdf else ("html",):
-        figs = [encode(f, svg=medium == "html", png_dpi=None if medium == "html" else 150)
-                for f in (forest_figure(summary["statistics"], labels),
-                          scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels))]
-        pages[medium] = template.render(banner=banner(summary), body=body,
-                                        **dict(zip(("forest", "scatter"), (f.svg if medium == "html" else f.png
-                                                                           for f in figs))))
+    # each figure drawn once: SVG for the HTML page, PNG for the PDF
+    forest, scatter = (encode(f, svg=True, png_dpi=150 if pdf else None)
+                       for f in (forest_figure(summary["statistics"], labels),
+                                 scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels)))
+    html_page = template.render(banner=banner(summary), body=body, forest=forest.svg, scatter=scatter.svg)
     pdf_bytes = None
     if pdf:
         from traits.report.render import html_to_pdf
 
-        pdf_bytes = html_to_pdf(pages["pdf"])
+        pdf_bytes = html_to_pdf(template.render(banner=banner(summary), body=body, forest=forest.png,
+                                                scatter=scatter.png))
     out = ensure_dir(Path(out))
     paths = {"json": write_json_atomic(out / "summary.json", summary),
              "md": write_text_atomic(out / "summary.md", md),
              "evidence": write_json_atomic(out / "catalogue-evidence.json", evidence_json(summary)),
-             "html": write_text_atomic(out / "summary.html", pages["html"])}
+             "html": write_text_atomic(out / "summary.html", html_page)}
     if pdf_bytes is not None:
         from traits.files import write_bytes_atomic
 
