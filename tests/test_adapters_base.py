@@ -75,7 +75,8 @@ def _cgcnn_file(tmp_path):
     return net, path
 
 
-def test_torch_adapter_loads_a_user_module_and_matches_its_forward(tmp_path):
+def test_torch_adapter_loads_a_user_module_and_matches_its_forward(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAITS_ALLOW_CODE", "1")  # the spec's module is imported
     from adapter_checks import relative_error, sample_entries
 
     from traits.models.torch_module import TorchModuleOptions
@@ -96,7 +97,8 @@ def test_torch_adapter_loads_a_user_module_and_matches_its_forward(tmp_path):
     assert info.property == "formation_energy_per_atom" and info.weights_sha256 and info.training_data is None
 
 
-def test_torch_adapter_hvp_matches_finite_differences(tmp_path):
+def test_torch_adapter_hvp_matches_finite_differences(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAITS_ALLOW_CODE", "1")  # the spec's module is imported
     from adapter_checks import hvp_vs_finite_differences, small_entries
 
     from traits.models.torch_module import TorchModuleOptions
@@ -116,7 +118,8 @@ def test_torch_adapter_hvp_matches_finite_differences(tmp_path):
     assert norm > 0 and err < 1e-6
 
 
-def test_weights_file_of_another_architecture_is_refused(tmp_path):
+def test_weights_file_of_another_architecture_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAITS_ALLOW_CODE", "1")  # the spec's module is imported
     from traits.errors import CheckpointError
     from traits.models.torch_module import TorchModuleOptions
 

@@ -213,3 +213,17 @@ def test_cuda_predictions_match_cpu(structures):
     _, on_cpu, _ = predict(cpu_model, graphs, torch.device("cpu"))
     _, on_cuda, _ = predict(cuda_model, graphs, torch.device("cuda"))
     np.testing.assert_allclose(on_cuda, on_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_args_are_held_to_the_spec_bounds_before_a_model_is_built(tmp_path):
+    """A .pth.tar whose args ask for a billion convolutions is refused naming the field, without building."""
+    from traits.errors import CheckpointError
+    from traits.models.cgcnn_original import load_cgcnn_original
+
+    raw = torch.load(CGCNN_DIR / CHECKPOINTS[0], map_location="cpu", weights_only=False)
+    args = vars(raw["args"]) if isinstance(raw["args"], argparse.Namespace) else dict(raw["args"])
+    raw["args"] = argparse.Namespace(**{**args, "n_conv": 1_000_000_000})
+    bad = tmp_path / "huge.pth.tar"
+    torch.save(raw, bad)
+    with pytest.raises(CheckpointError, match=r"args\.n_conv"):
+        load_cgcnn_original(bad, torch.device("cpu"))

@@ -395,7 +395,7 @@ def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["study", "summary", str(runs), "--out", str(out), "--evidence",
                                    "--campaign", str(campaign), "--seeds", "0,1"])
     assert res.exit_code == 2 and "3 audits missing" in " ".join(res.output.split())
-    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--evidence", "--seeds", "0,x"])
+    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--out", str(out), "--evidence", "--seeds", "0,x"])
     assert res.exit_code == 2 and "--seeds" in res.output
     assert not out.exists() and not cat.EVIDENCE_FILE.exists()
 

@@ -231,7 +231,8 @@ def test_adopt_refuses_a_pipeline_check_and_installs_real_evidence(tmp_path, mon
         assert "lambda_ratio" in cat.default_fail_on()
     finally:
         cat.clear_cache()
-    res = CliRunner().invoke(app, ["study", "summary", str(tmp_path), "--adopt"])  # a pipeline check by default
+    res = CliRunner().invoke(app, ["study", "summary", str(tmp_path), "--out", str(tmp_path / "summary"),
+                                       "--adopt"])  # a pipeline check by default
     assert res.exit_code == 2 and "--adopt needs --evidence" in res.output
 
 

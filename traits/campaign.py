@@ -4,7 +4,21 @@ A campaign directory holds audit specs (``*.yaml`` / ``*.json``) and an optional
 with named *profiles*: dotted overrides applied to every spec (e.g. ``data.subsample: 3000``), so all
 tasks share one architecture, training budget and probe settings. Each (seed, task) runs in
 ``OUT/seed-S/TASK/``; a task whose ``results.json`` was produced by the same spec is not run again, so
-an interrupted campaign resumes where it stopped (training and 2D surfaces also resume mid-way).
+an interrupted campaign resumes where it stopped (training and 2D surfaces also resume mid-way). A task
+stopped after its ``results.json`` but before every report format its spec asks for was written has its
+missing reports rendered from that ``results.json`` on the next run (nothing is measured again).
+
+``campaign.yaml`` is checked before anything runs: ``profiles`` maps profile names to mappings of dotted
+spec keys to values, ``resources`` maps task names (or ``default``) to mappings of resource names to
+non-negative numbers; anything else is a SpecError naming the file and the field.
+
+Exit contract (:func:`campaign_exit_code`, the status of ``traits campaign``): **0** every task ran (or was
+finished earlier) and passed its gates (warnings allowed); **1** every task ran and at least one failed a
+gate; **2** bad input: the campaign directory, ``campaign.yaml`` or a spec is invalid, and nothing ran;
+**3** a task failed (it raised, or its worker was lost): the summary covers the others and lists the
+failed ones with their errors (``failed`` in summary.json, "Failed" in summary.md), and
+:func:`run_campaign` raises :class:`TasksFailed` (holding that summary) once it is written. Tasks left
+out on purpose (``max_tasks``, ``summary_only``) do not change the status.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +39,13 @@ from traits.data.splits import SPLIT_SCHEME
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
 from traits.outdir import same_audit
+from traits.report.formatting import markdown_literal
 from traits.results import AuditResult, json_float, load_result
 from traits.spec import AuditSpec, load_spec, read_mapping
 from traits.study import catalogue as _catalogue
 
 CAMPAIGN_FILE = "campaign.yaml"
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_TASK_FAILED = 0, 1, 2, 3
 #: Files of a campaign directory that are not audit specs (the generated study's table of tasks).
 NOT_SPECS = (CAMPAIGN_FILE, "families.json")
 
@@ -55,22 +72,69 @@ class Task:
     spec: AuditSpec
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def campaign_settings(directory: Path) -> dict[str, dict]:
+    """``profiles`` and ``resources`` of a campaign directory's campaign.yaml, checked (empty without the
+    file): {"profiles": {NAME: {DOTTED_KEY: value}}, "resources": {TASK: {RESOURCE: amount}}}."""
+    settings = Path(directory) / CAMPAIGN_FILE
+    if not os.path.lexists(settings):
+        return {"profiles": {}, "resources": {}}
+    raw = read_mapping(settings)
+    profiles = raw.get("profiles")
+    profiles = {} if profiles is None else profiles
+    if not isinstance(profiles, dict):
+        raise SpecError(f"{settings}: profiles: must map profile names to dotted overrides (e.g. "
+                        f"{{cpu: {{data.subsample: 3000}}}}), got {type(profiles).__name__}")
+    checked: dict[str, dict] = {}
+    for name, overrides in profiles.items():
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"{settings}: profiles: a profile name must be a non-empty string, got {name!r}")
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict):
+            raise SpecError(f"{settings}: profiles.{name}: must map dotted spec keys to values (e.g. "
+                            f"data.subsample: 3000), got {type(overrides).__name__}")
+        for key in overrides:
+            if not isinstance(key, str) or not all(key.split(".")):
+                raise SpecError(f"{settings}: profiles.{name}: {key!r} is not a dotted spec key such as "
+                                "data.subsample")
+        checked[name] = dict(overrides)
+    resources = raw.get("resources")
+    resources = {} if resources is None else resources
+    if not isinstance(resources, dict):
+        raise SpecError(f"{settings}: resources: must map task names (or 'default') to e.g. {{GPU: 1}}, got "
+                        f"{type(resources).__name__}")
+    for task, need in resources.items():
+        if not isinstance(task, str) or not isinstance(need, dict) or not all(
+                isinstance(k, str) and _number(v) and v >= 0 for k, v in need.items()):
+            raise SpecError(f"{settings}: resources.{task}: must map resource names to non-negative numbers "
+                            f"(e.g. {{GPU: 1}}), got {need!r}"[:300])
+    return {"profiles": checked, "resources": dict(resources)}
+
+
+def profile_overrides(directory: Path, profile: str | None) -> dict[str, Any]:
+    """The dotted overrides of ``profile`` (none for None); a SpecError when campaign.yaml lacks it."""
+    if profile is None:
+        return {}
+    directory = Path(directory)
+    if not os.path.lexists(directory / CAMPAIGN_FILE):
+        raise SpecError(f"{directory}: profile {profile!r} requested but there is no {CAMPAIGN_FILE}")
+    profiles = campaign_settings(directory)["profiles"]
+    if profile not in profiles:
+        raise SpecError(f"{directory / CAMPAIGN_FILE}: no profile {profile!r}; it defines {sorted(profiles)}")
+    return dict(profiles[profile])
+
+
 def load_campaign(directory: Path, profile: str | None = None, seed: int | None = None,
                   data_path: Path | None = None) -> list[Task]:
     """The specs of a campaign directory with the profile's overrides (and seed / data path) applied."""
     directory = Path(directory)
     if not directory.is_dir():
         raise SpecError(f"{directory}: no such campaign directory")
-    overrides: dict[str, Any] = {}
-    settings = directory / CAMPAIGN_FILE
-    if settings.is_file():
-        profiles = read_mapping(settings).get("profiles", {})
-        if profile is not None:
-            if profile not in profiles:
-                raise SpecError(f"{settings}: no profile {profile!r}; it defines {sorted(profiles)}")
-            overrides.update(profiles[profile] or {})
-    elif profile is not None:
-        raise SpecError(f"{directory}: profile {profile!r} requested but there is no {CAMPAIGN_FILE}")
+    campaign_settings(directory)  # a malformed campaign.yaml is refused even when no profile is asked for
+    overrides = profile_overrides(directory, profile)
     if seed is not None:
         overrides["seed"] = seed
     if data_path is not None:
@@ -100,11 +164,7 @@ def select_tasks(tasks: list[Task], only: list[str] | None, directory: Path) -> 
 
 def campaign_resources(directory: Path) -> dict[str, dict]:
     """``resources`` of campaign.yaml: {"default": {"CPU": 1}, TASK: {"GPU": 1}, ...} (Dask worker resources)."""
-    settings = Path(directory) / CAMPAIGN_FILE
-    raw = read_mapping(settings).get("resources", {}) if settings.is_file() else {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"{settings}: 'resources' must map task names (or 'default') to e.g. {{GPU: 1}}")
-    return raw
+    return campaign_settings(directory)["resources"]
 
 
 def task_resources(task: Task, declared: dict[str, dict]) -> dict:
@@ -125,7 +185,9 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
     """The summary row of a finished task folder (its results.json measured by this spec), else None.
 
     A result gated with other gates than the spec's is re-gated (:func:`traits.verdict.regate`); with
-    ``rewrite`` its results.json and reports are rewritten, so the folder keeps describing one verdict."""
+    ``rewrite`` its results.json and reports are rewritten, so the folder keeps describing one verdict.
+    With ``rewrite``, a report format the spec asks for that is missing (the task was stopped while its
+    reports were written) is rendered from the results.json."""
     previous = where / "results.json"
     if not previous.is_file():
         return None
@@ -145,7 +207,39 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
         else:
             log(f"{where}: re-gated in this summary (status {done.status}), but its reports could not be "
                 "rewritten; the folder keeps its earlier verdict and the next run tries again")
+    elif rewrite and (missing := missing_reports(where, spec)):
+        if _finish_reports(where, done, missing):
+            log(f"{where}: its results.json was written but not its {', '.join('report.' + f for f in missing)} "
+                "(stopped while reporting); rendered from the results.json")
+        else:
+            log(f"{where}: its {', '.join('report.' + f for f in missing)} could not be rendered; the next run "
+                "tries again")
     return summary_row(task, done)
+
+
+def missing_reports(where: Path, spec: AuditSpec) -> list[str]:
+    """The report formats ``spec`` asks for (html, pdf) that the task folder lacks."""
+    from traits.outdir import REPORT_FILES
+
+    wanted = [f for f in spec.report.formats if f != "json" and f"report.{f}" in REPORT_FILES]
+    return [f for f in wanted if not (where / f"report.{f}").is_file()]
+
+
+def _finish_reports(where: Path, result: AuditResult, formats: list[str]) -> bool:
+    """Render the missing report ``formats`` of a finished task from its result, under the folder's lock.
+    False (and a warning logged) when the folder is busy or a report would not render."""
+    import logging
+
+    from traits.outdir import acquire_lock
+    from traits.report.render import render_report
+
+    try:
+        with acquire_lock(where, purpose=f"reports of {result.name!r}"):
+            render_report(result, where, formats=tuple(formats))
+    except (TraitsError, OSError) as exc:
+        logging.getLogger("traits.campaign").warning("%s: missing reports not written (%s)", where, exc)
+        return False
+    return True
 
 
 def _rewrite_regated(where: Path, result: AuditResult, spec: AuditSpec) -> bool:
@@ -242,8 +336,10 @@ def run_campaign(
     a study's core first); the summary then covers those tasks only.
     With ``summary_only`` nothing runs: the summary covers the tasks already finished (and lists the
     others as missing), e.g. to look at a campaign that is still running elsewhere."""
-    from traits.study.executors import Job, TaskFailed, execute, plan_threads
+    from traits.study.executors import Job, TaskFailed, check_scheduler_address, execute, plan_threads
 
+    if scheduler:
+        check_scheduler_address(scheduler)  # a malformed address is bad input before the output folder exists
     out_dir = ensure_dir(Path(out_dir))
     t_start = time.perf_counter()
     declared = campaign_resources(Path(directory)) if Path(directory).is_dir() else {}
@@ -257,8 +353,7 @@ def run_campaign(
     for seed in seed_list:
         tasks = select_tasks(load_campaign(directory, profile, seed, data_path), only, directory)
         n_tasks = len(tasks)
-        overrides = dict(read_mapping(Path(directory) / CAMPAIGN_FILE).get("profiles", {}).get(profile) or {}) \
-            if profile is not None else {}
+        overrides = profile_overrides(Path(directory), profile)
         if seed is not None:
             overrides["seed"] = seed
         if data_path is not None:
@@ -304,10 +399,7 @@ def run_campaign(
             else:
                 slots[i] = res
     rows = [r for r in slots if r is not None]
-    if not rows:
-        if failed:
-            raise TraitsError(f"{out_dir}: every task failed; the first: {failed[0]['task']} (seed "
-                              f"{failed[0]['seed']}): {failed[0]['error']}")
+    if not rows and not failed:
         raise TraitsError(f"{out_dir}: no finished audit to summarise")
     summary = summarise(rows)
     summary["profile"] = profile
@@ -320,9 +412,34 @@ def run_campaign(
         summary["failed"] = failed
     write_summary(summary, out_dir)
     if failed:
-        raise TraitsError(f"{len(failed)} task(s) failed (the summary covers the others): "
-                          + "; ".join(f"{f['task']} (seed {f['seed']}): {f['error']}" for f in failed[:3]))
+        raise TasksFailed(failed_text(failed), summary)
     return summary
+
+
+class TasksFailed(TraitsError):
+    """Tasks of a campaign failed; the summary of the others (``summary``, its ``failed`` naming them) has
+    been written. The campaign's exit status is then 3 (:func:`campaign_exit_code`)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
+def failed_text(failed: list[dict]) -> str:
+    """One line naming the failed tasks and the first errors."""
+    return (f"{len(failed)} task(s) failed (the summary covers the others): "
+            + "; ".join(f"{f['task']} (seed {f['seed']}): {f['error']}" for f in failed[:3])
+            + (" ..." if len(failed) > 3 else ""))
+
+
+def campaign_exit_code(summary: dict) -> int:
+    """The campaign's exit status (see the module docstring): 3 when a task failed, else 1 when a finished
+    task failed a gate, else 0. Bad input (2) is raised as a TraitsError before anything runs."""
+    if summary.get("failed"):
+        return EXIT_TASK_FAILED
+    if any(row.get("failed_gates") for row in summary.get("rows", [])):
+        return EXIT_GATE_FAILED
+    return EXIT_PASSED
 
 
 def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) -> None:
@@ -572,12 +689,13 @@ def summary_markdown(summary: dict) -> str:
     for e in summary["tasks"]:
         outside = e.get("ood_target_outside")
         lines.append("| " + " | ".join([
-            e["task"], e["target"], held_out_text(e), _pm(e, "id_mae"), _pm(e, "ood_mae"),
+            markdown_literal(e["task"]), markdown_literal(e["target"]), markdown_literal(held_out_text(e)),
+            _pm(e, "id_mae"), _pm(e, "ood_mae"),
             _pm(e, "mae_ratio"), _pm(e, "id_lambda_max"), _pm(e, "ood_lambda_max"), _pm(e, "lambda_ratio"),
             _pm(e, "id_trace"), _pm(e, "ood_trace"), _pm(e, "trace_ratio"), _pm(e, "id_robust_radius"),
             _pm(e, "ood_robust_radius"), _pm(e, "radius_ratio"), _pm(e, "embedding_knn_ratio"),
             _pm(e, "composition_knn_ratio"), "–" if outside is None else f"{outside:.1%}",
-            "/".join(e.get("shift_cases", [])) or "–", "/".join(e["verdicts"]),
+            markdown_literal("/".join(e.get("shift_cases", [])) or "–"), markdown_literal("/".join(e["verdicts"])),
         ]) + " |")
     lines += ["", "Spearman rank correlation of each metric's OOD/ID ratio with the OOD/ID MAE ratio, over every "
               "(task, seed): landscape metrics and the distance baselines side by side. A metric that tracks the "
@@ -593,7 +711,11 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", best["statement"]]
     if summary.get("missing"):
         lines += ["", "Not finished (left out of this summary): "
-                  + ", ".join(f"{m['task']} (seed {m['seed']})" for m in summary["missing"]) + "."]
+                  + ", ".join(f"{markdown_literal(m['task'])} (seed {m['seed']})" for m in summary["missing"]) + "."]
+    if summary.get("failed"):
+        lines += ["", "Failed (left out of this summary): "
+                  + "; ".join(f"{markdown_literal(f['task'])} (seed {f['seed']}): {markdown_literal(f['error'])}"
+                            for f in summary["failed"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -622,6 +744,8 @@ def summary_figure(summary: dict):
 
 
 def write_summary(summary: dict, out_dir: Path) -> dict[str, Path]:
+    from markupsafe import Markup
+
     from traits.report.figures import encode
     from traits.report.render import html_to_pdf, template_environment
 
@@ -630,7 +754,8 @@ def write_summary(summary: dict, out_dir: Path) -> dict[str, Path]:
         "md": write_text_atomic(out_dir / "summary.md", summary_markdown(summary)),
     }
     env = template_environment()
-    css = (Path(env.loader.searchpath[0]) / "report.css").read_text(encoding="utf-8")
+    # the package's own style sheet, not data: marked safe, or autoescape would turn its quotes into entities
+    css = Markup((Path(env.loader.searchpath[0]) / "report.css").read_text(encoding="utf-8"))
     for medium in ("html", "pdf"):
         fig = encode(summary_figure(summary), svg=medium == "html", png_dpi=None if medium == "html" else 200)
         html = env.get_template("summary.html.j2").render(

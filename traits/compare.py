@@ -53,12 +53,13 @@ class DeltaGate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field(description="A metric of the comparison, e.g. mae_ratio, ood_mae, radius_ratio.")
-    max_growth: float | None = Field(None, ge=0)
-    max_relative_growth: float | None = Field(None, ge=0)
-    max_drop: float | None = Field(None, ge=0)
-    max_relative_drop: float | None = Field(None, ge=0)
-    fail: bool = True
+    metric: str = Field(description="A metric of the comparison, e.g. mae_ratio, ood_mae, radius_ratio.",
+                        strict=True, min_length=1, max_length=200)
+    max_growth: float | None = Field(None, ge=0, strict=True, allow_inf_nan=False)
+    max_relative_growth: float | None = Field(None, ge=0, strict=True, allow_inf_nan=False)
+    max_drop: float | None = Field(None, ge=0, strict=True, allow_inf_nan=False)
+    max_relative_drop: float | None = Field(None, ge=0, strict=True, allow_inf_nan=False)
+    fail: bool = Field(True, strict=True)
 
     @model_validator(mode="after")
     def _one_limit(self) -> DeltaGate:
@@ -91,27 +92,26 @@ DEFAULT_GATES = (
 
 def read_gates(path: Path) -> list[DeltaGate]:
     """Gates from a YAML/JSON file: a list of gates, ``{gates: [...]}``, or the short form
-    ``{gates: {METRIC: {LIMIT: VALUE, ...}}}`` (one gate per metric)."""
-    from traits.spec import format_validation_error, read_mapping
+    ``{gates: {METRIC: {LIMIT: VALUE, ...}}}`` (one gate per metric). Anything else (a limit that is not a
+    number, a gate that is not a mapping, ...) is a SpecError naming the file and the field."""
+    from traits.inputs import load_yaml_text, read_text_checked
+    from traits.spec import format_validation_error
 
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such gates file")
-    if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        import yaml
-
-        try:
-            raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise SpecError(f"{path}: not a readable YAML/JSON file ({exc})") from None
-    else:
-        raw = read_mapping(path)
+    raw: Any = load_yaml_text(read_text_checked(path, "gates file", SpecError), path, SpecError, aliases=False)
+    where = "gates"
     if isinstance(raw, dict) and "compare" in raw and isinstance(raw["compare"], dict):
-        raw = raw["compare"]
+        raw, where = raw["compare"], "compare.gates"
     if isinstance(raw, dict):
         raw = raw.get("gates", raw)
     if isinstance(raw, dict):
-        raw = [{"metric": metric, **(limits or {})} for metric, limits in raw.items()]
+        entries = []
+        for metric, limits in raw.items():
+            if limits is not None and not isinstance(limits, dict):
+                raise SpecError(f"{path}: {where}.{metric}: expected a mapping of a limit ({', '.join(LIMITS)}) to "
+                                f"a number, got {type(limits).__name__} {str(limits)[:60]!r}")
+            entries.append({"metric": metric, **(limits or {})})
+        raw = entries
     if not isinstance(raw, list):
         raise SpecError(f"{path}: expected a list of gates (metric plus one of {', '.join(LIMITS)})")
     gates = []
@@ -119,7 +119,8 @@ def read_gates(path: Path) -> list[DeltaGate]:
         try:
             gates.append(DeltaGate.model_validate(entry))
         except ValidationError as exc:
-            raise SpecError(format_validation_error(exc, f"{path} (gate {i + 1})")) from None
+            raise SpecError(format_validation_error(exc, f"{path} (gate {i + 1})")
+                            .replace("invalid audit spec", "invalid gate", 1)) from None
     unknown = [g.metric for g in gates if g.metric not in METRICS and not g.metric.endswith("_ratio")
                and g.metric != "entropy_ood_minus_id"]
     if unknown:

@@ -1,15 +1,29 @@
 """Atomic file writes: every result, report and checkpoint goes to a temporary file first and is
-renamed into place, so an interrupted run never leaves a half-written file behind."""
+renamed into place, so an interrupted run never leaves a half-written file behind.
+
+What an output path may be (:func:`output_target`, checked before anything is written):
+
+- **missing or a regular file**: the new file is written beside it and renamed onto it;
+- **a symbolic link to a regular file**: written *through* the link: the new file is written beside the
+  link's final target and renamed onto that, so the link stays and points to the new content. A link in a
+  sticky world-writable folder (``/tmp``) is followed only when the current user owns it, as the kernel's
+  ``protected_symlinks`` does for ``open``, so another user's link cannot redirect a write;
+- **anything else** (a directory, a named pipe, a device, a socket, a broken link, a link to any of these)
+  is refused with an :class:`~traits.errors.OutputError` naming the path (exit 2): a rename would replace a
+  device or a pipe with a regular file, and writing into one could block or never end.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from traits.errors import OutputError
+from traits.inputs import describe_kind
 
 
 def ensure_dir(path: Path) -> Path:
@@ -24,12 +38,45 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+def _foreign_link_in_sticky_dir(link: Path) -> bool:
+    """Whether ``link`` is another user's symbolic link in a sticky, world-writable folder."""
+    try:
+        folder, own = os.stat(link.parent), os.lstat(link)
+    except OSError:
+        return False
+    sticky_shared = bool(folder.st_mode & stat.S_ISVTX) and bool(folder.st_mode & stat.S_IWOTH)
+    return sticky_shared and own.st_uid != os.geteuid() and own.st_uid != folder.st_uid
+
+
+def output_target(path: Path) -> Path:
+    """The file a write to ``path`` replaces: ``path`` itself when it is missing or a regular file, the
+    final target of a symbolic link to a regular file; an OutputError for every other kind of path (see the
+    module docstring)."""
+    path = Path(path)
+    kind = describe_kind(path)
+    if os.path.islink(path):
+        if kind is not None:
+            what = kind if kind.startswith("a broken") else f"a symbolic link to {kind}"
+            raise OutputError(f"{path}: the output path is {what}, not a regular file or a link to one; TRAITS "
+                              "writes regular files only: give another path")
+        if _foreign_link_in_sticky_dir(path):
+            raise OutputError(f"{path}: the output path is another user's symbolic link in a shared folder "
+                              f"(to {os.path.realpath(path)}); TRAITS does not follow it: give another path")
+        return Path(os.path.realpath(path))
+    if kind is None or kind == "missing":
+        return path
+    raise OutputError(f"{path}: the output path is {kind}, not a regular file; TRAITS writes regular files only "
+                      "(it would replace it): give another path")
+
+
 def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (or beside the regular file a symbolic
+    link at ``path`` points to), then rename it onto that file. Returns ``path``."""
     path = Path(path)
     ensure_dir(path.parent)
+    target = output_target(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
@@ -38,7 +85,7 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
@@ -61,18 +108,20 @@ def write_json_atomic(path: Path, payload) -> Path:
 
 def write_formats_atomic(out_dir: Path, stem: str, payload: dict[str, str | bytes]) -> dict[str, Path]:
     """Write ``out_dir/stem.FMT`` for each format of ``payload`` (text or bytes), each atomically; when one
-    fails, the ones already written by this call are removed too, so the formats always describe one run."""
+    fails, the ones already written by this call are removed too, so the formats always describe one run.
+    Every path is checked (:func:`output_target`) before any is written."""
+    paths = {fmt: Path(out_dir) / f"{stem}.{fmt}" for fmt in payload}
+    targets = {fmt: output_target(path) for fmt, path in paths.items()}
     written: dict[str, Path] = {}
     try:
         for fmt, data in payload.items():
-            path = Path(out_dir) / f"{stem}.{fmt}"
             if isinstance(data, bytes):
-                write_bytes_atomic(path, data)
+                write_bytes_atomic(paths[fmt], data)
             else:
-                write_text_atomic(path, data)
-            written[fmt] = path
+                write_text_atomic(paths[fmt], data)
+            written[fmt] = paths[fmt]
     except OutputError:
-        for path in written.values():
-            path.unlink(missing_ok=True)
+        for fmt in written:
+            targets[fmt].unlink(missing_ok=True)
         raise
     return written

@@ -1,6 +1,7 @@
 """Checks on input files before they are opened: that a path is a regular file (not a directory, a named
-pipe or a device, whose reads can block forever or never end), and that a file read whole into memory
-fits.
+pipe or a device, whose reads can block forever or never end), that a file read whole into memory
+fits, that a compressed stream is bounded while it expands, and that a YAML file does not expand without
+bound through its aliases.
 
 Every check raises the caller's :class:`~traits.errors.TraitsError` subclass with a message naming the
 file and the reason, so the CLI reports it as bad input (exit 2).
@@ -105,3 +106,88 @@ def read_text_checked(path: Path, what: str, error: type[TraitsError] = TraitsEr
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read the {what} ({exc})") from None
+
+
+def read_stream_bounded(stream, path: Path, what: str, error: type[TraitsError], limit: int,
+                        why: str = "such a file may have", chunk: int = 1 << 20) -> bytearray:
+    """The bytes of ``stream`` (e.g. a gzip stream), read in chunks and refused with ``error`` as soon as more
+    than ``limit`` bytes have come: what a compressed file expands to is bounded while it is read, whatever
+    its header or trailer claims."""
+    out = bytearray()
+    while True:
+        block = stream.read(min(chunk, limit + 1 - len(out)))
+        if not block:
+            return out
+        out += block
+        if len(out) > limit:
+            raise error(f"{path}: the {what} expands to more than {_human(limit)}, the most {why}; reading stopped "
+                        "there. Is it the right file?")
+
+
+#: Most values a YAML file may expand to through its aliases (a spec has a few hundred).
+MAX_YAML_VALUES = 100_000
+
+
+def load_yaml_text(text: str, path: Path, error: type[TraitsError] = TraitsError, *, aliases: bool = True):
+    """The data of one YAML document, loaded safely (no tags that construct objects), with ``error`` naming
+    ``path`` and the line for: invalid YAML, nesting too deep, an alias (``*name``) when ``aliases`` is
+    False, and a document that expands to more than :data:`MAX_YAML_VALUES` values through its aliases
+    (an alias bomb) or refers to itself."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if not aliases and self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise error(f"{path}: line {mark.line + 1}: YAML aliases (*name) are not allowed here; write the "
+                            "value out in full")
+            return super().compose_node(parent, index)
+
+    loader = Loader(text)
+    loader.name = str(path)  # error marks name the file
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_yaml_values(node, path, error)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise error(f"{path}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _count_yaml_values(root, path: Path, error: type[TraitsError]) -> int:
+    """How many values the node graph ``root`` expands to, counting each alias use in full; ``error`` as soon
+    as the count passes :data:`MAX_YAML_VALUES` or a node contains itself."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise error(f"{path}: line {node.start_mark.line + 1}: the YAML refers to itself through an alias")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                raise error(f"{path}: line {node.start_mark.line + 1}: the YAML expands to more than "
+                            f"{MAX_YAML_VALUES:,} values through its aliases (*name); write the values out instead")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)

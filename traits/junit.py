@@ -16,6 +16,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from traits.files import write_bytes_atomic
+from traits.progress import safe_text
 from traits.results import AuditResult
 from traits.study import catalogue as _catalogue
 
@@ -124,6 +125,10 @@ def cases_xml(name: str, groups: list[tuple[str, list[Case], float]], seconds: f
     for k, (suffix, cases, suite_seconds) in enumerate(groups):
         if cases or k == 0:
             _suite(suites, name + suffix, cases, suite_seconds, timestamp)
+    for element in suites.iter():  # control characters (a tampered name's ESC) are not XML: written escaped
+        element.text = safe_text(element.text, keep_newlines=True) if element.text else element.text
+        for key, value in element.attrib.items():
+            element.set(key, safe_text(value))
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
 
 

@@ -7,9 +7,13 @@
   folder without the marker is judged by its ``results.json`` (folders written before the marker existed);
   reports without results (from an unknown audit) count as another audit's. So the results and reports
   in one folder always describe the same audit.
-- **One writer per folder.** ``.traits.lock`` (pid, host, start time) is created atomically before
-  anything is written and removed at the end. A second run on the folder is refused with a message naming
-  the holder; a lock left by a run that died (its pid no longer exists on this host) is taken over.
+- **One writer per folder.** ``.traits.lock`` (pid, host, start time, purpose: at most
+  :data:`PURPOSE_LIMIT` characters of it, so a lock is always small) is created atomically before anything
+  is written and removed at the end by its holder (recognised by the lock file's identity and its random
+  token, whatever else it holds). A second run on the folder is refused with a message naming the holder; a
+  lock left by a run that died (its pid no longer exists on this host) is taken over. A lock that cannot be
+  read (not a regular file, over :data:`LOCK_READ_LIMIT` bytes, not JSON, no pid) is held, not stale: the
+  run is refused and the message says to delete the lock if no run owns it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,10 @@ OWNED_FILES = ("results.json", "report.html", "report.pdf", "split_manifest.json
 #: Folders an audit writes into its folder: 2D-surface resume files and the model it trained.
 OWNED_DIRS = (".partial", "model")
 REPORT_FILES = ("report.html", "report.pdf")
+#: The most characters of a lock's purpose (it names the audit, whose name a spec may make long) recorded.
+PURPOSE_LIMIT = 200
+#: A lock file longer than this is not one TRAITS wrote: it is read as unreadable (held).
+LOCK_READ_LIMIT = 64 << 10
 #: Spec fields that do not change what an audit measures (where it is written, which formats).
 IGNORED_FIELDS = (("report", "out_dir"), ("report", "formats"))
 
@@ -95,33 +104,74 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read_lock(path: Path) -> dict | None:
+    """The lock's content; None when there is no lock, {} when there is one that cannot be read as a lock
+    (not a regular file, too long, not a JSON object). Never blocks: a named pipe is not opened for reading."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8")[:10000])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        raw = os.read(fd, LOCK_READ_LIMIT + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    if len(raw) > LOCK_READ_LIMIT:
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _is_stale(holder: dict) -> bool:
-    """A lock whose process is gone (same host), or that is unreadable, is stale."""
+def _readable(holder: dict) -> bool:
+    """Whether a lock's content names a process (a pid), as every lock TRAITS writes does."""
     pid = holder.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool):
-        return True
+    return isinstance(pid, int) and not isinstance(pid, bool)
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock whose process is gone (same host) is stale; one that cannot be read is not (it is held)."""
+    if not _readable(holder):
+        return False
     if holder.get("host") not in (None, socket.gethostname()):
         return False  # another machine (a shared file system): cannot tell, assume it is running
-    return not _pid_alive(pid)
+    return not _pid_alive(holder["pid"])
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 @dataclass
 class OutputLock:
     path: Path
     info: dict
+    identity: tuple[int, int] | None = None  # (device, inode) of the lock file this holder created
+
+    def held(self) -> bool:
+        """Whether the lock file at ``path`` is still the one this holder created: the same file (when its
+        identity is known) holding this holder's token (or unreadable: then the identity decides)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        if self.identity is not None and _identity(st) != self.identity:
+            return False
+        holder = _read_lock(self.path)
+        if holder is None:
+            return False
+        if holder.get("token") == self.info["token"] and holder.get("pid") == self.info["pid"]:
+            return True
+        return self.identity is not None and not _readable(holder)
 
     def release(self) -> None:
-        holder = _read_lock(self.path)
-        if holder is not None and holder.get("pid") == self.info["pid"] and holder.get("token") == self.info["token"]:
+        if self.held():
             try:
                 os.unlink(self.path)
             except OSError:
@@ -136,23 +186,34 @@ class OutputLock:
 
 
 def _busy(path: Path, holder: dict) -> OutputError:
+    if not _readable(holder):
+        return OutputError(
+            f"{path.parent}: the folder's lock {path.name} cannot be read as a TRAITS lock, so another run may be "
+            f"writing into this folder; wait for it to finish or use another --out. If no such run exists, "
+            f"delete {path}"
+        )
     who = f"pid {holder.get('pid')}"
     if holder.get("host"):
-        who += f" on {holder['host']}"
+        who += f" on {_bounded(str(holder['host']))}"
     if holder.get("started"):
-        who += f", started {holder['started']}"
-    what = f" ({holder['purpose']})" if holder.get("purpose") else ""
+        who += f", started {_bounded(str(holder['started']))}"
+    what = f" ({_bounded(str(holder['purpose']))})" if holder.get("purpose") else ""
     return OutputError(
         f"{path.parent}: another TRAITS run is writing into this folder ({who}{what}); wait for it to finish or "
         f"use another --out. If no such run exists, delete {path}"
     )
 
 
+def _bounded(text: str) -> str:
+    """``text`` cut to :data:`PURPOSE_LIMIT` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= PURPOSE_LIMIT else text[:PURPOSE_LIMIT - 1] + "…"
+
+
 def acquire_lock(out_dir: Path, purpose: str = "") -> OutputLock:
     """Create ``out_dir/.traits.lock`` atomically (with its content), taking over a stale one."""
     out_dir = ensure_dir(Path(out_dir))
     path = out_dir / LOCK
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": _bounded(purpose),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "token": os.urandom(8).hex()}
     for _attempt in range(5):
@@ -164,15 +225,16 @@ def acquire_lock(out_dir: Path, purpose: str = "") -> OutputLock:
             raise OutputError(f"{out_dir}: cannot create the lock file ({exc.strerror or exc})") from None
         try:
             os.link(tmp, path)  # atomic, and the lock never exists without its content
-            return OutputLock(path, info)
+            return OutputLock(path, info, _identity(os.stat(tmp)))
         except FileExistsError:
             pass
         except OSError:  # a file system without hard links
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                identity = _identity(os.fstat(fd))
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     json.dump(info, fh)
-                return OutputLock(path, info)
+                return OutputLock(path, info, identity)
             except FileExistsError:
                 pass
             except OSError as exc:
@@ -196,7 +258,7 @@ def acquire_lock(out_dir: Path, purpose: str = "") -> OutputLock:
         except OSError as exc:
             raise OutputError(f"{path}: cannot remove the stale lock ({exc.strerror or exc})") from None
         moved = _read_lock(aside)
-        if moved and moved != holder and not _is_stale(moved):
+        if moved is not None and moved != holder and not _is_stale(moved):
             try:
                 os.link(aside, path)
             except OSError:

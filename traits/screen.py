@@ -35,10 +35,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from traits.data.graphs import DISORDERED
+from traits.data.sources import Entry
 from traits.errors import DataError, TraitsError
 from traits.files import ensure_dir, write_text_atomic
 
@@ -136,7 +139,7 @@ def build_calibration(model, splits: Mapping[str, Sequence], device, *, seed: in
         "n": {k: len(v) for k, v in splits.items()},
         "noise_var": noise_var,
         "last_layer": post.to_dict(),
-        "knn": {"k": KNN_K, "train_embedding": np.round(ref, 6).tolist()},
+        "knn": {"k": min(KNN_K, len(ref)), "train_embedding": np.round(ref, 6).tolist()},
         "recalibration": {"last_layer": unc.recalibrate(std_va, r_va).to_dict(),
                           "knn": unc.recalibrate(d_va, r_va).to_dict()},
         "val_mae": float(np.mean(np.abs(r_va[np.isfinite(r_va)]))),
@@ -158,25 +161,146 @@ def write_calibration(model, splits: Mapping[str, Sequence], path: Path, device,
     return Path(path)
 
 
-def load_calibration(path: Path) -> dict:
-    """Read a calibration file; a file that is not one is a DataError naming it."""
-    from traits.inputs import SMALL_FILE_LIMIT, check_fits, file_size, require_file
+class _Invalid(ValueError):
+    """A calibration field that is missing, of the wrong type, or out of range: ``field`` names it."""
 
-    path = require_file(Path(path), "calibration file", DataError)
-    check_fits(path, file_size(path), "calibration file", DataError, limit=max(SMALL_FILE_LIMIT, 64 << 20))
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def _get(mapping, key: str, where: str):
+    if not isinstance(mapping, dict):
+        raise _Invalid(where, f"must be a JSON object, got {type(mapping).__name__}")
+    if key not in mapping:
+        raise _Invalid(f"{where}.{key}" if where else key, "missing")
+    return mapping[key]
+
+
+def _real(value, field: str, *, low: float | None = None, strict: bool = False, null: bool = False) -> float | None:
+    """A finite JSON number (not a string, not a boolean), above ``low`` (``strict``) or at least ``low``."""
+    if value is None and null:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(field, f"must be a number, got {json.dumps(value)[:60]}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise _Invalid(field, f"must be finite, got {value}")
+    if low is not None and (x <= low if strict else x < low):
+        raise _Invalid(field, f"must be {'>' if strict else '>='} {low:g}, got {value}")
+    return x
+
+
+def _count(value, field: str, low: int) -> int:
+    """A JSON integer of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(field, f"must be an integer, got {json.dumps(value)[:60]}")
+    if value < low:
+        raise _Invalid(field, f"must be >= {low}, got {value}")
+    return value
+
+
+def _matrix(value, field: str) -> np.ndarray:
+    """A non-empty rectangular list of lists of finite JSON numbers, as a float64 array."""
+    if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+        raise _Invalid(field, "must be a non-empty list of rows (lists of numbers)")
+    width = len(value[0])
+    if width == 0 or any(len(row) != width for row in value):
+        raise _Invalid(field, f"rows must all have the same, non-zero length (row 1 has {width})")
+    if not all(type(x) in (float, int) for row in value for x in row):
+        bad = next(x for row in value for x in row if type(x) not in (float, int))
+        raise _Invalid(field, f"must hold numbers only, got {json.dumps(bad)[:60]}")
+    out = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise _Invalid(field, "must hold finite numbers only")
+    return out
+
+
+def _reference(value, field: str) -> None:
+    """``id.last_layer_std`` / ``id.knn_distance``: median and 95th percentile (positive, the percentile not below
+    the median; both null when nothing was measured) and their count."""
+    med = _real(_get(value, "median", field), f"{field}.median", low=0.0, strict=True, null=True)
+    p95 = _real(_get(value, "p95", field), f"{field}.p95", low=0.0, strict=True, null=True)
+    if (med is None) != (p95 is None):
+        raise _Invalid(field, "median and p95 must both be numbers or both be null")
+    if med is not None and p95 < med:
+        raise _Invalid(f"{field}.p95", f"must be >= the median {med:g}, got {p95:g}")
+    _count(_get(value, "n", field), f"{field}.n", 0)
+
+
+def validate_calibration(data, embedding_width: int | None = None) -> None:
+    """Every field the scores read, checked: types (JSON numbers, never strings or booleans), finite values,
+    shapes consistent with each other (Gram matrix (h+1) x (h+1) for training embeddings of width h, and h the
+    model's embedding width when ``embedding_width`` is given), a positive noise variance and prior precision,
+    a Gram matrix that is symmetric positive semi-definite, recalibration coefficients >= 0 and not both 0,
+    1 <= k <= the number of stored training embeddings, and the ID test set's reference scores positive.
+    Raises :class:`_Invalid` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise _Invalid("(top level)", f"must be a JSON object, got {type(data).__name__}")
+    version = _get(data, "version", "")
+    if version != CALIBRATION_VERSION:
+        raise _Invalid("version", f"{json.dumps(version)[:40]}, expected {CALIBRATION_VERSION}")
+    ll = _get(data, "last_layer", "")
+    gram = _matrix(_get(ll, "gram", "last_layer"), "last_layer.gram")
+    noise = _real(_get(ll, "noise_var", "last_layer"), "last_layer.noise_var", low=0.0, strict=True)
+    prior = _real(_get(ll, "prior_precision", "last_layer"), "last_layer.prior_precision", low=0.0, strict=True)
+    _count(_get(ll, "n_data", "last_layer"), "last_layer.n_data", 1)
+    knn = _get(data, "knn", "")
+    emb = _matrix(_get(knn, "train_embedding", "knn"), "knn.train_embedding")
+    h = emb.shape[1]
+    if embedding_width is not None and h != embedding_width:
+        raise _Invalid("knn.train_embedding", f"rows of width {h}, but the model's embedding has width "
+                       f"{embedding_width}: the calibration of another model?")
+    if gram.shape != (h + 1, h + 1):
+        raise _Invalid("last_layer.gram", f"shape {gram.shape[0]}x{gram.shape[1]}, expected {h + 1}x{h + 1} (the "
+                       f"embedding width {h} plus the bias)")
+    scale = max(float(np.abs(gram).max()), 1.0)
+    if not np.allclose(gram, gram.T, rtol=1e-9, atol=1e-12 * scale):
+        raise _Invalid("last_layer.gram", "is not symmetric")
+    if float(np.linalg.eigvalsh(gram).min()) < -1e-8 * scale:
+        raise _Invalid("last_layer.gram", "has a negative eigenvalue: not a Gram matrix")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("version") != CALIBRATION_VERSION:
-            raise ValueError(f"version {data.get('version')!r}, expected {CALIBRATION_VERSION}")
-        from traits.probes.uncertainty import LastLayerLaplace
+        np.linalg.cholesky(gram / noise + prior * np.eye(h + 1))
+    except np.linalg.LinAlgError:
+        raise _Invalid("last_layer", "the posterior precision gram / noise_var + prior_precision I is not positive "
+                       "definite") from None
+    if "noise_var" in data:
+        _real(data["noise_var"], "noise_var", low=0.0, strict=True)
+    _count(_get(knn, "k", "knn"), "knn.k", 1)
+    if knn["k"] > len(emb):
+        raise _Invalid("knn.k", f"must be <= the {len(emb)} stored training embeddings, got {knn['k']}")
+    rec = _get(data, "recalibration", "")
+    for key in ("last_layer", "knn"):
+        where = f"recalibration.{key}"
+        one = _get(rec, key, "recalibration")
+        a = _real(_get(one, "a", where), f"{where}.a", low=0.0)
+        b = _real(_get(one, "b", where), f"{where}.b", low=0.0)
+        if a == 0 and b == 0:
+            raise _Invalid(where, "a and b are both 0: every sigma would be 0")
+    ident = data.get("id")
+    if ident is not None:
+        if not isinstance(ident, dict):
+            raise _Invalid("id", f"must be a JSON object or null, got {type(ident).__name__}")
+        for key in ("last_layer_std", "knn_distance"):
+            _reference(_get(ident, key, "id"), f"id.{key}")
+        _real(_get(ident, "mae", "id"), "id.mae", low=0.0, null=True)
 
-        LastLayerLaplace.from_dict(data["last_layer"])
-        np.asarray(data["knn"]["train_embedding"], dtype=np.float64).reshape(len(data["knn"]["train_embedding"]), -1)
-        for key in ("last_layer", "knn"):
-            rec = data["recalibration"][key]
-            float(rec["a"]), float(rec["b"])
-    except (ValueError, KeyError, TypeError, AttributeError, np.linalg.LinAlgError) as exc:
-        raise DataError(f"{path}: not a TRAITS calibration file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+def load_calibration(path: Path, embedding_width: int | None = None) -> dict:
+    """Read a calibration file and check it completely (:func:`validate_calibration`, against the model's
+    embedding width when given); a file that is not a valid one is a DataError naming the file and the field."""
+    from traits.inputs import SMALL_FILE_LIMIT, read_text_checked
+
+    path = Path(path)
+    text = read_text_checked(path, "calibration file", DataError, limit=max(SMALL_FILE_LIMIT, 64 << 20))
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not a TRAITS calibration file (not valid JSON: {str(exc)[:200]})") from None
+    try:
+        validate_calibration(data, embedding_width)
+    except _Invalid as exc:
+        raise DataError(f"{path}: not a TRAITS calibration file: {exc}") from None
     return data
 
 
@@ -274,34 +398,107 @@ def _kind(path: Path) -> str:
     return "unknown"
 
 
+def _unread(path: Path) -> str | None:
+    """None for a regular file (or a link to one); otherwise why ``path`` is not read, in words shared by every
+    such path (a named pipe, a device, a broken link, a link loop, a link to a folder: never followed)."""
+    from traits.inputs import describe_kind
+
+    kind = describe_kind(path)
+    if kind is None:
+        return None
+    if kind.startswith("a broken symbolic link"):
+        return "a broken symbolic link, not a regular file"
+    if kind.startswith("not accessible"):
+        return kind
+    return kind.split(" (the symbolic link points to")[0] + ", not a regular file"
+
+
+def _files(paths: Sequence[Path], out: Inputs) -> list[Path]:
+    """The regular files of ``paths`` and of the folders among them (their subfolders too; a link to a folder is
+    not followed); every other path found is counted in ``out`` as read and skipped, with the reason. A named
+    path that does not exist is a DataError."""
+    from traits.inputs import describe_kind
+
+    files: list[Path] = []
+
+    def skip(reason: str) -> None:
+        out.n_read += 1
+        out.skipped[reason] += 1
+
+    for p in paths:
+        p = Path(p)
+        if describe_kind(p) == "missing" and not p.is_symlink():
+            raise DataError(f"{p}: no such file")
+        if p.is_dir():  # a folder named on the command line is read even through a link
+            for q in sorted(p.rglob("*")):
+                if q.is_dir() and not q.is_symlink():
+                    continue  # rglob descends into it
+                if q.is_symlink() and q.is_dir():
+                    skip("a symbolic link to a folder, not followed")
+                    continue
+                reason = _unread(q)
+                if reason is None:
+                    files.append(q)
+                else:
+                    skip(reason)
+            continue
+        reason = _unread(p)
+        if reason is None:
+            files.append(p)
+        else:
+            skip(reason)
+    return files
+
+
+@dataclass(frozen=True)
+class _ParsedEntry(Entry):
+    """An entry whose structure was parsed on reading (to check its sites): handed out again, not parsed twice."""
+
+    parsed: Any = field(default=None, compare=False, repr=False)
+
+    def structure(self):
+        return self.parsed.copy() if self.parsed is not None else super().structure()
+
+
 def read_inputs(paths: Sequence[Path]) -> Inputs:
-    """Entries for every structure in ``paths`` (files or folders of files); unreadable ones counted."""
-    from traits.data.sources import Entry, _jarvis_structure, _json_records, _mp_structure
+    """Entries for every structure in ``paths`` (files or folders of files). Everything found that is not
+    screened is counted in ``skipped`` with its reason (and in ``n_read``): a path that is not a regular file
+    (named pipe, device, broken link, link loop), a file that is not a structure or cannot be read, a JSON file
+    that does not parse, a record without a structure, and a structure with a partly occupied site
+    (:data:`DISORDERED`)."""
+    from traits.data.sources import _jarvis_structure, _json_records, _mp_structure
     from traits.inputs import SMALL_FILE_LIMIT, check_fits, file_size
 
     out = Inputs()
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            files.extend(sorted(q for q in p.rglob("*") if q.is_file()))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file")
+    files = _files(paths, out)
     seen: Counter = Counter()
 
-    def add(rid: str, payload: str, fmt: str, source: Path) -> None:
+    def add(rid: str, payload: str, fmt: str, source: Path, structure=None) -> None:
+        entry = Entry(rid, math.nan, payload, fmt)
+        if structure is None:
+            try:
+                structure = entry.structure()
+            except Exception:  # noqa: BLE001 - left to the graph builder, which counts it as unreadable
+                structure = None
+        if structure is not None and not structure.is_ordered:
+            out.skipped[DISORDERED] += 1
+            return
         seen[rid] += 1
         if seen[rid] > 1:
             rid = f"{rid}#{seen[rid]}"
-        out.entries.append(Entry(rid, math.nan, payload, fmt))
+        out.entries.append(_ParsedEntry(rid, math.nan, payload, fmt, structure))
         out.sources[rid] = str(source)
 
     for f in files:
         kind = _kind(f)
         if kind == "json":
-            for i, rec in enumerate(_json_records(f)):
+            try:
+                records = list(_json_records(f))
+            except DataError:
+                out.n_read += 1
+                out.skipped["unreadable JSON file"] += 1
+                continue
+            for i, rec in enumerate(records):
                 out.n_read += 1
                 if not isinstance(rec, dict):
                     out.skipped["record is not a JSON object"] += 1
@@ -330,8 +527,30 @@ def read_inputs(paths: Sequence[Path]) -> Inputs:
         except Exception:  # noqa: BLE001 - pymatgen raises many kinds for unreadable files
             out.skipped["unreadable structure file"] += 1
             continue
-        add(str(f.name), json.dumps(structure.as_dict()), "pymatgen-dict", f)
+        add(str(f.name), json.dumps(structure.as_dict()), "pymatgen-dict", f, structure)
     return out
+
+
+def _build(entries: Sequence, settings):
+    """The graphs of ``entries``; a structure whose graph cannot be built (a DataError such as a GraphError) is
+    skipped and counted with the error's message, the others are built: a screen never stops on one structure."""
+    from traits.data.graphs import GraphSet, build_graphs
+
+    try:
+        return build_graphs(entries, settings)
+    except DataError:
+        pass  # one entry stops the batch: build them one by one to find it
+    built = GraphSet(graphs=[])
+    for entry in entries:
+        try:
+            one = build_graphs([entry], settings)
+        except DataError as exc:
+            built.skipped[f"graph not built: {str(exc)[:200]}"] += 1
+            continue
+        built.graphs.extend(one.graphs)
+        built.skipped.update(one.skipped)
+        built.built += one.built
+    return built
 
 
 # ---------------------------------------------------------------------------------------- chemistry
@@ -389,7 +608,6 @@ def screen(checkpoint: Path, paths: Sequence[Path], out_dir: Path, *, fmt: str =
            calibration: Path | None = None, device: torch.device | None = None,
            formats: Sequence[str] = ("html", "pdf"), batch_size: int = 256) -> ScreenResult:
     """Screen unlabelled structures with a checkpoint; write predictions.csv/json and the report."""
-    from traits.data.graphs import build_graphs
     from traits.models.checkpoint import load_checkpoint
     from traits.models.inference import detect_format, unit_of
     from traits.spec import GraphSpec
@@ -409,10 +627,10 @@ def screen(checkpoint: Path, paths: Sequence[Path], out_dir: Path, *, fmt: str =
     else:
         settings = GraphSpec(**meta["graph"]) if meta.get("graph") else GraphSpec()
     cal_file = Path(calibration) if calibration is not None else calibration_path(checkpoint)
-    cal = load_calibration(cal_file) if (calibration is not None or cal_file.is_file()) else None
+    cal = (load_calibration(cal_file, embedding_width=model.fc_out.in_features)
+           if (calibration is not None or cal_file.is_file()) else None)
     inputs = read_inputs(paths)
-    entries = inputs.entries
-    built = build_graphs(entries, settings)
+    built = _build(inputs.entries, settings)
     skipped = Counter(inputs.skipped)
     skipped.update(built.skipped)
     graphs = built.graphs

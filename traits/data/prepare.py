@@ -43,6 +43,15 @@ def subsample_entries(entries: list, size: int | None, seed: int) -> list:
     return [entries[i] for i in keep]
 
 
+def _assign_splits(source: SourceData, *args, **kwargs) -> SplitManifest:
+    """:func:`~traits.data.splits.assign_splits`, with its DataErrors (an omission rule that matches no
+    compound, a duplicate id) naming the data they are about."""
+    try:
+        return assign_splits(*args, **kwargs)
+    except DataError as exc:
+        raise DataError(f"{source.source or 'the bundled sample'}: {exc}") from None
+
+
 def prepare_data(
     spec,
     cache: GraphCache | None = None,
@@ -65,7 +74,8 @@ def prepare_data(
 
         by_entry = {e.id: e for e in entries}
         ood_mask = holdout_mask(holdout, elements, [by_entry[g.material_id].structure for g in graphs.graphs])
-    manifest = assign_splits(
+    manifest = _assign_splits(
+        source,
         [g.material_id for g in graphs.graphs],
         elements,
         spec.omit,
@@ -275,8 +285,8 @@ def prepare_for_adapter(spec, adapter, options, progress: Callable[[int, int], N
     elements = [frozenset(el.symbol for el in s.composition.elements) for s in structures]
     holdout = spec.holdout.model_dump(mode="json") if getattr(spec, "holdout", None) is not None else None
     ood_mask = holdout_mask(holdout, elements, structures) if holdout is not None else None
-    manifest = assign_splits(
-        [e.id for e in entries], elements, spec.omit, spec.split.model_dump(include={"train", "val", "test"}),
+    manifest = _assign_splits(
+        source, [e.id for e in entries], elements, spec.omit, spec.split.model_dump(include={"train", "val", "test"}),
         spec.seed, data_hash=source.data_hash, ood_fraction=spec.split.ood_fraction, ood_mask=ood_mask,
         holdout=holdout,
     )

@@ -36,6 +36,15 @@ DEFAULT_TARGET_FIELDS: dict[str, dict[str, list[str]]] = {
 
 SAMPLE_FILE = "mp_sample.jsonl.gz"
 
+#: Most bytes of text one data file may hold once decompressed (also bounded by the memory available).
+MAX_TEXT_BYTES = 64 << 30
+
+#: Largest |target| read: a formation energy, band gap or energy per atom beyond it is no physical value
+#: (and its square, a loss term, would overflow float32).
+TARGET_LIMIT = 1e12
+
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -101,31 +110,80 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    """The file's text (gzip or plain), after checking it is a regular file whose text fits in memory."""
-    from traits.inputs import check_fits, file_size, require_file
+def _text_limit() -> tuple[int, str]:
+    """(bytes, why): the most text one data file may decompress to, and the reason, for messages."""
+    from traits.inputs import MEMORY_SHARE, available_memory
 
-    require_file(path, "data file", DataError)
-    size = file_size(path)
+    free = available_memory()
+    if free is not None and MEMORY_SHARE * free / 2 < MAX_TEXT_BYTES:  # the text, and the records parsed from it
+        return int(MEMORY_SHARE * free / 2), "the available memory allows (for the text and what is parsed from it)"
+    return MAX_TEXT_BYTES, "a data file may hold (traits.data.sources.MAX_TEXT_BYTES)"
+
+
+def _compression(path: Path) -> str | None:
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-        if magic == b"\x1f\x8b" and size >= 18:
-            fh.seek(-4, io.SEEK_END)  # gzip trailer: the uncompressed size modulo 2**32
-            size = max(size, int.from_bytes(fh.read(4), "little"))
-    check_fits(path, 2 * size, "data file", DataError)  # the text, and the records parsed from it
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        head = fh.read(6)
+    return next((kind for magic, kind in _COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def _open_stream(path: Path, kind: str | None):
+    import bz2
+    import lzma
+
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}.get(kind or "", open)
+    return opener(path, "rb")
 
 
 def _read_all(path: Path) -> str:
+    """The file's text (gzip or plain), after checking it is a regular file whose text fits in memory. A
+    compressed file is bounded while it is read (in chunks), whatever its trailer says: a multi-member gzip
+    file records only its last member's size."""
+    from traits.inputs import check_fits, file_size, read_stream_bounded, require_file
+
+    require_file(path, "data file", DataError)
     try:
-        with _open_text(path) as fh:
-            return fh.read()
+        size = file_size(path)
+        limit, why = _text_limit()
+        kind = _compression(path)
+        if kind not in (None, "gzip"):
+            raise DataError(f"{path}: a {kind}-compressed data file; this reader takes plain or gzip text")
+        if kind == "gzip" and size >= 18:
+            with open(path, "rb") as fh:  # a one-member file is refused early by its trailer (size modulo 2**32)
+                fh.seek(-4, io.SEEK_END)
+                size = max(size, int.from_bytes(fh.read(4), "little"))
+        check_fits(path, 2 * size, "data file", DataError)
+        with _open_stream(path, kind) as fh:
+            data = read_stream_bounded(fh, path, "data file", DataError, limit, why)
+        return data.decode("utf-8")
     except MemoryError:
         raise DataError(f"{path}: the data file does not fit in the available memory") from None
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable or truncated data file ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_expanded_size(path: Path) -> None:
+    """For readers that open the file themselves (ASE): that it fits, and that a compressed file does not
+    expand beyond the limit (decompressed once in chunks and counted, nothing kept)."""
+    import lzma
+
+    from traits.inputs import _human, check_fits, file_size, require_file
+
+    require_file(path, "data file", DataError)
+    limit, why = _text_limit()
+    check_fits(path, 2 * file_size(path), "data file", DataError)
+    kind = _compression(path)
+    if kind is None:
+        return
+    total = 0
+    try:
+        with _open_stream(path, kind) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                total += len(block)
+                if total > limit:
+                    raise DataError(f"{path}: the data file expands to more than {_human(limit)}, the most {why}; "
+                                    "reading stopped there. Is it the right file?")
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: unreadable or truncated {kind} data file ({type(exc).__name__}: {exc})") from exc
 
 
 def _json_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -157,9 +215,20 @@ def _json_records(path: Path) -> Iterator[dict[str, Any]]:
 def _to_float(value: Any) -> float | None:
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return out if math.isfinite(out) else None
+    return None if math.isnan(out) else out
+
+
+def _target(path: Path, rid: str, name: str | None, value: Any) -> float | None:
+    """The target read from field ``name`` of record ``rid``: None when missing, non-numeric or NaN (the record
+    is skipped and counted); a DataError naming the file, the record and the field for ±inf or a magnitude
+    above :data:`TARGET_LIMIT`, which no probe could score."""
+    out = _to_float(value)
+    if out is not None and not abs(out) <= TARGET_LIMIT:
+        raise DataError(f"{path}: record {rid[:80]!r}: target field {name!r} is {out:g}; a target must be finite and "
+                        f"at most {TARGET_LIMIT:g} in magnitude")
+    return out
 
 
 def _pick(record: dict[str, Any], names: list[str]) -> tuple[str | None, Any]:
@@ -195,7 +264,7 @@ def _read_json_source(
         rid = record_id(rec, i)
         name, raw = _pick(rec, names)
         seen_target |= name is not None or not names
-        value = _to_float(raw) if names else math.nan  # JARVIS writes "na" for missing values
+        value = _target(path, rid, name, raw) if names else math.nan  # JARVIS writes "na" for missing values
         if value is None:
             out.skipped["missing or non-numeric target"] += 1
             continue
@@ -272,7 +341,8 @@ def read_csv(
                     f"{path}: line {reader.line_num} has {n_fields} fields but the header has {len(header)}; "
                     "is the file truncated?"
                 )
-            value = _to_float(row.get(tcol)) if tcol is not None else math.nan
+            rid = str(row.get(icol) or f"row-{i}")
+            value = _target(path, rid, tcol, row.get(tcol)) if tcol is not None else math.nan
             if value is None:
                 out.skipped["missing or non-numeric target"] += 1
                 continue
@@ -280,7 +350,7 @@ def read_csv(
             if not cif:
                 out.skipped["empty structure cell"] += 1
                 continue
-            out.entries.append(Entry(str(row.get(icol) or f"row-{i}"), value, cif, "cif"))
+            out.entries.append(Entry(rid, value, cif, "cif"))
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc}); is the file truncated?") from exc
     return out
@@ -300,6 +370,7 @@ def read_ase(path: Path, target: str, column: str | None = None, id_column: str 
     from pymatgen.io.ase import AseAtomsAdaptor
 
     names = _target_names("ase", target, column) if target != "model" else []
+    _check_expanded_size(Path(path))
     out = SourceData(entries=[], data_hash=file_hash(path), source=str(path))
     try:
         frames = ase.io.read(str(path), index=":")
@@ -313,13 +384,14 @@ def read_ase(path: Path, target: str, column: str | None = None, id_column: str 
         rid = str(info.get(key, f"{Path(path).name.split('.')[0]}-{i}"))
         value: float | None = math.nan
         if names:
-            _name, raw = _pick(info, names)
-            value = _to_float(raw)
+            name, raw = _pick(info, names)
+            value = _target(path, rid, name, raw)
             if value is None and target == "energy_per_atom" and atoms.calc is not None and len(atoms):
                 try:
-                    value = _to_float(atoms.get_potential_energy() / len(atoms))
+                    energy = atoms.get_potential_energy() / len(atoms)
                 except Exception:  # no stored energy
-                    value = None
+                    energy = None
+                value = _target(path, rid, "energy (calculator) per atom", energy)
         if value is None:
             out.skipped["missing or non-numeric target"] += 1
             continue

@@ -133,6 +133,23 @@ def _plain(value):
     return value
 
 
+def _check_original_sizes(path: Path, hyper: dict, node_dim: int, edge_dim: int) -> None:
+    """The checkpoint's ``args`` held to the spec's bounds (``model.hyper``) and its feature widths to 1-4096,
+    before a model is built from them: the arguments of a file are data, and a model of a billion layers is
+    refused, not built."""
+    from pydantic import ValidationError
+
+    try:
+        CGCNNHyper.model_validate(hyper)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise CheckpointError(f"{path}: args.{where}: {problem['msg']}, got {problem['input']!r}") from None
+    for name, value in (("node features", node_dim), ("edge features", edge_dim)):
+        if not 1 <= value <= 4096:
+            raise CheckpointError(f"{path}: {name} {value} out of bounds (1 to 4096)")
+
+
 def load_cgcnn_original(path: Path, device: torch.device) -> tuple[CGCNNOriginal, dict]:
     """Load an original CGCNN ``.pth.tar`` checkpoint (``weights_only``; no code from the file runs).
 
@@ -160,6 +177,7 @@ def load_cgcnn_original(path: Path, device: torch.device) -> tuple[CGCNNOriginal
         raise CheckpointError(f"{path}: incomplete original CGCNN checkpoint ({type(exc).__name__}: {exc})") from exc
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise CheckpointError(f"{path}: invalid normalizer mean={mean}, std={std}")
+    _check_original_sizes(path, hyper, node_dim, edge_dim)
     model = CGCNNOriginal(**hyper, node_dim=node_dim, edge_dim=edge_dim)
     load_weights(model, state, path)
     model.set_target_normalizer(mean, std)

@@ -161,19 +161,67 @@ SIDECAR_TYPES: dict[str, tuple[str, tuple]] = {
 }
 
 
+#: Bounds of the sidecar's feature widths (CGCNN: 92 atom features; one edge feature per Gaussian, at most
+#: 2001 with the spec's bounds on data.graph).
+SIDECAR_BOUNDS = {"node_dim": (1, 4096), "edge_dim": (1, 4096)}
+
+
+def _shown(value) -> str:
+    shown = json.dumps(value, default=str)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def check_sidecar(sidecar: Path, meta: dict) -> dict:
-    """Refuse a sidecar whose known fields have the wrong JSON type, naming the file and the field."""
+    """Refuse a sidecar whose known fields have the wrong JSON type or are out of bounds, naming the file and
+    the field: ``hyper`` and ``graph`` are held to the spec's own models (``model.hyper``, ``data.graph``: the
+    same bounds, strict JSON types, no unknown keys), so a sidecar cannot ask for more than a spec can."""
+    from pydantic import ValidationError
+
+    from traits.spec import CGCNNHyper, GraphSpec, _check_element
+
     for key, (kind, types) in SIDECAR_TYPES.items():
         if key not in meta:
             continue
         value = meta[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            shown = json.dumps(value, default=str)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise CheckpointError(f"{sidecar}: field {key!r} must be {kind}, got {shown}")
+            raise CheckpointError(f"{sidecar}: field {key!r} must be {kind}, got {_shown(value)}")
         if kind == _NUMBER and not math.isfinite(value):
             raise CheckpointError(f"{sidecar}: field {key!r} must be a finite number, got {value}")
+    for key, (lo, hi) in SIDECAR_BOUNDS.items():
+        if key in meta and not lo <= meta[key] <= hi:
+            raise CheckpointError(f"{sidecar}: field {key!r} must be from {lo} to {hi}, got {meta[key]}")
+    for key, model in (("hyper", CGCNNHyper), ("graph", GraphSpec)):
+        if not isinstance(meta.get(key), dict):
+            continue
+        try:
+            model.model_validate(meta[key], strict=True)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join([key, *(str(p) for p in problem["loc"])])
+            msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+            raise CheckpointError(f"{sidecar}: field {where!r}: {msg}, got {_shown(problem['input'])}") from None
+    for symbol in meta.get("omit", []):
+        try:
+            _check_element(symbol)
+        except ValueError as exc:
+            raise CheckpointError(f"{sidecar}: field 'omit': {exc}") from None
     return meta
+
+
+def _check_hyper(path: Path, hyper: dict) -> None:
+    """Hyper-parameters given for a plain state dict (the spec's, or ``traits predict --hyper``) held to the
+    spec's bounds (``model.hyper``), before a model is built from them."""
+    from pydantic import ValidationError
+
+    from traits.spec import CGCNNHyper
+
+    try:
+        CGCNNHyper.model_validate(hyper)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        raise CheckpointError(f"{path}: hyper-parameter {where!r}: {msg}, got {_shown(problem['input'])}") from None
 
 
 def _read_sidecar(path: Path, required: bool) -> dict | None:
@@ -369,6 +417,7 @@ def load_checkpoint(
     _check_target(path, meta.get("target"), target)
     _check_graph(path, meta.get("graph"), graph)
     hyper_dict = hyper.model_dump() if hasattr(hyper, "model_dump") else dict(hyper or {})
+    _check_hyper(path, hyper_dict)
     node_dim, edge_dim = _infer_dims(architecture, hyper_dict, state if isinstance(state, Mapping) else {})
     model = build_model(architecture, hyper_dict, node_dim, edge_dim)
     load_weights(model, state, path)

@@ -10,25 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from traits.errors import CheckpointError
 from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
-
-
-class CHGNetOptions(BaseModel):
-    """Settings of the ``chgnet`` adapter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: Literal["0.3.0", "0.2.0", "r2scan"] = Field(
-        "0.3.0", description="Bundled weights of the chgnet wheel (ignored when model.checkpoint names a file).")
-    probe: Literal["all", "trainable"] = Field(
-        "all", description="Parameters to probe: all (AtomRef included) or only those CHGNet leaves trainable.")
+from traits.models.options import CHGNetOptions
 
 
 class CHGNetEnergy(nn.Module):
@@ -57,6 +45,22 @@ class CHGNetEnergy(nn.Module):
 
 
 _FLOAT_FIELDS = ("atom_frac_coord", "lattice", "neighbor_image")
+
+
+def bundled_weights(version: str) -> Path | None:
+    """The weights file of a bundled CHGNet ``version`` inside the installed chgnet package
+    (``chgnet/pretrained/VERSION/*.pth.tar``), found without importing or downloading anything; None when
+    the package is not installed or holds no single such file."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("chgnet")
+    except (ImportError, ValueError):
+        return None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [p for root in roots for p in sorted((Path(root) / "pretrained" / version).glob("*.pth.tar"))
+             if p.is_file()]
+    return found[0] if len(found) == 1 else None
 
 
 class CHGNetAdapter(Adapter):
@@ -111,6 +115,14 @@ class CHGNetAdapter(Adapter):
     def info(self, model, source, options):
         out = super().info(model, source, options)
         out.weights_version = getattr(model.chgnet, "version", None) or (options.version if options else None)
+        if source is None or str(source) in self.bundled:
+            version = str(source) if source is not None else (options.version if options else "0.3.0")
+            path = bundled_weights(version)
+            if path is not None:
+                from traits.models.weights import sha256_file
+
+                out.weights = str(path)
+                out.weights_sha256 = sha256_file(path)
         return out
 
     def _graph_converter(self):

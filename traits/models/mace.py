@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from traits.errors import CheckpointError, SpecError
+from traits.errors import CheckpointError, SpecError, TraitsError
 from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
+from traits.models.options import MACEOptions
 
 CONFIG_NAME = "mace-config.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -38,16 +38,6 @@ _CLASS_KEYS = {"interaction_cls": "interaction_classes", "interaction_cls_first"
                "readout_cls": "readout_classes"}
 _IRREPS_KEYS = ("hidden_irreps", "MLP_irreps", "edge_irreps")
 _ARRAY_KEYS = ("atomic_energies", "atomic_inter_scale", "atomic_inter_shift")
-
-
-class MACEOptions(BaseModel):
-    """Settings of the ``mace`` adapter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: str | None = Field(None, description="Head of a multi-head model (default: its first).")
-    training_data: str | None = Field(None, description="What the model was trained on (default: as recorded by "
-                                      "export; otherwise unknown).")
 
 
 @contextlib.contextmanager
@@ -61,6 +51,11 @@ def _keep_weights_only_switch():
             os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = before
+
+
+#: How to get mace-torch (the ``mace`` extra of pyproject.toml), named wherever it is missing.
+INSTALL = ("`pip install 'traits-audit[mace]'` (in its own environment: mace-torch pins e3nn 0.4.4, which sevenn "
+           "cannot use)")
 
 
 def _import_mace():
@@ -158,8 +153,12 @@ def export_file(model_file: str | Path, folder: str | Path, training_data: str |
     :func:`export` it to ``folder``."""
     from traits.inputs import require_file
 
+    try:
+        _import_mace()
+    except ImportError as exc:
+        raise TraitsError(f"traits export-mace needs the 'mace-torch' package, which is not installed ({exc}): "
+                          f"{INSTALL}") from None
     path = require_file(Path(model_file), "MACE model file", CheckpointError)
-    _import_mace()
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -221,8 +220,7 @@ class MACEAdapter(Adapter):
             _import_mace()
         except ImportError as exc:
             raise SpecError(f"model.architecture 'mace' needs the 'mace-torch' package, which is not installed "
-                            f"({exc}): run `pip install 'traits-audit[mace]'` (in its own environment: mace-torch "
-                            "pins e3nn 0.4.4, which sevenn cannot use)") from None
+                            f"({exc}): run {INSTALL}") from None
 
     def load(self, source, options: MACEOptions | None, device: torch.device) -> nn.Module:
         from traits.inputs import check_fits, file_size

@@ -34,6 +34,8 @@ import torch
 from traits.errors import ProbeError
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
+#: A progress callback: ``on_progress(done, total)``, the Hessian-vector products done and the stage's budget.
+Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -155,6 +157,57 @@ def _apply(hvp: HVP, v: torch.Tensor) -> torch.Tensor:
     return out.to(device=v.device, dtype=v.dtype)
 
 
+# ---------------------------------------------------------------------------------------- progress
+class HVPCounter:
+    """Hessian-vector products that count themselves: ``counter.hvp`` and ``counter.hvp_many`` (None when no
+    ``hvp_many`` is given) compute what the functions they wrap compute, add the products they did to ``done``
+    and call ``on_progress(done, total)`` after each call. ``total`` is ``budget`` (see :func:`hessian_budget`),
+    raised to ``done + 1`` while the products run past it (the verifications of a Krylov solver may), so a stage
+    that ends when done reaches total is not ended early; :meth:`finish` reports the end. No I/O here: the
+    callback is the caller's."""
+
+    def __init__(self, hvp: HVP, hvp_many=None, on_progress: Progress | None = None, budget: int = 0):
+        self._hvp, self._hvp_many, self._on_progress = hvp, hvp_many, on_progress
+        self.budget = int(budget)
+        self.done = 0
+        self.hvp_many = self._many if hvp_many is not None else None
+
+    def _add(self, n: int) -> None:
+        self.done += int(n)
+        if self._on_progress is not None:
+            self._on_progress(self.done, max(self.budget, self.done + 1))
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        out = self._hvp(v)
+        self._add(1)
+        return out
+
+    def _many(self, stack: torch.Tensor) -> torch.Tensor:
+        out = self._hvp_many(stack)
+        self._add(stack.shape[0])
+        return out
+
+    def finish(self) -> None:
+        """Report the products done as the total (``on_progress(done, done)``): the probe is over, whatever
+        its budget was."""
+        if self._on_progress is not None and self.done:
+            self._on_progress(self.done, self.done)
+
+
+def hessian_budget(dim: int, top_k: int, max_steps: int, trace_hvps: int, density_runs: int,
+                   density_steps: int) -> int:
+    """The Hessian-vector products one Hessian probe plans: :func:`top_eigenvalues` (its Krylov steps and one
+    verification per pair), :func:`smallest_eigenvalue` (likewise), :func:`hutchinson_trace` and
+    :func:`hutchpp_trace` with ``trace_hvps`` each, and :func:`slq_density`. Solvers that converge early use
+    fewer; a Krylov solver whose verification fails before its budget ends uses a few more."""
+    _check_dim(dim)
+    k = min(max(top_k, 1), dim)
+    top = min(max(max_steps, k), dim) + k
+    bottom = min(max(max_steps, 1), dim) + 1
+    hutchpp = 2 * dim if min(trace_hvps // 3, dim) >= dim else trace_hvps
+    return top + bottom + trace_hvps + hutchpp + density_runs * min(density_steps, dim)
+
+
 # ---------------------------------------------------------------------------------------- Lanczos
 class _Lanczos:
     """Incremental Lanczos with full re-orthogonalisation; H Q^T = Q^T T + r e_m^T."""
@@ -233,7 +286,8 @@ class _Lanczos:
         w = _apply(self.hvp, q)
         self.n_hvp += 1
         if not bool(torch.isfinite(w).all()):
-            raise ProbeError("the Hessian-vector product returned NaN or inf; the loss is not finite here")
+            raise ProbeError("the Hessian-vector product returned NaN or inf; the loss is not finite here (look "
+                             "for huge or non-finite targets in the data, or predictions that overflow)")
         w, h = self._orthogonalise(w, j + 1)
         a = float(h[j])
         self.alpha.append(a)

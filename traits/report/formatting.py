@@ -22,6 +22,20 @@ SPLIT_ORDER = ("train", "val", "id", "ood")
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
+#: Characters with a meaning in inline Markdown; each is backslash-escaped in a string from the data.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|~&]|(?<![^\W_])_|_(?![^\W_])")
+_MD_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def markdown_literal(value) -> str:
+    """A string from the data (a task, target, family, data set or held-out name) as literal Markdown text: line
+    breaks and control characters become one space, and every character with an inline Markdown meaning
+    (emphasis, code, links and images, raw HTML, entities, table cells) is backslash-escaped, so the text shows as
+    written and never becomes markup. An underscore inside a word (``band_gap``) means nothing and is left."""
+    text = _MD_CONTROL.sub(" ", str(value))
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+
+
 def fmt_num(value: Any, digits: int = 4) -> str:
     """A number for a table: 4 significant digits, '—' for missing, NaN/∞ spelled out."""
     if value is None:

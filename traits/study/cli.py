@@ -1,4 +1,8 @@
-"""``traits study generate`` and ``traits study summary`` (registered on the main app by traits.cli)."""
+"""``traits study generate`` and ``traits study summary`` (registered on the main app by traits.cli).
+
+``study summary`` needs ``--out`` (it never writes into a default folder such as the repository's ``docs/study``);
+the counts of ``study generate`` are bounded (``--min-ood`` and ``--min-train`` at least 1, ...), so a negative
+one is a usage error (exit 2). Paths and messages are printed through ``traits.progress.safe_text``."""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from traits.progress import safe_text
 
 
 def register(app: typer.Typer, handles_errors, out) -> None:
@@ -27,15 +33,16 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         targets: Annotated[str, typer.Option(help="Comma-separated targets.")] = "formation_energy_per_atom,band_gap",
         target_column: Annotated[str | None, typer.Option(
             help="Column of the target, e.g. heat_ref (Perov-5).")] = None,
-        min_ood: Annotated[int, typer.Option(help="Least OOD compounds per task, after the subsample.")] = 100,
-        min_train: Annotated[int, typer.Option(help="Least compounds left for training, after the subsample.")] = 1000,
-        subsample: Annotated[int | None, typer.Option(help="Subsample the profile draws (counts are scaled to "
-                                                            "it); default: the study profile's.")] = None,
-        per_family: Annotated[int, typer.Option(help="Tasks per family other than element and random.")] = 2,
-        random_tasks: Annotated[int, typer.Option("--random", help="Random-split baselines per target (holding "
-                                                  "out 10 %, 15 %, 20 %, ...).")] = 3,
+        min_ood: Annotated[int, typer.Option(min=1, help="Least OOD compounds per task, after the subsample.")] = 100,
+        min_train: Annotated[int, typer.Option(min=1, help="Least compounds left for training, after the "
+                                                           "subsample.")] = 1000,
+        subsample: Annotated[int | None, typer.Option(min=1, help="Subsample the profile draws (counts are scaled "
+                                                                  "to it); default: the study profile's.")] = None,
+        per_family: Annotated[int, typer.Option(min=0, help="Tasks per family other than element and random.")] = 2,
+        random_tasks: Annotated[int, typer.Option("--random", min=0, help="Random-split baselines per target "
+                                                  "(holding out 10 %, 15 %, 20 %, ...).")] = 3,
         labels: Annotated[str, typer.Option(help="Label backend: traits (the splitter's own) or matfold.")] = "traits",
-        seeds: Annotated[int, typer.Option(help="Seeds planned (for the compute estimate).")] = 3,
+        seeds: Annotated[int, typer.Option(min=1, help="Seeds planned (for the compute estimate).")] = 3,
     ) -> None:
         """Write a campaign directory of generated tasks (specs, campaign.yaml with the study and tiny
         profiles, families.json) and print the plan with a compute estimate."""
@@ -51,7 +58,7 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         ensure = Path(out_dir)
         ensure.mkdir(parents=True, exist_ok=True)
         lab = fm.load_or_label(source, pool, tgts[0], ensure / "labels.json.gz", symmetry=symmetry, backend=labels,
-                               target_column=target_column, log=lambda m: out.print(m, highlight=False))
+                               target_column=target_column, log=lambda m: out.print(safe_text(m), highlight=False))
         criteria = fm.Criteria(min_ood=min_ood, min_train=min_train, subsample=sub, per_family=per_family,
                                random_tasks=random_tasks)
         chosen = fm.generate_families(lab, fams, criteria, elements=elements if elements in ("auto", "study")
@@ -67,11 +74,12 @@ def register(app: typer.Typer, handles_errors, out) -> None:
             "criteria": {"min_ood": min_ood, "min_train": min_train, "subsample": sub, "per_family": per_family,
                          "random_tasks": random_tasks}})
         for f in chosen:
-            out.print(f"{f.family:15s} {f.slug:40s} pool {f.n_ood_pool:6d} → expected OOD {f.expected_ood:7.0f}, "
-                      f"train pool {f.expected_train_left:7.0f}", highlight=False)
+            out.print(f"{f.family:15s} {safe_text(f.slug):40s} pool {f.n_ood_pool:6d} → expected OOD "
+                      f"{f.expected_ood:7.0f}, train pool {f.expected_train_left:7.0f}", highlight=False)
         n = len(written)
-        out.print(f"{n} specs ({len(chosen)} tasks × {len(tgts)} targets) in {out_dir}; × {seeds} seeds = {n * seeds} "
-                  f"audits. Measure the time per task with `traits campaign {out_dir} --out RUNS --profile study "
+        shown = safe_text(out_dir)
+        out.print(f"{n} specs ({len(chosen)} tasks × {len(tgts)} targets) in {shown}; × {seeds} seeds = {n * seeds} "
+                  f"audits. Measure the time per task with `traits campaign {shown} --out RUNS --profile study "
                   f"--max-tasks 1`; the campaign then prints tasks × seeds × measured time before it starts.",
                   highlight=False)
 
@@ -79,7 +87,8 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     @handles_errors
     def summary(
         runs: Annotated[Path, typer.Argument(help="Campaign output directory (seed-*/TASK/results.json).")],
-        out_dir: Annotated[Path, typer.Option("--out", help="Where the study summary goes.")] = Path("docs/study"),
+        out_dir: Annotated[Path, typer.Option("--out", help="Where the study summary goes (required: e.g. "
+                                              "docs/study to replace the repository's).", show_default=False)],
         data_set: Annotated[str | None, typer.Option(
             help="Name of the data set, cited by reports (default: named from the audits' data files, e.g. "
             "Materials Project (mp_36738)).")] = None,
@@ -125,15 +134,15 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         if campaign is not None:
             kw["campaign"] = campaign
         if watch_s:
-            watch(runs, out_dir, watch_s, log=lambda m: out.print(m, highlight=False), **kw)
+            watch(runs, out_dir, watch_s, log=lambda m: out.print(safe_text(m), highlight=False), **kw)
             return
-        s = summarise_runs(runs, out_dir, log=lambda m: out.print(m, highlight=False), **kw)
+        s = summarise_runs(runs, out_dir, log=lambda m: out.print(safe_text(m), highlight=False), **kw)
         out.print(f"{s['n_audits']} audits of {s['n_tasks']} tasks summarised in "
-                  f"{out_dir}/summary.{{json,md,html,pdf}}", highlight=False)
+                  f"{safe_text(out_dir)}/summary.{{json,md,html,pdf}}", highlight=False)
         if adopt:
             target = adopt_evidence(out_dir / "catalogue-evidence.json")
-            out.print(f"adopted {out_dir / 'catalogue-evidence.json'} as {target}: default gates now fail on "
-                      f"{', '.join(cat.default_fail_on())}",
+            out.print(f"adopted {safe_text(out_dir / 'catalogue-evidence.json')} as {target}: default gates now "
+                      f"fail on {', '.join(cat.default_fail_on())}",
                       highlight=False)
 
     app.add_typer(study, name="study")

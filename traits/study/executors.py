@@ -20,6 +20,7 @@ Dask (``pip install 'traits-audit[distributed]'``) is imported only when chosen.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -33,6 +34,13 @@ from typing import Any
 from traits.errors import SpecError, TraitsError
 
 EXECUTORS = ("local", "dask")
+#: Transports a ``--scheduler`` address may name (Dask's, less ``inproc``, which only one process can reach).
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+#: Seconds to wait for a Dask scheduler to answer before the campaign is refused (Dask's own default is 30).
+SCHEDULER_TIMEOUT = 10.0
+_ADDRESS = re.compile(r"(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?"
+                      r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?)"
+                      r":(?P<port>[0-9]{1,5})")
 #: Exit status of a local-pool worker that found its campaign process gone.
 ORPHAN_EXIT = 75
 
@@ -254,6 +262,42 @@ def _pool_round(fn: Callable, jobs: Sequence, batch: dict, pending: dict, result
     return broken
 
 
+def check_scheduler_address(address: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a Dask scheduler address ``[SCHEME://]HOST:PORT`` (SCHEME one of
+    :data:`SCHEDULER_SCHEMES`, tcp when left out; HOST a name, an IPv4 address or a bracketed IPv6 one; PORT
+    1-65535); anything else is a SpecError naming the address."""
+    m = _ADDRESS.fullmatch(address.strip()) if isinstance(address, str) else None
+    scheme = (m.group("scheme") or "tcp").lower() if m else None
+    if m is None or scheme not in SCHEDULER_SCHEMES or not 1 <= int(m.group("port")) <= 65535:
+        why = (f"the transport {scheme!r} is not one of {', '.join(SCHEDULER_SCHEMES)}"
+               if m is not None and scheme not in SCHEDULER_SCHEMES else
+               "the port must be 1-65535" if m is not None else "expected [SCHEME://]HOST:PORT")
+        raise SpecError(f"--scheduler {address!r}: not a Dask scheduler address ({why}), e.g. tcp://HOST:8786")
+    return scheme, m.group("host").strip("[]"), int(m.group("port"))
+
+
+def _connect(scheduler: str, timeout: float):
+    """A Dask client of the scheduler at ``scheduler``, or a TraitsError naming the address when nothing answers
+    there within ``timeout`` seconds (a refused connection is reported at once)."""
+    import socket
+
+    from distributed import Client
+
+    scheme, host, port = check_scheduler_address(scheduler)
+    if scheme != "ucx":  # every other transport starts with a TCP connection: try it first, briefly
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise TraitsError(f"--scheduler {scheduler}: no Dask scheduler reachable there "
+                              f"({exc.strerror or type(exc).__name__}); start one (`dask scheduler`) or check the "
+                              "address") from None
+    try:
+        return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise TraitsError(f"--scheduler {scheduler}: no Dask scheduler answered within {timeout:g} s "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); check the address") from None
+
+
 def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler: str | None = None,
              log: Callable[[str], None] = lambda _m: None, processes: bool = True) -> list:
     """On Dask distributed: a LocalCluster on 127.0.0.1 (``workers`` single-threaded workers, each offering
@@ -268,7 +312,7 @@ def run_dask(fn: Callable, jobs: Sequence, workers: int, threads: int, scheduler
 
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        client = _connect(scheduler, SCHEDULER_TIMEOUT)
     else:
         resources = {"CPU": 1}
         if _cuda_devices() and workers == 1:
@@ -342,6 +386,8 @@ def execute(fn: Callable, jobs: Sequence, *, executor: str = "local", workers: i
         raise SpecError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if scheduler and executor != "dask":
         raise SpecError("--scheduler needs --executor dask")
+    if scheduler:
+        check_scheduler_address(scheduler)
     if not jobs:
         return []
     if executor == "dask":

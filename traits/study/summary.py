@@ -17,6 +17,7 @@ from pathlib import Path
 
 from traits.errors import TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
+from traits.report.formatting import markdown_literal as _md
 from traits.study import catalogue as cat
 from traits.study.families import STUDY_VERSION
 from traits.study.stats import MIN_FLOOR_AUDITS
@@ -258,8 +259,8 @@ def _shift_lines(table: dict | None) -> list[str]:
 
     for name, g in table["groups"].items():
         e, t = g["embedding_knn_ratio"], g["ood_target_outside"]
-        cases = ", ".join(f"{k} {v}" for k, v in g["cases"].items()) or "–"
-        lines.append(f"| {name} | {e.get('n', 0)} | {rng(e)} | {share(e, 'near_ratio')} | "
+        cases = ", ".join(f"{_md(k)} {v}" for k, v in g["cases"].items()) or "–"
+        lines.append(f"| {_md(name)} | {e.get('n', 0)} | {rng(e)} | {share(e, 'near_ratio')} | "
                      f"{share(e, 'max_embedding_knn_ratio')} | {rng(t)} | {share(t, 'target_outside_fraction')} | "
                      f"{cases} |")
     by_case = table.get("error_by_case") or {}
@@ -269,7 +270,7 @@ def _shift_lines(table: dict | None) -> list[str]:
                   "audits that transfer worse (or better) than the rest.", "",
                   "| case | audits | OOD/ID MAE | > MAE gate |", "|---|---|---|---|"]
         for case, x in by_case.items():
-            lines.append(f"| {case} | {x.get('n', 0)} | {rng(x)} | {share(x, 'max_mae_ratio')} |")
+            lines.append(f"| {_md(case)} | {x.get('n', 0)} | {rng(x)} | {share(x, 'max_mae_ratio')} |")
     return lines
 
 
@@ -312,7 +313,7 @@ def _reference_lines(table: list[dict]) -> list[str]:
         ratio = _seed_text({"mean": e["mae_ratio"], "low": e.get("mae_ratio_low"), "high": e.get("mae_ratio_high")})
         ident = _seed_text({"mean": e["id_mae_vs_full_pool"], "low": e.get("id_mae_vs_full_pool_low"),
                             "high": e.get("id_mae_vs_full_pool_high")})
-        lines.append(f"| {e['target']} | {e['element']} | {len(e['seeds'])} | {per} | {ratio} | "
+        lines.append(f"| {_md(e['target'])} | {_md(e['element'])} | {len(e['seeds'])} | {per} | {ratio} | "
                      f"{_f(e['full_pool_mae_ratio'])} | {ident} |")
     return lines
 
@@ -320,12 +321,12 @@ def _reference_lines(table: list[dict]) -> list[str]:
 def summary_markdown(summary: dict) -> str:
     labels = cat.labels()
     st = summary["statistics"]
-    lines = [f"# TRAITS study summary ({summary['study_version']}, {summary['data_set']})", ""]
+    lines = [f"# TRAITS study summary ({_md(summary['study_version'])}, {_md(summary['data_set'])})", ""]
     if banner(summary):
         lines += [f"> **{banner(summary)}**", ""]
-    lines += [f"{summary['n_audits']} audits of {summary['n_tasks']} tasks (profile {summary.get('profile') or '–'}; "
-              f"generated {summary['generated_utc']}). Families: "
-              + ", ".join(f"{k} {v['tasks']} tasks / {v['audits']} audits" for k, v in summary["families"].items())
+    lines += [f"{summary['n_audits']} audits of {summary['n_tasks']} tasks (profile "
+              f"{_md(summary.get('profile') or '–')}; generated {_md(summary['generated_utc'])}). Families: "
+              + ", ".join(f"{_md(k)} {v['tasks']} tasks / {v['audits']} audits" for k, v in summary["families"].items())
               + ".", "",
               "## Each metric against the OOD/ID error ratio (all tasks, the random-split baselines included)", "",
               "Spearman ρ of the metric's OOD/ID ratio with the OOD/ID MAE ratio over the tasks (each task's "
@@ -344,14 +345,15 @@ def summary_markdown(summary: dict) -> str:
         nf = st["noise_floor"].get(key) or {}
         floor = "–" if not nf.get("n") else (f"{_f(nf['median'])} [{_f(nf['low'])}, {_f(nf['high'])}] (n={nf['n']}"
                                              + ("" if nf.get("enough") else ", too few") + ")")
-        label = labels.get(key, key).replace("|", "\\|") + (" ↓" if v["expected_sign"] < 0 else "")
+        label = _md(labels.get(key, key)) + (" ↓" if v["expected_sign"] < 0 else "")
         part = v.get("partial", {})
-        lines.append(f"| {v['kind']} | {label} | {_ci(v)} | {_p(v['p'])} | {_p(v.get('p_holm'))} | "
+        lines.append(f"| {_md(v['kind'])} | {label} | {_ci(v)} | {_p(v['p'])} | {_p(v.get('p_holm'))} | "
                      f"{_ci(part.get('loss', {}))} | {_ci(part.get('target_shift', {}))} | "
                      f"{v.get('n_clusters', '–')} / {v['n_tasks']} / {v['n_audits']} | {floor} |")
     vs = st["vs_best_baseline"]
     if vs["baseline"]:
-        lines += ["", f"## Landscape metrics against the best distance baseline ({labels.get(vs['baseline'])})", "",
+        lines += ["", f"## Landscape metrics against the best distance baseline "
+                  f"({_md(labels.get(vs['baseline'], vs['baseline']))})", "",
                   "Difference of signed ρ (landscape − baseline) on the tasks with both, 95 % cluster-bootstrap "
                   "interval from the same resamples (> 0: the landscape metric tracks the error better; the "
                   "baseline is chosen on these data, so the comparison favours it slightly).", "",
@@ -359,19 +361,19 @@ def summary_markdown(summary: dict) -> str:
         for key, d in vs["metrics"].items():
             ci = "–" if d["diff"] is None else (f"{_f(d['diff'])} [{_f(d['low'])}, {_f(d['high'])}]"
                                                 if d["low"] is not None else f"{_f(d['diff'])} (no interval)")
-            lines.append(f"| {labels.get(key, key).replace('|', chr(92) + '|')} | {ci} | {d['n_tasks']} / "
+            lines.append(f"| {_md(labels.get(key, key))} | {ci} | {d['n_tasks']} / "
                          f"{d['n_audits']} |")
     fams = {k: v for k, v in st["per_family"].items() if v["metrics"]}
     if fams:
-        few = [f"{k} ({v.get('n_clusters', '?')})" for k, v in st["per_family"].items()
+        few = [f"{_md(k)} ({v.get('n_clusters', '?')})" for k, v in st["per_family"].items()
                if not v["metrics"] and k != "random"]
         lines += ["", "## Per family", "", "ρ [95 % CI] within each family with at least 3 held-out rules (clusters)"
                   + (f"; too few rules for their own block: {', '.join(few)}" if few else "") + ".", "",
-                  "| metric | " + " | ".join(f"{k} ({v['n_tasks']} tasks, {v.get('n_clusters', '?')} rules)"
+                  "| metric | " + " | ".join(f"{_md(k)} ({v['n_tasks']} tasks, {v.get('n_clusters', '?')} rules)"
                                           for k, v in fams.items()) + " |",
                   "|---|" + "---|" * len(fams)]
         for key in st["overall"]:
-            lines.append(f"| {labels.get(key, key).replace('|', chr(92) + '|')} | "
+            lines.append(f"| {_md(labels.get(key, key))} | "
                          + " | ".join(_ci(v["metrics"][key]) for v in fams.values()) + " |")
     lines += _reference_lines(summary.get("reference_table") or [])
     lines += _shift_lines(summary.get("shift_thresholds"))
@@ -387,8 +389,9 @@ def summary_markdown(summary: dict) -> str:
         mine = by_task.get(e["task"], [])
         cells = [_seed_text(seed_interval([r.get(k) for r in mine]))
                  for k in ("mae_ratio", "lambda_ratio", "trace_ratio")]
-        lines.append(f"| {e['task']} | {e.get('family') or '–'} | {e['target']} | {held_out_text(e)} | "
-                     f"{len(e['seeds'])} | {' | '.join(cells)} | {'/'.join(e['verdicts'])} |")
+        lines.append(f"| {_md(e['task'])} | {_md(e.get('family') or '–')} | {_md(e['target'])} | "
+                     f"{_md(held_out_text(e))} | {len(e['seeds'])} | {' | '.join(cells)} | "
+                     f"{_md('/'.join(str(v) for v in e['verdicts']))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -407,11 +410,17 @@ img{max-height:170mm}}</style></head><body>
 </body></html>"""
 
 
+#: Markdown rules the summary never uses and that would let a string reach the page as more than text: links,
+#: images, autolinks, link reference definitions and raw HTML.
+_MD_OFF = ("link", "image", "autolink", "reference", "html_inline", "html_block")
+
+
 def markdown_html(md: str) -> str:
-    """The summary's Markdown as HTML (headings, paragraphs, tables); raw HTML in it is escaped, not passed."""
+    """The summary's Markdown as HTML (headings, paragraphs, emphasis, tables). No link, image or raw HTML is
+    rendered, whatever the text holds: those rules are off, and raw HTML in it is escaped, not passed."""
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    return MarkdownIt("commonmark", {"html": False}).enable("table").disable(list(_MD_OFF)).render(md)
 
 
 def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str, Path]:
@@ -424,7 +433,7 @@ def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str,
     from traits.study.stats import forest_figure, scatter_figure
 
     md = summary_markdown(summary)
-    body = Markup(markdown_html(md))  # markdown-it escapes every string of the summary
+    body = Markup(markdown_html(md))  # strings from the data are escaped Markdown; markdown-it escapes the rest
     labels = cat.labels()
     template = Environment(autoescape=True).from_string(_HTML)
     # each figure drawn once: SVG for the HTML page, PNG for the PDF
