@@ -101,6 +101,16 @@ def test_wall_seconds_include_the_total(audited):
     assert walls["total"] == pytest.approx(stages, rel=1e-6) and walls["total"] > 0
 
 
+def test_the_thread_settings_are_recorded(audited):
+    """results.json says how many torch threads ran and why (traits.threads), as torch itself reports them."""
+    import torch
+
+    result, out, _ = audited
+    threads = load_result(out / "results.json").provenance.threads
+    assert threads["threads"] >= 1 and threads["source"] and threads["why"]
+    assert torch.get_num_threads() <= threads["threads"]
+
+
 def test_every_split_has_accuracy(audited):
     result, _, _ = audited
     assert set(result.accuracy) == {"train", "val", "id", "ood"}
@@ -158,8 +168,11 @@ def test_robust_radii_are_positive_and_within_the_span(audited):
         assert len(m.radius_per_direction) == 2
         for r in m.radius_per_direction:
             assert r is not None and 0 < r <= span
-        assert m.robust_radius == min(m.radius_per_direction)
-        assert 0 <= m.basin_area <= 1
+        if "robust_radius" in m.below_resolution:  # under one grid step: a bound, never a number
+            assert m.robust_radius is None and min(m.radius_per_direction) < m.below_resolution["robust_radius"]
+        else:
+            assert m.robust_radius == min(m.radius_per_direction)
+        assert m.basin_area is None if "basin_area" in m.below_resolution else 0 <= m.basin_area <= 1
 
 
 def test_the_eigenvector_plane_has_its_own_basin_area(audited):
@@ -172,7 +185,10 @@ def test_the_eigenvector_plane_has_its_own_basin_area(audited):
     for name in ("id", "ood"):
         grid = np.array([[np.nan if v is None else v for v in row] for row in s.plane_grids[name]])
         assert grid.shape == (5, 5)
-        expected = basin_area_fraction(grid, result.metrics[name].loss, s.tolerance)
+        expected = basin_area_fraction(grid, result.metrics[name].loss, s.band)  # one absolute band for all
+        if "plane_basin_area" in result.metrics[name].below_resolution:  # one grid point: a bound, not a number
+            assert expected * grid.size == 1 and result.metrics[name].plane_basin_area is None
+            continue
         assert result.metrics[name].plane_basin_area == pytest.approx(expected)
         assert 0 < result.metrics[name].plane_basin_area <= 1
 
@@ -205,6 +221,9 @@ def test_ratios_are_ood_over_id(audited):
             assert (interval.low is None or interval.low <= ratios[key]) and \
                 (interval.high is None or ratios[key] <= interval.high), key
     for key in ("mae_ratio", "lambda_ratio", "radius_ratio", "loss_ratio"):
+        if key == "radius_ratio" and any("robust_radius" in m[s].below_resolution for s in ("id", "ood")):
+            assert ratios[key] is None  # a radius under one grid step is a bound: no ratio
+            continue
         assert ratios[key] is not None and ratios[key] > 0, key
     # the trace ratio is a number only when both traces are significantly positive (Fieller interval)
     tr = result.ratio_intervals["trace_ratio"]

@@ -71,12 +71,12 @@ def test_robust_radius_over_directions_takes_the_minimum():
 
 def test_sharpness():
     losses = [9.0, 3.0, 2.5, 2.2, 2.0, 2.4, 2.6, 4.0, 9.0]
-    # |alpha| <= 0.5: max loss 2.6 -> (2.6 - 2) / 2 = 0.3
-    assert sharpness(ALPHAS, losses, 2.0, 0.5) == pytest.approx(0.3)
+    # |alpha| <= 0.5: max loss 2.6 -> the rise 2.6 - 2 = 0.6 (loss units, not divided by L(theta))
+    assert sharpness(ALPHAS, losses, 2.0, 0.5) == pytest.approx(0.6)
     assert sharpness(ALPHAS, losses, 2.0, 0.0) == 0.0
-    assert sharpness(ALPHAS, losses, 2.0, 1.0) == pytest.approx(3.5)
+    assert sharpness(ALPHAS, losses, 2.0, 1.0) == pytest.approx(7.0)
     losses[6] = NAN
-    assert sharpness(ALPHAS, losses, 2.0, 0.25) == pytest.approx(0.2)
+    assert sharpness(ALPHAS, losses, 2.0, 0.25) == pytest.approx(0.4)
     assert sharpness(ALPHAS, losses, 2.0, 0.5) == math.inf
     with pytest.raises(ProbeError):
         sharpness([-1.0, 1.0], [1.0, 1.0], 1.0, 0.5)

@@ -328,9 +328,9 @@ def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
     seen = {}
     real = F.curves_1d_figure
 
-    def spy(alphas, sets, tolerance):
+    def spy(alphas, sets, tolerance, **kwargs):
         seen.update({s.split: list(s.jumps) for s in sets})
-        return real(alphas, sets, tolerance)
+        return real(alphas, sets, tolerance, **kwargs)
 
     monkeypatch.setattr(F, "curves_1d_figure", spy)
     result = make_result()

@@ -41,6 +41,7 @@ from traits.results import (
     nan_array,
 )
 from traits.spec import GRAPH_ARCHITECTURES, MODEL_TARGET, TARGET_UNITS, AuditSpec
+from traits.threads import configure_threads, thread_record
 
 #: Stage name -> callback(done, total); the CLI attaches rich progress bars, the API stays quiet.
 ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
@@ -265,9 +266,13 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int, device, dtype) -> HessianResult:
+def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int, device, dtype, progress=None,
+                description: str = "Hessian") -> HessianResult:
+    """One split's Hessian probe; its stage (``description`` on ``progress``) counts the Hessian-vector products
+    done out of the probe's budget (the pyhessian backend's stage only starts and ends)."""
     from traits.probes import hessian as hs
     from traits.probes.objective import SplitObjective
+    from traits.progress import counted_stage, start_stage
 
     h = spec.probes.hessian
     t0 = time.perf_counter()
@@ -277,6 +282,7 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
     if h.backend == "pyhessian":
         from traits.probes.pyhessian_backend import pyhessian_top_eigenvalues, pyhessian_trace
 
+        stage_done = start_stage(progress, description)
         eig = pyhessian_top_eigenvalues(model, batches, spec.probes.loss, k=h.top_k, max_iter=h.max_steps,
                                         tol=h.tol, generator=_generator(split_seed))
         tr = pyhessian_trace(model, batches, spec.probes.loss, max_iter=h.trace_hvps, tol=0.0,
@@ -284,26 +290,30 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
         traces = [TraceEstimate(method="hutchinson", estimate=json_float(tr.estimate),
                                 stderr=json_float(tr.stderr), n_hvp=tr.n_hvp)]
         lam_min, density, low = None, None, None
+        stage_done()
     else:
-        eig = hs.top_eigenvalues(obj.hvp, obj.dim, k=h.top_k, max_steps=h.max_steps, tol=h.tol,
+        budget = hs.hessian_budget(obj.dim, h.top_k, h.max_steps, h.trace_hvps, h.density_runs, h.density_steps)
+        counter = hs.HVPCounter(obj.hvp, obj.hvp_many, counted_stage(progress, description, budget, "HVPs"), budget)
+        eig = hs.top_eigenvalues(counter.hvp, obj.dim, k=h.top_k, max_steps=h.max_steps, tol=h.tol,
                                  generator=_generator(split_seed), **kw)
-        low = hs.smallest_eigenvalue(obj.hvp, obj.dim, max_steps=h.max_steps, tol=h.tol,
+        low = hs.smallest_eigenvalue(counter.hvp, obj.dim, max_steps=h.max_steps, tol=h.tol,
                                      generator=_generator(split_seed + 1), **kw)
         lam_min = json_float(low.values[0])
-        hut = hs.hutchinson_trace(obj.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2),
-                                  hvp_many=obj.hvp_many, **kw)
-        hpp = hs.hutchpp_trace(obj.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3),
-                               hvp_many=obj.hvp_many, **kw)
+        hut = hs.hutchinson_trace(counter.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2),
+                                  hvp_many=counter.hvp_many, **kw)
+        hpp = hs.hutchpp_trace(counter.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3),
+                               hvp_many=counter.hvp_many, **kw)
         traces = [
             TraceEstimate(method="hutchinson", estimate=json_float(hut.estimate),
                           stderr=json_float(hut.stderr), n_hvp=hut.n_hvp),
             TraceEstimate(method="hutch++", estimate=json_float(hpp.estimate),
                           stderr=json_float(hpp.stderr), n_hvp=hpp.n_hvp),
         ]
-        dens = hs.slq_density(obj.hvp, obj.dim, n_runs=h.density_runs, n_steps=h.density_steps,
+        dens = hs.slq_density(counter.hvp, obj.dim, n_runs=h.density_runs, n_steps=h.density_steps,
                               generator=_generator(split_seed + 4), grid_size=400, **kw)
         d = dens.to_dict()
         density = Density(grid=d["grid"], density=d["density"], nodes=d["nodes"], weights=d["weights"])
+        counter.finish()
     values = [float(v) for v in eig.values]
     top_run = eigen_run(eig)
     if h.backend == "pyhessian":  # power iteration's own rule is not a certificate: judge its verified residuals
@@ -332,6 +342,7 @@ def eigen_run(eig) -> EigenRun:
 def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                  progress: ProgressFactory | None, train_objective=None) -> SurfaceResult:
     from traits.probes.directions import random_direction
+    from traits.probes.metrics import band
     from traits.probes.surface import surface_1d, surface_2d
 
     s = spec.probes.surface
@@ -344,6 +355,9 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     alphas = torch.linspace(-s.span, s.span, s.points_1d, dtype=torch.float64)
     result = SurfaceResult(span=s.span, tolerance=s.tolerance, include_bias_and_norm=s.include_bias_and_norm,
                            seed=spec.seed, alphas_1d=alphas.tolist())
+    # one absolute band for every split (traits.probes.metrics): tolerance × the ID loss at θ
+    reference = objectives["id"] if "id" in objectives else first
+    result.band = band(s.tolerance, float(reference.loss()))
     t0, points = time.perf_counter(), 0
     chunk = s.chunk_size  # None: the engine's default for the device
     for split, obj in objectives.items():
@@ -354,7 +368,7 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
             curve = surface_1d(obj, directions[k], alphas, chunk_size=chunk, progress=cb)
             curves.append(_grid_to_lists(curve))
             points += len(alphas)
-            radius, cens, evals = refined_radius(obj, directions[k], alphas, curve, loss0, s.tolerance)
+            radius, cens, evals = refined_radius(obj, directions[k], alphas, curve, loss0, result.band)
             radii.append(json_float(radius))
             censored.append(cens)
             result.refine_evaluations += evals
@@ -378,7 +392,25 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     result.points_per_second = points / elapsed if elapsed > 0 else None
     result.batched = all(getattr(o, "vmap_ok", True) for o in objectives.values())
     add_landscape_stats(spec, objectives, directions, result)
+    add_topology(result)
     return result
+
+
+def add_topology(result: SurfaceResult) -> None:
+    """Persistence and SMAD (traits.probes.topology) of every finite 2D surface, random and eigenvector
+    plane; a surface with a diverged point gets a reason instead."""
+    from traits.errors import ProbeError
+    from traits.probes.topology import surface_topology
+
+    for field_name in ("grids", "plane_grids"):
+        for split, grid in getattr(result, field_name).items():
+            try:
+                topo = surface_topology(nan_array(grid)).to_dict()
+            except ProbeError as exc:
+                topo = {"reason": str(exc)}
+            except ImportError:
+                topo = {"reason": "gudhi is not installed (pip install gudhi): the topology was not computed"}
+            result.topology.setdefault(field_name, {})[split] = topo
 
 
 def hessian_plane_surfaces(spec: AuditSpec, model, objectives: dict, train_objective, result: SurfaceResult,
@@ -426,17 +458,17 @@ def add_landscape_stats(spec: AuditSpec, objectives: dict, directions: list, res
 
 
 def refined_radius(obj, direction: dict, alphas: torch.Tensor, curve: torch.Tensor, loss0: float,
-                   tau: float) -> tuple[float, bool, int]:
-    """Robust radius along one direction: the grid brackets the tolerance crossing on each side of θ,
-    bisection sharpens it. Returns (radius, censored, extra loss evaluations)."""
+                   delta: float | None) -> tuple[float, bool, int]:
+    """Robust radius along one direction: the grid brackets the crossing of L(θ) + δ (δ: the audit's absolute
+    band) on each side of θ, bisection sharpens it. Returns (radius, censored, extra loss evaluations)."""
     from traits.probes.metrics import refine_radius, side_brackets
 
-    if not np.isfinite(loss0):
+    if not np.isfinite(loss0) or delta is None:
         return 0.0, False, 0
-    threshold = (1.0 + tau) * loss0
+    threshold = loss0 + delta
     names = list(direction)
     sides, evals = [], 0
-    for sign, inside, outside in side_brackets(alphas.numpy(), curve.cpu().double().numpy(), loss0, tau):
+    for sign, inside, outside in side_brackets(alphas.numpy(), curve.cpu().double().numpy(), loss0, delta):
         if outside is None:
             sides.append((inside, True))
             continue
@@ -566,7 +598,7 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         if best is not None:
             m.trace, m.trace_stderr = best.estimate, best.stderr
     if surf is not None and split in surf.curves and loss0 is not None:
-        tau = surf.tolerance
+        delta = surf.band if surf.band is not None else surf.tolerance * loss0  # the absolute band
         alphas = np.asarray(surf.alphas_1d)
         curves = nan_array(surf.curves[split])
         radii = surf.radius.get(split)
@@ -581,7 +613,7 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
             m.radius_per_direction = radii
         else:  # grid resolution only
             m.robust_radius_resolution = step
-            radius = pm.robust_radius_directions(alphas, curves, loss0, tau)
+            radius = pm.robust_radius_directions(alphas, curves, loss0, delta)
             m.robust_radius = json_float(radius.radius)
             m.robust_radius_censored = bool(radius.censored)
             m.radius_per_direction = [json_float(r.radius) for r in radius.per_direction]
@@ -590,12 +622,13 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         values = [v for c in surf.curves[split] for v in c]
         if split in surf.grids:
             grid = nan_array(surf.grids[split])
-            m.basin_area = json_float(pm.basin_area_fraction(grid, loss0, tau))
+            m.basin_area = json_float(pm.basin_area_fraction(grid, loss0, delta))
             values += [v for row in surf.grids[split] for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
         if surf.plane_grids.get(split):
             plane = nan_array(surf.plane_grids[split])
-            m.plane_basin_area = json_float(pm.basin_area_fraction(plane, loss0, tau))
+            m.plane_basin_area = json_float(pm.basin_area_fraction(plane, loss0, delta))
+        mark_below_resolution(m, step, surf)
     elif surf is not None and split in surf.curves:  # L(θ) itself is NaN/inf: no radius, but count the points
         values = [v for c in surf.curves[split] for v in c] + [v for row in surf.grids.get(split, []) for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None
@@ -608,6 +641,21 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         m.first_jump, m.smooth_to = stats.get("first_jump"), stats.get("smooth_to")
         m.n_jumps, m.entropy = stats.get("n_jumps"), stats.get("entropy")
     return m
+
+
+def mark_below_resolution(m: SplitMetrics, step: float | None, surf: SurfaceResult) -> None:
+    """A radius under one 1D grid step or a basin of one grid point is not a number: it becomes None (so
+    no ratio or gate reads it) and its upper bound goes to ``below_resolution``."""
+    from traits.probes import metrics as pm
+
+    if pm.radius_below_resolution(m.robust_radius, step):
+        m.below_resolution["robust_radius"] = step
+        m.robust_radius, m.robust_radius_censored = None, False
+    n2 = len(surf.alphas_2d)
+    for name in ("basin_area", "plane_basin_area"):
+        if pm.basin_below_resolution(getattr(m, name), (n2, n2)):
+            m.below_resolution[name] = 1.0 / (n2 * n2)
+            setattr(m, name, None)
 
 
 def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> dict[str, float | None]:
@@ -721,6 +769,7 @@ def run_audit(
     instead of ``spec.data``'s file, split by the spec's omission rule (label-free with ``data.target: model``)."""
     from traits.outdir import claim_output
 
+    configure_threads()  # once per process; torch is imported here already, so it can only lower the count
     out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
     lock = claim_output(out_dir, spec, overwrite=overwrite, spec_path=spec_path)
     try:
@@ -829,12 +878,10 @@ def _run_audit(
         graphs = data.splits[split]
         if spec.probes.hessian.enabled:
             t = time.perf_counter()
-            stage_done = start_stage(progress, f"Hessian {split}")
             sub = subsample(graphs, spec.probes.hessian.max_samples, spec.seed + 11 * k)
             hessians[split] = run_hessian(spec, model, batches_of(sub), len(sub),
-                                          spec.seed + 101 * (k + 1), device, dtype)
+                                          spec.seed + 101 * (k + 1), device, dtype, progress, f"Hessian {split}")
             walls[f"hessian_{split}"] = time.perf_counter() - t
-            stage_done()
         sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
         objectives[split] = SplitObjective(model, batches_of(sub), loss=spec.probes.loss,
                                            hvp_method=spec.probes.hessian.hvp,
@@ -875,7 +922,7 @@ def _run_audit(
         checkpoint_format=spec.model.format if adapter is None else spec.model.architecture,
         checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
-        split_scheme=SPLIT_SCHEME,
+        split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(),
     )
     result = AuditResult(
         name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from traits.errors import TraitsError
 from traits.files import write_text_atomic
 
-#: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`).
-SCHEMA_VERSION = "1.4"
+#: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`);
+#: the fields of a newer minor version that this reader does not know are ignored.
+SCHEMA_VERSION = "1.5"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -66,6 +67,8 @@ class Provenance(_Result):
     manifest_hash: str = ""
     split_scheme: int = Field(1, description="how the split was drawn (traits.data.splits.SPLIT_SCHEME); 1 for "
                               "results written before it was recorded")
+    threads: dict[str, Any] = Field(default_factory=dict, description="torch threads and the OpenMP wait policy "
+                                    "chosen at start, with why (traits.threads); empty in results written before")
 
 
 class SplitStats(_Result):
@@ -173,6 +176,13 @@ class SurfaceResult(_Result):
     )
     points_per_second: MaybeFloat = None
     batched: bool = True
+    band: MaybeFloat = Field(
+        None, description="the absolute loss rise (loss units) the radius, sharpness and basin areas are measured "
+        "against, one for every split: tolerance × the ID loss at θ (schema 1.5; None in older files, whose band "
+        "was tolerance × each split's own loss)")
+    topology: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="'grids' / 'plane_grids' -> split -> the surface's topology: persistence "
+        "pairs, minima, SMAD (traits.probes.topology; schema 1.5)")
 
 
 class SplitMetrics(_Result):
@@ -201,6 +211,9 @@ class SplitMetrics(_Result):
     smooth_to: MaybeFloat = Field(None, description="the sampled loss is smooth at least this far from θ")
     n_jumps: int | None = None
     entropy: MaybeFloat = Field(None, description="loss-landscape entropy (Vita & Schwalbe-Koda 2023)")
+    below_resolution: dict[str, float] = Field(
+        default_factory=dict, description="metric -> its upper bound, for a metric under the grid's resolution (a "
+        "radius shorter than one grid step, a basin of one grid point): the metric itself is None (schema 1.5)")
 
 
 class TargetSummary(_Result):
@@ -343,8 +356,63 @@ class AuditResult(_Result):
         return write_text_atomic(path, self.model_dump_json(indent=1))
 
 
+def _minor(version: str) -> int | None:
+    """The minor number of a "MAJOR.MINOR" schema version, None when it has none."""
+    parts = str(version).split(".")
+    return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() and len(parts[1]) <= 6 else None
+
+
+def _drop_unknown(raw: dict, errors: list[dict]) -> bool:
+    """Remove from ``raw`` the fields ``errors`` (pydantic's) call unknown ("extra_forbidden"); False, and
+    nothing removed, when there is another error or a field cannot be found."""
+    if not errors or any(e["type"] != "extra_forbidden" for e in errors):
+        return False
+    found = []
+    for e in errors:
+        node, key = raw, e["loc"][-1] if e["loc"] else None
+        for part in e["loc"][:-1]:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return False
+        if not isinstance(node, dict) or key not in node:
+            return False
+        found.append((node, key))
+    for node, key in found:
+        node.pop(key, None)
+    return True
+
+
+#: The longest text a results file may hold (a name, a finding, a path): TRAITS writes a few hundred characters
+#: at most, and a report typesets every one, so a longer string is a tampered file, refused before it is read.
+MAX_RESULT_STRING = 20_000
+
+
+def _overlong_string(raw: Any, where: str = "") -> str | None:
+    """The dotted place of the first string (key or value) longer than :data:`MAX_RESULT_STRING`, or None."""
+    stack = [(raw, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, str):
+            if len(node) > MAX_RESULT_STRING:
+                return at or "(top level)"
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and len(key) > MAX_RESULT_STRING:
+                    return f"{at}.(a key)" if at else "(a key)"
+                stack.append((value, f"{at}.{key}" if at else str(key)))
+        elif isinstance(node, list):
+            stack.extend((value, f"{at}[{i}]") for i, value in enumerate(node))
+    return None
+
+
 def load_result(path: str | Path) -> AuditResult:
-    """Read a ``results.json``; errors say which file and what is wrong with it."""
+    """Read a ``results.json``; errors say which file and what is wrong with it.
+
+    Any minor version of this major version is read. A newer minor version's fields that this TRAITS does
+    not know are ignored (the result is then this version's: ``schema_version`` is :data:`SCHEMA_VERSION`,
+    so that writing it again never claims fields it lacks); in a file of this or an older minor version an
+    unknown field is refused (a tampered or hand-edited file)."""
     from traits.inputs import read_text_checked
 
     path = Path(path)
@@ -355,17 +423,32 @@ def load_result(path: str | Path) -> AuditResult:
         raise TraitsError(f"{path}: not a readable results file ({exc})") from exc
     except RecursionError:
         raise TraitsError(f"{path}: not a results file (its JSON is nested too deeply)") from None
+    long_string = _overlong_string(raw)
+    if long_string is not None:
+        raise TraitsError(f"{path}: invalid results file at {long_string}: a text longer than "
+                          f"{MAX_RESULT_STRING:,} characters (TRAITS writes none; a report of it would not end)")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version is None or str(version).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise TraitsError(f"{path}: results schema version {version!r}; this TRAITS reads {SCHEMA_VERSION}")
-    try:
-        result = AuditResult.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise TraitsError(f"{path}: invalid results file at {where}: {first['msg']}") from None
-    except RecursionError:
-        raise TraitsError(f"{path}: not a results file (nested too deeply)") from None
+    minor = _minor(version)
+    newer = minor is not None and minor > (_minor(SCHEMA_VERSION) or 0)
+    dropped = False
+    for _attempt in range(2):
+        try:
+            result = AuditResult.model_validate(raw)
+            break
+        except ValidationError as exc:
+            errors = exc.errors()
+            if newer and not dropped and _drop_unknown(raw, errors):
+                dropped = True
+                continue
+            first = next((e for e in errors if e["type"] != "extra_forbidden"), errors[0]) if newer else errors[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise TraitsError(f"{path}: invalid results file at {where}: {first['msg']}") from None
+        except RecursionError:
+            raise TraitsError(f"{path}: not a results file (nested too deeply)") from None
+    if dropped:
+        result.schema_version = SCHEMA_VERSION
     problem = shape_problem(result)
     if problem is not None:
         raise TraitsError(f"{path}: invalid results file at {problem}")

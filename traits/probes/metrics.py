@@ -2,7 +2,27 @@
 
 All functions take plain sequences or tensors (any device) and return Python floats, so their results
 go straight into JSON. A NaN (or inf) loss means the model diverged there: it always counts as outside
-any tolerance. Thresholds are relative to the loss at theta: ``(1 + tau) * loss0``.
+any tolerance.
+
+Tolerance: an absolute band, not a multiple of L(theta)
+-------------------------------------------------------
+The robust radius, the sharpness and the basin area measure the *rise* of the loss above its value at
+theta, ``L(theta + d) - L(theta)``, against a band ``delta`` in the loss's own units:
+
+    inside  <=>  L(theta + d) - L(theta) <= delta.
+
+A band relative to each split's own level, ``L <= (1 + tau) L(theta)``, is ``delta = tau L(theta)``: a split
+with a higher loss at theta (the OOD set, by construction) gets a wider band, so it looks flatter and its
+basin wider for the very reason it is worse, and an OOD/ID ratio of radii restates the loss ratio
+(in the MP study the radius and basin-area ratios correlated with the OOD error with the wrong sign). With
+one ``delta`` for every split of an audit the ratio compares the shapes of the surfaces alone, and adding
+a constant to every loss of a split leaves all three numbers unchanged. The audit takes
+``delta = tau * L_ID(theta)`` (:func:`band`): the spec's tau keeps its meaning on the ID split and the
+same absolute rise is asked of every other split.
+
+Resolution: a radius shorter than one grid step, or a basin of a single grid point, says only that the
+true value lies under the grid's resolution (:func:`radius_below_resolution`, :func:`basin_below_resolution`);
+such a value is reported as a bound, never as a number in a ratio or a gate.
 """
 
 from __future__ import annotations
@@ -54,23 +74,37 @@ class RadiusResult(NamedTuple):
     censored: bool
 
 
-def robust_radius(alphas: ArrayLike, losses: ArrayLike, loss0: float, tau: float) -> RadiusResult:
+def band(tau: float, reference_loss: float | None) -> float | None:
+    """The audit's absolute band ``delta = tau * reference_loss`` (the ID loss at theta), or None when the
+    reference is missing or not finite."""
+    if tau < 0 or not math.isfinite(tau):
+        raise ProbeError(f"tau must be a finite number >= 0, got {tau}")
+    if reference_loss is None or not math.isfinite(reference_loss):
+        return None
+    return float(tau) * float(reference_loss)
+
+
+def _check_band(delta: float) -> None:
+    if not (delta >= 0 and math.isfinite(delta)):
+        raise ProbeError(f"the tolerance band must be a finite number >= 0 (loss units), got {delta}")
+
+
+def robust_radius(alphas: ArrayLike, losses: ArrayLike, loss0: float, delta: float) -> RadiusResult:
     """Largest |alpha| on the grid such that every point with |alpha'| <= |alpha|, on both sides of 0,
-    has loss <= (1 + tau) * loss0.
+    has loss - loss0 <= delta (an absolute band, module docstring).
 
     Each side is walked outward from 0 until its first point out of tolerance; the radius is the smaller
     of the two sides' last good |alpha|. It is censored when a side that attains that minimum never left
     the tolerance (the range ended first). A non-finite ``loss0`` gives radius 0.
     """
     a, loss = _curve(alphas, losses)
-    if tau < 0:
-        raise ProbeError(f"tau must be >= 0, got {tau}")
+    _check_band(delta)
     zero_tol = _zero_tolerance(a)
     if not np.any(np.abs(a) <= zero_tol):
         raise ProbeError("alphas must contain 0 (the curve must pass through theta)")
     if not math.isfinite(loss0):
         return RadiusResult(0.0, False)
-    ok = loss <= (1.0 + tau) * loss0  # False for NaN
+    ok = loss - loss0 <= delta  # False for NaN
     sides = []
     for mask in (a >= -zero_tol, a <= zero_tol):
         mags = np.abs(a[mask])
@@ -105,24 +139,24 @@ class DirectionalRadius:
         }
 
 
-def robust_radius_directions(alphas: ArrayLike, losses: ArrayLike, loss0: float, tau: float) -> DirectionalRadius:
+def robust_radius_directions(alphas: ArrayLike, losses: ArrayLike, loss0: float, delta: float) -> DirectionalRadius:
     """``losses`` is (n_directions, len(alphas)); the result's radius is the minimum over directions,
     censored only if every direction attaining that minimum is censored."""
     grid = _as_array(losses, 2, "losses")
     if grid.shape[0] == 0:
         raise ProbeError("at least one direction is needed")
-    per = [robust_radius(alphas, row, loss0, tau) for row in grid]
+    per = [robust_radius(alphas, row, loss0, delta) for row in grid]
     radius = min(r.radius for r in per)
     censored = all(r.censored for r in per if r.radius == radius)
     return DirectionalRadius(radius=radius, censored=censored, per_direction=per)
 
 
 def sharpness(alphas: ArrayLike, losses: ArrayLike, loss0: float, eps: float) -> float:
-    """max over grid points with |alpha| <= eps of (L - loss0) / loss0.
+    """max over grid points with |alpha| <= eps of L - loss0: the largest rise within eps, in the loss's
+    units (not divided by loss0, which would make a split with a higher loss at theta look flatter).
 
     A non-finite loss inside the window (or a non-finite ``loss0``) gives ``inf``: the model diverged
-    within eps, which is as sharp as it gets (NaN would silently pass a threshold comparison). With
-    ``loss0 == 0`` the result is ``inf`` if any loss in the window is positive, else 0.
+    within eps, which is as sharp as it gets (NaN would silently pass a threshold comparison).
     """
     a, loss = _curve(alphas, losses)
     if eps < 0:
@@ -132,14 +166,11 @@ def sharpness(alphas: ArrayLike, losses: ArrayLike, loss0: float, eps: float) ->
         raise ProbeError(f"no grid point lies within |alpha| <= {eps}")
     if not math.isfinite(loss0) or not np.isfinite(window).all():
         return math.inf
-    rise = float((window - loss0).max())
-    if loss0 == 0:
-        return math.inf if rise > 0 else 0.0
-    return rise / loss0
+    return float((window - loss0).max())
 
 
-def basin_area_fraction(grid: ArrayLike, loss0: float, tau: float, center: tuple[int, int] | None = None) -> float:
-    """Fraction of all grid points that are within (1 + tau) * loss0 AND connected to the centre.
+def basin_area_fraction(grid: ArrayLike, loss0: float, delta: float, center: tuple[int, int] | None = None) -> float:
+    """Fraction of all grid points whose loss is at most loss0 + delta AND that are connected to the centre.
 
     Connectivity is 4-neighbour (``scipy.ndimage.label``'s default structure): a separate low region
     elsewhere in the plane is another basin, not part of this one, so it does not count. ``center`` is the
@@ -153,9 +184,10 @@ def basin_area_fraction(grid: ArrayLike, loss0: float, tau: float, center: tuple
     ci, cj = (g.shape[0] // 2, g.shape[1] // 2) if center is None else center
     if not (0 <= ci < g.shape[0] and 0 <= cj < g.shape[1]):
         raise ProbeError(f"centre {center} is outside the grid of shape {g.shape}")
+    _check_band(delta)
     if not math.isfinite(loss0):
         return 0.0
-    within = g <= (1.0 + tau) * loss0
+    within = g - loss0 <= delta
     if not within[ci, cj]:
         return 0.0
     labels, _ = ndimage.label(within)
@@ -184,13 +216,14 @@ def ratio(ood: float | None, id: float | None) -> float | None:  # noqa: A002 - 
 
 
 def side_brackets(
-    alphas: ArrayLike, losses: ArrayLike, loss0: float, tau: float
+    alphas: ArrayLike, losses: ArrayLike, loss0: float, delta: float
 ) -> list[tuple[int, float, float | None]]:
-    """For each side of 0 (sign +1, then -1): the last |alpha| on the grid still within tolerance and the
-    first |alpha| outside it (None when the side never leaves the tolerance: censored)."""
+    """For each side of 0 (sign +1, then -1): the last |alpha| on the grid still within loss0 + delta and
+    the first |alpha| outside it (None when the side never leaves the band: censored)."""
     a, loss = _curve(alphas, losses)
+    _check_band(delta)
     zero_tol = _zero_tolerance(a)
-    ok = loss <= (1.0 + tau) * loss0
+    ok = loss - loss0 <= delta
     out = []
     for sign, mask in ((1, a >= -zero_tol), (-1, a <= zero_tol)):
         mags, good = np.abs(a[mask]), ok[mask]
@@ -220,3 +253,19 @@ def refine_radius(line_loss: Callable[[float], float], inside: float, outside: f
         else:
             outside = mid
     return inside, iters
+
+
+def radius_below_resolution(radius: float | None, step: float | None) -> bool:
+    """True when a robust radius is shorter than one step of the grid it was read from: no grid point
+    other than theta lies inside the band on the limiting side, so the grid does not resolve it."""
+    if radius is None or step is None or not (step > 0):
+        return False
+    return radius < step
+
+
+def basin_below_resolution(fraction: float | None, shape: tuple[int, int]) -> bool:
+    """True when a basin holds at most one grid point (theta's own): its area is under one cell."""
+    if fraction is None:
+        return False
+    n = shape[0] * shape[1]
+    return n > 0 and fraction * n < 1.5

@@ -344,12 +344,14 @@ def _panel_frame(ax, split: str, finite) -> None:
 
 
 def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
-                      loss0: Mapping[str, float | None], tolerance: float, unit: str) -> Figure:
+                      loss0: Mapping[str, float | None], tolerance: float, unit: str,
+                      band: float | None = None) -> Figure:
     """Filled contours of the loss over (α, β) per split side by side on one colour scale.
 
     ``grids[split][i][j]`` is the loss at (α_i, β_j): α is drawn on x, β on y. Non-finite points are
-    masked and show the hatched grey background. The solid white line is the tolerance contour
-    (1 + τ)·L(θ) of each split; the cross marks θ itself.
+    masked and show the hatched grey background. The solid white line is the tolerance contour of each
+    split, L(θ) + δ with the audit's absolute ``band`` δ (results before schema 1.5: (1 + τ)·L(θ)); the
+    cross marks θ itself.
     """
     scale = surface_scale(grids)
     n = len(grids)
@@ -374,7 +376,7 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
             mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis", extend="neither", zorder=1)
             l0 = loss0.get(split)
             if l0 is not None and math.isfinite(l0) and l0 > 0:
-                level = (1 + tolerance) * l0
+                level = l0 + band if band is not None else (1 + tolerance) * l0
                 level = math.log10(level) if scale.log else level
                 if np.nanmin(shown) < level < np.nanmax(shown):
                     _tolerance_outline(ax, a, masked, level)
@@ -388,7 +390,8 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
         bar.set_ticks([t for t in ticks if scale.vmin - 1e-12 <= t <= scale.vmax + 1e-12])
         bar.set_label(f"log₁₀ of loss in {unit}" if scale.log else f"loss ({unit})")
     handles = [
-        Line2D([], [], color="black", lw=1.2, label=f"tolerance contour (1+τ)·L(θ), τ = {tolerance:g}"),
+        Line2D([], [], color="black", lw=1.2, label=f"tolerance contour L(θ) + δ, δ = {band:.3g}" if band is not None
+               else f"tolerance contour (1+τ)·L(θ), τ = {tolerance:g}"),
         Line2D([], [], color="red", marker="+", lw=0, ms=8, mew=1.6, label="θ (trained weights)"),
         Patch(facecolor="#e6e6e6", edgecolor="#9a9a9a", hatch="////", label="non-finite loss"),
     ]
@@ -449,8 +452,11 @@ def _plane_ticks(scale: PlaneScale) -> tuple[list[float], list[str]]:
 
 
 def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
-                    loss0: Mapping[str, float | None], tolerance: float) -> Figure:
+                    loss0: Mapping[str, float | None], tolerance: float, band: float | None = None) -> Figure:
     """The Hessian-eigenvector plane per split, coloured by L/L(θ) on one doubly logarithmic scale.
+
+    The outlined contour is each split's tolerance, L = L(θ) + δ (the audit's absolute ``band``; before schema
+    1.5, L/L(θ) = 1 + τ).
 
     Relative to each split's own L(θ), so that the shape near θ shows and not the split's loss level;
     :func:`plane_colour` compresses the orders-of-magnitude rise along the top eigenvector so that the
@@ -477,7 +483,8 @@ def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequen
         if scale and masked.count() >= 4:
             levels = np.linspace(scale.vmin, scale.vmax, 21)
             mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis", zorder=1)
-            level = float(plane_colour(math.log10(1 + tolerance)))
+            rel = 1 + (band / l0 if band is not None and l0 else tolerance)
+            level = float(plane_colour(math.log10(rel)))
             if np.nanmin(masked) < level < np.nanmax(masked):
                 _tolerance_outline(ax, a, masked, level)
         _panel_frame(ax, split, finite)
@@ -491,7 +498,8 @@ def plane_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequen
         bar.set_ticklabels(labels)
         bar.set_label("L/L(θ) (dimensionless, doubly log scale)")
     handles = [
-        Line2D([], [], color="black", lw=1.2, label=f"tolerance L/L(θ) = 1 + τ, τ = {tolerance:g}"),
+        Line2D([], [], color="black", lw=1.2, label=f"tolerance L = L(θ) + δ, δ = {band:.3g}" if band is not None
+               else f"tolerance L/L(θ) = 1 + τ, τ = {tolerance:g}"),
         Line2D([], [], color="red", marker="+", lw=0, ms=8, mew=1.6, label="θ (trained weights)"),
         Patch(facecolor="#e6e6e6", edgecolor="#9a9a9a", hatch="////", label="non-finite loss"),
     ]
@@ -512,6 +520,49 @@ class CurveSet:
     jumps: Sequence[Sequence[float]] = ()
 
 
+PLANE_TITLES = {"grids": "random plane", "plane_grids": "eigenvector plane"}
+
+
+def persistence_figure(topology: Mapping[str, Mapping[str, Mapping]]) -> Figure | None:
+    """The persistence of every local minimum of each 2D surface, as a share of that surface's loss range:
+    one panel per plane ("grids", "plane_grids"), one row per split, one tick per minimum that merges
+    into an older basin (log x axis), the global minimum (which never merges) as a triangle at the right
+    edge. The dotted line is the threshold of the "persistent minima" count. A surface without a topology
+    (a diverged point) has an empty row."""
+    panels = [(name, splits) for name, splits in topology.items() if any("pairs" in t for t in splits.values())]
+    if not panels:
+        return None
+    values = [(d - b) / t["loss_range"] for _, splits in panels for t in splits.values()
+              if t.get("loss_range") for b, d in t.get("pairs", ()) if d > b]
+    lo = min([*values, 1e-3]) / 2
+    fig = _new_figure(0.9 + 0.45 * max(len(splits) for _, splits in panels))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, splits) in zip(axes, panels):
+        names = list(splits)
+        for row, split in enumerate(names):
+            t = splits[split]
+            color = split_color(split, row)
+            if t.get("loss_range"):
+                p = [(d - b) / t["loss_range"] for b, d in t.get("pairs", ()) if d > b]
+                ax.scatter(p, [row] * len(p), marker="|", s=120, color=color, lw=1.2)
+                ax.scatter([1.0], [row], marker=">", s=30, color=color)
+                ax.text(1.0, row + 0.32, f"{t['n_minima']} minima", ha="right", va="bottom", fontsize="small")
+            threshold = t.get("threshold")
+        if threshold:
+            ax.axvline(threshold, color="0.3", ls=":", lw=1.0)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
+        ax.xaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(lo, 1.6)
+        ax.set_ylim(-0.6, len(names) - 0.1)
+        ax.set_yticks(range(len(names)), [split_label(s) for s in names])
+        ax.set_title(PLANE_TITLES.get(name, name))
+        ax.set_xlabel("persistence / loss range")
+        ax.grid(True, axis="x", lw=0.4, alpha=0.5)
+    return fig
+
+
 def _jump_heights(a: np.ndarray, y: np.ndarray, positions: Sequence[float]) -> np.ndarray:
     """Where to draw jump markers: the curve's value just inside each jump (nearer θ), or NaN."""
     ok = np.isfinite(y)
@@ -529,14 +580,21 @@ def _normalised(curve: np.ndarray, loss0: float | None) -> np.ndarray:
     return curve / loss0
 
 
-def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], tolerance: float) -> Figure:
+def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], tolerance: float,
+                     band: float | None = None) -> Figure:
     """L(α)/L(0) per direction (one panel each, at most :data:`MAX_DIRECTIONS`), splits overlaid.
 
-    The dashed line is the tolerance 1 + τ; the dotted vertical lines at ±r mark each split's robust
+    The dashed line is the tolerance 1 + τ, or with the audit's absolute ``band`` δ each split's own
+    1 + δ/L(θ) in its colour (the same rise δ for every split); the dotted vertical lines at ±r mark each split's robust
     radius along that direction (a triangle marks a censored radius: the curve never left tolerance).
     Loss jumps (``CurveSet.jumps``, signed α per direction) are drawn as stars on the curve, and the jump
     nearest θ of each split gets a dash-dot vertical line: its discontinuity scale along that direction.
     """
+    def _threshold(s: CurveSet) -> float:
+        if band is not None and s.loss0 is not None and math.isfinite(s.loss0) and s.loss0 > 0:
+            return 1 + band / s.loss0
+        return 1 + tolerance
+
     n_dir = min(max((len(s.curves) for s in sets), default=1), MAX_DIRECTIONS)
     ncols = min(n_dir, 2)
     nrows = math.ceil(n_dir / ncols)
@@ -568,7 +626,7 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
                 for sign in (-1, 1):
                     ax.axvline(sign * r, color=color, ls=":", lw=1.3)
                 if s.censored and r == s.radius:
-                    ax.plot([r], [1 + tolerance], marker=">", color=color, ms=6, lw=0)
+                    ax.plot([r], [_threshold(s)], marker=">", color=color, ms=6, lw=0)
             positions = [p for p in (s.jumps[d] if d < len(s.jumps) else ()) if p is not None and math.isfinite(p)]
             if positions:
                 any_jump = True
@@ -577,7 +635,11 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
                 ax.plot(np.asarray(positions)[drawn], heights[drawn], lw=0, marker="*", ms=9, color=color,
                         markeredgecolor="0.15", markeredgewidth=0.5, zorder=5)
                 ax.axvline(min(positions, key=abs), color=color, ls="-.", lw=1.2)
-        ax.axhline(1 + tolerance, color="0.2", ls="--", lw=1.0)
+        if band is None:
+            ax.axhline(1 + tolerance, color="0.2", ls="--", lw=1.0)
+        else:
+            for i, s in enumerate(sets):
+                ax.axhline(_threshold(s), color=split_color(s.split, i), ls="--", lw=1.0)
         ax.set_title(f"direction {d + 1}")
         ax.set_xlabel("α along the direction (dimensionless)")
         if d % ncols == 0:
@@ -589,7 +651,8 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
     handles = [Line2D([], [], color=split_color(s.split, i), lw=1.5, marker="o", ms=3,
                           label=split_label(s.split)) for i, s in enumerate(sets)]
     handles += [
-        Line2D([], [], color="0.2", ls="--", lw=1.0, label=f"tolerance 1 + τ = {1 + tolerance:g}"),
+        Line2D([], [], color="0.2", ls="--", lw=1.0, label=f"tolerance 1 + τ = {1 + tolerance:g}" if band is None
+               else f"tolerance 1 + δ/L(θ), δ = {band:.3g}"),
         Line2D([], [], color="0.3", ls=":", lw=1.3, label="± robust radius"),
     ]
     if any_jump:

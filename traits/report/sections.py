@@ -178,7 +178,8 @@ def _fig_surface_2d(result: AuditResult):
     if not grids:
         return None
     loss0 = {s: loss_at_theta(result, s) for s in grids}
-    return F.surface_2d_figure(surf.alphas_2d, grids, loss0, surf.tolerance, F.loss_unit(result.unit, result.loss))
+    return F.surface_2d_figure(surf.alphas_2d, grids, loss0, surf.tolerance, F.loss_unit(result.unit, result.loss),
+                               band=surf.band)
 
 
 def _fig_plane_2d(result: AuditResult):
@@ -191,7 +192,7 @@ def _fig_plane_2d(result: AuditResult):
     if not planes:
         return None
     loss0 = {s: loss_at_theta(result, s) for s in planes}
-    return F.plane_2d_figure(surf.alphas_2d, planes, loss0, surf.tolerance)
+    return F.plane_2d_figure(surf.alphas_2d, planes, loss0, surf.tolerance, band=surf.band)
 
 
 def _fig_curves_1d(result: AuditResult):
@@ -211,7 +212,17 @@ def _fig_curves_1d(result: AuditResult):
             radius_per_direction=m.radius_per_direction if m else (),
             jumps=(surf.landscape.get(s) or {}).get("jumps_1d") or (),
         ))
-    return F.curves_1d_figure(surf.alphas_1d, sets, surf.tolerance) if sets else None
+    return F.curves_1d_figure(surf.alphas_1d, sets, surf.tolerance, band=surf.band) if sets else None
+
+
+def _fig_persistence(result: AuditResult):
+    from traits.report import figures as F
+
+    surf = result.surface
+    if surf is None or not surf.topology:
+        return None
+    ordered = {name: {s: splits[s] for s in ordered_splits(splits)} for name, splits in surf.topology.items()}
+    return F.persistence_figure(ordered)
 
 
 FIGURES: dict[str, FigureBuilder] = {
@@ -223,6 +234,7 @@ FIGURES: dict[str, FigureBuilder] = {
     "surface_2d": _fig_surface_2d,
     "curves_1d": _fig_curves_1d,
     "plane_2d": _fig_plane_2d,
+    "persistence": _fig_persistence,
     "uncertainty": uncertainty_figure,
 }
 
@@ -388,7 +400,20 @@ def surfaces_context(result: AuditResult) -> dict[str, Any]:
         "curve_jumps": sum(len(p) for st in (surf.landscape.values() if surf is not None else ())
                            for p in (st.get("jumps_1d") or [])[:MAX_DIRECTIONS]),
         "max_directions": MAX_DIRECTIONS,
+        "topology": topology_rows(result),
     }
+
+
+def topology_rows(result: AuditResult) -> list[dict[str, Any]]:
+    """One row per 2D surface (plane, split) with its topology, or the reason it has none."""
+    from traits.report.figures import PLANE_TITLES
+
+    surf = result.surface
+    rows = []
+    for name, splits in (surf.topology.items() if surf is not None else ()):
+        for split in ordered_splits(splits):
+            rows.append({"plane": PLANE_TITLES.get(name, name), "split": split, **splits[split]})
+    return rows
 
 
 def cite_context(result: AuditResult) -> dict[str, Any]:
@@ -429,7 +454,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("hessian", "Hessian spectrum", "partials/hessian.html.j2", hessian_context,
             ("eigenvalues", "density")),
     Section("surfaces", "Loss surfaces", "partials/surfaces.html.j2", surfaces_context,
-            ("surface_2d", "curves_1d", "plane_2d")),
+            ("surface_2d", "curves_1d", "plane_2d", "persistence")),
     Section("uncertainty", "Would we have known without labels?", "partials/uncertainty.html.j2",
             uncertainty_context, ("uncertainty",)),
     Section("methods", "Methods", "partials/methods.html.j2"),
