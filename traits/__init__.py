@@ -59,6 +59,9 @@ def __getattr__(name: str):
 
         return load_spec
     if name == "run_audit":
+        from traits.threads import configure_threads
+
+        configure_threads()  # before traits.audit imports torch: threads from the CPUs available, passive waits
         from traits.audit import run_audit
 
         return run_audit

@@ -3,11 +3,20 @@
 Exit codes: 0 success (all gates pass), 1 a gate failed, 2 bad input (the message says what to fix),
 3 an internal error (a bug: one line naming the log file that holds the traceback; ``--debug`` shows it).
 Everything printed on the terminal is plain text: rich markup, highlighting and emoji codes are off, so
-a file name or spec string such as ``a[/].yaml`` or ``[link=...]`` is printed as it is.
+a file name or spec string such as ``a[/].yaml`` or ``[link=...]`` is printed as it is; control characters in
+user strings are printed escaped (ESC as ``\\x1b``, a newline as ``\\n``: ``traits.progress.safe_text``), and
+no output line starts with a user string (error lines start with ``error:``), so neither the terminal nor a GitHub
+Actions log reads a spec's text as a command.
+
+Options shared by the commands that run specs: ``--quiet`` (no progress, and no library warnings or log messages),
+``--verbose``, ``--debug`` and ``--allow-code`` (a spec may import Python code: the torch adapter's
+``options.module``, ``featuriser`` and ``collate``; off by default, also set by ``TRAITS_ALLOW_CODE=1``: see
+``traits.models.torch_module``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -26,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from traits.errors import TraitsError
+from traits.progress import SafeConsole, safe_text
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
@@ -44,17 +54,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-# Plain text only: user strings (paths, spec names, messages) must never be read as rich markup.
-out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
+# Plain text only: user strings (paths, spec names, messages) must never be read as rich markup, and their
+# control characters are printed escaped (SafeConsole).
+out = SafeConsole(soft_wrap=True)
+err = SafeConsole(stderr=True, soft_wrap=True)
 
-#: Settings of this invocation (the global options and the per-command --quiet / --verbose / --debug).
-OPTIONS = {"debug": False, "verbosity": 1}
+#: Settings of this invocation (the global options and the per-command --quiet / --verbose / --debug /
+#: --allow-code).
+OPTIONS = {"debug": False, "verbosity": 1, "allow_code": False}
+#: What this command has switched on (code allowed, libraries quiet), undone when it ends.
+_SCOPE: list[tuple[contextlib.ExitStack, set]] = []
 
 SpecArg = Annotated[Path, typer.Argument(help="Audit spec (YAML or JSON).", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (errors and results only).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More progress output (every update).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="On an internal error, print the traceback too.")]
+AllowCodeOpt = Annotated[bool, typer.Option(
+    "--allow-code", help="Let the spec import Python code (the torch adapter's options.module, featuriser and "
+    "collate), which runs that code: only for a spec you trust. Off by default; TRAITS_ALLOW_CODE=1 also allows it.")]
 
 
 def _version(value: bool) -> None:
@@ -73,22 +90,85 @@ def main_options(
                                         help="On an internal error, print the traceback too.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     OPTIONS["debug"] = bool(debug)
     OPTIONS["verbosity"] = 0 if quiet else (2 if verbose else 1)
+    OPTIONS["allow_code"] = bool(allow_code)
 
 
-def _set_local(quiet: bool = False, verbose: bool = False, debug: bool = False) -> None:
+def _set_local(quiet: bool = False, verbose: bool = False, debug: bool = False, allow_code: bool = False) -> None:
     if quiet:
         OPTIONS["verbosity"] = 0
     elif verbose:
         OPTIONS["verbosity"] = 2
     if debug:
         OPTIONS["debug"] = True
+    if allow_code:
+        OPTIONS["allow_code"] = True
+    _apply_options()
+
+
+@contextlib.contextmanager
+def _environment(key: str, value: str):
+    """``os.environ[key] = value`` until the block ends (inherited by the worker processes it starts)."""
+    previous = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """No Python warnings and no library log messages below ERROR until the block ends (--quiet), in worker
+    processes started meanwhile too."""
+    import logging
+    import warnings
+
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings(), _environment("PYTHONWARNINGS", "ignore"):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def _apply_options() -> None:
+    """Switch on, for the rest of the running command, what its options ask for: code allowed (--allow-code:
+    TRAITS_ALLOW_CODE=1, inherited by campaign workers) and quiet libraries (--quiet)."""
+    if not _SCOPE:
+        return
+    stack, done = _SCOPE[-1]
+    if OPTIONS["allow_code"] and "allow_code" not in done:
+        from traits.models.torch_module import ALLOW_CODE_ENV
+
+        stack.enter_context(_environment(ALLOW_CODE_ENV, "1"))
+        done.add("allow_code")
+    if OPTIONS["verbosity"] <= 0 and "quiet" not in done:
+        stack.enter_context(_quiet_libraries())
+        done.add("quiet")
 
 
 def print_error(message: str) -> None:
-    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    """``error: `` and the message, control characters escaped. A line break followed by an indent (the
+    problems of a spec, a parser's position) stays one, its line starting with ``error:`` as well; any other line
+    break (in a user string) is printed as ``\\n``."""
+    parts = str(message).split("\n")
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if part.startswith("  "):
+            lines.append(part)
+        else:
+            lines[-1] += "\n" + part
+    for line in lines:
+        err.print(Text.assemble(("error: ", "bold red"), safe_text(line)), soft_wrap=True)
 
 
 def write_crash_log(exc: BaseException, out_dir: Path | None) -> Path | None:
@@ -139,11 +219,26 @@ _PASS_THROUGH = _pass_through()
 
 
 def handles_errors(func):
-    """A TraitsError becomes one clear message and exit 2; any other exception (a bug) exit 3 with a log."""
+    """A TraitsError becomes one clear message and exit 2; any other exception (a bug) exit 3 with a log.
+
+    Before the command runs (and before it imports torch), torch's threads are chosen from the CPUs available
+    (:func:`traits.threads.configure_threads`; TRAITS_THREADS or OMP_NUM_THREADS win)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            _SCOPE.append((stack, set()))
+            try:
+                _apply_options()
+                return _run(args, kwargs)
+            finally:
+                _SCOPE.pop()
+
+    def _run(args, kwargs):
         try:
+            from traits.threads import configure_threads
+
+            configure_threads()
             return func(*args, **kwargs)
         except TraitsError as exc:
             print_error(str(exc))
@@ -169,12 +264,24 @@ def reporter():
 
 @app.command()
 @handles_errors
-def validate(spec: SpecArg) -> None:
-    """Check an audit spec: exit 0 when valid, 2 with the file, field and problem when not."""
+def validate(spec: SpecArg, allow_code: AllowCodeOpt = False) -> None:
+    """Check an audit spec: exit 0 when valid, 2 with the file, field and problem when not.
+
+    A spec that imports Python code (the torch adapter) is valid only with --allow-code or TRAITS_ALLOW_CODE=1;
+    each module it imports is listed (validate imports none)."""
+    from traits.models.torch_module import ALLOW_CODE_ENV, ALLOW_CODE_OPTION, code_allowed, code_imports
     from traits.spec import load_spec
 
+    _set_local(allow_code=allow_code)
     loaded = load_spec(spec)
-    out.print(Text.assemble(f"{spec}: valid audit spec ", (loaded.name, "bold")))
+    out.print(Text.assemble("valid audit spec ", (safe_text(loaded.name), "bold"), f" ({safe_text(spec)})"))
+    if loaded.model.architecture == "torch":
+        state = (f"allowed by {ALLOW_CODE_OPTION} or {ALLOW_CODE_ENV}" if code_allowed() else
+                 f"not allowed: pass {ALLOW_CODE_OPTION} or set {ALLOW_CODE_ENV}=1")
+        for field, path in code_imports(loaded.model.options):
+            module = path.partition(":")[0]
+            out.print(f"imports code: {field} {safe_text(repr(path))} (the Python module {safe_text(repr(module))}, "
+                      f"{state}; not imported by validate)")
 
 
 @app.command()
@@ -202,13 +309,13 @@ def print_split_table(stats: dict, omit: list[str], unit: str, console: Console 
     table.add_column("unseen in train")
     for name, s in stats.items():
         table.add_row(
-            name,
+            safe_text(name),
             str(s["count"]),
             *[str(s["with_omitted"][el]) for el in omit],
             _fmt(s["target_mean"]),
             _fmt(s["target_std"]),
             str(s["n_elements"]),
-            ", ".join(s["elements_unseen_in_train"]) or "–",
+            safe_text(", ".join(s["elements_unseen_in_train"])) or "–",
         )
     console.print(table)
 
@@ -230,27 +337,29 @@ def data(
     manifest: Annotated[
         Path | None, typer.Option(help="Also write the split manifest (ids per split, data hash) here.")
     ] = None,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Load the spec's data, split it by the omitted chemistry and print the split table."""
     from traits.spec import TARGET_UNITS, load_spec
 
+    _set_local(allow_code=allow_code)
     loaded = load_spec(spec, need_checkpoint=False)
     prepared = load_data_with_progress(loaded)
     out.print(Text.assemble(
-        (loaded.name, "bold"),
-        f": {prepared.source}, target {loaded.data.target}, "
+        "data of ", (safe_text(loaded.name), "bold"),
+        f": {safe_text(prepared.source)}, target {loaded.data.target}, "
         + (f"omit {', '.join(loaded.omit) or 'nothing (random split)'}; " if loaded.data.sets is None else
            "sets used as given; ")
         + f"{prepared.n_read} records read, {prepared.cache_hits} graphs from cache, {prepared.built} built",
     ))
     if prepared.skipped:
         for reason, count in sorted(prepared.skipped.items()):
-            out.print(f"  skipped {count}: {reason}")
+            out.print(f"  skipped {count}: {safe_text(reason)}")
     print_split_table(prepared.stats(loaded.omit), loaded.omit, TARGET_UNITS[loaded.data.target])
     out.print(f"split manifest hash {prepared.manifest.hash[:16]}, data hash {prepared.manifest.data_hash[:16]}")
     if manifest is not None:
         prepared.manifest.write(manifest)
-        out.print(f"wrote {manifest}")
+        out.print(f"wrote {safe_text(manifest)}")
 
 
 def _command_line() -> str:
@@ -264,14 +373,15 @@ def print_verdict(result, console: Console = out) -> None:
 
     labels = metric_labels()
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}
-    table = Table(title=Text(f"{result.name}: {result.status.upper()}"), title_justify="left")
+    table = Table(title=Text(f"audit {safe_text(result.name)}: {result.status.upper()}"), title_justify="left")
     table.add_column("level")
     table.add_column("finding")
     for f in result.findings:
-        text = Text(f.statement)  # user strings (names, elements, data sets) print without markup
+        text = Text(safe_text(f.statement))  # user strings (names, elements, data sets) print without markup
         for name, evidence in f.evidence.items():
-            text.append(f"\n  study evidence, {labels.get(name, name)}: {evidence}", style="dim")
-        table.add_row(Text(f.level, style=colours.get(f.level, "")), text)
+            text.append(f"\n  study evidence, {safe_text(labels.get(name, name))}: {safe_text(evidence)}",
+                        style="dim")
+        table.add_row(Text(safe_text(f.level), style=colours.get(f.level, "")), text)
     console.print(table)
 
 
@@ -288,6 +398,7 @@ def audit(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Run the audit a spec declares; exit 0 if all gates pass, 1 if one fails, 2 on bad input, 3 on a bug.
 
@@ -297,7 +408,7 @@ def audit(
     from traits.spec import load_spec
     from traits.verdict import exit_code
 
-    _set_local(quiet, verbose, debug)
+    _set_local(quiet, verbose, debug, allow_code)
     overrides = {"report.formats": [f.strip() for f in formats.split(",") if f.strip()]} if formats else None
     loaded = load_spec(spec, overrides=overrides)
     target = Path(out_dir) if out_dir else loaded.report.out_dir
@@ -310,7 +421,7 @@ def audit(
         from traits.junit import write_junit
 
         write_junit(result, junit)
-    out.print(f"results and report in {target}")
+    out.print(f"results and report in {safe_text(target)}")
     raise typer.Exit(exit_code(result))
 
 
@@ -339,7 +450,7 @@ def report(
         check_folder(out_dir, result.spec, overwrite=overwrite, spec_path=str(results))
         written = render_report(result, out_dir, formats=wanted)
     for path in written.values():
-        out.print(f"wrote {path}")
+        out.print(f"wrote {safe_text(path)}")
 
 
 @app.command()
@@ -388,6 +499,7 @@ def train(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Train the spec's model on its train split (early stopping on val); write a checkpoint."""
     from traits.audit import resolve_device
@@ -395,7 +507,7 @@ def train(
     from traits.spec import load_spec
     from traits.train import train_model
 
-    _set_local(quiet, verbose, debug)
+    _set_local(quiet, verbose, debug, allow_code)
     loaded = load_spec(spec, need_checkpoint=False)
     if loaded.model.train is None:
         raise TraitsError(f"{spec}: model.train is not set; add training settings to train a model")
@@ -407,9 +519,9 @@ def train(
     for col in ("split", "MAE", "RMSE", "R²", "n"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split, m in result.metrics.items():
-        table.add_row(split, _fmt(m["mae"], 4), _fmt(m["rmse"], 4), _fmt(m["r2"], 3), str(m["n"]))
+        table.add_row(safe_text(split), _fmt(m["mae"], 4), _fmt(m["rmse"], 4), _fmt(m["r2"], 3), str(m["n"]))
     out.print(table)
-    out.print(f"checkpoint {result.checkpoint} ({result.epochs_run} epochs)")
+    out.print(f"checkpoint {safe_text(result.checkpoint)} ({result.epochs_run} epochs)")
 
 
 def _parse_hyper(text: str | None) -> dict | None:
@@ -495,10 +607,13 @@ def predict(
     rows, unit = predict_files(checkpoint, kind, list(files), device=resolve_device(device),
                                architecture=architecture if kind == "state-dict" else None,
                                hyper=hyper_dict, normalizer=norm, target=target)
+    # ids come from file names: escaped, and quoted where a line would start with a workflow command
     writer = csv.writer(sys.stdout, lineterminator="\n")
+    quoted = csv.writer(sys.stdout, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(["id", "prediction", "unit"])
     for ident, value in rows:
-        writer.writerow([ident, f"{value:.6g}", unit])
+        ident = safe_text(ident)
+        (quoted if ident.lstrip().startswith("::") else writer).writerow([ident, f"{value:.6g}", safe_text(unit)])
 
 
 @app.command()
@@ -515,17 +630,18 @@ def campaign(
     workers: Annotated[int, typer.Option(help="Tasks run at once (processes or Dask workers).")] = 1,
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker (default: cores / workers).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address, e.g. tcp://HOST:8786.")] = None,
-    max_tasks: Annotated[int | None, typer.Option(help="Run at most this many unfinished tasks.")] = None,
+    max_tasks: Annotated[int | None, typer.Option(min=1, help="Run at most this many unfinished tasks.")] = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated shell patterns of task names to run, e.g. "
                                                   "'*-element-*' (default: every task).")] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Run every spec of a campaign (resuming finished tasks) and write a comparison summary."""
-    from traits.campaign import run_campaign, summary_markdown
+    from traits.campaign import TasksFailed, campaign_exit_code, run_campaign, summary_markdown
 
-    _set_local(quiet, verbose, debug)
+    _set_local(quiet, verbose, debug, allow_code)
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
     except ValueError:
@@ -533,12 +649,17 @@ def campaign(
     if seed_list is not None and any(not 0 <= s < 2**63 for s in seed_list):
         raise TraitsError(f"--seeds: every seed must satisfy 0 <= seed < 2**63, got {seeds}")
     with reporter() as rep:
-        summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data, log=rep.log,
-                               progress=rep, summary_only=summary_only, executor=executor, workers=workers,
-                               threads=threads, scheduler=scheduler, max_tasks=max_tasks,
-                               only=[p.strip() for p in only.split(",")] if only else None)
+        try:
+            summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data,
+                                   log=rep.log, progress=rep, summary_only=summary_only, executor=executor,
+                                   workers=workers, threads=threads, scheduler=scheduler, max_tasks=max_tasks,
+                                   only=[p.strip() for p in only.split(",")] if only else None)
+        except TasksFailed as exc:  # the others are summarised; exit 3 below (traits.campaign's exit contract)
+            summary = exc.summary
+            print_error(str(exc))
     out.print(summary_markdown(summary))
-    out.print(f"summary in {out_dir}/summary.{{json,md,html,pdf}}")
+    out.print(f"summary in {safe_text(out_dir)}/summary.{{json,md,html,pdf}}")
+    raise typer.Exit(campaign_exit_code(summary))  # 0 passed, 1 a gate failed, 3 a task failed
 
 
 @app.command()
@@ -558,7 +679,7 @@ def compare(
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     comparison = compare_files(a, b, gates, out_dir, wanted, junit)
     print_comparison(comparison, out)
-    out.print(f"comparison in {out_dir}", highlight=False)
+    out.print(f"comparison in {safe_text(out_dir)}", highlight=False)
     raise typer.Exit(exit_code(comparison))
 
 
@@ -578,7 +699,7 @@ def export_mace(
     from traits.models.mace import export_file
 
     written = export_file(model_file, folder, training_data)
-    out.print(Text.assemble("MACE model written to ", str(written), " (model.architecture: mace, "
+    out.print(Text.assemble("MACE model written to ", safe_text(written), " (model.architecture: mace, "
                             "model.checkpoint: this folder)"))
 
 
@@ -609,12 +730,13 @@ def screen(
                      device=resolve_device(device), formats=wanted)
     skipped = sum(res.skipped.values())
     out.print(f"screened {res.n_screened} of {res.n_read} structures ({skipped} skipped"
-              f"{': ' + '; '.join(f'{k}: {v}' for k, v in res.skipped.items()) if skipped else ''}); "
+              f"{': ' + '; '.join(f'{safe_text(k)}: {v}' for k, v in res.skipped.items()) if skipped else ''}); "
               f"{res.n_flagged} flagged high, {res.n_nan} without a finite prediction", highlight=False)
     if not res.calibrated:
         out.print("no calibration stored with this checkpoint: the scores are uncalibrated (see the report)",
                   highlight=False)
-    out.print(f"results in {out_dir}: {', '.join(p.name for p in res.files.values())}", highlight=False)
+    out.print(f"results in {safe_text(out_dir)}: {safe_text(', '.join(p.name for p in res.files.values()))}",
+              highlight=False)
 
 
 from traits.study.cli import register as _register_study  # noqa: E402  (traits study generate | summary)

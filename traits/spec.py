@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from traits.errors import SpecError
 from traits.study import catalogue as _catalogue
@@ -32,15 +31,42 @@ MODEL_TARGET = "model"
 DATA_ROOT_ENV = "TRAITS_DATA"
 
 
+#: Bounds on what one field can ask for, so no spec can ask for unbounded work or memory: names and
+#: column names, free text, file paths (Linux PATH_MAX), and counts of structures a cap may name.
+MAX_NAME = 200
+MAX_TEXT = 4000
+MAX_PATH = 4096
+MAX_STRUCTURES = 10_000_000
+
+
+def _path_length(value: Any) -> Any:
+    if isinstance(value, str | os.PathLike) and len(str(value)) > MAX_PATH:
+        raise ValueError(f"a path of {len(str(value)):,} characters; at most {MAX_PATH} are allowed")
+    return value
+
+
+#: A file path of a spec (at most MAX_PATH characters).
+SpecPath = Annotated[Path, BeforeValidator(_path_length)]
+#: A name or column name (at most MAX_NAME characters).
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+
+
 class _Strict(BaseModel):
     # NaN and ±inf are refused in every number of a spec (e.g. `span: .inf`), naming the field
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-def _check_element(symbol: str) -> str:
-    from pymatgen.core.periodic_table import Element
+#: The element symbols a spec may name: pymatgen's (``Element.__members__``, deuterium and tritium included), listed
+#: here so that checking a spec does not import pymatgen (``tests/test_startup_imports.py`` compares the two).
+ELEMENT_SYMBOLS = frozenset(
+    "H D T He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr Rb Sr Y "
+    "Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os "
+    "Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh "
+    "Fl Mc Lv Ts Og".split())
 
-    if not isinstance(symbol, str) or not Element.is_valid_symbol(symbol):
+
+def _check_element(symbol: str) -> str:
+    if not isinstance(symbol, str) or symbol not in ELEMENT_SYMBOLS:
         raise ValueError(f"{symbol!r} is not a chemical element symbol (e.g. 'Fe', 'O')")
     return symbol
 
@@ -50,9 +76,10 @@ class GraphSpec(_Strict):
 
     cutoff: float = Field(8.0, gt=0, le=20, description="Neighbour cutoff radius in Å (periodic).")
     max_neighbors: int = Field(12, ge=1, le=64, description="Nearest neighbours kept per atom.")
-    gaussian_step: float = Field(0.2, gt=0, description="Spacing (Å) of the Gaussian distance basis.")
+    gaussian_step: float = Field(0.2, ge=0.01, le=20, description="Spacing (Å) of the Gaussian distance basis "
+                                 "(at least 0.01 Å, so at most 2001 Gaussians).")
     gaussian_width: float | None = Field(
-        None, gt=0, description="Width (Å) of each Gaussian; defaults to the step, as in CGCNN."
+        None, gt=0, le=20, description="Width (Å) of each Gaussian; defaults to the step, as in CGCNN."
     )
     pad_neighbors: bool = Field(
         False,
@@ -69,13 +96,13 @@ class GraphSpec(_Strict):
 class DataSets(_Strict):
     """Named sets: each a data file read by the spec's ``source`` reader; the probes run on exactly these."""
 
-    id: Path = Field(description="The in-distribution (ID) test set.")
-    ood: Path = Field(description="The out-of-distribution (OOD) set.")
-    train: Path | None = Field(
+    id: SpecPath = Field(description="The in-distribution (ID) test set.")
+    ood: SpecPath = Field(description="The out-of-distribution (OOD) set.")
+    train: SpecPath | None = Field(
         None, description="The training set, when known: the domain-shift distances are measured against it "
         "(they are skipped without it), and 'model.train' trains on it."
     )
-    val: Path | None = Field(None, description="The validation set (early stopping when 'model.train' is set).")
+    val: SpecPath | None = Field(None, description="The validation set (early stopping when 'model.train' is set).")
 
     def named(self) -> dict[str, Path]:
         """The given sets in split order (train, val, id, ood)."""
@@ -91,22 +118,23 @@ class DataSpec(_Strict):
         "target columns), 'mp' (Materials Project JSON / JSON Lines), 'jarvis' (JARVIS-DFT JSON), 'ase' (any "
         "file ASE reads: extxyz, an ASE database, ...; targets from each frame's info / key-value pairs)."
     )
-    path: Path | None = Field(None, description="Data file; not used for source 'sample' or with 'sets'.")
+    path: SpecPath | None = Field(None, description="Data file; not used for source 'sample' or with 'sets'.")
     sets: DataSets | None = Field(
         None, description="Named sets instead of an omission split: {id: FILE, ood: FILE, train: FILE, val: FILE} "
         "(train and val optional), each read by 'source' with the options below; 'omit' must then be empty. "
         "The probes run on exactly these structures (no re-splitting, no subsample).",
     )
-    target: str = Field(description="Target property: formation_energy_per_atom, band_gap or energy_per_atom "
+    target: Name = Field(description="Target property: formation_energy_per_atom, band_gap or energy_per_atom "
                         "(read from target_column, e.g. your own DFT energies), or 'model' for a label-free audit "
                         "(the loss is the mean squared deviation from the model's own unperturbed predictions; "
                         "no labels are read).")
-    target_column: str | None = Field(
+    target_column: Name | None = Field(
         None, description="Column/field holding the target, when it differs from the source's default."
     )
-    id_column: str | None = Field(None, description="Column/field holding the id (csv: default 'material_id').")
-    structure_column: str | None = Field(None, description="Column holding the CIF text (csv: default 'cif').")
-    subsample: int | None = Field(None, gt=0, description="Use at most this many structures (seeded).")
+    id_column: Name | None = Field(None, description="Column/field holding the id (csv: default 'material_id').")
+    structure_column: Name | None = Field(None, description="Column holding the CIF text (csv: default 'cif').")
+    subsample: int | None = Field(None, gt=0, le=MAX_STRUCTURES,
+        description="Use at most this many structures (seeded).")
     graph: GraphSpec = Field(default_factory=GraphSpec)
 
     @field_validator("target")
@@ -174,7 +202,7 @@ class HoldoutSpec(_Strict):
     periodic-table group (1-18) or row (1-7)."""
 
     kind: Literal["element", "chemsys", "spacegroup", "crystal_system", "group", "row"]
-    values: list[str | int] = Field(min_length=1)
+    values: list[Name | int] = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")
     def _values(self) -> HoldoutSpec:
@@ -211,9 +239,9 @@ class HoldoutSpec(_Strict):
 class CGCNNHyper(_Strict):
     """Hyper-parameters of the crystal graph convolutional network."""
 
-    atom_fea_len: int = Field(64, ge=1)
+    atom_fea_len: int = Field(64, ge=1, le=1024)
     n_conv: int = Field(3, ge=1, le=12)
-    h_fea_len: int = Field(128, ge=1)
+    h_fea_len: int = Field(128, ge=1, le=4096)
     n_h: int = Field(1, ge=0, le=6)
     batch_norm: bool = True
     pooling: Literal["mean", "sum", "max"] = "mean"
@@ -222,15 +250,15 @@ class CGCNNHyper(_Strict):
 class TrainSpec(_Strict):
     """How to train a model when no checkpoint is given."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     loss: Literal["mse", "mae", "huber"] = "mse"
-    patience: int = Field(10, ge=1, description="Early stopping: epochs without validation improvement.")
-    checkpoint_every: int = Field(1, ge=1, description="Save a resumable state every this many epochs.")
+    patience: int = Field(10, ge=1, le=100_000, description="Early stopping: epochs without validation improvement.")
+    checkpoint_every: int = Field(1, ge=1, le=100_000, description="Save a resumable state every this many epochs.")
 
 
 ModelFormat = Literal["traits", "state-dict", "cgcnn-original"]
@@ -243,13 +271,13 @@ GRAPH_ARCHITECTURES = ("cgcnn", "cgcnn-original")
 class ModelSpec(_Strict):
     """The model under audit: an adapter (architecture) and either a checkpoint or how to train one."""
 
-    architecture: str = Field("cgcnn", description="The model adapter: cgcnn, cgcnn-original, chgnet, sevenn, "
+    architecture: Name = Field("cgcnn", description="The model adapter: cgcnn, cgcnn-original, chgnet, sevenn, "
                               "torch, or one registered through the 'traits.models' entry points.")
     hyper: CGCNNHyper = Field(default_factory=CGCNNHyper, description="CGCNN hyper-parameters (cgcnn, "
                               "cgcnn-original).")
     options: dict[str, Any] = Field(default_factory=dict, description="The adapter's own settings, validated by "
                                     "its options model (see 'traits schema'), e.g. chgnet {version: 0.3.0}.")
-    checkpoint: Path | None = Field(None, description="Weights to audit (safetensors + JSON sidecar, "
+    checkpoint: SpecPath | None = Field(None, description="Weights to audit (safetensors + JSON sidecar, "
                                     "a plain state dict, or an original CGCNN .pth.tar; for chgnet / sevenn a "
                                     "local checkpoint instead of the weights bundled in the package).")
     format: ModelFormat = "traits"
@@ -266,11 +294,11 @@ class ModelSpec(_Strict):
 
     def adapter_options(self):
         """``options`` validated by the adapter's own options model (CGCNN: ``hyper``)."""
-        from traits.models.base import adapter_class
+        from traits.models.base import options_class
 
         if self.architecture in GRAPH_ARCHITECTURES:
             return self.hyper
-        return adapter_class(self.architecture).Options.model_validate(self.options)
+        return options_class(self.architecture).model_validate(self.options)
 
     @model_validator(mode="after")
     def _adapter_fields(self) -> ModelSpec:
@@ -312,18 +340,20 @@ class HessianSpec(_Strict):
     enabled: bool = True
     backend: Literal["traits", "pyhessian"] = "traits"
     top_k: int = Field(5, ge=1, le=50)
-    max_steps: int = Field(60, ge=2, description="Most Lanczos steps (HVPs) of each eigenvalue run (top-k, λ_min).")
+    max_steps: int = Field(60, ge=2, le=1000,
+        description="Most Lanczos steps (HVPs) of each eigenvalue run (top-k, λ_min).")
     tol: float = Field(1e-3, gt=0, description="Relative residual at which a Ritz pair counts as converged "
                        "(for λ_min relative to |λ_min|, floored at 1% of the spectral radius).")
     hvp: Literal["retain", "recompute", "jvp"] = Field(
         "retain", description="Hessian-vector products: double backward keeping each batch's gradient graph "
         "between products (fastest, bit-identical to 'recompute'), rebuilding it per product, or "
         "forward-over-reverse ('jvp').")
-    trace_hvps: int = Field(60, ge=3, description="HVP budget of each trace estimate.")
-    density_runs: int = Field(3, ge=1)
-    density_steps: int = Field(40, ge=2)
+    trace_hvps: int = Field(60, ge=3, le=10_000, description="HVP budget of each trace estimate.")
+    density_runs: int = Field(3, ge=1, le=100)
+    density_steps: int = Field(40, ge=2, le=1000)
     max_samples: int | None = Field(
-        512, gt=0, description="Subsample each split to at most this many structures for the Hessian."
+        512, gt=0, le=MAX_STRUCTURES,
+            description="Subsample each split to at most this many structures for the Hessian."
     )
 
 
@@ -337,12 +367,12 @@ class SurfaceSpec(_Strict):
     include_bias_and_norm: bool = Field(False, description="Perturb biases and normalisation layers too.")
     tolerance: float = Field(0.1, gt=0, description="τ: the robust region keeps L ≤ (1+τ)·L(θ).")
     sharpness_radius: float = Field(0.1, gt=0, description="ε of the sharpness metric.")
-    chunk_size: int | None = Field(None, ge=1, description="Grid points per pass (auto when empty).")
+    chunk_size: int | None = Field(None, ge=1, le=100_000, description="Grid points per pass (auto when empty).")
     compile: bool = Field(False, description="Evaluate the surface losses with a torch.compile-d (inductor) loss, "
                           "used only if it matches the uncompiled loss at θ (relative 1e-5); its compile time is "
                           "recorded. Off by default: on a 2-core CPU a surface point was 1.5-1.7x faster, after a "
                           "12-24 s compile that pays off only on large grids or several surfaces.")
-    max_samples: int | None = Field(1024, gt=0, description="Subsample each split for the surfaces.")
+    max_samples: int | None = Field(1024, gt=0, le=MAX_STRUCTURES, description="Subsample each split for the surfaces.")
     directions: Literal["random", "hessian"] = Field(
         "random",
         description="'hessian' adds a 2D surface in the plane of the eigenvectors of the largest and the "
@@ -361,14 +391,16 @@ class ShiftSpec(_Strict):
     k: int = Field(5, ge=1, le=100, description="Neighbours: the distance of a compound is the mean distance "
                    "to its k nearest training compounds.")
     max_train: int | None = Field(
-        5000, gt=0, description="Measure distances against at most this many training compounds (seeded)."
+        5000, gt=0, le=MAX_STRUCTURES,
+            description="Measure distances against at most this many training compounds (seeded)."
     )
     composition: Literal["fractions", "fractions+properties"] = Field(
         "fractions+properties",
         description="Composition vector: element fractions over Z = 1..100, optionally with six "
         "fraction-weighted element properties (electronegativity, radius, row, group, Mendeleev number, mass).",
     )
-    max_points: int = Field(2000, ge=10, description="Per-compound values kept per split for the histograms.")
+    max_points: int = Field(2000, ge=10, le=MAX_STRUCTURES,
+        description="Per-compound values kept per split for the histograms.")
     near_ratio: float = Field(
         1.5, gt=0, description="The OOD set is 'close' to training in the model's embedding when its median "
         "kNN distance is at most this multiple of the ID one (the verdict's fragile-representation case).",
@@ -390,8 +422,10 @@ class UncertaintySpec(_Strict):
     planes: int = Field(2, ge=0, le=8, description="Random filter-normalised planes for Hessian-WAG, besides "
                         "the Hessian-eigenvector plane.")
     points: int = Field(9, ge=3, le=41, description="Grid points per axis of each WAG plane.")
-    max_samples: int | None = Field(256, gt=0, description="Training structures of the curvature and WAG losses.")
-    max_eval: int | None = Field(1000, gt=0, description="At most this many val / ID / OOD compounds scored.")
+    max_samples: int | None = Field(256, gt=0, le=MAX_STRUCTURES,
+        description="Training structures of the curvature and WAG losses.")
+    max_eval: int | None = Field(1000, gt=0, le=MAX_STRUCTURES,
+        description="At most this many val / ID / OOD compounds scored.")
 
 
 class ProbeSpec(_Strict):
@@ -442,28 +476,31 @@ class GateSpec(_Strict):
 
 class ReportSpec(_Strict):
     formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html", "pdf"])
-    out_dir: Path = Path("traits-out")
+    out_dir: SpecPath = Path("traits-out")
 
 
 class CardSpec(_Strict):
     """Optional model-card fields, shown in the report (provenance section and summary page)."""
 
-    intended_use: str = Field("", description="What the model is for, and what it is not for.")
-    training_data: str = Field("", description="The data the model was trained on (source, size, licence).")
-    licence: str = Field("", description="Licence of the model weights, e.g. 'CC-BY-4.0' or 'MIT'.")
+    intended_use: str = Field("", max_length=MAX_TEXT, description="What the model is for, and what it is not for.")
+    training_data: str = Field("", max_length=MAX_TEXT,
+        description="The data the model was trained on (source, size, licence).")
+    licence: str = Field("", max_length=MAX_NAME,
+        description="Licence of the model weights, e.g. 'CC-BY-4.0' or 'MIT'.")
 
 
 class AuditSpec(_Strict):
     """A whole audit."""
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    description: str = Field("", max_length=MAX_TEXT)
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of every random choice (0 <= seed < 2**63).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     data: DataSpec
-    omit: list[Annotated[str, Field()]] = Field(
+    omit: list[Name] = Field(
         default_factory=list,
+        max_length=118,
         description="Element symbols; a compound containing any of them is out of distribution. "
         "Empty: a random-split baseline.",
     )
@@ -576,18 +613,24 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def read_mapping(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON file into a dict, with errors naming the file."""
-    from traits.inputs import read_text_checked
+def read_mapping(path: Path, *, aliases: bool = True) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with errors naming the file.
+
+    YAML is loaded by :func:`traits.inputs.load_yaml_text`: what aliases expand to is bounded, and with
+    ``aliases=False`` (audit specs) an alias is refused, naming the line."""
+    from traits.inputs import load_yaml_text, read_text_checked
 
     path = Path(path)
     text = read_text_checked(path, "spec file", SpecError)
-    try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
-    except RecursionError:
-        raise SpecError(f"{path}: nested too deeply to be an audit spec") from None
+    if path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path}: not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise SpecError(f"{path}: nested too deeply to be an audit spec") from None
+    else:
+        raw = load_yaml_text(text, path, SpecError, aliases=aliases)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: an audit spec must be a mapping of keys to values, got {type(raw).__name__}")
     return raw
@@ -605,7 +648,7 @@ def load_spec(
     ``overrides`` are dotted keys (e.g. ``{"data.subsample": 200}``) applied before validation.
     """
     path = Path(path)
-    raw = read_mapping(path)
+    raw = read_mapping(path, aliases=False)
     for key, value in (overrides or {}).items():
         node = raw
         *parents, leaf = key.split(".")

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from traits.errors import CheckpointError
 from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
+from traits.models.options import ALIGNNOptions
 
 #: ALIGNN / JARVIS target names -> (TRAITS property, units).
 TARGETS = {
@@ -50,20 +50,6 @@ DATASETS = {
 }
 
 _MODEL_NAMES = ("alignn_atomwise_pure", "alignn_atomwise")
-
-
-class ALIGNNOptions(BaseModel):
-    """Settings of the ``alignn`` adapter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    property: str | None = Field(None, description="The property the model predicts (a TRAITS target name); "
-                                 "default: read from config.json's 'target'.")
-    units: str | None = Field(None, description="Units of the predictions (default: those of the property).")
-    training_data: str | None = Field(None, description="What the model was trained on (default: config.json's "
-                                      "'dataset' when it names a known one; otherwise unknown).")
-    cutoff: float | None = Field(None, gt=0, description="Neighbour cutoff in Å (default: config.json's).")
-    max_neighbors: int | None = Field(None, ge=1, description="Neighbour cap (default: config.json's).")
 
 
 def _alignn_folder(source) -> tuple[Path, Path]:

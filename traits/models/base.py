@@ -9,7 +9,8 @@ An adapter turns a saved model into the three things the probes need:
 - ``featurise(structure)`` and ``collate(items, device, dtype)``: a pymatgen ``Structure`` becomes an
   adapter-specific payload (wrapped in a :class:`Featurised` carrying ``material_id``, ``y`` and ``z``), and a
   list of them becomes one batch object carrying ``.y`` (a ``(B,)`` tensor), ``num_graphs`` and ``material_id``.
-  A structure the adapter cannot featurise raises :class:`FeaturiseError`; it is skipped and counted.
+  A structure the adapter cannot featurise raises :class:`FeaturiseError`; it is skipped and counted. A
+  structure with a partly occupied site is one (:meth:`Adapter.featurise_structure` checks it first).
 - ``probe_parameters(model)``: the names of the parameters to probe. ``requires_grad`` is not trusted (CHGNet
   freezes its AtomRef, other packages freeze everything unless loaded for training):
   :func:`set_probe_parameters` makes exactly these trainable, every other parameter frozen.
@@ -32,14 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
 from traits.errors import SpecError, TraitsError
+
+if TYPE_CHECKING:  # torch and numpy are imported where they are used: the registry and options load without them
+    import numpy as np
+    import torch
+    from torch import nn
 
 #: Entry-point group third-party adapters register under.
 ENTRY_POINT_GROUP = "traits.models"
@@ -53,6 +56,19 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "alignn": "traits.models.alignn:ALIGNNAdapter",
     "mace": "traits.models.mace:MACEAdapter",
     "torch": "traits.models.torch_module:TorchModuleAdapter",
+}
+
+#: The options model of each built-in adapter: name -> "module:Class" in a module that imports no torch, so that
+#: ``traits validate`` and ``traits schema`` check and export ``model.options`` without starting torch. The same
+#: class is the adapter's ``Options``.
+BUILTIN_OPTIONS: dict[str, str] = {
+    "cgcnn": "traits.spec:CGCNNHyper",
+    "cgcnn-original": "traits.spec:CGCNNHyper",
+    "chgnet": "traits.models.options:CHGNetOptions",
+    "sevenn": "traits.models.options:SevenNetOptions",
+    "alignn": "traits.models.options:ALIGNNOptions",
+    "mace": "traits.models.options:MACEOptions",
+    "torch": "traits.models.torch_module:TorchModuleOptions",
 }
 
 #: The label-free target: the model is scored against its own unperturbed predictions.
@@ -227,6 +243,13 @@ class Adapter:
         return items, skipped
 
     def featurise_structure(self, material_id: str, structure, target: float, options) -> Featurised:
+        """The adapter's input for one structure; a partly occupied site raises FeaturiseError naming the site
+        and its occupancies before the adapter's featuriser sees it (every adapter needs ordered structures)."""
+        import torch
+
+        from traits.data.graphs import check_ordered
+
+        check_ordered(structure, FeaturiseError)
         payload = self.featurise(structure, options)
         z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
         return Featurised(str(material_id), torch.tensor(float(target), dtype=torch.float64), z, payload,
@@ -244,6 +267,9 @@ class Adapter:
     def predict(self, model: nn.Module, items: Sequence[Featurised], device: torch.device,
                 dtype: torch.dtype | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(ids, predictions, targets) for ``items`` in eval mode, without gradients."""
+        import numpy as np
+        import torch
+
         from traits.probes.objective import eval_mode
 
         dtype = dtype or next(model.parameters()).dtype
@@ -262,6 +288,8 @@ class Adapter:
 
 def check_output(out, batch, name: str) -> None:
     """A forward must return a finite (B,) tensor; anything else is a ProbeError naming the adapter."""
+    import torch
+
     from traits.errors import ProbeError
 
     n = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
@@ -327,12 +355,23 @@ def get_adapter(name: str) -> Adapter:
     return adapter_class(name)()
 
 
+def options_class(name: str) -> type[BaseModel]:
+    """The options model of the adapter ``name``: a built-in's from :data:`BUILTIN_OPTIONS` (torch not imported),
+    another's ``Options`` (its adapter class imported); an unknown name is a SpecError listing the adapters."""
+    target = BUILTIN_OPTIONS.get(name)
+    if target is not None:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return adapter_class(name).Options
+
+
 def options_schemas() -> dict[str, dict]:
-    """Each importable adapter's options JSON schema, by adapter name (for ``traits schema``)."""
+    """Each importable adapter's options JSON schema, by adapter name (for ``traits schema``; the built-ins'
+    without importing torch)."""
     out = {}
     for name in adapter_names():
         try:
-            out[name] = adapter_class(name).Options.model_json_schema()
+            out[name] = options_class(name).model_json_schema()
         except SpecError:
             continue
     return out

@@ -14,21 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from traits.errors import CheckpointError
 from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
-
-
-class SevenNetOptions(BaseModel):
-    """Settings of the ``sevenn`` adapter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field("7net-0", description="Pretrained model name (7net-0 ships in the sevenn wheel; others "
-                       "must have been downloaded) when model.checkpoint names no file.")
-    modal: str | None = Field(None, description="Fidelity of a multi-fidelity model (e.g. 'mpa').")
+from traits.models.options import SevenNetOptions
 
 
 def _numpy_globals() -> list:

@@ -1,0 +1,126 @@
+"""Threads chosen from the CPUs actually available (affinity, cgroup quota), a passive OpenMP wait policy, the
+user's TRAITS_THREADS / OMP_NUM_THREADS winning, and bad settings refused naming the variable."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from traits import threads as T
+from traits.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cgroup(tmp_path: Path, files: dict[str, str], proc: str = "0::/\n") -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    root.mkdir(exist_ok=True)
+    (tmp_path / "proc-cgroup").write_text(proc)
+    return root, tmp_path / "proc-cgroup"
+
+
+def test_cgroup_v2_quota(tmp_path):
+    assert T.cgroup_cpu_limit(*cgroup(tmp_path, {"cpu.max": "150000 100000\n"})) == 1.5
+    assert T.cgroup_cpu_limit(*cgroup(tmp_path / "b", {"cpu.max": "max 100000\n"})) is None
+
+
+def test_cgroup_v2_quota_of_the_process_group(tmp_path):
+    root, proc = cgroup(tmp_path, {"cpu.max": "max 100000\n", "job/cpu.max": "50000 100000\n"}, "0::/job\n")
+    assert T.cgroup_cpu_limit(root, proc) == 0.5
+
+
+def test_cgroup_v1_quota(tmp_path):
+    files = {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
+    assert T.cgroup_cpu_limit(*cgroup(tmp_path, files)) == 3.0
+    none = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert T.cgroup_cpu_limit(*cgroup(tmp_path / "b", none)) is None
+
+
+def test_available_cpus_is_the_affinity_capped_by_the_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert T.available_cpus(*cgroup(tmp_path, {"cpu.max": "250000 100000\n"}))[0] == 3  # 2.5 CPUs, rounded up
+    count, why = T.available_cpus(*cgroup(tmp_path / "b", {"cpu.max": "max 100000\n"}))
+    assert count == 8 and "affinity" in why
+    assert T.available_cpus(*cgroup(tmp_path / "c", {"cpu.max": "10000 100000\n"}))[0] == 1  # at least one
+
+
+def test_choice_from_the_cpus_with_a_passive_wait_policy():
+    r = T.choose_threads({}, cpus=(3, "3 CPUs in the process's affinity mask"))
+    assert (r["threads"], r["source"], r["wait_policy"]) == (3, "available CPUs", "PASSIVE")
+    assert "affinity" in r["why"]
+
+
+def test_the_users_settings_win():
+    cpus = (8, "8 CPUs")
+    assert T.choose_threads({"OMP_NUM_THREADS": "2"}, cpus)["threads"] == 2
+    r = T.choose_threads({"OMP_NUM_THREADS": "2", "TRAITS_THREADS": "5", "OMP_WAIT_POLICY": "active"}, cpus)
+    assert (r["threads"], r["source"], r["wait_policy"]) == (5, "TRAITS_THREADS", "ACTIVE")
+    assert "set by the user" in r["why"] and "set by the user" in r["wait_policy_why"]
+
+
+def test_settings_traits_made_are_not_taken_for_the_users():
+    """A worker inherits the OMP_* variables TRAITS set in its parent: it counts the CPUs again."""
+    env = {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "TRAITS_THREADS_CHOSEN": "policy,threads"}
+    r = T.choose_threads(env, cpus=(4, "4 CPUs"))
+    assert (r["threads"], r["source"]) == (4, "available CPUs")
+    assert not r["wait_policy_why"].startswith("set by the user")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "100000"])
+def test_a_bad_thread_count_names_the_variable(value):
+    with pytest.raises(T.ThreadsError, match=f"TRAITS_THREADS='{value}'"):
+        T.choose_threads({"TRAITS_THREADS": value}, cpus=(2, "2 CPUs"))
+
+
+CONFIGURE = r"""
+import json, os, sys
+from traits.threads import configure_threads
+record = configure_threads()
+import torch
+print(json.dumps({"record": record, "torch": torch.get_num_threads(),
+                  "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}}))
+"""
+
+
+def configure(**env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TRAITS_THREADS", "TRAITS_THREADS_CHOSEN")}
+    proc = subprocess.run([sys.executable, "-c", CONFIGURE], cwd=ROOT, env=clean | env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_configure_sets_torch_before_it_starts():
+    out = configure()
+    # the CPUs a fresh process may use (this test process's own mask may have been narrowed by a library that
+    # pins its threads), capped by the cgroup quota
+    fresh = subprocess.run([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    cpus = int(fresh.stdout)
+    limit = T.cgroup_cpu_limit()
+    cpus = max(1, min(cpus, math.ceil(limit))) if limit is not None else cpus
+    assert out["record"]["threads"] == cpus == out["torch"]
+    assert out["env"] == {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_configure_follows_traits_threads():
+    out = configure(TRAITS_THREADS="1", OMP_NUM_THREADS="2")
+    assert out["torch"] == 1 and out["record"]["source"] == "TRAITS_THREADS"
+
+
+def test_cli_refuses_a_bad_traits_threads_with_exit_2(monkeypatch):
+    monkeypatch.setattr(T, "_RECORD", None)
+    monkeypatch.setenv("TRAITS_THREADS", "0")
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "audits" / "quickstart.yaml")])
+    assert result.exit_code == 2
+    assert "TRAITS_THREADS='0'" in result.output and "whole number" in result.output
