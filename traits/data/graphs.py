@@ -1,9 +1,10 @@
 """Crystal structures as graphs, and the on-disk graph cache.
 
 A crystal becomes a graph whose nodes are the atoms of the unit cell and whose directed edges join
-each atom to its ``max_neighbors`` nearest periodic neighbours within ``cutoff`` (pymatgen neighbour
-lists). Edge features are the distances expanded in Gaussians (as in CGCNN); node features are the
-92-long per-element vectors of CGCNN's ``atom_init.json`` (MIT, see ``traits/data/NOTICE.md``).
+each atom to its ``max_neighbors`` nearest periodic neighbours within ``cutoff`` (pymatgen's compiled
+neighbour search, :func:`neighbour_list`). Edge features are the distances expanded in Gaussians (as in
+CGCNN); node features are the 92-long per-element vectors of CGCNN's ``atom_init.json`` (MIT, see
+``traits/data/NOTICE.md``).
 
 Edges point from neighbour to centre: ``edge_index[0]`` is the neighbour j, ``edge_index[1]`` the
 centre i, so messages flow into the centre atom (torch_geometric's ``source_to_target``).
@@ -83,8 +84,35 @@ class DegenerateStructure(GraphError):
 MIN_VOLUME = 1e-6
 
 
-def check_geometry(structure) -> None:
-    """Raise DegenerateStructure for a singular lattice (zero volume) or non-finite numbers."""
+#: The skip reason counted for a structure with a partly occupied site (graph building, screening).
+DISORDERED = "disordered structure (partial occupancy)"
+
+
+class DisorderedStructure(GraphError):
+    """A structure with a partly occupied site: a crystal graph needs one element on every site."""
+
+
+def disorder_message(structure) -> str | None:
+    """Why ``structure`` cannot become a graph because of disorder (its first partly occupied site, with its
+    species and occupancies), or None when every site holds one element with occupancy 1."""
+    if structure.is_ordered:
+        return None
+    index, site = next((i, site) for i, site in enumerate(structure) if not site.is_ordered)
+    occupancy = " ".join(f"{species}{amount:g}" for species, amount in site.species.items()) or "empty"
+    return (f"site {index} is disordered (partial occupancy: {occupancy}); "
+            "TRAITS models need ordered structures")
+
+
+def check_ordered(structure, error: type[Exception] = DisorderedStructure) -> None:
+    """Raise ``error`` (DisorderedStructure unless given) naming the first partly occupied site."""
+    message = disorder_message(structure)
+    if message is not None:
+        raise error(message)
+
+
+def _geometry(structure) -> tuple[np.ndarray, np.ndarray]:
+    """(lattice matrix, Cartesian coordinates) as float arrays; raises DegenerateStructure for a singular
+    lattice (zero volume), non-finite numbers or no atoms."""
     try:
         matrix = np.asarray(structure.lattice.matrix, dtype=float)
         coords = np.asarray(structure.cart_coords, dtype=float)
@@ -97,16 +125,64 @@ def check_geometry(structure) -> None:
         raise DegenerateStructure(f"singular lattice (cell volume {volume:.3g} Å³)")
     if len(structure) == 0:
         raise DegenerateStructure("the structure has no atoms")
+    return matrix, coords
 
 
-def structure_graph(structure, settings) -> GraphArrays:
-    """Build the neighbour graph of a pymatgen ``Structure`` (raises GraphError on isolated atoms,
-    DegenerateStructure on a singular lattice or non-finite numbers)."""
-    check_geometry(structure)
+def check_geometry(structure) -> None:
+    """Raise DegenerateStructure for a singular lattice (zero volume) or non-finite numbers."""
+    _geometry(structure)
+
+
+#: Neighbour-search backends. "kernel" (the default) calls pymatgen's compiled search
+#: (``pymatgen.optimization.neighbors.find_points_in_spheres``) on the coordinate arrays directly;
+#: "pymatgen" goes through ``Structure.get_neighbor_list``, which wraps the same search in per-site Python and
+#: is kept as the reference the tests compare against. Both give the same pairs, images, distances and order.
+NEIGHBOUR_BACKENDS = ("kernel", "pymatgen")
+
+#: pymatgen's numerical tolerance (Å): a pair is kept when d² < cutoff² + tol; an atom's own image closer
+#: than tol is itself and dropped.
+NEIGHBOUR_TOL = 1e-8
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in NEIGHBOUR_BACKENDS:
+        raise ValueError(f"unknown neighbour-search backend {backend!r}; one of {', '.join(NEIGHBOUR_BACKENDS)}")
+
+
+def neighbour_list(structure, cutoff: float, backend: str = "kernel",
+                   geometry: tuple[np.ndarray, np.ndarray] | None = None):
+    """(centres, neighbours, images, distances) of every periodic pair within ``cutoff``, exactly as
+    ``Structure.get_neighbor_list(r=cutoff)`` gives them (same order; a pair is kept when d² < cutoff² + 1e-8,
+    an atom's own periodic images are included, the atom itself is not). ``geometry`` is
+    ``(lattice matrix, Cartesian coordinates)`` when the caller already has them."""
+    _check_backend(backend)
+    try:
+        from pymatgen.optimization.neighbors import find_points_in_spheres
+    except ImportError:  # pymatgen built without its extension: its pure-Python search is the only one
+        backend = "pymatgen"
+    if backend == "pymatgen":
+        return structure.get_neighbor_list(r=cutoff, numerical_tol=NEIGHBOUR_TOL)
+    matrix, coords = geometry if geometry is not None else _geometry(structure)
+    coords = np.ascontiguousarray(coords, dtype=float)
+    centres, neighbours, images, dists = find_points_in_spheres(
+        coords, coords, r=float(cutoff), pbc=np.ascontiguousarray(structure.pbc, dtype=np.int64),
+        lattice=np.ascontiguousarray(matrix, dtype=float), tol=NEIGHBOUR_TOL,
+    )
+    keep = ~((centres == neighbours) & (dists <= NEIGHBOUR_TOL))
+    return centres[keep], neighbours[keep], images[keep], dists[keep]
+
+
+def structure_graph(structure, settings, backend: str = "kernel") -> GraphArrays:
+    """Build the neighbour graph of a pymatgen ``Structure`` (raises DisorderedStructure on a partly occupied
+    site, DegenerateStructure on a singular lattice or non-finite numbers, GraphError on isolated atoms).
+    ``backend`` is the neighbour search (:data:`NEIGHBOUR_BACKENDS`); every backend gives the same graph."""
+    _check_backend(backend)
+    check_ordered(structure)
+    geometry = _geometry(structure)
     n = len(structure)
     z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
     try:
-        centres, neighbours, _images, dists = structure.get_neighbor_list(r=settings.cutoff)
+        centres, neighbours, _images, dists = neighbour_list(structure, settings.cutoff, backend, geometry)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
     order = np.lexsort((dists, centres))  # by centre, then by distance
@@ -235,6 +311,9 @@ def build_graphs(
                 continue
             try:
                 arrays = structure_graph(structure, settings)
+            except DisorderedStructure:
+                out.skipped[DISORDERED] += 1
+                continue
             except DegenerateStructure:
                 out.skipped["degenerate structure (singular lattice or non-finite numbers)"] += 1
                 continue
