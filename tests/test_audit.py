@@ -111,6 +111,22 @@ def test_the_thread_settings_are_recorded(audited):
     assert torch.get_num_threads() <= threads["threads"]
 
 
+def test_smad_is_a_catalogue_ratio_read_from_the_surface_topology(audited):
+    """SMAD of each split's random-plane surface (surface.topology) reaches the split metrics and the ratios."""
+    from traits.study.catalogue import metric
+
+    result, out, _ = audited
+    result = load_result(out / "results.json")
+    for split in ("id", "ood"):
+        topo = result.surface.topology["grids"][split]
+        assert result.metrics[split].smad == topo["smad"]
+        assert result.metrics[split].smad_normalized == topo["smad_normalized"]
+    i, o = result.metrics["id"].smad, result.metrics["ood"].smad
+    if i and o is not None:
+        assert result.ratios["smad_ratio"] == pytest.approx(o / i)
+    assert metric("smad_ratio").source == "metrics.smad" and metric("smad_ratio").gate_field is None
+
+
 def test_every_split_has_accuracy(audited):
     result, _, _ = audited
     assert set(result.accuracy) == {"train", "val", "id", "ood"}

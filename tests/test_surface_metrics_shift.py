@@ -87,3 +87,41 @@ def test_sub_resolution_values_give_no_ratio():
     r = ratios(m, {})
     assert r.get("radius_ratio") is None and r.get("basin_area_ratio") is None
     assert isinstance(ood, SplitMetrics)
+
+
+def test_a_gate_on_a_ratio_below_resolution_says_so_and_names_the_bound():
+    """The radius gate of a split whose radius is under one grid step is undetermined, and says why (the bound),
+    instead of 'not measured'."""
+    from result_factory import make_result
+
+    from traits.spec import GateSpec
+    from traits.verdict import evaluate_gates
+
+    result = make_result()
+    result.ratios["radius_ratio"] = None
+    result.ratio_intervals.pop("radius_ratio", None)
+    result.metrics["ood"].robust_radius = None
+    result.metrics["ood"].below_resolution["robust_radius"] = 0.0333
+    gate = next(g for g in evaluate_gates(result, GateSpec()) if g.name == "radius_ratio")
+    assert not gate.determined and gate.level == "warn"
+    assert "below the grid's resolution (OOD robust radius < 0.0333, one 1D grid step)" in gate.statement
+    result.metrics["ood"].below_resolution.clear()
+    gate = next(g for g in evaluate_gates(result, GateSpec()) if g.name == "radius_ratio")
+    assert "not measured" in gate.statement
+
+
+def test_the_summary_table_shows_a_value_below_resolution_as_its_bound():
+    from result_factory import make_result
+
+    from traits.report.headline import headlines
+    from traits.report.render import render_html
+
+    result = make_result()
+    result.ratios["radius_ratio"] = None
+    result.ratio_intervals.pop("radius_ratio", None)
+    result.metrics["ood"].robust_radius = None
+    result.metrics["ood"].below_resolution["robust_radius"] = 0.0333
+    row = next(h for h in headlines(result) if h.key == "robust_radius")
+    assert row.ood.value is None and row.ood.below == 0.0333 and row.ratio.value is None
+    html = render_html(result)
+    assert "&lt; 0.033</span> <span class=\"ci\">below resolution</span>" in html and "under the grid's resolution" in html

@@ -94,7 +94,8 @@ print(json.dumps({"record": record, "torch": torch.get_num_threads(),
 
 def configure(**env: str) -> dict:
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TRAITS_THREADS", "TRAITS_THREADS_CHOSEN")}
+             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "TRAITS_THREADS",
+                          "TRAITS_THREADS_CHOSEN")}
     proc = subprocess.run([sys.executable, "-c", CONFIGURE], cwd=ROOT, env=clean | env, capture_output=True,
                           text=True, timeout=120, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -111,6 +112,13 @@ def test_configure_sets_torch_before_it_starts():
     cpus = max(1, min(cpus, math.ceil(limit))) if limit is not None else cpus
     assert out["record"]["threads"] == cpus == out["torch"]
     assert out["env"] == {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_a_users_mkl_thread_count_is_their_choice_and_the_record_is_what_torch_runs():
+    """torch also reads MKL_NUM_THREADS (the lower count wins): set by the user it is their choice, and the
+    record says what torch runs (it said 2 while torch ran 1)."""
+    out = configure(MKL_NUM_THREADS="1")
+    assert out["record"]["threads"] == 1 == out["torch"] and out["record"]["source"] == "MKL_NUM_THREADS"
 
 
 def test_configure_follows_traits_threads():

@@ -629,6 +629,9 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
             plane = nan_array(surf.plane_grids[split])
             m.plane_basin_area = json_float(pm.basin_area_fraction(plane, loss0, delta))
         mark_below_resolution(m, step, surf)
+        topo = (surf.topology.get("grids") or {}).get(split) or {}
+        m.smad, m.smad_normalized = json_float(topo.get("smad")), json_float(topo.get("smad_normalized"))
+        m.plane_smad = json_float(((surf.topology.get("plane_grids") or {}).get(split) or {}).get("smad"))
     elif surf is not None and split in surf.curves:  # L(θ) itself is NaN/inf: no radius, but count the points
         values = [v for c in surf.curves[split] for v in c] + [v for row in surf.grids.get(split, []) for v in row]
         m.nan_fraction = sum(v is None for v in values) / len(values) if values else None

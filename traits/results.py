@@ -211,6 +211,9 @@ class SplitMetrics(_Result):
     smooth_to: MaybeFloat = Field(None, description="the sampled loss is smooth at least this far from θ")
     n_jumps: int | None = None
     entropy: MaybeFloat = Field(None, description="loss-landscape entropy (Vita & Schwalbe-Koda 2023)")
+    smad: MaybeFloat = Field(None, description="SMAD of the random-plane 2D surface (surface.topology; schema 1.5)")
+    smad_normalized: MaybeFloat = Field(None, description="that SMAD over the surface's loss range")
+    plane_smad: MaybeFloat = Field(None, description="SMAD of the Hessian-eigenvector-plane surface")
     below_resolution: dict[str, float] = Field(
         default_factory=dict, description="metric -> its upper bound, for a metric under the grid's resolution (a "
         "radius shorter than one grid step, a basin of one grid point): the metric itself is None (schema 1.5)")

@@ -32,6 +32,8 @@ THREADS_ENV = "TRAITS_THREADS"
 #: OpenMP's thread count and wait policy (read by torch's OpenMP runtime when its pool starts).
 OMP_THREADS_ENV = "OMP_NUM_THREADS"
 OMP_WAIT_ENV = "OMP_WAIT_POLICY"
+#: MKL's thread count, which torch also reads when it starts (a lower one wins over OMP_NUM_THREADS).
+MKL_THREADS_ENV = "MKL_NUM_THREADS"
 #: The wait policy TRAITS sets: waiting threads sleep, so a loaded machine's CPUs go to threads with work.
 WAIT_POLICY = "PASSIVE"
 #: Marks OMP_NUM_THREADS / OMP_WAIT_POLICY as set by TRAITS (not by the user) in this process and the workers it
@@ -132,10 +134,13 @@ def choose_threads(environ: Mapping[str, str] | None = None, cpus: tuple[int, st
     chosen = environ.get(_CHOSEN_ENV, "")
     own = _count(environ, THREADS_ENV)
     omp = None if "threads" in chosen.split(",") else _count(environ, OMP_THREADS_ENV)
+    mkl = None if "threads" in chosen.split(",") else _count(environ, MKL_THREADS_ENV)
     if own is not None:
         threads, source, why = own, "TRAITS_THREADS", f"set by the user ({THREADS_ENV}={own})"
     elif omp is not None:
         threads, source, why = omp, "OMP_NUM_THREADS", f"set by the user ({OMP_THREADS_ENV}={omp})"
+    elif mkl is not None:
+        threads, source, why = mkl, "MKL_NUM_THREADS", f"set by the user ({MKL_THREADS_ENV}={mkl})"
     else:
         count, counted = cpus if cpus is not None else available_cpus()
         threads, source, why = count, "available CPUs", counted
@@ -162,6 +167,8 @@ def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict:
     marks = set(filter(None, environ.get(_CHOSEN_ENV, "").split(",")))
     if record["source"] != "OMP_NUM_THREADS" and not started:
         environ[OMP_THREADS_ENV] = str(record["threads"])
+        if record["source"] != "MKL_NUM_THREADS":  # torch takes the lower of the two: keep them equal
+            environ[MKL_THREADS_ENV] = str(record["threads"])
         marks.add("threads")
     if not record["wait_policy_why"].startswith("set by the user"):
         if started:

@@ -95,7 +95,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from traits.results import AuditResult, Finding, GateOutcome, Level
+from traits.results import SPLIT_LABELS, AuditResult, Finding, GateOutcome, Level
 from traits.study import catalogue as _catalogue
 
 
@@ -130,6 +130,25 @@ def gate_value(result: AuditResult, name: str) -> float | None:
     return result.ratios.get(name)
 
 
+#: The per-split metric behind a gated ratio that can lie below the grid's resolution.
+_RESOLVED_BY_GRID = {"radius_ratio": ("robust_radius", "robust radius", "one 1D grid step")}
+
+
+def _below_resolution(result: AuditResult, name: str) -> str | None:
+    """Why a ratio is missing when a split's value lies below the grid's resolution (a bound, not a number:
+    :func:`traits.audit.mark_below_resolution`), e.g. 'OOD robust radius below the grid's resolution (< 0.0333,
+    one 1D grid step); a finer grid would resolve it'; None otherwise."""
+    key, label, unit = _RESOLVED_BY_GRID.get(name, (None, None, None))
+    if key is None:
+        return None
+    parts = [f"{SPLIT_LABELS.get(split, split)} {label} < {m.below_resolution[key]:.3g}"
+             for split, m in result.metrics.items() if split in ("id", "ood") and key in m.below_resolution]
+    if not parts:
+        return None
+    return (f"below the grid's resolution ({', '.join(parts)}, {unit}); a finer surface grid "
+            "(probes.surface.points_1d) would resolve it")
+
+
 def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
     """Evaluate every gate of ``gates`` (a :class:`traits.spec.GateSpec`) on stored results.
 
@@ -158,7 +177,7 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
             if iv is not None and iv["status"] != "ok":
                 why = format_interval(iv)
             elif value is None:
-                why = "not measured"
+                why = _below_resolution(result, gate.name) or "not measured"
             else:
                 why = f"{format_interval(iv)}: the interval contains the gate {gate.comparison} {threshold:g}"
             outcomes.append(GateOutcome(

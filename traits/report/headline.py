@@ -39,6 +39,7 @@ class Value:
     source: str = ""  # "bootstrap" | "stderr" | "result" | ""
     censored: bool = False  # a lower bound (robust radius at the edge of the grid)
     status: str = ""  # of a stored interval: ok | uncertified | undefined
+    below: float | None = None  # an upper bound in place of a value under the grid's resolution
 
     @property
     def has_interval(self) -> bool:
@@ -163,7 +164,8 @@ def _metric(result: AuditResult, split: str, name: str) -> Value:
     if m is None:
         return Value(None)
     return Value(finite(getattr(m, name, None)),
-                 censored=bool(name == "robust_radius" and m.robust_radius_censored))
+                 censored=bool(name == "robust_radius" and m.robust_radius_censored),
+                 below=finite(m.below_resolution.get(name)))
 
 
 def headlines(result: AuditResult) -> list[Headline]:
@@ -188,7 +190,7 @@ def headlines(result: AuditResult) -> list[Headline]:
                  _knn(result, "id"), _knn(result, "ood"), ratio_value(result, "embedding_knn_ratio"),
                  "embedding_knn_ratio"),
     ]
-    return [h for h in rows if any(v.value is not None for v in (h.id, h.ood, h.ratio))]
+    return [h for h in rows if any(v.value is not None or v.below is not None for v in (h.id, h.ood, h.ratio))]
 
 
 def _knn(result: AuditResult, split: str) -> Value:

@@ -121,8 +121,8 @@ _METRICS: tuple[Metric, ...] = (
            report_label="Hessian trace", source="metrics.trace", description="Hessian trace (Hutch++), OOD over ID."),
     Metric("radius_ratio", "robust radius", "landscape", direction=-1.0, gate_field="min_radius_ratio",
            comparison=">=", report_label="robust radius", source="metrics.robust_radius",
-           description="Radius of the region where the loss stays within (1+τ)·L(θ), OOD over ID. Warn-only "
-           "until a study shows it tracks OOD error: the reference campaign measured ρ = 0.04."),
+           description="Radius of the region where the loss stays within L(θ) + δ (one absolute band δ for both "
+           "splits), OOD over ID. Warn-only until a study shows it tracks OOD error."),
     Metric("sharpness_ratio", "sharpness", "landscape", report_label="sharpness", source="metrics.sharpness",
            description="ε-sharpness, OOD over ID."),
     Metric("basin_area_ratio", "basin area", "landscape", direction=-1.0, report_label="basin area fraction",
@@ -130,6 +130,15 @@ _METRICS: tuple[Metric, ...] = (
     Metric("plane_basin_area_ratio", "basin area (eigenvector plane)", "landscape", direction=-1.0,
            report_label="basin area fraction, eigenvector plane", source="metrics.plane_basin_area",
            description="Basin area in the plane of the top and bottom Hessian eigenvectors, OOD over ID."),
+    Metric("smad_ratio", "SMAD", "landscape", report_label="SMAD (saddle-minimum average distance)",
+           source="metrics.smad",
+           description="Saddle-minimum average distance of the random-plane 2D surface (Landscaper's definition), "
+           "OOD over ID: proposed as a sign of a rougher landscape out of distribution; not yet measured by a "
+           "study, so it warns only."),
+    Metric("smad_normalized_ratio", "SMAD / loss range", "landscape", report_label="SMAD over the loss range",
+           source="metrics.smad_normalized", description="SMAD divided by the surface's loss range, OOD over ID."),
+    Metric("plane_smad_ratio", "SMAD (eigenvector plane)", "landscape", report_label="SMAD, eigenvector plane",
+           source="metrics.plane_smad", description="SMAD of the Hessian-eigenvector-plane surface, OOD over ID."),
     Metric("nonconvexity_ratio", "|λ_min|/λ_max", "landscape", report_label="non-convexity |λmin|/λmax",
            source="metrics.nonconvexity", description="Non-convexity at θ, OOD over ID."),
     Metric("first_jump_ratio", "first jump scale", "landscape", direction=-1.0,
@@ -168,8 +177,10 @@ _GATE_LABELS = {"mae_ratio": "OOD/ID MAE ratio", "lambda_ratio": "OOD/ID λ_max 
                 "nan_fraction": "non-finite share of the loss surfaces",
                 "embedding_knn_ratio": "OOD/ID embedding kNN-distance ratio"}
 _STAGES = {"accuracy": ("mae_ratio", "rmse_ratio"),
-           "hessian": ("lambda_ratio", "trace_ratio", "nonconvexity_ratio", "plane_basin_area_ratio"),
-           "surfaces": ("radius_ratio", "sharpness_ratio", "basin_area_ratio", "first_jump_ratio",
+           "hessian": ("lambda_ratio", "trace_ratio", "nonconvexity_ratio", "plane_basin_area_ratio",
+                       "plane_smad_ratio"),
+           "surfaces": ("radius_ratio", "sharpness_ratio", "basin_area_ratio", "smad_ratio", "smad_normalized_ratio",
+                        "first_jump_ratio",
                         "entropy_ood_minus_id", "loss_ratio", "nan_fraction"),
            "shift": ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio",
                      "composition_knn_p90_ratio", "embedding_knn_p90_ratio", "target_ks_ratio")}
