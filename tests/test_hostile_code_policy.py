@@ -211,3 +211,14 @@ def test_the_action_passes_allow_code_through_env_and_defaults_to_off(tmp_path):
         assert res.returncode == 0, res.stderr
         seen.append(log.read_text().strip())
     assert seen == ["allow=unset", "allow=1", "allow=unset"] and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("graph, field", [({"cutoff": -1}, "graph.cutoff"), ({"radius": 8}, "graph.radius")])
+def test_the_torch_adapters_graph_settings_are_validated_with_the_spec(monkeypatch, graph, field):
+    """options.graph is held to data.graph's own bounds when the spec is loaded (validate exits 2 naming it)."""
+    from traits.models.torch_module import TorchModuleOptions
+
+    monkeypatch.setenv("TRAITS_ALLOW_CODE", "1")
+    with pytest.raises(ValueError, match=field):
+        TorchModuleOptions(module="mypkg.nets:Net", graph=graph)
+    assert TorchModuleOptions(module="mypkg.nets:Net", graph={"cutoff": 6.0}).graph == {"cutoff": 6.0}

@@ -169,6 +169,24 @@ class TorchModuleOptions(BaseModel):
             raise PydanticCustomError("code_import", "{message}", {"message": str(exc)}) from None
         return value
 
+    @field_validator("graph")
+    @classmethod
+    def _graph_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The graph settings held to ``data.graph``'s own model (its bounds, no unknown keys) when the spec is
+        loaded, so ``cutoff: -1`` is bad input found by ``traits validate``, not an error in the middle of a run."""
+        from pydantic import ValidationError
+
+        from traits.spec import GraphSpec
+
+        try:
+            GraphSpec.model_validate(value)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+            raise PydanticCustomError("graph_settings", "graph.{where}: {msg}", {"where": where, "msg": msg}) from None
+        return value
+
 
 class TorchModuleAdapter(Adapter):
     name = "torch"
