@@ -46,6 +46,99 @@ TARGET_LIMIT = 1e12
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
 
 
+def structure_from_dict(data: Any):
+    """A pymatgen Structure from its dict form (``Structure.as_dict()``: ``lattice.matrix`` and each site's
+    ``species`` [{element, occu}] with ``abc``, or ``xyz``), built from those numbers alone.
+
+    ``Structure.from_dict`` is not used: it decodes every site property with monty's decoder, which imports the
+    module a ``"@module"`` key names, so a data or structure file could run code. What a crystal graph needs (the
+    lattice, the elements and their occupancies, the positions) is read here; site properties, charges and any
+    ``@module``/``@class`` keys are ignored. A malformed dict raises ValueError."""
+    from pymatgen.core import Element, Lattice, Structure
+
+    try:
+        matrix = data["lattice"]["matrix"]
+        species, coords, cartesian = [], [], []
+        for site in data["sites"]:
+            occupancy: dict[str, float] = {}
+            for sp in site["species"]:
+                symbol = str(sp["element"])
+                Element(symbol)  # an unknown symbol is a ValueError
+                occupancy[symbol] = occupancy.get(symbol, 0.0) + float(sp.get("occu", 1.0))
+            ordered = len(occupancy) == 1 and next(iter(occupancy.values())) == 1.0
+            species.append(next(iter(occupancy)) if ordered else occupancy)
+            frac = site.get("abc")
+            coords.append([float(x) for x in (frac if frac is not None else site["xyz"])])
+            cartesian.append(frac is None)
+        if any(cartesian) and not all(cartesian):
+            raise ValueError("sites mix fractional (abc) and Cartesian (xyz) coordinates")
+        return Structure(Lattice([[float(x) for x in row] for row in matrix]), species, coords,
+                         coords_are_cartesian=bool(cartesian and cartesian[0]))
+    except (KeyError, TypeError, IndexError, StopIteration) as exc:
+        raise ValueError(f"not a pymatgen structure dict ({type(exc).__name__}: {exc})") from None
+
+
+#: Compressed structure files: their suffix and how to open them (what they expand to is bounded while read).
+_COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def structure_file_format(path: Path) -> str | None:
+    """'cif', 'poscar' or 'json' from a structure file's name (under a .gz, .bz2 or .xz suffix), or None."""
+    name = Path(path).name.lower()
+    for suffix in _COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith(".cif"):
+        return "cif"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith((".vasp", ".poscar")) or name.startswith(("poscar", "contcar")):
+        return "poscar"
+    return None
+
+
+def read_structure_file(path: Path):
+    """The crystal structure of one CIF, POSCAR/CONTCAR (``*.vasp``) or pymatgen-JSON file, plain or compressed.
+
+    The file's kind is taken from its name and its text is read here, bounded while it is read (a compressed file's
+    expansion is capped at :data:`traits.inputs.SMALL_FILE_LIMIT` whatever its header says), then parsed from that
+    text: pymatgen's ``from_file`` is not used, since it opens any format it knows by name (YAML with unbounded
+    aliases, JSON decoded by monty, which imports modules) and decompresses without a bound. A DataError names
+    the file and the problem."""
+    import bz2
+    import lzma
+
+    from pymatgen.core import Structure
+
+    from traits.inputs import SMALL_FILE_LIMIT, check_fits, file_size, read_stream_bounded, require_file
+
+    path = Path(path)
+    fmt = structure_file_format(path)
+    if fmt is None:
+        raise DataError(f"{path}: not a structure file TRAITS reads (a CIF, POSCAR/CONTCAR, *.vasp or pymatgen "
+                        "structure JSON file, plain or .gz/.bz2/.xz)")
+    require_file(path, "structure file", DataError)
+    check_fits(path, file_size(path), "structure file", DataError, limit=SMALL_FILE_LIMIT)
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}.get(
+        next((v for k, v in _COMPRESSED_SUFFIXES.items() if path.name.lower().endswith(k)), ""), open)
+    try:
+        with opener(path, "rb") as fh:
+            raw = read_stream_bounded(fh, path, "structure file", DataError, SMALL_FILE_LIMIT)
+        text = bytes(raw).decode("utf-8")
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable structure file ({type(exc).__name__}: {exc})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "json":
+                return structure_from_dict(json.loads(text))
+            return Structure.from_str(text, fmt=fmt)
+    except Exception as exc:  # pymatgen raises many kinds for unreadable files
+        raise DataError(f"{path}: cannot read a crystal structure from this {fmt.upper()} file "
+                        f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 @dataclass(frozen=True)
 class Entry:
     """One compound as read from a source: its id, target value and structure text."""
@@ -69,7 +162,7 @@ class Entry:
             data = json.loads(self.payload)
             try:
                 if self.fmt == "pymatgen-dict":
-                    return Structure.from_dict(data)
+                    return structure_from_dict(data)
                 lattice = Lattice(data["lattice_mat"])
                 return Structure(
                     lattice,

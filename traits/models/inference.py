@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,23 +80,11 @@ def accuracy(preds, targets) -> dict:
 
 
 def _structure_data(path: Path, settings):
-    from pymatgen.core import Structure
-
     from traits.data.graphs import atom_feature_table, structure_graph, to_data
+    from traits.data.sources import read_structure_file
     from traits.errors import GraphError
-    from traits.inputs import SMALL_FILE_LIMIT, check_fits, file_size, require_file
 
-    require_file(path, "structure file", DataError)
-    check_fits(path, file_size(path), "structure file", DataError, limit=SMALL_FILE_LIMIT)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_file(path)
-    except Exception as exc:  # pymatgen raises many kinds for unreadable files
-        raise DataError(
-            f"{path}: cannot read a crystal structure from this file ({type(exc).__name__}: {str(exc)[:200]}); "
-            "give a CIF or POSCAR file"
-        ) from None
+    structure = read_structure_file(path)  # CIF, POSCAR or pymatgen JSON only; bounded; never imports code
     try:
         arrays = structure_graph(structure, settings)
     except GraphError as exc:
