@@ -182,3 +182,46 @@ def test_documented_workflow_uses_the_action(action):
             for s in job["steps"]:
                 if s.get("uses") in ("./",) or str(s.get("uses", "")).endswith("/traits@v0.1.0"):
                     assert set(s.get("with", {})) <= set(action["inputs"]), s
+
+
+def _no_forged_lines(text: str) -> None:
+    """Only the action's own workflow commands start a line (GitHub reads `::name ...::` at a line's start)."""
+    for line in text.splitlines():
+        assert not line.startswith("::") or line.startswith("::error title=TRAITS "), repr(line)
+
+
+def test_a_newline_in_the_command_input_is_percent_encoded_not_a_forged_workflow_command(action, tmp_path):
+    r = Runner(action, tmp_path, {"command": "x 100%\r\n::error title=forged::all gates passed\n::add-mask::y"})
+    res = r.run("Run traits")
+    assert res.returncode == 0 and r.outputs["exit-code"] == "2" and r.calls() == []
+    _no_forged_lines(res.stdout)
+    assert ("::error title=TRAITS bad input::unknown command 'x 100%25%0D%0A::error title=forged::all gates passed"
+            "%0A::add-mask::y' (choose audit, gate or compare)") in res.stdout
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_newline_in_the_out_input_never_starts_a_line(action, tmp_path, code):
+    out = "o\n::error title=forged::passed\n::stop-commands::t"
+    r = Runner(action, tmp_path, {"spec": "s.yaml", "out": out}, exit_code=code)
+    assert r.run("Run traits").returncode == 0 and r.outputs["exit-code"] == str(code)
+    assert (tmp_path / out / "results.json").exists()  # traits itself gets the directory as it is
+    verdict = r.run("TRAITS verdict")
+    assert verdict.returncode == code
+    _no_forged_lines(verdict.stdout)
+    assert "o%0A::error title=forged::passed%0A::stop-commands::t" in verdict.stdout
+
+
+@pytest.mark.parametrize("args", ["--allow-code", "--format json --allow-code", "--allow-code=1"])
+def test_args_cannot_smuggle_allow_code_past_the_allow_code_input(action, tmp_path, args):
+    r = Runner(action, tmp_path, {"spec": "s.yaml", "args": args})
+    res = r.run("Run traits")
+    assert res.returncode == 0 and r.outputs["exit-code"] == "2" and r.outputs["status"] == "bad-input"
+    assert r.calls() == []  # traits never ran, so no spec code was imported
+    assert "::error title=TRAITS bad input::input 'args' passes --allow-code" in res.stdout
+    assert r.run("TRAITS verdict").returncode == 2
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    r = Runner(action, allowed, {"spec": "s.yaml", "args": args, "allow-code": "true"})
+    assert r.run("Run traits").returncode == 0 and r.outputs["exit-code"] == "0"
+    assert r.calls() == [f"audit s.yaml --out traits-out --junit traits-out/gates.xml {args}"]

@@ -35,7 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from traits.errors import TraitsError
-from traits.progress import SafeConsole, safe_text
+from traits.progress import SafeConsole, safe_diagnostics, safe_text
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
@@ -228,6 +228,7 @@ def handles_errors(func):
     def wrapper(*args, **kwargs):
         with contextlib.ExitStack() as stack:
             _SCOPE.append((stack, set()))
+            stack.enter_context(safe_diagnostics())  # warnings and stray log records printed escaped
             try:
                 _apply_options()
                 return _run(args, kwargs)

@@ -21,16 +21,21 @@ printed as Python-style escapes (ESC as ``\\x1b``, a newline in a user string as
 workflow command anywhere in a GitHub Actions log line) as ``#\\x23[``, so a spec name, path or message can neither
 drive the terminal (clear it, colour it, set its title, plant a link) nor start a line that GitHub reads as a
 workflow command. :class:`SafeConsole` applies it to everything rich prints (keeping the line breaks of TRAITS'
-own multi-line text); progress lines escape newlines too, and start with their timestamp.
+own multi-line text); progress lines escape newlines too, and start with their timestamp. While a command runs
+(:func:`safe_diagnostics`), Python warnings and library log records that nothing else handles are printed the same
+way, each line starting with ``warning:``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import logging
 import sys
 import threading
 import time
 import unicodedata
+import warnings
 from collections.abc import Callable
 from typing import Literal, TextIO
 
@@ -46,7 +51,7 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 
 
 def _unsafe(ch: str) -> bool:
-    return ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+    return ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
 
 
 def _escapes(text: str, keep_newlines: bool) -> list[str]:
@@ -70,8 +75,9 @@ def _is_safe(text: str, keep_newlines: bool = False) -> bool:
 
 
 def safe_text(text: object, keep_newlines: bool = False) -> str:
-    """``text`` as printed on a terminal or in a CI log: control characters, line and paragraph separators and
-    bidirectional overrides as Python-style escapes (``\\x1b``, ``\\n``, ``\\u202e``) and ``##[`` as
+    """``text`` as printed on a terminal or in a CI log: control characters, line and paragraph separators,
+    bidirectional overrides and lone surrogates (which no terminal encoding can print) as Python-style escapes
+    (``\\x1b``, ``\\n``, ``\\u202e``, ``\\ud800``) and ``##[`` as
     ``#\\x23[``; ``keep_newlines`` keeps line breaks (TRAITS' own multi-line text). Other text is unchanged."""
     text = str(text)
     if _is_safe(text, keep_newlines):
@@ -113,6 +119,57 @@ class SafeConsole(Console):
         if isinstance(renderable, Text):
             renderable = safe_rich_text(renderable)
         return super().render(renderable, options)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for a TRAITS command: one line ``warning: file:line: Category: message``, every
+    part through :func:`safe_text`, so a library's warning that quotes a user string (a file name with ESC in it)
+    neither drives the terminal nor starts a line with that string."""
+    name = getattr(category, "__name__", "Warning")
+    return f"warning: {safe_text(filename)}:{lineno}: {safe_text(name)}: {safe_text(message)}\n"
+
+
+class SafeLogFormatter(logging.Formatter):
+    """Log records as one line ``<level>: <message>`` (traceback included), through :func:`safe_text`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {safe_text(super().format(record))}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted (as logging's own lastResort does)."""
+
+    def __init__(self, level: int) -> None:
+        logging.Handler.__init__(self, level)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.setStream; the stream is always the current stderr
+        pass
+
+
+@contextlib.contextmanager
+def safe_diagnostics():
+    """Until the block ends, Python warnings (their format: ``warnings.formatwarning``, so that recording them
+    still works) and the log records no handler takes (``logging.lastResort``, where a library's warning goes when
+    nothing configured logging) are printed on stderr through :func:`safe_text`, each line starting with
+    ``warning:`` (or the record's level), never with a user string."""
+    previous_format, previous_last = warnings.formatwarning, logging.lastResort
+    install_safe_diagnostics()
+    try:
+        yield
+    finally:
+        warnings.formatwarning, logging.lastResort = previous_format, previous_last
+
+
+def install_safe_diagnostics() -> None:
+    """:func:`safe_diagnostics` for the rest of the process (a campaign worker, which runs nothing else)."""
+    last = _StderrHandler(logging.WARNING)
+    last.setFormatter(SafeLogFormatter())
+    warnings.formatwarning, logging.lastResort = _format_warning, last
 
 
 def timestamp() -> str:

@@ -125,8 +125,11 @@ def run_inline(fn: Callable, jobs: Sequence, log: Callable[[str], None] = lambda
 
 
 def _start_worker(threads: int, parent: int) -> None:
-    """Initializer of a local-pool worker: its torch threads and the orphan watchdog."""
+    """Initializer of a local-pool worker: its torch threads, escaped warnings and the orphan watchdog."""
+    from traits.progress import install_safe_diagnostics
+
     _set_threads(threads)
+    install_safe_diagnostics()  # a worker's warnings reach the same terminal: escaped like the parent's
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="traits-orphan-watchdog").start()
 
 
