@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from traits.results import AuditResult, Finding, Level, load_result
 COMPARE_SCHEMA_VERSION = "1.0"
 FORMATS = ("json", "html", "pdf")
 LIMITS = ("max_growth", "max_relative_growth", "max_drop", "max_relative_drop")
+#: What a gate's metric name is made of (it is printed in tables and reports): letters, digits, underscores.
+_METRIC_KEY = re.compile(r"[A-Za-z0-9_]+")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +124,11 @@ def read_gates(path: Path) -> list[DeltaGate]:
         except ValidationError as exc:
             raise SpecError(format_validation_error(exc, f"{path} (gate {i + 1})")
                             .replace("invalid audit spec", "invalid gate", 1)) from None
+    for i, g in enumerate(gates):
+        if not _METRIC_KEY.fullmatch(g.metric):
+            raise SpecError(f"{path}: {where}[{i}].metric: {g.metric[:60]!r} is not a metric key (letters, digits "
+                            f"and underscores); choose from {', '.join(sorted(METRICS))} or any ratio of the results "
+                            "(…_ratio)")
     unknown = [g.metric for g in gates if g.metric not in METRICS and not g.metric.endswith("_ratio")
                and g.metric != "entropy_ood_minus_id"]
     if unknown:

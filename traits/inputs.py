@@ -155,6 +155,8 @@ def load_yaml_text(text: str, path: Path, error: type[TraitsError] = TraitsError
         raise error(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:
         raise error(f"{path}: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer too long to read (Python's int digit limit)
+        raise error(f"{path}: cannot read a value of the YAML ({exc})") from None
     finally:
         loader.dispose()
 

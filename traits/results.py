@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -392,21 +393,34 @@ MAX_RESULT_STRING = 20_000
 
 
 def _overlong_string(raw: Any, where: str = "") -> str | None:
-    """The dotted place of the first string (key or value) longer than :data:`MAX_RESULT_STRING`, or None."""
+    """Where the first bad string (key or value) is and what is wrong with it, or None: longer than
+    :data:`MAX_RESULT_STRING`, or holding a lone surrogate (a ``\\ud800`` escape, which no UTF-8 text can hold)."""
+    too_long = (f"a text longer than {MAX_RESULT_STRING:,} characters (TRAITS writes none; a report of it would "
+                "not end)")
+    surrogate = "a text with a lone surrogate (\\ud800-\\udfff), which is not a character (TRAITS writes none)"
+
+    def problem(text: str) -> str | None:
+        if len(text) > MAX_RESULT_STRING:
+            return too_long
+        return surrogate if _SURROGATE.search(text) else None
+
     stack = [(raw, where)]
     while stack:
         node, at = stack.pop()
         if isinstance(node, str):
-            if len(node) > MAX_RESULT_STRING:
-                return at or "(top level)"
+            if (bad := problem(node)) is not None:
+                return f"{at or '(top level)'}: {bad}"
         elif isinstance(node, dict):
             for key, value in node.items():
-                if isinstance(key, str) and len(key) > MAX_RESULT_STRING:
-                    return f"{at}.(a key)" if at else "(a key)"
+                if isinstance(key, str) and (bad := problem(key)) is not None:
+                    return f"{at + '.(a key)' if at else '(a key)'}: {bad}"
                 stack.append((value, f"{at}.{key}" if at else str(key)))
         elif isinstance(node, list):
             stack.extend((value, f"{at}[{i}]") for i, value in enumerate(node))
     return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_result(path: str | Path) -> AuditResult:
@@ -422,14 +436,13 @@ def load_result(path: str | Path) -> AuditResult:
     text = read_text_checked(path, "results file", TraitsError, limit=None)
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # bad JSON, or an integer too long to read (Python's int digit limit)
         raise TraitsError(f"{path}: not a readable results file ({exc})") from exc
     except RecursionError:
         raise TraitsError(f"{path}: not a results file (its JSON is nested too deeply)") from None
     long_string = _overlong_string(raw)
     if long_string is not None:
-        raise TraitsError(f"{path}: invalid results file at {long_string}: a text longer than "
-                          f"{MAX_RESULT_STRING:,} characters (TRAITS writes none; a report of it would not end)")
+        raise TraitsError(f"{path}: invalid results file at {long_string}")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version is None or str(version).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise TraitsError(f"{path}: results schema version {version!r}; this TRAITS reads {SCHEMA_VERSION}")

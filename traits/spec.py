@@ -146,6 +146,10 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataSpec:
+        if self.target == MODEL_TARGET and self.target_column is not None:
+            raise ValueError(f"data.target_column ({self.target_column!r}) does not apply with data.target: "
+                             f"{MODEL_TARGET} (a label-free audit reads no labels); remove data.target_column, or "
+                             "name the property it holds as data.target")
         if self.sets is not None:
             if self.path is not None:
                 raise ValueError("give either 'path' (one file, split by 'omit') or 'sets' (named set files), "
@@ -298,7 +302,8 @@ class ModelSpec(_Strict):
 
         if self.architecture in GRAPH_ARCHITECTURES:
             return self.hyper
-        return options_class(self.architecture).model_validate(self.options)
+        # the context marks options read from a spec (not given by run_audit with a model object)
+        return options_class(self.architecture).model_validate(self.options, context={"spec": True})
 
     @model_validator(mode="after")
     def _adapter_fields(self) -> ModelSpec:
@@ -625,7 +630,7 @@ def read_mapping(path: Path, *, aliases: bool = True) -> dict[str, Any]:
     if path.suffix.lower() == ".json":
         try:
             raw = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # bad JSON, or an integer too long to read (Python's int digit limit)
             raise SpecError(f"{path}: not valid JSON: {exc}") from exc
         except RecursionError:
             raise SpecError(f"{path}: nested too deeply to be an audit spec") from None

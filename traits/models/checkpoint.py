@@ -242,7 +242,7 @@ def _read_sidecar(path: Path, required: bool) -> dict | None:
     check_fits(sidecar, file_size(sidecar), "checkpoint metadata", CheckpointError, limit=SMALL_FILE_LIMIT)
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer too long to read
         raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata ({exc})") from None
     except RecursionError:
         raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata (nested too deeply)") from None

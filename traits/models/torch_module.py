@@ -161,6 +161,10 @@ class TorchModuleOptions(BaseModel):
     @classmethod
     def _code(cls, value: str | None, info: ValidationInfo) -> str | None:
         """The code import policy when a spec is loaded: code to import must be allowed (nothing is imported)."""
+        if value == IN_MEMORY and (info.context or {}).get("spec"):
+            raise PydanticCustomError("code_import", "{message}", {"message": (
+                f"{IN_MEMORY!r} stands for a model object given to run_audit(model=...); a spec names the class "
+                "as 'package.module:Class'")})
         if value is None or (info.field_name == "featuriser" and value == "cgcnn") or value == IN_MEMORY:
             return value
         try:
