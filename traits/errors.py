@@ -32,3 +32,12 @@ class ProbeError(TraitsError):
 
 class OutputError(TraitsError):
     """An output directory or file cannot be written."""
+
+
+def first_problem(exc) -> tuple[str, str, object]:
+    """(the dotted field, the message, the input) of a pydantic ValidationError's first error, with "unknown key"
+    for a field the model does not have: the one place that reads an error a message names a field from."""
+    problem = exc.errors()[0]
+    where = ".".join(str(p) for p in problem["loc"])
+    msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+    return where, msg, problem.get("input")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from traits.errors import CheckpointError, SpecError
+from traits.errors import CheckpointError, SpecError, first_problem
 from traits.models.base import Adapter
 from traits.models.cgcnn import GraphRegressor, _GraphAdapterMixin, graph_index
 from traits.models.weights import load_weights, safe_torch_load
@@ -142,9 +142,8 @@ def _check_original_sizes(path: Path, hyper: dict, node_dim: int, edge_dim: int)
     try:
         CGCNNHyper.model_validate(hyper)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"])
-        raise CheckpointError(f"{path}: args.{where}: {problem['msg']}, got {problem['input']!r}") from None
+        where, msg, given = first_problem(exc)
+        raise CheckpointError(f"{path}: args.{where}: {msg}, got {given!r}") from None
     for name, value in (("node features", node_dim), ("edge features", edge_dim)):
         if not 1 <= value <= 4096:
             raise CheckpointError(f"{path}: {name} {value} out of bounds (1 to 4096)")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from traits.errors import CheckpointError
+from traits.errors import CheckpointError, first_problem
 from traits.files import write_bytes_atomic, write_json_atomic
 from traits.models.registry import architecture_of, build_model
 from traits.models.weights import (  # noqa: F401  (re-exported: the safe loaders live in traits.models.weights)
@@ -196,10 +196,9 @@ def check_sidecar(sidecar: Path, meta: dict) -> dict:
         try:
             model.model_validate(meta[key], strict=True)
         except ValidationError as exc:
-            problem = exc.errors()[0]
-            where = ".".join([key, *(str(p) for p in problem["loc"])])
-            msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-            raise CheckpointError(f"{sidecar}: field {where!r}: {msg}, got {_shown(problem['input'])}") from None
+            where, msg, given = first_problem(exc)
+            where = f"{key}.{where}" if where else key
+            raise CheckpointError(f"{sidecar}: field {where!r}: {msg}, got {_shown(given)}") from None
     for symbol in meta.get("omit", []):
         try:
             _check_element(symbol)
@@ -218,10 +217,8 @@ def _check_hyper(path: Path, hyper: dict) -> None:
     try:
         CGCNNHyper.model_validate(hyper)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"])
-        msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        raise CheckpointError(f"{path}: hyper-parameter {where!r}: {msg}, got {_shown(problem['input'])}") from None
+        where, msg, given = first_problem(exc)
+        raise CheckpointError(f"{path}: hyper-parameter {where!r}: {msg}, got {_shown(given)}") from None
 
 
 def _read_sidecar(path: Path, required: bool) -> dict | None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from traits.errors import CheckpointError, SpecError
+from traits.errors import CheckpointError, SpecError, first_problem
 from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
 
 if TYPE_CHECKING:  # imported where used: the options and the import policy are checked without torch
@@ -185,9 +185,7 @@ class TorchModuleOptions(BaseModel):
         try:
             GraphSpec.model_validate(value)
         except ValidationError as exc:
-            problem = exc.errors()[0]
-            where = ".".join(str(p) for p in problem["loc"])
-            msg = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+            where, msg, _ = first_problem(exc)
             raise PydanticCustomError("graph_settings", "graph.{where}: {msg}", {"where": where, "msg": msg}) from None
         return value
 
