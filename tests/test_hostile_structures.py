@@ -96,3 +96,16 @@ def test_a_compressed_structure_file_is_bounded_while_it_is_read(tmp_path, monke
     with opener(small, "wt") as fh:
         fh.write(text)
     assert len(read_structure_file(small)) == 2
+
+
+def test_a_record_id_with_a_lone_surrogate_is_kept_as_its_escape(tmp_path):
+    """A JSON record id "\\ud800" (valid JSON) used to stop `traits screen` with exit 3 when the CSV was written."""
+    entry = Entry("mp-\ud800", 0.0, "{}", "pymatgen-dict")
+    assert entry.id == "mp-\\ud800" and entry.id.encode("utf-8")
+    recs = tmp_path / "in" / "recs.json"
+    recs.parent.mkdir()
+    recs.write_text('[{"material_id": "mp-\\ud800", "structure": %s}]' % json.dumps(rocksalt().as_dict()))
+    res = CliRunner().invoke(app, ["screen", QUICKSTART, str(recs.parent), "--out", str(tmp_path / "out"),
+                                   "--report", "none"])
+    assert res.exit_code == 0, res.output
+    assert "mp-\\ud800" in (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8")

@@ -148,6 +148,11 @@ class Entry:
     payload: str
     fmt: StructureFormat
 
+    def __post_init__(self) -> None:
+        # an id is written into CSV, JSON and reports: a lone surrogate (valid in JSON text, or a file name's
+        # undecodable byte) is kept as its escape, e.g. the text \ud800, so every file TRAITS writes can hold it
+        object.__setattr__(self, "id", str(self.id).encode("utf-8", "backslashreplace").decode("utf-8"))
+
     def structure(self):
         """Parse the structure with pymatgen (raises ``ValueError`` on an unreadable structure)."""
         from pymatgen.core import Lattice, Structure
