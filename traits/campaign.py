@@ -534,10 +534,13 @@ def _spec_family(spec: dict, omit: list | None = None) -> str:
 
 def _split_scheme_of(manifest: Path) -> int | None:
     """The split scheme a trained model's split manifest records (1 when it predates the field), or None
-    when there is no readable manifest."""
+    when there is no readable manifest. A manifest that is not a regular file is an OutputError naming it."""
+    from traits.files import read_output_file
+
+    raw = read_output_file(manifest, "split manifest", 64 << 20)
     try:
-        return int(json.loads(manifest.read_text()).get("scheme", 1))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return int(json.loads(raw).get("scheme", 1)) if raw is not None else None
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return None
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 from traits.errors import OutputError
 from traits.inputs import describe_kind
 
+#: The most bytes :func:`read_output_file` reads of a file TRAITS wrote into an output folder, unless told.
+OUTPUT_READ_LIMIT = 1 << 30
+
 
 def ensure_dir(path: Path) -> Path:
     """Create a directory (and parents), with an OutputError a user can act on."""
@@ -36,6 +39,44 @@ def ensure_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK):
         raise OutputError(f"{path}: the output directory is not writable")
     return path
+
+
+def read_output_file(path: Path, what: str, limit: int = OUTPUT_READ_LIMIT) -> bytes | None:
+    """The bytes of a file TRAITS wrote into an output folder (a marker, a results.json, a manifest); None when
+    there is none, or when it is longer than ``limit`` bytes (not one TRAITS wrote). Anything else at ``path``
+    than a regular file or a symbolic link to one (a named pipe, a device, a socket, a directory, a broken link)
+    is an :class:`~traits.errors.OutputError` naming it: it is never read, so a read never blocks or never
+    ends."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    kind = describe_kind(path)
+    if kind is None:
+        try:  # non-blocking, and checked again on the open file: it may have been swapped since
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                chunks, size = [], 0
+                while size <= limit:
+                    block = os.read(fd, min(1 << 20, limit + 1 - size))
+                    if not block:
+                        return b"".join(chunks)
+                    chunks.append(block)
+                    size += len(block)
+                return None
+            kind = "not a regular file"
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+        finally:
+            os.close(fd)
+    if kind == "missing":
+        return None
+    raise OutputError(f"{path}: the {what} is {kind}, not a regular file; TRAITS does not read it (a read could "
+                      "block or never end): remove or move it, or use another --out")
 
 
 def _foreign_link_in_sticky_dir(link: Path) -> bool:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from traits.errors import OutputError
-from traits.files import ensure_dir, write_json_atomic
+from traits.files import OUTPUT_READ_LIMIT, ensure_dir, read_output_file, write_json_atomic
+from traits.inputs import describe_kind
 
 MARKER = ".traits-audit.json"
 LOCK = ".traits.lock"
@@ -283,47 +284,77 @@ class Owner:
         return str((self.spec or {}).get("name", "?"))
 
 
-def _read_json(path: Path, limit: int = 1 << 30):
+def _read_json(path: Path, what: str, limit: int = OUTPUT_READ_LIMIT):
+    """The JSON of a file in the output folder; None when it is missing, too long or not JSON. A path that is
+    not a regular file (a named pipe, a device, a link to one) is an OutputError naming it (never read)."""
+    raw = read_output_file(path, what, limit)
+    if raw is None:
+        return None
     try:
-        if path.stat().st_size > limit:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, MemoryError):
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, MemoryError, ValueError):
         return None
 
 
 def folder_owner(out_dir: Path) -> Owner | None:
     """Which audit a folder belongs to: from its marker, else its results.json, else None (no audit's
-    artefacts) — or an Owner with spec None when there are artefacts of an unknown audit."""
+    artefacts) — or an Owner with spec None when there are artefacts of an unknown audit. A marker or
+    results.json that is not a regular file is an OutputError naming it."""
     out_dir = Path(out_dir)
     marker = out_dir / MARKER
-    if marker.exists():
-        data = _read_json(marker, 64 << 20)
+    if os.path.lexists(marker):
+        data = _read_json(marker, "output folder's marker", 64 << 20)
         spec = data.get("spec") if isinstance(data, dict) else None
         spec_path = str(data.get("spec_path") or "") if isinstance(data, dict) else ""
         return Owner(spec if isinstance(spec, dict) else None, str(marker), spec_path)
     results = out_dir / "results.json"
-    if results.exists():
-        data = _read_json(results)
+    if os.path.lexists(results):
+        data = _read_json(results, "results file")
         spec = data.get("spec") if isinstance(data, dict) else None
         return Owner(spec if isinstance(spec, dict) else None, str(results))
-    reports = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    reports = [name for name in REPORT_FILES if os.path.lexists(out_dir / name)]
     if reports:
         return Owner(None, str(out_dir / reports[0]))
     return None
 
 
+def _foreign_artefact(path: Path, want_dir: bool) -> str | None:
+    """What ``path`` is when it exists but is not what an audit writes there (a regular file, or a real
+    directory for :data:`OWNED_DIRS`); None when it is missing or is that."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"not accessible ({exc.strerror or exc})"
+    if stat.S_ISLNK(mode):
+        kind = describe_kind(path)
+        return kind if kind is not None and kind.startswith("a broken") else (
+            f"a symbolic link (to {os.path.realpath(path)})")
+    if (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)):
+        return None
+    return describe_kind(path) or "not a regular file"
+
+
 def remove_artefacts(out_dir: Path, keep: tuple[str, ...] = ()) -> list[str]:
-    """Remove every file and folder an audit writes into ``out_dir`` (except ``keep``); return their names."""
+    """Remove every file and folder an audit writes into ``out_dir`` (except ``keep``); return their names.
+    An artefact path that holds something else than an audit writes there (a named pipe, a device, a socket,
+    a symbolic link, a directory instead of a file) is an OutputError naming it, and nothing is removed."""
+    names = [name for name in OWNED_FILES + OWNED_DIRS if name not in keep]
+    for name in names:
+        path = Path(out_dir) / name
+        kind = _foreign_artefact(path, name in OWNED_DIRS)
+        if kind is not None:
+            expected = "a directory" if name in OWNED_DIRS else "a regular file"
+            raise OutputError(f"{path}: --overwrite removes only what TRAITS writes there ({expected}), and this is "
+                              f"{kind}; it was left alone: remove or move it yourself, or use another --out")
     removed = []
-    for name in OWNED_FILES + OWNED_DIRS:
-        if name in keep:
-            continue
+    for name in names:
         path = Path(out_dir) / name
         try:
-            if path.is_dir() and not path.is_symlink():
+            if name in OWNED_DIRS and path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
+            elif name not in OWNED_DIRS and _foreign_artefact(path, False) is None and path.is_file():
                 path.unlink()
             else:
                 continue
