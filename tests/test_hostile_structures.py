@@ -104,7 +104,8 @@ def test_a_record_id_with_a_lone_surrogate_is_kept_as_its_escape(tmp_path):
     assert entry.id == "mp-\\ud800" and entry.id.encode("utf-8")
     recs = tmp_path / "in" / "recs.json"
     recs.parent.mkdir()
-    recs.write_text('[{"material_id": "mp-\\ud800", "structure": %s}]' % json.dumps(rocksalt().as_dict()))
+    structure = json.dumps(rocksalt().as_dict())
+    recs.write_text('[{"material_id": "mp-\\ud800", "structure": ' + structure + "}]")
     res = CliRunner().invoke(app, ["screen", QUICKSTART, str(recs.parent), "--out", str(tmp_path / "out"),
                                    "--report", "none"])
     assert res.exit_code == 0, res.output
