@@ -567,7 +567,7 @@ def _parse_normalizer(text: str | None) -> tuple[float, float] | None:
 @app.command()
 @handles_errors
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="CIF or POSCAR files.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(help="CIF, POSCAR or pymatgen JSON files.", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to predict with.")],
     fmt: Annotated[str, typer.Option(
         "--format", help="auto (detect from the file) | traits | state-dict | cgcnn-original")] = "auto",
