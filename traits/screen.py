@@ -424,28 +424,27 @@ def _files(paths: Sequence[Path], out: Inputs) -> list[Path]:
         out.n_read += 1
         out.skipped[reason] += 1
 
+    def take(path: Path) -> None:
+        reason = _unread(path)
+        if reason is None:
+            files.append(path)
+        else:
+            skip(reason)
+
     for p in paths:
         p = Path(p)
         if describe_kind(p) == "missing" and not p.is_symlink():
             raise DataError(f"{p}: no such file")
-        if p.is_dir():  # a folder named on the command line is read even through a link
-            for q in sorted(p.rglob("*")):
-                if q.is_dir() and not q.is_symlink():
-                    continue  # rglob descends into it
-                if q.is_symlink() and q.is_dir():
-                    skip("a symbolic link to a folder, not followed")
-                    continue
-                reason = _unread(q)
-                if reason is None:
-                    files.append(q)
-                else:
-                    skip(reason)
+        if not p.is_dir():
+            take(p)
             continue
-        reason = _unread(p)
-        if reason is None:
-            files.append(p)
-        else:
-            skip(reason)
+        for q in sorted(p.rglob("*")):  # a folder named on the command line is read even through a link
+            if q.is_dir() and not q.is_symlink():
+                continue  # rglob descends into it
+            if q.is_symlink() and q.is_dir():
+                skip("a symbolic link to a folder, not followed")
+            else:
+                take(q)
     return files
 
 
