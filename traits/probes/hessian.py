@@ -195,17 +195,23 @@ class HVPCounter:
 
 
 def hessian_budget(dim: int, top_k: int, max_steps: int, trace_hvps: int, density_runs: int,
-                   density_steps: int) -> int:
+                   density_steps: int, groups: int = 0) -> int:
     """The Hessian-vector products one Hessian probe plans: :func:`top_eigenvalues` (its Krylov steps and one
     verification per pair), :func:`smallest_eigenvalue` (likewise), :func:`hutchinson_trace` and
     :func:`hutchpp_trace` with ``trace_hvps`` each, and :func:`slq_density`. Solvers that converge early use
-    fewer; a Krylov solver whose verification fails before its budget ends uses a few more."""
+    fewer; a Krylov solver whose verification fails before its budget ends uses a few more. With ``groups`` G > 0
+    the trace is instead :func:`traits.probes.sampling.gauss_newton_trace` (``trace_hvps`` probes applied to each
+    of G structure groups) and the λ_max jackknife adds ``top_k`` products per group; each group product counts
+    as one."""
     _check_dim(dim)
     k = min(max(top_k, 1), dim)
     top = min(max(max_steps, k), dim) + k
     bottom = min(max(max_steps, 1), dim) + 1
+    density = density_runs * min(density_steps, dim)
+    if groups > 0:
+        return top + bottom + groups * (trace_hvps + k) + density
     hutchpp = 2 * dim if min(trace_hvps // 3, dim) >= dim else trace_hvps
-    return top + bottom + trace_hvps + hutchpp + density_runs * min(density_steps, dim)
+    return top + bottom + trace_hvps + hutchpp + density
 
 
 # ---------------------------------------------------------------------------------------- Lanczos

@@ -456,6 +456,39 @@ class SplitObjective:
 
         return batch_hvp
 
+    def output_gradients(self, probes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample gradients of the model's outputs at theta, reduced on the fly (never stored together).
+
+        Returns ``(sq, proj)``: ``sq[i] = ‖∇f_i‖²`` for each of the N samples in batch order, and, given a
+        (n, dim) stack of ``probes`` Z, ``proj[i] = Z ∇f_i`` (an (N, n) tensor; None without probes). The
+        Gauss-Newton part of the Hessian is G = (1/N) Σ_i ℓ''(r_i) ∇f_i ∇f_iᵀ, so tr(G) and zᵀGz follow
+        from these (:mod:`traits.probes.sampling`). One forward pass per batch, then one backward per sample
+        through it (or a vmap over all of them where autograd supports it for this model)."""
+        if probes is not None and (probes.dim() != 2 or probes.shape[1] != self.dim):
+            raise ProbeError(f"output_gradients expects a (n, {self.dim}) stack of probes, got {tuple(probes.shape)}")
+        sq: list[torch.Tensor] = []
+        proj: list[torch.Tensor] = []
+        z = None if probes is None else probes.detach().to(device=self.device, dtype=self.dtype)
+        with torch.enable_grad(), eval_mode(self.model):
+            leaves = self._leaves()
+            inputs = [leaves[n] for n in self.names]
+            full = self._full(leaves)
+            for i, batch in enumerate(self.batches):
+                pred = functional_call(self.model, full, (batch,)).reshape(-1)
+                if pred.numel() != self.targets[i].numel():
+                    raise ProbeError(f"model predictions have {pred.numel()} values but the batch "
+                                     f"{self.targets[i].numel()} targets")
+                for j in range(pred.numel()):
+                    if pred.requires_grad:
+                        g = self._flat_or_zero(torch.autograd.grad(pred[j], inputs, retain_graph=True,
+                                                                   allow_unused=True))
+                    else:  # the outputs do not depend on the parameters
+                        g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+                    sq.append(g @ g)
+                    if z is not None:
+                        proj.append(z @ g)
+        return torch.stack(sq), (torch.stack(proj) if z is not None else None)
+
     # ------------------------------------------------------------------ retained gradient graphs
     _holder: weakref.ReferenceType | None = None  # the one objective (of all) that keeps graphs now
 
