@@ -62,14 +62,16 @@ def test_bootstrap_ratio_is_seeded_and_brackets_the_point_value():
     x, y = rng.exponential(2.0, 200), rng.exponential(1.0, 150)
     a, b = iv.bootstrap_ratio(x, y, seed=5), iv.bootstrap_ratio(x, y, seed=5)
     assert a == b and a["value"] == pytest.approx(x.mean() / y.mean())
-    assert a["low"] < a["value"] < a["high"] and not a["decides"]
+    assert a["low"] < a["value"] < a["high"] and a["decides"] and a["kind"] == "bootstrap over compounds"
     assert iv.bootstrap_ratio(x, np.zeros(10))["status"] == "undefined"
 
 
 def test_decision_estimator_intervals_straddling_the_threshold_are_undetermined():
     straddle = {"value": 2.9, "low": 2.5, "high": 3.2, "status": "ok", "decides": True}
     assert iv.decision(straddle, 3.0, "<=") == "undetermined"
-    assert iv.decision({**straddle, "decides": False}, 3.0, "<=") == "pass"  # a sampling interval is shown only
+    assert iv.decision({**straddle, "decides": False}, 3.0, "<=") == "pass"  # results before 1.6: shown only
+    boot = iv.bootstrap_ratio(np.full(30, 2.9) + np.linspace(-0.5, 0.5, 30), np.ones(30), seed=1)
+    assert boot["low"] < 3.0 < boot["high"] and iv.decision(boot, 3.0, "<=") == "undetermined"  # now it decides
     assert iv.decision({**straddle, "high": 2.95}, 3.0, "<=") == "pass"
     assert iv.decision({**straddle, "value": 3.5, "low": 3.1, "high": 3.9}, 3.0, "<=") == "fail"
     assert iv.decision({**straddle, "value": 0.4, "low": 0.3, "high": None}, 0.5, ">=") == "undetermined"
@@ -138,3 +140,22 @@ def test_an_unconverged_lambda_min_is_never_used():
     h.bottom.converged[0] = True
     apply_verdict(r, GateSpec())
     assert "negative_curvature_ood" in {f.id for f in r.findings}
+
+
+def test_sampled_ratio_combines_t_fieller_with_solver_bounds():
+    from scipy.stats import t
+
+    num, den = iv.Sampled(6.0, 0.5, 15, 0.0), iv.Sampled(2.0, 0.1, 15, 0.0)
+    plain = iv.sampled_ratio(num, den)
+    ref = iv.fieller_ratio(6.0, 0.5, 2.0, 0.1, z=float(t.ppf(0.975, 15)))
+    assert plain["low"] == pytest.approx(ref["low"]) and plain["high"] == pytest.approx(ref["high"])
+    assert plain["kind"] == "jackknife over structures" and plain["decides"]
+    bounded = iv.sampled_ratio(iv.Sampled(6.0, 0.5, 15, 0.2), iv.Sampled(2.0, 0.1, 15, 0.05))
+    lo = iv.fieller_ratio(5.8, 0.5, 2.05, 0.1, z=float(t.ppf(0.975, 15)))["low"]
+    hi = iv.fieller_ratio(6.2, 0.5, 1.95, 0.1, z=float(t.ppf(0.975, 15)))["high"]
+    assert bounded["low"] == pytest.approx(lo) and bounded["high"] == pytest.approx(hi)
+    # fewer degrees of freedom: a wider interval; no standard error: not certified; a denominator near 0: undefined
+    assert iv.sampled_ratio(iv.Sampled(6.0, 0.5, 3), iv.Sampled(2.0, 0.1, 3))["high"] > plain["high"]
+    assert iv.sampled_ratio(iv.Sampled(6.0, None, 3), den)["status"] == "uncertified"
+    assert iv.sampled_ratio(num, iv.Sampled(0.1, 0.1, 15))["status"] == "undefined"
+    assert iv.sampled_ratio(num, iv.Sampled(2.0, 0.1, 15, certified=False))["status"] == "uncertified"

@@ -6,6 +6,7 @@ Side effects (files, devices, progress) live here; the probes in ``traits.probes
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 import shutil
 import sys
@@ -24,6 +25,7 @@ from traits.data.splits import SPLIT_SCHEME
 from traits.errors import CheckpointError, TraitsError
 from traits.files import ensure_dir
 from traits.models.base import set_probe_parameters
+from traits.seeds import probe_seed, stream
 from traits.results import (
     Accuracy,
     AuditResult,
@@ -31,6 +33,7 @@ from traits.results import (
     EigenRun,
     Finding,
     HessianResult,
+    Jackknife,
     Provenance,
     ShiftResult,
     SplitMetrics,
@@ -262,14 +265,46 @@ def subsample(graphs: list, limit: int | None, seed: int) -> list:
     return [graphs[i] for i in keep]
 
 
+def formulas_of(items: list, ids: list[str]) -> list[str]:
+    """The reduced formula of the graph or featurised structure with each id in ``ids`` (from its atomic
+    numbers ``z``); empty when an id has no structure."""
+    from collections import Counter
+
+    from pymatgen.core import Composition, Element
+
+    by_id = {}
+    for item in items:
+        counts = Counter(int(v) for v in item.z.reshape(-1).tolist())
+        by_id[str(item.material_id)] = Composition({Element.from_Z(k): n for k, n in counts.items()}).reduced_formula
+    out = [by_id.get(str(i)) for i in ids]
+    return [] if any(f is None for f in out) else out
+
+
+def hessian_groups(spec: AuditSpec, n: int, index: int) -> list[list[int]]:
+    """The random structure groups of a Hessian sample of ``n`` (none for fewer than 2 structures or the
+    pyhessian backend)."""
+    from traits.probes.sampling import assign_groups
+
+    if n < 2 or spec.probes.hessian.backend == "pyhessian":
+        return []
+    rng = np.random.default_rng(stream(spec, "hessian_groups", index))
+    return [g.tolist() for g in assign_groups(n, rng)]
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
 def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int, device, dtype, progress=None,
-                description: str = "Hessian") -> HessianResult:
+                description: str = "Hessian", group_batches: list[list] | None = None,
+                groups: list[list[int]] | None = None) -> HessianResult:
     """One split's Hessian probe; its stage (``description`` on ``progress``) counts the Hessian-vector products
-    done out of the probe's budget (the pyhessian backend's stage only starts and ends)."""
+    done out of the probe's budget (the pyhessian backend's stage only starts and ends).
+
+    With ``group_batches`` (the sample's structures in G ≥ 2 random groups, each collated; ``groups`` their
+    positions in the sample) the trace is the Gauss-Newton control-variate estimate and λ_max and the trace get
+    their sampling errors from a jackknife over the groups (:mod:`traits.probes.sampling`); without them (or
+    with the pyhessian backend) the trace is Hutchinson's and Hutch++'s and no sampling error is measured."""
     from traits.probes import hessian as hs
     from traits.probes.objective import SplitObjective
     from traits.progress import counted_stage, start_stage
@@ -292,27 +327,23 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
         lam_min, density, low = None, None, None
         stage_done()
     else:
-        budget = hs.hessian_budget(obj.dim, h.top_k, h.max_steps, h.trace_hvps, h.density_runs, h.density_steps)
+        grouped = bool(group_batches) and len(group_batches) >= 2
+        budget = hs.hessian_budget(obj.dim, h.top_k, h.max_steps, h.trace_hvps, h.density_runs, h.density_steps,
+                                   groups=len(group_batches) if grouped else 0)
         counter = hs.HVPCounter(obj.hvp, obj.hvp_many, counted_stage(progress, description, budget, "HVPs"), budget)
         eig = hs.top_eigenvalues(counter.hvp, obj.dim, k=h.top_k, max_steps=h.max_steps, tol=h.tol,
                                  generator=_generator(split_seed), **kw)
         low = hs.smallest_eigenvalue(counter.hvp, obj.dim, max_steps=h.max_steps, tol=h.tol,
                                      generator=_generator(split_seed + 1), **kw)
         lam_min = json_float(low.values[0])
-        hut = hs.hutchinson_trace(counter.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2),
-                                  hvp_many=counter.hvp_many, **kw)
-        hpp = hs.hutchpp_trace(counter.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3),
-                               hvp_many=counter.hvp_many, **kw)
-        traces = [
-            TraceEstimate(method="hutchinson", estimate=json_float(hut.estimate),
-                          stderr=json_float(hut.stderr), n_hvp=hut.n_hvp),
-            TraceEstimate(method="hutch++", estimate=json_float(hpp.estimate),
-                          stderr=json_float(hpp.stderr), n_hvp=hpp.n_hvp),
-        ]
         dens = hs.slq_density(counter.hvp, obj.dim, n_runs=h.density_runs, n_steps=h.density_steps,
                               generator=_generator(split_seed + 4), grid_size=400, **kw)
         d = dens.to_dict()
         density = Density(grid=d["grid"], density=d["density"], nodes=d["nodes"], weights=d["weights"])
+        if grouped:
+            traces, jackknife = _grouped_statistics(spec, model, group_batches, eig, counter, split_seed, kw)
+        else:
+            traces, jackknife = _plain_traces(h, obj, counter, split_seed, kw), None
         counter.finish()
     values = [float(v) for v in eig.values]
     top_run = eigen_run(eig)
@@ -323,7 +354,61 @@ def run_hessian(spec: AuditSpec, model, batches, n_samples: int, split_seed: int
         residuals=[float(r) for r in eig.residuals], converged=all(top_run.converged), n_hvp=int(eig.n_hvp),
         lambda_min=lam_min, top=top_run, bottom=eigen_run(low) if low is not None else None,
         traces=traces, density=density, seconds=time.perf_counter() - t0,
+        groups=[list(map(int, g)) for g in groups] if groups and h.backend != "pyhessian" else [],
+        lambda_max_jackknife=None if h.backend == "pyhessian" else jackknife,
     )
+
+
+def _plain_traces(h, obj, counter, split_seed: int, kw: dict) -> list[TraceEstimate]:
+    """Hutchinson and Hutch++ on the whole sample (a sample too small to split into groups)."""
+    from traits.probes import hessian as hs
+
+    hut = hs.hutchinson_trace(counter.hvp, obj.dim, n_samples=h.trace_hvps, generator=_generator(split_seed + 2),
+                              hvp_many=counter.hvp_many, **kw)
+    hpp = hs.hutchpp_trace(counter.hvp, obj.dim, n_hvp=h.trace_hvps, generator=_generator(split_seed + 3),
+                           hvp_many=counter.hvp_many, **kw)
+    return [
+        TraceEstimate(method="hutchinson", estimate=json_float(hut.estimate), stderr=json_float(hut.stderr),
+                      n_hvp=hut.n_hvp, df=hut.n_hvp - 1),
+        TraceEstimate(method="hutch++", estimate=json_float(hpp.estimate), stderr=json_float(hpp.stderr),
+                      n_hvp=hpp.n_hvp),
+    ]
+
+
+def _grouped_statistics(spec: AuditSpec, model, group_batches: list[list], eig, counter, split_seed: int,
+                        kw: dict) -> tuple[list[TraceEstimate], Jackknife | None]:
+    """The Gauss-Newton trace and the λ_max jackknife over structure groups (:mod:`traits.probes.sampling`)."""
+    from traits.probes import sampling
+    from traits.probes.objective import SplitObjective
+
+    h = spec.probes.hessian
+    objs = [SplitObjective(model, b, loss=spec.probes.loss, hvp_method=h.hvp) for b in group_batches]
+    sizes = [o.n_samples for o in objs]
+
+    def counted(o):
+        def many(stack):
+            out = o.hvp_many(stack)
+            counter._add(stack.shape[0])
+            return out
+        return many
+
+    hvps = [counted(o) for o in objs]
+    curvature = 2.0 if spec.probes.loss == "mse" else 0.0
+    tr = sampling.gauss_newton_trace(hvps, [o.output_gradients for o in objs], sizes, objs[0].dim, h.trace_hvps,
+                                     curvature, _generator(split_seed + 2), **kw)
+    trace = TraceEstimate(method="gauss-newton+hutchinson", estimate=json_float(tr.estimate),
+                          stderr=json_float(tr.stderr), n_hvp=tr.n_hvp, df=tr.mc_df,
+                          sampling_stderr=json_float(tr.sampling_stderr), sampling_df=tr.df,
+                          gauss_newton=json_float(tr.gauss_newton), leave_out=[json_float(v) for v in tr.leave_out],
+                          residual_samples=[json_float(v) for v in tr.residual_samples])
+    jackknife = None
+    if eig.vectors is not None and eig.vectors.numel():
+        jk = sampling.lambda_max_jackknife(hvps, sizes, eig.vectors)
+        jackknife = Jackknife(value=json_float(jk.value), leave_out=[json_float(v) for v in jk.leave_out],
+                              stderr=json_float(jk.stderr), df=jk.df, n_hvp=jk.n_hvp)
+    for o in objs:
+        o.release_graphs()
+    return [trace], jackknife
 
 
 def eigen_run(eig) -> EigenRun:
@@ -348,13 +433,13 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     s = spec.probes.surface
     first = next(iter(objectives.values()))
     skip = set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
-    gen = _generator(spec.seed)
+    gen = _generator(stream(spec, "surface"))
     n_dirs = max(s.directions_1d, 2 if s.two_d else 1)
     directions = [random_direction(first.params, gen, skip=skip, include_skipped=s.include_bias_and_norm)
                   for _ in range(n_dirs)]
     alphas = torch.linspace(-s.span, s.span, s.points_1d, dtype=torch.float64)
     result = SurfaceResult(span=s.span, tolerance=s.tolerance, include_bias_and_norm=s.include_bias_and_norm,
-                           seed=spec.seed, alphas_1d=alphas.tolist())
+                           seed=stream(spec, "surface"), alphas_1d=alphas.tolist())
     # one absolute band for every split (traits.probes.metrics): tolerance × the ID loss at θ
     reference = objectives["id"] if "id" in objectives else first
     result.band = band(s.tolerance, float(reference.loss()))
@@ -423,7 +508,7 @@ def hessian_plane_surfaces(spec: AuditSpec, model, objectives: dict, train_objec
     if not np.isfinite(float(train_objective.loss())):
         return 0  # no curvature at a non-finite loss: the NaN share of the random surfaces reports it
     device, dtype = train_objective.device, train_objective.dtype
-    plane = hessian_plane(train_objective, max_steps=h.max_steps, tol=h.tol, generator=_generator(spec.seed + 29),
+    plane = hessian_plane(train_objective, max_steps=h.max_steps, tol=h.tol, generator=_generator(stream(spec, "hessian_plane")),
                           device=device, dtype=dtype, skip=skip, include_skipped=s.include_bias_and_norm)
     result.plane = plane.to_dict()
     axis = torch.linspace(-s.span, s.span, s.points_2d, dtype=torch.float64)
@@ -495,13 +580,13 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     thresholds = {"near_ratio": cfg.near_ratio, "target_outside_fraction": cfg.target_outside_fraction}
     if "train" not in splits:  # named sets without data.sets.train: nothing to measure against
         return sh.compute_shift(
-            {s: [float(g.y) for g in splits.get(s, [])] for s in sh.COMPARED}, {}, k=cfg.k, seed=spec.seed + 19,
+            {s: [float(g.y) for g in splits.get(s, [])] for s in sh.COMPARED}, {}, k=cfg.k, seed=stream(spec, "shift_knn"),
             max_points=cfg.max_points, n_train_total=0, thresholds=thresholds,
             problems=["training data is not given (data.sets has no 'train'): the target shift and the distances "
                       "to the training compounds were not measured"],
         )
     train_all = splits.get("train", [])
-    train = subsample(train_all, cfg.max_train, spec.seed + 17)
+    train = subsample(train_all, cfg.max_train, stream(spec, "shift_train"))
     graphs = {"train": train, "id": splits.get("id", []), "ood": splits.get("ood", [])}
     targets = {s: [float(g.y) for g in gs] for s, gs in graphs.items()}
     # the target shift uses every training target; distances use the subsample
@@ -528,7 +613,7 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     if with_props:
         features += " + fraction-weighted " + ", ".join(sh.PROPERTY_NAMES) + " (standardised)"
     return sh.compute_shift(
-        targets, spaces, k=cfg.k, seed=spec.seed + 19, max_points=cfg.max_points, composition_features=features,
+        targets, spaces, k=cfg.k, seed=stream(spec, "shift_knn"), max_points=cfg.max_points, composition_features=features,
         n_train_total=len(train_all), problems=problems, thresholds=thresholds,
     )
 
@@ -547,12 +632,12 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
     u, s = spec.probes.uncertainty, spec.probes.surface
     if not (splits.get("train") and splits.get("val")) or spec.probes.loss != "mse":
         return {"problems": ["needs the training and validation splits and the 'mse' loss; not run"]}
-    queries = {name: subsample(splits[name], u.max_eval, spec.seed + 41 + k)
+    queries = {name: subsample(splits[name], u.max_eval, stream(spec, "uncertainty_queries", k))
                for k, name in enumerate(("val", "id", "ood")) if splits.get(name)}
     batches = {name: collate(g, device, dtype) for name, g in queries.items()}
     targets = {name: np.array([float(g.y) for g in gs]) for name, gs in queries.items()}
-    obj = SplitObjective(model, collate(subsample(splits["train"], u.max_samples, spec.seed + 43), device, dtype))
-    gen = _generator(spec.seed + 47)
+    obj = SplitObjective(model, collate(subsample(splits["train"], u.max_samples, stream(spec, "uncertainty_train")), device, dtype))
+    gen = _generator(stream(spec, "uncertainty_probes"))
     eig = top_eigenvalues(obj.hvp, obj.dim, k=u.top_k, max_steps=max(spec.probes.hessian.max_steps, 2 * u.top_k),
                           tol=spec.probes.hessian.tol, generator=gen, device=device, dtype=dtype)
     skip = set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
@@ -572,11 +657,11 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
     train_emb = embed(model, splits["train"], device)
     scores_of["knn"] = {name: unc.knn_distance(train_emb, embed(model, g, device), k=spec.probes.shift.k)
                         for name, g in queries.items()}
-    methods = {m: unc.score_method(v, residuals, seed=spec.seed) for m, v in scores_of.items()
+    methods = {m: unc.score_method(v, residuals, seed=stream(spec, "uncertainty_scores")) for m, v in scores_of.items()
                if "id" in v and "ood" in v}
     problems = []
     try:
-        write_calibration(model, splits, out_dir / "model.calibration.json", device, seed=spec.seed)
+        write_calibration(model, splits, out_dir / "model.calibration.json", device, seed=stream(spec, "calibration"))
     except TraitsError as exc:
         problems.append(f"no screening calibration written: {exc}")
     return {"methods": methods, "info": info, "n": {k: len(v) for k, v in targets.items()}, "problems": problems}
@@ -594,7 +679,8 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         if hess.lambda_min_certified:
             m.lambda_min = hess.lambda_min
             m.lambda_min_abs_residual = hess.bottom.abs_residuals[0]
-        best = next((t for t in hess.traces if t.method == "hutch++"), hess.traces[0] if hess.traces else None)
+        best = next((t for t in hess.traces if t.method in ("gauss-newton+hutchinson", "hutch++")),
+                    hess.traces[0] if hess.traces else None)
         if best is not None:
             m.trace, m.trace_stderr = best.estimate, best.stderr
     if surf is not None and split in surf.curves and loss0 is not None:
@@ -689,9 +775,10 @@ def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accura
                     hessians: dict[str, HessianResult], shift: ShiftResult | None, seed: int) -> dict[str, dict]:
     """An interval for every ratio a gate or the verdict reads (:mod:`traits.intervals`).
 
-    λ_max: the certified Ritz value ± its verified absolute residual; trace: Fieller from the Hutch++
-    standard errors; robust radius: the bisection bracket, unbounded above when censored; MAE/RMSE and the
-    embedding kNN distance: a bootstrap over compounds (sampling intervals, shown but not deciding)."""
+    λ_max and the trace: the jackknife over structure groups combined with the solver's bound or the
+    Monte-Carlo error (``sampled``; the solver's bound or Fieller alone when no groups were formed); robust
+    radius: the bisection bracket, unbounded above when censored; MAE/RMSE and the embedding kNN distance: a
+    bootstrap over compounds. Every interval decides its gate."""
     from traits import intervals as iv
 
     out: dict[str, dict] = {}
@@ -707,12 +794,20 @@ def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accura
     if i is not None and o is not None:
         hi, ho = hessians.get("id"), hessians.get("ood")
         if hi is not None and ho is not None and hi.top_eigenvalues and ho.top_eigenvalues:
-            def lam_max(h: HessianResult, m: SplitMetrics) -> iv.Estimate:
-                return iv.Estimate.plus_minus(h.top_eigenvalues[0], m.lambda_max_abs_residual, h.lambda_max_certified)
+            if hi.lambda_max_jackknife is not None and ho.lambda_max_jackknife is not None:
+                out["lambda_ratio"] = iv.sampled_ratio(sampled_lambda(ho, o), sampled_lambda(hi, i))
+            else:  # no structure groups (a sample of one, the pyhessian backend): the solver's bound only
+                def lam_max(h: HessianResult, m: SplitMetrics) -> iv.Estimate:
+                    return iv.Estimate.plus_minus(h.top_eigenvalues[0], m.lambda_max_abs_residual,
+                                                  h.lambda_max_certified)
 
-            out["lambda_ratio"] = iv.bounds_ratio(lam_max(ho, o), lam_max(hi, i), "residual bounds")
+                out["lambda_ratio"] = iv.bounds_ratio(lam_max(ho, o), lam_max(hi, i), "residual bounds")
         if i.trace is not None and o.trace is not None:
-            out["trace_ratio"] = iv.fieller_ratio(o.trace, o.trace_stderr, i.trace, i.trace_stderr)
+            ti, to = sampled_trace(hi), sampled_trace(ho)
+            if ti is not None and to is not None:
+                out["trace_ratio"] = iv.sampled_ratio(to, ti)
+            else:
+                out["trace_ratio"] = iv.fieller_ratio(o.trace, o.trace_stderr, i.trace, i.trace_stderr)
         if i.robust_radius is not None and o.robust_radius is not None:
             def radius(m: SplitMetrics) -> iv.Estimate:
                 res = m.robust_radius_resolution or 0.0
@@ -734,6 +829,28 @@ def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accura
             if shift.ratios.get("embedding_knn_ratio") is not None:  # the point value is the full-split one
                 out["embedding_knn_ratio"]["value"] = shift.ratios["embedding_knn_ratio"]
     return out
+
+
+def sampled_lambda(h: HessianResult, m: SplitMetrics):
+    """λ_max of one split as an :class:`traits.intervals.Sampled`: the certified Ritz value, its jackknife
+    standard error over structure groups, and its verified absolute residual as the solver bound."""
+    from traits import intervals as iv
+
+    jk = h.lambda_max_jackknife
+    return iv.Sampled(h.top_eigenvalues[0], jk.stderr, jk.df, m.lambda_max_abs_residual or 0.0,
+                      h.lambda_max_certified)
+
+
+def sampled_trace(h: HessianResult | None):
+    """The Gauss-Newton trace of one split as a :class:`traits.intervals.Sampled` (Monte-Carlo and sampling
+    errors in quadrature, on the smaller of their degrees of freedom); None for other estimators."""
+    from traits import intervals as iv
+
+    t = next((t for t in (h.traces if h is not None else []) if t.method == "gauss-newton+hutchinson"), None)
+    if t is None or t.stderr is None or t.sampling_stderr is None:
+        return None
+    se = math.sqrt(t.stderr**2 + t.sampling_stderr**2)
+    return iv.Sampled(t.estimate, se, min(t.df or 0, t.sampling_df or 0) if t.stderr > 0 else (t.sampling_df or 0))
 
 
 def certified_ratios(values: dict[str, float | None], intervals: dict[str, dict]) -> dict[str, float | None]:
@@ -860,6 +977,7 @@ def _run_audit(
             n=len(ids), mae=json_float(stats["mae"]), rmse=json_float(stats["rmse"]),
             r2=json_float(stats["r2"]), ids=list(ids),
             predictions=[json_float(p) for p in preds], targets=[float(y) for y in targets],
+            formulas=formulas_of(graphs, ids),
         )
     walls["accuracy"] = time.perf_counter() - t
     stage_done()
@@ -881,11 +999,14 @@ def _run_audit(
         graphs = data.splits[split]
         if spec.probes.hessian.enabled:
             t = time.perf_counter()
-            sub = subsample(graphs, spec.probes.hessian.max_samples, spec.seed + 11 * k)
-            hessians[split] = run_hessian(spec, model, batches_of(sub), len(sub),
-                                          spec.seed + 101 * (k + 1), device, dtype, progress, f"Hessian {split}")
+            sub = subsample(graphs, spec.probes.hessian.max_samples, stream(spec, "hessian_subsample", k))
+            groups = hessian_groups(spec, len(sub), k)
+            hessians[split] = run_hessian(
+                spec, model, batches_of(sub), len(sub), stream(spec, "hessian", k), device, dtype, progress,
+                f"Hessian {split}", group_batches=[batches_of([sub[i] for i in g]) for g in groups], groups=groups)
+            hessians[split].sample_ids = [str(g.material_id) for g in sub]
             walls[f"hessian_{split}"] = time.perf_counter() - t
-        sub = subsample(graphs, spec.probes.surface.max_samples, spec.seed + 13 * k)
+        sub = subsample(graphs, spec.probes.surface.max_samples, stream(spec, "surface_subsample", k))
         objectives[split] = SplitObjective(model, batches_of(sub), loss=spec.probes.loss,
                                            hvp_method=spec.probes.hessian.hvp,
                                            compile_loss=spec.probes.surface.compile)
@@ -898,7 +1019,7 @@ def _run_audit(
         train_objective = None
         if spec.probes.surface.directions == "hessian":  # the plane comes from the training loss
             train_objective = objectives.get("train") or SplitObjective(
-                model, batches_of(subsample(data.splits["train"], spec.probes.hessian.max_samples, spec.seed + 23)),
+                model, batches_of(subsample(data.splits["train"], spec.probes.hessian.max_samples, stream(spec, "plane_train_subsample"))),
                 loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
         surface = run_surfaces(spec, model, objectives, out_dir, progress, train_objective=train_objective)
         walls["surfaces"] = time.perf_counter() - t
@@ -914,11 +1035,11 @@ def _run_audit(
     if label_free:
         for m in metrics.values():  # L(θ) = 0: a tolerance relative to it defines no region
             clear_relative_metrics(m)
-    intervals = ratio_intervals(metrics, acc, hessians, shift, spec.seed + 31)
+    intervals = ratio_intervals(metrics, acc, hessians, shift, stream(spec, "ratio_intervals"))
     checkpoint_path = loaded.checkpoint
     provenance = Provenance(
         traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
-        device=str(device), dtype=spec.dtype, seed=spec.seed, started_at=started, wall_seconds=walls,
+        device=str(device), dtype=spec.dtype, seed=spec.seed, probe_seed=probe_seed(spec), started_at=started, wall_seconds=walls,
         command=command, spec_path=spec_path,
         checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
         checkpoint_sha256=file_hash(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,

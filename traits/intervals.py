@@ -11,14 +11,23 @@ certified (an eigenvalue whose Lanczos pair converged, a trace with a finite sta
 * ``"undefined"``: the denominator is not positive, or not distinguishable from zero (its interval
   reaches 0), so the ratio means nothing.
 
-Two kinds of interval, with different consequences for a gate (``decides``):
+Every interval decides its gate (:func:`decision`): a gate fails only when the whole interval is beyond its
+threshold, passes only when the whole interval is within it, and is undetermined otherwise. An interval
+therefore has to carry every error that would move the number on a rerun, and says which it carries
+(``kind``, :data:`KINDS`):
 
-* ``decides=True``: the interval bounds the *estimator's own error* (Lanczos residual bounds, Monte-Carlo
-  trace error, bisection and grid resolution). The number is known only to that interval, so a gate
-  whose threshold lies inside it is undetermined.
-* ``decides=False``: the interval is a *sampling* interval (a bootstrap over compounds). The number is
-  exact for the sets audited; the interval says how much it would move on other compounds drawn the
-  same way. It is shown, and the point value decides the gate.
+* ``"bootstrap over compounds"``: how the ratio would move on other compounds drawn the same way (MAE,
+  RMSE, embedding distance): a percentile bootstrap over each split's per-compound values.
+* ``"jackknife over structures"``: how a Hessian number would move with another draw of the structures it
+  was computed on (:mod:`traits.probes.sampling`), combined with the solver's own error: the Lanczos
+  residual bound of λ_max, the Monte-Carlo error of a trace.
+* ``"solver bound"``: the solver's error only (Lanczos residual bounds; results of a backend without a
+  jackknife, or written before schema 1.6).
+* ``"Monte-Carlo error"``: a trace's probe error only (results written before schema 1.6).
+* ``"grid resolution"``: where a crossing lies between grid points (the robust radius's bisection bracket).
+
+``decides`` is kept for results written before schema 1.6, whose bootstrap intervals were shown without
+deciding; new intervals all decide.
 
 Methods
 -------
@@ -30,6 +39,10 @@ Methods
   case of a Hessian trace estimated near zero or below it from a few probes.
 * ``bootstrap``: percentile interval of a ratio of two means (or medians) over independent resamples of
   each split's per-compound values (seeded, so reproducible).
+* ``sampled``: the ratio of two independent estimates, each with a standard error on ``df`` degrees of
+  freedom and a hard solver half-width ``bound``: the Fieller interval at the Student-t quantile of the
+  smaller df, taken at the four corners of the solver boxes (value ± bound), so the interval holds for any
+  values the solver allows.
 """
 
 from __future__ import annotations
@@ -69,10 +82,29 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _result(value, low, high, status: str, method: str, decides: bool) -> dict:
+#: The kinds of interval (module docstring), by the ``method`` that made them.
+KINDS = {
+    "bootstrap": "bootstrap over compounds",
+    "sampled": "jackknife over structures",
+    "residual bounds": "solver bound",
+    "certified eigenvalues": "solver bound",
+    "fieller": "Monte-Carlo error",
+    "bisection bracket": "grid resolution",
+    "bounds": "solver bound",
+}
+
+
+def kind_of(interval: dict | None) -> str:
+    """The kind of an interval dict: its ``kind``, else the kind of its ``method`` ("" when unknown)."""
+    if not interval:
+        return ""
+    return interval.get("kind") or KINDS.get(interval.get("method") or "", "")
+
+
+def _result(value, low, high, status: str, method: str, decides: bool = True) -> dict:
     clean = lambda v: float(v) if _finite(v) else None  # noqa: E731
     return {"value": clean(value), "low": clean(low), "high": clean(high), "status": status, "method": method,
-            "decides": decides}
+            "decides": decides, "kind": KINDS.get(method, "")}
 
 
 def bounds_ratio(num: Estimate, den: Estimate, method: str = "bounds") -> dict:
@@ -111,16 +143,52 @@ def fieller_ratio(a: float | None, se_a: float | None, b: float | None, se_b: fl
     return _result(value, (a * b - root) / qa, (a * b + root) / qa, "ok", "fieller", True)
 
 
+@dataclass(frozen=True)
+class Sampled:
+    """An estimate with a standard error on ``df`` degrees of freedom (``stderr`` None: not measured) and a
+    hard solver half-width ``bound`` (0 for none); ``certified`` False when the value must not be used."""
+
+    value: float | None
+    stderr: float | None
+    df: int = 0
+    bound: float = 0.0
+    certified: bool = True
+
+
+def sampled_ratio(num: Sampled, den: Sampled, level: float = 0.95) -> dict:
+    """num / den with sampling errors and solver bounds (module docstring, ``sampled``)."""
+    from traits.probes.sampling import t_quantile
+
+    if not (num.certified and den.certified):
+        value = num.value / den.value if _finite(num.value) and _finite(den.value) and den.value > 0 else None
+        return _result(value, None, None, "uncertified", "sampled")
+    if not (_finite(num.value) and _finite(den.value)) or den.value <= 0:
+        return _result(None, None, None, "undefined", "sampled")
+    value = num.value / den.value
+    if not (_finite(num.stderr) and _finite(den.stderr)) or min(num.df, den.df) < 1:
+        return _result(value, None, None, "uncertified", "sampled")
+    z = t_quantile(min(num.df, den.df), level)
+    lows, highs = [], []
+    for a in (num.value - abs(num.bound), num.value + abs(num.bound)):
+        for b in (den.value - abs(den.bound), den.value + abs(den.bound)):
+            f = fieller_ratio(a, num.stderr, b, den.stderr, z=z)
+            if f["status"] != "ok":
+                return _result(value, None, None, "undefined", "sampled")
+            lows.append(f["low"])
+            highs.append(f["high"])
+    return _result(value, min(lows + [value]), max(highs + [value]), "ok", "sampled")
+
+
 def bootstrap_ratio(num: Sequence[float], den: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean,
                     n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile bootstrap of statistic(num) / statistic(den), each resampled independently."""
     x = np.asarray([v for v in num if _finite(v)], dtype=float)
     y = np.asarray([v for v in den if _finite(v)], dtype=float)
     if x.size == 0 or y.size == 0:
-        return _result(None, None, None, "undefined", "bootstrap", False)
+        return _result(None, None, None, "undefined", "bootstrap")
     d0 = float(statistic(y))
     if not d0 > 0:
-        return _result(None, None, None, "undefined", "bootstrap", False)
+        return _result(None, None, None, "undefined", "bootstrap")
     value = float(statistic(x)) / d0
     rng = np.random.default_rng(seed)
     xs = x[rng.integers(0, x.size, size=(n_boot, x.size))]
@@ -129,11 +197,11 @@ def bootstrap_ratio(num: Sequence[float], den: Sequence[float], statistic: Calla
     dens = np.apply_along_axis(statistic, 1, ys)
     ok = dens > 0
     if ok.mean() < level:  # the resampled denominator is too often zero
-        return _result(value, None, None, "undefined", "bootstrap", False)
+        return _result(value, None, None, "undefined", "bootstrap")
     ratios = nums[ok] / dens[ok]
     alpha = (1.0 - level) / 2
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    return _result(value, float(low), float(high), "ok", "bootstrap", False)
+    return _result(value, float(low), float(high), "ok", "bootstrap")
 
 
 def decision(interval: dict | None, threshold: float, comparison: str) -> str:
@@ -143,7 +211,7 @@ def decision(interval: dict | None, threshold: float, comparison: str) -> str:
         return "undetermined"
     value = interval["value"]
     ok = value <= threshold if comparison == "<=" else value >= threshold
-    if interval.get("decides", True):
+    if interval.get("decides", True):  # False only in results before 1.6 (bootstrap intervals shown, not deciding)
         low, high = interval.get("low"), interval.get("high")
         low = -math.inf if low is None else low
         high = math.inf if high is None else high

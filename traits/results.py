@@ -21,7 +21,7 @@ from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`);
 #: the fields of a newer minor version that this reader does not know are ignored.
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -55,6 +55,8 @@ class Provenance(_Result):
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    probe_seed: int | None = Field(None, description="seed of the probes' random choices (probes.seed, default "
+                                   "the spec's seed; None in results written before 1.6)")
     started_at: str = ""
     wall_seconds: dict[str, float] = Field(default_factory=dict, description="per stage of the audit")
     command: str = ""
@@ -91,13 +93,39 @@ class Accuracy(_Result):
     ids: list[str] = Field(default_factory=list)
     predictions: list[MaybeFloat] = Field(default_factory=list)
     targets: list[float] = Field(default_factory=list)
+    #: reduced formula of each compound, in the order of ``ids`` (empty in results written before 1.6)
+    formulas: list[str] = Field(default_factory=list)
 
 
 class TraceEstimate(_Result):
-    method: Literal["hutchinson", "hutch++"]
+    """One trace estimate. ``stderr``: its Monte-Carlo error for these structures (``df`` degrees of freedom);
+    ``sampling_stderr``: how it would move with another draw of them (jackknife over ``sampling_df`` + 1
+    structure groups; schema 1.6, None for estimators without one). ``gauss_newton``: the exact Gauss-Newton
+    part of a "gauss-newton+hutchinson" estimate (traits.probes.sampling)."""
+
+    method: Literal["hutchinson", "hutch++", "gauss-newton+hutchinson"]
     estimate: MaybeFloat
     stderr: MaybeFloat
     n_hvp: int
+    df: int | None = None
+    sampling_stderr: MaybeFloat = None
+    sampling_df: int | None = None
+    gauss_newton: MaybeFloat = None
+    leave_out: list[MaybeFloat] = Field(default_factory=list, description="the estimate with each structure group "
+                                        "left out (jackknife; paired comparisons read it)")
+    residual_samples: list[MaybeFloat] = Field(default_factory=list, description="per probe, zᵀHz − zᵀGz (the "
+                                               "Monte-Carlo part; paired comparisons with the same probes read it)")
+
+
+class Jackknife(_Result):
+    """A delete-a-group jackknife over the structures of a Hessian sample (traits.probes.sampling): the
+    statistic, its value with each group left out, the standard error and its degrees of freedom (G − 1)."""
+
+    value: MaybeFloat
+    leave_out: list[MaybeFloat] = Field(default_factory=list)
+    stderr: MaybeFloat = None
+    df: int = 0
+    n_hvp: int = 0
 
 
 class Density(_Result):
@@ -135,6 +163,12 @@ class HessianResult(_Result):
     traces: list[TraceEstimate] = Field(default_factory=list)
     density: Density | None = None
     seconds: float = 0.0
+    sample_ids: list[str] = Field(default_factory=list, description="ids of the structures the Hessian was "
+                                  "computed on, in sample order (schema 1.6)")
+    groups: list[list[int]] = Field(default_factory=list, description="the structure groups of the jackknife, "
+                                    "as positions in the Hessian's sample (schema 1.6)")
+    lambda_max_jackknife: Jackknife | None = Field(None, description="λ_max's sampling error: delete-a-group "
+                                                   "jackknife in the top-k Ritz space (schema 1.6)")
 
     @property
     def lambda_max_certified(self) -> bool:
@@ -295,8 +329,8 @@ class Finding(_Result):
 
 class RatioInterval(_Result):
     """One ratio with its interval (:mod:`traits.intervals`): ``status`` ok / uncertified / undefined;
-    ``decides``: the interval bounds the estimator's error (a gate inside it is undetermined) rather than
-    being a sampling interval over compounds."""
+    ``kind``: what the interval carries; every interval decides its gate (``decides`` is False only in results
+    written before schema 1.6, whose bootstrap intervals did not)."""
 
     value: MaybeFloat = None
     low: MaybeFloat = None
@@ -304,6 +338,9 @@ class RatioInterval(_Result):
     status: Literal["ok", "uncertified", "undefined"] = "ok"
     method: str = ""
     decides: bool = True
+    kind: str = Field("", description="what the interval carries: bootstrap over compounds, jackknife over "
+                      "structures, solver bound, Monte-Carlo error or grid resolution (traits.intervals.KINDS; "
+                      "schema 1.6, empty before)")
 
 
 class GateOutcome(_Result):

@@ -434,6 +434,11 @@ class UncertaintySpec(_Strict):
 
 
 class ProbeSpec(_Strict):
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Seed of every probe's random choices (structure subsamples, jackknife "
+        "groups, directions, Lanczos starts, trace probes, bootstrap resamples) and of nothing else; default: the "
+        "spec's `seed`. Re-audit one checkpoint on the same split with other probe seeds to see how much the "
+        "probes' own draws move the numbers.")
     loss: Literal["mse", "mae"] = Field("mse", description="Loss in physical units used by every probe.")
     splits: list[Literal["train", "id", "ood"]] = Field(default_factory=lambda: ["id", "ood"])
     hessian: HessianSpec = Field(default_factory=HessianSpec)
@@ -525,6 +530,14 @@ class AuditSpec(_Strict):
         if near > far:
             raise ValueError(f"probes.shift.near_ratio ({near:g}) must not exceed gates.max_embedding_knn_ratio "
                              f"({far:g}): a set cannot be both close to and far from the training compounds")
+        return self
+
+    @model_validator(mode="after")
+    def _mode_aware_fail_on(self) -> AuditSpec:
+        """A label-free audit's default ``fail_on`` holds only metrics whose evidence was measured label-free."""
+        if self.data.target == MODEL_TARGET and "fail_on" not in self.gates.model_fields_set:
+            self.gates.fail_on = _catalogue.default_fail_on(mode="label-free")
+            self.gates.model_fields_set.discard("fail_on")
         return self
 
     @model_validator(mode="after")
