@@ -299,3 +299,50 @@ def test_a_name_that_looks_like_markup_prints(tmp_path):
     console = Console(width=200, record=True)
     print_verdict(r, console)
     assert "model [/x] of [bold]us" in console.export_text()
+
+
+def label_free_spec(**gates):
+    from traits.spec import spec_from_mapping
+
+    raw = {"name": "lf", "data": {"source": "sample", "target": "model"},
+           "model": {"checkpoint": "model.safetensors"}}
+    if gates:
+        raw["gates"] = gates
+    return spec_from_mapping(raw, check_files=False)
+
+
+def test_label_free_audits_fail_on_no_curvature_gate_from_labelled_evidence(adopt):
+    """Evidence measured on labelled audits (the study's mode) fails labelled audits by default, and only warns
+    on label-free ones, whose Hessian is another matrix; the report says whose evidence it is."""
+    adopt({"lambda_ratio": strong(0.6, 0.3, 0.8, floor=1.3), "trace_ratio": strong(0.5, 0.2, 0.7, floor=1.2)})
+    assert {"lambda_ratio", "trace_ratio"} <= set(cat.default_fail_on())
+    assert set(cat.default_fail_on(mode="label-free")).isdisjoint({"lambda_ratio", "trace_ratio"})
+    spec = label_free_spec()
+    assert set(spec.gates.fail_on).isdisjoint({"lambda_ratio", "trace_ratio"})
+    assert "fail_on" not in spec.gates.model_fields_set
+    # a user who asks for it gets it
+    assert "lambda_ratio" in label_free_spec(fail_on=["lambda_ratio"]).gates.fail_on
+    r = make_result(ratios={**PASSING, "lambda_ratio": 9.0, "trace_ratio": 8.0}, nan_points=0)
+    r.mode = "label-free"
+    apply_verdict(r, spec.gates)
+    gate = {g.name: g for g in r.gates}
+    assert gate["lambda_ratio"].level == "warn" and gate["trace_ratio"].level == "warn" and r.status != "fail"
+    assert "not evidence for a label-free audit" in gate["lambda_ratio"].evidence
+    labelled = make_result(ratios={**PASSING, "lambda_ratio": 9.0}, nan_points=0)
+    apply_verdict(labelled, GateSpec())
+    assert next(g for g in labelled.gates if g.name == "lambda_ratio").level == "fail"
+
+
+def test_label_free_evidence_fails_label_free_audits(adopt, tmp_path):
+    path = evidence_file(tmp_path / "lf.json", {"lambda_ratio": strong(0.6, 0.3, 0.8, floor=1.3)})
+    raw = json.loads(path.read_text())
+    raw["mode"] = "label-free"
+    path.write_text(json.dumps(raw))
+    adopt({})
+    import traits.study.catalogue as c
+
+    c.EVIDENCE_FILE = path  # the adopt fixture's monkeypatch restores it
+    c.clear_cache()
+    assert "lambda_ratio" in cat.default_fail_on(mode="label-free")
+    assert "lambda_ratio" not in cat.default_fail_on()
+    assert "lambda_ratio" in label_free_spec().gates.fail_on

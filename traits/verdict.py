@@ -160,7 +160,7 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
 
     outcomes = []
     for gate in GATES:
-        evidence = _catalogue.evidence_text(gate.name)
+        evidence = _catalogue.evidence_text(gate.name, mode=result.mode)
         threshold = float(getattr(gates, gate.threshold_field))
         value = gate_value(result, gate.name)
         interval = result.ratio_intervals.get(gate.name)
@@ -261,7 +261,7 @@ def discontinuity_findings(result: AuditResult) -> list[Finding]:
         + (f": the loss is discontinuous close to the trained weights for {who}" if worse else ""),
         numbers={"ood_first_jump": o.first_jump, "id_first_jump": i.first_jump, "ood_smooth_to": o.smooth_to,
                  "id_smooth_to": i.smooth_to},
-        evidence=_evidence_for(["first_jump_ratio"]) if worse else {},
+        evidence=_evidence_for(["first_jump_ratio"], result.mode) if worse else {},
     )]
 
 
@@ -341,11 +341,12 @@ def _flag_texts(flags: list[tuple[str, str, str]]) -> list[str]:
     return [f"{kind}: {detail}" for kind, detail, _metric in flags]
 
 
-def _evidence_for(metrics) -> dict[str, str]:
-    """The adopted study's evidence for each of these catalogue metrics (the predictors among them)."""
+def _evidence_for(metrics, mode: str = "labels") -> dict[str, str]:
+    """The adopted study's evidence for each of these catalogue metrics (the predictors among them), as it
+    reads for an audit of this ``mode``."""
     out = {}
     for name in metrics:
-        text = _catalogue.evidence_text(name)
+        text = _catalogue.evidence_text(name, mode=mode)
         if text is not None:
             out[name] = text
     return out
@@ -464,7 +465,7 @@ def shift_findings(result: AuditResult, gates) -> list[Finding]:
     flagged = [metric for _k, _d, metric in triples] + (
         [f"{space}_knn_ratio"] if far_away else [])
     found.append(Finding(id="domain_shift", level=level, statement=text[0].upper() + text[1:], numbers=numbers,
-                         evidence=_evidence_for(flagged) if level != "pass" else {}))
+                         evidence=_evidence_for(flagged, result.mode) if level != "pass" else {}))
     return found
 
 
@@ -518,7 +519,8 @@ def regate(result: AuditResult, gates) -> bool:
 
     same_gates = _gates_key((result.spec or {}).get("gates")) == _gates_key(gates)
     recorded = {g.name: g.evidence for g in result.gates}
-    same_evidence = all(recorded.get(g.name) == _catalogue.evidence_text(g.name) for g in GATES if g.name in recorded)
+    same_evidence = all(recorded.get(g.name) == _catalogue.evidence_text(g.name, mode=result.mode)
+                        for g in GATES if g.name in recorded)
     if same_gates and same_evidence and set(recorded) == {g.name for g in GATES}:
         return False
     apply_verdict(result, gates)

@@ -55,6 +55,9 @@ class Evidence:
     #: Partial ρ given the loss at θ, with its interval: what the metric says about the error beyond the error
     #: the probes already see at θ (None where the study did not measure it).
     partial_loss: tuple[float | None, float | None, float | None] = (None, None, None)
+    #: the audits the study measured: "labels" (Hessians of the labelled loss) or "label-free" (of the model's
+    #: own predictions); a default fail applies only to audits of the same mode
+    mode: str = "labels"
 
     def text(self) -> str:
         if self.rho is None:
@@ -221,7 +224,8 @@ def _evidence(path: str) -> dict[str, Evidence]:
                              study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
                              pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"),
                              in_progress=bool(meta["in_progress"]), n_clusters=e.get("n_clusters"),
-                             partial_loss=tuple((e.get("partial_loss") or {}).get(q) for q in ("rho", "low", "high")))
+                             partial_loss=tuple((e.get("partial_loss") or {}).get(q) for q in ("rho", "low", "high")),
+                             mode=str(raw.get("mode") or "labels"))
     return out
 
 
@@ -262,11 +266,12 @@ def is_predictor(m: Metric) -> bool:
     return m.kind not in ("error", "surface")
 
 
-def default_fail_on(evidence_file: Path | None = None) -> list[str]:
+def default_fail_on(evidence_file: Path | None = None, mode: str = "labels") -> list[str]:
     """What ``GateSpec.fail_on`` defaults to: the direct measurements of failure (the MAE ratio, the NaN
     share), and a predictor only when the adopted study shows it tracks OOD error
-    (:func:`fails_by_default_from_evidence`) and its default threshold lies beyond the random-split noise
-    floor (:func:`threshold_clears_floor`)."""
+    (:func:`fails_by_default_from_evidence`), its default threshold lies beyond the random-split noise
+    floor (:func:`threshold_clears_floor`) and the study measured audits of this ``mode`` ("labels" or
+    "label-free"): evidence from Hessians of the labelled loss fails no label-free audit."""
     from traits.spec import GateSpec
 
     out = []
@@ -276,22 +281,28 @@ def default_fail_on(evidence_file: Path | None = None) -> list[str]:
         if not is_predictor(m):
             if m.fails_by_default:
                 out.append(m.name)
-        elif fails_by_default_from_evidence(m) and threshold_clears_floor(
-                m, float(GateSpec.model_fields[m.gate_field].default)):
+        elif (m.evidence is not None and m.evidence.mode == mode and fails_by_default_from_evidence(m)
+              and threshold_clears_floor(m, float(GateSpec.model_fields[m.gate_field].default))):
             out.append(m.name)
     return out
 
 
-def evidence_text(name: str, evidence_file: Path | None = None) -> str | None:
+def evidence_text(name: str, evidence_file: Path | None = None, mode: str = "labels") -> str | None:
     """What a report prints next to a flagged metric: the adopted study's ρ with its interval, data set and
-    version, or :data:`NOT_MEASURED`; None for the direct measurements (errors, NaN share), which need none."""
+    version, or :data:`NOT_MEASURED`; None for the direct measurements (errors, NaN share), which need none.
+    For an audit of another ``mode`` than the study's the text says the evidence is not for it."""
     try:
         m = next(x for x in catalogue(evidence_file) if x.name == name)
     except StopIteration:
         return None
     if not is_predictor(m):
         return None
-    return m.evidence.text() if m.evidence is not None else NOT_MEASURED
+    if m.evidence is None:
+        return NOT_MEASURED
+    if m.evidence.mode != mode:
+        return (f"{m.evidence.text()}; measured on {m.evidence.mode} audits, not evidence for a {mode} audit "
+                "(warns, never fails, by default)")
+    return m.evidence.text()
 
 
 def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:
