@@ -46,10 +46,10 @@ def test_identical_audits_pass_with_zero_change(base):
     c = C.compare_results(base, base.model_copy(deep=True))
     assert c.status in ("pass", "warn") and C.exit_code(c) == 0
     mae = row(c, "mae_ratio")
-    assert mae.delta == 0 and mae.change == "same" and mae.interval == "bootstrap"
-    assert mae.delta_low == pytest.approx(0) and mae.delta_high == pytest.approx(0)  # paired: same compounds
+    assert mae.delta == 0 and mae.change == "same" and mae.interval == "identical inputs"
+    assert mae.delta_low == 0 and mae.delta_high == 0  # paired, and the same inputs: exactly zero
     assert all(g.level == "pass" for g in c.gates)
-    assert any(f.id == "same_checkpoint" for f in c.findings)
+    assert any(f.id == "same_inputs" for f in c.findings) and not any(f.id == "same_checkpoint" for f in c.findings)
 
 
 def test_a_worse_model_fails_the_default_mae_ratio_gate(base):
@@ -78,6 +78,7 @@ def test_a_better_model_passes_and_reads_as_better(base):
 
 def test_gate_kinds_and_unmeasured_metrics(base):
     b = base.model_copy(deep=True)
+    b.provenance.checkpoint_sha256 = "e" * 64  # another model
     b.ratios["radius_ratio"] = base.ratios["radius_ratio"] * 0.5
     b.ratios["lambda_ratio"] = None
     gates = [

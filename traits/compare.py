@@ -5,11 +5,15 @@ models, or one model before and after a change; A is the reference, B the candid
 ``compare.json``, ``compare.html`` and ``compare.pdf``. Each metric gets A, B, the change B − A and
 the relative change (B − A)/|A|, with 95% intervals where both results allow one:
 
-* MAE per split and the OOD/ID MAE ratio: a percentile bootstrap over the compounds (paired resamples
-  when both audits hold the same compounds, independent ones otherwise; :mod:`traits.report.headline`);
-* the Hessian trace: the estimators' standard errors (± 1.96 √(se_A² + se_B²));
-* a ratio whose interval both results store (``ratio_intervals``): the conservative difference of the
-  two intervals, [low_B − high_A, high_B − low_A].
+* when A and B share their compounds, every change is *paired* (:mod:`traits.pairing`): MAE, RMSE and
+  their ratios by a paired bootstrap over the compounds, λ_max, the trace and their ratios by a jackknife of
+  the differences over the same structure groups (with common probes for the trace), the embedding distance
+  by a paired bootstrap; identical inputs (same checkpoint, split, probe seed and settings) change by
+  exactly 0 with a zero-width interval;
+* otherwise: MAE per split and the OOD/ID MAE ratio by independent bootstraps; the Hessian trace by the
+  estimators' standard errors (± 1.96 √(se_A² + se_B²)); a ratio whose interval both results store
+  (``ratio_intervals``) by the conservative difference of the two intervals, [low_B − high_A, high_B − low_A].
+  A note names the parts that could not be paired.
 
 Gates on the change (:class:`DeltaGate`, from ``--gates FILE`` or :data:`DEFAULT_GATES`) bound the growth
 or the drop of a metric, absolute or relative, e.g. "the OOD/ID MAE ratio must not grow by more than
@@ -33,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_bytes_atomic, write_formats_atomic, write_text_atomic
+from traits.pairing import Change, paired_change, same_inputs, unpaired_parts
 from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, finite, mae_draws, ratio_value
 from traits.results import AuditResult, Finding, Level, load_result
 
@@ -203,8 +208,12 @@ def _value(result: AuditResult, key: str) -> Value:
             if m is None:
                 return Value(None)
             name = key[len(split) + 1:]
-            if name == "trace":
+            if name == "trace":  # the Monte-Carlo error, with the sampling error where the trace has one
                 se = finite(m.trace_stderr)
+                h = result.hessian.get(split)
+                t = next((t for t in h.traces if t.method == "gauss-newton+hutchinson"), None) if h else None
+                if se is not None and t is not None and finite(t.sampling_stderr) is not None:
+                    se = math.hypot(se, t.sampling_stderr)
                 v = finite(m.trace)
                 if v is not None and se is not None:
                     return Value(v, v - Z95 * se, v + Z95 * se, "stderr")
@@ -257,7 +266,8 @@ class DeltaRow(_Model):
     relative: float | None = None
     relative_low: float | None = None
     relative_high: float | None = None
-    interval: str = Field("", description="bootstrap | stderr | bounds | '' (no interval)")
+    interval: str = Field("", description="paired bootstrap over compounds | paired jackknife over structures | "
+                          "identical inputs | bootstrap | stderr | bounds | '' (no interval); see traits.pairing")
     change: Literal["better", "worse", "same", ""] = ""
     censored: bool = False
 
@@ -325,8 +335,17 @@ def _row(key: str, a: AuditResult, b: AuditResult) -> DeltaRow:
         return row
     row.delta = vb.value - va.value
     row.relative = row.delta / abs(va.value) if va.value != 0 else None
-    # the same compounds in both audits: paired resamples (one draw of compounds for A and B, so the
-    # interval is that of the change on these compounds); different compounds: independent resamples
+    change = paired_change(a, b, key)
+    if change is None and same_inputs(a, b) and va.value == vb.value:  # one computation on identical inputs
+        change = Change(0.0, 0.0, 0.0, "identical inputs")
+    if change is not None:
+        row.delta = change.delta
+        row.delta_low, row.delta_high = change.low, change.high
+        if va.value != 0 and change.low is not None:
+            row.relative_low, row.relative_high = change.low / abs(va.value), change.high / abs(va.value)
+        row.interval = change.kind
+        return _direction(row, metric, va, vb)
+    # different compounds (or a metric without a paired computation): independent resamples or bounds
     paired = {s: bool(a.accuracy.get(s) and b.accuracy.get(s) and a.accuracy[s].ids
                       and a.accuracy[s].ids == b.accuracy[s].ids) for s in ("id", "ood")}
     da = _bootstrap_draws(a, key, {s: BOOTSTRAP_SEED for s in paired})
@@ -347,6 +366,11 @@ def _row(key: str, a: AuditResult, b: AuditResult) -> DeltaRow:
         if va.low > 0 and va.high > 0:
             row.relative_low, row.relative_high = vb.low / va.high - 1, vb.high / va.low - 1
         row.interval = "bounds"
+    return _direction(row, metric, va, vb)
+
+
+def _direction(row: DeltaRow, metric: Metric, va: Value, vb: Value) -> DeltaRow:
+    """Set ``row.change``: same, better or worse (by the metric's direction)."""
     scale = max(abs(va.value), abs(vb.value), 1e-300)
     if abs(row.delta) <= 1e-9 * scale:
         row.change = "same"
@@ -416,10 +440,19 @@ def _task_findings(a: AuditResult, b: AuditResult) -> list[Finding]:
                              statement="A and B split the same data differently (their split manifests differ): "
                                        "their ID test and OOD sets are not the same compounds"))
     same = a.provenance.checkpoint_sha256 and a.provenance.checkpoint_sha256 == b.provenance.checkpoint_sha256
-    if same:
+    if same_inputs(a, b):
+        found.append(Finding(id="same_inputs", level="pass",
+                             statement="A and B audit the same checkpoint on the same split with the same probe seed "
+                                       "and settings: every change is exactly 0"))
+    elif same:
         found.append(Finding(id="same_checkpoint", level="pass",
                              statement="A and B audit the same checkpoint (equal SHA-256): differences come from "
-                                       "the audit settings, not the model"))
+                                       "the audit settings (probe seed or probe settings), not the model"))
+    unpaired = unpaired_parts(a, b)
+    if unpaired:
+        found.append(Finding(id="unpaired", level="pass",
+                             statement="A and B do not share their " + ", ".join(unpaired) + ": those changes are "
+                                       "computed from independent samples (wider intervals than paired ones)"))
     return found
 
 

@@ -1,0 +1,129 @@
+"""`traits compare` pairs two audits of the same compounds (traits.pairing).
+
+Real audits (the quickstart checkpoint, shrunk probe settings): an audit compared with itself changes by exactly
+zero with zero-width intervals and no "settings differ" note; two checkpoints (the quickstart one and a copy
+with perturbed weights) audited on the same split and probe seed give paired intervals narrower than the
+unpaired computation of the same changes; probe draws that differ leave the Hessian unpaired and say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_audit import QUICKSTART, SMALL
+
+from traits import compare as C
+from traits.audit import run_audit
+from traits.pairing import hessian_change, pairing, same_inputs
+from traits.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {**SMALL, "probes.hessian.max_samples": 48, "probes.hessian.trace_hvps": 6,
+            "probes.hessian.max_steps": 12, "probes.surface.enabled": False, "report.formats": ["json"]}
+
+
+def perturbed_checkpoint(folder: Path, scale: float = 0.03) -> Path:
+    """A copy of the quickstart checkpoint whose weights carry seeded relative noise (its sidecar updated)."""
+    src = ROOT / "traits" / "data" / "quickstart"
+    shutil.copy(src / "model.json", folder / "model.json")
+    tensors = load_file(src / "model.safetensors")
+    g = torch.Generator().manual_seed(3)
+    noisy = {k: (v + scale * v.abs().mean() * torch.randn(v.shape, generator=g, dtype=v.dtype)
+                 if v.is_floating_point() and "running" not in k else v) for k, v in tensors.items()}
+    save_file(noisy, folder / "model.safetensors")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def audits(tmp_path_factory):
+    base = tmp_path_factory.mktemp("paired")
+    a = run_audit(load_spec(QUICKSTART, overrides=SETTINGS), base / "a", render=False)
+    again = run_audit(load_spec(QUICKSTART, overrides=SETTINGS), base / "a2", render=False)
+    (base / "ckpt").mkdir()
+    ckpt = perturbed_checkpoint(base / "ckpt")
+    b = run_audit(load_spec(QUICKSTART, overrides={**SETTINGS, "model.checkpoint": str(ckpt)}), base / "b",
+                  render=False)
+    other_probes = run_audit(load_spec(QUICKSTART, overrides={**SETTINGS, "probes.seed": 5}), base / "c",
+                             render=False)
+    return a, again, b, other_probes
+
+
+def test_an_audit_compared_with_itself_changes_by_exactly_zero(audits):
+    a, again, _, _ = audits
+    assert same_inputs(a, again)
+    c = C.compare_results(a, again)
+    measured = [r for r in c.rows if r.delta is not None]
+    assert len(measured) >= 10
+    for r in measured:
+        assert r.delta == 0, r
+        if r.delta_low is not None:
+            assert r.delta_low == 0 and r.delta_high == 0, r
+    assert {r.interval for r in measured if r.key in ("lambda_ratio", "trace_ratio", "mae_ratio")} == {
+        "identical inputs"}
+    ids = {f.id for f in c.findings}
+    assert "same_inputs" in ids and "same_checkpoint" not in ids and "unpaired" not in ids
+
+
+def width(r) -> float:
+    return r.delta_high - r.delta_low
+
+
+def test_two_checkpoints_on_the_same_compounds_are_paired_and_narrower(audits):
+    a, _, b, _ = audits
+    pair = pairing(a, b)
+    assert all(pair.values()), pair
+    assert not same_inputs(a, b)
+    paired = {r.key: r for r in C.compare_results(a, b).rows}
+    # the same two audits with their pairing information removed: the unpaired computation
+    ua, ub = a.model_copy(deep=True), b.model_copy(deep=True)
+    for r in (ub,):
+        for acc in r.accuracy.values():
+            acc.ids = [f"x{i}" for i in range(len(acc.ids))]
+        for h in r.hessian.values():
+            h.sample_ids = []
+    unpaired = {r.key: r for r in C.compare_results(ua, ub).rows}
+    for key in ("mae_ratio", "ood_mae", "lambda_ratio", "trace_ratio", "ood_trace"):
+        p, u = paired[key], unpaired[key]
+        assert p.interval.startswith("paired"), (key, p.interval)
+        assert not u.interval.startswith("paired"), (key, u.interval)
+        assert p.delta == pytest.approx(u.delta, rel=1e-9, abs=1e-12)
+        assert p.delta_low <= p.delta <= p.delta_high
+        assert width(p) < width(u), (key, width(p), width(u))
+    assert any(f.id == "unpaired" for f in C.compare_results(ua, ub).findings)
+
+
+def test_paired_jackknife_of_a_change_is_the_jackknife_of_the_differences(audits):
+    """The λ_max change's interval, recomputed from the stored leave-out values by hand."""
+    from scipy.stats import t
+
+    a, _, b, _ = audits
+    change = hessian_change(a, b, "ood_lambda_max")
+    la, lb = a.hessian["ood"].lambda_max_jackknife.leave_out, b.hessian["ood"].lambda_max_jackknife.leave_out
+    d = [y - x for x, y in zip(la, lb)]
+    g = len(d)
+    mean = sum(d) / g
+    se = ((g - 1) / g * sum((x - mean) ** 2 for x in d)) ** 0.5
+    rho = a.hessian["ood"].top.abs_residuals[0] + b.hessian["ood"].top.abs_residuals[0]
+    half = t.ppf(0.975, g - 1) * se + rho
+    delta = b.hessian["ood"].top_eigenvalues[0] - a.hessian["ood"].top_eigenvalues[0]
+    assert change.delta == pytest.approx(delta)
+    assert change.low == pytest.approx(delta - half) and change.high == pytest.approx(delta + half)
+
+
+def test_other_probe_draws_are_not_paired_and_say_so(audits):
+    a, _, _, c = audits
+    pair = pairing(a, c)
+    assert pair["accuracy_ood"] and not pair["hessian_ood"] and not pair["probes"]
+    comparison = C.compare_results(a, c)
+    assert any(f.id == "same_checkpoint" for f in comparison.findings)
+    assert any(f.id == "unpaired" and "Hessian" in f.statement for f in comparison.findings)
+    assert not {r.interval for r in comparison.rows if r.key == "lambda_ratio"} & {"identical inputs"}
