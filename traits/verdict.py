@@ -37,6 +37,17 @@ every finding that flags on a landscape or distance metric carries the adopted s
 applied so a re-rendered report cites what the verdict used. A gate whose metric was not measured (probe
 disabled, or a zero denominator) is reported as a warning and never fails the audit.
 
+That evidence was measured on labelled audits (Hessians of the labelled loss). A label-free audit's Hessian is
+the Gauss-Newton matrix of the model's own predictions, another matrix: its default ``fail_on`` holds no
+landscape metric until a label-free study is adopted (``mode`` in the evidence file), and its gates cite the
+labelled evidence as "not evidence for a label-free audit".
+
+Every gate decides on its interval (:func:`traits.intervals.decision`): it fails only when the whole interval is
+beyond the threshold, passes only when it is wholly within, and is otherwise undetermined (a warning naming
+both ends). The λ_max and trace intervals carry how the numbers would move with another draw of the
+structures they were computed on (a jackknife over structure groups, :mod:`traits.probes.sampling`), so
+re-auditing with another ``probes.seed`` cannot flip a gate from pass to fail.
+
 Domain shift: extrapolation or a fragile representation?
 --------------------------------------------------------
 The finding ``domain_shift`` combines the domain-shift diagnostics (:mod:`traits.shift`) with the
@@ -155,7 +166,10 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
     A gate is *undetermined* (a warning, never a pass or a fail) when its metric was not measured, is not
     certified (an eigenvalue that did not converge), is a ratio with a denominator that is not positive,
     or has an estimator interval (``result.ratio_intervals``, :func:`traits.intervals.decision`) that
-    contains the threshold. Sampling intervals (bootstrap over compounds) are shown but do not decide."""
+    contains the threshold. Every interval decides: the bootstrap over compounds of the errors and distances,
+    the jackknife over structures of the Hessian numbers (with the solver's bound or Monte-Carlo error), the
+    grid resolution of the radius; only results written before schema 1.6 hold bootstrap intervals that do
+    not (their ``decides`` is False)."""
     from traits.intervals import decision, format_interval
 
     outcomes = []
