@@ -45,7 +45,80 @@ EXIT_CODES_HELP = (
     "(a bug in TRAITS: one line naming a log file with the traceback; --debug prints it)."
 )
 
+#: Value names for the types typer 0.2x prints as ``<path>``, ``<str>``, ...: the names click prints.
+_VALUE_NAMES = {"path": "PATH", "file": "FILE", "directory": "DIRECTORY", "str": "TEXT", "int": "INTEGER",
+                "float": "FLOAT", "bool": "BOOLEAN", "datetime": "DATETIME", "uuid": "UUID"}
+
+
+def _value_name(label: str) -> str:
+    """The value name for a type label of typer's help (the text inside ``<...>``): ``path`` -> ``PATH``,
+    ``int range`` -> ``INTEGER RANGE``, a choice ``a|b|c`` -> ``[a|b|c]``, ``list[X]`` -> X's name (an option
+    named again for each value), ``int,float`` (a tuple) -> ``INTEGER FLOAT``."""
+    import re
+
+    inner = re.fullmatch(r"list\[(.*)\]", label)
+    if inner:
+        return _value_name(inner.group(1))
+    if "|" in label:
+        return f"[{label}]"
+    if label.endswith(" range"):
+        return f"{_value_name(label[:-len(' range')])} RANGE"
+    if "," in label:
+        return " ".join(_value_name(part) for part in label.split(","))
+    return _VALUE_NAMES.get(label.lower(), label.upper())
+
+
+class HelpFormatter(typer.Context.formatter_class):
+    """Help in the usual click style whatever typer prints: usage ``traits compare [OPTIONS] A B`` and
+    ``traits screen [OPTIONS] CHECKPOINT STRUCTURES...`` (typer >= 0.20 writes ``{a} {b}``), options
+    ``--out PATH``, ``--max-tasks INTEGER RANGE``, choices ``--format [auto|traits]`` (it writes ``<path>``,
+    ``<int range>``, ``<auto|traits>``), arguments listed by name, ``FILES...`` for a list (it writes
+    ``files... <list[Path]>``). Only the names typer generates are rewritten, never help text."""
+
+    def write_usage(self, prog: str, args: str = "", prefix: str | None = None) -> None:
+        import re
+
+        args = re.sub(r"\{([A-Za-z_][\w-]*)\}", lambda m: m.group(1).upper(), args)
+        args = re.sub(r"\[([a-z_][\w-]*)\]", lambda m: f"[{m.group(1).upper()}]", args)
+        super().write_usage(prog, args, prefix)
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        super().write_dl([(self._name(first), second) for first, second in rows], col_max, col_spacing)
+
+    @staticmethod
+    def _name(first: str) -> str:
+        import re
+
+        if first.startswith("-"):  # an option: --out <path>, --a <x> / --b <x>
+            return re.sub(r"<([^<>]+)>", lambda m: _value_name(m.group(1)), first)
+        found = re.fullmatch(r"(\S+?)(\.\.\.)? <([^<>]+)>", first)  # an argument: name <type>, name... <list[T]>
+        if not found:
+            return first  # a command's name, or typer's own format changed: left as it is
+        many = bool(found.group(2)) or found.group(3).startswith("list[")
+        return found.group(1).upper() + ("..." if many else "")
+
+
+class _HelpContext(typer.Context):
+    formatter_class = HelpFormatter
+
+
+class HelpGroup(typer.core.TyperGroup):
+    """The command group of ``traits``: every command and subcommand under it prints its help and usage lines
+    with :class:`HelpFormatter` (plain text, click-style value names)."""
+
+    context_class = _HelpContext
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        todo = list(self.commands.values())
+        while todo:
+            command = todo.pop()
+            command.context_class = _HelpContext
+            todo.extend(getattr(command, "commands", {}).values())
+
+
 app = typer.Typer(
+    cls=HelpGroup,
     name="traits",
     help="TRAITS: audit materials ML models by their loss landscapes, in and out of distribution.\n\n"
     + EXIT_CODES_HELP,

@@ -3,7 +3,8 @@
 A checkpoint and structures without labels (CIF, POSCAR/CONTCAR/.vasp, Materials Project or JARVIS JSON
 files) give, per compound, the prediction, its uncertainty by each cheap method, the distance to the
 training set in the model's embedding, and a flag; per element and per chemical system a summary
-(count, median uncertainty relative to the model's own ID test set, flag); and a screening report.
+(count, mean prediction, mean and median uncertainty relative to the model's own ID test set, share flagged,
+flag); and a screening report (:func:`render_screen_report`).
 
 Calibration
 -----------
@@ -558,8 +559,11 @@ def _chemistry(graph) -> tuple[list[str], str, str]:
 
 
 def chemistry_summary(rows: list[dict], key: str, calibrated: bool) -> list[dict]:
-    """Per element (``key='elements'``) or chemical system (``'chemsys'``): count, median relative
-    uncertainty, median kNN distance relative to the ID test set, share flagged high, flag."""
+    """Per element (``key='elements'``: a compound counts once for each of its elements) or chemical system
+    (``'chemsys'``): count, mean prediction, mean and median relative uncertainty, median kNN distance relative
+    to the ID test set, share flagged high, number without a finite prediction, flag (``check`` when the median
+    relative uncertainty exceeds :data:`CHEMISTRY_RATIO`, more than half are flagged high, or a prediction is
+    not finite). Sorted least certain first."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         for g in (row["elements"] if key == "elements" else [row["chemsys"]]):
@@ -568,11 +572,14 @@ def chemistry_summary(rows: list[dict], key: str, calibrated: bool) -> list[dict
     for name, members in groups.items():
         rel = np.array([m["relative_uncertainty"] for m in members if m["relative_uncertainty"] is not None])
         knn = np.array([m["knn_relative"] for m in members if m.get("knn_relative") is not None])
+        pred = np.array([m["prediction"] for m in members if m.get("prediction") is not None])
         high = sum(m["flag"] == "high" for m in members)
         nan = sum(m["flag"] == "nan" for m in members)
         med = float(np.median(rel)) if rel.size else None
         flag = "check" if ((med is not None and med > CHEMISTRY_RATIO) or high > len(members) / 2 or nan) else "ok"
-        out.append({"name": name, "count": len(members), "median_relative_uncertainty": med,
+        out.append({"name": name, "count": len(members), "mean_prediction": float(np.mean(pred)) if pred.size else None,
+                    "mean_relative_uncertainty": float(np.mean(rel)) if rel.size else None,
+                    "median_relative_uncertainty": med,
                     "median_knn_relative": float(np.median(knn)) if knn.size else None,
                     "share_high": high / len(members), "n_nan": nan, "flag": flag})
     out.sort(key=lambda g: (-(g["median_relative_uncertainty"] or 0.0), g["name"]))
@@ -645,6 +652,7 @@ def screen(checkpoint: Path, paths: Sequence[Path], out_dir: Path, *, fmt: str =
         })
     doc = {
         "checkpoint": checkpoint.name, "format": fmt, "target": meta.get("target"), "unit": unit,
+        "model": model_summary(meta), "traits_version": _traits_version(),
         "calibrated": cal is not None,
         "calibration": cal_file.name if cal is not None else None,
         "calibration_note": ("scores calibrated on the checkpoint's own validation split; relative "
@@ -684,39 +692,321 @@ def _csv(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- report
-def _figure(doc: dict):
-    from matplotlib.figure import Figure
+#: How the report names the architectures a screen can score (models with an embedding and a linear output).
+ARCHITECTURE_NAMES = {"cgcnn": "CGCNN", "cgcnn-original": "CGCNN (original implementation)", "chgnet": "CHGNet",
+                      "sevenn": "SevenNet", "alignn": "ALIGNN", "mace": "MACE", "torch": "PyTorch"}
+#: Groups with fewer compounds than this are called single observations in the report's summary.
+FEW_COMPOUNDS = 3
+#: Rows of the flagged-compounds and chemical-system tables in the report (everything is in predictions.csv).
+REPORT_ROWS = 50
 
-    rows = [r for r in doc["compounds"] if r["relative_uncertainty"] is not None]
+
+def _traits_version() -> str:
+    import traits
+
+    return str(traits.__version__)
+
+
+def _real_or_none(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _str_or_none(x) -> str | None:
+    return x if isinstance(x, str) and x else None
+
+
+def model_summary(meta: Mapping) -> dict:
+    """What the screening report says about the model, read from the checkpoint's metadata: architecture, the
+    chemistry its training omitted, its training seed, data hash, the TRAITS version that trained it, the
+    number of training compounds and its ID test MAE (a field the checkpoint does not hold, or holds with the
+    wrong type, is None)."""
+    splits = (meta.get("metrics") or {}).get("splits") if isinstance(meta.get("metrics"), dict) else None
+    splits = splits if isinstance(splits, dict) else {}
+
+    def split(name: str, key: str):
+        one = splits.get(name)
+        return one.get(key) if isinstance(one, dict) else None
+
+    omit = meta.get("omit")
+    n_train = split("train", "n")
+    return {"architecture": _str_or_none(meta.get("architecture")),
+            "omit": [str(e) for e in omit if isinstance(e, str)] if isinstance(omit, list) else None,
+            "seed": meta.get("seed") if isinstance(meta.get("seed"), int) and not isinstance(meta.get("seed"), bool)
+            else None,
+            "data_hash": _str_or_none(meta.get("data_hash")),
+            "trained_with": _str_or_none((meta.get("versions") or {}).get("traits")
+                                         if isinstance(meta.get("versions"), dict) else None),
+            "n_train": n_train if isinstance(n_train, int) and not isinstance(n_train, bool) else None,
+            "id_mae": _real_or_none(split("id", "mae"))}
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
+def _architecture(doc: dict) -> str | None:
+    arch = (doc.get("model") or {}).get("architecture") or (doc.get("format") if doc.get("format") != "traits"
+                                                               else None)
+    return ARCHITECTURE_NAMES.get(arch, arch) if arch else None
+
+
+def _target(doc: dict) -> str:
+    return str(doc.get("target") or "an unnamed target").replace("_", " ")
+
+
+def screen_title(doc: dict) -> str:
+    """The report's title: what was screened, with which model (the checkpoint file is named in the
+    provenance), e.g. "10 structures screened with a CGCNN model of formation energy per atom"."""
+    arch = _architecture(doc)
+    article = "an" if arch and arch[0].upper() in "AEIO" else "a"
+    model = f"{article} {arch} model" if arch else "a model"
+    return f"{_plural(doc['n_screened'], 'structure')} screened with {model} of {_target(doc)}"
+
+
+def running_title(doc: dict) -> str:
+    """The short title of the PDF's running header."""
+    arch = _architecture(doc)
+    return f"Screening of {_plural(doc['n_screened'], 'structure')}" + (f" with {arch}" if arch else "")
+
+
+def _inputs_phrase(doc: dict) -> str:
+    """Where the screened structures came from, by kind of file (never by name): "10 CIF files"."""
+    kinds: dict[str, set] = {}
+    for r in doc["compounds"]:
+        name = str(r.get("source") or "").lower()
+        kind = ("JSON" if name.endswith(JSON_SUFFIXES) else "CIF" if name.endswith(".cif") else
+                "POSCAR" if name.endswith((".vasp", ".poscar")) or name.startswith(("poscar", "contcar")) else "other")
+        kinds.setdefault(kind, set()).add(str(r.get("source") or ""))
+    parts = [_plural(len(v), f"{k} file") for k, v in sorted(kinds.items(), key=lambda kv: (kv[0] == "other", kv[0]))]
+    return _join(parts)
+
+
+def _omit_phrase(doc: dict) -> str | None:
+    omit = (doc.get("model") or {}).get("omit")
+    if omit is None:
+        return None
+    return f"trained without the compounds containing {_join(omit)}" if omit else "trained on a random split"
+
+
+def screen_sentences(doc: dict) -> list[str]:
+    """The report's first paragraph, in plain sentences generated from the numbers: what was flagged and
+    against which yardstick, which chemistries to check, and how many compounds the per-group numbers rest on."""
+    n, high, nan = doc["n_screened"], doc["n_flagged"], doc["n_nan"]
+    if n == 0:
+        return ["No structure could be screened: every input was skipped (reasons below)."]
+    out = []
+    share = f" ({100 * high / n:.0f} %)" if high else ""
+    if doc["calibrated"]:
+        yardstick = (f"their uncertainty or their distance to the training set lies above the "
+                     f"{100 * FLAG_QUANTILE:.0f}th percentile of the model's own ID test set")
+    else:
+        yardstick = ("their uncertainty lies above twice the screened set's median (no calibration: nothing here is "
+                     "compared with the training data)")
+    out.append(f"Of the {_plural(n, 'structure')} screened, {high}{share} {'is' if high == 1 else 'are'} flagged high"
+               + (f": {yardstick}." if high else f"; flagged would mean that {yardstick}.")
+               + (f" {_plural(nan, 'structure')} gave no finite prediction." if nan else ""))
+    for key, what in (("by_element", "element"), ("by_chemsys", "chemical system")):
+        groups = doc[key]
+        check = [g for g in groups if g["flag"] == "check"]
+        if not groups:
+            continue
+        if check:
+            worst = [f"{g['name']} ({_fmt(g['median_relative_uncertainty'])}, {_plural(g['count'], 'compound')})"
+                     for g in check[:3]]
+            out.append(f"{len(check)} of {_plural(len(groups), what)}"
+                       f" {'is' if len(check) == 1 else 'are'} marked check; the least certain "
+                       f"(median relative uncertainty, compounds): {_join(worst)}.")
+        else:
+            out.append(f"No {what} is marked check (none has a median relative uncertainty above {CHEMISTRY_RATIO:g} "
+                       "or most of its compounds flagged).")
+    few = [g for g in doc["by_element"] if g["count"] < FEW_COMPOUNDS]
+    if few:
+        one = len(few) == 1
+        out.append(f"{len(few)} of the {len(doc['by_element'])} elements {'occurs' if one else 'occur'} in fewer "
+                   f"than {FEW_COMPOUNDS} compounds: {'its' if one else 'their'} numbers are single observations, "
+                   "pointers rather than estimates.")
+    return out
+
+
+def _fmt(x, digits: int = 3) -> str:
+    from traits.report.formatting import fmt_num
+
+    return fmt_num(None if x is None else float(x), digits)
+
+
+def _plain_log_axis(axis, values: Sequence[float]) -> None:
+    """A log axis whose tick labels are plain numbers (0.5, 1, 2; mathtext is off in the report's style, so the
+    default labels would print as raw TeX), with more ticks per decade when the data span fewer decades."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], dtype=np.float64)
+    decades = float(np.log10(v.max() / v.min())) if v.size else 1.0
+    subs = ((1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else
+            (1.0, 3.0) if decades < 4 else (1.0,))
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: _fmt(float(x), 3)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _figure(doc: dict):
+    """Each compound's relative uncertainty against its relative distance to training (sorted uncertainties
+    without calibration), the flag thresholds drawn; sized to the report's page width."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    from traits.report import figures as F
+
+    rows = [r for r in doc["compounds"] if r["relative_uncertainty"] is not None and r["relative_uncertainty"] > 0]
     if not rows:
         return None
-    fig = Figure(figsize=(6.3, 3.4))
+    fig = Figure(figsize=(F.PAGE_WIDTH, 3.1), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    colours = {"ok": "#4c72b0", "high": "#dd8452"}
+    colours = {"ok": F.SPLIT_COLORS["id"], "high": F.SPLIT_COLORS["ood"]}
+    names = {"ok": "not flagged", "high": "flagged high"}
+    size = float(np.clip(2000 / len(rows), 5, 26))
+    ref = doc.get("id_reference") or {}
+    cut_y = cut_x = None
+    if doc["calibrated"]:
+        std, knn = ref.get("last_layer_std") or {}, ref.get("knn_distance") or {}
+        cut_y = std["p95"] / std["median"] if std.get("median") and std.get("p95") else None
+        cut_x = knn["p95"] / knn["median"] if knn.get("median") and knn.get("p95") else None
+    else:  # the flag of an uncalibrated score: above twice the screened set's median (:func:`score`)
+        cut_y = 2.0
+    ys = [r["relative_uncertainty"] for r in rows]
     if doc["calibrated"] and any(r["knn_relative"] is not None for r in rows):
         for flag in ("ok", "high"):
             pts = [(r["knn_relative"], r["relative_uncertainty"]) for r in rows
                    if r["flag"] == flag and r["knn_relative"] is not None]
             if pts:
                 x, y = zip(*pts)
-                ax.scatter(x, y, s=10, alpha=0.6, color=colours[flag], label=f"{flag} ({len(pts)})")
-        ax.axvline(1.0, color="#888", lw=0.8, ls="--")
+                ax.scatter(x, y, s=size, alpha=0.75, color=colours[flag], edgecolors="none",
+                           label=f"{names[flag]} ({len(pts)})", zorder=3)
+        ax.axvline(1.0, color="#666", lw=0.8, ls="--", label="1 = ID-test median")
+        if cut_x is not None:
+            ax.axvline(cut_x, color="#666", lw=0.8, ls=":",
+                       label=f"ID-test {100 * FLAG_QUANTILE:.0f}th percentile (flag threshold)")
         ax.set_xlabel("kNN distance to training / its ID-test median")
+        xs = [r["knn_relative"] for r in rows if r["knn_relative"] is not None and r["knn_relative"] > 0]
+        if xs:  # a ratio: log scale, so that half and twice the ID test set's distance lie equally far from 1
+            ax.set_xscale("log")
+            xlo, xhi = min(xs + [1.0] + ([cut_x] if cut_x else [])), max(xs + [1.0] + ([cut_x] if cut_x else []))
+            ax.set_xlim(xlo / 1.12, xhi * 1.12)
+            _plain_log_axis(ax.xaxis, [xlo, xhi])
     else:
-        y = sorted(r["relative_uncertainty"] for r in rows)
-        ax.plot(range(len(y)), y, ".", ms=3)
-        ax.set_xlabel("compounds, sorted (no training distance without calibration)")
-    ax.axhline(1.0, color="#888", lw=0.8, ls="--")
-    ax.set_ylabel("last-layer Laplace std / reference median")
+        order = sorted(rows, key=lambda r: r["relative_uncertainty"])
+        for flag in ("ok", "high"):
+            pts = [(i + 1, r["relative_uncertainty"]) for i, r in enumerate(order) if r["flag"] == flag]
+            if pts:
+                x, y = zip(*pts)
+                ax.scatter(x, y, s=size, alpha=0.75, color=colours[flag], edgecolors="none",
+                           label=f"{names[flag]} ({len(pts)})", zorder=3)
+        ax.set_xlabel("compounds, by rank of uncertainty (no distance to training without calibration)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:.0f}"))
+    ax.axhline(1.0, color="#666", lw=0.8, ls="--", label=None if doc["calibrated"] else "1 = screened-set median")
+    if cut_y is not None:
+        ax.axhline(cut_y, color="#666", lw=0.8, ls=":",
+                   label=None if doc["calibrated"] else "2 × screened-set median (flag threshold)")
     ax.set_yscale("log")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(frameon=False)
-    fig.tight_layout()
+    ax.set_ylabel("last-layer std / " + ("ID-test median" if doc["calibrated"] else "screened median"))
+    lo, hi = min(ys + [1.0] + ([cut_y] if cut_y else [])), max(ys + [1.0] + ([cut_y] if cut_y else []))
+    ax.set_ylim(lo / 1.15, hi * 1.15)
+    _plain_log_axis(ax.yaxis, [lo, hi])
+    ax.grid(True, which="major", color="#e6e6e6", lw=0.6, zorder=0)
+    fig.legend(loc="outside lower center", ncols=4, frameon=False, fontsize=7.5,
+               columnspacing=1.2, handletextpad=0.4)
     return fig
 
 
+def _cell(z: int, row: int, group: int | None) -> tuple[float, float]:
+    """(column, row) of an element in the usual periodic-table layout, the lanthanides and actinides in two
+    rows below it."""
+    if 57 <= z <= 71:
+        return 3 + (z - 57), 8.4
+    if 89 <= z <= 103:
+        return 3 + (z - 89), 9.4
+    return float(group), float(row)
+
+
+def _element_figure(doc: dict):
+    """A periodic table coloured by each element's mean relative uncertainty (1 = the yardstick, a diverging
+    scale), with the number of compounds holding it; elements marked check are outlined, elements in fewer than
+    :data:`FEW_COMPOUNDS` compounds hatched (as in the audit report's error-by-element tables), elements not
+    screened grey."""
+    import seaborn as sns
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+    from pymatgen.core.periodic_table import Element
+
+    from traits.report import figures as F
+
+    groups = {g["name"]: g for g in doc["by_element"]}
+    if not groups:
+        return None
+    values = [g["mean_relative_uncertainty"] for g in groups.values()
+              if g["mean_relative_uncertainty"] is not None and g["mean_relative_uncertainty"] > 0]
+    span = max([2.0] + [max(v, 1 / v) for v in values])
+    norm = LogNorm(1 / span, span)
+    cmap = sns.color_palette("vlag", as_cmap=True)
+    fig = Figure(figsize=(F.PAGE_WIDTH, 3.75))
+    ax = fig.add_axes((0.005, 0.005, 0.99, 0.99))
+    ax.set_axis_off()
+    ax.set_xlim(0.5, 18.55)
+    ax.set_ylim(-10.0, -0.45)
+    for z in range(1, 104):
+        el = Element.from_Z(z)
+        col, row = _cell(z, el.row, el.group)
+        g = groups.pop(el.symbol, None)
+        x, y = col - 0.47, -row - 0.47
+        if g is None:
+            ax.add_patch(Rectangle((x, y), 0.94, 0.94, facecolor="#ececec", edgecolor="none"))
+            ax.text(col, -row, el.symbol, ha="center", va="center", fontsize=6, color="#a0a0a0")
+            continue
+        v = g["mean_relative_uncertainty"]
+        face = cmap(norm(v)) if v is not None and v > 0 else "#d9d9d9"
+        check = g["flag"] == "check"
+        ax.add_patch(Rectangle((x, y), 0.94, 0.94, facecolor=face, edgecolor="#1d2129" if check else "none",
+                               lw=1.4, zorder=2 if check else 1))
+        dark = v is not None and v > 0 and abs(math.log(v)) > 0.6 * math.log(span)
+        ink = "white" if dark else "#1d2129"
+        if g["count"] < FEW_COMPOUNDS:
+            ax.add_patch(Rectangle((x, y), 0.94, 0.94, facecolor="none", edgecolor=ink, hatch="////", lw=0,
+                                   alpha=0.45, zorder=2))
+        ax.text(col, -row + 0.13, el.symbol, ha="center", va="center", fontsize=6.8, color=ink, fontweight="bold",
+                zorder=3)
+        ax.text(col, -row - 0.25, f"n {g['count']}", ha="center", va="center", fontsize=5, color=ink, zorder=3)
+    cax = ax.inset_axes((3.0, -1.95, 9.0, 0.28), transform=ax.transData)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
+    ticks = [t for t in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0) if 1 / span <= t <= span]
+    bar.set_ticks(ticks, labels=[_fmt(t, 3) for t in ticks])
+    bar.ax.minorticks_off()
+    bar.ax.tick_params(labelsize=6.5, length=2)
+    yard = "ID test set" if doc["calibrated"] else "screened set"
+    bar.set_label(f"mean relative uncertainty (1 = median of the {yard})", fontsize=7)
+    ax.text(3.0, -1.0, f"n: compounds holding the element · outlined: marked check · hatched: fewer than "
+            f"{FEW_COMPOUNDS} compounds · grey: none screened", fontsize=6.3, color="#5b6270", va="center")
+    if groups:  # elements past Z = 103: listed, not placed
+        ax.text(3.0, -7.7, "also: " + ", ".join(f"{k} ({g['count']})" for k, g in sorted(groups.items())),
+                fontsize=6.3, color="#5b6270")
+    return fig
+
+
+def _screen_css() -> str:
+    from traits.report.render import templates_dir
+
+    root = templates_dir()
+    return (root / "report.css").read_text(encoding="utf-8") + "\n" + (root / "screen.css").read_text(encoding="utf-8")
+
+
 def render_screen_report(doc: dict, out_dir: Path, formats: Sequence[str] = ("html", "pdf")) -> dict[str, Path]:
-    """Write screen.html / screen.pdf from a predictions document."""
+    """Write screen.html / screen.pdf from a predictions document: the audit report's style with the screening
+    report's title, running header and page flow (templates/screen.css); figures sized to the page width."""
     from markupsafe import Markup
 
     from traits.report import figures as F
@@ -727,18 +1017,29 @@ def render_screen_report(doc: dict, out_dir: Path, formats: Sequence[str] = ("ht
     if not formats:
         return written
     env = template_environment()
+    flagged = sorted((r for r in doc["compounds"] if r["flag"] != "ok"),
+                     key=lambda r: (r["flag"] != "nan", -(r["relative_uncertainty"] or 0.0), r["id"]))
+    n_flagged_all = len(flagged)
+    context = {
+        "d": doc, "model": {**model_summary({}), **(doc.get("model") or {})}, "version": doc.get("traits_version"),
+        "title": screen_title(doc), "running": running_title(doc), "sentences": screen_sentences(doc),
+        "inputs": _inputs_phrase(doc), "omit": _omit_phrase(doc), "architecture": _architecture(doc),
+        "ratio": CHEMISTRY_RATIO, "quantile": FLAG_QUANTILE, "few": FEW_COMPOUNDS, "rows": REPORT_ROWS,
+        "flagged": flagged[:REPORT_ROWS], "n_flagged_all": n_flagged_all,
+        "css": Markup(_screen_css()),
+        "css_narrow": Markup((templates_dir() / "report-narrow.css").read_text(encoding="utf-8")),
+    }
 
     def render(medium: str) -> str:
-        with F.style():
-            fig = _figure(doc)
-            enc = F.encode(fig, svg=medium == "screen", png_dpi=None if medium == "screen" else 200,
-                           salt="traits-screen") if fig is not None else None
-        src = (enc.svg if medium == "screen" else enc.png) if enc is not None else None
-        return env.get_template("screen.html.j2").render(
-            d=doc, medium=medium, figure=src, ratio=CHEMISTRY_RATIO, quantile=FLAG_QUANTILE,
-            flagged=[r for r in doc["compounds"] if r["flag"] != "ok"][:50],
-            css=Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
-        )
+        figures = {}
+        for name, build in (("distance", _figure), ("elements", _element_figure)):
+            with F.style():
+                fig = build(doc)
+                enc = F.encode(fig, svg=medium == "screen", png_dpi=None if medium == "screen" else 200,
+                               salt=f"traits-screen-{name}") if fig is not None else None
+            if enc is not None:
+                figures[name] = {"src": enc.svg if medium == "screen" else enc.png, "width": enc.width_in}
+        return env.get_template("screen.html.j2").render(medium=medium, figures=figures, **context)
 
     if "html" in formats:
         written["html"] = out_dir / "screen.html"

@@ -318,17 +318,179 @@ def _reference_lines(table: list[dict]) -> list[str]:
     return lines
 
 
-def summary_markdown(summary: dict) -> str:
+#: Why a catalogue metric can have no study numbers (the catalogue's metrics the study profile may not measure).
+NOT_MEASURED_WHY = {
+    "plane_basin_area_ratio": "no audit drew the eigenvector plane (probes.surface.directions: hessian)",
+    "first_jump_ratio": "no audit found a jump in both splits' 1D loss curves",
+}
+
+#: Ids of the summary's sections (its Markdown headings, by how they start), for the contents and the links.
+SECTION_IDS = (("Conclusion", "conclusion"), ("Each metric against", "metrics"),
+               ("Landscape metrics against the best", "baseline"), ("Per family", "families"),
+               ("The reference tasks", "reference"), ("The domain-shift rule", "shift"), ("Tasks", "tasks"))
+
+
+def measured(v: dict) -> bool:
+    """Whether the study has numbers for a metric (a ρ from at least one audit). A metric without keeps its row in
+    the first table, which says why it is empty, and is left out of the other tables."""
+    return v.get("rho") is not None and bool(v.get("n_audits"))
+
+
+def not_measured(summary: dict) -> list[tuple[str, str]]:
+    """(metric, why) for the catalogue metrics the study has no numbers for."""
+    n = summary.get("n_audits", 0)
+    return [(k, f"not measured in the {n} audits: " + NOT_MEASURED_WHY.get(k, "no audit yields the ratio"))
+            for k, v in summary["statistics"]["overall"].items() if not measured(v)]
+
+
+def _signed(v: dict) -> tuple[float | None, float | None, float | None]:
+    """ρ and its interval with the metric's expected sign applied: > 0 always means 'tracks the error'."""
+    sign = v.get("expected_sign", 1.0) or 1.0
+    if v.get("rho") is None:
+        return None, None, None
+    if v.get("low") is None or v.get("high") is None:
+        return sign * v["rho"], None, None
+    a, b = sign * v["low"], sign * v["high"]
+    return sign * v["rho"], min(a, b), max(a, b)
+
+
+#: :func:`reading`'s words: the interval (and the partial ρ given the loss at θ) above 0 with p (Holm) < 0.05; the
+#: interval above 0 but the partial ρ reaching 0; the interval below 0 (the wrong direction); anything else.
+BEYOND, WITH_LOSS = "tracks the error beyond the loss at θ", "tracks the error, nothing beyond the loss at θ"
+AGAINST, UNCLEAR = "against its expected direction", "no clear link"
+
+
+def reading(v: dict) -> str:
+    """One metric's result in words, from its ρ interval, Holm p and partial ρ given the loss at θ."""
+    if v.get("kind") == "error at θ (reference)":
+        return "reference: the error the probes see at θ"
+    if not measured(v):
+        return "not measured"
+    _, low, high = _signed(v)
+    part = (v.get("partial") or {}).get("loss") or {}
+    _, plow, _ = _signed({**part, "expected_sign": v.get("expected_sign", 1.0)})
+    p = v.get("p_holm") if v.get("p_holm") is not None else v.get("p")
+    if low is not None and low > 0 and plow is not None and plow > 0:
+        return BEYOND + (" (weakly)" if plow < 0.1 else "")
+    if low is not None and low > 0 and p is not None and p < 0.05:
+        return WITH_LOSS
+    if high is not None and high < 0:
+        return AGAINST
+    return UNCLEAR
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
+def conclusion(summary: dict) -> str:
+    """The summary's conclusion in one paragraph generated from its numbers: the sample (audits, tasks, held-out
+    rules), the reference, which metrics track the error beyond the loss at θ (with their intervals, and said to be
+    weak when a lower bound is under 0.1), which track it only with the loss, which go the wrong way, the
+    comparison with the best distance baseline, what was not measured, and how strong the evidence is."""
     labels = cat.labels()
     st = summary["statistics"]
+    overall = st["overall"]
+
+    def name(k: str) -> str:
+        return labels.get(k, k)
+
+    rules = max([v.get("n_clusters") or 0 for v in overall.values() if measured(v)] or [0])
+    out = []
+    if summary.get("pipeline_check"):
+        out.append("This is a pipeline check at a tiny budget: its numbers exercise the pipeline and say nothing "
+                   "about the metrics.")
+    elif summary.get("in_progress"):
+        out.append("This is an interim summary of a study still running: the intervals are wide and the task mix "
+                   "incomplete.")
+    head = (f"Over {summary['n_audits']} audits of {summary['n_tasks']} tasks ({rules} held-out rules, "
+            f"{summary['data_set']})")
+    ref = overall.get("loss_ratio")
+    if ref and measured(ref):
+        clear = (_signed(ref)[1] or 0.0) > 0
+        out.append(head + (f", the loss at θ alone tracks the OOD/ID error ratio with Spearman ρ = {_ci(ref)}." if clear
+                           else f", the loss at θ alone gives Spearman ρ = {_ci(ref)} with the OOD/ID error ratio (the "
+                           "interval reaches 0)."))
+    else:
+        out.append(head + ".")
+    groups: dict[str, list[str]] = {}
+    for k, v in overall.items():
+        if v.get("kind") != "error at θ (reference)" and measured(v):
+            groups.setdefault(reading(v).split(" (")[0], []).append(k)
+    beyond = groups.get(BEYOND, [])
+    if beyond:
+        parts = [f"{name(k)} (partial ρ {_ci((overall[k].get('partial') or {}).get('loss') or {})})" for k in beyond]
+        lows = [_signed({**((overall[k].get("partial") or {}).get("loss") or {}),
+                         "expected_sign": overall[k]["expected_sign"]})[1] for k in beyond]
+        weak = [x for x in lows if x is not None and x < 0.1]
+        out.append(f"Given the loss at θ, {_and(parts)} still {'tracks' if len(beyond) == 1 else 'track'} the error "
+                   "(interval above 0)" + (f", but weakly: the lower bound{'s are' if len(weak) > 1 else ' is'} "
+                                          f"{_and([_f(x) for x in weak])}." if weak else "."))
+    else:
+        out.append("No metric tracks the error beyond the loss at θ: every partial ρ interval given the loss at θ "
+                   "reaches 0.")
+    also = groups.get(WITH_LOSS, [])
+    if also:
+        out.append(f"{_and([name(k) for k in also])} {'tracks' if len(also) == 1 else 'track'} the error"
+                   + (" too" if beyond else "") + " (interval clear of 0, p (Holm) < 0.05) but add"
+                   + ("s" if len(also) == 1 else "")
+                   + " nothing clear of 0 once the loss at θ is known.")
+    wrong = groups.get(AGAINST, [])
+    if wrong:
+        out.append(f"{_and([f'{name(k)} (ρ = {_ci(overall[k])})' for k in wrong])} "
+                   f"{'goes' if len(wrong) == 1 else 'go'} against the expected direction.")
+    unclear = groups.get(UNCLEAR, [])
+    if unclear:
+        out.append(f"No clear link for {_and([name(k) for k in unclear])} (the interval reaches 0 or p (Holm) ≥ "
+                   "0.05).")
+    vs = st.get("vs_best_baseline") or {}
+    if vs.get("baseline"):
+        diffs = {k: d for k, d in vs["metrics"].items() if d.get("diff") is not None and d.get("low") is not None}
+        better = [k for k, d in diffs.items() if d["low"] > 0]
+        restate = [labels.get(k, k) for k in better if k in overall and not reading(overall[k]).startswith(BEYOND)]
+        base = labels.get(vs["baseline"], vs["baseline"])
+        if better:
+            out.append(f"Against the best distance baseline ({base}), "
+                       + _and([f"{labels.get(k, k)} (Δρ = {_f(diffs[k]['diff'])} [{_f(diffs[k]['low'])}, "
+                               f"{_f(diffs[k]['high'])}])" for k in better])
+                       + f" {'tracks' if len(better) == 1 else 'track'} the error better"
+                       + ((f", but only {'restates' if len(better) == 1 else 'restate'} the loss at θ (partial ρ "
+                           "reaching 0)") if restate and len(restate) == len(better) else
+                          (f" ({_and(restate)} only {'restates' if len(restate) == 1 else 'restate'} the loss at θ)"
+                           if restate else "")) + "; no other landscape metric is shown to.")
+        else:
+            out.append(f"No landscape metric is shown to track the error better than the best distance baseline "
+                       f"({base}): every Δρ interval reaches 0 or lies below it.")
+    missing = not_measured(summary)
+    if missing:
+        out.append(f"{_and([labels.get(k, k) for k, _ in missing])} {'was' if len(missing) == 1 else 'were'} not "
+                   "measured.")
+    if rules and rules < 10:
+        out.append(f"With only {rules} held-out rules every interval is wide: weak evidence either way.")
+    return " ".join(x[0].upper() + x[1:] if x[0].isascii() and x[0].isalpha() else x for x in out)
+
+
+def _summary_head(summary: dict) -> list[str]:
     lines = [f"# TRAITS study summary ({_md(summary['study_version'])}, {_md(summary['data_set'])})", ""]
     if banner(summary):
         lines += [f"> **{banner(summary)}**", ""]
     lines += [f"{summary['n_audits']} audits of {summary['n_tasks']} tasks (profile "
               f"{_md(summary.get('profile') or '–')}; generated {_md(summary['generated_utc'])}). Families: "
               + ", ".join(f"{_md(k)} {v['tasks']} tasks / {v['audits']} audits" for k, v in summary["families"].items())
-              + ".", "",
-              "## Each metric against the OOD/ID error ratio (all tasks, the random-split baselines included)", "",
+              + ".", "", "## Conclusion", "", _md(conclusion(summary)), ""]
+    return lines
+
+
+def summary_markdown(summary: dict) -> str:
+    return "\n".join(_summary_head(summary) + _summary_sections(summary)) + "\n"
+
+
+def _summary_sections(summary: dict) -> list[str]:
+    """The summary's sections after its conclusion (Markdown lines): the HTML page renders these below its own
+    title block, conclusion, contents and overview table."""
+    labels = cat.labels()
+    st = summary["statistics"]
+    lines = ["## Each metric against the OOD/ID error ratio (all tasks, the random-split baselines included)", "",
               "Spearman ρ of the metric's OOD/ID ratio with the OOD/ID MAE ratio over the tasks (each task's "
               "seeds averaged). Tasks that hold out the same compounds (both targets of one held-out element, "
               "chemical system, ... or random share) form a cluster: the 95 % interval is a cluster bootstrap "
@@ -341,13 +503,15 @@ def summary_markdown(summary: dict) -> str:
               "value is worse (ρ should be negative).", "",
               "| kind | metric | ρ [95 % CI] | p (one-sided) | p (Holm) | partial ρ: loss | partial ρ: target shift | "
               "clusters / tasks / audits | noise floor (random splits) |", "|---|---|---|---|---|---|---|---|---|"]
+    why = dict(not_measured(summary))
     for key, v in st["overall"].items():
         nf = st["noise_floor"].get(key) or {}
         floor = "–" if not nf.get("n") else (f"{_f(nf['median'])} [{_f(nf['low'])}, {_f(nf['high'])}] (n={nf['n']}"
                                              + ("" if nf.get("enough") else ", too few") + ")")
         label = _md(labels.get(key, key)) + (" ↓" if v["expected_sign"] < 0 else "")
         part = v.get("partial", {})
-        lines.append(f"| {_md(v['kind'])} | {label} | {_ci(v)} | {_p(v['p'])} | {_p(v.get('p_holm'))} | "
+        lines.append(f"| {_md(v['kind'])} | {label} | {_md(why[key]) if key in why else _ci(v)} | {_p(v['p'])} | "
+                     f"{_p(v.get('p_holm'))} | "
                      f"{_ci(part.get('loss', {}))} | {_ci(part.get('target_shift', {}))} | "
                      f"{v.get('n_clusters', '–')} / {v['n_tasks']} / {v['n_audits']} | {floor} |")
     vs = st["vs_best_baseline"]
@@ -359,6 +523,8 @@ def summary_markdown(summary: dict) -> str:
                   "baseline is chosen on these data, so the comparison favours it slightly).", "",
                   "| metric | Δρ [95 % CI] | tasks / audits |", "|---|---|---|"]
         for key, d in vs["metrics"].items():
+            if d["diff"] is None:
+                continue
             ci = "–" if d["diff"] is None else (f"{_f(d['diff'])} [{_f(d['low'])}, {_f(d['high'])}]"
                                                 if d["low"] is not None else f"{_f(d['diff'])} (no interval)")
             lines.append(f"| {_md(labels.get(key, key))} | {ci} | {d['n_tasks']} / "
@@ -373,8 +539,10 @@ def summary_markdown(summary: dict) -> str:
                                           for k, v in fams.items()) + " |",
                   "|---|" + "---|" * len(fams)]
         for key in st["overall"]:
-            lines.append(f"| {_md(labels.get(key, key))} | "
-                         + " | ".join(_ci(v["metrics"][key]) for v in fams.values()) + " |")
+            cells = [_ci(v["metrics"].get(key) or {}) for v in fams.values()]
+            if all(c == "–" for c in cells):
+                continue  # not measured in any family: the first table says why
+            lines.append(f"| {_md(labels.get(key, key))} | " + " | ".join(cells) + " |")
     lines += _reference_lines(summary.get("reference_table") or [])
     lines += _shift_lines(summary.get("shift_thresholds"))
     lines += ["", "## Tasks", "", "Mean over the seeds [95 % t interval over the seeds].", "",
@@ -392,22 +560,13 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {_md(e['task'])} | {_md(e.get('family') or '–')} | {_md(e['target'])} | "
                      f"{_md(held_out_text(e))} | {len(e['seeds'])} | {' | '.join(cells)} | "
                      f"{_md('/'.join(str(v) for v in e['verdicts']))} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>TRAITS study summary</title>
-<style>body{font-family:system-ui,sans-serif;max-width:75rem;margin:2rem auto;padding:0 1rem;line-height:1.4}
-table{border-collapse:collapse;font-size:.8rem;margin:.6rem 0}td,th{border:1px solid #ccc;padding:.15rem .35rem}
-th{background:#f3f3f3}img{max-width:100%}
-.banner{background:#fff3cd;border:1px solid #d39e00;padding:.6rem;font-weight:bold}
-@page{size:A4 landscape;margin:12mm}
-@media print{body{margin:0;max-width:none;font-size:9pt}table{font-size:7pt}h2{break-before:auto}
-img{max-height:170mm}}</style></head><body>
-{% if banner %}<p class="banner">{{ banner }}</p>{% endif %}
-{{ body }}
-<h2>ρ with its interval</h2><img alt="forest plot" src="{{ forest }}">
-<h2>OOD/ID ratio against OOD/ID error, by family</h2><img alt="scatter plots" src="{{ scatter }}">
-</body></html>"""
+#: The study summary's page (templates/): the audit report's stylesheet report.css, then study-summary.css.
+TEMPLATE, STYLESHEET = "study-summary.html.j2", "study-summary.css"
+#: The tallest a figure prints, in inches (the landscape A4 page holds about 6.8 in of text height).
+PRINT_HEIGHT_IN = 5.6
 
 
 #: Markdown rules the summary never uses and that would let a string reach the page as more than text: links,
@@ -423,30 +582,142 @@ def markdown_html(md: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).enable("table").disable(list(_MD_OFF)).render(md)
 
 
-def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str, Path]:
-    """summary.json, summary.md, summary.html (plots embedded as SVG), summary.pdf (PNG plots; ``pdf``) and
-    catalogue-evidence.json in ``out``. Everything is rendered before the first file is written."""
-    from jinja2 import Environment
+def _section_id(heading: str, used: set) -> str:
+    """The id of a summary section from its heading (:data:`SECTION_IDS`, else a slug), unique on the page."""
+    import re
+
+    sid = next((i for start, i in SECTION_IDS if heading.startswith(start)), None)
+    sid = sid or re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")[:40] or "section"
+    base, n = sid, 2
+    while sid in used:
+        sid, n = f"{base}-{n}", n + 1
+    used.add(sid)
+    return sid
+
+
+def sections_html(md: str, row_ids: dict[str, list[str]] | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """The summary's Markdown sections as HTML for its page, and its contents as (id, heading) pairs: every
+    ``##`` heading gets an id (:func:`_section_id`), every table the report's ``data`` class (``wide`` above 6
+    columns), and the body rows of the first table of a section named in ``row_ids`` the ids given there, in order
+    (the overview's links point at them). Rendered as :func:`markdown_html` renders: no link, image or raw HTML."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table").disable(list(_MD_OFF))
+    tokens = parser.parse(md)
+    row_ids = row_ids or {}
+    contents: list[tuple[str, str]] = []
+    used: set = set()
+    section, tables, in_body, row = None, 0, False, 0
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open" and tok.tag == "h2":
+            heading = "".join(c.content for c in (tokens[i + 1].children or []))
+            section, tables = _section_id(heading, used), 0
+            tok.attrSet("id", section)
+            contents.append((section, heading))
+        elif tok.type == "table_open":
+            tables += 1
+            columns = 0
+            for nxt in tokens[i + 1:]:
+                if nxt.type == "th_open":
+                    columns += 1
+                elif nxt.type == "tr_close":
+                    break
+            tok.attrSet("class", "data wide" if columns > 6 else "data")
+        elif tok.type == "tbody_open":
+            in_body, row = True, 0
+        elif tok.type == "tbody_close":
+            in_body = False
+        elif tok.type == "tr_open" and in_body and tables == 1 and section in row_ids:
+            ids = row_ids[section]
+            if row < len(ids):
+                tok.attrSet("id", ids[row])
+            row += 1
+    return parser.renderer.render(tokens, parser.options, {}), contents
+
+
+def overview_rows(summary: dict) -> list[dict]:
+    """The page's overview table: per measured metric, ρ, the partial ρ given the loss at θ, Δρ against the best
+    distance baseline, the sample (clusters / tasks / audits) and :func:`reading` (every number as in the tables)."""
+    labels = cat.labels()
+    st = summary["statistics"]
+    vs = (st.get("vs_best_baseline") or {}).get("metrics") or {}
+    out = []
+    for key, v in st["overall"].items():
+        if not measured(v):
+            continue
+        d = vs.get(key) or {}
+        delta = ("–" if d.get("diff") is None else f"{_f(d['diff'])} [{_f(d['low'])}, {_f(d['high'])}]"
+                 if d.get("low") is not None else f"{_f(d['diff'])} (no interval)")
+        words = reading(v)
+        out.append({"key": key, "label": labels.get(key, key) + (" ↓" if v["expected_sign"] < 0 else ""),
+                    "kind": v.get("kind") or "", "rho": _ci(v),
+                    "partial": "–" if v.get("kind") == "error at θ (reference)" else _ci(
+                        (v.get("partial") or {}).get("loss") or {}),
+                    "delta": delta, "delta_link": d.get("diff") is not None,
+                    "n": f"{v.get('n_clusters', '–')} / {v['n_tasks']} / {v['n_audits']}", "reading": words,
+                    "level": "warn" if words == AGAINST else "pass"})
+    return out
+
+
+def _page(summary: dict, medium: str, figures: dict) -> str:
     from markupsafe import Markup
 
-    from traits.report.figures import encode
+    import traits
+    from traits.report.render import template_environment, templates_dir
+
+    labels = cat.labels()
+    st = summary["statistics"]
+    vs = st.get("vs_best_baseline") or {}
+    row_ids = {"metrics": [f"metric-{k}" for k in st["overall"]],
+               "baseline": [f"baseline-{k}" for k, d in (vs.get("metrics") or {}).items() if d.get("diff") is not None]}
+    # strings from the data are escaped Markdown; markdown-it escapes the rest
+    body, contents = sections_html("\n".join(_summary_sections(summary)) + "\n", row_ids)
+    contents = ([("overview", "Each metric at a glance")] + contents
+                + [("forest", "ρ with its interval"), ("scatter", "OOD/ID ratio against OOD/ID error, by family")])
+    root = templates_dir()
+    css = "\n".join((root / name).read_text(encoding="utf-8") for name in ("report.css", STYLESHEET))
+    return template_environment().get_template(TEMPLATE).render(
+        s=summary, medium=medium, banner=banner(summary), conclusion=conclusion(summary), contents=contents,
+        overview=overview_rows(summary), missing=[(labels.get(k, k), why) for k, why in not_measured(summary)],
+        baseline=labels.get(vs.get("baseline"), vs.get("baseline")) if vs.get("baseline") else None,
+        title=f"{summary['study_version']}, {summary['data_set']}: which metrics track the OOD error",
+        running=f"{summary['study_version']} · {summary['data_set']}", body=Markup(body), version=traits.__version__,
+        css=Markup(css), css_narrow=Markup((root / "report-narrow.css").read_text(encoding="utf-8")), **figures)
+
+
+def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str, Path]:
+    """summary.json, summary.md, summary.html (plots embedded as SVG), summary.pdf (PNG plots; ``pdf``) and
+    catalogue-evidence.json in ``out``. The page has the audit report's style (templates/report.css), the
+    conclusion and the contents first, an overview table whose rows link to the full tables, and ids on every
+    section. Everything is rendered before the first file is written."""
+    from traits.report import figures as F
     from traits.study.stats import forest_figure, scatter_figure
 
     md = summary_markdown(summary)
-    body = Markup(markdown_html(md))  # strings from the data are escaped Markdown; markdown-it escapes the rest
     labels = cat.labels()
-    template = Environment(autoescape=True).from_string(_HTML)
-    # each figure drawn once: SVG for the HTML page, PNG for the PDF
-    forest, scatter = (encode(f, svg=True, png_dpi=150 if pdf else None)
-                       for f in (forest_figure(summary["statistics"], labels),
-                                 scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels)))
-    html_page = template.render(banner=banner(summary), body=body, forest=forest.svg, scatter=scatter.svg)
+    # each figure drawn once, in the report's plotting style: SVG for the HTML page, PNG for the PDF
+    with F.style():
+        fig = forest_figure(summary["statistics"], labels)
+        forest_height = float(fig.get_figheight())
+        forest = F.encode(fig, svg=True, png_dpi=150 if pdf else None)
+        fig = scatter_figure(summary["rows"], [m.name for m in cat.ranked()], labels)
+        scatter_height = float(fig.get_figheight())
+        scatter = F.encode(fig, svg=True, png_dpi=150 if pdf else None)
+
+    heights = {"forest": forest_height, "scatter": scatter_height}
+
+    def figs(kind: str) -> dict:
+        # on the (landscape A4) page a figure is scaled to fit under its heading: at most PRINT_HEIGHT_IN tall
+        return {name: {"src": getattr(enc, kind), "width": round(enc.width_in * (1.0 if kind == "svg" else min(
+                    1.0, PRINT_HEIGHT_IN / heights[name])), 3)}
+                for name, enc in (("forest", forest), ("scatter", scatter))}
+
+    html_page = _page(summary, "screen", figs("svg"))
     pdf_bytes = None
     if pdf:
         from traits.report.render import html_to_pdf
 
-        pdf_bytes = html_to_pdf(template.render(banner=banner(summary), body=body, forest=forest.png,
-                                                scatter=scatter.png))
+        pdf_bytes = html_to_pdf(_page(summary, "print", figs("png")))
     out = ensure_dir(Path(out))
     paths = {"json": write_json_atomic(out / "summary.json", summary),
              "md": write_text_atomic(out / "summary.md", md),
