@@ -385,9 +385,19 @@ def _grouped_statistics(spec: AuditSpec, model, group_batches: list[list], eig, 
     objs = [SplitObjective(model, b, loss=spec.probes.loss, hvp_method=h.hvp) for b in group_batches]
     sizes = [o.n_samples for o in objs]
 
+    batched = [True]  # one vmapped backward per group: 2-3x faster than a loop for small groups on a CPU
+
     def counted(o):
         def many(stack):
-            out = o.hvp_many(stack)
+            out = None
+            if batched[0]:
+                try:
+                    out = o.hvp_many(stack, batched=True)
+                except RuntimeError:  # a model whose backward autograd cannot vmap: one product at a time
+                    batched[0] = False
+                    o.release_graphs()
+            if out is None:
+                out = o.hvp_many(stack, batched=False)
             counter._add(stack.shape[0])
             return out
         return many
