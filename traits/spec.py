@@ -487,6 +487,9 @@ class GateSpec(_Strict):
 class ReportSpec(_Strict):
     formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html", "pdf"])
     out_dir: SpecPath = Path("traits-out")
+    interactive: bool = Field(
+        False, description="Also write report-interactive.html: 3D loss surfaces you can turn and sortable tables, "
+        "self-contained (its script is inlined, nothing is fetched), beside the script-free report.html and the PDF.")
 
 
 class CardSpec(_Strict):
