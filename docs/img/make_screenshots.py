@@ -16,8 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: Report sections shown on the page (the ids of traits.report.sections.SECTIONS), with the window height to
 #: render each at before cropping.
-SECTIONS = {"summary": 1500, "verdict": 1600, "provenance": 1400, "splits": 900, "accuracy": 1200, "shift": 1700,
-            "hessian": 2000, "surfaces": 2600, "methods": 1800, "appendix": 3000}
+SECTIONS = {"summary": 1500, "verdict": 1600, "provenance": 1400, "splits": 900, "accuracy": 3400, "shift": 1700,
+            "hessian": 2000, "surfaces": 3800, "methods": 1800, "appendix": 3000}
 WIDTH = 1000
 LIMIT = 300_000
 

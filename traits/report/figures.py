@@ -126,12 +126,17 @@ class ParityData:
     r2: float | None = None
 
 
-def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figure:
-    """Predicted vs DFT target, one panel per split side by side, with the same axis limits and y = x."""
+#: Residual histograms stop at this quantile of the pooled |residuals| (the few beyond are counted in the panel).
+RESIDUAL_QUANTILE = 0.995
+
+
+def parity_figure(panels: Sequence[ParityData], unit: str, target: str, residuals: bool = True) -> Figure:
+    """Predicted vs DFT target, one panel per split side by side, with the same axis limits and y = x; with
+    ``residuals``, under each the histogram of its residuals (predicted − DFT) on bins shared by every split, as a
+    share of the split's compounds, so that the ID and OOD error distributions compare directly."""
     n = max(len(panels), 1)
     width = min(PAGE_WIDTH, 3.35 * n + 0.25)
-    fig = _new_figure(width / n * 0.92 + 0.2, width)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
+    square = width / n * 0.92 + 0.2
     cleaned = []
     for p in panels:
         t, y = nan_array(p.targets), nan_array(p.predictions)
@@ -139,6 +144,14 @@ def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figur
         t, y = t[:size], y[:size]
         ok = np.isfinite(t) & np.isfinite(y)
         cleaned.append((t[ok], y[ok], int((~ok).sum())))
+    if residuals:
+        fig = _new_figure(square + 1.55, width)
+        grid = np.atleast_2d(fig.subplots(2, len(panels), squeeze=False,
+                                          gridspec_kw={"height_ratios": [square, 1.35]}))
+        axes, hist_axes = grid[0], grid[1]
+    else:
+        fig = _new_figure(square, width)
+        axes, hist_axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True)), []
     values = np.concatenate([np.concatenate([t, y]) for t, y, _ in cleaned] or [np.zeros(0)])
     if values.size:
         lo, hi = float(values.min()), float(values.max())
@@ -157,6 +170,8 @@ def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figur
         ax.set_xlabel(f"DFT {name} ({unit})")
         if i == 0:
             ax.set_ylabel(f"predicted ({unit})")
+        elif residuals:
+            ax.tick_params(labelleft=False)
         title = f"{split_label(p.split)} (n = {len(t)})"
         ax.set_title(title)
         lines = []
@@ -170,6 +185,177 @@ def parity_figure(panels: Sequence[ParityData], unit: str, target: str) -> Figur
             ax.text(0.04, 0.96, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8", "alpha": 0.9})
         ax.grid(True, lw=0.4, alpha=0.5)
+    if residuals:
+        _residual_histograms(hist_axes, panels, [y - t for t, y, _ in cleaned], unit)
+    return fig
+
+
+def _residual_histograms(axes, panels: Sequence[ParityData], residuals: Sequence[np.ndarray], unit: str) -> None:
+    """One histogram of residuals per split on common bins symmetric about 0 (share of the split's compounds)."""
+    pooled = np.concatenate([np.abs(r) for r in residuals] or [np.zeros(0)])
+    limit = float(np.quantile(pooled, RESIDUAL_QUANTILE)) if pooled.size else 1.0
+    limit = limit if limit > 0 else (float(pooled.max()) if pooled.size and pooled.max() > 0 else 1.0)
+    edges = np.linspace(-limit, limit, 31)
+    top = 0.0
+    for i, (ax, p, r) in enumerate(zip(axes, panels, residuals)):
+        color = split_color(p.split, i)
+        inside = r[np.abs(r) <= limit]
+        if r.size:
+            weights = np.full(inside.size, 100.0 / r.size)
+            counts, _, _ = ax.hist(inside, bins=edges, weights=weights, color=color, alpha=0.55,
+                                   edgecolor=color, linewidth=0.6)
+            top = max(top, float(counts.max()) if counts.size else 0.0)
+            mean = float(r.mean())
+            ax.axvline(mean, color="0.15", lw=1.0, label="mean residual")
+            beyond = int((np.abs(r) > limit).sum())
+            note = f"mean {mean:+.3g} {unit}".replace("-", "−")
+            if beyond:
+                note += f"\n{beyond} beyond ±{limit:.3g} not shown"
+            ax.text(0.02, 0.95, note, transform=ax.transAxes, ha="left", va="top", fontsize=7, color="0.25",
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "none", "alpha": 0.85}, zorder=5)
+        else:
+            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.axvline(0.0, color="0.35", lw=0.9, ls="--")
+        ax.set_xlim(-limit, limit)
+        ax.set_xlabel(f"residual, predicted − DFT ({unit})")
+        if i == 0:
+            ax.set_ylabel("compounds (%)")
+        ax.grid(True, lw=0.4, alpha=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+    for ax in axes:
+        ax.set_ylim(0, top * 1.3 if top > 0 else 1.0)
+        if ax is not axes[0]:
+            ax.tick_params(labelleft=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Error by element: a periodic-table heatmap
+
+def _table_positions() -> dict[str, tuple[float, int]]:
+    """(row, column) of each element on the periodic table: rows 0-6 the periods, 7.4 and 8.4 the lanthanides
+    and actinides set below (La and Ac in column 2), columns 0-17 the groups."""
+    symbols = (
+        "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr Rb Sr Y "
+        "Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W "
+        "Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt "
+        "Ds Rg Cn Nh Fl Mc Lv Ts Og").split()
+    starts = [(1, 2), (3, 10), (11, 18), (19, 36), (37, 54), (55, 86), (87, 118)]
+    pos: dict[str, tuple[float, int]] = {}
+    for period, (first, last) in enumerate(starts):
+        for z in range(first, last + 1):
+            sym = symbols[z - 1]
+            if period == 0:
+                col = 0 if z == 1 else 17
+            elif period in (1, 2):
+                offset = z - first
+                col = offset if offset < 2 else offset + 10
+            elif period in (3, 4):
+                col = z - first
+            else:
+                offset = z - first
+                if offset < 2:
+                    col = offset
+                elif 2 <= offset <= 16:  # La..Lu / Ac..Lr go to the f-block rows below
+                    pos[sym] = (period + 2.4, offset)
+                    continue
+                else:
+                    col = offset - 14
+            pos[sym] = (float(period), col)
+    return pos
+
+
+PERIODIC_POSITIONS = _table_positions()
+
+
+#: An element's cell counts as noisy (hatched, and left out of the colour scale's top) below this many compounds.
+MIN_ELEMENT_COMPOUNDS = 3
+
+
+def element_heatmap_figure(panels: Mapping[str, Mapping[str, tuple[float, int]]], unit: str,
+                           what: str = "MAE", min_n: int = MIN_ELEMENT_COMPOUNDS) -> Figure:
+    """One periodic table for every split (``panels[split][symbol] = (value, n compounds)``): each element's cell
+    holds its symbol and, side by side in split order (ID left, OOD right), one block per split coloured by
+    ``what`` (the MAE of the split's compounds containing the element) with the value printed in it, on one colour
+    scale from 0. A block is grey where the split has no compound with the element.
+
+    The scale's top is the largest value of an element with at least ``min_n`` compounds (a single compound's
+    error would otherwise wash out every other cell); blocks of fewer compounds are hatched, and a value above the
+    top shows in the darkest colour (the colour bar's arrow). The key and the colour bar sit in the table's empty
+    top middle."""
+    from matplotlib.colors import Normalize
+
+    splits = list(panels)
+    k = max(len(splits), 1)
+    cell = PAGE_WIDTH / 18.3
+    fig = Figure(figsize=(PAGE_WIDTH, 9.55 * cell + 0.1))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    entries = [(v, n) for d in panels.values() for v, n in d.values() if v is not None and math.isfinite(v)]
+    solid = [v for v, n in entries if n >= min_n] or [v for v, _ in entries]
+    vmax = max(solid) if solid else 1.0
+    clipped = any(v > vmax for v, _ in entries)
+    norm = Normalize(vmin=0.0, vmax=vmax if vmax > 0 else 1.0, clip=True)
+    cmap = sns.color_palette("rocket_r", as_cmap=True)
+    size, top = 0.94, 0.4  # a cell's side; the height of its symbol strip
+    width = size / k
+
+    def block(col: float, row: float, j: int, entry, text_size: float = 5.0) -> None:
+        x, y, h = col + j * width, row + top, size - top
+        value = entry[0] if entry is not None else None
+        if value is None or not math.isfinite(value):
+            ax.add_patch(Rectangle((x, y), width, h, facecolor="#e4e4e4", edgecolor="white", linewidth=0.3))
+            return
+        ink = "white" if norm(value) > 0.55 else "black"
+        ax.add_patch(Rectangle((x, y), width, h, facecolor=cmap(norm(value)), edgecolor="white", linewidth=0.3))
+        if entry[1] < min_n:
+            ax.add_patch(Rectangle((x, y), width, h, facecolor="none", edgecolor=ink, hatch="/////", linewidth=0,
+                                   alpha=0.4))
+        ax.text(x + width / 2, y + h / 2, f"{value:.2g}".lstrip("0") if value < 1 else f"{value:.2g}",
+                ha="center", va="center", fontsize=text_size, color=ink)
+
+    for sym, (row, col) in PERIODIC_POSITIONS.items():
+        present = [panels[s].get(sym) for s in splits]
+        if all(e is None for e in present):
+            ax.add_patch(Rectangle((col, row), size, size, facecolor="#f1f1f1", edgecolor="none"))
+            ax.text(col + size / 2, row + size / 2, sym, ha="center", va="center", fontsize=6.5, color="#b0b0b0")
+            continue
+        ax.add_patch(Rectangle((col, row), size, top, facecolor="white", edgecolor="#c8c8c8", linewidth=0.4))
+        ax.text(col + size / 2, row + top / 2 + 0.02, sym, ha="center", va="center", fontsize=7,
+                fontweight="bold", color="#1d2129")
+        for j, entry in enumerate(present):
+            block(col, row, j, entry)
+    # the key: one enlarged cell naming its blocks, in the empty top middle of the table
+    kx, ky, scale = 2.6, 0.05, 1.9
+    ax.add_patch(Rectangle((kx, ky), size * scale, top * scale, facecolor="white", edgecolor="#c8c8c8",
+                           linewidth=0.4))
+    ax.text(kx + size * scale / 2, ky + top * scale / 2, "symbol", ha="center", va="center", fontsize=6.5,
+            color="0.3")
+    for j, split in enumerate(splits):
+        x = kx + j * width * scale
+        ax.add_patch(Rectangle((x, ky + top * scale), width * scale, (size - top) * scale,
+                               facecolor="#f7f7f7", edgecolor="#c8c8c8", linewidth=0.4))
+        ax.text(x + width * scale / 2, ky + top * scale + (size - top) * scale / 2, split_label(split),
+                ha="center", va="center", fontsize=6, color="0.15")
+    counts = ", ".join(f"{split_label(s)} {sum(1 for v, _ in panels[s].values() if v is not None)}" for s in splits)
+    ax.text(kx + size * scale + 0.25, ky + 0.15, f"{what} of the compounds containing each element\n"
+            f"elements per split: {counts}", ha="left", va="top", fontsize=7, color="0.2", linespacing=1.5)
+    ax.add_patch(Rectangle((kx + size * scale + 0.25, ky + 1.05), 0.45, 0.32, facecolor="#e4e4e4",
+                           edgecolor="none"))
+    ax.text(kx + size * scale + 0.8, ky + 1.21, "no compound of the split holds it", ha="left", va="center",
+            fontsize=6, color="0.3")
+    ax.add_patch(Rectangle((kx + size * scale + 0.25, ky + 1.5), 0.45, 0.32, facecolor="#f3c3a6",
+                           edgecolor="0.3", hatch="/////", linewidth=0))
+    ax.text(kx + size * scale + 0.8, ky + 1.66, f"fewer than {min_n} compounds", ha="left", va="center",
+            fontsize=6, color="0.3")
+    ax.set_xlim(-0.05, 18.0)
+    ax.set_ylim(9.4, -0.05)
+    ax.set_aspect("equal", anchor="N")
+    ax.axis("off")
+    bar_ax = ax.inset_axes((8.3, 1.55, 3.6, 0.22), transform=ax.transData)
+    mappable = matplotlib.cm.ScalarMappable(norm=Normalize(vmin=norm.vmin, vmax=norm.vmax), cmap=cmap)
+    bar = fig.colorbar(mappable, cax=bar_ax, orientation="horizontal", extend="max" if clipped else "neither")
+    bar.ax.tick_params(labelsize=6, length=2, pad=1)
+    bar.ax.xaxis.set_major_locator(MaxNLocator(5))
+    bar.set_label(f"{what} ({unit})" if unit else what, fontsize=6.5, labelpad=1)
     return fig
 
 

@@ -78,6 +78,18 @@ def fmt_seconds(value: float | None) -> str:
     return f"{int(hours)} h {int(minutes)} min"
 
 
+_DIGITS = re.compile(r"(\d+(?:\.\d+)?)")
+
+
+def formula_html(formula: Any) -> Any:
+    """A chemical formula as escaped HTML with its counts as subscripts ('Fe6OF11' → Fe<sub>6</sub>OF<sub>11</sub>);
+    every other character is escaped, so a formula from the data can never become markup."""
+    from markupsafe import Markup, escape
+
+    parts = _DIGITS.split(str(formula if formula is not None else ""))
+    return Markup("").join(Markup("<sub>{}</sub>").format(p) if i % 2 else escape(p) for i, p in enumerate(parts))
+
+
 def split_label(split: str) -> str:
     return SPLIT_LABELS.get(split, split)
 
@@ -162,3 +174,66 @@ def host_summary(platform: str) -> str:
     if system.lower() in ("macos", "darwin"):
         system = "macOS"
     return ", ".join(x for x in (system, arch) if x)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a bracket is: the kind of an interval
+
+#: The kinds of interval a report prints, each with the mark that follows its bracket and what it carries
+#: (:mod:`traits.intervals`). Sampling kinds say how a number would move with another draw of compounds or
+#: structures; estimator kinds bound the numerical error of the number itself. A gate whose threshold lies inside
+#: a bracket that decides (every interval from results schema 1.6 on) is undetermined.
+INTERVAL_KINDS: dict[str, tuple[str, str]] = {
+    "bootstrap over compounds": ("B", "percentile bootstrap over each split's compounds: how the number would "
+                                 "move with another draw of compounds"),
+    "jackknife over structures": ("J", "delete-a-group jackknife over the structures the Hessian was computed on, "
+                                  "with the solver's own error: how it would move with another draw of them"),
+    "solver bound": ("S", "the eigensolver's verified residual bound: the numerical error of a certified "
+                     "eigenvalue"),
+    "Monte-Carlo error": ("MC", "the Monte-Carlo error of a random-probe estimator (Hutchinson / Hutch++ trace; "
+                          "Fieller's interval for a ratio of two)"),
+    "grid resolution": ("G", "where a crossing lies between grid points (the bisection bracket of a robust "
+                        "radius)"),
+}
+#: ``method`` of an interval (results written before ``kind`` was stored) → its kind.
+_METHOD_KINDS = {
+    "bootstrap": "bootstrap over compounds",
+    "jackknife": "jackknife over structures",
+    "sampled": "jackknife over structures",
+    "residual bounds": "solver bound",
+    "certified eigenvalues": "solver bound",
+    "fieller": "Monte-Carlo error",
+    "stderr": "Monte-Carlo error",
+    "bisection bracket": "grid resolution",
+}
+
+
+def interval_kind(interval: Any) -> str:
+    """The kind of a stored interval (an entry of ``AuditResult.ratio_intervals``, as a dict or a model): its
+    ``kind`` when it names one of :data:`INTERVAL_KINDS`, else read from its ``method`` (results written before
+    the kind was stored); '' when neither says."""
+    if interval is None:
+        return ""
+    if hasattr(interval, "model_dump"):
+        interval = interval.model_dump()
+    if not isinstance(interval, dict):
+        return ""
+    kind = str(interval.get("kind") or "").strip()
+    if kind in INTERVAL_KINDS:
+        return kind
+    lowered = kind.lower()
+    for known in INTERVAL_KINDS:
+        if lowered == known.lower():
+            return known
+    return _METHOD_KINDS.get(str(interval.get("method") or "").strip().lower(), "")
+
+
+def kind_marker(kind: str) -> str:
+    """The short marker printed after a bracket of this kind ('B', 'S', ...); '' for an unknown kind."""
+    return INTERVAL_KINDS.get(kind, ("", ""))[0]
+
+
+def kind_legend(kinds: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(marker, kind, what it bounds) for each known kind in ``kinds``, once each, in :data:`INTERVAL_KINDS` order."""
+    wanted = set(kinds)
+    return [(marker, kind, text) for kind, (marker, text) in INTERVAL_KINDS.items() if kind in wanted]

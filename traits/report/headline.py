@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from traits.report.formatting import interval_kind
 from traits.results import AuditResult, nan_array
 
 #: Bootstrap resamples for MAE intervals, the seed they are drawn with and the coverage.
@@ -27,6 +28,9 @@ BOOTSTRAP_DRAWS = 2000
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 Z95 = 1.959963984540054
+#: The kinds (:data:`traits.report.formatting.INTERVAL_KINDS`) of the intervals this module computes itself.
+BOOTSTRAP_KIND = "bootstrap over compounds"
+MONTE_CARLO_KIND = "Monte-Carlo error"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Value:
     censored: bool = False  # a lower bound (robust radius at the edge of the grid)
     status: str = ""  # of a stored interval: ok | uncertified | undefined
     below: float | None = None  # an upper bound in place of a value under the grid's resolution
+    kind: str = ""  # what the interval is (traits.report.formatting.INTERVAL_KINDS), '' without one
 
     @property
     def has_interval(self) -> bool:
@@ -117,20 +122,32 @@ def mae_value(result: AuditResult, split: str, draws: np.ndarray | None = None) 
     if draws is None:
         return Value(finite(acc.mae))
     lo, hi = _percentiles(draws)
-    return Value(finite(acc.mae), lo, hi, "bootstrap" if lo is not None else "")
+    return Value(finite(acc.mae), lo, hi, "bootstrap" if lo is not None else "",
+                 kind=BOOTSTRAP_KIND if lo is not None else "")
+
+
+def stored_entry(result: AuditResult, name: str) -> dict[str, Any] | None:
+    """``result.ratio_intervals[name]`` as a plain dict, None when the result carries none."""
+    intervals = getattr(result, "ratio_intervals", None) or {}
+    entry = intervals.get(name) if isinstance(intervals, dict) else None
+    if entry is None:
+        return None
+    if hasattr(entry, "model_dump"):
+        entry = entry.model_dump()
+    return entry if isinstance(entry, dict) else None
 
 
 def stored_interval(result: AuditResult, name: str) -> tuple[float | None, float | None, str]:
     """(low, high, status) of ``result.ratio_intervals[name]`` when the result carries one."""
-    intervals = getattr(result, "ratio_intervals", None) or {}
-    entry = intervals.get(name) if isinstance(intervals, dict) else None
+    entry = stored_entry(result, name)
     if entry is None:
         return None, None, ""
-    if hasattr(entry, "model_dump"):
-        entry = entry.model_dump()
-    if not isinstance(entry, dict):
-        return None, None, ""
     return finite(entry.get("low")), finite(entry.get("high")), str(entry.get("status") or "")
+
+
+def stored_kind(result: AuditResult, name: str) -> str:
+    """What the stored interval of a ratio is (:func:`traits.report.formatting.interval_kind`); '' without one."""
+    return interval_kind(stored_entry(result, name))
 
 
 def ratio_value(result: AuditResult, name: str, boot: dict[str, np.ndarray | None] | None = None) -> Value:
@@ -138,14 +155,15 @@ def ratio_value(result: AuditResult, name: str, boot: dict[str, np.ndarray | Non
     value = finite(result.ratios.get(name))
     lo, hi, status = stored_interval(result, name)
     if lo is not None or hi is not None or status not in ("", "ok"):
-        return Value(value, lo, hi, "result", status=status)
+        kind = stored_kind(result, name) if lo is not None or hi is not None else ""
+        return Value(value, lo, hi, "result", status=status, kind=kind)
     if name == "mae_ratio" and value is not None:
         boot = boot if boot is not None else {s: mae_draws(result, s) for s in ("id", "ood")}
         if boot.get("id") is not None and boot.get("ood") is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 lo, hi = _percentiles(boot["ood"] / boot["id"])
             if lo is not None:
-                return Value(value, lo, hi, "bootstrap")
+                return Value(value, lo, hi, "bootstrap", kind=BOOTSTRAP_KIND)
     return Value(value)
 
 
@@ -156,7 +174,7 @@ def _trace_value(result: AuditResult, split: str) -> Value:
     se = finite(m.trace_stderr)
     if se is None:
         return Value(m.trace)
-    return Value(m.trace, m.trace - Z95 * se, m.trace + Z95 * se, "stderr")
+    return Value(m.trace, m.trace - Z95 * se, m.trace + Z95 * se, "stderr", kind=MONTE_CARLO_KIND)
 
 
 def _metric(result: AuditResult, split: str, name: str) -> Value:

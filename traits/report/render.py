@@ -29,9 +29,14 @@ from traits.report.formatting import (  # noqa: F401  (re-exported: templates an
     fmt_interval,
     fmt_num,
     fmt_seconds,
+    formula_html,
+    interval_kind,
+    kind_legend,
+    kind_marker,
     ordered_splits,
     split_label,
 )
+from traits.report.glance import ood_phrase
 from traits.report.sections import (  # noqa: F401
     FIGURES,
     RATIO_INFO,
@@ -134,6 +139,10 @@ def _environment(directory: str) -> Environment:
     env.filters["interval"] = fmt_interval
     env.filters["seconds"] = fmt_seconds
     env.filters["split"] = split_label
+    env.filters["formula"] = formula_html
+    env.globals["kind_marker"] = kind_marker
+    env.globals["kind_legend"] = kind_legend
+    env.globals["interval_kind"] = interval_kind
     env.globals["ordered"] = ordered_splits
     env.globals["metric_label"] = lambda name: _catalogue.labels().get(name, name)
     env.globals["is_predictor"] = _is_predictor
@@ -163,6 +172,13 @@ def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None,
 # The template context
 
 
+def _ood_who(result: AuditResult) -> str:
+    """Who the OOD compounds are, for the running text: 'compounds containing Fe', 'cubic compounds', 'the
+    compounds of the named OOD set ood.json', 'a random held-out set (no chemistry omitted)'."""
+    phrase = ood_phrase(result)
+    return f"the compounds of {phrase}" if phrase.startswith("the named") else phrase.removeprefix("the ")
+
+
 def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[str, Any]:
     from traits.report.figures import loss_unit
 
@@ -176,10 +192,7 @@ def _context(result: AuditResult, figures: dict[str, Any], image: str) -> dict[s
         "loss_name": {"mse": "mean squared error", "mae": "mean absolute error"}.get(result.loss, result.loss),
         "css": Markup((templates_dir() / "report.css").read_text(encoding="utf-8")),
         "css_narrow": Markup((templates_dir() / "report-narrow.css").read_text(encoding="utf-8")),
-        "ood_who": (f"compounds containing {', '.join(result.omit)}" if result.omit else
-                    f"the compounds of the named OOD set {Path(str(result.spec['data']['sets']['ood'])).name}"
-                    if (result.spec.get("data") or {}).get("sets") else
-                    "a random held-out set (no chemistry omitted)"),
+        "ood_who": _ood_who(result),
     }
     extra = section_context(result)
     clash = set(extra) & set(context)

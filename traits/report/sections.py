@@ -80,13 +80,15 @@ def loss_at_theta(result: AuditResult, split: str) -> float | None:
 
 
 def interval_of(result: AuditResult, key: str) -> dict[str, Any] | None:
-    """``result.ratio_intervals[key]`` as {low, high, status} when the result carries one."""
-    from traits.report.headline import stored_interval
+    """``result.ratio_intervals[key]`` as {low, high, status, kind} when the result carries one (kind: what the
+    interval is, :func:`traits.report.formatting.interval_kind`; '' without a bracket)."""
+    from traits.report.headline import stored_interval, stored_kind
 
     low, high, status = stored_interval(result, key)
     if low is None and high is None and not status:
         return None
-    return {"low": low, "high": high, "status": status}
+    return {"low": low, "high": high, "status": status,
+            "kind": stored_kind(result, key) if low is not None or high is not None else ""}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +132,16 @@ def _fig_parity(result: AuditResult):
         if (acc := result.accuracy.get(s)) is not None and acc.targets and acc.predictions
     ]
     return F.parity_figure(panels, result.unit, result.target) if panels else None
+
+
+def _fig_elements(result: AuditResult):
+    """MAE per element for ID and OOD on one colour scale (needs the stored formulas; none when label-free)."""
+    from traits.report import figures as F
+    from traits.report.compounds import element_errors
+
+    panels = {s: {el: (e.mae, e.n) for el, e in errs.items()}
+              for s in ("id", "ood") if (errs := element_errors(result, s))}
+    return F.element_heatmap_figure(panels, result.unit) if panels else None
 
 
 def _fig_shift(result: AuditResult):
@@ -228,6 +240,7 @@ def _fig_persistence(result: AuditResult):
 FIGURES: dict[str, FigureBuilder] = {
     "ratios": _fig_ratios,
     "parity": _fig_parity,
+    "elements": _fig_elements,
     "shift": _fig_shift,
     "eigenvalues": _fig_eigenvalues,
     "density": _fig_density,
@@ -244,24 +257,40 @@ FIGURES: dict[str, FigureBuilder] = {
 
 
 def summary_context(result: AuditResult) -> dict[str, Any]:
+    from traits.report.glance import glance
     from traits.report.headline import flagged, headlines, interval_of_finding
 
     findings = flagged(result)
     card = result.spec.get("card") or {}
     rows = headlines(result)
-    sources = {v.source for h in rows for v in (h.id, h.ood, h.ratio) if v.has_interval}
-    sources |= {x["ratio"].source for x in ({"ratio": interval_of_finding(result, f)} for f in findings)
-                if x["ratio"] is not None and x["ratio"].has_interval}
+    flagged_rows = [{"finding": f, "ratio": interval_of_finding(result, f)} for f in findings]
+    values = [v for h in rows for v in (h.id, h.ood, h.ratio)] + [x["ratio"] for x in flagged_rows
+                                                                  if x["ratio"] is not None]
+    sources = {v.source for v in values if v.has_interval}
     return {"summary": {
+        "glance": glance(result),
         "headlines": rows,
         "sources": sorted(sources),
-        "flagged": [{"finding": f, "ratio": interval_of_finding(result, f)} for f in findings],
+        "kinds": list(dict.fromkeys(v.kind for v in values if v.has_interval and v.kind)),
+        "flagged": flagged_rows,
         "n_fail": sum(f.level == "fail" for f in result.findings),
         "n_warn": sum(f.level == "warn" for f in result.findings),
         "n_more": sum(f.level in ("fail", "warn") for f in result.findings) - len(findings),
         "case": next((f for f in result.findings if f.id == "domain_shift"), None),
         "intended_use": card.get("intended_use") if isinstance(card, dict) else None,
     }}
+
+
+def verdict_context(result: AuditResult) -> dict[str, Any]:
+    """The kind of the bracket each gate's finding prints (its stored ratio interval), by finding id."""
+    from traits.report.headline import stored_kind
+
+    kinds = {}
+    for g in result.gates:
+        lo, hi = g.low, g.high
+        if lo is not None and hi is not None and not (lo == hi == g.value) and (kind := stored_kind(result, g.name)):
+            kinds[g.name] = kind
+    return {"finding_kinds": kinds}
 
 
 def provenance_context(result: AuditResult) -> dict[str, Any]:
@@ -282,10 +311,12 @@ def splits_context(result: AuditResult) -> dict[str, Any]:
 
 
 def accuracy_context(result: AuditResult) -> dict[str, Any]:
+    from traits.report.compounds import compounds_context
     from traits.report.headline import mae_value
 
     return {"accuracy_splits": ordered_splits(result.accuracy),
-            "mae_intervals": {s: mae_value(result, s) for s in result.accuracy}}
+            "mae_intervals": {s: mae_value(result, s) for s in result.accuracy},
+            **compounds_context(result)}
 
 
 def shift_context(result: AuditResult) -> dict[str, Any]:
@@ -390,6 +421,9 @@ def surfaces_context(result: AuditResult) -> dict[str, Any]:
         "metric_splits": ordered_splits(result.metrics),
         "ratios": ratios,
         "any_ratio_interval": any(q["interval"] for q in ratios),
+        "ratio_kinds": list(dict.fromkeys(q["interval"]["kind"] for q in ratios
+                                          if q["interval"] and q["interval"]["kind"])),
+        "basin_evidence": basin_evidence(),
         "nonfinite": _nonfinite(result),
         "surface_scale": scale,
         "plane_scale": plane,
@@ -402,6 +436,18 @@ def surfaces_context(result: AuditResult) -> dict[str, Any]:
         "max_directions": MAX_DIRECTIONS,
         "topology": topology_rows(result),
     }
+
+
+def basin_evidence() -> dict[str, Any] | None:
+    """What the adopted study measured about the basin-area ratio, whose expected reading (below 1 is worse) the
+    study contradicts: ρ with the OOD/ID error ratio and its interval, the partial ρ given the loss at θ; None when
+    the study did not measure it."""
+    ev = _catalogue.evidence("basin_area_ratio")
+    if ev is None or ev.rho is None or ev.pipeline_check:
+        return None
+    return {"rho": ev.rho, "low": ev.low, "high": ev.high, "partial": ev.partial_loss, "study": ev.study_version,
+            "data_set": ev.data_set, "n_tasks": ev.n_tasks,
+            "opposite": ev.low is not None and ev.low > 0}  # expected ρ < 0 (smaller is worse); measured > 0
 
 
 def topology_rows(result: AuditResult) -> list[dict[str, Any]]:
@@ -445,10 +491,10 @@ def appendix_context(result: AuditResult) -> dict[str, Any]:
 #: Every section of the report, in order. ``numbered=False`` sections get no number and no TOC entry.
 SECTIONS: tuple[Section, ...] = (
     Section("summary", "Summary", "partials/summary.html.j2", summary_context, ("ratios",), numbered=False),
-    Section("verdict", "Verdict", "partials/verdict.html.j2"),
+    Section("verdict", "Verdict", "partials/verdict.html.j2", verdict_context),
     Section("provenance", "Model and data provenance", "partials/provenance.html.j2", provenance_context),
     Section("splits", "Data splits", "partials/splits.html.j2", splits_context),
-    Section("accuracy", "Accuracy", "partials/accuracy.html.j2", accuracy_context, ("parity",)),
+    Section("accuracy", "Accuracy", "partials/accuracy.html.j2", accuracy_context, ("parity", "elements")),
     Section("shift", "Is the OOD set inside the training domain?", "partials/shift.html.j2", shift_context,
             ("shift",)),
     Section("hessian", "Hessian spectrum", "partials/hessian.html.j2", hessian_context,
