@@ -299,6 +299,12 @@ class ComparisonResult(_Model):
     def write(self, path: Path) -> Path:
         return write_text_atomic(path, self.model_dump_json(indent=1))
 
+    def _repr_html_(self) -> str:
+        """A compact summary for notebooks (:func:`traits.report.notebook.comparison_summary_html`)."""
+        from traits.report.notebook import comparison_summary_html
+
+        return comparison_summary_html(self)
+
 
 # ----------------------------------------------------------------------------------------------
 # Computing it

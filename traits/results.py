@@ -393,6 +393,12 @@ class AuditResult(_Result):
         None, description="the model adapter's description: property, units, package and weights versions, "
         "weights sha256, training data when known")
 
+    def _repr_html_(self) -> str:
+        """A compact summary for notebooks (:func:`traits.report.notebook.audit_summary_html`)."""
+        from traits.report.notebook import audit_summary_html
+
+        return audit_summary_html(self)
+
     def write(self, path: Path) -> Path:
         return write_text_atomic(path, self.model_dump_json(indent=1))
 

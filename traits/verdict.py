@@ -228,9 +228,19 @@ def _finding_for_gate(result: AuditResult, outcome: GateOutcome) -> Finding:
     elif outcome.name == "mae_ratio":
         ood, idm = result.accuracy["ood"].mae, result.accuracy["id"].mae
         numbers |= {"ood_mae": ood, "id_mae": idm}
-        verdict = "the model does not transfer to" if outcome.level != "pass" else "accuracy holds for"
+        lo, hi = outcome.low, outcome.high
+        if outcome.level != "pass":
+            verdict = f"the model does not transfer to {who}"
+        elif lo is not None and lo > 1:  # the wording follows the interval, not only the gate
+            verdict = f"a significant increase on {who}, within the gate"
+        elif hi is not None and hi < 1:
+            verdict = f"significantly lower on {who}"
+        elif lo is not None and hi is not None:
+            verdict = f"not distinguishable from the ID error on {who}"
+        else:
+            verdict = f"within the gate for {who}"
         text = (f"OOD MAE is {_with_interval(outcome)}x the ID MAE ({ood:.3g} vs {idm:.3g} {result.unit}; "
-                f"95% bootstrap interval over compounds): {verdict} {who}")
+                f"95% bootstrap interval over compounds): {verdict}")
     elif outcome.name == "radius_ratio":
         verdict = "the representation is fragile for" if outcome.level != "pass" else "the loss basin is as wide for"
         text = f"OOD robust radius is {_with_interval(outcome)}x the ID radius: {verdict} {who}"
