@@ -110,7 +110,7 @@ def test_output_gradients_match_per_sample_autograd(trained):
     sq, proj = obj.output_gradients(z)
     theta, split = reference_parts(trained)
     for i in range(9):
-        g = torch.autograd.functional.jacobian(lambda f: manual_forward(trained, split(f), x[i : i + 1])[0], theta)
+        g = torch.autograd.functional.jacobian(lambda f, i=i: manual_forward(trained, split(f), x[i : i + 1])[0], theta)
         assert float(sq[i]) == pytest.approx(float(g @ g), rel=1e-10)
         assert torch.allclose(proj[i], z @ g, rtol=1e-10, atol=1e-12)
 

@@ -72,8 +72,8 @@ def pairing(a: AuditResult, b: AuditResult) -> dict[str, bool]:
         x, y = a.accuracy.get(s), b.accuracy.get(s)
         out[f"accuracy_{s}"] = bool(x is not None and y is not None and x.ids and x.ids == y.ids)
         hx, hy = a.hessian.get(s), b.hessian.get(s)
-        out[f"hessian_{s}"] = bool(hx is not None and hy is not None and hx.sample_ids and hx.sample_ids == hy.sample_ids
-                                  and hx.groups and hx.groups == hy.groups)
+        out[f"hessian_{s}"] = bool(hx is not None and hy is not None and hx.sample_ids
+                                  and hx.sample_ids == hy.sample_ids and hx.groups and hx.groups == hy.groups)
     pa, pb = a.provenance, b.provenance
     seed_a = pa.probe_seed if pa.probe_seed is not None else pa.seed
     seed_b = pb.probe_seed if pb.probe_seed is not None else pb.seed
@@ -140,7 +140,8 @@ def accuracy_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
     if not math.isfinite(delta):
         return None
     if same_inputs(a, b) or np.all(draws == 0):
-        return Change(delta, delta, delta, "identical inputs" if same_inputs(a, b) else "paired bootstrap over compounds")
+        kind = "identical inputs" if same_inputs(a, b) else "paired bootstrap over compounds"
+        return Change(delta, delta, delta, kind)
     lo, hi = _percentiles(draws)
     return Change(delta, lo, hi, "paired bootstrap over compounds")
 

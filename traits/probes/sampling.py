@@ -109,7 +109,8 @@ class JackknifeResult:
                 "n_hvp": self.n_hvp}
 
 
-def lambda_max_jackknife(group_hvps: Sequence[GroupHVP], sizes: Sequence[int], vectors: torch.Tensor) -> JackknifeResult:
+def lambda_max_jackknife(group_hvps: Sequence[GroupHVP], sizes: Sequence[int],
+                         vectors: torch.Tensor) -> JackknifeResult:
     """Jackknife of λ_max in the span of the top Ritz vectors (module docstring).
 
     Args:
