@@ -40,7 +40,7 @@ SHIPPED_EVIDENCE = ROOT / "traits" / "study" / "catalogue-evidence.json"
 def _no_adopted_evidence(tmp_path_factory):
     """Tests describe the gates for a stated evidence file (none, or one a test adopts), not for whatever
     study the checkout has adopted; tests/test_verdict_evidence.py checks the shipped file itself."""
-    from traits.study import catalogue
+    from traits import catalogue
 
     mp = pytest.MonkeyPatch()
     mp.setattr(catalogue, "EVIDENCE_FILE", tmp_path_factory.mktemp("evidence") / "catalogue-evidence.json")

@@ -113,7 +113,7 @@ def test_the_thread_settings_are_recorded(audited):
 
 def test_smad_is_a_catalogue_ratio_read_from_the_surface_topology(audited):
     """SMAD of each split's random-plane surface (surface.topology) reaches the split metrics and the ratios."""
-    from traits.study.catalogue import metric
+    from traits.catalogue import metric
 
     result, out, _ = audited
     result = load_result(out / "results.json")

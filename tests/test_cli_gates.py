@@ -278,7 +278,7 @@ def test_junit_xml_of_failing_gates(tmp_path, failing):
     message = cases[0].find("failure").get("message")
     assert "OOD/ID MAE ratio" in message
     lam = next(c for c in cases if c.get("name") == "lambda_ratio")  # a predictor: its study evidence is cited
-    from traits.study.catalogue import evidence_text
+    from traits.catalogue import evidence_text
 
     assert f"study evidence: {evidence_text('lambda_ratio')}" in lam.find("system-out").text
     assert "study evidence" not in cases[0].find("system-out").text  # the MAE ratio is a direct measurement

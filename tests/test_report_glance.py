@@ -361,7 +361,7 @@ def shipped_evidence(monkeypatch):
     """The adopted study's evidence as the package ships it (the test session runs without any by default)."""
     from conftest import SHIPPED_EVIDENCE
 
-    from traits.study import catalogue
+    from traits import catalogue
 
     monkeypatch.setattr(catalogue, "EVIDENCE_FILE", SHIPPED_EVIDENCE)
     catalogue.clear_cache()

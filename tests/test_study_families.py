@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from traits import catalogue as cat
 from traits.errors import SpecError, TraitsError
-from traits.study import catalogue as cat
 from traits.study import families as fm
 
 

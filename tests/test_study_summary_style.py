@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from traits import catalogue as cat
 from traits.report.render import templates_dir
-from traits.study import catalogue as cat
 from traits.study.summary import (
     _ci,
     _summary_sections,

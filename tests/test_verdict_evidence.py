@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.result_factory import make_result
+from traits import catalogue as cat
 from traits.cli import app
 from traits.results import SCHEMA_VERSION, Finding
 from traits.spec import GateSpec
-from traits.study import catalogue as cat
 from traits.verdict import GATES, apply_verdict, made_by_verdict, regate
 
 PASSING = {"mae_ratio": 1.2, "rmse_ratio": 1.2, "lambda_ratio": 1.5, "trace_ratio": 1.4, "radius_ratio": 0.9}
@@ -339,7 +339,7 @@ def test_label_free_evidence_fails_label_free_audits(adopt, tmp_path):
     raw["mode"] = "label-free"
     path.write_text(json.dumps(raw))
     adopt({})
-    import traits.study.catalogue as c
+    import traits.catalogue as c
 
     c.EVIDENCE_FILE = path  # the adopt fixture's monkeypatch restores it
     c.clear_cache()

@@ -8,7 +8,7 @@ The public API mirrors the CLI::
     traits.render_report(traits.load_result("out/quickstart/results.json"), "out/again")
 """
 
-__version__ = "0.1.0"
+from traits.version import __version__  # noqa: F401  (the public version)
 
 #: Files of Enthought Traits (a different package, also imported as ``traits``) that TRAITS never has.
 _ENTHOUGHT_FILES = ("has_traits.py", "trait_type.py", "ctraits.pyi")

@@ -11,8 +11,8 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,6 @@ from traits.data.splits import SPLIT_SCHEME
 from traits.errors import CheckpointError, TraitsError
 from traits.files import ensure_dir
 from traits.models.base import set_probe_parameters
-from traits.seeds import probe_seed, stream
 from traits.results import (
     Accuracy,
     AuditResult,
@@ -43,6 +42,7 @@ from traits.results import (
     json_float,
     nan_array,
 )
+from traits.seeds import probe_seed, stream
 from traits.spec import GRAPH_ARCHITECTURES, MODEL_TARGET, TARGET_UNITS, AuditSpec
 from traits.threads import configure_threads, thread_record
 
@@ -518,7 +518,8 @@ def hessian_plane_surfaces(spec: AuditSpec, model, objectives: dict, train_objec
     if not np.isfinite(float(train_objective.loss())):
         return 0  # no curvature at a non-finite loss: the NaN share of the random surfaces reports it
     device, dtype = train_objective.device, train_objective.dtype
-    plane = hessian_plane(train_objective, max_steps=h.max_steps, tol=h.tol, generator=_generator(stream(spec, "hessian_plane")),
+    plane = hessian_plane(train_objective, max_steps=h.max_steps, tol=h.tol,
+                          generator=_generator(stream(spec, "hessian_plane")),
                           device=device, dtype=dtype, skip=skip, include_skipped=s.include_bias_and_norm)
     result.plane = plane.to_dict()
     axis = torch.linspace(-s.span, s.span, s.points_2d, dtype=torch.float64)
@@ -590,7 +591,8 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     thresholds = {"near_ratio": cfg.near_ratio, "target_outside_fraction": cfg.target_outside_fraction}
     if "train" not in splits:  # named sets without data.sets.train: nothing to measure against
         return sh.compute_shift(
-            {s: [float(g.y) for g in splits.get(s, [])] for s in sh.COMPARED}, {}, k=cfg.k, seed=stream(spec, "shift_knn"),
+            {s: [float(g.y) for g in splits.get(s, [])] for s in sh.COMPARED}, {}, k=cfg.k,
+            seed=stream(spec, "shift_knn"),
             max_points=cfg.max_points, n_train_total=0, thresholds=thresholds,
             problems=["training data is not given (data.sets has no 'train'): the target shift and the distances "
                       "to the training compounds were not measured"],
@@ -623,7 +625,8 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     if with_props:
         features += " + fraction-weighted " + ", ".join(sh.PROPERTY_NAMES) + " (standardised)"
     return sh.compute_shift(
-        targets, spaces, k=cfg.k, seed=stream(spec, "shift_knn"), max_points=cfg.max_points, composition_features=features,
+        targets, spaces, k=cfg.k, seed=stream(spec, "shift_knn"), max_points=cfg.max_points,
+        composition_features=features,
         n_train_total=len(train_all), problems=problems, thresholds=thresholds,
     )
 
@@ -646,7 +649,8 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
                for k, name in enumerate(("val", "id", "ood")) if splits.get(name)}
     batches = {name: collate(g, device, dtype) for name, g in queries.items()}
     targets = {name: np.array([float(g.y) for g in gs]) for name, gs in queries.items()}
-    obj = SplitObjective(model, collate(subsample(splits["train"], u.max_samples, stream(spec, "uncertainty_train")), device, dtype))
+    train = subsample(splits["train"], u.max_samples, stream(spec, "uncertainty_train"))
+    obj = SplitObjective(model, collate(train, device, dtype))
     gen = _generator(stream(spec, "uncertainty_probes"))
     eig = top_eigenvalues(obj.hvp, obj.dim, k=u.top_k, max_steps=max(spec.probes.hessian.max_steps, 2 * u.top_k),
                           tol=spec.probes.hessian.tol, generator=gen, device=device, dtype=dtype)
@@ -760,8 +764,8 @@ def mark_below_resolution(m: SplitMetrics, step: float | None, surf: SurfaceResu
 def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> dict[str, float | None]:
     """Every OOD/ID ratio the metric catalogue lists with an ``accuracy.X`` or ``metrics.X`` source (a
     difference, OOD − ID, for a metric whose unit is "difference"; fractions are not ratios)."""
+    from traits.catalogue import catalogue
     from traits.probes.metrics import ratio
-    from traits.study.catalogue import catalogue
 
     out = {}
     tables = {"accuracy": accuracy, "metrics": metrics}
@@ -909,6 +913,249 @@ def run_audit(
         lock.release()
 
 
+@dataclass
+class AuditContext:
+    """What the stages of one audit share: the inputs, then each stage's part of the result as it is made.
+
+    A stage reads what earlier stages left here and adds its own part; the loop in :func:`_run_audit` times it
+    (``walls``), reports its progress and names it in any error it raises."""
+
+    spec: AuditSpec
+    out_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    progress: ProgressFactory | None = None
+    train_progress: bool | None = False
+    model_object: object = None
+    structures: object = None
+    walls: dict[str, float] = field(default_factory=dict)
+    adapter: object = None
+    loaded: LoadedModel | None = None
+    model: object = None
+    data: PreparedData | None = None
+    pre_findings: list[Finding] = field(default_factory=list)
+    acc: dict[str, Accuracy] = field(default_factory=dict)
+    prediction_stats: dict[str, dict] = field(default_factory=dict)
+    shift: ShiftResult | None = None
+    hessians: dict[str, HessianResult] = field(default_factory=dict)
+    objectives: dict[str, object] = field(default_factory=dict)
+    loss0: dict[str, float | None] = field(default_factory=dict)
+    surface: SurfaceResult | None = None
+    uncertainty: dict | None = None
+
+    @property
+    def label_free(self) -> bool:
+        return self.spec.data.target == MODEL_TARGET
+
+    def batches_of(self, items: list) -> list:
+        """Collated batches of ``items`` on the audit's device; label-free, their targets are the model's own
+        predictions at θ on exactly these batches."""
+        if self.adapter is None:
+            out = collate(items, self.device, self.dtype)
+        else:
+            out = self.adapter.batches(items, self.device, self.dtype)
+        if self.label_free:
+            with torch.no_grad():
+                for b in out:
+                    b.y = self.model(b).detach().reshape(b.y.shape).to(self.dtype)
+        return out
+
+
+def _progress(ctx: AuditContext, label: str):
+    return ctx.progress(label, 0) if ctx.progress else None
+
+
+def _stage_model_and_data(ctx: AuditContext) -> None:
+    """Load (or train) the model and prepare the split: an adapter featurises after loading the model, the
+    CGCNN path builds graphs first (a checkpoint it trains needs them)."""
+    spec = ctx.spec
+    if ctx.model_object is not None or ctx.structures is not None or \
+            spec.model.architecture not in GRAPH_ARCHITECTURES:
+        t = time.perf_counter()
+        ctx.adapter, options, ctx.loaded = load_adapter_model(spec, ctx.device, ctx.model_object)
+        ctx.model = ctx.loaded.model.to(device=ctx.device, dtype=ctx.dtype).eval()
+        set_probe_parameters(ctx.model, ctx.adapter.probe_parameters(ctx.model))
+        ctx.walls["model"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ctx.data = prepare_for_adapter(spec, ctx.adapter, options, structures=ctx.structures,
+                                       progress=_progress(ctx, "featurising structures"))
+        ctx.data.manifest.write(ctx.out_dir / "split_manifest.json")
+        ctx.walls["data"] = time.perf_counter() - t
+        ctx.pre_findings = provenance_findings(spec, ctx.loaded)
+        return
+    t = time.perf_counter()
+    ctx.data = prepare_data(spec, progress=_progress(ctx, "building crystal graphs"))
+    ctx.data.manifest.write(ctx.out_dir / "split_manifest.json")
+    ctx.walls["data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ctx.loaded = load_or_train(spec, ctx.data, ctx.out_dir, ctx.device, progress=ctx.train_progress)
+    ctx.model = ctx.loaded.model.to(device=ctx.device, dtype=ctx.dtype).eval()
+    ctx.walls["model"] = time.perf_counter() - t
+    ctx.pre_findings = check_checkpoint_against_spec(spec, ctx.loaded, ctx.data) + provenance_findings(spec, ctx.loaded)
+
+
+def _stage_predictions(ctx: AuditContext) -> None:
+    """Predictions on every split; with labels, the accuracy per split (label-free, the predictions become the
+    targets the shift diagnostics describe)."""
+    from traits.models.inference import accuracy as accuracy_of
+    from traits.models.inference import predict
+
+    for split, graphs in ctx.data.splits.items():
+        if ctx.adapter is None:
+            ids, preds, targets = predict(ctx.model, graphs, ctx.device)
+        else:
+            ids, preds, targets = ctx.adapter.predict(ctx.model, graphs, ctx.device, ctx.dtype)
+        ctx.prediction_stats[split] = _prediction_stats(preds)
+        if ctx.label_free:
+            for g, p in zip(graphs, preds):
+                g.y = torch.full_like(g.y, float(p)) if g.y.dim() else torch.tensor(float(p), dtype=g.y.dtype)
+            continue
+        stats = accuracy_of(preds, targets)
+        ctx.acc[split] = Accuracy(
+            n=len(ids), mae=json_float(stats["mae"]), rmse=json_float(stats["rmse"]),
+            r2=json_float(stats["r2"]), ids=list(ids),
+            predictions=[json_float(p) for p in preds], targets=[float(y) for y in targets],
+            formulas=formulas_of(graphs, ids),
+        )
+
+
+def _stage_shift(ctx: AuditContext) -> None:
+    ctx.shift = run_shift(ctx.spec, ctx.model, ctx.data.splits, ctx.device)
+
+
+def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
+    """Per probed split: the Hessian probe (timed per split) and the loss objective the surfaces use."""
+    from traits.probes.objective import SplitObjective
+
+    spec = ctx.spec
+    for k, split in enumerate(spec.probes.splits):
+        graphs = ctx.data.splits[split]
+        if spec.probes.hessian.enabled:
+            t = time.perf_counter()
+            sub = subsample(graphs, spec.probes.hessian.max_samples, stream(spec, "hessian_subsample", k))
+            groups = hessian_groups(spec, len(sub), k)
+            ctx.hessians[split] = run_hessian(
+                spec, ctx.model, ctx.batches_of(sub), len(sub), stream(spec, "hessian", k), ctx.device, ctx.dtype,
+                ctx.progress, f"Hessian {split}", group_batches=[ctx.batches_of([sub[i] for i in g]) for g in groups],
+                groups=groups)
+            ctx.hessians[split].sample_ids = [str(g.material_id) for g in sub]
+            ctx.walls[f"hessian_{split}"] = time.perf_counter() - t
+        sub = subsample(graphs, spec.probes.surface.max_samples, stream(spec, "surface_subsample", k))
+        obj = SplitObjective(ctx.model, ctx.batches_of(sub), loss=spec.probes.loss,
+                             hvp_method=spec.probes.hessian.hvp, compile_loss=spec.probes.surface.compile)
+        ctx.objectives[split] = obj
+        ctx.loss0[split] = json_float(obj.loss())
+        if obj.compiled:  # the compile time of the first call (probes.surface.compile)
+            ctx.walls[f"compile_{split}"] = obj.compile_seconds
+
+
+def _stage_surfaces(ctx: AuditContext) -> None:
+    from traits.probes.objective import SplitObjective
+
+    spec = ctx.spec
+    train_objective = None
+    if spec.probes.surface.directions == "hessian":  # the plane comes from the training loss
+        train_objective = ctx.objectives.get("train") or SplitObjective(
+            ctx.model, ctx.batches_of(subsample(ctx.data.splits["train"], spec.probes.hessian.max_samples,
+                                                stream(spec, "plane_train_subsample"))),
+            loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
+    ctx.surface = run_surfaces(spec, ctx.model, ctx.objectives, ctx.out_dir, ctx.progress,
+                               train_objective=train_objective)
+
+
+def _stage_uncertainty(ctx: AuditContext) -> None:
+    ctx.uncertainty = run_uncertainty(ctx.spec, ctx.model, ctx.data.splits, ctx.out_dir, ctx.device, ctx.dtype)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of an audit: ``run(ctx)`` adds its part to the context when ``enabled(spec)``. ``wall`` is the
+    key its time is recorded under (None: the stage records its own, e.g. per split); ``label`` the progress
+    stage the loop starts and ends around it (None: the stage reports its own progress)."""
+
+    name: str
+    run: Callable[[AuditContext], None]
+    enabled: Callable[[AuditSpec], bool] = lambda spec: True
+    wall: str | None = None
+    label: str | None = None
+
+
+#: The stages of an audit, in order. A new probe is its module plus one entry here (and its part of the result).
+STAGES: tuple[Stage, ...] = (
+    Stage("model and data", _stage_model_and_data),
+    Stage("predictions", _stage_predictions, wall="accuracy", label="predictions"),
+    Stage("domain shift", _stage_shift, lambda spec: spec.probes.shift.enabled, "shift", "domain-shift diagnostics"),
+    Stage("Hessian", _stage_hessians_and_objectives),
+    Stage("surfaces", _stage_surfaces, lambda spec: spec.probes.surface.enabled, "surfaces"),
+    Stage("uncertainty", _stage_uncertainty, lambda spec: spec.probes.uncertainty.enabled, "uncertainty",
+          "per-compound uncertainty"),
+)
+
+
+def run_stages(ctx: AuditContext, stages: Sequence[Stage] = STAGES) -> AuditContext:
+    """Run each enabled stage in order: its progress stage started and ended, its wall time recorded, and any
+    error it raises noted with the stage's name (the error's type and message are kept).
+
+    Args:
+        ctx: the audit's context; the stages fill it in.
+        stages: the stages to run (default :data:`STAGES`).
+
+    Returns:
+        ``ctx``, filled in."""
+    from traits.progress import start_stage
+
+    for stage in stages:
+        if not stage.enabled(ctx.spec):
+            continue
+        t = time.perf_counter()
+        done = start_stage(ctx.progress, stage.label) if stage.label else None
+        try:
+            stage.run(ctx)
+        except Exception as exc:
+            exc.add_note(f"(in the audit's {stage.name} stage)")
+            raise
+        if stage.wall:
+            ctx.walls[stage.wall] = time.perf_counter() - t
+        if done is not None:
+            done()
+    return ctx
+
+
+def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> AuditResult:
+    """The AuditResult from a context whose stages have run: metrics, ratios with their intervals, provenance."""
+    spec, loaded, data = ctx.spec, ctx.loaded, ctx.data
+    metrics = {s: split_metrics(spec, s, ctx.hessians.get(s), ctx.surface, ctx.loss0[s]) for s in spec.probes.splits}
+    if ctx.label_free:
+        for m in metrics.values():  # L(θ) = 0: a tolerance relative to it defines no region
+            clear_relative_metrics(m)
+    intervals = ratio_intervals(metrics, ctx.acc, ctx.hessians, ctx.shift, stream(spec, "ratio_intervals"))
+    checkpoint_path = loaded.checkpoint
+    provenance = Provenance(
+        traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
+        device=str(ctx.device), dtype=spec.dtype, seed=spec.seed, probe_seed=probe_seed(spec), started_at=started,
+        wall_seconds=ctx.walls, command=command, spec_path=spec_path,
+        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
+        checkpoint_sha256=file_hash(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,
+        checkpoint_format=spec.model.format if ctx.adapter is None else spec.model.architecture,
+        checkpoint_metadata=_jsonable(loaded.metadata),
+        data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
+        split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(),
+    )
+    shift = ctx.shift
+    result = AuditResult(
+        name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,
+        target=spec.data.target, unit=result_unit(spec, loaded), omit=list(spec.omit), loss=spec.probes.loss,
+        splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
+        accuracy=ctx.acc, hessian=ctx.hessians, surface=ctx.surface, shift=shift, uncertainty=ctx.uncertainty,
+        metrics=metrics,
+        ratios=certified_ratios({**ratios(metrics, ctx.acc), **(shift.ratios if shift is not None else {})}, intervals),
+        ratio_intervals=intervals, mode="label-free" if ctx.label_free else "labels",
+        prediction_stats=ctx.prediction_stats, model_info=(loaded.metadata or {}).get("model_info"),
+    )
+    result.findings = list(ctx.pre_findings)
+    return result
+
+
 def _run_audit(
     spec: AuditSpec,
     out_dir: Path | None = None,
@@ -921,154 +1168,22 @@ def _run_audit(
     model_object=None,
     structures=None,
 ) -> AuditResult:
-    from traits.models.inference import accuracy as accuracy_of
-    from traits.models.inference import predict
+    """The audit itself (:func:`run_audit` holds the output folder's lock around it): the stages, the result,
+    the verdict, results.json and the report."""
     from traits.progress import start_stage
     from traits.verdict import apply_verdict
 
     out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    walls: dict[str, float] = {}
     device = resolve_device(spec.device)
-    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
     torch.manual_seed(spec.seed)
-
-    label_free = spec.data.target == MODEL_TARGET
-    adapter = None
-    if model_object is not None or structures is not None or spec.model.architecture not in GRAPH_ARCHITECTURES:
-        # an adapter brings its own featurisation: load the model first, split on entries, then featurise
-        t = time.perf_counter()
-        adapter, options, loaded = load_adapter_model(spec, device, model_object)
-        model = loaded.model.to(device=device, dtype=dtype).eval()
-        set_probe_parameters(model, adapter.probe_parameters(model))
-        walls["model"] = time.perf_counter() - t
-        t = time.perf_counter()
-        data = prepare_for_adapter(spec, adapter, options, structures=structures,
-                                   progress=progress("featurising structures", 0) if progress else None)
-        data.manifest.write(out_dir / "split_manifest.json")
-        walls["data"] = time.perf_counter() - t
-        pre_findings = provenance_findings(spec, loaded)
-    else:
-        t = time.perf_counter()
-        data = prepare_data(spec, progress=progress("building crystal graphs", 0) if progress else None)
-        data.manifest.write(out_dir / "split_manifest.json")
-        walls["data"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        loaded = load_or_train(spec, data, out_dir, device, progress=train_progress)
-        model = loaded.model.to(device=device, dtype=dtype).eval()
-        walls["model"] = time.perf_counter() - t
-        pre_findings = check_checkpoint_against_spec(spec, loaded, data) + provenance_findings(spec, loaded)
-
-    def batches_of(items: list) -> list:
-        out = collate(items, device, dtype) if adapter is None else adapter.batches(items, device, dtype)
-        if label_free:  # the targets are the model's own predictions at θ, on exactly these batches
-            with torch.no_grad():
-                for b in out:
-                    b.y = model(b).detach().reshape(b.y.shape).to(dtype)
-        return out
-
-    t = time.perf_counter()
-    stage_done = start_stage(progress, "predictions")
-    acc = {}
-    prediction_stats = {}
-    for split, graphs in data.splits.items():
-        if adapter is None:
-            ids, preds, targets = predict(model, graphs, device)
-        else:
-            ids, preds, targets = adapter.predict(model, graphs, device, dtype)
-        prediction_stats[split] = _prediction_stats(preds)
-        if label_free:  # split statistics and the shift diagnostics then describe the predictions
-            for g, p in zip(graphs, preds):
-                g.y = torch.full_like(g.y, float(p)) if g.y.dim() else torch.tensor(float(p), dtype=g.y.dtype)
-            continue
-        stats = accuracy_of(preds, targets)
-        acc[split] = Accuracy(
-            n=len(ids), mae=json_float(stats["mae"]), rmse=json_float(stats["rmse"]),
-            r2=json_float(stats["r2"]), ids=list(ids),
-            predictions=[json_float(p) for p in preds], targets=[float(y) for y in targets],
-            formulas=formulas_of(graphs, ids),
-        )
-    walls["accuracy"] = time.perf_counter() - t
-    stage_done()
-
-    shift = None
-    if spec.probes.shift.enabled:
-        t = time.perf_counter()
-        stage_done = start_stage(progress, "domain-shift diagnostics")
-        shift = run_shift(spec, model, data.splits, device)
-        walls["shift"] = time.perf_counter() - t
-        stage_done()
-
-    from traits.probes.objective import SplitObjective
-
-    hessians: dict[str, HessianResult] = {}
-    objectives = {}
-    loss0 = {}
-    for k, split in enumerate(spec.probes.splits):
-        graphs = data.splits[split]
-        if spec.probes.hessian.enabled:
-            t = time.perf_counter()
-            sub = subsample(graphs, spec.probes.hessian.max_samples, stream(spec, "hessian_subsample", k))
-            groups = hessian_groups(spec, len(sub), k)
-            hessians[split] = run_hessian(
-                spec, model, batches_of(sub), len(sub), stream(spec, "hessian", k), device, dtype, progress,
-                f"Hessian {split}", group_batches=[batches_of([sub[i] for i in g]) for g in groups], groups=groups)
-            hessians[split].sample_ids = [str(g.material_id) for g in sub]
-            walls[f"hessian_{split}"] = time.perf_counter() - t
-        sub = subsample(graphs, spec.probes.surface.max_samples, stream(spec, "surface_subsample", k))
-        objectives[split] = SplitObjective(model, batches_of(sub), loss=spec.probes.loss,
-                                           hvp_method=spec.probes.hessian.hvp,
-                                           compile_loss=spec.probes.surface.compile)
-        loss0[split] = json_float(objectives[split].loss())
-        if objectives[split].compiled:  # the compile time of the first call (probes.surface.compile)
-            walls[f"compile_{split}"] = objectives[split].compile_seconds
-    surface = None
-    if spec.probes.surface.enabled:
-        t = time.perf_counter()
-        train_objective = None
-        if spec.probes.surface.directions == "hessian":  # the plane comes from the training loss
-            train_objective = objectives.get("train") or SplitObjective(
-                model, batches_of(subsample(data.splits["train"], spec.probes.hessian.max_samples, stream(spec, "plane_train_subsample"))),
-                loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
-        surface = run_surfaces(spec, model, objectives, out_dir, progress, train_objective=train_objective)
-        walls["surfaces"] = time.perf_counter() - t
-    uncertainty = None
-    if spec.probes.uncertainty.enabled:
-        t = time.perf_counter()
-        stage_done = start_stage(progress, "per-compound uncertainty")
-        uncertainty = run_uncertainty(spec, model, data.splits, out_dir, device, dtype)
-        walls["uncertainty"] = time.perf_counter() - t
-        stage_done()
-
-    metrics = {s: split_metrics(spec, s, hessians.get(s), surface, loss0[s]) for s in spec.probes.splits}
-    if label_free:
-        for m in metrics.values():  # L(θ) = 0: a tolerance relative to it defines no region
-            clear_relative_metrics(m)
-    intervals = ratio_intervals(metrics, acc, hessians, shift, stream(spec, "ratio_intervals"))
-    checkpoint_path = loaded.checkpoint
-    provenance = Provenance(
-        traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
-        device=str(device), dtype=spec.dtype, seed=spec.seed, probe_seed=probe_seed(spec), started_at=started, wall_seconds=walls,
-        command=command, spec_path=spec_path,
-        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
-        checkpoint_sha256=file_hash(checkpoint_path) if checkpoint_path and checkpoint_path.is_file() else None,
-        checkpoint_format=spec.model.format if adapter is None else spec.model.architecture,
-        checkpoint_metadata=_jsonable(loaded.metadata),
-        data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
-        split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(),
-    )
-    result = AuditResult(
-        name=spec.name, description=spec.description, spec=spec.model_dump(mode="json"), provenance=provenance,
-        target=spec.data.target, unit=result_unit(spec, loaded), omit=list(spec.omit), loss=spec.probes.loss,
-        splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
-        accuracy=acc, hessian=hessians, surface=surface, shift=shift, uncertainty=uncertainty, metrics=metrics,
-        ratios=certified_ratios({**ratios(metrics, acc), **(shift.ratios if shift is not None else {})}, intervals),
-        ratio_intervals=intervals, mode="label-free" if label_free else "labels", prediction_stats=prediction_stats,
-        model_info=(loaded.metadata or {}).get("model_info"),
-    )
-    result.findings = list(pre_findings)
+    ctx = AuditContext(spec=spec, out_dir=out_dir, device=device,
+                       dtype=torch.float64 if spec.dtype == "float64" else torch.float32, progress=progress,
+                       train_progress=train_progress, model_object=model_object, structures=structures)
+    run_stages(ctx)
+    result = _assemble(ctx, started, spec_path, command)
     apply_verdict(result, spec.gates)
+    walls = ctx.walls
     walls["total"] = sum(walls.values())
     result.provenance.wall_seconds = dict(walls)  # the Provenance holds a copy made before the total
     result.write(out_dir / "results.json")

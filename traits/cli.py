@@ -443,7 +443,7 @@ def _command_line() -> str:
 
 
 def print_verdict(result, console: Console = out) -> None:
-    from traits.study.catalogue import labels as metric_labels
+    from traits.catalogue import labels as metric_labels
 
     labels = metric_labels()
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}

@@ -155,10 +155,17 @@ class Sampled:
     certified: bool = True
 
 
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile for ``df`` degrees of freedom (normal for df ≥ 1000; NaN for df < 1)."""
+    if df < 1:
+        return float("nan")
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df)) if df < 1000 else Z95
+
+
 def sampled_ratio(num: Sampled, den: Sampled, level: float = 0.95) -> dict:
     """num / den with sampling errors and solver bounds (module docstring, ``sampled``)."""
-    from traits.probes.sampling import t_quantile
-
     if not (num.certified and den.certified):
         value = num.value / den.value if _finite(num.value) and _finite(den.value) and den.value > 0 else None
         return _result(value, None, None, "uncertified", "sampled")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from traits import catalogue as _catalogue
 from traits.files import write_bytes_atomic
 from traits.progress import safe_text
 from traits.results import AuditResult
-from traits.study import catalogue as _catalogue
 
 #: The audit stage (keys of ``provenance.wall_seconds``, ``hessian`` meaning every ``hessian_<split>``)
 #: that measured each gate (the metric catalogue's ``stage``) or finding.

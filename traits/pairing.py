@@ -172,7 +172,8 @@ def _mc_paired(sa: list[float], sb: list[float], sea: float, seb: float, same_pr
 def hessian_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
     """Paired jackknife of the change of ``id_lambda_max``, ``ood_trace``, ``lambda_ratio`` or ``trace_ratio``
     (module docstring); None when the Hessians are not paired or lack their jackknife."""
-    from traits.probes.sampling import jackknife_stderr, t_quantile
+    from traits.intervals import t_quantile
+    from traits.probes.sampling import jackknife_stderr
 
     pair = pairing(a, b)
     identical = same_inputs(a, b)

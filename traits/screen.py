@@ -702,9 +702,9 @@ REPORT_ROWS = 50
 
 
 def _traits_version() -> str:
-    import traits
+    from traits.version import __version__
 
-    return str(traits.__version__)
+    return str(__version__)
 
 
 def _real_or_none(x) -> float | None:

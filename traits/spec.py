@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from traits import catalogue as _catalogue
 from traits.errors import SpecError
-from traits.study import catalogue as _catalogue
 
 #: Targets TRAITS knows how to read from each source kind, with their physical units.
 TARGET_UNITS = {
@@ -454,6 +454,9 @@ class ProbeSpec(_Strict):
         return list(dict.fromkeys(value))
 
 
+#: A gate's default threshold, from its catalogue entry (the one place it is written).
+_threshold = _catalogue.default_threshold
+
 #: The metrics a gate reads, in the catalogue's order (``gates.fail_on`` may name these).
 GATED_METRICS = tuple(m.name for m in _catalogue.catalogue() if m.gate_field)
 
@@ -462,20 +465,25 @@ class GateSpec(_Strict):
     """Thresholds turning measurements into pass / warn / fail findings.
 
     A violated gate fails the audit when its metric is in ``fail_on`` and warns otherwise. ``fail_on``
-    defaults to :func:`traits.study.catalogue.default_fail_on`: the MAE ratio and the non-finite share of the
+    defaults to :func:`traits.catalogue.default_fail_on`: the MAE ratio and the non-finite share of the
     surfaces, plus a landscape or distance metric only when the adopted study shows it tracks OOD error
     beyond the noise floor (the adopted study, study-1 on MP, adds the λ_max and trace ratios)."""
 
-    max_mae_ratio: float = Field(2.0, gt=0, description="Flag when OOD MAE / ID MAE exceeds this (fails by default).")
-    max_lambda_ratio: float = Field(3.0, gt=0, description="Flag when OOD λ_max / ID λ_max exceeds this.")
-    max_trace_ratio: float = Field(3.0, gt=0, description="Flag when OOD trace / ID trace exceeds this.")
-    min_radius_ratio: float = Field(0.5, gt=0, description="Flag when OOD/ID robust radius is below this.")
-    max_nan_fraction: float = Field(0.0, ge=0, le=1, description="Flag when more of a surface is NaN (fails by "
+    max_mae_ratio: float = Field(
+        _threshold("mae_ratio"), gt=0, description="Flag when OOD MAE / ID MAE exceeds this (fails by default).")
+    max_lambda_ratio: float = Field(
+        _threshold("lambda_ratio"), gt=0, description="Flag when OOD λ_max / ID λ_max exceeds this.")
+    max_trace_ratio: float = Field(
+        _threshold("trace_ratio"), gt=0, description="Flag when OOD trace / ID trace exceeds this.")
+    min_radius_ratio: float = Field(
+        _threshold("radius_ratio"), gt=0, description="Flag when OOD/ID robust radius is below this.")
+    max_nan_fraction: float = Field(
+        _threshold("nan_fraction"), ge=0, le=1, description="Flag when more of a surface is NaN (fails by "
                                     "default).")
     max_embedding_knn_ratio: float = Field(
-        2.0, gt=0, description="Flag when the OOD compounds' median distance to their nearest training compounds "
-        "in the model's embedding exceeds this multiple of the ID one (the verdict then reads the OOD errors "
-        "as extrapolation).",
+        _threshold("embedding_knn_ratio"), gt=0, description="Flag when the OOD compounds' median distance to their "
+        "nearest training compounds in the model's embedding exceeds this multiple of the ID one (the verdict "
+        "then reads the OOD errors as extrapolation).",
     )
     fail_on: list[Literal[GATED_METRICS]] = Field(  # type: ignore[valid-type]
         default_factory=_catalogue.default_fail_on,

@@ -1,7 +1,7 @@
 """From measurements to findings: pass / warn / fail against the spec's gates.
 
 Gates (defaults in :class:`traits.spec.GateSpec`, all overridable in a spec's ``gates``; the list is the
-metric catalogue's gated entries, :mod:`traits.study.catalogue`):
+metric catalogue's gated entries, :mod:`traits.catalogue`):
 
 =================== ========================================== ======= ================================
 gate                value                                      default meaning when violated
@@ -16,7 +16,7 @@ nan_fraction        largest non-finite share of any surface    ≤ 0.0   the los
 =================== ========================================== ======= ================================
 
 A violated gate is a *fail* when it is listed in ``gates.fail_on`` and a *warn* otherwise. The default
-``fail_on`` (:func:`traits.study.catalogue.default_fail_on`) holds the MAE ratio and the NaN share, which
+``fail_on`` (:func:`traits.catalogue.default_fail_on`) holds the MAE ratio and the NaN share, which
 measure failure directly, and a landscape or distance metric only where the adopted study shows that it tracks
 OOD error beyond the noise floor and beyond what the loss at θ already says. The adopted study is study-1 on
 the Materials Project pool (docs/study/summary.md: 168 audits, 56 tasks, 28 held-out rules), and two metrics
@@ -106,8 +106,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from traits import catalogue as _catalogue
 from traits.results import SPLIT_LABELS, AuditResult, Finding, GateOutcome, Level
-from traits.study import catalogue as _catalogue
 
 
 @dataclass(frozen=True)

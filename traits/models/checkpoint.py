@@ -52,9 +52,9 @@ FORMATS = ("traits", "state-dict", "cgcnn-original")
 def _versions() -> dict[str, str]:
     import torch_geometric
 
-    import traits
+    from traits.version import __version__
 
-    out = {"traits": traits.__version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__}
+    out = {"traits": __version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__}
     try:
         out["pymatgen"] = importlib_metadata.version("pymatgen")
     except importlib_metadata.PackageNotFoundError:  # pragma: no cover

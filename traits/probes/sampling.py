@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from traits.errors import ProbeError
+from traits.intervals import t_quantile  # noqa: F401  (re-exported: the quantile the jackknife's df is read with)
 
 #: Most groups of the delete-a-group jackknife (fewer when the sample has fewer structures).
 MAX_GROUPS = 16
@@ -206,12 +207,3 @@ def gauss_newton_trace(group_hvps: Sequence[GroupHVP], group_gradients: Sequence
                             gauss_newton=gn_full, residual=float(u.mean()), n_probes=n_probes,
                             n_hvp=n_probes * len(group_hvps), leave_out=leave,
                             residual_samples=[float(x) for x in u])
-
-
-def t_quantile(df: int, level: float = 0.95) -> float:
-    """Two-sided Student-t quantile for ``df`` degrees of freedom (normal for df ≥ 1000; NaN for df < 1)."""
-    if df < 1:
-        return float("nan")
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + level / 2, df)) if df < 1000 else 1.959963984540054

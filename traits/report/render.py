@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from traits import catalogue as _catalogue
 from traits.errors import OutputError, TraitsError
 from traits.files import ensure_dir, write_formats_atomic
 from traits.report.formatting import (  # noqa: F401  (re-exported: templates and tests use them here)
@@ -48,7 +49,6 @@ from traits.report.sections import (  # noqa: F401
     section_context,
 )
 from traits.results import AuditResult
-from traits.study import catalogue as _catalogue
 
 FORMATS = ("html", "pdf")
 PDF_DPI = 200

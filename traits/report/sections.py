@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from traits import catalogue as _catalogue
 from traits.report.formatting import (
     fmt_num,
     host_summary,
@@ -27,7 +28,6 @@ from traits.report.formatting import (
 )
 from traits.report.uncertainty import uncertainty_context, uncertainty_figure
 from traits.results import AuditResult
-from traits.study import catalogue as _catalogue
 
 Context = Callable[[AuditResult], dict[str, Any]]
 FigureBuilder = Callable[[AuditResult], Any]

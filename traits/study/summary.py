@@ -3,7 +3,7 @@ task folders finished so far, so it can be rewritten while the study runs (``tra
 RUNS --watch 300``).
 
 It also writes ``catalogue-evidence.json``: per metric the measured ρ, its interval, the Holm p and the
-random-split noise floor, with the study's version and data set, which :mod:`traits.study.catalogue`
+random-split noise floor, with the study's version and data set, which :mod:`traits.catalogue`
 reads. A summary made at a tiny budget is labelled a *pipeline check* in every file (and the catalogue
 never lets a pipeline check decide a default)."""
 
@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from traits import catalogue as cat
 from traits.errors import TraitsError
 from traits.files import ensure_dir, write_json_atomic, write_text_atomic
 from traits.report.formatting import markdown_literal as _md
-from traits.study import catalogue as cat
 from traits.study.families import STUDY_VERSION
 from traits.study.stats import MIN_FLOOR_AUDITS
 
@@ -731,7 +731,7 @@ def write_study_summary(summary: dict, out: Path, pdf: bool = True) -> dict[str,
 
 
 def adopt_evidence(evidence: Path) -> Path:
-    """Install a study's ``catalogue-evidence.json`` as the package's (:data:`traits.study.catalogue.EVIDENCE_FILE`),
+    """Install a study's ``catalogue-evidence.json`` as the package's (:data:`traits.catalogue.EVIDENCE_FILE`),
     after checking it is a real study's (not a pipeline check) and readable by the catalogue."""
     raw = cat.read_evidence_file(Path(evidence))
     if not raw.get("metrics"):

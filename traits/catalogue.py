@@ -1,0 +1,354 @@
+"""The one catalogue of metrics: what each OOD/ID number is, which way is worse, which gate reads it,
+whether it fails an audit by default, and what the committed study measured about it.
+
+Ratios, report rows, campaign columns and gates read this list instead of keeping their own:
+:mod:`traits.campaign` takes its columns, labels, kinds and expected signs from it; the study summary
+(:mod:`traits.study.summary`) writes the measured ρ into ``catalogue-evidence.json`` beside the summary,
+and an adopted copy (:data:`EVIDENCE_FILE`, in the package) is what :func:`evidence` reads, so a report can
+cite the number next to a metric it flags on.
+
+The default-fail rule (:func:`default_fail_on`, which ``GateSpec.fail_on`` defaults to): the error ratio
+and the non-finite share of the surfaces fail an audit by default, because they are direct measurements
+of failure, not predictors of it. Any other gated metric (the landscape metrics, the embedding distance)
+fails by default only when the adopted study evidence shows it tracks OOD error beyond the noise floor and
+beyond what the loss at θ already says (:func:`fails_by_default_from_evidence` and
+:func:`threshold_clears_floor`); until then it warns.
+
+Evidence is *adopted* deliberately: ``traits study summary`` writes ``catalogue-evidence.json`` beside the
+study summary it describes (``docs/study/``); ``traits study summary --adopt`` (refused for a pipeline
+check) also copies it to :data:`EVIDENCE_FILE`, inside the package, which is what installed copies read.
+The adopted study is study-1 on the Materials Project pool (``docs/study/``, 168 audits); by this rule the λ_max
+and trace ratios fail by default and every other landscape or distance metric warns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+#: The adopted study's per-metric evidence (``traits study summary --adopt`` writes it; shipped in the wheel).
+EVIDENCE_FILE = Path(__file__).resolve().parent / "study" / "catalogue-evidence.json"
+
+#: What a report says next to a predictor that no adopted study has measured.
+NOT_MEASURED = "not yet measured by an adopted study (warns, never fails, by default)"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a study measured: Spearman ρ of the metric's OOD/ID ratio with the OOD/ID error ratio."""
+
+    rho: float | None
+    low: float | None
+    high: float | None
+    n_tasks: int
+    n_audits: int
+    noise_floor: float | None   # the metric on random splits: 97.5 % (2.5 % where smaller is worse); None from
+                                # fewer than stats.MIN_FLOOR_AUDITS random-split audits
+    study_version: str
+    data_set: str
+    pipeline_check: bool = True  # True: a tiny-budget run, not evidence
+    p_holm: float | None = None
+    in_progress: bool = False    # True: an interim summary of a study still running, not evidence
+    n_clusters: int | None = None  # held-out rules (tasks that hold out the same compounds count once)
+    #: Partial ρ given the loss at θ, with its interval: what the metric says about the error beyond the error
+    #: the probes already see at θ (None where the study did not measure it).
+    partial_loss: tuple[float | None, float | None, float | None] = (None, None, None)
+    #: the audits the study measured: "labels" (Hessians of the labelled loss) or "label-free" (of the model's
+    #: own predictions); a default fail applies only to audits of the same mode
+    mode: str = "labels"
+
+    def text(self) -> str:
+        if self.rho is None:
+            return f"not measured in {self.study_version}"
+        tag = ", pipeline check only" if self.pipeline_check else (", interim: study in progress" if self.in_progress
+                                                                   else "")
+        rules = f", {self.n_clusters} held-out rules" if self.n_clusters else ""
+        pr, pl, ph = self.partial_loss
+        beyond = f"; given the loss at θ, partial ρ = {pr:.2f}{_interval(pl, ph)}" if pr is not None else ""
+        return (f"ρ = {self.rho:.2f}{_interval(self.low, self.high)} over {self.n_tasks} tasks{rules}{beyond} "
+                f"({self.study_version}, {self.data_set}{tag})")
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    """" [low, high]" to two decimals, or nothing when either end is missing."""
+    return f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str                    # the key in AuditResult.ratios / the campaign row
+    label: str                   # short label for tables and figures
+    kind: str                    # "error", "landscape", "distance baseline", "error at θ (reference)", "surface"
+    direction: float = 1.0       # +1: a larger OOD/ID value is worse; -1: a smaller one is worse
+    unit: str = "ratio"          # "ratio" (OOD/ID), "difference" (OOD − ID) or "fraction"
+    gate_field: str | None = None    # the GateSpec threshold field, when a gate reads the metric
+    comparison: str | None = None    # the gate's comparison ("<=" or ">=")
+    threshold: float | None = None   # the gate's default threshold (GateSpec reads it from here)
+    #: In GateSpec.fail_on by default: read for the direct measurements (error, surface) only; a predictor's
+    #: default comes from the adopted evidence (:func:`default_fail_on`), whatever this says.
+    fails_by_default: bool = False
+    description: str = ""
+    report_label: str = ""           # the report's longer label (traits.report.sections.RATIO_INFO today)
+    source: str | None = None        # what the ratio divides: "accuracy.mae", "metrics.lambda_max", "shift..."
+    ranked: bool = True              # ranked against the error ratio in campaign and study summaries
+    gate_label: str = ""             # the gate's statement label (traits.verdict.GATES today)
+    #: The audit stage that measures it (a key of ``provenance.wall_seconds``; "hessian" stands for every
+    #: ``hessian_<split>``): what a JUnit case of its gate is timed by.
+    stage: str = ""
+    evidence: Evidence | None = None
+
+    @property
+    def worse(self) -> str:
+        """The report's direction word: "high", "low", or "negative" for a difference."""
+        if self.unit == "difference":
+            return "negative" if self.direction < 0 else "positive"
+        return "high" if self.direction > 0 else "low"
+
+    @property
+    def neutral(self) -> float:
+        """The value with nothing out of distribution: 1 for a ratio, 0 for a difference or a fraction."""
+        return 1.0 if self.unit == "ratio" else 0.0
+
+
+_METRICS: tuple[Metric, ...] = (
+    Metric("mae_ratio", "MAE", "error", gate_field="max_mae_ratio", comparison="<=", threshold=2.0,
+           fails_by_default=True,
+           report_label="MAE", source="accuracy.mae", ranked=False,
+           description="OOD MAE / ID MAE: the error itself, the quantity every other metric is ranked against."),
+    Metric("rmse_ratio", "RMSE", "error", report_label="RMSE", source="accuracy.rmse", ranked=False,
+           description="OOD RMSE / ID RMSE."),
+    Metric("lambda_ratio", "λ_max", "landscape", gate_field="max_lambda_ratio", comparison="<=", threshold=3.0,
+           report_label="largest Hessian eigenvalue λmax", source="metrics.lambda_max",
+           description="Top Hessian eigenvalue of the OOD loss over the ID one (certified Lanczos)."),
+    Metric("trace_ratio", "trace", "landscape", gate_field="max_trace_ratio", comparison="<=", threshold=3.0,
+           report_label="Hessian trace", source="metrics.trace",
+           description="Hessian trace (Gauss-Newton control variate), OOD over ID."),
+    Metric("radius_ratio", "robust radius", "landscape", direction=-1.0, gate_field="min_radius_ratio", threshold=0.5,
+           comparison=">=", report_label="robust radius", source="metrics.robust_radius",
+           description="Radius of the region where the loss stays within L(θ) + δ (one absolute band δ for both "
+           "splits), OOD over ID. Warn-only until a study shows it tracks OOD error."),
+    Metric("sharpness_ratio", "sharpness", "landscape", report_label="sharpness", source="metrics.sharpness",
+           description="ε-sharpness, OOD over ID."),
+    Metric("basin_area_ratio", "basin area", "landscape", direction=-1.0, report_label="basin area fraction",
+           source="metrics.basin_area", description="Area of the 2D robust basin, OOD over ID."),
+    Metric("plane_basin_area_ratio", "basin area (eigenvector plane)", "landscape", direction=-1.0,
+           report_label="basin area fraction, eigenvector plane", source="metrics.plane_basin_area",
+           description="Basin area in the plane of the top and bottom Hessian eigenvectors, OOD over ID."),
+    Metric("smad_ratio", "SMAD", "landscape", report_label="SMAD (saddle-minimum average distance)",
+           source="metrics.smad",
+           description="Saddle-minimum average distance of the random-plane 2D surface (Landscaper's definition), "
+           "OOD over ID: proposed as a sign of a rougher landscape out of distribution; not yet measured by a "
+           "study, so it warns only."),
+    Metric("smad_normalized_ratio", "SMAD / loss range", "landscape", report_label="SMAD over the loss range",
+           source="metrics.smad_normalized", description="SMAD divided by the surface's loss range, OOD over ID."),
+    Metric("plane_smad_ratio", "SMAD (eigenvector plane)", "landscape", report_label="SMAD, eigenvector plane",
+           source="metrics.plane_smad", description="SMAD of the Hessian-eigenvector-plane surface, OOD over ID."),
+    Metric("nonconvexity_ratio", "|λ_min|/λ_max", "landscape", report_label="non-convexity |λmin|/λmax",
+           source="metrics.nonconvexity", description="Non-convexity at θ, OOD over ID."),
+    Metric("first_jump_ratio", "first jump scale", "landscape", direction=-1.0,
+           report_label="scale of the first loss jump", source="metrics.first_jump",
+           description="Distance to the first discontinuity of the 1D loss curves, OOD over ID."),
+    Metric("entropy_ood_minus_id", "loss entropy (OOD − ID)", "landscape", direction=-1.0, unit="difference",
+           report_label="loss entropy: a difference, OOD − ID", source="metrics.entropy",
+           description="Entropy of the loss surface, OOD minus ID."),
+    Metric("loss_ratio", "loss at θ", "error at θ (reference)", report_label="loss at θ", source="metrics.loss",
+           description="The probes' own MSE at θ, OOD over ID; listed, never a 'best' predictor."),
+    Metric("embedding_knn_ratio", "embedding kNN distance", "distance baseline",
+           gate_field="max_embedding_knn_ratio", threshold=2.0,
+           comparison="<=", report_label="embedding kNN distance, median", source="shift",
+           description="Median distance of OOD compounds to their nearest training compounds in the model's "
+           "embedding, over the ID one."),
+    Metric("composition_knn_ratio", "composition kNN distance", "distance baseline",
+           report_label="composition kNN distance, median", source="shift",
+           description="The same in a composition (element-fraction) space: needs no model."),
+    Metric("target_wasserstein_ratio", "target Wasserstein to train", "distance baseline",
+           report_label="Wasserstein distance of the targets to train", source="shift",
+           description="Wasserstein distance of the OOD targets to the training targets, over the ID one."),
+    Metric("composition_knn_p90_ratio", "composition kNN distance (p90)", "distance baseline", ranked=False,
+           report_label="composition kNN distance, 90th percentile", source="shift"),
+    Metric("embedding_knn_p90_ratio", "embedding kNN distance (p90)", "distance baseline", ranked=False,
+           report_label="embedding kNN distance, 90th percentile", source="shift"),
+    Metric("target_ks_ratio", "target KS statistic", "distance baseline", ranked=False,
+           report_label="KS statistic of the targets against train", source="shift"),
+    Metric("nan_fraction", "non-finite share of the loss surfaces", "surface", unit="fraction",
+           gate_field="max_nan_fraction", comparison="<=", threshold=0.0, fails_by_default=True, ranked=False,
+           report_label="non-finite share of the loss surfaces", source="metrics.nan_fraction",
+           description="A numerical failure of the model, not a predictor: not ranked."),
+)
+
+
+_GATE_LABELS = {"mae_ratio": "OOD/ID MAE ratio", "lambda_ratio": "OOD/ID λ_max ratio",
+                "trace_ratio": "OOD/ID Hessian trace ratio", "radius_ratio": "OOD/ID robust-radius ratio",
+                "nan_fraction": "non-finite share of the loss surfaces",
+                "embedding_knn_ratio": "OOD/ID embedding kNN-distance ratio"}
+_STAGES = {"accuracy": ("mae_ratio", "rmse_ratio"),
+           "hessian": ("lambda_ratio", "trace_ratio", "nonconvexity_ratio", "plane_basin_area_ratio",
+                       "plane_smad_ratio"),
+           "surfaces": ("radius_ratio", "sharpness_ratio", "basin_area_ratio", "smad_ratio", "smad_normalized_ratio",
+                        "first_jump_ratio",
+                        "entropy_ood_minus_id", "loss_ratio", "nan_fraction"),
+           "shift": ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio",
+                     "composition_knn_p90_ratio", "embedding_knn_p90_ratio", "target_ks_ratio")}
+_STAGE_OF = {name: stage for stage, members in _STAGES.items() for name in members}
+_METRICS = tuple(replace(m, gate_label=_GATE_LABELS.get(m.name, ""), stage=_STAGE_OF[m.name]) for m in _METRICS)
+
+
+def read_evidence_file(path: Path, hint: str = "") -> dict:
+    """The raw mapping of a catalogue evidence file, after checking its shape (the one check both the catalogue
+    and adoption use). A file that is not one raises TraitsError naming it; ``hint`` says what to do next."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("metrics") or {}, dict) or not all(
+                isinstance(e, dict) for e in (raw.get("metrics") or {}).values()):
+            raise ValueError("expected {'metrics': {NAME: {rho, low, high, ...}}, ...}")
+    except (OSError, ValueError) as exc:
+        from traits.errors import TraitsError
+
+        raise TraitsError(f"{p}: unreadable catalogue evidence ({exc}){hint}") from None
+    return raw
+
+
+@lru_cache(maxsize=4)
+def _evidence(path: str) -> dict[str, Evidence]:
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    raw = read_evidence_file(p, "; restore it from git or adopt a study again with "
+                                "`traits study summary ... --evidence --adopt`")
+    meta = {k: raw.get(k) for k in ("study_version", "data_set", "in_progress")}
+    # a file that does not say it is a real study's is read as a pipeline check (adoption refuses it too)
+    meta["pipeline_check"] = raw.get("pipeline_check", True)
+    out = {}
+    for name, e in (raw.get("metrics") or {}).items():
+        out[name] = Evidence(rho=e.get("rho"), low=e.get("low"), high=e.get("high"), n_tasks=e.get("n_tasks", 0),
+                             n_audits=e.get("n_audits", 0), noise_floor=e.get("noise_floor"),
+                             study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
+                             pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"),
+                             in_progress=bool(meta["in_progress"]), n_clusters=e.get("n_clusters"),
+                             partial_loss=tuple((e.get("partial_loss") or {}).get(q) for q in ("rho", "low", "high")),
+                             mode=str(raw.get("mode") or "labels"))
+    return out
+
+
+def clear_cache() -> None:
+    """Forget the evidence read so far (after a new evidence file was adopted)."""
+    _evidence.cache_clear()
+
+
+def catalogue(evidence_file: Path | None = None) -> tuple[Metric, ...]:
+    """Every metric, with the committed study's evidence attached where it measured the metric."""
+    ev = _evidence(str(evidence_file or EVIDENCE_FILE))
+    return tuple(replace(m, evidence=ev.get(m.name)) for m in _METRICS)
+
+
+def default_threshold(name: str) -> float:
+    """The default gate threshold of a gated metric (read without the evidence file)."""
+    for m in _METRICS:
+        if m.name == name and m.threshold is not None:
+            return m.threshold
+    raise KeyError(name)
+
+
+def metric(name: str) -> Metric:
+    for m in catalogue():
+        if m.name == name:
+            return m
+    raise KeyError(name)
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    return tuple(m.name for m in _METRICS if kind is None or m.kind == kind)
+
+
+def labels() -> dict[str, str]:
+    return {m.name: m.label for m in _METRICS}
+
+
+def ranked() -> tuple[Metric, ...]:
+    """The metrics ranked against the error ratio (not the errors themselves, the NaN share, or the
+    secondary shift statistics)."""
+    return tuple(m for m in _METRICS if m.ranked)
+
+
+def is_predictor(m: Metric) -> bool:
+    """A metric that may predict OOD error (landscape, distance baseline, loss at θ) rather than measure it."""
+    return m.kind not in ("error", "surface")
+
+
+def default_fail_on(evidence_file: Path | None = None, mode: str = "labels") -> list[str]:
+    """What ``GateSpec.fail_on`` defaults to: the direct measurements of failure (the MAE ratio, the NaN
+    share), and a predictor only when the adopted study shows it tracks OOD error
+    (:func:`fails_by_default_from_evidence`), its default threshold lies beyond the random-split noise
+    floor (:func:`threshold_clears_floor`) and the study measured audits of this ``mode`` ("labels" or
+    "label-free"): evidence from Hessians of the labelled loss fails no label-free audit."""
+    out = []
+    for m in catalogue(evidence_file):
+        if not m.gate_field:
+            continue
+        if not is_predictor(m):
+            if m.fails_by_default:
+                out.append(m.name)
+        elif (m.evidence is not None and m.evidence.mode == mode and fails_by_default_from_evidence(m)
+              and threshold_clears_floor(m, float(m.threshold))):
+            out.append(m.name)
+    return out
+
+
+def evidence_text(name: str, evidence_file: Path | None = None, mode: str = "labels") -> str | None:
+    """What a report prints next to a flagged metric: the adopted study's ρ with its interval, data set and
+    version, or :data:`NOT_MEASURED`; None for the direct measurements (errors, NaN share), which need none.
+    For an audit of another ``mode`` than the study's the text says the evidence is not for it."""
+    try:
+        m = next(x for x in catalogue(evidence_file) if x.name == name)
+    except StopIteration:
+        return None
+    if not is_predictor(m):
+        return None
+    if m.evidence is None:
+        return NOT_MEASURED
+    if m.evidence.mode != mode:
+        return (f"{m.evidence.text()}; measured on {m.evidence.mode} audits, not evidence for a {mode} audit "
+                "(warns, never fails, by default)")
+    return m.evidence.text()
+
+
+def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:
+    return _evidence(str(evidence_file or EVIDENCE_FILE)).get(name)
+
+
+def _clear_of_zero(low: float | None, high: float | None, direction: float) -> bool:
+    """An interval lying wholly on the expected side of 0."""
+    if low is None or high is None:
+        return False
+    return (low if direction > 0 else -high) > 0
+
+
+def fails_by_default_from_evidence(m: Metric) -> bool:
+    """The study's rule: fail by default only when, in a real study (not a pipeline check or an interim
+    summary), the metric's ρ interval taken in its expected direction lies above 0, its Holm-adjusted p is
+    below 0.05, **and** its partial ρ given the loss at θ has an interval above 0 in that direction too.
+
+    The last condition is there because every audit that measures a landscape also measures the error at θ,
+    and its MAE gate fails by default: a predictor's own failure changes a verdict only where the MAE gate
+    passes, and there only what the predictor says beyond the loss at θ counts. A metric that restates the
+    loss at θ (partial ρ near 0) would add false alarms and nothing else, so it warns. (The random-split noise
+    floor of the ratio, ``evidence.noise_floor``, is what a gate threshold must exceed: see
+    :func:`threshold_clears_floor`.)"""
+    ev = m.evidence
+    if ev is None or ev.pipeline_check or ev.in_progress:
+        return False
+    if not _clear_of_zero(ev.low, ev.high, m.direction) or ev.p_holm is None or ev.p_holm >= 0.05:
+        return False
+    return _clear_of_zero(ev.partial_loss[1], ev.partial_loss[2], m.direction)
+
+
+def threshold_clears_floor(m: Metric, threshold: float) -> bool | None:
+    """Whether a gate threshold lies beyond the metric's ratio on random splits (where nothing is out of
+    distribution); a threshold inside that range fires on noise. None without a measured floor."""
+    ev = m.evidence
+    if ev is None or ev.noise_floor is None:
+        return None
+    return threshold > ev.noise_floor if m.direction > 0 else threshold < ev.noise_floor
