@@ -270,17 +270,17 @@ def _double(job: int) -> int:
 @pytest.mark.parametrize("address", ["not an address", "http://127.0.0.1:8786", "tcp://127.0.0.1:0",
                                      "tcp://127.0.0.1", "tcp://127.0.0.1:8786/x", "tcp://h\x1b[2J:8786"])
 def test_a_malformed_dask_scheduler_address_is_refused_at_once(address):
-    from traits.study.executors import execute
+    from traits.study.executors import ExecutorOptions, execute
 
     t0 = time.monotonic()
     with pytest.raises(SpecError, match="not a Dask scheduler address"):
-        execute(_double, [1], executor="dask", scheduler=address)
+        execute(_double, [1], ExecutorOptions("dask", settings={"scheduler": address}))
     assert time.monotonic() - t0 < 5
 
 
 def test_an_unreachable_dask_scheduler_is_bad_input_naming_the_address():
     pytest.importorskip("distributed")
-    from traits.study.executors import execute
+    from traits.study.executors import ExecutorOptions, execute
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -288,7 +288,7 @@ def test_an_unreachable_dask_scheduler_is_bad_input_naming_the_address():
     address = f"tcp://127.0.0.1:{port}"
     t0 = time.monotonic()
     with pytest.raises(TraitsError, match=re.escape(address)):
-        execute(_double, [1, 2], executor="dask", scheduler=address)
+        execute(_double, [1, 2], ExecutorOptions("dask", settings={"scheduler": address}))
     assert time.monotonic() - t0 < 10
 
 

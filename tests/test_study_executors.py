@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from traits.errors import SpecError
-from traits.study.executors import TaskFailed, execute, plan_threads
+from traits.study.executors import ExecutorOptions, TaskFailed, execute, plan_threads
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ def test_a_stopped_campaign_leaves_no_worker_running(tmp_path, sig):
     """SIGTERM makes the pool stop its workers; after SIGKILL (no chance to) each worker notices that its
     campaign process is gone and ends itself. Either way no worker goes on with its task beside the next run."""
     driver = ("import sys; from tests.test_study_executors import Toy, sleep_and_report; "
-              "from traits.study.executors import execute; "
-              "execute(sleep_and_report, [Toy(i, marker=sys.argv[1]) for i in range(4)], workers=2, threads=1)")
+              "from traits.study.executors import ExecutorOptions, execute; "
+              "execute(sleep_and_report, [Toy(i, marker=sys.argv[1]) for i in range(4)], "
+              "ExecutorOptions(workers=2, threads=1))")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-c", driver, str(tmp_path)], cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)})
@@ -114,19 +115,19 @@ def test_plan_threads():
     with pytest.raises(SpecError, match="at least 1"):
         plan_threads(0)
     with pytest.raises(SpecError, match="choose one of"):
-        execute(square, [Toy(0)], executor="slurm")
+        execute(square, [Toy(0)], ExecutorOptions("slurm"))
     with pytest.raises(SpecError, match="needs --executor dask"):
-        execute(square, [Toy(0)], scheduler="tcp://127.0.0.1:1")
+        execute(square, [Toy(0)], ExecutorOptions(settings={"scheduler": "tcp://127.0.0.1:1"}))
 
 
 def test_local_pool_results_in_order_failures_recorded_and_lost_worker_rerun(tmp_path):
     jobs = [Toy(i) for i in range(5)]
-    got = execute(square, jobs, workers=2, threads=1)
+    got = execute(square, jobs, ExecutorOptions(workers=2, threads=1))
     assert got[:3] == [0, 1, 4] and got[4] == 16
     assert isinstance(got[3], TaskFailed) and "three is bad" in got[3].error
     logs: list[str] = []
     killing = [Toy(i, marker=str(tmp_path / "killed")) for i in range(3)]
-    assert execute(die_once, killing, workers=2, threads=1, log=logs.append) == [0, 10, 20]
+    assert execute(die_once, killing, ExecutorOptions(workers=2, threads=1), log=logs.append) == [0, 10, 20]
     assert (tmp_path / "killed").read_text() == "killed once"
     assert any("worker was lost" in m for m in logs)
 
@@ -136,7 +137,7 @@ def test_a_task_that_always_kills_its_worker_fails_alone(tmp_path):
     kills its worker every time fails after 1 + max_lost runs, and its neighbours, queued or running beside it,
     all finish (before, every unfinished job was charged with every loss and all of them failed)."""
     jobs = [Toy(i, marker=str(tmp_path)) for i in range(6)]
-    got = execute(one_always_dies, jobs, workers=2, threads=1)
+    got = execute(one_always_dies, jobs, ExecutorOptions(workers=2, threads=1))
     assert [g for i, g in enumerate(got) if i != 1] == [0, 20, 30, 40, 50]
     assert isinstance(got[1], TaskFailed) and got[1].kind == "lost" and "lost 3 times" in got[1].error
     assert len(list(tmp_path.glob("run-*"))) == 3
@@ -145,7 +146,7 @@ def test_a_task_that_always_kills_its_worker_fails_alone(tmp_path):
 def test_dask_local_cluster_matches_local_pool(tmp_path):
     pytest.importorskip("distributed")
     jobs = [Toy(i) for i in range(5)]
-    got = execute(square, jobs, executor="dask", workers=1, threads=1, dask_processes=False)
+    got = execute(square, jobs, ExecutorOptions("dask", workers=1, threads=1, settings={"processes": False}))
     assert got[:3] == [0, 1, 4] and got[4] == 16 and isinstance(got[3], TaskFailed)
 
 
@@ -166,9 +167,10 @@ def test_two_campaigns_on_one_dask_scheduler_keep_their_own_results():
                       dashboard_address=None, resources={"CPU": 2}) as cluster:
         jobs = [Toy(i) for i in range(4) if i != 3]
         with ThreadPoolExecutor(2) as pool:
-            cubes = pool.submit(execute, slow_cube, jobs, executor="dask", scheduler=cluster.scheduler_address)
+            on_cluster = ExecutorOptions("dask", settings={"scheduler": cluster.scheduler_address})
+            cubes = pool.submit(execute, slow_cube, jobs, on_cluster)
             time.sleep(0.1)
-            squares = pool.submit(execute, square, jobs, executor="dask", scheduler=cluster.scheduler_address)
+            squares = pool.submit(execute, square, jobs, on_cluster)
             assert cubes.result(timeout=120) == [0, 1, 8]
             assert squares.result(timeout=120) == [0, 1, 4]
 
@@ -177,7 +179,7 @@ def test_two_campaigns_on_one_dask_scheduler_keep_their_own_results():
 def test_dask_worker_killed_mid_task_is_rerun(tmp_path):
     pytest.importorskip("distributed")
     jobs = [Toy(i, marker=str(tmp_path / "killed")) for i in range(3)]
-    assert execute(die_once, jobs, executor="dask", workers=1, threads=1) == [0, 10, 20]
+    assert execute(die_once, jobs, ExecutorOptions("dask", workers=1, threads=1)) == [0, 10, 20]
     assert (tmp_path / "killed").exists()
 
 
@@ -228,11 +230,12 @@ def test_mini_campaign_identical_on_local_pool_and_dask(mini_campaign, tmp_path)
     pytest.importorskip("distributed")
     from traits.campaign import run_campaign
 
-    local = run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", workers=2, threads=1,
+    pool = ExecutorOptions("local", workers=2, threads=1)
+    local = run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", options=pool,
                          task_fn=_kill_first_audit)
     assert (tmp_path / "local" / "killed-once").exists()  # the first task's worker died and the task was rerun
-    dask = run_campaign(mini_campaign, tmp_path / "dask", seeds=[0], profile="tiny", executor="dask", workers=1,
-                        threads=1, dask_processes=False)
+    dask = run_campaign(mini_campaign, tmp_path / "dask", seeds=[0], profile="tiny",
+                        options=ExecutorOptions("dask", workers=1, threads=1, settings={"processes": False}))
     assert len(local["rows"]) == len(dask["rows"]) == 2
     a, b = _comparable(local), _comparable(dask)
     for row in a["rows"] + b["rows"]:
@@ -242,7 +245,7 @@ def test_mini_campaign_identical_on_local_pool_and_dask(mini_campaign, tmp_path)
     assert "row 2" in (tmp_path / "dask" / "summary.md").read_text()
     # idempotent: a second run on the pool reuses every finished task folder
     logs: list[str] = []
-    run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", workers=2, threads=1, log=logs.append)
+    run_campaign(mini_campaign, tmp_path / "local", seeds=[0], profile="tiny", options=pool, log=logs.append)
     assert sum("done earlier" in m for m in logs) == 2
 
 
@@ -265,4 +268,4 @@ def test_dask_refuses_a_gpu_task_without_a_gpu_worker():
 
     job = GpuToy(0, resources={"GPU": 1})
     with pytest.raises(SpecError, match="no Dask worker offers it"):
-        execute(square, [job], executor="dask", workers=2, threads=1, dask_processes=False)
+        execute(square, [job], ExecutorOptions("dask", workers=2, threads=1, settings={"processes": False}))

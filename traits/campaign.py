@@ -24,14 +24,15 @@ out on purpose (``max_tasks``, ``summary_only``) do not change the status.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from traits.report.formatting import markdown_literal
 from traits.results import AuditResult, json_float, load_result
 from traits.spec import AuditSpec, load_spec, read_mapping
 from traits.study import catalogue as _catalogue
+
+if TYPE_CHECKING:
+    from traits.study.executors import Executor, ExecutorOptions
 
 CAMPAIGN_FILE = "campaign.yaml"
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_TASK_FAILED = 0, 1, 2, 3
@@ -308,6 +312,43 @@ def estimate_text(n_pending: int, n_total: int, n_tasks: int, n_seeds: int, meas
             f"{n_pending} × {per:.0f} s / {workers} worker{'s' * (workers != 1)} ≈ {hours:.1f} h.")
 
 
+@dataclass
+class CampaignPlan:
+    """Every (seed, task) of a campaign run, in summary order, and the jobs left to run.
+
+    Attributes:
+        slots: one per (seed, task): its summary row when finished, else None (until its job returns).
+        jobs: (slot index, job) of each task to run.
+        missing: ``{"seed", "task"}`` of each task left out of this run (``summary_only``, ``max_tasks``).
+        n_tasks: tasks per seed.
+        n_seeds: seeds.
+    """
+
+    slots: list[dict | None] = field(default_factory=list)
+    jobs: list[tuple[int, Any]] = field(default_factory=list)
+    missing: list[dict] = field(default_factory=list)
+    n_tasks: int = 0
+    n_seeds: int = 1
+
+    def estimate(self, workers: int) -> str:
+        """The compute estimate of the jobs (:func:`estimate_text`), timed by the finished tasks.
+
+        Args:
+            workers: tasks run at once.
+
+        Returns:
+            One sentence.
+        """
+        measured = [r["wall_seconds"] for r in self.slots if r is not None and r.get("wall_seconds")]
+        return estimate_text(len(self.jobs), len(self.slots), self.n_tasks, self.n_seeds, measured, workers)
+
+    def keep_first(self, max_tasks: int | None) -> None:
+        """Keep the first ``max_tasks`` jobs (all for None); the others are listed as missing."""
+        if max_tasks is not None and len(self.jobs) > max_tasks:
+            self.missing.extend({"seed": job.seed, "task": job.task} for _i, job in self.jobs[max_tasks:])
+            self.jobs = self.jobs[:max_tasks]
+
+
 def run_campaign(
     directory: Path,
     out_dir: Path,
@@ -318,102 +359,187 @@ def run_campaign(
     log: Callable[[str], None] = lambda _msg: None,
     progress=None,
     summary_only: bool = False,
-    executor: str = "local",
-    workers: int = 1,
-    threads: int | None = None,
-    scheduler: str | None = None,
+    options: ExecutorOptions | None = None,
     max_tasks: int | None = None,
     only: list[str] | None = None,
     task_fn: Callable | None = None,
-    dask_processes: bool = True,
+    executor: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    scheduler: str | None = None,
 ) -> dict:
     """Run (or resume) every task for every seed, then write the summary (JSON, Markdown, HTML, PDF).
 
-    Tasks run in this process (``workers=1``, the default), on a local process pool (``workers > 1``) or on
-    Dask (``executor="dask"``, a LocalCluster or the running ``scheduler``); see traits.study.executors.
-    ``max_tasks`` runs at most that many unfinished tasks (e.g. one, to measure the time per task).
-    ``only`` keeps the tasks whose name matches one of these shell patterns (e.g. ``["*-element-*"]`` to run
-    a study's core first); the summary then covers those tasks only.
-    With ``summary_only`` nothing runs: the summary covers the tasks already finished (and lists the
-    others as missing), e.g. to look at a campaign that is still running elsewhere."""
-    from traits.study.executors import Job, TaskFailed, check_scheduler_address, execute, plan_threads
+    Tasks run in this process (one worker, the default), on a local process pool (``workers > 1``) or on Dask
+    (executor ``dask``, a LocalCluster or the running ``scheduler``): whatever ``options`` names, see
+    traits.study.executors. ``max_tasks`` runs at most that many unfinished tasks (e.g. one, to measure the time
+    per task). ``only`` keeps the tasks whose name matches one of these shell patterns (e.g. ``["*-element-*"]``
+    to run a study's core first); the summary then covers those tasks only. With ``summary_only`` nothing runs:
+    the summary covers the tasks already finished (and lists the others as missing), e.g. to look at a campaign
+    that is still running elsewhere.
 
-    if scheduler:
-        check_scheduler_address(scheduler)  # a malformed address is bad input before the output folder exists
-    out_dir = ensure_dir(Path(out_dir))
+    Args:
+        directory: the campaign directory (audit specs and an optional campaign.yaml).
+        out_dir: where each task's folder (``seed-S/TASK``) and the summary go.
+        seeds: the seeds to run every task with (default: each spec's own).
+        profile: the campaign.yaml profile whose overrides apply to every spec.
+        data_path: a data file replacing every spec's ``data.path``.
+        log: receives one line per event.
+        progress: the progress display of tasks run in this process.
+        summary_only: run nothing; summarise the finished tasks.
+        options: the executor, its workers, threads and settings (default: ``local``, one worker).
+        max_tasks: run at most this many unfinished tasks.
+        only: shell patterns of the task names to keep.
+        task_fn: the function run on each job (default :func:`run_task`).
+        executor, workers, threads, scheduler: the command line's flags, read into the options when
+            ``options`` is None (give one or the other).
+
+    Returns:
+        The summary (also written to ``out_dir``).
+
+    Raises:
+        SpecError: bad input (the executor options, the campaign directory or a spec), before anything runs.
+        TasksFailed: a task failed; the summary of the others has been written.
+    """
+    from traits.study.executors import make_executor
+
+    chosen = make_executor(_executor_options(options, executor, workers, threads, scheduler))
+    out_dir = ensure_dir(Path(out_dir))  # bad executor options are refused before the output folder exists
     t_start = time.perf_counter()
-    declared = campaign_resources(Path(directory)) if Path(directory).is_dir() else {}
-    per_thread = None if executor == "local" and workers == 1 and threads is None else (
-        plan_threads(workers, threads) if not scheduler else (threads or 1))
-    slots: list[dict | None] = []
-    jobs: list[tuple[int, Job]] = []
-    missing: list[dict] = []
-    seed_list = seeds if seeds else [None]
-    n_tasks = 0
-    for seed in seed_list:
-        tasks = select_tasks(load_campaign(directory, profile, seed, data_path), only, directory)
-        n_tasks = len(tasks)
-        overrides = profile_overrides(Path(directory), profile)
-        if seed is not None:
-            overrides["seed"] = seed
-        if data_path is not None:
-            overrides["data.path"] = str(Path(data_path).resolve())
-        for task in tasks:
-            where = out_dir / f"seed-{task.spec.seed}" / task.name
-            row = finished_row(where, task.spec, task.name, rewrite=not summary_only, log=log)
-            if row is not None:
-                log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {where / 'results.json'}")
-                slots.append(row)
-                continue
-            if summary_only:
-                log(f"seed {task.spec.seed} {task.name}: not finished, left out of the summary")
-                missing.append({"seed": task.spec.seed, "task": task.name})
-                slots.append(None)
-                continue
-            job = Job(index=len(slots), task=task.name, seed=task.spec.seed, spec_path=str(task.path),
-                      overrides=overrides, where=str(where), campaign=str(directory),
-                      threads=per_thread or 0, resources=task_resources(task, declared))
-            jobs.append((len(slots), job))
-            slots.append(None)
-    measured = [r["wall_seconds"] for r in slots if r is not None and r.get("wall_seconds")]
+    per_thread = chosen.threads_per_worker()
+    plan = plan_campaign(directory, out_dir, seeds=seeds, profile=profile, data_path=data_path, only=only,
+                         summary_only=summary_only, threads=per_thread or 0, log=log)
     if not summary_only:
-        log(estimate_text(len(jobs), len(slots), n_tasks, len(seed_list), measured, workers))
-    if max_tasks is not None and len(jobs) > max_tasks:
-        for _i, job in jobs[max_tasks:]:
-            missing.append({"seed": job.seed, "task": job.task})
-        jobs = jobs[:max_tasks]
-    failed = []
-    if jobs:
-        if task_fn is not None:
-            fn = task_fn
-        elif executor == "local" and workers == 1:
-            def fn(job, _progress=progress, _log=log):
-                return run_task(job, progress=_progress, log=_log)
-        else:
-            fn = run_task
-        results = execute(fn, [j for _, j in jobs], executor=executor, workers=workers, threads=threads,
-                          scheduler=scheduler, log=log, dask_processes=dask_processes)
-        for (i, job), res in zip(jobs, results):
-            if isinstance(res, TaskFailed):
-                failed.append({"seed": job.seed, "task": job.task, "error": res.error, "kind": res.kind})
-            else:
-                slots[i] = res
-    rows = [r for r in slots if r is not None]
+        log(plan.estimate(chosen.workers))
+    plan.keep_first(max_tasks)
+    fn = task_fn if task_fn is not None else _task_function(chosen, progress, log)
+    failed = run_jobs(plan, chosen, fn, log)
+    rows = [r for r in plan.slots if r is not None]
     if not rows and not failed:
         raise TraitsError(f"{out_dir}: no finished audit to summarise")
     summary = summarise(rows)
-    summary["profile"] = profile
-    summary["campaign"] = str(directory)
-    summary["wall_seconds_this_run"] = time.perf_counter() - t_start
-    summary["missing"] = missing
-    summary["executor"] = {"kind": executor, "workers": workers, "threads_per_worker": per_thread,
-                           "scheduler": scheduler}
+    summary.update(profile=profile, campaign=str(directory), wall_seconds_this_run=time.perf_counter() - t_start,
+                   missing=plan.missing, executor=chosen.describe())
     if failed:
         summary["failed"] = failed
     write_summary(summary, out_dir)
     if failed:
         raise TasksFailed(failed_text(failed), summary)
     return summary
+
+
+def _executor_options(options: ExecutorOptions | None, executor: str | None, workers: int | None,
+                      threads: int | None, scheduler: str | None) -> ExecutorOptions:
+    """The executor options of a campaign: ``options``, or the command line's flags read into them.
+
+    Args:
+        options: the options given whole, or None.
+        executor, workers, threads, scheduler: the flags (None: not given; then local, one worker, cores / workers).
+
+    Returns:
+        The options.
+
+    Raises:
+        TypeError: both the options and a flag were given.
+    """
+    flags = (executor, workers, threads, scheduler)
+    if options is not None:
+        if any(f is not None for f in flags):
+            raise TypeError("run_campaign: give options or executor/workers/threads/scheduler, not both")
+        return options
+    from traits.study.executors import ExecutorOptions
+
+    return ExecutorOptions(executor or "local", 1 if workers is None else workers, threads,
+                           settings={"scheduler": scheduler})
+
+
+def _task_overrides(directory: Path, profile: str | None, seed: int | None, data_path: Path | None) -> dict:
+    """The dotted overrides a job applies to its spec: the profile's, the seed and the data path."""
+    overrides = profile_overrides(Path(directory), profile)
+    if seed is not None:
+        overrides["seed"] = seed
+    if data_path is not None:
+        overrides["data.path"] = str(Path(data_path).resolve())
+    return overrides
+
+
+def plan_campaign(directory: Path, out_dir: Path, *, seeds: list[int] | None, profile: str | None,
+                  data_path: Path | None, only: list[str] | None, summary_only: bool, threads: int,
+                  log: Callable[[str], None]) -> CampaignPlan:
+    """Every (seed, task) of a campaign: the finished ones' summary rows (re-gated and their missing reports
+    rendered, unless ``summary_only``) and a job for each of the others (none with ``summary_only``).
+
+    Args:
+        directory: the campaign directory.
+        out_dir: the campaign's output folder.
+        seeds: the seeds (None: each spec's own).
+        profile: the campaign.yaml profile.
+        data_path: a data file replacing every spec's.
+        only: shell patterns of the task names to keep.
+        summary_only: make no jobs; list the unfinished tasks as missing.
+        threads: torch threads of each job (0: the worker's own).
+        log: receives a line per task reused or left out.
+
+    Returns:
+        The plan, its slots in seed order then task order.
+    """
+    from traits.study.executors import Job
+
+    declared = campaign_resources(Path(directory)) if Path(directory).is_dir() else {}
+    seed_list = seeds if seeds else [None]
+    plan = CampaignPlan(n_seeds=len(seed_list))
+    for seed in seed_list:
+        tasks = select_tasks(load_campaign(directory, profile, seed, data_path), only, directory)
+        plan.n_tasks = len(tasks)
+        overrides = _task_overrides(directory, profile, seed, data_path)
+        for task in tasks:
+            where = out_dir / f"seed-{task.spec.seed}" / task.name
+            row = finished_row(where, task.spec, task.name, rewrite=not summary_only, log=log)
+            if row is not None:
+                log(f"seed {task.spec.seed} {task.name}: done earlier, reusing {where / 'results.json'}")
+            elif summary_only:
+                log(f"seed {task.spec.seed} {task.name}: not finished, left out of the summary")
+                plan.missing.append({"seed": task.spec.seed, "task": task.name})
+            else:
+                job = Job(index=len(plan.slots), task=task.name, seed=task.spec.seed, spec_path=str(task.path),
+                          overrides=overrides, where=str(where), campaign=str(directory), threads=threads,
+                          resources=task_resources(task, declared))
+                plan.jobs.append((len(plan.slots), job))
+            plan.slots.append(row)
+    return plan
+
+
+def _task_function(executor: Executor, progress, log: Callable[[str], None]) -> Callable:
+    """:func:`run_task`, given the campaign's progress display and log when the jobs run in this process."""
+    if executor.in_process:
+        return functools.partial(run_task, progress=progress, log=log)
+    return run_task
+
+
+def run_jobs(plan: CampaignPlan, executor: Executor, fn: Callable, log: Callable[[str], None]) -> list[dict]:
+    """Run the plan's jobs with ``executor``, each finished job's row into its slot.
+
+    Args:
+        plan: the campaign's plan; its slots are filled in.
+        executor: the executor to run the jobs with.
+        fn: the task function.
+        log: receives one line per event.
+
+    Returns:
+        ``{"seed", "task", "error", "kind"}`` of each job that failed.
+    """
+    from traits.study.executors import TaskFailed
+
+    if not plan.jobs:
+        return []
+    failed = []
+    results = executor.run(fn, [j for _, j in plan.jobs], log)
+    for (i, job), res in zip(plan.jobs, results):
+        if isinstance(res, TaskFailed):
+            failed.append({"seed": job.seed, "task": job.task, "error": res.error, "kind": res.kind})
+        else:
+            plan.slots[i] = res
+    return failed
 
 
 class TasksFailed(TraitsError):

@@ -714,6 +714,7 @@ def campaign(
 ) -> None:
     """Run every spec of a campaign (resuming finished tasks) and write a comparison summary."""
     from traits.campaign import TasksFailed, campaign_exit_code, run_campaign, summary_markdown
+    from traits.study.executors import ExecutorOptions
 
     _set_local(quiet, verbose, debug, allow_code)
     try:
@@ -724,10 +725,10 @@ def campaign(
         raise TraitsError(f"--seeds: every seed must satisfy 0 <= seed < 2**63, got {seeds}")
     with reporter() as rep:
         try:
+            options = ExecutorOptions(executor, workers, threads, settings={"scheduler": scheduler})
             summary = run_campaign(directory, out_dir, seeds=seed_list, profile=profile, data_path=data,
-                                   log=rep.log, progress=rep, summary_only=summary_only, executor=executor,
-                                   workers=workers, threads=threads, scheduler=scheduler, max_tasks=max_tasks,
-                                   only=[p.strip() for p in only.split(",")] if only else None)
+                                   log=rep.log, progress=rep, summary_only=summary_only, options=options,
+                                   max_tasks=max_tasks, only=[p.strip() for p in only.split(",")] if only else None)
         except TasksFailed as exc:  # the others are summarised; exit 3 below (traits.campaign's exit contract)
             summary = exc.summary
             print_error(str(exc))

@@ -6,6 +6,7 @@ one is a usage error (exit 2). Paths and messages are printed through ``traits.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -15,11 +16,34 @@ from traits.progress import safe_text
 
 
 def register(app: typer.Typer, handles_errors, out) -> None:
+    """Add the ``study`` commands (``generate``, ``summary``) to the main app.
+
+    Args:
+        app: the ``traits`` app.
+        handles_errors: the main app's decorator turning a TraitsError into a message and exit 2.
+        out: the console the commands print to.
+    """
     study = typer.Typer(name="study", help="Generate a study's task families; summarise a running or finished "
                         "study.", no_args_is_help=True, rich_markup_mode=None)
+    study.command()(handles_errors(_generate_command(out)))
+    study.command()(handles_errors(_summary_command(out)))
+    app.add_typer(study, name="study")
 
-    @study.command()
-    @handles_errors
+
+def _printer(out) -> Callable[[str], None]:
+    """A log function printing each message to ``out``, escaped (:func:`traits.progress.safe_text`)."""
+    return lambda m: out.print(safe_text(m), highlight=False)
+
+
+def _generate_command(out) -> Callable[..., None]:
+    """The ``study generate`` command (its options), printing to ``out``.
+
+    Args:
+        out: the console.
+
+    Returns:
+        The command function, for ``typer.Typer.command``.
+    """
     def generate(
         pool: Annotated[Path | None, typer.Option(
             help="Data pool (e.g. the MP JSONL); not for --source sample.")] = None,
@@ -46,45 +70,80 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     ) -> None:
         """Write a campaign directory of generated tasks (specs, campaign.yaml with the study and tiny
         profiles, families.json) and print the plan with a compute estimate."""
-        from traits.errors import SpecError
         from traits.study import families as fm
 
-        fams = [f.strip() for f in families.split(",") if f.strip()]
-        tgts = [t.strip() for t in targets.split(",") if t.strip()]
-        if source != "sample" and pool is None:
-            raise SpecError("--pool: give the data file (or --source sample)")
-        sub = subsample if subsample is not None else fm.STUDY_PROFILE["data.subsample"]
-        symmetry = any(f in fm.SYMMETRY_KINDS for f in fams)
-        ensure = Path(out_dir)
-        ensure.mkdir(parents=True, exist_ok=True)
-        lab = fm.load_or_label(source, pool, tgts[0], ensure / "labels.json.gz", symmetry=symmetry, backend=labels,
-                               target_column=target_column, log=lambda m: out.print(safe_text(m), highlight=False))
-        criteria = fm.Criteria(min_ood=min_ood, min_train=min_train, subsample=sub, per_family=per_family,
-                               random_tasks=random_tasks)
-        chosen = fm.generate_families(lab, fams, criteria, elements=elements if elements in ("auto", "study")
-                                      else elements.split(","))
-        data = {"source": source}
-        if pool is not None:
-            data["path"] = fm.relative_data_path(pool, out_dir)
-        if target_column:
-            data["target_column"] = target_column
-        profiles = {"study": {**fm.STUDY_PROFILE, "data.subsample": sub}, "tiny": dict(fm.TINY_PROFILE)}
-        written = fm.write_study(out_dir, chosen, tgts, data, profiles=profiles, meta={
-            "pool": str(pool) if pool else "bundled sample", "pool_size": len(lab), "labels": lab.backend,
-            "criteria": {"min_ood": min_ood, "min_train": min_train, "subsample": sub, "per_family": per_family,
-                         "random_tasks": random_tasks}})
-        for f in chosen:
-            out.print(f"{f.family:15s} {safe_text(f.slug):40s} pool {f.n_ood_pool:6d} → expected OOD "
-                      f"{f.expected_ood:7.0f}, train pool {f.expected_train_left:7.0f}", highlight=False)
-        n = len(written)
-        shown = safe_text(out_dir)
-        out.print(f"{n} specs ({len(chosen)} tasks × {len(tgts)} targets) in {shown}; × {seeds} seeds = {n * seeds} "
-                  f"audits. Measure the time per task with `traits campaign {shown} --out RUNS --profile study "
-                  f"--max-tasks 1`; the campaign then prints tasks × seeds × measured time before it starts.",
-                  highlight=False)
+        criteria = fm.Criteria(min_ood=min_ood, min_train=min_train, per_family=per_family, random_tasks=random_tasks,
+                               subsample=subsample if subsample is not None else fm.STUDY_PROFILE["data.subsample"])
+        generate_study(out, pool=pool, out_dir=out_dir, source=source, elements=elements,
+                       families=[f.strip() for f in families.split(",") if f.strip()],
+                       targets=[t.strip() for t in targets.split(",") if t.strip()], target_column=target_column,
+                       criteria=criteria, labels=labels, seeds=seeds)
 
-    @study.command()
-    @handles_errors
+    return generate
+
+
+def generate_study(out, *, pool: Path | None, out_dir: Path, source: str, elements: str, families: list[str],
+                   targets: list[str], target_column: str | None, criteria, labels: str, seeds: int) -> None:
+    """What ``study generate`` does: label the pool, choose the tasks, write the campaign directory, print the plan.
+
+    Args:
+        out: the console.
+        pool: the data pool (None for the bundled sample).
+        out_dir: the campaign directory to write.
+        source: the pool's reader.
+        elements: ``auto``, ``study`` or comma-separated elements.
+        families: the task families.
+        targets: the targets (the first labels the pool).
+        target_column: the target's column, if the data names it otherwise.
+        criteria: the task criteria (:class:`traits.study.families.Criteria`), the subsample resolved.
+        labels: the label backend.
+        seeds: the seeds planned (for the estimate).
+
+    Raises:
+        SpecError: no pool for a source other than ``sample``.
+    """
+    from traits.errors import SpecError
+    from traits.study import families as fm
+
+    if source != "sample" and pool is None:
+        raise SpecError("--pool: give the data file (or --source sample)")
+    symmetry = any(f in fm.SYMMETRY_KINDS for f in families)
+    ensure = Path(out_dir)
+    ensure.mkdir(parents=True, exist_ok=True)
+    lab = fm.load_or_label(source, pool, targets[0], ensure / "labels.json.gz", symmetry=symmetry, backend=labels,
+                           target_column=target_column, log=_printer(out))
+    chosen = fm.generate_families(lab, families, criteria, elements=elements if elements in ("auto", "study")
+                                  else elements.split(","))
+    data = {"source": source}
+    if pool is not None:
+        data["path"] = fm.relative_data_path(pool, out_dir)
+    if target_column:
+        data["target_column"] = target_column
+    profiles = {"study": {**fm.STUDY_PROFILE, "data.subsample": criteria.subsample}, "tiny": dict(fm.TINY_PROFILE)}
+    written = fm.write_study(out_dir, chosen, targets, data, profiles=profiles, meta={
+        "pool": str(pool) if pool else "bundled sample", "pool_size": len(lab), "labels": lab.backend,
+        "criteria": {"min_ood": criteria.min_ood, "min_train": criteria.min_train, "subsample": criteria.subsample,
+                     "per_family": criteria.per_family, "random_tasks": criteria.random_tasks}})
+    for f in chosen:
+        out.print(f"{f.family:15s} {safe_text(f.slug):40s} pool {f.n_ood_pool:6d} → expected OOD "
+                  f"{f.expected_ood:7.0f}, train pool {f.expected_train_left:7.0f}", highlight=False)
+    n = len(written)
+    shown = safe_text(out_dir)
+    out.print(f"{n} specs ({len(chosen)} tasks × {len(targets)} targets) in {shown}; × {seeds} seeds = {n * seeds} "
+              f"audits. Measure the time per task with `traits campaign {shown} --out RUNS --profile study "
+              f"--max-tasks 1`; the campaign then prints tasks × seeds × measured time before it starts.",
+              highlight=False)
+
+
+def _summary_command(out) -> Callable[..., None]:
+    """The ``study summary`` command (its options), printing to ``out``.
+
+    Args:
+        out: the console.
+
+    Returns:
+        The command function, for ``typer.Typer.command``.
+    """
     def summary(
         runs: Annotated[Path, typer.Argument(help="Campaign output directory (seed-*/TASK/results.json).")],
         out_dir: Annotated[Path, typer.Option("--out", help="Where the study summary goes (required: e.g. "
@@ -118,8 +177,6 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         """Summarise the finished tasks of a study (statistics, plots, catalogue evidence); --watch keeps it
         updated while the study runs."""
         from traits.errors import TraitsError
-        from traits.study import catalogue as cat
-        from traits.study.summary import adopt_evidence, summarise_runs, watch
 
         if adopt and (pipeline_check or watch_s or in_progress):
             raise TraitsError("--adopt needs --evidence (a pipeline check never decides a default gate), no "
@@ -127,22 +184,46 @@ def register(app: typer.Typer, handles_errors, out) -> None:
         kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile,
               "in_progress": in_progress, "full_pool": full_pool}
         if seeds is not None:
-            try:
-                kw["seeds"] = [int(x) for x in seeds.split(",") if x.strip()]
-            except ValueError:
-                raise TraitsError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+            kw["seeds"] = _seed_list(seeds)
         if campaign is not None:
             kw["campaign"] = campaign
-        if watch_s:
-            watch(runs, out_dir, watch_s, log=lambda m: out.print(safe_text(m), highlight=False), **kw)
-            return
-        s = summarise_runs(runs, out_dir, log=lambda m: out.print(safe_text(m), highlight=False), **kw)
-        out.print(f"{s['n_audits']} audits of {s['n_tasks']} tasks summarised in "
-                  f"{safe_text(out_dir)}/summary.{{json,md,html,pdf}}", highlight=False)
-        if adopt:
-            target = adopt_evidence(out_dir / "catalogue-evidence.json")
-            out.print(f"adopted {safe_text(out_dir / 'catalogue-evidence.json')} as {target}: default gates now "
-                      f"fail on {', '.join(cat.default_fail_on())}",
-                      highlight=False)
+        summarise_study(out, runs, out_dir, watch_s=watch_s, adopt=adopt, **kw)
 
-    app.add_typer(study, name="study")
+    return summary
+
+
+def _seed_list(seeds: str) -> list[int]:
+    """The seeds of ``--seeds 0,1,2``; a TraitsError for anything but comma-separated integers."""
+    from traits.errors import TraitsError
+
+    try:
+        return [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise TraitsError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def summarise_study(out, runs: Path, out_dir: Path, *, watch_s: float | None, adopt: bool, **kw) -> None:
+    """What ``study summary`` does: summarise the runs once (and adopt the evidence) or keep rewriting it.
+
+    Args:
+        out: the console.
+        runs: the campaign output directory.
+        out_dir: where the summary goes.
+        watch_s: rewrite every this many seconds (None or 0: once).
+        adopt: install the summary's catalogue evidence as the package's defaults.
+        **kw: the keyword arguments of :func:`traits.study.summary.summarise_runs`.
+    """
+    from traits.study import catalogue as cat
+    from traits.study.summary import adopt_evidence, summarise_runs, watch
+
+    if watch_s:
+        watch(runs, out_dir, watch_s, log=_printer(out), **kw)
+        return
+    s = summarise_runs(runs, out_dir, log=_printer(out), **kw)
+    out.print(f"{s['n_audits']} audits of {s['n_tasks']} tasks summarised in "
+              f"{safe_text(out_dir)}/summary.{{json,md,html,pdf}}", highlight=False)
+    if adopt:
+        target = adopt_evidence(out_dir / "catalogue-evidence.json")
+        out.print(f"adopted {safe_text(out_dir / 'catalogue-evidence.json')} as {target}: default gates now "
+                  f"fail on {', '.join(cat.default_fail_on())}",
+                  highlight=False)

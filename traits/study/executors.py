@@ -2,6 +2,13 @@
 
 Every executor takes a picklable task function and a list of jobs and returns, in job order, each job's
 result or the exception it raised (:class:`TaskFailed`), so one failing audit does not stop the others.
+
+Registry: each executor is one :class:`Executor` subclass registered by name with ``@register_executor(NAME)``
+(:data:`EXECUTORS`: ``local``, ``dask``). A campaign names its executor and the executor's settings in one
+:class:`ExecutorOptions` (``workers``, ``threads`` and a mapping of settings only that executor reads, such as
+Dask's ``scheduler``); :func:`make_executor` picks the class by name and checks the settings before anything
+runs, and :func:`execute` runs the jobs with it. Adding an executor is one subclass and its registration line.
+
 Tasks are idempotent (the task function skips a finished task folder), so a lost worker costs only the
 task it was running: the local pool starts a fresh pool and resubmits the unfinished jobs, Dask's
 scheduler reschedules the tasks of a dead worker on another (its nanny restarts the worker process).
@@ -25,15 +32,14 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from traits.errors import SpecError, TraitsError
 
-EXECUTORS = ("local", "dask")
 #: Transports a ``--scheduler`` address may name (Dask's, less ``inproc``, which only one process can reach).
 SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
 #: Seconds to wait for a Dask scheduler to answer before the campaign is refused (Dask's own default is 30).
@@ -381,22 +387,252 @@ def _call(fn: Callable, job: Any) -> Any:
     return fn(job)
 
 
-def execute(fn: Callable, jobs: Sequence, *, executor: str = "local", workers: int = 1, threads: int | None = None,
-            scheduler: str | None = None, log: Callable[[str], None] = lambda _m: None,
-            dask_processes: bool = True) -> list:
-    """Run ``fn`` on every job with the chosen executor; results (or :class:`TaskFailed`) in job order."""
-    if executor not in EXECUTORS:
-        raise SpecError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
-    if scheduler and executor != "dask":
-        raise SpecError("--scheduler needs --executor dask")
-    if scheduler:
-        check_scheduler_address(scheduler)
+# ----------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How a campaign's tasks run: the executor, how many at once, and the settings only that executor reads.
+
+    Attributes:
+        executor: the name of a registered executor (:data:`EXECUTORS`).
+        workers: tasks run at once (worker processes, or Dask workers).
+        threads: torch threads per worker; None: cores / workers (:func:`plan_threads`).
+        settings: the executor's own settings by name (Dask: ``scheduler``, the address of a running scheduler,
+            and ``processes``, False to run a LocalCluster's workers as threads of this process); a setting
+            whose value is None counts as not given.
+    """
+
+    executor: str = "local"
+    workers: int = 1
+    threads: int | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        given = {k: v for k, v in dict(self.settings or {}).items() if v is not None}
+        object.__setattr__(self, "settings", given)
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of an executor that has none of its own."""
+
+
+class Executor:
+    """One way of running a campaign's jobs, registered by name with :func:`register_executor`.
+
+    A subclass implements :meth:`run`; it may declare its own settings as a dataclass ``Settings`` (read from
+    :attr:`ExecutorOptions.settings`, checked by :meth:`check` before anything runs), say how many torch threads
+    a worker gets (:meth:`threads_per_worker`) and whether the jobs run in this process (:attr:`in_process`).
+    """
+
+    #: The name it is registered under (set by :func:`register_executor`).
+    name: ClassVar[str] = ""
+    #: Its own settings: a dataclass whose fields are the keys ExecutorOptions.settings may hold for it.
+    Settings: ClassVar[type] = NoSettings
+
+    def __init__(self, options: ExecutorOptions):
+        """Args:
+            options: the campaign's executor options; ``options.settings`` must hold only fields of
+                :attr:`Settings` (:func:`make_executor` checks that first, naming the executor a setting belongs to).
+        """
+        self.options = options
+        self.settings = self.Settings(**options.settings)
+        self.check()
+
+    @property
+    def workers(self) -> int:
+        """Tasks run at once."""
+        return self.options.workers
+
+    @property
+    def in_process(self) -> bool:
+        """True when the jobs run one after another in this process (the task function may then use the
+        campaign's progress display and log); False when they run elsewhere (the task function is pickled)."""
+        return False
+
+    def check(self) -> None:
+        """Refuse bad settings before anything runs or is written.
+
+        Raises:
+            SpecError: a setting is invalid (the CLI's exit 2).
+        """
+
+    def threads_per_worker(self) -> int | None:
+        """Torch threads each worker runs.
+
+        Returns:
+            The threads per worker (``workers × threads ≤ cores``, :func:`plan_threads`), or None where the jobs
+            keep this process's threads.
+
+        Raises:
+            SpecError: ``workers`` or ``threads`` is out of range.
+        """
+        return plan_threads(self.options.workers, self.options.threads)
+
+    def run(self, fn: Callable, jobs: Sequence, log: Callable[[str], None]) -> list:
+        """Run ``fn`` on every job.
+
+        Args:
+            fn: the task function (picklable unless :attr:`in_process`).
+            jobs: the jobs, at least one.
+            log: receives one line per event (a task finished, failed, a worker was lost).
+
+        Returns:
+            Each job's result, or a :class:`TaskFailed`, in job order.
+        """
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What a campaign summary records of its executor.
+
+        Returns:
+            ``{"kind", "workers", "threads_per_worker", "scheduler"}`` (``scheduler`` None unless the executor's
+            settings name one).
+        """
+        return {"kind": self.name, "workers": self.options.workers, "threads_per_worker": self.threads_per_worker(),
+                "scheduler": getattr(self.settings, "scheduler", None)}
+
+
+#: The registered executors by name, in registration order.
+EXECUTORS: dict[str, type[Executor]] = {}
+_E = TypeVar("_E", bound=type[Executor])
+
+
+def register_executor(name: str) -> Callable[[_E], _E]:
+    """Class decorator registering an :class:`Executor` subclass under ``name`` (``--executor NAME``).
+
+    Args:
+        name: the executor's name; registering another class under a name already taken is refused.
+
+    Returns:
+        The decorator, which returns the class unchanged but for its ``name``.
+    """
+    def add(cls: _E) -> _E:
+        if EXECUTORS.get(name, cls) is not cls:
+            raise ValueError(f"executor {name!r} is registered already ({EXECUTORS[name].__qualname__})")
+        cls.name = name
+        EXECUTORS[name] = cls
+        return cls
+
+    return add
+
+
+def executor_class(name: str) -> type[Executor]:
+    """The executor registered under ``name``.
+
+    Raises:
+        SpecError: no executor has that name (the message lists the registered ones).
+    """
+    if name not in EXECUTORS:
+        raise SpecError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[name]
+
+
+def _setting_names(cls: type[Executor]) -> set[str]:
+    return {f.name for f in fields(cls.Settings)}
+
+
+def make_executor(options: ExecutorOptions) -> Executor:
+    """The executor ``options`` name, with its settings checked.
+
+    Args:
+        options: the executor's name, workers, threads and its own settings.
+
+    Returns:
+        An instance of the registered class.
+
+    Raises:
+        SpecError: an unknown executor, a setting this executor does not read (naming the executor that does,
+            e.g. ``--scheduler needs --executor dask``), or a setting it refuses.
+    """
+    cls = executor_class(options.executor)
+    known = _setting_names(cls)
+    for key in options.settings:
+        if key in known:
+            continue
+        flag = "--" + key.replace("_", "-")
+        owners = [n for n, c in EXECUTORS.items() if key in _setting_names(c)]
+        if owners:
+            raise SpecError(f"{flag} needs --executor {' or '.join(owners)}")
+        raise SpecError(f"{flag}: not a setting of the {cls.name} executor (its settings: "
+                        f"{', '.join(sorted(known)) or 'none'})")
+    return cls(options)
+
+
+def execute(fn: Callable, jobs: Sequence, options: ExecutorOptions | None = None, *,
+            log: Callable[[str], None] = lambda _m: None) -> list:
+    """Run ``fn`` on every job with the executor ``options`` name.
+
+    Args:
+        fn: the task function (picklable for an executor that runs it elsewhere).
+        jobs: the jobs (:class:`Job`, or anything the task function takes).
+        options: executor, workers, threads and the executor's settings (default: ``local``, one worker).
+        log: receives one line per event.
+
+    Returns:
+        Each job's result, or a :class:`TaskFailed`, in job order.
+
+    Raises:
+        SpecError: bad options (checked before anything runs, even with no jobs).
+    """
+    executor = make_executor(options or ExecutorOptions())
     if not jobs:
         return []
-    if executor == "dask":
-        t = plan_threads(workers, threads) if not scheduler else (threads or 1)
-        return run_dask(fn, jobs, workers, t, scheduler, log, processes=dask_processes)
-    t = plan_threads(workers, threads)
-    if workers == 1:
-        return run_inline(fn, jobs, log)
-    return run_local(fn, jobs, workers, t, log)
+    return executor.run(fn, jobs, log)
+
+
+@register_executor("local")
+class LocalExecutor(Executor):
+    """In this process, one job after another, with one worker; a pool of spawned processes with more
+    (:func:`run_inline`, :func:`run_local`)."""
+
+    @property
+    def in_process(self) -> bool:
+        return self.options.workers == 1
+
+    def threads_per_worker(self) -> int | None:
+        if self.options.workers == 1 and self.options.threads is None:
+            return None
+        return super().threads_per_worker()
+
+    def run(self, fn: Callable, jobs: Sequence, log: Callable[[str], None]) -> list:
+        threads = plan_threads(self.options.workers, self.options.threads)
+        if self.options.workers == 1:
+            return run_inline(fn, jobs, log)
+        return run_local(fn, jobs, self.options.workers, threads, log)
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    """Settings of the ``dask`` executor.
+
+    Attributes:
+        scheduler: address of a running scheduler (``[SCHEME://]HOST:PORT``); None: a LocalCluster.
+        processes: the LocalCluster's workers are processes (False: threads of this process).
+    """
+
+    scheduler: str | None = None
+    processes: bool = True
+
+
+@register_executor("dask")
+class DaskExecutor(Executor):
+    """On Dask distributed: a LocalCluster, or the running scheduler of the ``scheduler`` setting
+    (:func:`run_dask`)."""
+
+    Settings = DaskSettings
+
+    def check(self) -> None:
+        if self.settings.scheduler:
+            check_scheduler_address(self.settings.scheduler)
+
+    def threads_per_worker(self) -> int | None:
+        if self.settings.scheduler:  # the workers are someone else's: the number of them is not known here
+            return self.options.threads or 1
+        return super().threads_per_worker()
+
+    def run(self, fn: Callable, jobs: Sequence, log: Callable[[str], None]) -> list:
+        return run_dask(fn, jobs, self.options.workers, self.threads_per_worker(), self.settings.scheduler, log,
+                        processes=self.settings.processes)
