@@ -481,6 +481,7 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                               progress=cb, resume_path=partial / f"surface2d-{split}.pt")
             result.grids[split] = _grid_to_lists(grid)
             points += s.points_2d**2
+        points += zoomed_surfaces(spec, objectives, directions, result, partial, progress)
     if s.directions == "hessian":
         points += hessian_plane_surfaces(spec, model, objectives, train_objective, result, skip, out_dir, progress)
     elapsed = time.perf_counter() - t0
@@ -489,6 +490,50 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     add_landscape_stats(spec, objectives, directions, result)
     add_topology(result)
     return result
+
+
+#: A basin narrower than this many cells of the 2D grid gets a zoomed grid (``probes.surface.zoom_points``).
+ZOOM_CELLS = 5
+#: The zoomed grid spans ± this many robust radii (of the split with the widest basin).
+ZOOM_RADII = 3.0
+
+
+def zoom_span(result: SurfaceResult, points_2d: int) -> float | None:
+    """The half-width of the zoomed grid: ZOOM_RADII robust radii of the split whose basin is widest (each split's
+    radius is its smallest over the 1D directions), when that basin (2 radii across) spans fewer than ZOOM_CELLS
+    cells of the main grid; None when the basin is wide enough, or a radius is missing or censored."""
+    widest = None
+    for split, radii in result.radius.items():
+        finite = [r for r in radii if r is not None and r > 0]
+        if not finite or any(result.radius_censored.get(split, [])):
+            return None
+        widest = max(widest or 0.0, min(finite))
+    if widest is None:
+        return None
+    cell = 2 * result.span / (points_2d - 1)
+    if 2 * widest >= ZOOM_CELLS * cell:
+        return None
+    return min(result.span, ZOOM_RADII * widest)
+
+
+def zoomed_surfaces(spec: AuditSpec, objectives: dict, directions: list, result: SurfaceResult, partial: Path,
+                    progress: ProgressFactory | None) -> int:
+    """The zoomed 2D grid around θ (:func:`zoom_span`) for every split, on the random plane; returns the points
+    evaluated (0 when no zoom is needed or ``probes.surface.zoom_points`` is 0)."""
+    from traits.probes.surface import surface_2d
+
+    s = spec.probes.surface
+    half = zoom_span(result, s.points_2d) if s.zoom_points else None
+    if half is None:
+        return 0
+    axis = torch.linspace(-half, half, s.zoom_points, dtype=torch.float64)
+    result.zoom_alphas_2d = axis.tolist()
+    for split, obj in objectives.items():
+        cb = progress(f"zoomed 2D surface {split}", s.zoom_points**2) if progress else None
+        grid = surface_2d(obj, directions[0], directions[1], axis, axis, chunk_size=s.chunk_size, progress=cb,
+                          resume_path=partial / f"zoom2d-{split}.pt")
+        result.zoom_grids[split] = _grid_to_lists(grid)
+    return len(objectives) * s.zoom_points**2
 
 
 def add_topology(result: SurfaceResult) -> None:

@@ -194,6 +194,10 @@ class SurfaceResult(_Result):
     )
     alphas_2d: list[float] = Field(default_factory=list)
     grids: dict[str, list[list[MaybeFloat]]] = Field(default_factory=dict, description="split -> [α][β]")
+    zoom_alphas_2d: list[float] = Field(default_factory=list, description="axis of the zoomed 2D grid around θ, "
+                                        "evaluated when the basin spans fewer than 5 cells of the main one (1.6)")
+    zoom_grids: dict[str, list[list[MaybeFloat]]] = Field(default_factory=dict, description="split -> [α][β] on "
+                                                          "the zoomed axis, the same directions as grids")
     n_samples: dict[str, int] = Field(default_factory=dict)
     radius: dict[str, list[MaybeFloat]] = Field(
         default_factory=dict, description="split -> robust radius per 1D direction, refined by bisection"

@@ -378,6 +378,10 @@ class SurfaceSpec(_Strict):
                           "recorded. Off by default: on a 2-core CPU a surface point was 1.5-1.7x faster, after a "
                           "12-24 s compile that pays off only on large grids or several surfaces.")
     max_samples: int | None = Field(1024, gt=0, le=MAX_STRUCTURES, description="Subsample each split for the surfaces.")
+    zoom_points: int = Field(
+        13, ge=0, le=101, description="When the robust basin around θ spans fewer than 5 cells of the 2D grid, also "
+        "evaluate a zoomed zoom_points × zoom_points grid on the same directions, spanning ±3 robust radii (the "
+        "basin then spans about 4 of its cells), so the basin can be read; 0 turns it off.")
     directions: Literal["random", "hessian"] = Field(
         "random",
         description="'hessian' adds a 2D surface in the plane of the eigenvectors of the largest and the "

@@ -253,7 +253,9 @@ def html_to_pdf(html: str) -> bytes:
 
 
 def render_report(result: AuditResult, out_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
-    """Write ``report.html`` and/or ``report.pdf`` into ``out_dir``; returns {format: path}.
+    """Write ``report.html`` and/or ``report.pdf`` into ``out_dir``; returns {format: path}. With the result's
+    ``report.interactive`` set, also ``report-interactive.html`` (:mod:`traits.report.interactive`, key
+    ``"interactive"``).
 
     Both are rendered in memory first and then written atomically; if a write fails, the files this
     call already wrote are removed again, so a report is never left half-written.
@@ -269,5 +271,10 @@ def render_report(result: AuditResult, out_dir: Path, formats: Iterable[str] = F
         payload["html"] = _render(result, figures, "svg", "screen")
     if "pdf" in formats:
         payload["pdf"] = _pdf_bytes(_render(result, figures, "png", "print"))
-    return write_formats_atomic(out_dir, "report", payload)
+    written = write_formats_atomic(out_dir, "report", payload)
+    if ((result.spec or {}).get("report") or {}).get("interactive"):  # report.interactive: the opt-in 3D page
+        from traits.report.interactive import write_interactive
+
+        written["interactive"] = write_interactive(result, out_dir)
+    return written
 

@@ -194,6 +194,20 @@ def _fig_surface_2d(result: AuditResult):
                                band=surf.band)
 
 
+def _fig_zoom_2d(result: AuditResult):
+    from traits.report import figures as F
+
+    surf = result.surface
+    if surf is None or not surf.zoom_alphas_2d:
+        return None
+    grids = {s: surf.zoom_grids[s] for s in ordered_splits(surf.zoom_grids) if surf.zoom_grids[s]}
+    if not grids:
+        return None
+    loss0 = {s: loss_at_theta(result, s) for s in grids}
+    return F.surface_2d_figure(surf.zoom_alphas_2d, grids, loss0, surf.tolerance,
+                               F.loss_unit(result.unit, result.loss), band=surf.band)
+
+
 def _fig_plane_2d(result: AuditResult):
     from traits.report import figures as F
 
@@ -245,6 +259,7 @@ FIGURES: dict[str, FigureBuilder] = {
     "eigenvalues": _fig_eigenvalues,
     "density": _fig_density,
     "surface_2d": _fig_surface_2d,
+    "zoom_2d": _fig_zoom_2d,
     "curves_1d": _fig_curves_1d,
     "plane_2d": _fig_plane_2d,
     "persistence": _fig_persistence,
@@ -500,7 +515,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("hessian", "Hessian spectrum", "partials/hessian.html.j2", hessian_context,
             ("eigenvalues", "density")),
     Section("surfaces", "Loss surfaces", "partials/surfaces.html.j2", surfaces_context,
-            ("surface_2d", "curves_1d", "plane_2d", "persistence")),
+            ("surface_2d", "zoom_2d", "curves_1d", "plane_2d", "persistence")),
     Section("uncertainty", "Would we have known without labels?", "partials/uncertainty.html.j2",
             uncertainty_context, ("uncertainty",)),
     Section("methods", "Methods", "partials/methods.html.j2"),
