@@ -280,6 +280,91 @@ def _sample(values: np.ndarray, limit: int, rng: np.random.Generator) -> list[fl
 SPACE_LABELS = {"composition": "composition", "embedding": "the model's embedding"}
 
 
+def _target_splits(
+    targets: Mapping[str, Sequence[float]], max_points: int, rng: np.random.Generator, notes: list[str]
+) -> tuple[dict[str, ShiftSplit], dict[str, ShiftSamples], dict[str, np.ndarray]]:
+    """Per-split target summaries and samples, finite targets only (a non-finite one is noted and left out)."""
+    splits: dict[str, ShiftSplit] = {}
+    samples: dict[str, ShiftSamples] = {}
+    ys: dict[str, np.ndarray] = {}
+    for s in ("train", *COMPARED) if "train" in targets else COMPARED:
+        arr = np.asarray(targets.get(s, []), dtype=np.float64).reshape(-1)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            notes.append(f"{int(bad.sum())} {s} targets are NaN or infinite and were left out of the target shift")
+            arr = arr[~bad]
+        ys[s] = arr
+        splits[s] = ShiftSplit(targets=target_summary(arr))
+        samples[s] = ShiftSamples(targets=_sample(arr, max_points, rng))
+    return splits, samples, ys
+
+
+def _finite_features(
+    by_split: Mapping[str, np.ndarray], label: str, notes: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each split's rows with a finite vector in one space, and how many were left out (noted)."""
+    feats, excluded = {}, {}
+    for s, x in by_split.items():
+        x = np.asarray(x, dtype=np.float64)
+        x = x.reshape(len(x), -1) if x.ndim != 2 else x
+        finite = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), dtype=bool)
+        feats[s], excluded[s] = x[finite], int((~finite).sum())
+        if excluded[s]:
+            notes.append(f"{excluded[s]} of {len(x)} {s} compounds have a NaN or infinite vector in {label}: "
+                         "they were left out of its distances")
+    return feats, excluded
+
+
+def _space_distances(
+    name: str,
+    by_split: Mapping[str, np.ndarray],
+    splits: dict[str, ShiftSplit],
+    samples: dict[str, ShiftSamples],
+    *,
+    k: int,
+    max_points: int,
+    rng: np.random.Generator,
+    notes: list[str],
+) -> int:
+    """Fill the k-NN distance summaries and samples of one space; returns its usable training compounds."""
+    label = SPACE_LABELS.get(name, name)
+    feats, excluded = _finite_features(by_split, label, notes)
+    train_x = feats["train"]
+    if len(train_x) < k + 1:
+        notes.append(f"the training split has {len(train_x)} compounds with a finite vector in {label}, "
+                     f"too few for k = {k} nearest neighbours: distances in {label} were not measured")
+        return len(train_x)
+    rows = np.arange(len(train_x))
+    if len(rows) > max_points:
+        rows = np.sort(rng.choice(len(rows), size=max_points, replace=False))
+    d_train = knn_distances_within(train_x, k, rows)
+    splits["train"].distances[name] = summarise_distances(d_train, excluded["train"])
+    samples["train"].distances[name] = _sample(d_train, max_points, rng)
+    for s in COMPARED:
+        if s not in feats:
+            continue
+        d = knn_distances(train_x, feats[s], k)
+        splits[s].distances[name] = summarise_distances(d, excluded[s])
+        samples[s].distances[name] = _sample(d, max_points, rng)
+    return len(train_x)
+
+
+def _shift_ratios(splits: Mapping[str, ShiftSplit], spaces: Mapping) -> dict[str, float | None]:
+    """OOD/ID ratios of the distance medians and 90th percentiles per space, and of the target shift."""
+    ratios: dict[str, float | None] = {}
+    i, o = splits["id"], splits["ood"]
+    for name in spaces:
+        di, do = i.distances.get(name), o.distances.get(name)
+        if di is None or do is None:
+            continue
+        ratios[f"{name}_knn_ratio"] = ratio(do.median, di.median)
+        ratios[f"{name}_knn_p90_ratio"] = ratio(do.p90, di.p90)
+    if i.wasserstein is not None or o.wasserstein is not None:
+        ratios["target_wasserstein_ratio"] = ratio(o.wasserstein, i.wasserstein)
+        ratios["target_ks_ratio"] = ratio(o.ks_statistic, i.ks_statistic)
+    return ratios
+
+
 def compute_shift(
     targets: Mapping[str, Sequence[float]],
     spaces: Mapping[str, Mapping[str, np.ndarray] | None] | None = None,
@@ -300,24 +385,27 @@ def compute_shift(
     standardised; ``None`` for a space that could not be measured. Rows with a non-finite feature are
     left out of that space (counted, and recorded as a problem). Bad inputs never raise: each becomes a
     line of ``problems`` and the affected numbers stay ``None``.
+
+    Args:
+        targets: the targets of each split, keyed ``train``, ``id``, ``ood``.
+        spaces: the standardised features of each split per distance space (``None`` for an unmeasured one).
+        k: nearest training neighbours averaged in each distance.
+        seed: seed of the subsampling of training rows and of the stored samples.
+        max_points: the most training rows searched, and the most values stored per sample.
+        composition_features: how the composition vectors were made (recorded in the result).
+        n_train_total: the size of the whole training split (default: the number of training targets).
+        thresholds: the gate thresholds to record in the result.
+        problems: problems found before this call, kept first in the result's ``problems``.
+
+    Returns:
+        The :class:`~traits.results.ShiftResult` of every split, ratio and sample.
     """
     rng = np.random.default_rng(seed)
     notes = list(problems)
-    splits: dict[str, ShiftSplit] = {}
-    samples: dict[str, ShiftSamples] = {}
-    ys: dict[str, np.ndarray] = {}
     # no "train" key at all (named sets without a training set): only the per-split target summaries;
     # the caller's ``problems`` say why nothing is measured against training
     train_given = "train" in targets
-    for s in ("train", *COMPARED) if train_given else COMPARED:
-        arr = np.asarray(targets.get(s, []), dtype=np.float64).reshape(-1)
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            notes.append(f"{int(bad.sum())} {s} targets are NaN or infinite and were left out of the target shift")
-            arr = arr[~bad]
-        ys[s] = arr
-        splits[s] = ShiftSplit(targets=target_summary(arr))
-        samples[s] = ShiftSamples(targets=_sample(arr, max_points, rng))
+    splits, samples, ys = _target_splits(targets, max_points, rng, notes)
     train_y = ys.get("train", np.zeros(0))
     if not train_given:
         spaces = {}
@@ -335,46 +423,10 @@ def compute_shift(
     for name, by_split in (spaces or {}).items():
         if by_split is None or "train" not in by_split:
             continue
-        label = SPACE_LABELS.get(name, name)
-        feats, excluded = {}, {}
-        for s, x in by_split.items():
-            x = np.asarray(x, dtype=np.float64)
-            x = x.reshape(len(x), -1) if x.ndim != 2 else x
-            finite = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), dtype=bool)
-            feats[s], excluded[s] = x[finite], int((~finite).sum())
-            if excluded[s]:
-                notes.append(f"{excluded[s]} of {len(x)} {s} compounds have a NaN or infinite vector in {label}: "
-                             "they were left out of its distances")
-        train_x = feats["train"]
-        n_train_used = max(n_train_used, len(train_x))
-        if len(train_x) < k + 1:
-            notes.append(f"the training split has {len(train_x)} compounds with a finite vector in {label}, "
-                         f"too few for k = {k} nearest neighbours: distances in {label} were not measured")
-            continue
-        rows = np.arange(len(train_x))
-        if len(rows) > max_points:
-            rows = np.sort(rng.choice(len(rows), size=max_points, replace=False))
-        d_train = knn_distances_within(train_x, k, rows)
-        splits["train"].distances[name] = summarise_distances(d_train, excluded["train"])
-        samples["train"].distances[name] = _sample(d_train, max_points, rng)
-        for s in COMPARED:
-            if s not in feats:
-                continue
-            d = knn_distances(train_x, feats[s], k)
-            splits[s].distances[name] = summarise_distances(d, excluded[s])
-            samples[s].distances[name] = _sample(d, max_points, rng)
+        used = _space_distances(name, by_split, splits, samples, k=k, max_points=max_points, rng=rng, notes=notes)
+        n_train_used = max(n_train_used, used)
 
-    ratios: dict[str, float | None] = {}
-    i, o = splits["id"], splits["ood"]
-    for name in spaces or {}:
-        di, do = i.distances.get(name), o.distances.get(name)
-        if di is None or do is None:
-            continue
-        ratios[f"{name}_knn_ratio"] = ratio(do.median, di.median)
-        ratios[f"{name}_knn_p90_ratio"] = ratio(do.p90, di.p90)
-    if i.wasserstein is not None or o.wasserstein is not None:
-        ratios["target_wasserstein_ratio"] = ratio(o.wasserstein, i.wasserstein)
-        ratios["target_ks_ratio"] = ratio(o.ks_statistic, i.ks_statistic)
+    ratios = _shift_ratios(splits, spaces or {})
     return ShiftResult(
         k=k, composition_features=composition_features, n_train=n_train_used,
         n_train_total=int(n_train_total if n_train_total is not None else train_y.size),

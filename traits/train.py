@@ -167,36 +167,42 @@ def _load_state(path: Path, fingerprint: dict) -> dict:
     return state
 
 
-def train_model(
-    spec,
-    data,
-    out_dir: Path,
-    *,
-    device: torch.device,
-    resume: bool = False,
-    progress: bool | None = None,
-    stop_after_epoch: int | None = None,
-) -> TrainResult:
-    """Train ``spec.model`` on ``data.splits['train']``, early-stopping on 'val' MAE, and write outputs.
+@dataclass
+class _Run:
+    """What a training run is built from: the model, its data loader, optimiser and settings."""
 
-    ``progress``: a rich progress bar when True, or when None and stdout is a terminal; or a progress
-    factory (:class:`traits.progress.Reporter`), which gets one "training" stage counting epochs.
-    ``resume``: continue from ``out_dir/train_state.pt`` when it exists (otherwise start afresh).
-    ``stop_after_epoch``: end after that epoch as if interrupted (state saved, ``completed=False``).
-    """
-    ts = spec.model.train
-    if ts is None:
-        raise TraitsError("the spec has no model.train section: nothing says how to train a model")
-    device = torch.device(device)
-    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
-    out_dir = ensure_dir(Path(out_dir))
-    state_path = out_dir / STATE_FILE
-    train, val = data.splits["train"], data.splits["val"]
-    if not train or not val:
-        raise TraitsError("training needs non-empty 'train' and 'val' splits")
+    model: nn.Module
+    loader: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    generator: torch.Generator
+    loss_fn: object
+    fingerprint: dict
+    mean: float
+    std: float
+    device: torch.device
+    dtype: torch.dtype
+    eval_batch: int
 
+
+@dataclass
+class _Loop:
+    """The training loop's counters, best weights and history (what a resume state carries)."""
+
+    best_state: dict
+    epoch: int = 0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    resumed: bool = False
+
+
+def _setup(spec, data, ts, device: torch.device, dtype: torch.dtype) -> _Run:
+    """Build the seeded model, the shuffling loader, optimiser, scheduler and loss of a training run."""
     from torch_geometric.loader import DataLoader
 
+    train = data.splits["train"]
     mean, std = _target_normalizer(train)
     node_dim, edge_dim = int(train[0].x.shape[1]), int(train[0].edge_attr.shape[1])
     with torch.random.fork_rng(devices=[]):
@@ -212,118 +218,123 @@ def train_model(
     loader = DataLoader(train, batch_size=ts.batch_size, shuffle=True, generator=generator, drop_last=drop_last)
     optimizer = _optimizer(ts, model.parameters())
     scheduler = _scheduler(ts, optimizer)
-    loss_fn = _LOSSES[ts.loss]
-    fingerprint = _fingerprint(spec, data)
+    return _Run(
+        model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, generator=generator,
+        loss_fn=_LOSSES[ts.loss], fingerprint=_fingerprint(spec, data), mean=mean, std=std,
+        device=device, dtype=dtype, eval_batch=max(256, ts.batch_size),
+    )
 
-    epoch, best_val, best_epoch, bad_epochs = 0, math.inf, 0, 0
-    best_state = _cpu_state(model)
-    history: list[dict] = []
-    resumed = False
-    if resume and state_path.is_file():
-        state = _load_state(state_path, fingerprint)
-        load_weights(model, state["model"], state_path)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        epoch, best_val = int(state["epoch"]), float(state["best_val"])
-        best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
-        best_state, history = dict(state["best_state"]), list(state["history"])
-        resumed = True
 
-    def snapshot() -> dict:
-        return {
-            "version": STATE_VERSION,
-            "fingerprint": fingerprint,
-            "epoch": epoch,
-            "model": _cpu_state(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "generator": generator.get_state(),
-            "best_state": best_state,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "history": history,
-            "target_mean": mean,
-            "target_std": std,
-        }
+def _restore(run: _Run, state_path: Path) -> _Loop:
+    """The loop state of a saved resume state, with the model, optimiser, scheduler and shuffling restored."""
+    state = _load_state(state_path, run.fingerprint)
+    load_weights(run.model, state["model"], state_path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(state["generator"])
+    return _Loop(
+        epoch=int(state["epoch"]), best_val=float(state["best_val"]),
+        best_epoch=int(state["best_epoch"]), bad_epochs=int(state["bad_epochs"]),
+        best_state=dict(state["best_state"]), history=list(state["history"]), resumed=True,
+    )
 
+
+def _snapshot(run: _Run, loop: _Loop) -> dict:
+    """The whole training state as written to ``train_state.pt``."""
+    return {
+        "version": STATE_VERSION,
+        "fingerprint": run.fingerprint,
+        "epoch": loop.epoch,
+        "model": _cpu_state(run.model),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else {},
+        "generator": run.generator.get_state(),
+        "best_state": loop.best_state,
+        "best_val": loop.best_val,
+        "best_epoch": loop.best_epoch,
+        "bad_epochs": loop.bad_epochs,
+        "history": loop.history,
+        "target_mean": run.mean,
+        "target_std": run.std,
+    }
+
+
+def _progress_hooks(progress, ts, epoch: int):
+    """The per-epoch callback of a progress factory (or None) and whether to show a rich bar instead."""
     factory = progress if callable(progress) else None
     show = False if factory is not None else (progress if progress is not None else sys.stdout.isatty())
     epoch_done = factory("training", ts.epochs) if factory is not None else None
     if epoch_done is not None and epoch:
         epoch_done(epoch, ts.epochs, status=f"(resumed after epoch {epoch})")
-    eval_batch = max(256, ts.batch_size)
-    with _progress(show) as bar:
-        task = bar.add_task("train", total=ts.epochs, completed=epoch, status="")
-        while epoch < ts.epochs and bad_epochs < ts.patience:
-            epoch += 1
-            lr = float(optimizer.param_groups[0]["lr"])
-            model.train()
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            count = 0
-            for batch in loader:
-                batch = batch.to(device)
-                target = (batch.y.to(dtype) - model.target_mean) / model.target_std
-                loss = loss_fn(model.predict_normalized(batch), target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach().to(torch.float64) * batch.num_graphs
-                count += int(batch.num_graphs)
-            train_loss = float(total) / max(count, 1)
-            _, val_pred, val_true = predict(model, val, device, eval_batch)
-            val_mae = accuracy(val_pred, val_true)["mae"]
-            if not (math.isfinite(train_loss) and math.isfinite(val_mae)):
-                raise TraitsError(
-                    f"training diverged at epoch {epoch}: the loss became NaN or infinite. Lower the learning "
-                    f"rate (model.train.lr is {ts.lr:g}; try {ts.lr / 10:g}). No checkpoint was written."
-                )
-            if val_mae < best_val:
-                best_val, best_epoch, bad_epochs = val_mae, epoch, 0
-                best_state = _cpu_state(model)
-            else:
-                bad_epochs += 1
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_mae)
-            elif scheduler is not None:
-                scheduler.step()
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_mae": val_mae, "lr": lr})
-            status = f"val MAE {val_mae:.4g} (best {best_val:.4g} @ {best_epoch})"
-            bar.update(task, completed=epoch, status=status)
-            if epoch_done is not None:
-                epoch_done(epoch, ts.epochs, status=status)
-            finished = epoch >= ts.epochs or bad_epochs >= ts.patience
-            interrupted = stop_after_epoch is not None and epoch >= stop_after_epoch and not finished
-            if finished or interrupted or epoch % ts.checkpoint_every == 0:
-                _save_state(state_path, snapshot())
-            if interrupted:
-                return TrainResult(
-                    model=model.eval(), checkpoint=None, metrics={}, history=list(history), epochs_run=epoch,
-                    resumed=resumed, best_epoch=best_epoch, stopped_early=False, completed=False,
-                )
+    return epoch_done, show
 
-    if epoch_done is not None and hasattr(epoch_done, "end"):
-        epoch_done.end(f"after {epoch} epochs (best {best_epoch})")
-    load_weights(model, best_state, "best weights")
-    model.to(device=device, dtype=dtype)
+
+def _train_pass(run: _Run) -> float:
+    """One pass over the shuffled training split; returns the mean training loss per crystal."""
+    model = run.model
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=run.device)
+    count = 0
+    for batch in run.loader:
+        batch = batch.to(run.device)
+        target = (batch.y.to(run.dtype) - model.target_mean) / model.target_std
+        loss = run.loss_fn(model.predict_normalized(batch), target)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total += loss.detach().to(torch.float64) * batch.num_graphs
+        count += int(batch.num_graphs)
+    return float(total) / max(count, 1)
+
+
+def _run_epoch(run: _Run, loop: _Loop, ts, val) -> str:
+    """Train one epoch, validate, track the best weights and step the scheduler; returns the status line."""
+    loop.epoch += 1
+    epoch = loop.epoch
+    lr = float(run.optimizer.param_groups[0]["lr"])
+    train_loss = _train_pass(run)
+    _, val_pred, val_true = predict(run.model, val, run.device, run.eval_batch)
+    val_mae = accuracy(val_pred, val_true)["mae"]
+    if not (math.isfinite(train_loss) and math.isfinite(val_mae)):
+        raise TraitsError(
+            f"training diverged at epoch {epoch}: the loss became NaN or infinite. Lower the learning "
+            f"rate (model.train.lr is {ts.lr:g}; try {ts.lr / 10:g}). No checkpoint was written."
+        )
+    if val_mae < loop.best_val:
+        loop.best_val, loop.best_epoch, loop.bad_epochs = val_mae, epoch, 0
+        loop.best_state = _cpu_state(run.model)
+    else:
+        loop.bad_epochs += 1
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(val_mae)
+    elif run.scheduler is not None:
+        run.scheduler.step()
+    loop.history.append({"epoch": epoch, "train_loss": train_loss, "val_mae": val_mae, "lr": lr})
+    return f"val MAE {val_mae:.4g} (best {loop.best_val:.4g} @ {loop.best_epoch})"
+
+
+def _finish(spec, data, out_dir: Path, run: _Run, loop: _Loop, ts) -> TrainResult:
+    """Restore the best weights, measure every split and write the checkpoint, metrics and manifest."""
+    model, device, epoch = run.model, run.device, loop.epoch
+    load_weights(model, loop.best_state, "best weights")
+    model.to(device=device, dtype=run.dtype)
     metrics = {}
     for name in ("train", "val", "id", "ood"):
-        _, p, t = predict(model, data.splits.get(name, []), device, eval_batch)
+        _, p, t = predict(model, data.splits.get(name, []), device, run.eval_batch)
         metrics[name] = accuracy(p, t)
-    stopped_early = bad_epochs >= ts.patience and epoch < ts.epochs
+    stopped_early = loop.bad_epochs >= ts.patience and epoch < ts.epochs
     from traits.spec import TARGET_UNITS
 
     summary = {
         "target": spec.data.target,
         "unit": TARGET_UNITS.get(spec.data.target),
         "splits": metrics,
-        "best_epoch": best_epoch,
-        "best_val_mae": best_val,
+        "best_epoch": loop.best_epoch,
+        "best_val_mae": loop.best_val,
         "epochs_run": epoch,
         "stopped_early": stopped_early,
-        "history": history,
+        "history": loop.history,
     }
     checkpoint = save_checkpoint(
         model,
@@ -348,14 +359,83 @@ def train_model(
         model=model.eval(),
         checkpoint=checkpoint,
         metrics=metrics,
-        history=list(history),
+        history=list(loop.history),
         epochs_run=epoch,
-        resumed=resumed,
-        best_epoch=best_epoch,
+        resumed=loop.resumed,
+        best_epoch=loop.best_epoch,
         stopped_early=stopped_early,
         completed=True,
         metadata=metadata,
     )
+
+
+def train_model(
+    spec,
+    data,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    resume: bool = False,
+    progress: bool | None = None,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train ``spec.model`` on ``data.splits['train']``, early-stopping on 'val' MAE, and write outputs.
+
+    ``progress``: a rich progress bar when True, or when None and stdout is a terminal; or a progress
+    factory (:class:`traits.progress.Reporter`), which gets one "training" stage counting epochs.
+    ``resume``: continue from ``out_dir/train_state.pt`` when it exists (otherwise start afresh).
+    ``stop_after_epoch``: end after that epoch as if interrupted (state saved, ``completed=False``).
+
+    Args:
+        spec: the run's spec; its ``model.train`` section says how to train.
+        data: the prepared data, with non-empty ``train`` and ``val`` splits.
+        out_dir: the folder of the checkpoint, metrics, split manifest and resume state.
+        device: the device to train on.
+        resume: continue from a resume state in ``out_dir`` when there is one.
+        progress: True, False, None (a bar when stdout is a terminal) or a progress factory.
+        stop_after_epoch: end after this epoch as an interruption would.
+
+    Returns:
+        The :class:`TrainResult`: the model with the best validation weights, its metrics and history.
+    """
+    ts = spec.model.train
+    if ts is None:
+        raise TraitsError("the spec has no model.train section: nothing says how to train a model")
+    device = torch.device(device)
+    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
+    out_dir = ensure_dir(Path(out_dir))
+    state_path = out_dir / STATE_FILE
+    train, val = data.splits["train"], data.splits["val"]
+    if not train or not val:
+        raise TraitsError("training needs non-empty 'train' and 'val' splits")
+
+    run = _setup(spec, data, ts, device, dtype)
+    loop = _Loop(best_state=_cpu_state(run.model))
+    if resume and state_path.is_file():
+        loop = _restore(run, state_path)
+    epoch_done, show = _progress_hooks(progress, ts, loop.epoch)
+    with _progress(show) as bar:
+        task = bar.add_task("train", total=ts.epochs, completed=loop.epoch, status="")
+        while loop.epoch < ts.epochs and loop.bad_epochs < ts.patience:
+            status = _run_epoch(run, loop, ts, val)
+            epoch = loop.epoch
+            bar.update(task, completed=epoch, status=status)
+            if epoch_done is not None:
+                epoch_done(epoch, ts.epochs, status=status)
+            finished = epoch >= ts.epochs or loop.bad_epochs >= ts.patience
+            interrupted = stop_after_epoch is not None and epoch >= stop_after_epoch and not finished
+            if finished or interrupted or epoch % ts.checkpoint_every == 0:
+                _save_state(state_path, _snapshot(run, loop))
+            if interrupted:
+                return TrainResult(
+                    model=run.model.eval(), checkpoint=None, metrics={}, history=list(loop.history),
+                    epochs_run=epoch, resumed=loop.resumed, best_epoch=loop.best_epoch, stopped_early=False,
+                    completed=False,
+                )
+
+    if epoch_done is not None and hasattr(epoch_done, "end"):
+        epoch_done.end(f"after {loop.epoch} epochs (best {loop.best_epoch})")
+    return _finish(spec, data, out_dir, run, loop, ts)
 
 
 def _write_calibration(model, data, checkpoint: Path, device) -> None:

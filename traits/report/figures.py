@@ -271,47 +271,45 @@ PERIODIC_POSITIONS = _table_positions()
 MIN_ELEMENT_COMPOUNDS = 3
 
 
-def element_heatmap_figure(panels: Mapping[str, Mapping[str, tuple[float, int]]], unit: str,
-                           what: str = "MAE", min_n: int = MIN_ELEMENT_COMPOUNDS) -> Figure:
-    """One periodic table for every split (``panels[split][symbol] = (value, n compounds)``): each element's cell
-    holds its symbol and, side by side in split order (ID left, OOD right), one block per split coloured by
-    ``what`` (the MAE of the split's compounds containing the element) with the value printed in it, on one colour
-    scale from 0. A block is grey where the split has no compound with the element.
+#: A periodic-table cell's side and the height of its symbol strip (table units: one cell per column).
+_CELL_SIZE, _CELL_TOP = 0.94, 0.4
 
-    The scale's top is the largest value of an element with at least ``min_n`` compounds (a single compound's
-    error would otherwise wash out every other cell); blocks of fewer compounds are hatched, and a value above the
-    top shows in the darkest colour (the colour bar's arrow). The key and the colour bar sit in the table's empty
-    top middle."""
+
+def _element_scale(panels: Mapping[str, Mapping[str, tuple[float, int]]], min_n: int):
+    """The heatmap's colour norm (0 to the top of the well-sampled values), colour map and whether any clips."""
     from matplotlib.colors import Normalize
 
-    splits = list(panels)
-    k = max(len(splits), 1)
-    cell = PAGE_WIDTH / 18.3
-    fig = Figure(figsize=(PAGE_WIDTH, 9.55 * cell + 0.1))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     entries = [(v, n) for d in panels.values() for v, n in d.values() if v is not None and math.isfinite(v)]
     solid = [v for v, n in entries if n >= min_n] or [v for v, _ in entries]
     vmax = max(solid) if solid else 1.0
     clipped = any(v > vmax for v, _ in entries)
     norm = Normalize(vmin=0.0, vmax=vmax if vmax > 0 else 1.0, clip=True)
     cmap = sns.color_palette("rocket_r", as_cmap=True)
-    size, top = 0.94, 0.4  # a cell's side; the height of its symbol strip
-    width = size / k
+    return norm, cmap, clipped
 
-    def block(col: float, row: float, j: int, entry, text_size: float = 5.0) -> None:
-        x, y, h = col + j * width, row + top, size - top
-        value = entry[0] if entry is not None else None
-        if value is None or not math.isfinite(value):
-            ax.add_patch(Rectangle((x, y), width, h, facecolor="#e4e4e4", edgecolor="white", linewidth=0.3))
-            return
-        ink = "white" if norm(value) > 0.55 else "black"
-        ax.add_patch(Rectangle((x, y), width, h, facecolor=cmap(norm(value)), edgecolor="white", linewidth=0.3))
-        if entry[1] < min_n:
-            ax.add_patch(Rectangle((x, y), width, h, facecolor="none", edgecolor=ink, hatch="/////", linewidth=0,
-                                   alpha=0.4))
-        ax.text(x + width / 2, y + h / 2, f"{value:.2g}".lstrip("0") if value < 1 else f"{value:.2g}",
-                ha="center", va="center", fontsize=text_size, color=ink)
 
+def _element_block(ax, col: float, row: float, j: int, entry, width: float, norm, cmap, min_n: int,
+                   text_size: float = 5.0) -> None:
+    """Split ``j``'s coloured block of one element cell (grey without a value, hatched when noisy)."""
+    size, top = _CELL_SIZE, _CELL_TOP
+    x, y, h = col + j * width, row + top, size - top
+    value = entry[0] if entry is not None else None
+    if value is None or not math.isfinite(value):
+        ax.add_patch(Rectangle((x, y), width, h, facecolor="#e4e4e4", edgecolor="white", linewidth=0.3))
+        return
+    ink = "white" if norm(value) > 0.55 else "black"
+    ax.add_patch(Rectangle((x, y), width, h, facecolor=cmap(norm(value)), edgecolor="white", linewidth=0.3))
+    if entry[1] < min_n:
+        ax.add_patch(Rectangle((x, y), width, h, facecolor="none", edgecolor=ink, hatch="/////", linewidth=0,
+                               alpha=0.4))
+    ax.text(x + width / 2, y + h / 2, f"{value:.2g}".lstrip("0") if value < 1 else f"{value:.2g}",
+            ha="center", va="center", fontsize=text_size, color=ink)
+
+
+def _element_cells(ax, panels: Mapping[str, Mapping[str, tuple[float, int]]], splits: Sequence[str],
+                   width: float, norm, cmap, min_n: int) -> None:
+    """Every element's cell: its symbol strip and one block per split, or a faint cell where no split has it."""
+    size, top = _CELL_SIZE, _CELL_TOP
     for sym, (row, col) in PERIODIC_POSITIONS.items():
         present = [panels[s].get(sym) for s in splits]
         if all(e is None for e in present):
@@ -322,8 +320,13 @@ def element_heatmap_figure(panels: Mapping[str, Mapping[str, tuple[float, int]]]
         ax.text(col + size / 2, row + top / 2 + 0.02, sym, ha="center", va="center", fontsize=7,
                 fontweight="bold", color="#1d2129")
         for j, entry in enumerate(present):
-            block(col, row, j, entry)
-    # the key: one enlarged cell naming its blocks, in the empty top middle of the table
+            _element_block(ax, col, row, j, entry, width, norm, cmap, min_n)
+
+
+def _element_key(ax, panels: Mapping[str, Mapping[str, tuple[float, int]]], splits: Sequence[str],
+                 width: float, what: str, min_n: int) -> None:
+    """The key: one enlarged cell naming its blocks, the counts and the grey and hatched swatches."""
+    size, top = _CELL_SIZE, _CELL_TOP
     kx, ky, scale = 2.6, 0.05, 1.9
     ax.add_patch(Rectangle((kx, ky), size * scale, top * scale, facecolor="white", edgecolor="#c8c8c8",
                            linewidth=0.4))
@@ -346,6 +349,41 @@ def element_heatmap_figure(panels: Mapping[str, Mapping[str, tuple[float, int]]]
                            edgecolor="0.3", hatch="/////", linewidth=0))
     ax.text(kx + size * scale + 0.8, ky + 1.66, f"fewer than {min_n} compounds", ha="left", va="center",
             fontsize=6, color="0.3")
+
+
+def element_heatmap_figure(panels: Mapping[str, Mapping[str, tuple[float, int]]], unit: str,
+                           what: str = "MAE", min_n: int = MIN_ELEMENT_COMPOUNDS) -> Figure:
+    """One periodic table for every split (``panels[split][symbol] = (value, n compounds)``): each element's cell
+    holds its symbol and, side by side in split order (ID left, OOD right), one block per split coloured by
+    ``what`` (the MAE of the split's compounds containing the element) with the value printed in it, on one colour
+    scale from 0. A block is grey where the split has no compound with the element.
+
+    The scale's top is the largest value of an element with at least ``min_n`` compounds (a single compound's
+    error would otherwise wash out every other cell); blocks of fewer compounds are hatched, and a value above the
+    top shows in the darkest colour (the colour bar's arrow). The key and the colour bar sit in the table's empty
+    top middle.
+
+    Args:
+        panels: per split, each element's ``(value, number of compounds)``.
+        unit: the unit of the values (empty for none).
+        what: what the values are (the colour bar's and the key's label).
+        min_n: the fewest compounds of a cell that is not hatched and sets the colour scale's top.
+
+    Returns:
+        The periodic-table figure.
+    """
+    from matplotlib.colors import Normalize
+
+    splits = list(panels)
+    k = max(len(splits), 1)
+    cell = PAGE_WIDTH / 18.3
+    fig = Figure(figsize=(PAGE_WIDTH, 9.55 * cell + 0.1))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    norm, cmap, clipped = _element_scale(panels, min_n)
+    width = _CELL_SIZE / k
+    _element_cells(ax, panels, splits, width, norm, cmap, min_n)
+    # the key: one enlarged cell naming its blocks, in the empty top middle of the table
+    _element_key(ax, panels, splits, width, what, min_n)
     ax.set_xlim(-0.05, 18.0)
     ax.set_ylim(9.4, -0.05)
     ax.set_aspect("equal", anchor="N")
@@ -766,6 +804,63 @@ def _normalised(curve: np.ndarray, loss0: float | None) -> np.ndarray:
     return curve / loss0
 
 
+def _curve_threshold(s: CurveSet, tolerance: float, band: float | None) -> float:
+    """A split's tolerance line: 1 + δ/L(θ) with an absolute band δ, else 1 + τ."""
+    if band is not None and s.loss0 is not None and math.isfinite(s.loss0) and s.loss0 > 0:
+        return 1 + band / s.loss0
+    return 1 + tolerance
+
+
+def _draw_curve(ax, d: int, a: np.ndarray, i: int, s: CurveSet, tolerance: float,
+                band: float | None) -> tuple[bool, bool]:
+    """Split ``s``'s curve along direction ``d`` with its non-finite points, radius and jumps; returns
+    whether it drew a non-finite point and whether it drew a jump."""
+    any_bad = any_jump = False
+    color = split_color(s.split, i)
+    y = _normalised(nan_array(s.curves[d]), s.loss0)
+    ax.plot(a, y, color=color, lw=1.5, marker="o", ms=2.5, label=split_label(s.split))
+    bad = ~np.isfinite(nan_array(s.curves[d]))
+    if bad.any():
+        any_bad = True
+        ax.plot(a[bad], np.full(bad.sum(), 1.0), lw=0, marker="x", color=color, ms=6)
+    r = s.radius_per_direction[d] if d < len(s.radius_per_direction) else s.radius
+    if r is not None and math.isfinite(r):
+        for sign in (-1, 1):
+            ax.axvline(sign * r, color=color, ls=":", lw=1.3)
+        if s.censored and r == s.radius:
+            ax.plot([r], [_curve_threshold(s, tolerance, band)], marker=">", color=color, ms=6, lw=0)
+    positions = [p for p in (s.jumps[d] if d < len(s.jumps) else ()) if p is not None and math.isfinite(p)]
+    if positions:
+        any_jump = True
+        heights = _jump_heights(a, y, positions)
+        drawn = np.isfinite(heights)
+        ax.plot(np.asarray(positions)[drawn], heights[drawn], lw=0, marker="*", ms=9, color=color,
+                markeredgecolor="0.15", markeredgewidth=0.5, zorder=5)
+        ax.axvline(min(positions, key=abs), color=color, ls="-.", lw=1.2)
+    return any_bad, any_jump
+
+
+def _curves_legend(fig: Figure, sets: Sequence[CurveSet], tolerance: float, band: float | None,
+                   any_bad: bool, any_jump: bool) -> None:
+    """The 1D curves' legend below the panels: splits, tolerance, radius, and jumps and gaps when drawn."""
+    handles = [Line2D([], [], color=split_color(s.split, i), lw=1.5, marker="o", ms=3,
+                          label=split_label(s.split)) for i, s in enumerate(sets)]
+    handles += [
+        Line2D([], [], color="0.2", ls="--", lw=1.0, label=f"tolerance 1 + τ = {1 + tolerance:g}" if band is None
+               else f"tolerance 1 + δ/L(θ), δ = {band:.3g}"),
+        Line2D([], [], color="0.3", ls=":", lw=1.3, label="± robust radius"),
+    ]
+    if any_jump:
+        handles += [
+            Line2D([], [], color="0.3", lw=0, marker="*", ms=8, label="loss jump"),
+            Line2D([], [], color="0.3", ls="-.", lw=1.2, label="first jump"),
+        ]
+    if any_bad:
+        handles.append(Line2D([], [], color="0.3", lw=0, marker="x", ms=6, label="non-finite loss (drawn at 1)"))
+    ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+
+
 def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], tolerance: float,
                      band: float | None = None) -> Figure:
     """L(α)/L(0) per direction (one panel each, at most :data:`MAX_DIRECTIONS`), splits overlaid.
@@ -775,12 +870,16 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
     radius along that direction (a triangle marks a censored radius: the curve never left tolerance).
     Loss jumps (``CurveSet.jumps``, signed α per direction) are drawn as stars on the curve, and the jump
     nearest θ of each split gets a dash-dot vertical line: its discontinuity scale along that direction.
-    """
-    def _threshold(s: CurveSet) -> float:
-        if band is not None and s.loss0 is not None and math.isfinite(s.loss0) and s.loss0 > 0:
-            return 1 + band / s.loss0
-        return 1 + tolerance
 
+    Args:
+        alphas: the step sizes α of every curve.
+        sets: one :class:`CurveSet` per split.
+        tolerance: the relative tolerance τ.
+        band: the absolute band δ, when the audit used one (then each split gets its own line).
+
+    Returns:
+        The figure of up to :data:`MAX_DIRECTIONS` direction panels.
+    """
     n_dir = min(max((len(s.curves) for s in sets), default=1), MAX_DIRECTIONS)
     ncols = min(n_dir, 2)
     nrows = math.ceil(n_dir / ncols)
@@ -800,32 +899,13 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
         for i, s in enumerate(sets):
             if d >= len(s.curves):
                 continue
-            color = split_color(s.split, i)
-            y = _normalised(nan_array(s.curves[d]), s.loss0)
-            ax.plot(a, y, color=color, lw=1.5, marker="o", ms=2.5, label=split_label(s.split))
-            bad = ~np.isfinite(nan_array(s.curves[d]))
-            if bad.any():
-                any_bad = True
-                ax.plot(a[bad], np.full(bad.sum(), 1.0), lw=0, marker="x", color=color, ms=6)
-            r = s.radius_per_direction[d] if d < len(s.radius_per_direction) else s.radius
-            if r is not None and math.isfinite(r):
-                for sign in (-1, 1):
-                    ax.axvline(sign * r, color=color, ls=":", lw=1.3)
-                if s.censored and r == s.radius:
-                    ax.plot([r], [_threshold(s)], marker=">", color=color, ms=6, lw=0)
-            positions = [p for p in (s.jumps[d] if d < len(s.jumps) else ()) if p is not None and math.isfinite(p)]
-            if positions:
-                any_jump = True
-                heights = _jump_heights(a, y, positions)
-                drawn = np.isfinite(heights)
-                ax.plot(np.asarray(positions)[drawn], heights[drawn], lw=0, marker="*", ms=9, color=color,
-                        markeredgecolor="0.15", markeredgewidth=0.5, zorder=5)
-                ax.axvline(min(positions, key=abs), color=color, ls="-.", lw=1.2)
+            bad, jump = _draw_curve(ax, d, a, i, s, tolerance, band)
+            any_bad, any_jump = any_bad or bad, any_jump or jump
         if band is None:
             ax.axhline(1 + tolerance, color="0.2", ls="--", lw=1.0)
         else:
             for i, s in enumerate(sets):
-                ax.axhline(_threshold(s), color=split_color(s.split, i), ls="--", lw=1.0)
+                ax.axhline(_curve_threshold(s, tolerance, band), color=split_color(s.split, i), ls="--", lw=1.0)
         ax.set_title(f"direction {d + 1}")
         ax.set_xlabel("α along the direction (dimensionless)")
         if d % ncols == 0:
@@ -834,22 +914,7 @@ def curves_1d_figure(alphas: Sequence[float], sets: Sequence[CurveSet], toleranc
             _log_y(ax)
         ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
         ax.grid(True, lw=0.4, alpha=0.5)
-    handles = [Line2D([], [], color=split_color(s.split, i), lw=1.5, marker="o", ms=3,
-                          label=split_label(s.split)) for i, s in enumerate(sets)]
-    handles += [
-        Line2D([], [], color="0.2", ls="--", lw=1.0, label=f"tolerance 1 + τ = {1 + tolerance:g}" if band is None
-               else f"tolerance 1 + δ/L(θ), δ = {band:.3g}"),
-        Line2D([], [], color="0.3", ls=":", lw=1.3, label="± robust radius"),
-    ]
-    if any_jump:
-        handles += [
-            Line2D([], [], color="0.3", lw=0, marker="*", ms=8, label="loss jump"),
-            Line2D([], [], color="0.3", ls="-.", lw=1.2, label="first jump"),
-        ]
-    if any_bad:
-        handles.append(Line2D([], [], color="0.3", lw=0, marker="x", ms=6, label="non-finite loss (drawn at 1)"))
-    ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+    _curves_legend(fig, sets, tolerance, band, any_bad, any_jump)
     return fig
 
 

@@ -383,19 +383,8 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
-def conclusion(summary: dict) -> str:
-    """The summary's conclusion in one paragraph generated from its numbers: the sample (audits, tasks, held-out
-    rules), the reference, which metrics track the error beyond the loss at θ (with their intervals, and said to be
-    weak when a lower bound is under 0.1), which track it only with the loss, which go the wrong way, the
-    comparison with the best distance baseline, what was not measured, and how strong the evidence is."""
-    labels = cat.labels()
-    st = summary["statistics"]
-    overall = st["overall"]
-
-    def name(k: str) -> str:
-        return labels.get(k, k)
-
-    rules = max([v.get("n_clusters") or 0 for v in overall.values() if measured(v)] or [0])
+def _conclusion_opening(summary: dict, overall: dict, rules: int) -> list[str]:
+    """The conclusion's first sentences: a pipeline-check or interim caveat, the sample and the reference."""
     out = []
     if summary.get("pipeline_check"):
         out.append("This is a pipeline check at a tiny budget: its numbers exercise the pipeline and say nothing "
@@ -413,6 +402,16 @@ def conclusion(summary: dict) -> str:
                            "interval reaches 0)."))
     else:
         out.append(head + ".")
+    return out
+
+
+def _conclusion_readings(overall: dict, labels: dict) -> list[str]:
+    """The conclusion's sentences on which metrics track the error beyond the loss at θ, with it, against or not."""
+
+    def name(k: str) -> str:
+        return labels.get(k, k)
+
+    out = []
     groups: dict[str, list[str]] = {}
     for k, v in overall.items():
         if v.get("kind") != "error at θ (reference)" and measured(v):
@@ -443,24 +442,50 @@ def conclusion(summary: dict) -> str:
     if unclear:
         out.append(f"No clear link for {_and([name(k) for k in unclear])} (the interval reaches 0 or p (Holm) ≥ "
                    "0.05).")
+    return out
+
+
+def _conclusion_baseline(st: dict, overall: dict, labels: dict) -> list[str]:
+    """The conclusion's sentence on the metrics that track the error better than the best distance baseline."""
     vs = st.get("vs_best_baseline") or {}
-    if vs.get("baseline"):
-        diffs = {k: d for k, d in vs["metrics"].items() if d.get("diff") is not None and d.get("low") is not None}
-        better = [k for k, d in diffs.items() if d["low"] > 0]
-        restate = [labels.get(k, k) for k in better if k in overall and not reading(overall[k]).startswith(BEYOND)]
-        base = labels.get(vs["baseline"], vs["baseline"])
-        if better:
-            out.append(f"Against the best distance baseline ({base}), "
-                       + _and([f"{labels.get(k, k)} (Δρ = {_f(diffs[k]['diff'])} [{_f(diffs[k]['low'])}, "
-                               f"{_f(diffs[k]['high'])}])" for k in better])
-                       + f" {'tracks' if len(better) == 1 else 'track'} the error better"
-                       + ((f", but only {'restates' if len(better) == 1 else 'restate'} the loss at θ (partial ρ "
-                           "reaching 0)") if restate and len(restate) == len(better) else
-                          (f" ({_and(restate)} only {'restates' if len(restate) == 1 else 'restate'} the loss at θ)"
-                           if restate else "")) + "; no other landscape metric is shown to.")
-        else:
-            out.append(f"No landscape metric is shown to track the error better than the best distance baseline "
-                       f"({base}): every Δρ interval reaches 0 or lies below it.")
+    if not vs.get("baseline"):
+        return []
+    diffs = {k: d for k, d in vs["metrics"].items() if d.get("diff") is not None and d.get("low") is not None}
+    better = [k for k, d in diffs.items() if d["low"] > 0]
+    restate = [labels.get(k, k) for k in better if k in overall and not reading(overall[k]).startswith(BEYOND)]
+    base = labels.get(vs["baseline"], vs["baseline"])
+    if not better:
+        return [f"No landscape metric is shown to track the error better than the best distance baseline "
+                f"({base}): every Δρ interval reaches 0 or lies below it."]
+    return [f"Against the best distance baseline ({base}), "
+            + _and([f"{labels.get(k, k)} (Δρ = {_f(diffs[k]['diff'])} [{_f(diffs[k]['low'])}, "
+                    f"{_f(diffs[k]['high'])}])" for k in better])
+            + f" {'tracks' if len(better) == 1 else 'track'} the error better"
+            + ((f", but only {'restates' if len(better) == 1 else 'restate'} the loss at θ (partial ρ "
+                "reaching 0)") if restate and len(restate) == len(better) else
+               (f" ({_and(restate)} only {'restates' if len(restate) == 1 else 'restate'} the loss at θ)"
+                if restate else "")) + "; no other landscape metric is shown to."]
+
+
+def conclusion(summary: dict) -> str:
+    """The summary's conclusion in one paragraph generated from its numbers: the sample (audits, tasks, held-out
+    rules), the reference, which metrics track the error beyond the loss at θ (with their intervals, and said to be
+    weak when a lower bound is under 0.1), which track it only with the loss, which go the wrong way, the
+    comparison with the best distance baseline, what was not measured, and how strong the evidence is.
+
+    Args:
+        summary: the study summary (as :func:`study_summary` makes it and ``summary.json`` holds it).
+
+    Returns:
+        The conclusion, one paragraph of sentences each starting with a capital.
+    """
+    labels = cat.labels()
+    st = summary["statistics"]
+    overall = st["overall"]
+    rules = max([v.get("n_clusters") or 0 for v in overall.values() if measured(v)] or [0])
+    out = _conclusion_opening(summary, overall, rules)
+    out += _conclusion_readings(overall, labels)
+    out += _conclusion_baseline(st, overall, labels)
     missing = not_measured(summary)
     if missing:
         out.append(f"{_and([labels.get(k, k) for k, _ in missing])} {'was' if len(missing) == 1 else 'were'} not "
