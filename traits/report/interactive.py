@@ -284,6 +284,52 @@ def _scene_axis(title: str, **extra: Any) -> dict[str, Any]:
             "gridcolor": "#d5d9e0", "zerolinecolor": "#8a93a3", **extra}
 
 
+def _z_axis(low: float, high: float, log: bool, unit: str) -> tuple[dict, list[float], dict, float, float, float]:
+    """(colour bar, z range, z tick settings, colour min, colour max, top of the θ stick) for one loss range."""
+    bar_title = {"text": f"loss<br>({plot_text(unit)})", "side": "top"}
+    if log:
+        ticks, ticktext = log_ticks(low, high)
+        colorbar = {"title": bar_title, "tickvals": [_round(math.log10(t)) for t in ticks], "ticktext": ticktext,
+                    "len": 0.8}
+        cmin, cmax = math.log10(low), math.log10(high)
+        z_range = [cmin - 0.02 * (cmax - cmin), cmax + 0.02 * (cmax - cmin)]  # plotly: a log range is in log10
+        z_ticks: dict[str, Any] = {"tickmode": "array", "tickvals": ticks, "ticktext": ticktext}
+        return colorbar, z_range, z_ticks, cmin, cmax, 10 ** z_range[1]
+    colorbar = {"title": bar_title, "len": 0.8, "exponentformat": "power"}
+    z_range = [low - 0.02 * (high - low), high + 0.02 * (high - low)]
+    return colorbar, z_range, {"nticks": 6, "exponentformat": "power"}, low, high, z_range[1]
+
+
+def _surface_values(alphas: Sequence[float], grid: Sequence[Sequence[Any]], log: bool):
+    """(z, colour) in plotly's [β index][α index] order from a grid stored [α][β]; gaps for non-finite losses
+    (and for non-positive ones on a log axis)."""
+    z: list[list[float | None]] = []
+    colour: list[list[float | None]] = []
+    for j in range(len(alphas)):
+        row, crow = [], []
+        for i in range(len(alphas)):
+            v = _finite(grid[i][j])
+            if log and v is not None and v <= 0:
+                v = None
+            row.append(_round(v))
+            crow.append(None if v is None else _round(math.log10(v) if log else v))
+        z.append(row)
+        colour.append(crow)
+    return z, colour
+
+
+def _theta_trace(alphas, grid, theta: float | None, log: bool, top: float, scene: str, label: str) -> dict | None:
+    """The red cross at θ with a stick up from it (None when θ's loss is unknown, or not positive on a log axis)."""
+    if theta is None:
+        theta = _grid_at_theta(alphas, grid)
+    if theta is None or (log and theta <= 0):
+        return None
+    return {"type": "scatter3d", "mode": "lines+markers", "x": [0.0, 0.0], "y": [0.0, 0.0],
+            "z": [_round(theta), _round(top)], "scene": scene, "name": "θ", "showlegend": False,
+            "line": {"color": "#d62728", "width": 4}, "marker": {"symbol": "x", "size": [7, 0], "color": "#d62728"},
+            "hovertemplate": f"θ (trained weights)<br>loss at θ {theta:.4g}<extra>{label}</extra>"}
+
+
 def surface_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[Any]]], *, unit: str,
                    x_title: str, y_title: str, loss0: Mapping[str, float | None] | None = None) -> dict | None:
     """One 3D scene per split, two a row, on one colour scale and one z range; None without a finite point.
@@ -299,29 +345,14 @@ def surface_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequenc
     low, high, log = scale
     a = [_round(x) for x in alphas]
     traces: list[dict[str, Any]] = []
-    n = len(splits)
-    cols = 1 if n == 1 else 2
-    rows = math.ceil(n / cols)
+    cols = 1 if len(splits) == 1 else 2
+    rows = math.ceil(len(splits) / cols)
     height = PANEL_HEIGHT * rows
     layout: dict[str, Any] = {"margin": {"l": 24, "r": 0, "t": 36, "b": 0}, "height": height,
                               "paper_bgcolor": "white", "font": {"family": "DejaVu Sans, Arial, sans-serif"},
                               "showlegend": False, "annotations": []}
     z_title = f"loss ({plot_text(unit)})"
-    bar_title = {"text": f"loss<br>({plot_text(unit)})", "side": "top"}
-    if log:
-        ticks, ticktext = log_ticks(low, high)
-        colorbar = {"title": bar_title, "tickvals": [_round(math.log10(t)) for t in ticks], "ticktext": ticktext,
-                    "len": 0.8}
-        cmin, cmax = math.log10(low), math.log10(high)
-        z_range = [cmin - 0.02 * (cmax - cmin), cmax + 0.02 * (cmax - cmin)]  # plotly: a log range is in log10
-        z_ticks: dict[str, Any] = {"tickmode": "array", "tickvals": ticks, "ticktext": ticktext}
-        top = 10 ** z_range[1]
-    else:
-        colorbar = {"title": bar_title, "len": 0.8, "exponentformat": "power"}
-        cmin, cmax = low, high
-        z_range = [low - 0.02 * (high - low), high + 0.02 * (high - low)]
-        z_ticks = {"nticks": 6, "exponentformat": "power"}
-        top = z_range[1]
+    colorbar, z_range, z_ticks, cmin, cmax, top = _z_axis(low, high, log, unit)
     layout["coloraxis"] = {"colorscale": "Viridis", "cmin": _round(cmin), "cmax": _round(cmax),
                            "colorbar": colorbar}
     gap = 0.06
@@ -332,18 +363,7 @@ def surface_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequenc
         x0 = col_index * (width + gap)
         y_top = 1.0 - row_index / rows - (30 / height if row_index else 0.0)  # below rows: room for a title
         y_bottom = 1.0 - (row_index + 1) / rows
-        z: list[list[float | None]] = []
-        colour: list[list[float | None]] = []
-        for j in range(len(alphas)):  # plotly: z[row = y index][column = x index]; grids are [α][β]
-            row, crow = [], []
-            for i in range(len(alphas)):
-                v = _finite(grids[split][i][j])
-                if log and v is not None and v <= 0:
-                    v = None
-                row.append(_round(v))
-                crow.append(None if v is None else _round(math.log10(v) if log else v))
-            z.append(row)
-            colour.append(crow)
+        z, colour = _surface_values(alphas, grids[split], log)
         label = _label(split)
         traces.append({
             "type": "surface", "x": a, "y": a, "z": z, "surfacecolor": colour, "coloraxis": "coloraxis",
@@ -352,15 +372,9 @@ def surface_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequenc
             "contours": {"z": {"show": True, "usecolormap": True, "project": {"z": True}, "width": 1}},
             "lighting": {"ambient": 0.75, "diffuse": 0.5, "specular": 0.05, "roughness": 0.9},
         })
-        theta = _finite((loss0 or {}).get(split))
-        if theta is None:
-            theta = _grid_at_theta(alphas, grids[split])
-        if theta is not None and not (log and theta <= 0):
-            traces.append({"type": "scatter3d", "mode": "lines+markers", "x": [0.0, 0.0], "y": [0.0, 0.0],
-                           "z": [_round(theta), _round(top)], "scene": scene, "name": "θ", "showlegend": False,
-                           "line": {"color": "#d62728", "width": 4},
-                           "marker": {"symbol": "x", "size": [7, 0], "color": "#d62728"},
-                           "hovertemplate": f"θ (trained weights)<br>loss at θ {theta:.4g}<extra>{label}</extra>"})
+        theta = _theta_trace(alphas, grids[split], _finite((loss0 or {}).get(split)), log, top, scene, label)
+        if theta is not None:
+            traces.append(theta)
         layout[scene] = {
             "domain": {"x": [x0, x0 + width], "y": [y_bottom, y_top]},
             "xaxis": _scene_axis(x_title), "yaxis": _scene_axis(y_title),
@@ -370,8 +384,7 @@ def surface_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequenc
             "camera": {"eye": {"x": -1.9, "y": -2.1, "z": 1.05}},
         }
         layout["annotations"].append({"text": f"<b>{_label(split, 28)}</b>", "x": x0 + width / 2, "y": y_top,
-                                      "xref": "paper",
-                                      "yref": "paper", "yanchor": "bottom", "showarrow": False,
+                                      "xref": "paper", "yref": "paper", "yanchor": "bottom", "showarrow": False,
                                       "font": {"size": 14, "color": _colour(split, k)}})
     return {"data": traces, "layout": layout}
 
