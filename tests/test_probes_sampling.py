@@ -24,6 +24,7 @@ from traits.probes.objective import SplitObjective
 from traits.probes.sampling import (
     assign_groups,
     gauss_newton_trace,
+    grouped_statistics,
     jackknife_stderr,
     lambda_max_jackknife,
     t_quantile,
@@ -103,11 +104,13 @@ def test_group_products_add_up_to_the_whole_sample(trained):
     assert torch.allclose(total, whole.hvp_many(v), rtol=1e-10, atol=1e-12)
 
 
-def test_output_gradients_match_per_sample_autograd(trained):
+@pytest.mark.parametrize("batched", [True, False], ids=["vmapped", "one-by-one"])
+def test_output_gradients_match_per_sample_autograd(trained, batched):
     x, y = population(9, seed=6)
     obj = SplitObjective(trained, [batch(x[:4], y[:4]), batch(x[4:], y[4:])])
     z = torch.randn(2, obj.dim, generator=gen(2), dtype=DT)
-    sq, proj = obj.output_gradients(z)
+    sq, proj = obj.output_gradients(z, batched=batched)
+    assert obj.vmap_grads_ok is (True if batched else None)
     theta, split = reference_parts(trained)
     for i in range(9):
         g = torch.autograd.functional.jacobian(lambda f, i=i: manual_forward(trained, split(f), x[i : i + 1])[0], theta)
@@ -205,3 +208,20 @@ def test_lambda_max_jackknife_tracks_the_spread_over_fresh_draws(trained):
 def test_lambda_max_jackknife_needs_two_groups():
     with pytest.raises(ProbeError):
         lambda_max_jackknife([lambda v: v], [3], torch.eye(2, dtype=DT)[:1])
+
+
+def test_grouped_statistics_equal_the_two_probes_run_apart(trained):
+    """One product call per group on the probes and the Ritz vectors stacked gives the numbers of
+    gauss_newton_trace and lambda_max_jackknife run separately with the same generator."""
+    x, y = population(96, seed=12)
+    groups = assign_groups(96, np.random.default_rng(8))
+    _, hvps, grads, sizes = grouped(trained, x, y, groups)
+    dim = SplitObjective(trained, [batch(x, y)]).dim
+    v = top_vectors(trained, x, y, 3)
+    tr, jk = grouped_statistics(hvps, grads, sizes, v, dim, 5, 2.0, gen(9), CPU, DT)
+    tr2 = gauss_newton_trace(hvps, grads, sizes, dim, 5, 2.0, gen(9), CPU, DT)
+    jk2 = lambda_max_jackknife(hvps, sizes, v)
+    assert tr.estimate == pytest.approx(tr2.estimate, rel=1e-12) and tr.leave_out == pytest.approx(tr2.leave_out)
+    assert jk.leave_out == pytest.approx(jk2.leave_out, rel=1e-10) and jk.stderr == pytest.approx(jk2.stderr)
+    tr3, none = grouped_statistics(hvps, grads, sizes, None, dim, 5, 2.0, gen(9), CPU, DT)
+    assert none is None and tr3.estimate == pytest.approx(tr.estimate, rel=1e-12)

@@ -404,16 +404,16 @@ def _grouped_statistics(spec: AuditSpec, model, group_batches: list[list], eig, 
 
     hvps = [counted(o) for o in objs]
     curvature = 2.0 if spec.probes.loss == "mse" else 0.0
-    tr = sampling.gauss_newton_trace(hvps, [o.output_gradients for o in objs], sizes, objs[0].dim, h.trace_hvps,
-                                     curvature, _generator(split_seed + 2), **kw)
+    vectors = eig.vectors if eig.vectors is not None and eig.vectors.numel() else None
+    tr, jk = sampling.grouped_statistics(hvps, [o.output_gradients for o in objs], sizes, vectors, objs[0].dim,
+                                         h.trace_hvps, curvature, _generator(split_seed + 2), **kw)
     trace = TraceEstimate(method="gauss-newton+hutchinson", estimate=json_float(tr.estimate),
                           stderr=json_float(tr.stderr), n_hvp=tr.n_hvp, df=tr.mc_df,
                           sampling_stderr=json_float(tr.sampling_stderr), sampling_df=tr.df,
                           gauss_newton=json_float(tr.gauss_newton), leave_out=[json_float(v) for v in tr.leave_out],
                           residual_samples=[json_float(v) for v in tr.residual_samples])
     jackknife = None
-    if eig.vectors is not None and eig.vectors.numel():
-        jk = sampling.lambda_max_jackknife(hvps, sizes, eig.vectors)
+    if jk is not None:
         jackknife = Jackknife(value=json_float(jk.value), leave_out=[json_float(v) for v in jk.leave_out],
                               stderr=json_float(jk.stderr), df=jk.df, n_hvp=jk.n_hvp)
     for o in objs:

@@ -456,14 +456,16 @@ class SplitObjective:
 
         return batch_hvp
 
-    def output_gradients(self, probes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def output_gradients(self, probes: torch.Tensor | None = None,
+                         batched: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-sample gradients of the model's outputs at theta, reduced on the fly (never stored together).
 
         Returns ``(sq, proj)``: ``sq[i] = ‖∇f_i‖²`` for each of the N samples in batch order, and, given a
         (n, dim) stack of ``probes`` Z, ``proj[i] = Z ∇f_i`` (an (N, n) tensor; None without probes). The
         Gauss-Newton part of the Hessian is G = (1/N) Σ_i ℓ''(r_i) ∇f_i ∇f_iᵀ, so tr(G) and zᵀGz follow
-        from these (:mod:`traits.probes.sampling`). One forward pass per batch, then one backward per sample
-        through it (or a vmap over all of them where autograd supports it for this model)."""
+        from these (:mod:`traits.probes.sampling`). One forward pass per batch, then, with ``batched``, one
+        backward vmapped over up to 64 samples at a time (autograd's ``is_grads_batched``), or one backward per
+        sample (without ``batched``, or for a model whose backward autograd cannot vmap)."""
         if probes is not None and (probes.dim() != 2 or probes.shape[1] != self.dim):
             raise ProbeError(f"output_gradients expects a (n, {self.dim}) stack of probes, got {tuple(probes.shape)}")
         sq: list[torch.Tensor] = []
@@ -478,16 +480,44 @@ class SplitObjective:
                 if pred.numel() != self.targets[i].numel():
                     raise ProbeError(f"model predictions have {pred.numel()} values but the batch "
                                      f"{self.targets[i].numel()} targets")
-                for j in range(pred.numel()):
-                    if pred.requires_grad:
-                        g = self._flat_or_zero(torch.autograd.grad(pred[j], inputs, retain_graph=True,
-                                                                   allow_unused=True))
-                    else:  # the outputs do not depend on the parameters
-                        g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-                    sq.append(g @ g)
-                    if z is not None:
-                        proj.append(z @ g)
+                if not pred.requires_grad:  # the outputs do not depend on the parameters
+                    g = torch.zeros((pred.numel(), self.dim), dtype=self.dtype, device=self.device)
+                elif batched and self.vmap_grads_ok is not False:
+                    g = self._rows_batched(pred, inputs)
+                    if g is None:
+                        g = self._rows_one_by_one(pred, inputs)
+                else:
+                    g = self._rows_one_by_one(pred, inputs)
+                sq.extend((g * g).sum(dim=1))
+                if z is not None:
+                    proj.extend(g @ z.T)
         return torch.stack(sq), (torch.stack(proj) if z is not None else None)
+
+    #: None until output_gradients first tried a vmapped backward, then whether it worked for this model
+    vmap_grads_ok: bool | None = None
+
+    def _rows_batched(self, pred: torch.Tensor, inputs: list[torch.Tensor], rows: int = 64) -> torch.Tensor | None:
+        """∇f_i for every sample of one batch, ``rows`` vmapped backward rows at a time; None if autograd cannot."""
+        out = []
+        n = pred.numel()
+        try:
+            for start in range(0, n, rows):
+                stop = min(start + rows, n)
+                eye = torch.zeros((stop - start, n), dtype=pred.dtype, device=pred.device)
+                eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
+                grads = torch.autograd.grad(pred, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                            allow_unused=True)
+                out.append(self._flat_or_zero(grads, stop - start))
+        except RuntimeError:
+            self.vmap_grads_ok = False
+            return None
+        self.vmap_grads_ok = True
+        return torch.cat(out)
+
+    def _rows_one_by_one(self, pred: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """∇f_i for every sample of one batch, one backward each."""
+        return torch.stack([self._flat_or_zero(torch.autograd.grad(pred[j], inputs, retain_graph=True,
+                                                                   allow_unused=True)) for j in range(pred.numel())])
 
     # ------------------------------------------------------------------ retained gradient graphs
     _holder: weakref.ReferenceType | None = None  # the one objective (of all) that keeps graphs now

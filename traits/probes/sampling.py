@@ -110,27 +110,17 @@ class JackknifeResult:
                 "n_hvp": self.n_hvp}
 
 
-def lambda_max_jackknife(group_hvps: Sequence[GroupHVP], sizes: Sequence[int],
-                         vectors: torch.Tensor) -> JackknifeResult:
-    """Jackknife of λ_max in the span of the top Ritz vectors (module docstring).
-
-    Args:
-        group_hvps: one product function per group (Hessian of that group's mean loss).
-        sizes: the number of structures in each group.
-        vectors: (k, dim) top Ritz vectors of the whole sample's Hessian, orthonormal rows.
-
-    Returns:
-        ``value`` = λ_max of M = Σ_g (n_g/N) M_g (equal to the top Ritz value up to rounding), the G leave-out
-        values and their jackknife standard error."""
-    if len(group_hvps) != len(sizes) or len(sizes) < 2:
-        raise ProbeError("the jackknife needs one product function per group and at least two groups")
+def _orthonormal_rows(vectors: torch.Tensor) -> torch.Tensor:
     v = vectors.detach()
     if v.dim() == 1:
         v = v.unsqueeze(0)
-    v = torch.linalg.qr(v.T, mode="reduced")[0].T.contiguous()  # orthonormal rows spanning the same space
+    return torch.linalg.qr(v.T, mode="reduced")[0].T.contiguous()  # orthonormal rows spanning the same space
+
+
+def _jackknife_from(v: torch.Tensor, products: Sequence[torch.Tensor], sizes: Sequence[int]) -> JackknifeResult:
+    """The λ_max jackknife from each group's products H_g vᵀ of the orthonormal rows ``v``."""
     parts = []
-    for hvp_many in group_hvps:
-        hv = hvp_many(v)
+    for hv in products:
         m = (v.to(torch.float64) @ hv.to(torch.float64).T).cpu().numpy()
         parts.append((m + m.T) / 2)
     n = float(sum(sizes))
@@ -138,7 +128,25 @@ def lambda_max_jackknife(group_hvps: Sequence[GroupHVP], sizes: Sequence[int],
     value = float(np.linalg.eigvalsh(full)[-1])
     leave = [float(np.linalg.eigvalsh(m)[-1]) for m in _leave_out(full, parts, sizes)]
     return JackknifeResult(value=value, leave_out=leave, stderr=jackknife_stderr(leave),
-                           n_hvp=len(group_hvps) * v.shape[0])
+                           n_hvp=len(products) * v.shape[0])
+
+
+def lambda_max_jackknife(group_hvps: Sequence[GroupHVP], sizes: Sequence[int],
+                         vectors: torch.Tensor) -> JackknifeResult:
+    """Jackknife of λ_max in the span of the top Ritz vectors (module docstring).
+
+    Args:
+        group_hvps: one product function per group (Hessian of that group's mean loss).
+        sizes: the number of structures in each group.
+        vectors: (k, dim) top Ritz vectors of the whole sample's Hessian (orthonormalised here).
+
+    Returns:
+        ``value`` = λ_max of M = Σ_g (n_g/N) M_g (equal to the top Ritz value up to rounding), the G leave-out
+        values and their jackknife standard error."""
+    if len(group_hvps) != len(sizes) or len(sizes) < 2:
+        raise ProbeError("the jackknife needs one product function per group and at least two groups")
+    v = _orthonormal_rows(vectors)
+    return _jackknife_from(v, [hvp_many(v) for hvp_many in group_hvps], sizes)
 
 
 @dataclass
@@ -164,6 +172,34 @@ class GaussNewtonTrace:
         return self.n_probes - 1
 
 
+def _probes(n_probes: int, dim: int, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    return torch.randint(0, 2, (n_probes, dim), generator=generator).to(device=device, dtype=dtype) * 2 - 1
+
+
+def _trace_from(z: torch.Tensor, products: Sequence[torch.Tensor], gradients: Sequence[tuple], sizes: Sequence[int],
+                curvature: float) -> GaussNewtonTrace:
+    """The Gauss-Newton trace from each group's products H_g zᵀ and per-structure gradient reductions."""
+    n = float(sum(sizes))
+    gn_parts, u_parts = [], []
+    for hz, (sq, proj), size in zip(products, gradients, sizes):
+        zhz = (z * hz).sum(dim=1).to(torch.float64)
+        gn = curvature * float(sq.to(torch.float64).sum()) / size
+        zgz = (curvature * (proj.to(torch.float64) ** 2).sum(dim=0) / size) if curvature else torch.zeros_like(zhz)
+        gn_parts.append(gn)
+        u_parts.append((zhz - zgz).cpu().numpy())
+    weights = np.asarray(sizes, dtype=float) / n
+    u = np.sum([w * p for w, p in zip(weights, u_parts)], axis=0)  # the whole sample's u(z), per probe
+    gn_full = float(np.dot(weights, gn_parts))
+    group_traces = [g + float(p.mean()) for g, p in zip(gn_parts, u_parts)]
+    estimate = gn_full + float(u.mean())
+    leave = [float(t) for t in _leave_out(estimate, group_traces, sizes)]
+    mc = float(u.std(ddof=1) / math.sqrt(u.size))
+    return GaussNewtonTrace(estimate=estimate, stderr=mc, sampling_stderr=jackknife_stderr(leave),
+                            gauss_newton=gn_full, residual=float(u.mean()), n_probes=z.shape[0],
+                            n_hvp=z.shape[0] * len(products), leave_out=leave,
+                            residual_samples=[float(x) for x in u])
+
+
 def gauss_newton_trace(group_hvps: Sequence[GroupHVP], group_gradients: Sequence[GroupGradients],
                        sizes: Sequence[int], dim: int, n_probes: int, curvature: float, generator: torch.Generator,
                        device: torch.device | str, dtype: torch.dtype) -> GaussNewtonTrace:
@@ -186,24 +222,38 @@ def gauss_newton_trace(group_hvps: Sequence[GroupHVP], group_gradients: Sequence
         raise ProbeError(f"the trace needs at least 2 probes, got {n_probes}")
     if len(group_hvps) != len(sizes) or len(group_gradients) != len(sizes):
         raise ProbeError("the trace needs one product and one gradient function per group")
-    z = (torch.randint(0, 2, (n_probes, dim), generator=generator).to(device=device, dtype=dtype) * 2 - 1)
-    n = float(sum(sizes))
-    gn_parts, u_parts = [], []
-    for hvp_many, gradients, size in zip(group_hvps, group_gradients, sizes):
-        zhz = (z * hvp_many(z)).sum(dim=1).to(torch.float64)
-        sq, proj = gradients(z if curvature else None)
-        gn = curvature * float(sq.to(torch.float64).sum()) / size
-        zgz = (curvature * (proj.to(torch.float64) ** 2).sum(dim=0) / size) if curvature else torch.zeros_like(zhz)
-        gn_parts.append(gn)
-        u_parts.append((zhz - zgz).cpu().numpy())
-    weights = np.asarray(sizes, dtype=float) / n
-    u = np.sum([w * p for w, p in zip(weights, u_parts)], axis=0)  # the whole sample's u(z), per probe
-    gn_full = float(np.dot(weights, gn_parts))
-    group_traces = [g + float(p.mean()) for g, p in zip(gn_parts, u_parts)]
-    estimate = gn_full + float(u.mean())
-    leave = [float(t) for t in _leave_out(estimate, group_traces, sizes)]
-    mc = float(u.std(ddof=1) / math.sqrt(u.size))
-    return GaussNewtonTrace(estimate=estimate, stderr=mc, sampling_stderr=jackknife_stderr(leave),
-                            gauss_newton=gn_full, residual=float(u.mean()), n_probes=n_probes,
-                            n_hvp=n_probes * len(group_hvps), leave_out=leave,
-                            residual_samples=[float(x) for x in u])
+    z = _probes(n_probes, dim, generator, device, dtype)
+    products = [hvp_many(z) for hvp_many in group_hvps]
+    grads = [gradients(z if curvature else None) for gradients in group_gradients]
+    return _trace_from(z, products, grads, sizes, curvature)
+
+
+def grouped_statistics(group_hvps: Sequence[GroupHVP], group_gradients: Sequence[GroupGradients],
+                       sizes: Sequence[int], vectors: torch.Tensor | None, dim: int, n_probes: int, curvature: float,
+                       generator: torch.Generator, device: torch.device | str,
+                       dtype: torch.dtype) -> tuple[GaussNewtonTrace, JackknifeResult | None]:
+    """:func:`gauss_newton_trace` and :func:`lambda_max_jackknife` together, with one product call per group on
+    the probes and the Ritz vectors stacked (each group's gradient graph is built once). The same probes as
+    :func:`gauss_newton_trace` with this generator, so the numbers agree with the two functions run apart.
+
+    Args:
+        group_hvps, group_gradients, sizes, dim, n_probes, curvature, generator, device, dtype: as
+            :func:`gauss_newton_trace`.
+        vectors: (k, dim) top Ritz vectors, or None for no jackknife of λ_max.
+
+    Returns:
+        (the trace, the λ_max jackknife or None)."""
+    if n_probes < 2:
+        raise ProbeError(f"the trace needs at least 2 probes, got {n_probes}")
+    if len(group_hvps) != len(sizes) or len(group_gradients) != len(sizes) or len(sizes) < 2:
+        raise ProbeError("one product and one gradient function per group, and at least two groups")
+    z = _probes(n_probes, dim, generator, device, dtype)
+    v = None
+    if vectors is not None and vectors.numel():
+        v = _orthonormal_rows(vectors).to(device=z.device, dtype=z.dtype)
+    stack = z if v is None else torch.cat([z, v])
+    products = [hvp_many(stack) for hvp_many in group_hvps]
+    grads = [gradients(z if curvature else None) for gradients in group_gradients]
+    trace = _trace_from(z, [p[:n_probes] for p in products], grads, sizes, curvature)
+    jackknife = _jackknife_from(v, [p[n_probes:] for p in products], sizes) if v is not None else None
+    return trace, jackknife
