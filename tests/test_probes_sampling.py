@@ -225,3 +225,68 @@ def test_grouped_statistics_equal_the_two_probes_run_apart(trained):
     assert jk.leave_out == pytest.approx(jk2.leave_out, rel=1e-10) and jk.stderr == pytest.approx(jk2.stderr)
     tr3, none = grouped_statistics(hvps, grads, sizes, None, dim, 5, 2.0, gen(9), CPU, DT)
     assert none is None and tr3.estimate == pytest.approx(tr.estimate, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------- robust radius
+def test_interpolated_radius_places_the_crossing_between_grid_points():
+    from traits.probes.metrics import interpolated_radius
+
+    a = np.linspace(-1, 1, 11)
+    assert interpolated_radius(a, np.abs(a), 0.0, 0.33) == pytest.approx(0.33)  # linear: exact
+    assert interpolated_radius(a, np.where(a < 0, 2 * np.abs(a), np.abs(a)), 0.0, 0.3) == pytest.approx(0.15)
+    nan_right = np.where(a > 0.25, np.nan, np.where(a < 0, 0.2 * np.abs(a), 0.0))  # left crosses at 0.5
+    assert interpolated_radius(a, nan_right, 0.0, 0.1) == pytest.approx(0.3)  # halfway between 0.2 and 0.4
+    assert interpolated_radius(a, np.zeros_like(a), 0.0, 0.1) is None  # never leaves the band: censored
+
+
+def structure_curves(rng, n, alphas):
+    """Per-structure losses along two directions: c_i α² + b_i α³ with random c_i, b_i (a population)."""
+    c = rng.gamma(2.0, 1.0, size=(n, 2, 1))
+    b = rng.normal(0, 0.5, size=(n, 2, 1))
+    return c * alphas**2 + b * alphas**3 + 0.1
+
+
+def test_radius_jackknife_matches_brute_force_leave_outs():
+    from traits.probes.metrics import interpolated_radius
+    from traits.probes.sampling import radius_jackknife
+
+    rng = np.random.default_rng(3)
+    alphas = np.linspace(-1, 1, 41)
+    per = structure_curves(rng, 96, alphas)
+    groups = assign_groups(96, rng)
+    sizes = [len(g) for g in groups]
+    jk = radius_jackknife(alphas, per.mean(0), [per[g].mean(0) for g in groups], sizes, 0.05)
+
+    def radius(curves):
+        return min(interpolated_radius(alphas, c, c[20], 0.05) for c in curves)
+
+    assert jk.value == pytest.approx(radius(per.mean(0)), rel=1e-12)
+    brute = [radius(per[np.setdiff1d(np.arange(96), g)].mean(0)) for g in groups]
+    assert jk.leave_out == pytest.approx(brute, rel=1e-9)
+    assert jk.stderr == pytest.approx(jackknife_stderr(brute), rel=1e-9) and jk.df == 15
+
+
+def test_radius_jackknife_tracks_the_spread_over_fresh_draws():
+    from traits.probes.sampling import radius_jackknife
+
+    rng = np.random.default_rng(4)
+    alphas = np.linspace(-1, 1, 41)
+    population = structure_curves(rng, 20000, alphas)
+    values, stated = [], []
+    for _ in range(60):
+        idx = rng.choice(20000, size=128, replace=False)
+        per = population[idx]
+        groups = assign_groups(128, rng)
+        jk = radius_jackknife(alphas, per.mean(0), [per[g].mean(0) for g in groups], [len(g) for g in groups], 0.05)
+        values.append(jk.value)
+        stated.append(jk.stderr)
+    spread = float(np.std(values, ddof=1))
+    assert 0.6 < float(np.mean(stated)) / spread < 1.6, (np.mean(stated), spread)
+
+
+def test_radius_jackknife_is_none_when_a_leave_out_never_leaves_the_band():
+    from traits.probes.sampling import radius_jackknife
+
+    alphas = np.linspace(-1, 1, 11)
+    flat = np.zeros((2, 11))
+    assert radius_jackknife(alphas, flat, [flat, flat], [3, 3], 0.1) is None

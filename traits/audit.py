@@ -435,7 +435,10 @@ def eigen_run(eig) -> EigenRun:
 
 
 def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
-                 progress: ProgressFactory | None, train_objective=None) -> SurfaceResult:
+                 progress: ProgressFactory | None, train_objective=None,
+                 group_batches: dict[str, list[list]] | None = None) -> SurfaceResult:
+    """The 1D curves with their refined robust radii (and, with ``group_batches``, the radius's jackknife over
+    structure groups), the 2D grid, its zoom, the eigenvector plane, the landscape statistics and the topology."""
     from traits.probes.directions import random_direction
     from traits.probes.metrics import band
     from traits.probes.surface import surface_1d, surface_2d
@@ -468,6 +471,11 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
             censored.append(cens)
             result.refine_evaluations += evals
         result.curves[split] = curves
+        if group_batches and split in group_batches and result.band is not None:
+            jk = radius_jackknife(spec, model, group_batches[split], directions[:s.directions_1d], alphas, curves,
+                                  result.band)
+            if jk is not None:
+                result.radius_jackknife[split] = jk
         result.radius[split] = radii
         result.radius_censored[split] = censored
         result.n_samples[split] = obj.n_samples
@@ -596,6 +604,26 @@ def add_landscape_stats(spec: AuditSpec, objectives: dict, directions: list, res
             point_loss=objective_point(obj, directions[0], directions[1]) if result.grids.get(split) else None,
         )
         result.landscape[split] = stats.to_dict()
+
+
+def radius_jackknife(spec: AuditSpec, model, group_batches: list[list], directions: list, alphas: torch.Tensor,
+                     curves: list, band: float) -> Jackknife | None:
+    """The robust radius's jackknife over the surface sample's structure groups: each group's loss along every
+    1D direction, then :func:`traits.probes.sampling.radius_jackknife`."""
+    from traits.probes.objective import SplitObjective
+    from traits.probes.sampling import radius_jackknife as jackknife
+    from traits.probes.surface import surface_1d
+
+    objs = [SplitObjective(model, b, loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
+            for b in group_batches]
+    group_curves = [[surface_1d(o, d, alphas, chunk_size=spec.probes.surface.chunk_size).cpu().double().tolist()
+                     for d in directions] for o in objs]
+    full = [[np.nan if v is None else v for v in c] for c in curves]
+    jk = jackknife(alphas.tolist(), full, group_curves, [o.n_samples for o in objs], band)
+    if jk is None:
+        return None
+    return Jackknife(value=json_float(jk.value), leave_out=[json_float(v) for v in jk.leave_out],
+                     stderr=json_float(jk.stderr), df=jk.df)
 
 
 def refined_radius(obj, direction: dict, alphas: torch.Tensor, curve: torch.Tensor, loss0: float,
@@ -831,12 +859,14 @@ def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> d
 
 
 def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy],
-                    hessians: dict[str, HessianResult], shift: ShiftResult | None, seed: int) -> dict[str, dict]:
+                    hessians: dict[str, HessianResult], shift: ShiftResult | None, seed: int,
+                    surface: SurfaceResult | None = None) -> dict[str, dict]:
     """An interval for every ratio a gate or the verdict reads (:mod:`traits.intervals`).
 
     λ_max and the trace: the jackknife over structure groups combined with the solver's bound or the
     Monte-Carlo error (``sampled``; the solver's bound or Fieller alone when no groups were formed); robust
-    radius: the bisection bracket, unbounded above when censored; MAE/RMSE and the embedding kNN distance: a
+    radius: its jackknife over the surface sample's structure groups widened by the bisection bracket (the
+    bracket alone when no jackknife was made, unbounded above when censored); MAE/RMSE and the embedding kNN distance: a
     bootstrap over compounds. Every interval decides its gate."""
     from traits import intervals as iv
 
@@ -867,7 +897,14 @@ def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accura
                 out["trace_ratio"] = iv.sampled_ratio(to, ti)
             else:
                 out["trace_ratio"] = iv.fieller_ratio(o.trace, o.trace_stderr, i.trace, i.trace_stderr)
-        if i.robust_radius is not None and o.robust_radius is not None:
+        jr = (surface.radius_jackknife if surface is not None else {})
+        if i.robust_radius is not None and o.robust_radius is not None and "id" in jr and "ood" in jr \
+                and not (i.robust_radius_censored or o.robust_radius_censored):
+            def sampled_radius(m: SplitMetrics, jk: Jackknife) -> iv.Sampled:  # bound: the bisection bracket
+                return iv.Sampled(m.robust_radius, jk.stderr, jk.df, 2 * (m.robust_radius_resolution or 0.0))
+
+            out["radius_ratio"] = iv.sampled_ratio(sampled_radius(o, jr["ood"]), sampled_radius(i, jr["id"]))
+        elif i.robust_radius is not None and o.robust_radius is not None:
             def radius(m: SplitMetrics) -> iv.Estimate:
                 res = m.robust_radius_resolution or 0.0
                 # the refined radius is the last point known inside: the crossing lies within one bracket above
@@ -984,6 +1021,7 @@ class AuditContext:
     shift: ShiftResult | None = None
     hessians: dict[str, HessianResult] = field(default_factory=dict)
     objectives: dict[str, object] = field(default_factory=dict)
+    surface_groups: dict[str, list[list]] = field(default_factory=dict)
     loss0: dict[str, float | None] = field(default_factory=dict)
     surface: SurfaceResult | None = None
     uncertainty: dict | None = None
@@ -1069,8 +1107,10 @@ def _stage_shift(ctx: AuditContext) -> None:
 
 
 def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
-    """Per probed split: the Hessian probe (timed per split) and the loss objective the surfaces use."""
+    """Per probed split: the Hessian probe (timed per split), the loss objective the surfaces use and its
+    structure groups (the robust radius's jackknife)."""
     from traits.probes.objective import SplitObjective
+    from traits.probes.sampling import assign_groups
 
     spec = ctx.spec
     for k, split in enumerate(spec.probes.splits):
@@ -1090,6 +1130,10 @@ def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
                              hvp_method=spec.probes.hessian.hvp, compile_loss=spec.probes.surface.compile)
         ctx.objectives[split] = obj
         ctx.loss0[split] = json_float(obj.loss())
+        if spec.probes.surface.enabled and len(sub) >= 2:  # the radius's jackknife over structure groups
+            rng = np.random.default_rng(stream(spec, "surface_groups", k))
+            groups = assign_groups(len(sub), rng)
+            ctx.surface_groups[split] = [ctx.batches_of([sub[i] for i in g]) for g in groups]
         if obj.compiled:  # the compile time of the first call (probes.surface.compile)
             ctx.walls[f"compile_{split}"] = obj.compile_seconds
 
@@ -1105,7 +1149,7 @@ def _stage_surfaces(ctx: AuditContext) -> None:
                                                 stream(spec, "plane_train_subsample"))),
             loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
     ctx.surface = run_surfaces(spec, ctx.model, ctx.objectives, ctx.out_dir, ctx.progress,
-                               train_objective=train_objective)
+                               train_objective=train_objective, group_batches=ctx.surface_groups)
 
 
 def _stage_uncertainty(ctx: AuditContext) -> None:
@@ -1173,7 +1217,8 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
     if ctx.label_free:
         for m in metrics.values():  # L(θ) = 0: a tolerance relative to it defines no region
             clear_relative_metrics(m)
-    intervals = ratio_intervals(metrics, ctx.acc, ctx.hessians, ctx.shift, stream(spec, "ratio_intervals"))
+    intervals = ratio_intervals(metrics, ctx.acc, ctx.hessians, ctx.shift, stream(spec, "ratio_intervals"),
+                                ctx.surface)
     checkpoint_path = loaded.checkpoint
     provenance = Provenance(
         traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),

@@ -205,6 +205,9 @@ class SurfaceResult(_Result):
     radius_censored: dict[str, list[bool]] = Field(
         default_factory=dict, description="split -> per direction: the loss never left tolerance (lower bound)"
     )
+    radius_jackknife: dict[str, Jackknife] = Field(
+        default_factory=dict, description="split -> the robust radius's jackknife over structure groups (the "
+        "interpolated radius; traits.probes.sampling.radius_jackknife; schema 1.6)")
     refine_evaluations: int = 0
     landscape: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="split -> discontinuities and loss entropy (traits.probes.landscape)"

@@ -35,6 +35,7 @@ STREAMS: dict[str, tuple[int, int]] = {
     "uncertainty_scores": (0, 0),
     "calibration": (0, 0),
     "hessian_groups": (53, 1),  # index: position of the split
+    "surface_groups": (61, 1),  # index: position of the split
     "hessian": (101, 101),  # index: position of the split; the probe adds 0..5 for its own runs
 }
 

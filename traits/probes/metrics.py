@@ -139,6 +139,38 @@ class DirectionalRadius:
         }
 
 
+def interpolated_radius(alphas: ArrayLike, losses: ArrayLike, loss0: float, delta: float) -> float | None:
+    """The robust radius with the crossing of L(θ) + δ placed by linear interpolation between the last grid
+    point inside the band and the first outside, on each side of 0, the smaller side taken: a continuous function
+    of the losses (the grid radius of :func:`robust_radius` jumps from point to point), so that a jackknife over
+    structures can read its spread. A first point outside that is not finite puts the crossing halfway. None when a
+    side never leaves the band (censored) or ``loss0`` is not finite."""
+    a, loss = _curve(alphas, losses)
+    _check_band(delta)
+    zero_tol = _zero_tolerance(a)
+    if not math.isfinite(loss0):
+        return None
+    threshold = loss0 + delta
+    sides = []
+    for mask in (a >= -zero_tol, a <= zero_tol):
+        mags, vals = np.abs(a[mask]), loss[mask]
+        order = np.argsort(mags, kind="stable")
+        mags, vals = mags[order], vals[order]
+        crossing = None
+        for j in range(1, mags.size):
+            if not (vals[j] <= threshold):  # NaN is outside
+                lo, hi = vals[j - 1], vals[j]
+                if math.isfinite(hi) and hi > lo:
+                    crossing = mags[j - 1] + (threshold - lo) / (hi - lo) * (mags[j] - mags[j - 1])
+                else:
+                    crossing = (mags[j - 1] + mags[j]) / 2
+                break
+        if crossing is None:
+            return None
+        sides.append(float(crossing))
+    return min(sides)
+
+
 def robust_radius_directions(alphas: ArrayLike, losses: ArrayLike, loss0: float, delta: float) -> DirectionalRadius:
     """``losses`` is (n_directions, len(alphas)); the result's radius is the minimum over directions,
     censored only if every direction attaining that minimum is censored."""

@@ -257,3 +257,43 @@ def grouped_statistics(group_hvps: Sequence[GroupHVP], group_gradients: Sequence
     trace = _trace_from(z, [p[:n_probes] for p in products], grads, sizes, curvature)
     jackknife = _jackknife_from(v, [p[n_probes:] for p in products], sizes) if v is not None else None
     return trace, jackknife
+
+
+def radius_jackknife(alphas: Sequence[float], curves: Sequence[Sequence[float]],
+                     group_curves: Sequence[Sequence[Sequence[float]]], sizes: Sequence[int],
+                     delta: float) -> JackknifeResult | None:
+    """The robust radius's sampling error: the jackknife over structure groups of the interpolated radius
+    (:func:`traits.probes.metrics.interpolated_radius`, the smallest over the 1D directions).
+
+    The loss along a direction is the size-weighted mean of the groups' losses, so each leave-one-group-out curve
+    is exact: C_{−g}(α) = (N·C(α) − n_g·C_g(α)) / (N − n_g), and its radius uses its own L(θ) (its value at α = 0)
+    with the audit's band δ.
+
+    Args:
+        alphas: the 1D grid (it contains 0).
+        curves: (D, A) the whole sample's loss along each direction.
+        group_curves: (G, D, A) each group's mean loss along each direction.
+        sizes: structures per group.
+        delta: the absolute band.
+
+    Returns:
+        The jackknife of the radius, or None when some leave-out curve never leaves the band (a censored radius
+        has no spread to read) or the grid has no point at 0."""
+    from traits.probes.metrics import interpolated_radius
+
+    a = np.asarray(alphas, dtype=float)
+    zero = np.flatnonzero(np.abs(a) <= 1e-12 * max(1.0, float(np.abs(a).max())))
+    if zero.size == 0 or len(group_curves) != len(sizes) or len(sizes) < 2:
+        return None
+    full = np.asarray(curves, dtype=float)
+    parts = [np.asarray(c, dtype=float) for c in group_curves]
+
+    def radius(c: np.ndarray) -> float | None:
+        per = [interpolated_radius(a, row, float(row[zero[0]]), delta) for row in c]
+        return None if any(r is None for r in per) else min(per)
+
+    value = radius(full)
+    leave = [radius(c) for c in _leave_out(full, parts, sizes)]
+    if value is None or any(r is None for r in leave):
+        return None
+    return JackknifeResult(value=value, leave_out=[float(r) for r in leave], stderr=jackknife_stderr(leave))
