@@ -637,11 +637,42 @@ def _parse_normalizer(text: str | None) -> tuple[float, float] | None:
     return mean, std
 
 
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Model adapter: chgnet, sevenn, alignn, mace, torch, cgcnn, cgcnn-original or one registered "
+    "through the 'traits.models' entry points (default: a CGCNN checkpoint, its adapter chosen by its format).")]
+OptionsOpt = Annotated[str | None, typer.Option(
+    "--options", help="The --model adapter's settings (its model.options) as a JSON object, e.g. "
+    "'{\"version\": \"0.2.0\"}' for chgnet ('traits schema' lists them).")]
+
+
+def _model_options(model: str | None, options: str | None, architecture: str | None = None):
+    """The adapter's settings from ``--options`` (None when no --model), refusing the flags that do not apply."""
+    from traits.models.base import adapter_class
+    from traits.models.predicting import parse_options
+
+    if model is None:
+        if options is not None:
+            raise TraitsError("--options: give the adapter they are for with --model")
+        return None
+    if architecture is not None:
+        raise TraitsError("--architecture: names the architecture of a plain state dict without --model; with "
+                          "--model the adapter is the architecture")
+    if adapter_class(model).checkpoint_formats:
+        if options is not None:
+            raise TraitsError(f"--options: the {model!r} adapter takes its settings as --hyper")
+        return None
+    return parse_options(model, options)
+
+
 @app.command()
 @handles_errors
 def predict(
     files: Annotated[list[Path], typer.Argument(help="CIF, POSCAR or pymatgen JSON files.", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to predict with.")],
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Checkpoint to predict with: a CGCNN checkpoint, or with --model the adapter's weights file, model "
+        "folder or bundled weights name (default with --model: the weights bundled with its package).")] = None,
+    model: ModelOpt = None,
+    options: OptionsOpt = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="auto (detect from the file) | traits | state-dict | cgcnn-original")] = "auto",
     architecture: Annotated[str | None, typer.Option(
@@ -655,13 +686,15 @@ def predict(
         help="Target the checkpoint predicts, for the unit column when the checkpoint does not say.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
-    """Print `id,prediction,unit` (CSV) for each structure file: a quick sanity check of any checkpoint.
+    """Print `id,prediction,unit` (CSV) for each structure file: what the model itself predicts, a quick sanity
+    check of any checkpoint or adapter (e.g. `--model chgnet`: CHGNet's energy per atom).
 
-    The format is detected from the file: safetensors with its model.json sidecar, an original CGCNN
+    A checkpoint's format is detected from the file: safetensors with its model.json sidecar, an original CGCNN
     .pth.tar, or a plain state dict (which needs --architecture and, unless they are the defaults,
     --hyper)."""
     from traits.audit import resolve_device
-    from traits.models.inference import detect_format, predict_files
+    from traits.models.inference import unit_of
+    from traits.models.predicting import load_model, predict_paths
     from traits.models.registry import ARCHITECTURES
     from traits.spec import TARGET_UNITS
 
@@ -673,14 +706,15 @@ def predict(
                           f"{' or '.join(sorted(ARCHITECTURES))}")
     if target is not None and target not in TARGET_UNITS:
         raise TraitsError(f"--target: unknown target {target!r}; choose {' or '.join(sorted(TARGET_UNITS))}")
+    if checkpoint is None and model is None:
+        raise TraitsError("give a checkpoint (--checkpoint) or a model adapter (--model, e.g. --model chgnet)")
+    settings = _model_options(model, options, architecture)
     hyper_dict, norm = _parse_hyper(hyper), _parse_normalizer(normalizer)
-    kind = detect_format(checkpoint) if fmt == "auto" else fmt
-    if kind == "state-dict" and architecture is None:
-        raise TraitsError(f"{checkpoint}: a plain state dict holds no architecture; give --architecture "
-                          "(and --hyper unless the hyper-parameters are the defaults)")
-    rows, unit = predict_files(checkpoint, kind, list(files), device=resolve_device(device),
-                               architecture=architecture if kind == "state-dict" else None,
-                               hyper=hyper_dict, normalizer=norm, target=target)
+    dev = resolve_device(device)
+    loaded = load_model(model, checkpoint, dev, fmt=fmt, architecture=architecture, hyper=hyper_dict,
+                        normalizer=norm, options=settings)
+    rows = predict_paths(loaded, list(files), dev)
+    unit = unit_of(loaded.meta or {"unit": loaded.info.units, "target": loaded.info.property}, target)
     # ids come from file names: escaped, and quoted where a line would start with a workflow command
     writer = csv.writer(sys.stdout, lineterminator="\n")
     quoted = csv.writer(sys.stdout, lineterminator="\n", quoting=csv.QUOTE_ALL)
@@ -781,7 +815,9 @@ def export_mace(
 @app.command()
 @handles_errors
 def screen(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to screen with (its sidecar beside it).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to screen with (its sidecar beside it); with --model "
+                                               "the adapter's weights file, model folder or bundled weights name "
+                                               "('bundled': its default, e.g. CHGNet 0.3.0).")],
     structures: Annotated[list[Path], typer.Argument(
         help="CIF, POSCAR/CONTCAR/.vasp, or Materials Project / JARVIS JSON files, or folders of them.",
         show_default=False)],
@@ -789,20 +825,25 @@ def screen(
     calibration: Annotated[Path | None, typer.Option(
         help="Calibration file (default: <checkpoint stem>.calibration.json beside the checkpoint).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Checkpoint format: auto | traits | cgcnn-original.")] = "auto",
+    model: ModelOpt = None,
+    options: OptionsOpt = None,
     report_formats: Annotated[str, typer.Option("--report", help="Comma-separated: html,pdf (or none).")] = "html,pdf",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Predict unlabelled structures with per-compound uncertainty and flags: predictions.csv/json, a
-    per-element and per-chemical-system summary and a screening report (screen.html/pdf)."""
+    per-element and per-chemical-system summary and a screening report (screen.html/pdf). Any adapter screens
+    (--model chgnet bundled STRUCTURES...); a score the model does not offer is reported unavailable."""
     from traits.audit import resolve_device
+    from traits.screen import SCORE_NAMES
     from traits.screen import screen as run_screen
 
     wanted = [f.strip() for f in report_formats.split(",") if f.strip() and f.strip() != "none"]
     bad = [f for f in wanted if f not in ("html", "pdf")]
     if bad:
         raise TraitsError(f"--report: unknown format(s) {', '.join(bad)}; choose html, pdf or none")
+    settings = _model_options(model, options)
     res = run_screen(checkpoint, list(structures), out_dir, fmt=fmt, calibration=calibration,
-                     device=resolve_device(device), formats=wanted)
+                     device=resolve_device(device), formats=wanted, model=model, options=settings)
     skipped = sum(res.skipped.values())
     out.print(f"screened {res.n_screened} of {res.n_read} structures ({skipped} skipped"
               f"{': ' + '; '.join(f'{safe_text(k)}: {v}' for k, v in res.skipped.items()) if skipped else ''}); "
@@ -810,6 +851,8 @@ def screen(
     if not res.calibrated:
         out.print("no calibration stored with this checkpoint: the scores are uncalibrated (see the report)",
                   highlight=False)
+    for key, why in res.unavailable.items():
+        out.print(f"{SCORE_NAMES.get(key, key)} is not available for this model: {safe_text(why)}", highlight=False)
     out.print(f"results in {safe_text(out_dir)}: {safe_text(', '.join(p.name for p in res.files.values()))}",
               highlight=False)
 

@@ -65,37 +65,64 @@ def calibration_path(checkpoint: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- scoring
-def _batches(graphs: Sequence, device, dtype, batch_size: int = 256) -> list:
-    from torch_geometric.data import Batch
+@dataclass
+class ScoringPass:
+    """One pass of a model over structures: predictions (n,), last-layer features ψ (n, h + 1) and embeddings
+    φ (n, h) in float64; ψ or φ None where the adapter does not offer them, with the reason in ``unavailable``
+    (keys ``last_layer_std``, ``knn_distance``)."""
 
-    out = []
-    for i in range(0, len(graphs), batch_size):
-        b = Batch.from_data_list(list(graphs[i:i + batch_size])).to(device)
-        for key in ("x", "edge_attr"):
-            setattr(b, key, getattr(b, key).to(dtype))
-        out.append(b)
-    return out
+    prediction: np.ndarray
+    psi: np.ndarray | None
+    phi: np.ndarray | None
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def _forward(model, graphs: Sequence, device, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(predictions, last-layer features psi = s_y [phi, 1], embeddings phi) in one pass per batch."""
+def _graph_adapter():
+    """The adapter of TRAITS' own graph models: what scores a list of graphs given without an adapter."""
+    from traits.models.cgcnn_adapter import CGCNNAdapter
+
+    return CGCNNAdapter()
+
+
+def _no_features(adapter, model, n: int, offered: dict[str, str | None]) -> tuple[np.ndarray | None, ...]:
+    width = adapter.embedding_width(model)
+    psi = np.zeros((n, width + 1)) if offered["last_layer"] is None and width is not None else None
+    phi = np.zeros((n, width)) if offered["embedding"] is None and width is not None else None
+    return psi, phi
+
+
+def score_pass(model, items: Sequence, device, batch_size: int = 256, adapter=None) -> ScoringPass:
+    """Predictions, ψ and φ of ``items`` (an adapter's featurised structures, or graphs of TRAITS' own models
+    when ``adapter`` is None) in one pass per batch, through :meth:`~traits.models.base.Adapter.score_features`."""
     from traits.probes.objective import eval_mode
 
+    adapter = adapter if adapter is not None else _graph_adapter()
+    offered = adapter.scoring_support(model)
+    unavailable = {key: why for key, why in (("last_layer_std", offered["last_layer"]),
+                                             ("knn_distance", offered["embedding"])) if why is not None}
     dtype = next(model.parameters()).dtype
-    scale = float(getattr(model, "target_std", 1.0))
-    shift = float(getattr(model, "target_mean", 0.0))
-    preds, feats = [], []
-    with torch.no_grad(), eval_mode(model):
-        for b in _batches(graphs, device, dtype, batch_size):
-            phi = model.embed(b)
-            preds.append((model.fc_out(phi).reshape(-1) * scale + shift).to("cpu", torch.float64))
-            feats.append(phi.to("cpu", torch.float64))
+    preds, psis, phis = [], [], []
+    with eval_mode(model):
+        for b in adapter.batches(list(items), device, dtype, batch_size):
+            got = adapter.score_features(model, b)
+            preds.append(got.prediction.detach().to("cpu", torch.float64).reshape(-1))
+            if got.last_layer is not None:
+                psis.append(got.last_layer.detach().to("cpu", torch.float64))
+            if got.embedding is not None:
+                phis.append(got.embedding.detach().to("cpu", torch.float64))
     if not preds:
-        width = model.fc_out.in_features
-        return np.zeros(0), np.zeros((0, width + 1)), np.zeros((0, width))
-    phi = torch.cat(feats).numpy()
-    psi = np.concatenate([phi, np.ones((len(phi), 1))], 1) * scale
-    return torch.cat(preds).numpy(), psi, phi
+        psi, phi = _no_features(adapter, model, 0, offered)
+        return ScoringPass(np.zeros(0), psi, phi, unavailable)
+    psi = torch.cat(psis).numpy() if len(psis) == len(preds) else None
+    phi = torch.cat(phis).numpy() if len(phis) == len(preds) else None
+    return ScoringPass(torch.cat(preds).numpy(), psi, phi, unavailable)
+
+
+def _forward(model, graphs: Sequence, device, batch_size: int = 256, adapter=None):
+    """(predictions, last-layer features psi = s_y [phi, 1], embeddings phi) in one pass per batch (None for what
+    the adapter does not offer)."""
+    got = score_pass(model, graphs, device, batch_size, adapter)
+    return got.prediction, got.psi, got.phi
 
 
 def _targets(graphs: Sequence) -> np.ndarray:
@@ -110,20 +137,29 @@ def _summary(values: np.ndarray) -> dict:
     return {"median": float(np.median(v)), "p95": float(np.quantile(v, FLAG_QUANTILE)), "n": int(v.size)}
 
 
-def build_calibration(model, splits: Mapping[str, Sequence], device, *, seed: int = 0) -> dict:
-    """The calibration of a model from its own training, validation and ID test graphs (module docstring)."""
+def _calibration_pass(model, items: Sequence, device, adapter) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    got = score_pass(model, items, device, adapter=adapter)
+    if got.psi is None or got.phi is None:
+        raise TraitsError("calibration needs a linear output layer and an embedding: "
+                          + "; ".join(got.unavailable.values()))
+    return got.prediction, got.psi, got.phi
+
+
+def build_calibration(model, splits: Mapping[str, Sequence], device, *, seed: int = 0, adapter=None) -> dict:
+    """The calibration of a model from its own training, validation and ID test structures (module docstring):
+    graphs of TRAITS' own models, or an adapter's featurised structures with ``adapter``."""
     from traits.probes import uncertainty as unc
 
     for need in ("train", "val"):
         if not splits.get(need):
             raise TraitsError(f"calibration needs the {need!r} split, which is empty or missing")
-    p_tr, psi_tr, phi_tr = _forward(model, splits["train"], device)
+    p_tr, psi_tr, phi_tr = _calibration_pass(model, splits["train"], device, adapter)
     y_tr = _targets(splits["train"])
     ok = np.isfinite(p_tr) & np.isfinite(y_tr) & np.isfinite(psi_tr).all(1)
     noise_var = float(np.mean((p_tr[ok] - y_tr[ok]) ** 2))
     if not (noise_var > 0 and math.isfinite(noise_var)):
         raise TraitsError("calibration needs a positive, finite training MSE")
-    p_va, psi_va, phi_va = _forward(model, splits["val"], device)
+    p_va, psi_va, phi_va = _calibration_pass(model, splits["val"], device, adapter)
     r_va = _targets(splits["val"]) - p_va
     post = unc.fit_last_layer(psi_tr[ok], noise_var, val_features=psi_va, val_residuals=r_va)
     rng = np.random.default_rng(seed)
@@ -146,7 +182,7 @@ def build_calibration(model, splits: Mapping[str, Sequence], device, *, seed: in
         "id": None,
     }
     if splits.get("id"):
-        p_id, psi_id, phi_id = _forward(model, splits["id"], device)
+        p_id, psi_id, phi_id = _calibration_pass(model, splits["id"], device, adapter)
         err = np.abs(_targets(splits["id"]) - p_id)
         out["id"] = {"last_layer_std": _summary(np.sqrt(post.variance(psi_id))),
                      "knn_distance": _summary(knn.distance(phi_id)),
@@ -154,9 +190,10 @@ def build_calibration(model, splits: Mapping[str, Sequence], device, *, seed: in
     return out
 
 
-def write_calibration(model, splits: Mapping[str, Sequence], path: Path, device, *, seed: int = 0) -> Path:
+def write_calibration(model, splits: Mapping[str, Sequence], path: Path, device, *, seed: int = 0,
+                      adapter=None) -> Path:
     """Write :func:`build_calibration` to ``path`` (atomically)."""
-    data = build_calibration(model, splits, device, seed=seed)
+    data = build_calibration(model, splits, device, seed=seed, adapter=adapter)
     write_text_atomic(Path(path), json.dumps(data))
     return Path(path)
 
@@ -325,7 +362,7 @@ class KnnReference:
 @dataclass
 class Scores:
     """Per compound: prediction, last-layer Laplace std (functional) and its recalibrated predictive sigma,
-    kNN distance (NaN when unknown), and the flag."""
+    kNN distance (NaN when unknown), and the flag; ``unavailable``: the scores the model does not offer, and why."""
 
     prediction: np.ndarray
     last_layer_std: np.ndarray
@@ -335,35 +372,51 @@ class Scores:
     flag: list[str]
     calibrated: bool
     seconds: float = 0.0
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def score(model, graphs: Sequence, device, calibration: dict | None, batch_size: int = 256) -> Scores:
-    """Predictions and cheap uncertainties of ``graphs`` (one forward pass, last-layer Laplace, kNN)."""
+def score(model, graphs: Sequence, device, calibration: dict | None, batch_size: int = 256,
+          adapter=None) -> Scores:
+    """Predictions and cheap uncertainties of ``graphs`` (one forward pass, last-layer Laplace, kNN): graphs of
+    TRAITS' own models, or an adapter's featurised structures with ``adapter``."""
+    t0 = time.perf_counter()
+    return scores_of(score_pass(model, graphs, device, batch_size, adapter), calibration, t0)
+
+
+def _last_layer_std(got: ScoringPass, finite: np.ndarray, calibration: dict | None) -> tuple[np.ndarray, ...]:
+    """(std, sigma, the ID test set's median std or None, the flag threshold or None) of the last-layer score:
+    the posterior's with a calibration, the prior predictive spread |ψ| without; NaN where ψ is not offered."""
     from traits.probes.uncertainty import LastLayerLaplace, Recalibration
 
-    t0 = time.perf_counter()
-    pred, psi, phi = _forward(model, graphs, device, batch_size)
-    finite = np.isfinite(pred) & np.isfinite(psi).all(1)
-    n = len(pred)
+    n = len(got.prediction)
+    std, sigma = np.full(n, np.nan), np.full(n, np.nan)
+    if got.psi is None:
+        return std, sigma, None, None
+    psi = got.psi
     if calibration is not None:
         post = LastLayerLaplace.from_dict(calibration["last_layer"])
-        std = np.full(n, np.nan)
         std[finite] = np.sqrt(post.variance(psi[finite]))
         sigma = Recalibration(**calibration["recalibration"]["last_layer"]).sigma(std)
-        knn = KnnReference(calibration["knn"]["train_embedding"], calibration["knn"].get("k", KNN_K)).distance(phi)
-        ident = calibration.get("id") or {}
-        ref_std = (ident.get("last_layer_std") or {})
-        ref_knn = (ident.get("knn_distance") or {})
-        med = ref_std.get("median")
-        cut_std, cut_knn = ref_std.get("p95"), ref_knn.get("p95")
-    else:  # prior predictive only: no training data; relative to the screened set itself
-        std = np.full(n, np.nan)
-        std[finite] = np.sqrt((psi[finite] ** 2).sum(1))
-        sigma = np.full(n, np.nan)
-        knn = np.full(n, np.nan)
-        med = float(np.median(std[finite])) if finite.any() else None
-        cut_std = 2 * med if med is not None else None
-        cut_knn = None
+        ref = (calibration.get("id") or {}).get("last_layer_std") or {}
+        return std, sigma, ref.get("median"), ref.get("p95")
+    # prior predictive only: no training data; relative to the screened set itself
+    std[finite] = np.sqrt((psi[finite] ** 2).sum(1))
+    med = float(np.median(std[finite])) if finite.any() else None
+    return std, sigma, med, 2 * med if med is not None else None
+
+
+def scores_of(got: ScoringPass, calibration: dict | None, t0: float | None = None) -> Scores:
+    """The scores and flags of one :func:`score_pass` (module docstring): a score the model does not offer is NaN
+    and flags nothing."""
+    n = len(got.prediction)
+    finite = np.isfinite(got.prediction)
+    if got.psi is not None:
+        finite &= np.isfinite(got.psi).all(1)
+    std, sigma, med, cut_std = _last_layer_std(got, finite, calibration)
+    knn, cut_knn = np.full(n, np.nan), None
+    if calibration is not None and got.phi is not None:
+        knn = KnnReference(calibration["knn"]["train_embedding"], calibration["knn"].get("k", KNN_K)).distance(got.phi)
+        cut_knn = (((calibration.get("id") or {}).get("knn_distance")) or {}).get("p95")
     relative = std / med if med else np.full(n, np.nan)
     flags = []
     for i in range(n):
@@ -374,8 +427,9 @@ def score(model, graphs: Sequence, device, calibration: dict | None, batch_size:
             flags.append("high")
         else:
             flags.append("ok")
-    pred = np.where(finite, pred, np.nan)
-    return Scores(pred, std, sigma, knn, relative, flags, calibration is not None, time.perf_counter() - t0)
+    pred = np.where(finite, got.prediction, np.nan)
+    seconds = time.perf_counter() - t0 if t0 is not None else 0.0
+    return Scores(pred, std, sigma, knn, relative, flags, calibration is not None, seconds, dict(got.unavailable))
 
 
 # ---------------------------------------------------------------------------------------- reading structures
@@ -602,65 +656,96 @@ class ScreenResult:
     n_nan: int
     files: dict[str, Path]
     document: dict
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def screen(checkpoint: Path, paths: Sequence[Path], out_dir: Path, *, fmt: str = "auto",
-           calibration: Path | None = None, device: torch.device | None = None,
-           formats: Sequence[str] = ("html", "pdf"), batch_size: int = 256) -> ScreenResult:
-    """Screen unlabelled structures with a checkpoint; write predictions.csv/json and the report."""
-    from traits.models.checkpoint import load_checkpoint
-    from traits.models.inference import detect_format, unit_of
-    from traits.spec import GraphSpec
+#: How the outputs name the scores (the keys of :attr:`Scores.unavailable`).
+SCORE_NAMES = {"last_layer_std": "the last-layer std", "knn_distance": "the kNN distance to training"}
 
-    device = device or torch.device("cpu")
-    checkpoint = Path(checkpoint)
-    if fmt == "auto":
-        fmt = detect_format(checkpoint)
-    model, meta = load_checkpoint(checkpoint, fmt, device=device)
-    model = model.eval()
-    if not (hasattr(model, "embed") and hasattr(model, "fc_out")):
-        raise TraitsError(f"{checkpoint}: the model has no embedding and linear output layer to score")
-    if fmt == "cgcnn-original":
-        from traits.models.cgcnn_original import ORIGINAL_GRAPH
 
-        settings = GraphSpec(**ORIGINAL_GRAPH)
+def _calibration_file(checkpoint: Path | None, calibration: Path | None) -> Path | None:
+    """The calibration file named, or the one beside a checkpoint file (None: bundled weights, nothing beside)."""
+    if calibration is not None:
+        return Path(calibration)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        return calibration_path(Path(checkpoint))
+    return None
+
+
+def _check_widths(cal: dict | None, cal_file: Path | None, got: ScoringPass) -> None:
+    """A calibration of another model (other embedding or last-layer widths) is a DataError naming the file."""
+    if cal is None:
+        return
+    try:
+        validate_calibration(cal, got.phi.shape[1] if got.phi is not None else None)
+    except _Invalid as exc:
+        raise DataError(f"{cal_file}: not a TRAITS calibration file: {exc}") from None
+    width = len(cal["last_layer"]["gram"])
+    if got.psi is not None and got.psi.shape[1] != width:
+        raise DataError(f"{cal_file}: not a TRAITS calibration file: last_layer.gram: shape {width}x{width}, but "
+                        f"the model's last layer has {got.psi.shape[1]} features: the calibration of another model?")
+
+
+def _calibration_note(cal: dict | None, cal_file: Path | None, unavailable: Mapping[str, str]) -> str:
+    """What the scores are relative to, and which ones the model does not offer."""
+    if cal is not None:
+        note = ("scores calibrated on the checkpoint's own validation split; relative uncertainty = last-layer "
+                "Laplace std / its median on the model's ID test set")
     else:
-        settings = GraphSpec(**meta["graph"]) if meta.get("graph") else GraphSpec()
-    cal_file = Path(calibration) if calibration is not None else calibration_path(checkpoint)
-    cal = (load_calibration(cal_file, embedding_width=model.fc_out.in_features)
-           if (calibration is not None or cal_file.is_file()) else None)
-    inputs = read_inputs(paths)
-    built = _build(inputs.entries, settings)
-    skipped = Counter(inputs.skipped)
-    skipped.update(built.skipped)
-    graphs = built.graphs
-    sc = score(model, graphs, device, cal, batch_size)
-    unit = unit_of(meta)
+        why = f"{cal_file.name} missing" if cal_file is not None else "none beside bundled weights; give --calibration"
+        note = (f"no calibration found ({why}): "
+                + ("uncalibrated scores (prior predictive spread of the last layer), relative to the screened set's "
+                   "own median; no kNN distance to training" if "last_layer_std" not in unavailable else
+                   "no kNN distance to training, and no score flags a compound"))
+    if unavailable:
+        note += "; not available for this model: " + "; ".join(f"{SCORE_NAMES.get(k, k)} ({why})"
+                                                               for k, why in unavailable.items())
+    return note
+
+
+def _model_meta(loaded) -> dict:
+    """What the report says about the model: a CGCNN checkpoint's metadata, or the adapter's description."""
+    if loaded.meta:
+        return loaded.meta
+    info = loaded.info
+    return {"architecture": loaded.adapter.name, "target": info.property, "unit": info.units,
+            "training_data": info.training_data}
+
+
+def _rows(items: Sequence, sources: Mapping[str, str], sc: Scores, unit: str, cal: dict | None) -> list[dict]:
     ref_knn = ((cal or {}).get("id") or {}).get("knn_distance") or {}
     rows = []
-    for i, g in enumerate(graphs):
+    for i, g in enumerate(items):
         elements, chemsys, formula = _chemistry(g)
         rid = str(g.material_id)
         knn = _num(sc.knn_distance[i])
         rows.append({
-            "id": rid, "source": Path(inputs.sources.get(rid, "")).name, "formula": formula, "chemsys": chemsys,
+            "id": rid, "source": Path(sources.get(rid, "")).name, "formula": formula, "chemsys": chemsys,
             "elements": elements, "prediction": _num(sc.prediction[i]), "unit": unit,
             "last_layer_std": _num(sc.last_layer_std[i]), "last_layer_sigma": _num(sc.last_layer_sigma[i]),
             "knn_distance": knn,
             "knn_relative": knn / ref_knn["median"] if knn is not None and ref_knn.get("median") else None,
             "relative_uncertainty": _num(sc.relative[i]), "flag": sc.flag[i],
         })
-    doc = {
-        "checkpoint": checkpoint.name, "format": fmt, "target": meta.get("target"), "unit": unit,
+    return rows
+
+
+def _document(loaded, rows: list[dict], sc: Scores, cal: dict | None, cal_file: Path | None, inputs: Inputs,
+              skipped: Counter) -> dict:
+    from traits.models.inference import unit_of
+
+    meta = _model_meta(loaded)
+    source = loaded.source
+    name = (Path(source).name if source is not None and Path(source).is_file() else
+            source if source is not None else f"{loaded.adapter.name} (bundled weights)")
+    return {
+        "checkpoint": name, "format": meta.get("format") or loaded.adapter.name, "adapter": loaded.adapter.name,
+        "target": meta.get("target"), "unit": unit_of(meta),
         "model": model_summary(meta), "traits_version": _traits_version(),
         "calibrated": cal is not None,
         "calibration": cal_file.name if cal is not None else None,
-        "calibration_note": ("scores calibrated on the checkpoint's own validation split; relative "
-                             "uncertainty = last-layer Laplace std / its median on the model's ID test set"
-                             if cal is not None else
-                             f"no calibration found ({cal_file.name} missing): uncalibrated scores (prior "
-                             "predictive spread of the last layer), relative to the screened set's own median; "
-                             "no kNN distance to training"),
+        "calibration_note": _calibration_note(cal, cal_file, sc.unavailable),
+        "scores_unavailable": dict(sc.unavailable),
         "id_reference": (cal or {}).get("id"),
         "n_read": inputs.n_read, "n_screened": len(rows), "skipped": dict(skipped),
         "n_flagged": sum(r["flag"] == "high" for r in rows), "n_nan": sum(r["flag"] == "nan" for r in rows),
@@ -669,13 +754,62 @@ def screen(checkpoint: Path, paths: Sequence[Path], out_dir: Path, *, fmt: str =
         "by_element": chemistry_summary(rows, "elements", cal is not None),
         "by_chemsys": chemistry_summary(rows, "chemsys", cal is not None),
     }
+
+
+def screen(checkpoint: Path | None, paths: Sequence[Path], out_dir: Path, *, fmt: str = "auto",
+           calibration: Path | None = None, device: torch.device | None = None,
+           formats: Sequence[str] = ("html", "pdf"), batch_size: int | None = None, model: str | None = None,
+           options=None) -> ScreenResult:
+    """Screen unlabelled structures with a model loaded through its adapter; write predictions.csv/json and the
+    report.
+
+    Args:
+        checkpoint: a CGCNN checkpoint (``model`` None), or the weights file, model folder or bundled weights name
+            of the adapter ``model`` (None: its bundled default).
+        paths: structure files, or folders of them.
+        out_dir: where the outputs go.
+        fmt: the CGCNN checkpoint format ('auto' detects it).
+        calibration: the calibration file (default: the one beside a checkpoint file).
+        device, formats, batch_size: where the model runs, the report formats, structures per batch (default:
+            the adapter's).
+        model, options: the adapter (``chgnet``, ``sevenn``, ...) and its settings.
+
+    Returns:
+        The :class:`ScreenResult`; the scores the model does not offer are listed in ``unavailable`` (and in the
+        outputs) instead of failing.
+    """
+    from traits.models.predicting import load_model
+
+    device = device or torch.device("cpu")
+    loaded = load_model(model, checkpoint, device, fmt=fmt, options=options)
+    adapter, net = loaded.adapter, loaded.model
+    cal_file = _calibration_file(checkpoint, calibration)
+    cal = (load_calibration(cal_file, embedding_width=adapter.embedding_width(net))
+           if cal_file is not None and (calibration is not None or cal_file.is_file()) else None)
+    inputs = read_inputs(paths)
+    items, not_featurised = adapter.featurise_entries(inputs.entries, loaded.options)
+    skipped = Counter(inputs.skipped)
+    skipped.update(not_featurised)
+    t0 = time.perf_counter()
+    got = score_pass(net, items, device, batch_size or adapter.batch_size, adapter)
+    _check_widths(cal, cal_file, got)
+    sc = scores_of(got, cal, t0)
+    rows = _rows(items, inputs.sources, sc, unit_of_model(loaded), cal)
+    doc = _document(loaded, rows, sc, cal, cal_file, inputs, skipped)
     out_dir = ensure_dir(Path(out_dir))
     files = {"json": out_dir / "predictions.json", "csv": out_dir / "predictions.csv"}
     write_text_atomic(files["json"], json.dumps(doc, indent=1, allow_nan=False))
     write_text_atomic(files["csv"], _csv(rows))
     files.update(render_screen_report(doc, out_dir, formats))
     return ScreenResult(out_dir, inputs.n_read, len(rows), dict(skipped), cal is not None, doc["n_flagged"],
-                        doc["n_nan"], files, doc)
+                        doc["n_nan"], files, doc, dict(sc.unavailable))
+
+
+def unit_of_model(loaded) -> str:
+    """The unit of a loaded model's predictions (its checkpoint's, or the adapter's)."""
+    from traits.models.inference import unit_of
+
+    return unit_of(_model_meta(loaded))
 
 
 CSV_COLUMNS = ("id", "source", "formula", "chemsys", "prediction", "unit", "last_layer_std", "last_layer_sigma",

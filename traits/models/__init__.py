@@ -1,5 +1,6 @@
-"""Models under audit: the adapter seam (:mod:`traits.models.base`), the architecture registry, checkpoints,
-inference.
+"""Models under audit: the adapter seam (:mod:`traits.models.base`), the adapters (the CGCNN ones in
+:mod:`traits.models.cgcnn_adapter`, apart from the networks), the architecture registry, checkpoints, inference and
+loading any adapter's model to predict files (:mod:`traits.models.predicting`).
 
 The names below are imported when first used, so that importing a light submodule (``traits.models.base``, the
 adapters' options) does not start torch.
@@ -13,9 +14,12 @@ import importlib
 _WHERE = {
     "ModelAdapter": "base", "ModelInfo": "base", "adapter_names": "base", "get_adapter": "base",
     "set_probe_parameters": "base",
+    "ScoreFeatures": "base", "output_gradients": "base",
     "CGCNN": "cgcnn", "GraphRegressor": "cgcnn",
+    "CGCNNAdapter": "cgcnn_adapter", "CGCNNOriginalAdapter": "cgcnn_adapter", "GraphAdapter": "cgcnn_adapter",
     "ORIGINAL_GRAPH": "cgcnn_original", "CGCNNOriginal": "cgcnn_original", "load_cgcnn_original": "cgcnn_original",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "detect_format": "checkpoint",
+    "AdapterModel": "predicting", "load_model": "predicting", "predict_paths": "predicting",
     "accuracy": "inference", "embed": "inference", "predict": "inference", "predict_structures": "inference",
     "ARCHITECTURES": "registry", "architecture_of": "registry", "build_model": "registry",
 }

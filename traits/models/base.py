@@ -19,6 +19,16 @@ and describes the model in :class:`ModelInfo` (property, units, dtype, package a
 hash, training data when known). Each adapter validates its own settings with its own Pydantic model
 (``Options``; ``traits schema`` exports them).
 
+Each adapter also declares, as class attributes read without loading a model: ``trainable`` (TRAITS trains it
+from a spec: ``model.train``), ``checkpoint_formats`` (the ``model.format`` values it reads; empty when it reads
+only its own kind of file and ``model.format`` does not apply) and ``options_field`` (the spec field holding its
+settings: ``options``, or ``hyper`` for the CGCNN adapters).
+
+For ``traits screen`` an adapter may offer two more things (:meth:`Adapter.scoring_support` says which):
+``output_layer(model)``, the names of the weight and bias of a linear output layer the prediction is affine in
+(the last-layer Laplace score), and ``embed(model, batch)``, one vector per structure (the kNN distance to
+training). :meth:`Adapter.score_features` returns the prediction with both, or None for what is not offered.
+
 Adapters are found by name: the built-ins below, then entry points of the group ``traits.models``
 (``[project.entry-points."traits.models"] myadapter = "mypkg.adapter:MyAdapter"``), so a third party adds one
 without editing TRAITS. An adapter whose package is missing raises a SpecError saying which ``pip install`` to run.
@@ -49,8 +59,8 @@ ENTRY_POINT_GROUP = "traits.models"
 
 #: Built-in adapters: name -> "module:Class" (imported only when chosen).
 BUILTIN_ADAPTERS: dict[str, str] = {
-    "cgcnn": "traits.models.cgcnn:CGCNNAdapter",
-    "cgcnn-original": "traits.models.cgcnn_original:CGCNNOriginalAdapter",
+    "cgcnn": "traits.models.cgcnn_adapter:CGCNNAdapter",
+    "cgcnn-original": "traits.models.cgcnn_adapter:CGCNNOriginalAdapter",
     "chgnet": "traits.models.chgnet:CHGNetAdapter",
     "sevenn": "traits.models.sevenn:SevenNetAdapter",
     "alignn": "traits.models.alignn:ALIGNNAdapter",
@@ -81,6 +91,10 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 class FeaturiseError(TraitsError):
     """A structure the adapter cannot turn into its input (skipped and counted, not fatal)."""
+
+
+class NotOffered(TraitsError):
+    """The adapter does not offer what was asked (an embedding, a linear output layer)."""
 
 
 class NoOptions(BaseModel):
@@ -136,6 +150,18 @@ class StructureBatch:
         return self
 
 
+@dataclass
+class ScoreFeatures:
+    """What the screening scores read for a batch: the predictions ``(B,)``; ``last_layer`` ψ ``(B, h + 1)``,
+    the derivatives of each prediction by the weights of the linear output layer and by its bias (a zero column
+    when the layer has none), so that a prediction is ψ · (weights, bias) plus a part the layer does not touch;
+    ``embedding`` φ ``(B, h)``. None where the adapter does not offer it."""
+
+    prediction: torch.Tensor
+    last_layer: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+
+
 @runtime_checkable
 class ModelAdapter(Protocol):
     """The protocol every adapter implements (see the module docstring)."""
@@ -173,6 +199,13 @@ class Adapter:
     checkpoint_folder: ClassVar[bool] = False  # model.checkpoint may name a folder (config + weights)
     Options: ClassVar[type[BaseModel]] = NoOptions
     batch_size: ClassVar[int] = 64
+    #: TRAITS trains this model from a spec (``model.train``; ``model.hyper`` applies).
+    trainable: ClassVar[bool] = False
+    #: The ``model.format`` values the adapter reads; empty: it reads its own kind of file only and
+    #: ``model.format`` does not apply.
+    checkpoint_formats: ClassVar[tuple[str, ...]] = ()
+    #: The spec field holding the adapter's settings (validated by ``Options``): ``options`` or ``hyper``.
+    options_field: ClassVar[str] = "options"
 
     # -- availability ---------------------------------------------------------------------------
     @classmethod
@@ -284,6 +317,109 @@ class Adapter:
         if not preds:
             return [], np.zeros(0), np.zeros(0)
         return ids, torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+    # -- what the screening scores need (optional) -------------------------------------------------
+    def output_layer(self, model: nn.Module) -> tuple[str, str | None] | None:
+        """The names (as in ``named_parameters``) of the weight and the bias (None: no bias) of the model's linear
+        output layer, when every prediction is affine in them (the last-layer Laplace score of ``traits screen``);
+        None when the adapter offers none (the default)."""
+        return None
+
+    def embed(self, model: nn.Module, batch) -> torch.Tensor:
+        """One vector per structure, ``(B, h)``, for the kNN distance to training: the model's own ``embed`` when
+        it has one; otherwise :class:`NotOffered`."""
+        own = getattr(model, "embed", None)
+        if not callable(own):
+            raise NotOffered(f"model {self.name!r} offers no embedding")
+        return own(batch)
+
+    def offers_embedding(self, model: nn.Module) -> bool:
+        """Whether :meth:`embed` works for ``model`` (an adapter that overrides it, or a model with ``embed``)."""
+        return type(self).embed is not Adapter.embed or callable(getattr(model, "embed", None))
+
+    def scoring_support(self, model: nn.Module) -> dict[str, str | None]:
+        """For each screening input (``last_layer``, ``embedding``): None when the adapter offers it, otherwise
+        why not, in words."""
+        return {"last_layer": None if self.output_layer(model) is not None else
+                f"the {self.name} adapter names no linear output layer",
+                "embedding": None if self.offers_embedding(model) else f"the {self.name} adapter offers no embedding"}
+
+    def score_features(self, model: nn.Module, batch) -> ScoreFeatures:
+        """Predictions, last-layer features ψ and embeddings φ of one batch (the model in eval mode); ψ and φ None
+        where not offered. ψ comes from one forward with gradients on the output layer only (:func:`output_gradients`),
+        φ from :meth:`embed`."""
+        import torch
+
+        layer = self.output_layer(model)
+        if layer is not None:
+            pred, psi = output_gradients(model, batch, *layer, name=self.name)
+        else:
+            with torch.no_grad():
+                pred, psi = model(batch), None
+            check_output(pred, batch, self.name)
+            pred = pred.reshape(-1)
+        phi = None
+        if self.offers_embedding(model):
+            with torch.no_grad():
+                phi = self.embed(model, batch)
+        return ScoreFeatures(pred, psi, phi)
+
+    def embedding_width(self, model: nn.Module) -> int | None:
+        """The width h of :meth:`embed`'s vectors when known without a forward pass (to check a calibration file
+        before reading structures); None: checked after scoring."""
+        return None
+
+
+def output_gradients(model: nn.Module, batch, weight: str, bias: str | None, *,
+                     name: str = "model") -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions (B,), ψ (B, n + 1)): one forward
+    with gradients on the output layer's ``weight`` (n numbers) and ``bias`` alone (every other parameter frozen
+    for it, the flags restored afterwards), then ψ_b = ∂prediction_b / ∂(weight, bias), one backward per structure
+    through the few operations after that layer; a zero last column when ``bias`` is None. Unknown names are a
+    ProbeError."""
+    import torch
+
+    from traits.errors import ProbeError
+
+    params = dict(model.named_parameters())
+    unknown = [n for n in (weight, bias) if n is not None and n not in params]
+    if unknown:
+        raise ProbeError(f"model {name!r}: output layer parameter(s) {', '.join(unknown)} not in the model")
+    wanted = [params[weight]] + ([params[bias]] if bias is not None else [])
+    flags = {n: p.requires_grad for n, p in params.items()}
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in (weight, bias))
+        with torch.enable_grad():
+            out = model(batch)
+            check_output(out, batch, name)
+            pred = out.reshape(-1)
+            rows = []
+            for i in range(pred.numel()):
+                grads = torch.autograd.grad(pred[i], wanted, retain_graph=i + 1 < pred.numel(), allow_unused=True)
+                parts = [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, wanted)]
+                if bias is None:
+                    parts.append(pred.new_zeros(1))
+                rows.append(torch.cat(parts))
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+    width = params[weight].numel() + 1
+    psi = torch.stack(rows).detach() if rows else pred.new_zeros((0, width))
+    return pred.detach(), psi
+
+
+def segment_mean(values: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """The mean of each consecutive segment of rows of ``values`` (``counts[b]`` rows for structure b): per-atom
+    rows to one row per structure."""
+    import torch
+
+    index = torch.repeat_interleave(torch.arange(len(counts), device=values.device),
+                                    torch.as_tensor(list(counts), device=values.device))
+    total = values.new_zeros((len(counts),) + tuple(values.shape[1:])).index_add_(0, index, values)
+    return total / torch.as_tensor(list(counts), dtype=values.dtype, device=values.device).reshape(
+        (-1,) + (1,) * (values.dim() - 1))
 
 
 def check_output(out, batch, name: str) -> None:

@@ -20,9 +20,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from traits.models.base import Adapter
-from traits.spec import CGCNNHyper
-
 #: Module types whose parameters count as normalisation parameters (excluded from probe directions).
 _NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
@@ -253,99 +250,10 @@ class CGCNN(GraphRegressor):
         return self._hidden(pool(h, index, size))
 
 
-# ---------------------------------------------------------------------------------------------- adapter
+def __getattr__(name: str):
+    # the adapters moved to traits.models.cgcnn_adapter; imported from there on first use (no import circle)
+    if name in ("CGCNNAdapter", "GraphAdapter"):
+        from importlib import import_module
 
-
-class _GraphAdapterMixin:
-    """Adapter behaviour shared by the two CGCNN variants: TRAITS crystal graphs, checkpoints read by
-    :func:`traits.models.checkpoint.load_checkpoint`. Audits of these models keep the graph-first data path of
-    :func:`traits.data.prepare.prepare_data` (``graph_model``)."""
-
-    graph_model = True
-    fmt = "traits"
-
-    def __init__(self) -> None:
-        self.graph = None
-        self.metadata: dict = {}
-
-    def load(self, source, options=None, device=None, *, fmt: str = "auto", **kwargs) -> nn.Module:
-        from pathlib import Path
-
-        from traits.errors import CheckpointError
-        from traits.models.checkpoint import load_checkpoint
-        from traits.models.inference import detect_format
-        from traits.spec import GraphSpec
-
-        if source is None:
-            raise CheckpointError(f"model {self.name!r} needs a checkpoint file (model.checkpoint)")
-        path = Path(source)
-        fmt = detect_format(path) if fmt == "auto" else fmt
-        hyper = options.model_dump() if hasattr(options, "model_dump") else options
-        model, meta = load_checkpoint(path, fmt, architecture=self.name, hyper=hyper,
-                                      device=device or torch.device("cpu"), **kwargs)
-        self.metadata = meta
-        self.graph = GraphSpec(**meta["graph"]) if meta.get("graph") else GraphSpec(**self.default_graph())
-        return model
-
-    def default_graph(self) -> dict:
-        return {}
-
-    def featurise(self, structure, options=None):
-        from traits.data.graphs import structure_graph, to_data
-        from traits.errors import GraphError
-        from traits.models.base import FeaturiseError
-        from traits.spec import GraphSpec
-
-        settings = self.graph or GraphSpec(**self.default_graph())
-        try:
-            arrays = structure_graph(structure, settings)
-        except GraphError as exc:
-            raise FeaturiseError(str(exc)) from None
-        return to_data(arrays, float("nan"), "", settings)
-
-    def featurise_structure(self, material_id, structure, target, options):
-        from traits.models.base import Featurised
-
-        data = self.featurise(structure, options)
-        data.y = torch.tensor([float(target)], dtype=data.y.dtype if hasattr(data, "y") else torch.float32)
-        data.material_id = str(material_id)
-        return Featurised(str(material_id), torch.tensor(float(target), dtype=torch.float64), data.z, data,
-                          num_atoms=int(data.z.numel()))
-
-    def collate(self, items, device, dtype):
-        from torch_geometric.data import Batch
-
-        b = Batch.from_data_list([getattr(i, "payload", i) for i in items])
-        b.x, b.edge_attr, b.y = b.x.to(dtype), b.edge_attr.to(dtype), b.y.to(dtype)
-        return b.to(device)
-
-    def probe_parameters(self, model: nn.Module) -> list[str]:
-        return [n for n, p in model.named_parameters() if p.requires_grad]
-
-    def predict(self, model, items, device, dtype=None):
-        from traits.models.inference import predict
-
-        return predict(model, [getattr(i, "payload", i) for i in items], device)
-
-    def info(self, model, source, options):
-        out = super().info(model, source, options)
-        meta = self.metadata or {}
-        out.property = meta.get("target")
-        out.units = meta.get("unit")
-        if out.units is None and out.property:
-            from traits.spec import TARGET_UNITS
-
-            out.units = TARGET_UNITS.get(out.property)
-        out.weights_sha256 = meta.get("weights_sha256") or out.weights_sha256
-        out.training_data = meta.get("training_data") or (
-            f"{meta['data_hash'][:12]} (data hash recorded by traits train)" if meta.get("data_hash") else None)
-        return out
-
-
-class CGCNNAdapter(_GraphAdapterMixin, Adapter):
-    """The ``cgcnn`` adapter: TRAITS' own CGCNN, loaded from a TRAITS checkpoint or a plain state dict."""
-
-    name = "cgcnn"
-    package = None
-    property = None  # the target recorded in the checkpoint
-    Options = CGCNNHyper
+        return getattr(import_module("traits.models.cgcnn_adapter"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,8 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from traits.errors import CheckpointError, SpecError, first_problem
-from traits.models.base import Adapter
-from traits.models.cgcnn import GraphRegressor, _GraphAdapterMixin, graph_index
+from traits.models.cgcnn import GraphRegressor, bn_affine, graph_index, split_linear_messages
 from traits.models.weights import load_weights, safe_torch_load
 from traits.spec import CGCNNHyper
 
@@ -99,8 +98,6 @@ class CGCNNOriginal(GraphRegressor):
 
     def _conv_fast(self, k: int, params, h, edge_index, e) -> Tensor:
         """OriginalConv_k with bn1 folded into fc_full and fc_full split into blocks."""
-        from traits.models.cgcnn import bn_affine, split_linear_messages
-
         p, conv = f"convs.{k}.", self.convs[k]
         weight = torch.cat([params[p + "fc_full.weight"], params[p + "fc_full.bias"][:, None]], dim=1)
         summed = split_linear_messages(weight, h, edge_index, e, bn=bn_affine(params, p + "bn1", conv.bn1))
@@ -199,13 +196,10 @@ def load_cgcnn_original(path: Path, device: torch.device) -> tuple[CGCNNOriginal
     return model, metadata
 
 
-class CGCNNOriginalAdapter(_GraphAdapterMixin, Adapter):
-    """The ``cgcnn-original`` adapter: checkpoints of the original CGCNN code (``.pth.tar``, weights-only)."""
+def __getattr__(name: str):
+    # the adapter moved to traits.models.cgcnn_adapter; imported from there on first use (no import circle)
+    if name == "CGCNNOriginalAdapter":
+        from importlib import import_module
 
-    name = "cgcnn-original"
-    package = None
-    property = None  # the target recorded in the checkpoint's arguments
-    Options = CGCNNHyper
-
-    def default_graph(self) -> dict:
-        return dict(ORIGINAL_GRAPH)
+        return getattr(import_module("traits.models.cgcnn_adapter"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

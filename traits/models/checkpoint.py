@@ -336,74 +336,96 @@ def load_checkpoint(
     ``target`` (the spec's target) and ``graph`` (the spec's graph settings), when given, are checked
     against what the checkpoint records. Every problem raises a CheckpointError.
     """
-    from traits.inputs import check_fits, require_file
+    from traits.inputs import require_file
 
     path = Path(path)
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     require_file(path, "checkpoint file", CheckpointError)
-
     if fmt == "cgcnn-original":
-        from traits.models.cgcnn_original import load_cgcnn_original
-
-        if architecture not in (None, "cgcnn-original"):
-            raise CheckpointError(f"{path}: format 'cgcnn-original' needs architecture 'cgcnn-original'")
-        model, meta = load_cgcnn_original(path, device)
-        _check_target(path, meta.get("target"), target)
-        _check_graph(path, meta["graph"], graph)
-        return model, meta
-
+        return _load_original(path, architecture, target, graph, device)
     if fmt == "traits":
-        from safetensors.torch import load as safetensors_load
+        return _load_traits(path, architecture, target, graph, normalizer, device)
+    return _load_state_dict(path, architecture, hyper, target, graph, normalizer, device)
 
-        meta = _read_sidecar(path, required=True)
-        version = meta.get("traits_checkpoint")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CheckpointError(
-                f"{sidecar_path(path)}: not a TRAITS checkpoint sidecar of a known version "
-                f"(traits_checkpoint={version!r}; this TRAITS reads up to {FORMAT_VERSION})"
-            )
-        check_fits(path, safetensors_size(path), "checkpoint", CheckpointError)  # before reading it whole
-        try:
-            blob = path.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
-        except MemoryError:
-            raise CheckpointError(f"{path}: the checkpoint does not fit in the available memory") from None
-        recorded = meta.get("weights_sha256")
-        if recorded and hashlib.sha256(blob).hexdigest() != recorded:
-            raise CheckpointError(
-                f"{path}: truncated or corrupt checkpoint: its sha256 does not match the one recorded in "
-                f"{sidecar_path(path).name} (the file was damaged or replaced after it was saved)"
-            )
-        try:
-            state = safetensors_load(blob)
-        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
-            raise CheckpointError(
-                f"{path}: truncated or corrupt safetensors file ({type(exc).__name__}: {str(exc)[:200]})"
-            ) from None
-        arch = meta.get("architecture")
-        if architecture is not None and arch != architecture:
-            raise CheckpointError(
-                f"{path}: the checkpoint holds a {arch!r} model but the spec says model.architecture: "
-                f"{architecture!r}"
-            )
-        _check_target(path, meta.get("target"), target)
-        _check_graph(path, meta.get("graph"), graph)
-        try:
-            model = build_model(arch, meta.get("hyper") or {}, int(meta.get("node_dim", 92)),
-                                int(meta.get("edge_dim", 41)))
-        except CheckpointError as exc:  # unknown architecture or hyper-parameter: name the sidecar
-            raise CheckpointError(f"{sidecar_path(path)}: {exc}") from None
-        except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
-            raise CheckpointError(f"{sidecar_path(path)}: invalid hyper-parameters ({type(exc).__name__}: "
-                                  f"{str(exc)[:200]})") from None
-        load_weights(model, state, path)
-        model.set_target_normalizer(*_normalizer(path, meta, normalizer))
-        meta = {**meta, "format": "traits"}
-        return model.to(device).eval(), meta
 
-    # fmt == "state-dict"
+def _load_original(path: Path, architecture: str | None, target, graph, device) -> tuple[nn.Module, dict]:
+    """A checkpoint of the original CGCNN code (format ``cgcnn-original``)."""
+    from traits.models.cgcnn_original import load_cgcnn_original
+
+    if architecture not in (None, "cgcnn-original"):
+        raise CheckpointError(f"{path}: format 'cgcnn-original' needs architecture 'cgcnn-original'")
+    model, meta = load_cgcnn_original(path, device)
+    _check_target(path, meta.get("target"), target)
+    _check_graph(path, meta["graph"], graph)
+    return model, meta
+
+
+def _traits_state(path: Path, meta: dict) -> dict:
+    """The state dict of a ``traits`` checkpoint, its size checked before it is read and its sha256 against the
+    one the sidecar records."""
+    from safetensors.torch import load as safetensors_load
+
+    from traits.inputs import check_fits
+
+    check_fits(path, safetensors_size(path), "checkpoint", CheckpointError)  # before reading it whole
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: the checkpoint does not fit in the available memory") from None
+    recorded = meta.get("weights_sha256")
+    if recorded and hashlib.sha256(blob).hexdigest() != recorded:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint: its sha256 does not match the one recorded in "
+            f"{sidecar_path(path).name} (the file was damaged or replaced after it was saved)"
+        )
+    try:
+        return safetensors_load(blob)
+    except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+        raise CheckpointError(
+            f"{path}: truncated or corrupt safetensors file ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+
+
+def _load_traits(path: Path, architecture: str | None, target, graph, normalizer,
+                 device) -> tuple[nn.Module, dict]:
+    """A TRAITS checkpoint (format ``traits``): safetensors weights and their JSON sidecar."""
+    meta = _read_sidecar(path, required=True)
+    version = meta.get("traits_checkpoint")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{sidecar_path(path)}: not a TRAITS checkpoint sidecar of a known version "
+            f"(traits_checkpoint={version!r}; this TRAITS reads up to {FORMAT_VERSION})"
+        )
+    state = _traits_state(path, meta)
+    arch = meta.get("architecture")
+    if architecture is not None and arch != architecture:
+        raise CheckpointError(
+            f"{path}: the checkpoint holds a {arch!r} model but the spec says model.architecture: "
+            f"{architecture!r}"
+        )
+    _check_target(path, meta.get("target"), target)
+    _check_graph(path, meta.get("graph"), graph)
+    try:
+        model = build_model(arch, meta.get("hyper") or {}, int(meta.get("node_dim", 92)),
+                            int(meta.get("edge_dim", 41)))
+    except CheckpointError as exc:  # unknown architecture or hyper-parameter: name the sidecar
+        raise CheckpointError(f"{sidecar_path(path)}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"{sidecar_path(path)}: invalid hyper-parameters ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
+    load_weights(model, state, path)
+    model.set_target_normalizer(*_normalizer(path, meta, normalizer))
+    meta = {**meta, "format": "traits"}
+    return model.to(device).eval(), meta
+
+
+def _load_state_dict(path: Path, architecture: str | None, hyper, target, graph, normalizer,
+                     device) -> tuple[nn.Module, dict]:
+    """A plain PyTorch state dict (format ``state-dict``): the architecture and hyper-parameters from the caller,
+    the normaliser from ``normalizer`` or an optional sidecar."""
     raw = safe_torch_load(path)
     state = raw
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
@@ -430,3 +452,29 @@ def load_checkpoint(
         "target_std": std,
     }
     return model.to(device).eval(), out
+
+
+def detect_format(path: Path) -> str:
+    """The checkpoint format of a file, from its content: 'traits' (safetensors), 'cgcnn-original' (a
+    PyTorch file holding the original CGCNN dict: state_dict, normalizer, args) or 'state-dict' (any other
+    PyTorch file). Loading uses the same safe readers as :func:`load_checkpoint`."""
+    import argparse
+
+    from traits.inputs import file_size, require_file
+
+    path = require_file(Path(path), "checkpoint file", CheckpointError)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < file_size(path):
+        return "traits"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a legacy pickle
+        raw = safe_torch_load(path, extra_globals=[argparse.Namespace])
+        if isinstance(raw, dict) and {"state_dict", "normalizer", "args"} <= set(raw):
+            return "cgcnn-original"
+        return "state-dict"
+    raise CheckpointError(
+        f"{path}: cannot tell the checkpoint format (neither safetensors nor a PyTorch file); give --format"
+    )

@@ -8,6 +8,8 @@ probed like every other parameter. Structures become CHGNet's own ``CrystalGraph
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,16 +17,24 @@ import torch
 from torch import nn
 
 from traits.errors import CheckpointError
-from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
+from traits.models.base import Adapter, Featurised, FeaturiseError, ScoreFeatures, StructureBatch, output_gradients
 from traits.models.options import CHGNetOptions
 
 
 class CHGNetEnergy(nn.Module):
-    """``forward(batch)`` -> (B,) CHGNet energies per atom, energy-only (no force autograd)."""
+    """``forward(batch)`` -> (B,) CHGNet energies per atom, energy-only (no force autograd).
+
+    The energy is affine in the weights and bias of the last ``nn.Linear`` of CHGNet's readout MLP
+    (:meth:`output_layer_name`): per-atom energies summed and divided by the atoms (``mlp_first``), or the crystal
+    vector's energy; :meth:`embed` is what that layer reads, averaged over the atoms of each structure."""
 
     def __init__(self, chgnet: nn.Module):
         super().__init__()
         self.chgnet = chgnet
+        self._kept: list | None = None
+        layer = self.output_layer_name()
+        if layer is not None:
+            self.get_submodule(layer).register_forward_pre_hook(self._keep_readout)
 
     def forward(self, batch: StructureBatch) -> torch.Tensor:
         # CHGNet.forward(graphs, task="e") step by step, with the composition features in the model's dtype
@@ -40,8 +50,44 @@ class CHGNetEnergy(nn.Module):
             energy = energy + m.composition_model._get_energy(feas)
         return energy.reshape(-1)
 
+    # -- the readout, for the screening scores ---------------------------------------------------------------
+    def output_layer_name(self) -> str | None:
+        """The module name (under this wrapper) of the last ``nn.Linear`` of CHGNet's readout MLP, or None."""
+        mlp = getattr(self.chgnet, "mlp", None)
+        if mlp is None:
+            return None
+        names = [n for n, mod in mlp.named_modules() if isinstance(mod, nn.Linear)]
+        return f"chgnet.mlp.{names[-1]}" if names else None
+
+    def _keep_readout(self, module, args) -> None:
+        if self._kept is not None:
+            self._kept.append(args[0])
+
+    @contextlib.contextmanager
+    def keeping_readout(self):
+        """Within the block, the inputs of the output layer in each forward are appended to the list it yields."""
+        self._kept = kept = []
+        try:
+            yield kept
+        finally:
+            self._kept = None
+
+    def readout(self, features: torch.Tensor, batch: StructureBatch) -> torch.Tensor:
+        """(B, h): the output layer's input ``features`` per structure (averaged over its atoms when the MLP runs
+        on atoms first)."""
+        from traits.models.base import segment_mean
+
+        if not getattr(self.chgnet, "mlp_first", True):
+            return features
+        return segment_mean(features, [int(g.atomic_number.shape[0]) for g in batch.payload])
+
     def embed(self, batch: StructureBatch) -> torch.Tensor:
-        return self.chgnet(batch.payload, task="e", return_crystal_feas=True)["crystal_fea"]
+        """(B, h): what the output layer reads, per structure (:meth:`readout`)."""
+        with self.keeping_readout() as kept:
+            self(batch)
+        if not kept:
+            raise FeaturiseError("CHGNet's readout MLP was not run")
+        return self.readout(kept[-1], batch)
 
 
 _FLOAT_FIELDS = ("atom_frac_coord", "lattice", "neighbor_image")
@@ -93,13 +139,15 @@ class CHGNetAdapter(Adapter):
                 raise CheckpointError(f"{path}: not a CHGNet checkpoint (expected {{'model': {{'model_args', "
                                       "'state_dict'}}}} as written by CHGNet's trainer)")
             try:
-                model = CHGNet.from_dict(raw["model"])
+                with contextlib.redirect_stdout(sys.stderr):  # CHGNet prints a line on loading: not into a CSV
+                    model = CHGNet.from_dict(raw["model"])
             except Exception as exc:
                 raise CheckpointError(f"{path}: the weights do not fit a CHGNet model "
                                       f"({type(exc).__name__}: {str(exc)[:200]})") from None
         else:
             version = str(source) if source is not None else options.version
-            model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+            with contextlib.redirect_stdout(sys.stderr):
+                model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
         self._converter = model.graph_converter
         self._frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         self._probe = options.probe
@@ -147,6 +195,30 @@ class CHGNetAdapter(Adapter):
                 g = g.to(device)
                 for f in _FLOAT_FIELDS:
                     setattr(g, f, getattr(g, f).to(dtype))
+            for f in _FLOAT_FIELDS:  # CHGNet's converter marks coordinates for force autograd: energy only here
+                if getattr(g, f).requires_grad:
+                    setattr(g, f, getattr(g, f).detach())
             graphs.append(g)
         y = torch.stack([item.y for item in items]).to(device=device, dtype=dtype)
         return StructureBatch(graphs, y, [item.material_id for item in items])
+
+    # -- screening: the linear output layer of the readout MLP, and what it reads ----------------------------
+    def output_layer(self, model: nn.Module) -> tuple[str, str | None] | None:
+        layer = model.output_layer_name() if isinstance(model, CHGNetEnergy) else None
+        if layer is None:
+            return None
+        return f"{layer}.weight", (f"{layer}.bias" if model.get_submodule(layer).bias is not None else None)
+
+    def embedding_width(self, model: nn.Module) -> int | None:
+        layer = model.output_layer_name() if isinstance(model, CHGNetEnergy) else None
+        return int(model.get_submodule(layer).in_features) if layer is not None else None
+
+    def score_features(self, model: nn.Module, batch) -> ScoreFeatures:
+        """One forward: predictions, ψ (:func:`~traits.models.base.output_gradients`) and φ, the output layer's
+        input averaged over each structure's atoms (:meth:`CHGNetEnergy.readout`)."""
+        layer = self.output_layer(model)
+        if layer is None:
+            return super().score_features(model, batch)
+        with model.keeping_readout() as kept:
+            pred, psi = output_gradients(model, batch, *layer, name=self.name)
+        return ScoreFeatures(pred, psi, model.readout(kept[-1].detach(), batch))

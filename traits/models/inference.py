@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from traits.errors import DataError
+from traits.models.checkpoint import detect_format  # noqa: F401  (re-exported: it lives beside load_checkpoint)
 
 
 def _loader(graphs: Sequence, batch_size: int):
@@ -95,34 +96,6 @@ def _structure_data(path: Path, settings):
     return to_data(arrays, math.nan, str(path), settings)
 
 
-def detect_format(path: Path) -> str:
-    """The checkpoint format of a file, from its content: 'traits' (safetensors), 'cgcnn-original' (a
-    PyTorch file holding the original CGCNN dict: state_dict, normalizer, args) or 'state-dict' (any other
-    PyTorch file). Loading uses the same safe readers as :func:`load_checkpoint`."""
-    import argparse
-
-    from traits.errors import CheckpointError
-    from traits.inputs import file_size, require_file
-    from traits.models.checkpoint import safe_torch_load
-
-    path = require_file(Path(path), "checkpoint file", CheckpointError)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < file_size(path):
-        return "traits"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a legacy pickle
-        raw = safe_torch_load(path, extra_globals=[argparse.Namespace])
-        if isinstance(raw, dict) and {"state_dict", "normalizer", "args"} <= set(raw):
-            return "cgcnn-original"
-        return "state-dict"
-    raise CheckpointError(
-        f"{path}: cannot tell the checkpoint format (neither safetensors nor a PyTorch file); give --format"
-    )
-
-
 def unit_of(meta: dict, target: str | None = None) -> str:
     """The unit of a checkpoint's predictions: its sidecar's 'unit', or that of its (or the given) target."""
     from traits.spec import TARGET_UNITS
@@ -149,39 +122,14 @@ def predict_files(
 
     ``fmt`` 'auto' detects the format (:func:`detect_format`). Graphs are built with the checkpoint's own
     graph settings (``ORIGINAL_GRAPH`` for 'cgcnn-original'); for a 'state-dict' without a sidecar, with
-    ``graph`` or the defaults. Unreadable files raise a DataError naming the file.
+    ``graph`` or the defaults. Unreadable files raise a DataError naming the file. The model is loaded and run
+    through its adapter (:func:`traits.models.predicting.load_model`, :func:`~traits.models.predicting.predict_paths`).
     """
-    from traits.models.cgcnn_original import ORIGINAL_GRAPH
-    from traits.models.checkpoint import load_checkpoint
-    from traits.spec import GraphSpec
+    from traits.models.predicting import load_model, predict_paths
 
-    if fmt == "auto":
-        fmt = detect_format(Path(checkpoint))
-    model, meta = load_checkpoint(
-        Path(checkpoint), fmt, architecture=architecture, hyper=hyper, normalizer=normalizer, device=device
-    )
-    from pydantic import ValidationError
-
-    from traits.errors import CheckpointError
-    from traits.models.checkpoint import sidecar_path
-
-    try:
-        if fmt == "cgcnn-original":
-            settings = GraphSpec(**ORIGINAL_GRAPH)
-        elif meta.get("graph"):
-            settings = GraphSpec(**meta["graph"])
-        elif graph is not None:
-            settings = graph if isinstance(graph, GraphSpec) else GraphSpec(**dict(graph))
-        else:
-            settings = GraphSpec()
-    except (ValidationError, TypeError) as exc:
-        problem = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-        where = ".".join(str(p) for p in problem["loc"])
-        raise CheckpointError(f"{sidecar_path(Path(checkpoint))}: invalid graph settings"
-                              f"{' at graph.' + where if where else ''}: {problem['msg']}") from None
-    graphs = [_structure_data(Path(f), settings) for f in files]
-    ids, preds, _ = predict(model, graphs, device, batch_size)
-    return [(i, float(p)) for i, p in zip(ids, preds)], unit_of(meta, target)
+    loaded = load_model(None, Path(checkpoint), device, fmt=fmt, architecture=architecture, hyper=hyper,
+                        normalizer=normalizer, graph=graph)
+    return predict_paths(loaded, files, device), unit_of(loaded.meta, target)
 
 
 def predict_structures(

@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from traits.errors import CheckpointError
-from traits.models.base import Adapter, Featurised, FeaturiseError, StructureBatch
+from traits.models.base import (
+    Adapter,
+    Featurised,
+    FeaturiseError,
+    ScoreFeatures,
+    StructureBatch,
+    output_gradients,
+    segment_mean,
+)
 from traits.models.options import SevenNetOptions
 
 
@@ -77,6 +85,34 @@ class SevenNetEnergy(nn.Module):
         out = self.sevennet(data)
         energy = out[KEY.PRED_TOTAL_ENERGY].reshape(-1)
         return energy / batch.num_atoms.to(energy.dtype)
+
+    # -- the readout, for the screening scores ---------------------------------------------------------------
+    #: The linear layer from the per-atom hidden features to the atomic energies (before the per-species scale
+    #: and shift and the sum): the energy per atom is linear in its weights.
+    OUTPUT_LAYER = "reduce_hidden_to_energy"
+
+    def output_layer_name(self) -> str | None:
+        """The module name (under this wrapper) of the e3nn linear layer the energy is linear in, or None."""
+        layer = self.sevennet._modules.get(self.OUTPUT_LAYER)
+        return f"sevennet.{self.OUTPUT_LAYER}.linear" if getattr(layer, "linear", None) is not None else None
+
+    @contextlib.contextmanager
+    def keeping_readout(self):
+        """Within the block, the per-atom features the output layer reads in each forward are appended to the
+        list it yields."""
+        kept: list = []
+        layer = self.sevennet._modules[self.OUTPUT_LAYER]
+        handle = layer.register_forward_hook(lambda module, args, out: kept.append(out[module.key_input]))
+        try:
+            yield kept
+        finally:
+            handle.remove()
+
+    def embed(self, batch: StructureBatch) -> torch.Tensor:
+        """(B, h): the per-atom features the output layer reads, averaged over each structure's atoms."""
+        with self.keeping_readout() as kept:
+            self(batch)
+        return segment_mean(kept[-1], batch.num_atoms.tolist())
 
 
 class SevenNetAdapter(Adapter):
@@ -181,3 +217,28 @@ class SevenNetAdapter(Adapter):
         out = StructureBatch(batch, y, [item.material_id for item in items])
         out.num_atoms = torch.tensor([item.num_atoms for item in items], device=device)
         return out
+
+    # -- screening: the linear layer to the atomic energies, and what it reads -------------------------------
+    def output_layer(self, model: nn.Module) -> tuple[str, str | None] | None:
+        layer = model.output_layer_name() if isinstance(model, SevenNetEnergy) else None
+        if layer is None:
+            return None
+        names = {n for n, _ in model.get_submodule(layer).named_parameters(recurse=False)}
+        if "weight" not in names:
+            return None
+        return f"{layer}.weight", (f"{layer}.bias" if "bias" in names else None)
+
+    def embedding_width(self, model: nn.Module) -> int | None:
+        layer = model.sevennet._modules.get(SevenNetEnergy.OUTPUT_LAYER) if isinstance(model, SevenNetEnergy) else None
+        irreps = getattr(layer, "irreps_in", None)
+        return int(irreps.dim) if irreps is not None else None
+
+    def score_features(self, model: nn.Module, batch) -> ScoreFeatures:
+        """One forward: predictions, ψ (:func:`~traits.models.base.output_gradients`; SevenNet's output layer has
+        no bias, so its column is zero) and φ, the output layer's input averaged over each structure's atoms."""
+        layer = self.output_layer(model)
+        if layer is None:
+            return super().score_features(model, batch)
+        with model.keeping_readout() as kept:
+            pred, psi = output_gradients(model, batch, *layer, name=self.name)
+        return ScoreFeatures(pred, psi, segment_mean(kept[-1].detach(), batch.num_atoms.tolist()))
