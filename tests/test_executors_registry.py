@@ -27,6 +27,25 @@ class EchoSettings:
     tag: str = "echo"
 
 
+@pytest.fixture(autouse=True)
+def _restore_thread_settings():
+    """A campaign run in this process with --threads sets this process's thread variables (as asked): put them
+    back so later tests' subprocesses do not inherit them."""
+    import os
+
+    import torch
+
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    threads = torch.get_num_threads()
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def echo():
     """An executor added the way a new one is: one class, one registration line (removed after the test)."""
