@@ -580,25 +580,11 @@ def read_inputs(paths: Sequence[Path]) -> Inputs:
 
 
 def _build(entries: Sequence, settings):
-    """The graphs of ``entries``; a structure whose graph cannot be built (a DataError such as a GraphError) is
-    skipped and counted with the error's message, the others are built: a screen never stops on one structure."""
-    from traits.data.graphs import GraphSet, build_graphs
+    """The graphs of ``entries``, a structure whose graph cannot be built skipped and counted
+    (:func:`traits.data.graphs.build_graphs_skipping`): a screen never stops on one structure."""
+    from traits.data.graphs import build_graphs_skipping
 
-    try:
-        return build_graphs(entries, settings)
-    except DataError:
-        pass  # one entry stops the batch: build them one by one to find it
-    built = GraphSet(graphs=[])
-    for entry in entries:
-        try:
-            one = build_graphs([entry], settings)
-        except DataError as exc:
-            built.skipped[f"graph not built: {str(exc)[:200]}"] += 1
-            continue
-        built.graphs.extend(one.graphs)
-        built.skipped.update(one.skipped)
-        built.built += one.built
-    return built
+    return build_graphs_skipping(entries, settings)
 
 
 # ---------------------------------------------------------------------------------------- chemistry

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from traits.data.sources import Entry
-from traits.errors import GraphError
+from traits.errors import DataError, GraphError
 
 CACHE_ENV = "TRAITS_CACHE"
 GRAPH_FORMAT_VERSION = 1
@@ -340,3 +340,24 @@ def graph_elements(graph) -> frozenset[str]:
     from pymatgen.core.periodic_table import Element
 
     return frozenset(Element.from_Z(int(z)).symbol for z in torch.unique(graph.z))
+
+
+def build_graphs_skipping(entries: Sequence[Entry], settings) -> GraphSet:
+    """The graphs of ``entries``; a structure whose graph cannot be built (a DataError such as a GraphError) is
+    skipped and counted with the error's message ("graph not built: ..."), the others are built: one structure
+    never stops a batch (screening, an adapter's featurisation)."""
+    try:
+        return build_graphs(entries, settings)
+    except DataError:
+        pass  # one entry stops the batch: build them one by one to find it
+    built = GraphSet(graphs=[])
+    for entry in entries:
+        try:
+            one = build_graphs([entry], settings)
+        except DataError as exc:
+            built.skipped[f"graph not built: {str(exc)[:200]}"] += 1
+            continue
+        built.graphs.extend(one.graphs)
+        built.skipped.update(one.skipped)
+        built.built += one.built
+    return built

@@ -114,22 +114,10 @@ class GraphAdapter(Adapter):
         its reasons for skipping), one by one when one entry stops the batch (its error counted as the reason)."""
         import torch
 
-        from traits.data.graphs import GraphSet, build_graphs
-        from traits.errors import DataError
+        from traits.data.graphs import build_graphs_skipping
 
         settings = self._settings()
-        try:
-            built = build_graphs(list(entries), settings)
-        except DataError:
-            built = GraphSet(graphs=[])
-            for entry in entries:
-                try:
-                    one = build_graphs([entry], settings)
-                except DataError as exc:
-                    built.skipped[f"graph not built: {str(exc)[:200]}"] += 1
-                    continue
-                built.graphs.extend(one.graphs)
-                built.skipped.update(one.skipped)
+        built = build_graphs_skipping(list(entries), settings)
         items = [Featurised(str(g.material_id), torch.tensor(float(g.y.reshape(-1)[0]), dtype=torch.float64), g.z, g,
                             num_atoms=int(g.z.numel())) for g in built.graphs]
         return items, Counter(built.skipped)
