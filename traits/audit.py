@@ -43,7 +43,7 @@ from traits.results import (
     nan_array,
 )
 from traits.seeds import probe_seed, stream
-from traits.spec import GRAPH_ARCHITECTURES, MODEL_TARGET, TARGET_UNITS, AuditSpec
+from traits.spec import MODEL_TARGET, TARGET_UNITS, AuditSpec
 from traits.threads import configure_threads, thread_record
 
 #: Stage name -> callback(done, total); the CLI attaches rich progress bars, the API stays quiet.
@@ -170,11 +170,11 @@ def load_adapter_model(spec: AuditSpec, device: torch.device, model_object=None)
     """(adapter, options, LoadedModel) for a model loaded through its adapter (:mod:`traits.models.base`), or for
     ``model_object``, an ``nn.Module`` given to :func:`run_audit` (audited with the spec's adapter, 'torch' when
     the spec names a CGCNN one). The metadata holds the adapter's ``model_info``."""
-    from traits.models.base import get_adapter
+    from traits.models.base import adapter_class, get_adapter
 
     name = spec.model.architecture
-    if model_object is not None and name in GRAPH_ARCHITECTURES:
-        name = "torch"
+    if model_object is not None and getattr(adapter_class(name), "graph_model", False):
+        name = "torch"  # a module given to run_audit with a CGCNN spec: TRAITS graphs, any forward
     adapter = get_adapter(name)
     if name == "torch" and model_object is not None:
         from traits.models.torch_module import TorchModuleOptions
@@ -1051,9 +1051,11 @@ def _progress(ctx: AuditContext, label: str):
 def _stage_model_and_data(ctx: AuditContext) -> None:
     """Load (or train) the model and prepare the split: an adapter featurises after loading the model, the
     CGCNN path builds graphs first (a checkpoint it trains needs them)."""
+    from traits.models.base import adapter_class
+
     spec = ctx.spec
     if ctx.model_object is not None or ctx.structures is not None or \
-            spec.model.architecture not in GRAPH_ARCHITECTURES:
+            not getattr(adapter_class(spec.model.architecture), "graph_model", False):
         t = time.perf_counter()
         ctx.adapter, options, ctx.loaded = load_adapter_model(spec, ctx.device, ctx.model_object)
         ctx.model = ctx.loaded.model.to(device=ctx.device, dtype=ctx.dtype).eval()

@@ -268,8 +268,26 @@ class TrainSpec(_Strict):
 ModelFormat = Literal["traits", "state-dict", "cgcnn-original"]
 
 
-#: Adapters whose models TRAITS builds and trains itself (model.hyper, model.format and model.train apply).
-GRAPH_ARCHITECTURES = ("cgcnn", "cgcnn-original")
+def _adapter(architecture: str):
+    """The adapter class of ``architecture``: its declarations (``trainable``, ``checkpoint_formats``,
+    ``options_field``) decide which model fields apply, with no list of architectures kept here."""
+    from traits.models.base import adapter_class
+
+    return adapter_class(architecture)
+
+
+def trainable_architectures() -> list[str]:
+    """The adapters TRAITS trains itself (``trainable``), for messages; an adapter that fails to import is left out."""
+    from traits.models.base import adapter_class, adapter_names
+
+    out = []
+    for name in adapter_names():
+        try:
+            if adapter_class(name).trainable:
+                out.append(name)
+        except Exception:  # noqa: BLE001 - a broken third-party adapter is named elsewhere, not here
+            continue
+    return out
 
 
 class ModelSpec(_Strict):
@@ -300,23 +318,24 @@ class ModelSpec(_Strict):
         """``options`` validated by the adapter's own options model (CGCNN: ``hyper``)."""
         from traits.models.base import options_class
 
-        if self.architecture in GRAPH_ARCHITECTURES:
+        if _adapter(self.architecture).options_field == "hyper":
             return self.hyper
         # the context marks options read from a spec (not given by run_audit with a model object)
         return options_class(self.architecture).model_validate(self.options, context={"spec": True})
 
     @model_validator(mode="after")
     def _adapter_fields(self) -> ModelSpec:
-        if self.architecture in GRAPH_ARCHITECTURES:
+        cls = _adapter(self.architecture)
+        if cls.options_field == "hyper":
             if self.options:
                 raise ValueError(f"model.options does not apply to {self.architecture!r} (use model.hyper)")
             return self
-        from traits.models.base import adapter_class
-
-        if self.train is not None:
-            raise ValueError(f"model.train applies to cgcnn and cgcnn-original only, not {self.architecture!r}")
-        if self.format != "traits":
-            raise ValueError(f"model.format applies to cgcnn and cgcnn-original only, not {self.architecture!r}")
+        if self.train is not None and not cls.trainable:
+            raise ValueError(f"model.train applies to {', '.join(trainable_architectures())} only, not "
+                             f"{self.architecture!r}")
+        if self.format != "traits" and self.format not in cls.checkpoint_formats:
+            raise ValueError(f"model.format applies to {', '.join(trainable_architectures())} only, not "
+                             f"{self.architecture!r}")
         if "hyper" in self.model_fields_set:
             raise ValueError(f"model.hyper holds CGCNN hyper-parameters; {self.architecture!r} takes model.options")
         try:
@@ -326,18 +345,20 @@ class ModelSpec(_Strict):
             where = ".".join(str(p) for p in problem["loc"])
             raise ValueError(f"model.options{'.' + where if where else ''} ({self.architecture}): "
                              f"{problem['msg']}") from None
-        if self.checkpoint is None and not adapter_class(self.architecture).bundled:
+        if self.checkpoint is None and not cls.bundled:
             raise ValueError(f"model {self.architecture!r} needs model.checkpoint (a weights file)")
         return self
 
     @model_validator(mode="after")
     def _checkpoint_or_train(self) -> ModelSpec:
-        if self.architecture not in GRAPH_ARCHITECTURES:
+        cls = _adapter(self.architecture)
+        if not cls.trainable:
             return self
         if self.checkpoint is None and self.train is None:
             raise ValueError("give either 'checkpoint' (weights to audit) or 'train' (how to train them)")
-        if self.format == "cgcnn-original" and self.architecture != "cgcnn-original":
-            raise ValueError("format 'cgcnn-original' needs architecture 'cgcnn-original'")
+        if self.format not in cls.checkpoint_formats:
+            readers = [n for n in trainable_architectures() if self.format in _adapter(n).checkpoint_formats]
+            raise ValueError(f"format {self.format!r} needs architecture {' or '.join(map(repr, readers))}")
         return self
 
 
@@ -559,7 +580,7 @@ class AuditSpec(_Strict):
     def _target_matches_model(self) -> AuditSpec:
         from traits.models.base import adapter_class
 
-        if self.data.target == MODEL_TARGET or self.model.architecture in GRAPH_ARCHITECTURES:
+        if self.data.target == MODEL_TARGET:
             return self
         adapter = adapter_class(self.model.architecture)()
         have = adapter.declared_property(self.model.adapter_options())
