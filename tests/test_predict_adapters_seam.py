@@ -1,6 +1,6 @@
 """The model package's shape: the CGCNN adapters live apart from the networks, no import circle in traits.models,
-each adapter declares whether TRAITS trains it and which checkpoint formats it reads (readable without torch), and
-no function in traits.models is over 80 lines."""
+and each adapter declares whether TRAITS trains it and which checkpoint formats it reads (readable without torch).
+Function lengths are checked for the whole package by tests/test_function_length.py."""
 
 from __future__ import annotations
 
@@ -59,13 +59,3 @@ def test_no_import_circle_in_traits_models():
                if graph.find_shortest_chain(a, b) and graph.find_shortest_chain(b, a)]
     assert not circles, circles
 
-
-def test_no_function_in_traits_models_is_over_80_lines():
-    long = []
-    for path in sorted(MODELS.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > 80:
-                    long.append(f"{path.name}:{node.name} ({lines} lines)")
-    assert not long, long

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_bytes_atomic, write_formats_atomic, write_text_atomic
-from traits.pairing import Change, paired_change, same_inputs, unpaired_parts
+from traits.pairing import Change, paired_change, percentile_interval, same_inputs, unpaired_parts
 from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, finite, mae_draws, ratio_value
 from traits.results import AuditResult, Finding, Level, load_result
 
@@ -310,14 +310,6 @@ class ComparisonResult(_Model):
 # Computing it
 
 
-def _percentile_interval(draws: np.ndarray) -> tuple[float | None, float | None]:
-    draws = draws[np.isfinite(draws)]
-    if draws.size < 10:
-        return None, None
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def _bootstrap_draws(result: AuditResult, key: str, seed: dict[str, int]) -> np.ndarray | None:
     if key in ("id_mae", "ood_mae"):
         split = key.split("_")[0]
@@ -357,9 +349,9 @@ def _row(key: str, a: AuditResult, b: AuditResult) -> DeltaRow:
     da = _bootstrap_draws(a, key, {s: BOOTSTRAP_SEED for s in paired})
     db = _bootstrap_draws(b, key, {s: BOOTSTRAP_SEED if paired[s] else BOOTSTRAP_SEED + 1 for s in paired})
     if da is not None and db is not None:
-        row.delta_low, row.delta_high = _percentile_interval(db - da)
+        row.delta_low, row.delta_high = percentile_interval(db - da)
         with np.errstate(divide="ignore", invalid="ignore"):
-            row.relative_low, row.relative_high = _percentile_interval((db - da) / np.abs(da))
+            row.relative_low, row.relative_high = percentile_interval((db - da) / np.abs(da))
         row.interval = "bootstrap" if row.delta_low is not None else ""
     elif va.source == vb.source == "stderr" and va.closed and vb.closed:
         se = math.hypot((va.high - va.value) / Z95, (vb.high - vb.value) / Z95)

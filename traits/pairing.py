@@ -99,7 +99,8 @@ def _stat(e: np.ndarray, what: str) -> np.ndarray:
     return np.sqrt(np.nanmean(e * e, axis=-1))
 
 
-def _percentiles(draws: np.ndarray) -> tuple[float | None, float | None]:
+def percentile_interval(draws: np.ndarray) -> tuple[float | None, float | None]:
+    """The 2.5-97.5 % percentile interval of the finite draws; (None, None) from fewer than 10."""
     draws = draws[np.isfinite(draws)]
     if draws.size < 10:
         return None, None
@@ -142,7 +143,7 @@ def accuracy_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
     if same_inputs(a, b) or np.all(draws == 0):
         kind = "identical inputs" if same_inputs(a, b) else "paired bootstrap over compounds"
         return Change(delta, delta, delta, kind)
-    lo, hi = _percentiles(draws)
+    lo, hi = percentile_interval(draws)
     return Change(delta, lo, hi, "paired bootstrap over compounds")
 
 
@@ -246,7 +247,7 @@ def shift_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
         ra = np.median(arrays["a", "ood"][idx["ood"]]) / np.median(arrays["a", "id"][idx["id"]])
         rb = np.median(arrays["b", "ood"][idx["ood"]]) / np.median(arrays["b", "id"][idx["id"]])
         draws.append(rb - ra)
-    lo, hi = _percentiles(np.asarray(draws))
+    lo, hi = percentile_interval(np.asarray(draws))
     return Change(delta, lo, hi, "paired bootstrap over compounds")
 
 

@@ -39,6 +39,7 @@ from traits.report.formatting import (
     ordered_splits,
     split_label,
 )
+from traits.report.headline import finite as _finite
 from traits.results import SPLIT_LABELS, AuditResult
 
 #: The file :func:`write_interactive` writes in the output directory.
@@ -164,16 +165,6 @@ def _label(split: str, longest: int = _MAX_LABEL) -> str:
 
 def _colour(split: str, index: int) -> str:
     return SPLIT_COLOURS.get(split, _EXTRA_COLOURS[index % len(_EXTRA_COLOURS)])
-
-
-def _finite(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _first(*values: float | None) -> float | None:
