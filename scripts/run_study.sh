@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Resume the issue-16 study where it stopped, and commit each finished audit's results.json as it lands.
+# Resume a study where it stopped, and commit each finished audit's results.json as it lands.
 #
-#   scripts/run_study.sh            # MP element core, MP random splits, seed 0 of the other MP families,
-#                                   # Perov-5, then seeds 1 and 2 of the other MP families
-#   STUDY_DRY=1 scripts/run_study.sh   # print what it would do
-#   kill "$(cat runs/study.pid)"       # stop it: the campaign stops its workers (their tasks resume next
-#                                      # time) and the audits finished so far are committed
+#   scripts/run_study.sh                 # study v1 (issue 16): MP element core, MP random splits, seed 0 of the
+#                                        # other MP families, Perov-5, then seeds 1 and 2 of the other MP families
+#   STUDY=v2 scripts/run_study.sh        # study v2's first pass (docs/study/v2/PREREGISTRATION.md): every MP task,
+#                                        # seeds 0-2, then Perov-5, profile v2-label-free; each audit's trained
+#                                        # checkpoint is committed beside its results.json
+#   STUDY_DRY=1 scripts/run_study.sh     # print what it would do
+#   kill "$(cat runs/study.pid)"         # stop it: the campaign stops its workers (their tasks resume next
+#                                        # time) and the audits finished so far are committed
 #
 # The campaigns run from a separate worktree of this checkout (STUDY_CODE, default ../study-code), refreshed to
 # HEAD at the start, so edits made here while they run cannot reach the workers (they import TRAITS once but
-# read the report templates at the end of every task). Finished results.json are copied into
-# docs/study/runs-<pool>-partial/ and committed every STUDY_COMMIT_EVERY seconds (default 300), so a session
-# that ends at any moment loses at most the tasks in flight. Settings: STUDY_WORKERS (2), STUDY_THREADS (1).
+# read the report templates at the end of every task). Finished results.json (v2: and model/ checkpoints) are
+# copied into the study's folder (v1: docs/study/runs-<pool>-partial/, v2: docs/study/v2/runs-<pool>/) and
+# committed every STUDY_COMMIT_EVERY seconds (default 300), so a session that ends at any moment loses at most
+# the tasks in flight. Settings: STUDY_WORKERS (2), STUDY_THREADS (1).
 set -euo pipefail
 root="$(git rev-parse --show-toplevel)"
 cd "$root"
@@ -20,6 +24,13 @@ workers="${STUDY_WORKERS:-2}"
 threads="${STUDY_THREADS:-1}"
 every="${STUDY_COMMIT_EVERY:-300}"
 dry="${STUDY_DRY:-}"
+study="${STUDY:-v1}"
+case "$study" in
+  v1) runs="runs/study"; keep="docs/study/runs-%s-partial"; profile="study"; checkpoints="" ;;
+  v2) runs="runs/study-v2"; keep="docs/study/v2/runs-%s"; profile="v2-label-free"; checkpoints=1 ;;
+  *) echo "STUDY must be v1 or v2, not $study" >&2; exit 2 ;;
+esac
+keep_dir() { printf "$keep" "$1"; }
 
 say() { printf '[%s] %s\n' "$(date -u +%FT%TZ)" "$*"; }
 do_() { if [ -n "$dry" ]; then echo "+ $*"; else "$@"; fi; }
@@ -34,26 +45,35 @@ fi
 
 # 2. the finished audits of earlier sessions (a task is reused only when its stored spec equals today's)
 for pool in mp perov5; do
-  if [ -d "docs/study/runs-$pool-partial" ]; then
-    do_ mkdir -p "runs/study-$pool"
-    for d in docs/study/runs-"$pool"-partial/seed-*; do [ -d "$d" ] && do_ cp -rn "$d" "runs/study-$pool/"; done
+  if [ -d "$(keep_dir "$pool")" ]; then
+    do_ mkdir -p "$runs-$pool"
+    for d in "$(keep_dir "$pool")"/seed-*; do [ -d "$d" ] && do_ cp -rn "$d" "$runs-$pool/"; done
   fi
 done
 
-# 3. commit finished results.json as they land
+# 3. commit finished results.json (v2: and the checkpoint that made it) as they land
+kept_files() {  # the files of one finished audit folder that the study keeps
+  echo results.json
+  [ -z "$checkpoints" ] || for f in model/model.safetensors model/model.json model/model.calibration.json \
+    model/metrics.json; do [ -f "$1/$f" ] && echo "$f"; done
+}
 commit_finished() {
-  local pool="$1" n new=0 f rel dst
-  for f in runs/study-"$pool"/seed-*/*/results.json; do
+  local pool="$1" n new=0 f dir rel dst k dest
+  dest="$(keep_dir "$pool")"
+  for f in "$runs-$pool"/seed-*/*/results.json; do
     [ -f "$f" ] || continue
-    rel="${f#runs/study-$pool/}"
-    dst="docs/study/runs-$pool-partial/$rel"
-    if [ ! -f "$dst" ] || ! cmp -s "$f" "$dst"; then mkdir -p "$(dirname "$dst")"; cp "$f" "$dst"; new=$((new + 1)); fi
+    dir="$(dirname "$f")"
+    rel="${dir#"$runs-$pool"/}"
+    for k in $(kept_files "$dir"); do
+      dst="$dest/$rel/$k"
+      if [ ! -f "$dst" ] || ! cmp -s "$dir/$k" "$dst"; then mkdir -p "$(dirname "$dst")"; cp "$dir/$k" "$dst"; new=$((new + 1)); fi
+    done
   done
   [ "$new" -gt 0 ] || return 0
-  n=$(find "docs/study/runs-$pool-partial" -name results.json | wc -l)
-  local only="docs/study/runs-$pool-partial/seed-*/*/results.json"   # never an edit of the folder's README
-  git add -- "$only" && git commit -q -m "Study (in progress, not evidence): results.json of \
-the $n finished $pool study audits, kept so the run resumes from them" -- "$only" || true
+  n=$(find "$dest" -name results.json | wc -l)
+  # never an edit of the folder's README
+  git add -- "$dest/seed-*/*/results.json" "$dest/seed-*/*/model/*" 2>/dev/null || git add -- "$dest/seed-*/*/results.json"
+  git commit -q -m "Study $study (in progress, not evidence): results of the $n finished $pool study audits$([ -z "$checkpoints" ] || echo ' and their checkpoints'), kept so the run resumes from them" -- "$dest/seed-*" || true
 }
 if [ -z "$dry" ]; then
   ( while true; do sleep "$every"; commit_finished mp; commit_finished perov5; done ) &
@@ -72,8 +92,8 @@ trap stop TERM INT
 #    is reached as early as the machine allows; the later seeds only narrow those tasks' seed means.
 campaign() {
   local seeds="$1"; shift
-  if [ -n "$dry" ]; then do_ python -m traits.cli campaign "$@" --profile study --seeds "$seeds"; return; fi
-  env -C "$code" PYTHONPATH="$code" python -m traits.cli campaign "$@" --profile study --seeds "$seeds" \
+  if [ -n "$dry" ]; then do_ python -m traits.cli campaign "$@" --profile "$profile" --seeds "$seeds"; return; fi
+  env -C "$code" PYTHONPATH="$code" python -m traits.cli campaign "$@" --profile "$profile" --seeds "$seeds" \
     --workers "$workers" --threads "$threads" &
   child=$!
   local rc=0
@@ -81,14 +101,22 @@ campaign() {
   child=""
   return "$rc"
 }
+if [ "$study" = v2 ]; then
+  say "study v2, first pass: every MP task, seeds 0-2"
+  campaign 0,1,2 "$code/audits/study/mp" --out "$root/$runs-mp" || say "some MP tasks failed"
+  say "study v2, first pass: Perov-5 (the external test)"
+  campaign 0,1,2 "$code/audits/study/perov5" --out "$root/$runs-perov5" || say "some Perov-5 tasks failed"
+  say "done: the labelled probes rerun on the kept checkpoints next (docs/study/v2/README.md)"
+  exit 0
+fi
 say "MP element core"
-campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-element-*' || say "some MP core tasks failed"
+campaign 0,1,2 "$code/audits/study/mp" --out "$root/$runs-mp" --only '*-element-*' || say "some MP core tasks failed"
 say "MP random-split baselines (the noise floor every adoption needs)"
-campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" --only '*-random,*-random-*' || say "some MP baselines failed"
+campaign 0,1,2 "$code/audits/study/mp" --out "$root/$runs-mp" --only '*-random,*-random-*' || say "some MP baselines failed"
 say "MP, every family, seed 0"
-campaign 0 "$code/audits/study/mp" --out "$root/runs/study-mp" || say "some MP tasks failed"
+campaign 0 "$code/audits/study/mp" --out "$root/$runs-mp" || say "some MP tasks failed"
 say "Perov-5"
-campaign 0,1,2 "$code/audits/study/perov5" --out "$root/runs/study-perov5" || say "some Perov-5 tasks failed"
+campaign 0,1,2 "$code/audits/study/perov5" --out "$root/$runs-perov5" || say "some Perov-5 tasks failed"
 say "MP, every family, seeds 1 and 2"
-campaign 0,1,2 "$code/audits/study/mp" --out "$root/runs/study-mp" || say "some MP tasks failed"
+campaign 0,1,2 "$code/audits/study/mp" --out "$root/$runs-mp" || say "some MP tasks failed"
 say "done: summarise with traits study summary (docs/study/README.md)"

@@ -33,6 +33,8 @@ from traits.results import (
     Finding,
     HessianResult,
     Jackknife,
+    LabelFreeResult,
+    LabelFreeSplit,
     Provenance,
     ShiftResult,
     SplitMetrics,
@@ -439,17 +441,13 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                  group_batches: dict[str, list[list]] | None = None) -> SurfaceResult:
     """The 1D curves with their refined robust radii (and, with ``group_batches``, the radius's jackknife over
     structure groups), the 2D grid, its zoom, the eigenvector plane, the landscape statistics and the topology."""
-    from traits.probes.directions import random_direction
     from traits.probes.metrics import band
     from traits.probes.surface import surface_1d, surface_2d
 
     s = spec.probes.surface
     first = next(iter(objectives.values()))
-    skip = set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
-    gen = _generator(stream(spec, "surface"))
-    n_dirs = max(s.directions_1d, 2 if s.two_d else 1)
-    directions = [random_direction(first.params, gen, skip=skip, include_skipped=s.include_bias_and_norm)
-                  for _ in range(n_dirs)]
+    skip = skipped_parameters(model)
+    directions = surface_directions(spec, model, first.params)
     alphas = torch.linspace(-s.span, s.span, s.points_1d, dtype=torch.float64)
     result = SurfaceResult(span=s.span, tolerance=s.tolerance, include_bias_and_norm=s.include_bias_and_norm,
                            seed=stream(spec, "surface"), alphas_1d=alphas.tolist())
@@ -500,6 +498,23 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     return result
 
 
+def skipped_parameters(model) -> set[str]:
+    """The normalisation parameters the filter-normalised directions leave out (unless asked to include them)."""
+    return set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
+
+
+def surface_directions(spec: AuditSpec, model, params: dict) -> list[dict]:
+    """The surfaces' random filter-normalised directions, drawn from the ``surface`` stream: the 1D curves use the
+    first ``directions_1d``, the 2D plane the first two. The label-free probes draw the same ones."""
+    from traits.probes.directions import random_direction
+
+    s = spec.probes.surface
+    gen = _generator(stream(spec, "surface"))
+    n_dirs = max(s.directions_1d, 2 if s.two_d else 1)
+    return [random_direction(params, gen, skip=skipped_parameters(model), include_skipped=s.include_bias_and_norm)
+            for _ in range(n_dirs)]
+
+
 #: A basin narrower than this many cells of the 2D grid gets a zoomed grid (``probes.surface.zoom_points``).
 ZOOM_CELLS = 5
 #: The zoomed grid spans ± this many robust radii (of the split with the widest basin).
@@ -547,18 +562,22 @@ def zoomed_surfaces(spec: AuditSpec, objectives: dict, directions: list, result:
 def add_topology(result: SurfaceResult) -> None:
     """Persistence and SMAD (traits.probes.topology) of every finite 2D surface, random and eigenvector
     plane; a surface with a diverged point gets a reason instead."""
+    for field_name in ("grids", "plane_grids"):
+        for split, grid in getattr(result, field_name).items():
+            result.topology.setdefault(field_name, {})[split] = topology_of(grid)
+
+
+def topology_of(grid: list) -> dict:
+    """Persistence and SMAD of one stored 2D grid, or ``{"reason": ...}`` when it cannot be computed."""
     from traits.errors import ProbeError
     from traits.probes.topology import surface_topology
 
-    for field_name in ("grids", "plane_grids"):
-        for split, grid in getattr(result, field_name).items():
-            try:
-                topo = surface_topology(nan_array(grid)).to_dict()
-            except ProbeError as exc:
-                topo = {"reason": str(exc)}
-            except ImportError:
-                topo = {"reason": "gudhi is not installed (pip install gudhi): the topology was not computed"}
-            result.topology.setdefault(field_name, {})[split] = topo
+    try:
+        return surface_topology(nan_array(grid)).to_dict()
+    except ProbeError as exc:
+        return {"reason": str(exc)}
+    except ImportError:
+        return {"reason": "gudhi is not installed (pip install gudhi): the topology was not computed"}
 
 
 def hessian_plane_surfaces(spec: AuditSpec, model, objectives: dict, train_objective, result: SurfaceResult,
@@ -701,6 +720,7 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
         targets, spaces, k=cfg.k, seed=stream(spec, "shift_knn"), max_points=cfg.max_points,
         composition_features=features,
         n_train_total=len(train_all), problems=problems, thresholds=thresholds,
+        density_components=cfg.density_components,
     )
 
 
@@ -752,6 +772,126 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
     except TraitsError as exc:
         problems.append(f"no screening calibration written: {exc}")
     return {"methods": methods, "info": info, "n": {k: len(v) for k, v in targets.items()}, "problems": problems}
+
+
+def run_label_free(spec: AuditSpec, model, splits: dict[str, list], prediction_batches: Callable[[list], list],
+                   progress: ProgressFactory | None = None) -> LabelFreeResult:
+    """The label-free probes (:mod:`traits.probes.labelfree`) of every probed split, on exactly the structures
+    the labelled probes use: the Gauss-Newton spectrum, its jackknife and the gradient norms on the Hessian
+    probe's sample and groups (streams ``hessian_subsample``, ``hessian_groups``), the prediction sharpness and
+    the label-free 2D surface on the surfaces' sample and random directions (``surface_subsample``,
+    ``surface``). ``prediction_batches(items)``: batches of ``items`` whose targets are the model's own
+    predictions at θ."""
+    from traits.probes.objective import SplitObjective
+
+    cfg = spec.probes.label_free
+    result = LabelFreeResult(radius=cfg.radius, seed=stream(spec, "surface"))
+    directions = None
+    for k, split in enumerate(spec.probes.splits):
+        part = LabelFreeSplit()
+        graphs = splits.get(split, [])
+        sub = subsample(graphs, spec.probes.hessian.max_samples, stream(spec, "hessian_subsample", k))
+        if sub:
+            _label_free_curvature(spec, SplitObjective(model, prediction_batches(sub), loss="mse"), k, part,
+                                  result.problems, split)
+            part.sample_ids = [str(g.material_id) for g in sub]
+        sub = subsample(graphs, spec.probes.surface.max_samples, stream(spec, "surface_subsample", k))
+        if sub:
+            obj = SplitObjective(model, prediction_batches(sub), loss="mse")
+            directions = directions or surface_directions(spec, model, obj.params)
+            _label_free_surfaces(spec, obj, directions, part, result, progress, split)
+        result.splits[split] = part
+    return result
+
+
+def _label_free_curvature(spec: AuditSpec, obj, index: int, part: LabelFreeSplit, problems: list[str],
+                          split: str) -> None:
+    """The Gauss-Newton spectrum, its jackknife over the Hessian probe's groups, and the gradient norms."""
+    from traits.errors import ProbeError
+    from traits.probes.labelfree import gauss_newton_spectrum, gradient_norms
+    from traits.probes.sampling import assign_groups
+
+    n = obj.n_samples
+    groups = [g.tolist() for g in assign_groups(n, np.random.default_rng(stream(spec, "hessian_groups", index)))] \
+        if n >= 2 else []
+    try:
+        jac = obj.output_jacobian(max_entries=spec.probes.label_free.max_jacobian_entries)
+    except ProbeError as exc:
+        problems.append(f"{split}: the Gauss-Newton curvature was not measured: {exc}")
+        return
+    gn = gauss_newton_spectrum(jac, spec.probes.hessian.top_k, groups)
+    part.n_samples = n
+    part.gn_top_eigenvalues = [float(v) for v in gn.top]
+    part.gn_trace = json_float(gn.trace)
+    if groups:
+        part.gn_lambda_jackknife = Jackknife(value=gn.lambda_max, leave_out=gn.lambda_leave_out,
+                                             stderr=json_float(gn.lambda_stderr), df=gn.df)
+        part.gn_trace_jackknife = Jackknife(value=gn.trace, leave_out=gn.trace_leave_out,
+                                            stderr=json_float(gn.trace_stderr), df=gn.df)
+    part.grad_norms = [float(v) for v in gradient_norms(jac)]
+    part.grad_norm_median = json_float(float(np.median(part.grad_norms)))
+
+
+def _label_free_surfaces(spec: AuditSpec, obj, directions: list, part: LabelFreeSplit, result: LabelFreeResult,
+                         progress: ProgressFactory | None, split: str) -> None:
+    """The prediction sharpness at ±radius along the 1D directions, and the label-free 2D grid and topology."""
+    from traits.probes.labelfree import prediction_sharpness
+    from traits.probes.surface import surface_1d, surface_2d
+
+    s, cfg = spec.probes.surface, spec.probes.label_free
+    radii = torch.tensor([-cfg.radius, cfg.radius], dtype=torch.float64)
+    curves = [surface_1d(obj, d, radii).tolist() for d in directions[:s.directions_1d]]
+    part.sharpness = json_float(prediction_sharpness(curves))
+    part.surface_samples = obj.n_samples
+    if cfg.two_d and len(directions) >= 2:
+        axis = torch.linspace(-s.span, s.span, s.points_2d, dtype=torch.float64)
+        result.span, result.alphas_2d = s.span, axis.tolist()
+        cb = progress(f"label-free 2D surface {split}", s.points_2d**2) if progress else None
+        grid = surface_2d(obj, directions[0], directions[1], axis, axis, chunk_size=s.chunk_size, progress=cb)
+        part.grid = _grid_to_lists(grid)
+        part.topology = topology_of(part.grid)
+
+
+def label_free_ratios(lf: LabelFreeResult | None) -> dict[str, float | None]:
+    """OOD/ID of each label-free probe: ``gn_lambda_ratio``, ``gn_trace_ratio``, ``grad_norm_ratio`` (of the
+    medians), ``lf_sharpness_ratio``, ``lf_smad_ratio`` and ``lf_persistence_ratio`` (of the label-free 2D
+    surface's topology)."""
+    if lf is None or "id" not in lf.splits or "ood" not in lf.splits:
+        return {}
+    i, o = lf.splits["id"], lf.splits["ood"]
+
+    def ratio(a, b) -> float | None:
+        return json_float(a / b) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) \
+            and b > 0 else None
+
+    return {
+        "gn_lambda_ratio": ratio(o.gn_top_eigenvalues[0] if o.gn_top_eigenvalues else None,
+                                 i.gn_top_eigenvalues[0] if i.gn_top_eigenvalues else None),
+        "gn_trace_ratio": ratio(o.gn_trace, i.gn_trace),
+        "grad_norm_ratio": ratio(o.grad_norm_median, i.grad_norm_median),
+        "lf_sharpness_ratio": ratio(o.sharpness, i.sharpness),
+        "lf_smad_ratio": ratio(o.topology.get("smad"), i.topology.get("smad")),
+        "lf_persistence_ratio": ratio(o.topology.get("persistence_range"), i.topology.get("persistence_range")),
+    }
+
+
+def label_free_intervals(lf: LabelFreeResult | None, seed: int) -> dict[str, dict]:
+    """Intervals of the label-free ratios: the Gauss-Newton λ_max and trace from their jackknife over structure
+    groups (the values are exact, so there is no solver bound), the gradient-norm medians by a bootstrap over
+    structures."""
+    from traits import intervals as iv
+
+    out: dict[str, dict] = {}
+    if lf is None or "id" not in lf.splits or "ood" not in lf.splits:
+        return out
+    i, o = lf.splits["id"], lf.splits["ood"]
+    for name, attr in (("gn_lambda_ratio", "gn_lambda_jackknife"), ("gn_trace_ratio", "gn_trace_jackknife")):
+        a, b = getattr(o, attr), getattr(i, attr)
+        if a is not None and b is not None and a.stderr is not None and b.stderr is not None:
+            out[name] = iv.sampled_ratio(iv.Sampled(a.value, a.stderr, a.df), iv.Sampled(b.value, b.stderr, b.df))
+    if o.grad_norms and i.grad_norms:
+        out["grad_norm_ratio"] = iv.bootstrap_ratio(o.grad_norms, i.grad_norms, np.median, seed=seed + 3)
+    return out
 
 
 def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf: SurfaceResult | None,
@@ -1025,6 +1165,7 @@ class AuditContext:
     loss0: dict[str, float | None] = field(default_factory=dict)
     surface: SurfaceResult | None = None
     uncertainty: dict | None = None
+    label_free_result: LabelFreeResult | None = None
 
     @property
     def label_free(self) -> bool:
@@ -1037,11 +1178,18 @@ class AuditContext:
             out = collate(items, self.device, self.dtype)
         else:
             out = self.adapter.batches(items, self.device, self.dtype)
-        if self.label_free:
-            with torch.no_grad():
-                for b in out:
-                    b.y = self.model(b).detach().reshape(b.y.shape).to(self.dtype)
-        return out
+        return self._predicted(out) if self.label_free else out
+
+    def prediction_batches(self, items: list) -> list:
+        """Batches of ``items`` whose targets are the model's own predictions at θ (labelled audit or not)."""
+        out = self.batches_of(items)
+        return out if self.label_free else self._predicted(out)
+
+    def _predicted(self, batches: list) -> list:
+        with torch.no_grad():
+            for b in batches:
+                b.y = self.model(b).detach().reshape(b.y.shape).to(self.dtype)
+        return batches
 
 
 def _progress(ctx: AuditContext, label: str):
@@ -1154,6 +1302,11 @@ def _stage_surfaces(ctx: AuditContext) -> None:
                                train_objective=train_objective, group_batches=ctx.surface_groups)
 
 
+def _stage_label_free(ctx: AuditContext) -> None:
+    ctx.label_free_result = run_label_free(ctx.spec, ctx.model, ctx.data.splits, ctx.prediction_batches,
+                                           ctx.progress)
+
+
 def _stage_uncertainty(ctx: AuditContext) -> None:
     ctx.uncertainty = run_uncertainty(ctx.spec, ctx.model, ctx.data.splits, ctx.out_dir, ctx.device, ctx.dtype)
 
@@ -1178,6 +1331,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("domain shift", _stage_shift, lambda spec: spec.probes.shift.enabled, "shift", "domain-shift diagnostics"),
     Stage("Hessian", _stage_hessians_and_objectives),
     Stage("surfaces", _stage_surfaces, lambda spec: spec.probes.surface.enabled, "surfaces"),
+    Stage("label-free probes", _stage_label_free, lambda spec: spec.probes.label_free.enabled, "label_free",
+          "label-free probes"),
     Stage("uncertainty", _stage_uncertainty, lambda spec: spec.probes.uncertainty.enabled, "uncertainty",
           "per-compound uncertainty"),
 )
@@ -1221,6 +1376,7 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
             clear_relative_metrics(m)
     intervals = ratio_intervals(metrics, ctx.acc, ctx.hessians, ctx.shift, stream(spec, "ratio_intervals"),
                                 ctx.surface)
+    intervals.update(label_free_intervals(ctx.label_free_result, stream(spec, "ratio_intervals")))
     checkpoint_path = loaded.checkpoint
     provenance = Provenance(
         traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
@@ -1240,7 +1396,9 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
         accuracy=ctx.acc, hessian=ctx.hessians, surface=ctx.surface, shift=shift, uncertainty=ctx.uncertainty,
         metrics=metrics,
-        ratios=certified_ratios({**ratios(metrics, ctx.acc), **(shift.ratios if shift is not None else {})}, intervals),
+        ratios=certified_ratios({**ratios(metrics, ctx.acc), **(shift.ratios if shift is not None else {}),
+                                 **label_free_ratios(ctx.label_free_result)}, intervals),
+        label_free=ctx.label_free_result,
         ratio_intervals=intervals, mode="label-free" if ctx.label_free else "labels",
         prediction_stats=ctx.prediction_stats, model_info=(loaded.metadata or {}).get("model_info"),
     )

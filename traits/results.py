@@ -21,7 +21,7 @@ from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`);
 #: the fields of a newer minor version that this reader does not know are ignored.
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -308,6 +308,16 @@ class ShiftSamples(_Result):
     distances: dict[str, list[float]] = Field(default_factory=dict)
 
 
+class EmbeddingDensity(_Result):
+    """Each split's mean negative log-likelihood under a Gaussian mixture fitted to the training embeddings
+    (:func:`traits.shift.embedding_density`; schema 1.7)."""
+
+    n_components: int
+    bic: list[float] = Field(default_factory=list, description="BIC of the mixtures of 1, 2, ... components")
+    n_train: int = 0
+    nll: dict[str, MaybeFloat] = Field(default_factory=dict, description="split -> mean −log p per compound")
+
+
 class ShiftResult(_Result):
     """Domain-shift diagnostics: is the OOD set inside the training domain? (see :mod:`traits.shift`)"""
 
@@ -322,6 +332,40 @@ class ShiftResult(_Result):
         default_factory=dict, description="the verdict rule's thresholds in force when it was measured"
     )
     problems: list[str] = Field(default_factory=list, description="bad inputs met; each becomes a finding")
+    density: EmbeddingDensity | None = Field(None, description="the embedding density (schema 1.7)")
+
+
+class LabelFreeSplit(_Result):
+    """One split's label-free probes (:mod:`traits.probes.labelfree`; schema 1.7): the Gauss-Newton curvature of
+    the model's own predictions, exact from the per-structure gradients, on the Hessian probe's sample; the
+    prediction sharpness and the label-free 2D surface on the surfaces' sample."""
+
+    n_samples: int = 0
+    sample_ids: list[str] = Field(default_factory=list, description="ids of the Hessian sample, in sample order")
+    gn_top_eigenvalues: list[float] = Field(default_factory=list, description="top eigenvalues of (2/N) JᵀJ")
+    gn_trace: MaybeFloat = Field(None, description="tr((2/N) JᵀJ) = (2/N) Σ ‖∇θ f_i‖², exact")
+    gn_lambda_jackknife: Jackknife | None = Field(None, description="λ_max's delete-a-group jackknife over the "
+                                                  "Hessian sample's structure groups")
+    gn_trace_jackknife: Jackknife | None = None
+    grad_norms: list[float] = Field(default_factory=list, description="‖∇θ f_i‖ per structure of the sample")
+    grad_norm_median: MaybeFloat = None
+    sharpness: MaybeFloat = Field(None, description="mean squared change of the predictions at the radius, "
+                                  "along the random directions, both signs")
+    surface_samples: int = 0
+    grid: list[list[MaybeFloat]] = Field(default_factory=list, description="[α][β] label-free loss on the "
+                                         "random plane of the surfaces (alphas_2d)")
+    topology: dict[str, Any] = Field(default_factory=dict, description="persistence and SMAD of that grid")
+
+
+class LabelFreeResult(_Result):
+    """The label-free probes of every probed split (``probes.label_free``; schema 1.7)."""
+
+    radius: float = Field(0.1, description="filter-normalised radius of the prediction sharpness")
+    span: MaybeFloat = None
+    alphas_2d: list[float] = Field(default_factory=list)
+    seed: int = 0
+    splits: dict[str, LabelFreeSplit] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list, description="what was not measured, and why")
 
 
 class Finding(_Result):
@@ -383,6 +427,9 @@ class AuditResult(_Result):
     shift: ShiftResult | None = None
     uncertainty: dict[str, Any] | None = Field(
         None, description="per-compound uncertainty methods scored against the errors (probes.uncertainty)")
+    label_free: LabelFreeResult | None = Field(
+        None, description="label-free probes: Gauss-Newton curvature of the predictions, gradient norms, prediction "
+        "sharpness, the label-free surface's topology (probes.label_free; schema 1.7)")
     metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
     ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each metric")
     ratio_intervals: dict[str, RatioInterval] = Field(

@@ -439,6 +439,11 @@ class ShiftSpec(_Strict):
         0.2, gt=0, le=1, description="The OOD targets 'lie outside the training range' when at least this share "
         "falls outside the training 1st-99th percentiles (about 0.02 for a split drawn like the training set).",
     )
+    density_components: int = Field(
+        10, ge=0, le=30, description="Fit Gaussian mixtures of 1 to this many components to the training "
+        "compounds' standardised embeddings (at most max_points of them, seeded), keep the one with the lowest "
+        "BIC, and report each split's mean negative log-likelihood under it (the embedding density; OOD minus ID "
+        "is `embedding_density_gap`). 0 turns it off.")
 
 
 class UncertaintySpec(_Strict):
@@ -458,6 +463,22 @@ class UncertaintySpec(_Strict):
         description="At most this many val / ID / OOD compounds scored.")
 
 
+class LabelFreeSpec(_Strict):
+    """Label-free probes (:mod:`traits.probes.labelfree`), run beside the labelled ones on the same structures:
+    they need no target, so they mean the same in a labelled and a label-free audit."""
+
+    enabled: bool = Field(False, description="Measure the Gauss-Newton curvature of the model's own predictions "
+                          "(λ_max and trace of (2/N)JᵀJ, exact, on the Hessian probe's sample), per-structure "
+                          "gradient norms, the prediction sharpness at `radius`, and the label-free 2D surface "
+                          "(its SMAD and persistence) on the surfaces' random plane and sample.")
+    radius: float = Field(0.1, gt=0, le=10, description="Filter-normalised radius of the prediction sharpness.")
+    two_d: bool = Field(True, description="Also evaluate the label-free 2D surface (probes.surface.points_2d "
+                        "squared forward passes per split) and its topology.")
+    max_jacobian_entries: int = Field(
+        200_000_000, ge=1, le=2_000_000_000, description="Refuse (with a note in the result) a Jacobian of more "
+        "structures × parameters than this: it is held whole (8 bytes each in float64).")
+
+
 class ProbeSpec(_Strict):
     seed: int | None = Field(
         None, ge=0, lt=2**63, description="Seed of every probe's random choices (structure subsamples, jackknife "
@@ -470,6 +491,7 @@ class ProbeSpec(_Strict):
     surface: SurfaceSpec = Field(default_factory=SurfaceSpec)
     shift: ShiftSpec = Field(default_factory=ShiftSpec)
     uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
+    label_free: LabelFreeSpec = Field(default_factory=LabelFreeSpec)
 
     @field_validator("splits")
     @classmethod

@@ -471,6 +471,24 @@ class SplitObjective:
         sq: list[torch.Tensor] = []
         proj: list[torch.Tensor] = []
         z = None if probes is None else probes.detach().to(device=self.device, dtype=self.dtype)
+        for g in self._gradient_rows(batched):
+            sq.extend((g * g).sum(dim=1))
+            if z is not None:
+                proj.extend(g @ z.T)
+        return torch.stack(sq), (torch.stack(proj) if z is not None else None)
+
+    def output_jacobian(self, batched: bool = True, max_entries: int | None = None) -> torch.Tensor:
+        """The (N, dim) Jacobian J of the model's outputs at theta: row i is ∇θ f_i, in batch order.
+
+        It is held whole (N × dim values), so ``max_entries`` refuses a Jacobian larger than that before any
+        backward pass (a :class:`~traits.errors.ProbeError` naming the size)."""
+        if max_entries is not None and self.n_samples * self.dim > max_entries:
+            raise ProbeError(f"the Jacobian of {self.n_samples} outputs by {self.dim} parameters holds "
+                             f"{self.n_samples * self.dim:,} values, more than the {max_entries:,} allowed")
+        return torch.cat(list(self._gradient_rows(batched)))
+
+    def _gradient_rows(self, batched: bool) -> Iterator[torch.Tensor]:
+        """Per batch, the (n_b, dim) rows ∇θ f_i of its samples (one forward, then vmapped or single backwards)."""
         with torch.enable_grad(), eval_mode(self.model):
             leaves = self._leaves()
             inputs = [leaves[n] for n in self.names]
@@ -481,17 +499,12 @@ class SplitObjective:
                     raise ProbeError(f"model predictions have {pred.numel()} values but the batch "
                                      f"{self.targets[i].numel()} targets")
                 if not pred.requires_grad:  # the outputs do not depend on the parameters
-                    g = torch.zeros((pred.numel(), self.dim), dtype=self.dtype, device=self.device)
+                    yield torch.zeros((pred.numel(), self.dim), dtype=self.dtype, device=self.device)
                 elif batched and self.vmap_grads_ok is not False:
                     g = self._rows_batched(pred, inputs)
-                    if g is None:
-                        g = self._rows_one_by_one(pred, inputs)
+                    yield g if g is not None else self._rows_one_by_one(pred, inputs)
                 else:
-                    g = self._rows_one_by_one(pred, inputs)
-                sq.extend((g * g).sum(dim=1))
-                if z is not None:
-                    proj.extend(g @ z.T)
-        return torch.stack(sq), (torch.stack(proj) if z is not None else None)
+                    yield self._rows_one_by_one(pred, inputs)
 
     #: None until output_gradients first tried a vmapped backward, then whether it worked for this model
     vmap_grads_ok: bool | None = None

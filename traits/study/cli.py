@@ -119,7 +119,7 @@ def generate_study(out, *, pool: Path | None, out_dir: Path, source: str, elemen
         data["path"] = fm.relative_data_path(pool, out_dir)
     if target_column:
         data["target_column"] = target_column
-    profiles = {"study": {**fm.STUDY_PROFILE, "data.subsample": criteria.subsample}, "tiny": dict(fm.TINY_PROFILE)}
+    profiles = fm.study_profiles(criteria.subsample)
     written = fm.write_study(out_dir, chosen, targets, data, profiles=profiles, meta={
         "pool": str(pool) if pool else "bundled sample", "pool_size": len(lab), "labels": lab.backend,
         "criteria": {"min_ood": criteria.min_ood, "min_train": criteria.min_train, "subsample": criteria.subsample,

@@ -100,6 +100,23 @@ TINY_PROFILE: dict[str, Any] = {
     "report.formats": ["json"],
 }
 
+#: Study v2 (docs/study/v2/PREREGISTRATION.md): the study's budget with the label-free probes beside the labelled
+#: ones, on the same structures.
+V2_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True}
+#: Study v2's first pass: training (the checkpoint is kept), accuracy, domain shift and the label-free probes;
+#: the labelled Hessians and surfaces run later on the kept checkpoints (``traits study reprobe``).
+V2_LABEL_FREE_PROFILE: dict[str, Any] = {**V2_PROFILE, "probes.hessian.enabled": False,
+                                         "probes.surface.enabled": False, "report.formats": ["json"]}
+#: A pipeline check of study v2 (never evidence).
+V2_TINY_PROFILE: dict[str, Any] = {**TINY_PROFILE, "probes.label_free.enabled": True}
+
+
+def study_profiles(subsample: int | None = None) -> dict[str, dict[str, Any]]:
+    """The profiles a generated study's campaign.yaml offers (``subsample``: the study budget's data.subsample)."""
+    sub = {} if subsample is None else {"data.subsample": subsample}
+    return {"study": {**STUDY_PROFILE, **sub}, "tiny": dict(TINY_PROFILE), "v2": {**V2_PROFILE, **sub},
+            "v2-label-free": {**V2_LABEL_FREE_PROFILE, **sub}, "v2-tiny": dict(V2_TINY_PROFILE)}
+
 
 @dataclass
 class PoolLabels:
@@ -407,11 +424,12 @@ def write_study(out: Path, fams: list[Family], targets: Sequence[str], data: dic
         written.append(write_text_atomic(path, head + yaml.safe_dump(spec, sort_keys=False)))
         rows.append({**asdict(fam), "name": spec["name"], "target": target})
     campaign = {
-        "profiles": profiles if profiles is not None else {"study": dict(STUDY_PROFILE), "tiny": dict(TINY_PROFILE)},
+        "profiles": profiles if profiles is not None else study_profiles(),
         "resources": resources or {"default": {"CPU": 1}},
     }
     write_text_atomic(out / "campaign.yaml", "# Profiles of the generated study: `study` is the issue-16 budget; "
-                      "`tiny` is a pipeline check only.\n" + yaml.safe_dump(campaign, sort_keys=False))
+                      "`v2` adds the label-free probes (study v2), `v2-label-free` is v2's first pass; `tiny` and "
+                      "`v2-tiny` are pipeline checks only.\n" + yaml.safe_dump(campaign, sort_keys=False))
     write_json_atomic(out / "families.json", {"version": STUDY_VERSION, **(meta or {}), "tasks": rows})
     return written
 

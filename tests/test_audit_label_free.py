@@ -1,0 +1,107 @@
+"""The label-free stage of an audit (probes.label_free) on the bundled sample and the quickstart checkpoint.
+
+Its independent reference is the audit's own Hessian and surface probes run in label-free mode
+(``data.target: model``): there the loss is the label-free loss, so the Lanczos λ_max and the Gauss-Newton
+control-variate trace of the Hessian probe must equal the exact Gauss-Newton spectrum from the Jacobian,
+the label-free 2D grid must equal the surface probe's, and the prediction sharpness must equal the surface
+probe's 1D curves at ±radius — on the same structures and directions, drawn from the same streams.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from traits.audit import run_audit
+from traits.results import load_result
+from traits.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "audits" / "quickstart.yaml"
+
+SMALL = {
+    "device": "cpu",
+    "data.subsample": 400,
+    "probes.hessian.max_samples": 16,
+    "probes.hessian.top_k": 2,
+    "probes.hessian.max_steps": 40,
+    "probes.hessian.tol": 1e-8,
+    "probes.hessian.trace_hvps": 3,
+    "probes.hessian.density_runs": 1,
+    "probes.hessian.density_steps": 4,
+    "probes.surface.points_1d": 9,
+    "probes.surface.points_2d": 5,
+    "probes.surface.max_samples": 24,
+    "probes.surface.directions": "random",
+    "probes.label_free.enabled": True,
+    "probes.label_free.radius": 0.25,  # a point of the 9-point 1D grid on [-0.5, 0.5]
+    "report.formats": ["json"],
+}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lf") / "labelled"
+    return run_audit(load_spec(QUICKSTART, overrides=SMALL), out)
+
+
+@pytest.fixture(scope="module")
+def label_free(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lf") / "label-free"
+    return run_audit(load_spec(QUICKSTART, overrides={**SMALL, "data.target": "model"}), out)
+
+
+def test_the_label_free_probes_use_the_labelled_probes_structures(labelled):
+    lf = labelled.label_free
+    assert set(lf.splits) == {"id", "ood"}
+    for split, part in lf.splits.items():
+        assert part.sample_ids == labelled.hessian[split].sample_ids
+        assert part.n_samples == 16 and len(part.grad_norms) == 16
+        assert part.surface_samples == labelled.surface.n_samples[split]
+        assert np.array(part.grid).shape == (5, 5)
+        assert part.gn_lambda_jackknife is not None and part.gn_lambda_jackknife.df >= 1
+
+
+def test_the_ratios_are_ood_over_id_and_carry_intervals(labelled):
+    lf, r = labelled.label_free.splits, labelled.ratios
+    assert r["gn_lambda_ratio"] == pytest.approx(lf["ood"].gn_top_eigenvalues[0] / lf["id"].gn_top_eigenvalues[0])
+    assert r["gn_trace_ratio"] == pytest.approx(lf["ood"].gn_trace / lf["id"].gn_trace)
+    assert r["grad_norm_ratio"] == pytest.approx(lf["ood"].grad_norm_median / lf["id"].grad_norm_median)
+    assert r["lf_sharpness_ratio"] == pytest.approx(lf["ood"].sharpness / lf["id"].sharpness)
+    assert r["lf_smad_ratio"] == pytest.approx(lf["ood"].topology["smad"] / lf["id"].topology["smad"])
+    for name in ("gn_lambda_ratio", "gn_trace_ratio"):
+        iv = labelled.ratio_intervals[name]
+        assert iv.kind == "jackknife over structures" and iv.low <= r[name] <= iv.high
+    assert labelled.ratio_intervals["grad_norm_ratio"].kind == "bootstrap over compounds"
+    assert "embedding_density_gap" in r and labelled.shift.density.n_components >= 1
+
+
+def test_the_exact_spectrum_equals_the_label_free_hessian_probe(label_free):
+    lf = label_free.label_free.splits
+    for split in ("id", "ood"):
+        h = label_free.hessian[split]
+        assert h.sample_ids == lf[split].sample_ids
+        assert h.top_eigenvalues[0] == pytest.approx(lf[split].gn_top_eigenvalues[0], rel=1e-4)
+        trace = next(t for t in h.traces if t.method == "gauss-newton+hutchinson")
+        assert trace.estimate == pytest.approx(lf[split].gn_trace, rel=1e-5)
+
+
+def test_the_label_free_surfaces_equal_the_surface_probe(label_free):
+    lf, surf = label_free.label_free, label_free.surface
+    alphas = np.array(surf.alphas_1d)
+    at = [int(np.argmin(abs(alphas + 0.25))), int(np.argmin(abs(alphas - 0.25)))]
+    for split in ("id", "ood"):
+        np.testing.assert_allclose(lf.splits[split].grid, surf.grids[split], rtol=1e-5, atol=1e-9)
+        curves = np.array(surf.curves[split])
+        assert lf.splits[split].sharpness == pytest.approx(float(curves[:, at].mean()), rel=1e-5)
+        assert lf.splits[split].topology["smad"] == pytest.approx(surf.topology["grids"][split]["smad"], rel=1e-4)
+
+
+def test_results_with_label_free_probes_round_trip(labelled, tmp_path):
+    path = tmp_path / "results.json"
+    labelled.write(path)
+    again = load_result(path)
+    assert again.label_free == labelled.label_free
+    assert again.shift.density == labelled.shift.density
