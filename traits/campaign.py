@@ -808,22 +808,32 @@ def _pm(entry: dict, key: str) -> str:
     return _f(mean) if std is None else f"{_f(mean)} ± {_f(std, 2)}"
 
 
+def table_columns() -> list[tuple[str, str]]:
+    """The campaign table's metric columns, from the catalogue (:func:`traits.catalogue.columns`): (heading, key),
+    a metric's ID and OOD values first where the catalogue compares them per split ('ID MAE', 'λ_max ID'), then
+    its OOD/ID ratio ('OOD/ID λ_max')."""
+    out = []
+    for m in _catalogue.columns():
+        if m.split_label and m.split_key:
+            heads = (f"ID {m.column}", f"OOD {m.column}") if m.kind == "error" else (f"{m.column} ID",
+                                                                                    f"{m.column} OOD")
+            out += [(heads[0], f"id_{m.split_key}"), (heads[1], f"ood_{m.split_key}")]
+        out.append((f"OOD/ID {m.column}", m.name))
+    return out
+
+
 def summary_markdown(summary: dict) -> str:
+    columns = table_columns()
     lines = [
-        "| task | target | omitted | ID MAE | OOD MAE | OOD/ID MAE | λ_max ID | λ_max OOD | OOD/ID λ_max "
-        "| trace ID | trace OOD | OOD/ID trace | radius ID | radius OOD | OOD/ID radius "
-        "| OOD/ID embedding kNN | OOD/ID composition kNN | OOD targets outside train p1–p99 | domain shift | verdict |",
-        "|" + "---|" * 20,
+        "| task | target | omitted | " + " | ".join(head for head, _ in columns)
+        + " | OOD targets outside train p1–p99 | domain shift | verdict |",
+        "|" + "---|" * (len(columns) + 6),
     ]
     for e in summary["tasks"]:
         outside = e.get("ood_target_outside")
         lines.append("| " + " | ".join([
             markdown_literal(e["task"]), markdown_literal(e["target"]), markdown_literal(held_out_text(e)),
-            _pm(e, "id_mae"), _pm(e, "ood_mae"),
-            _pm(e, "mae_ratio"), _pm(e, "id_lambda_max"), _pm(e, "ood_lambda_max"), _pm(e, "lambda_ratio"),
-            _pm(e, "id_trace"), _pm(e, "ood_trace"), _pm(e, "trace_ratio"), _pm(e, "id_robust_radius"),
-            _pm(e, "ood_robust_radius"), _pm(e, "radius_ratio"), _pm(e, "embedding_knn_ratio"),
-            _pm(e, "composition_knn_ratio"), "–" if outside is None else f"{outside:.1%}",
+            *(_pm(e, key) for _, key in columns), "–" if outside is None else f"{outside:.1%}",
             markdown_literal("/".join(e.get("shift_cases", [])) or "–"), markdown_literal("/".join(e["verdicts"])),
         ]) + " |")
     lines += ["", "Spearman rank correlation of each metric's OOD/ID ratio with the OOD/ID MAE ratio, over every "
@@ -853,7 +863,8 @@ def summary_figure(summary: dict):
     composition kNN-distance baselines) per task, log scale, ± std."""
     from matplotlib.figure import Figure
 
-    keys = ("mae_ratio", "lambda_ratio", "trace_ratio", "radius_ratio", "embedding_knn_ratio", "composition_knn_ratio")
+    keys = tuple(m.name for m in _catalogue.columns())
+    labels = _catalogue.labels()
     tasks = summary["tasks"]
     fig = Figure(figsize=(6.7, 3.6), layout="constrained")
     ax = fig.add_subplot()
@@ -862,14 +873,23 @@ def summary_figure(summary: dict):
     for i, key in enumerate(keys):
         means = [e.get(key) or np.nan for e in tasks]
         stds = [e.get(f"{key}_std") or 0.0 for e in tasks]
-        ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=stds, label=RATIO_LABELS[key], capsize=2,
-               hatch="///" if RATIO_KIND.get(key) == "distance baseline" else None, edgecolor="white", lw=0.3)
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=stds, label=labels[key], capsize=2,
+               hatch="///" if _catalogue.metric(key).kind == "distance baseline" else None, edgecolor="white", lw=0.3)
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xticks(x, [e["task"] for e in tasks], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("OOD / ID ratio (log scale)")
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, ncols=3, loc="outside upper center", frameon=False)
     return fig
+
+
+def _html_columns() -> list[dict]:
+    """The summary page's metric columns (:func:`traits.catalogue.columns`): key, heading (HTML, λ_max as
+    λ<sub>max</sub>) and, for an error, the per-split key its ID and OOD values are read from."""
+    from markupsafe import Markup, escape
+
+    return [{"key": m.name, "head": Markup(str(escape(m.column)).replace("λ_max", "λ<sub>max</sub>")),
+             "split": m.split_key if m.kind == "error" else ""} for m in _catalogue.columns()]
 
 
 def write_summary(summary: dict, out_dir: Path) -> dict[str, Path]:
@@ -889,7 +909,7 @@ def write_summary(summary: dict, out_dir: Path) -> dict[str, Path]:
         fig = encode(summary_figure(summary), svg=medium == "html", png_dpi=None if medium == "html" else 200)
         html = env.get_template("summary.html.j2").render(
             summary=summary, figure=fig.svg if medium == "html" else fig.png, css=css,
-            labels=RATIO_LABELS, pm=_pm, f=_f, held_out=held_out_text,
+            labels=RATIO_LABELS, pm=_pm, f=_f, held_out=held_out_text, columns=_html_columns(),
         )
         if medium == "html":
             paths["html"] = write_text_atomic(out_dir / "summary.html", html)

@@ -1,7 +1,15 @@
 """The one catalogue of metrics: what each OOD/ID number is, which way is worse, which gate reads it,
 whether it fails an audit by default, and what the committed study measured about it.
 
-Ratios, report rows, campaign columns and gates read this list instead of keeping their own:
+Ratios, report rows, campaign columns and gates read this list instead of keeping their own, when they are
+called (so a metric added here, with the function that computes it, needs no other change):
+:class:`traits.spec.GateSpec` is built from the gated entries (field, default threshold, description); the
+verdict (:mod:`traits.verdict`) gates each of them, words its finding from the entry's :class:`Sentences` (or a
+generic sentence from its labels) and flags the landscape from its ``flag``; the report's summary table
+(:mod:`traits.report.headline`: ``headline``, ``split_unit``, ``source``), its first screen
+(:mod:`traits.report.glance`: ``short``, ``modes``, ``unit``), its ratio labels (:mod:`traits.report.sections`),
+the comparison (:mod:`traits.compare`, :mod:`traits.pairing`: ``split_label``, ``source``, ``direction``) and the
+campaign tables (``column``) read it too;
 :mod:`traits.campaign` takes its columns, labels, kinds and expected signs from it; the study summary
 (:mod:`traits.study.summary`) writes the measured ρ into ``catalogue-evidence.json`` beside the summary,
 and an adopted copy (:data:`EVIDENCE_FILE`, in the package) is what :func:`evidence` reads, so a report can
@@ -77,6 +85,21 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 @dataclass(frozen=True)
+class Sentences:
+    """What the verdict says about a gate on the metric (:func:`traits.verdict._finding_for_gate`), as
+    :meth:`str.format` templates with the fields ``shown`` (the value with its interval, '1.23 [1.10, 1.41]'),
+    ``value`` (the number) and ``who`` (the OOD set, 'Fe-containing compounds')."""
+
+    beyond: str                  # the gate fired (fail or warn)
+    within: str                  # the gate passed
+    neutral: str = ""            # the value is exactly the neutral one (0 for a fraction): overrides both
+
+
+#: The modes of an audit (``AuditResult.mode``): Hessians of the labelled loss, or of the model's own predictions.
+MODES = ("labels", "label-free")
+
+
+@dataclass(frozen=True)
 class Metric:
     name: str                    # the key in AuditResult.ratios / the campaign row
     label: str                   # short label for tables and figures
@@ -98,6 +121,44 @@ class Metric:
     #: ``hessian_<split>``): what a JUnit case of its gate is timed by.
     stage: str = ""
     evidence: Evidence | None = None
+    #: The audit modes that measure it (``AuditResult.mode``): an error needs labels.
+    modes: tuple[str, ...] = MODES
+    #: How its interval is made (what the gate decides on; :mod:`traits.intervals`), '' without one.
+    interval: str = ""
+    #: The verdict's finding sentences for its gate; None: a generic sentence built from this entry.
+    sentences: Sentences | None = None
+    #: The gate's short name in the report's first screen ("λmax ratio"; :mod:`traits.report.glance`).
+    short: str = ""
+    #: The GateSpec field's description (``traits schema`` shows it).
+    gate_description: str = ""
+    #: A landscape flag of the domain-shift rule when its gate fires beyond doubt: (kind, detail template with
+    #: ``{value}``), e.g. ("sharp", "λ_max {value:.2f}x the ID value"); None: not a flag.
+    flag: tuple[str, str] | None = None
+    #: The gate reads the largest per-split value of ``source`` ("max"), not a ratio of ``AuditResult.ratios``.
+    reduce: str = ""
+    #: What one grid step is, when a split's value can lie below the grid's resolution ("one 1D grid step").
+    resolution: str = ""
+    #: The note a finding adds when a split's value is censored (``<split value>_censored`` in the metrics).
+    censored_note: str = ""
+    #: The summary table's row (:mod:`traits.report.headline`) and the comparison's per-split rows: its key
+    #: ("lambda_max"), label ("largest Hessian eigenvalue λmax"; default ``report_label``) and the unit of the
+    #: per-split values: "target" (the result's unit), "loss" (the loss's), or a unit named as is.
+    headline: str = ""
+    headline_label: str = ""
+    split_unit: str = ""
+    #: The comparison's label of a per-split value ("λmax": "ID test λmax", "OOD λmax"); '' : not compared per split.
+    split_label: str = ""
+    #: The campaign tables' short heading ("λ_max"); '': not a column of the campaign table.
+    column: str = ""
+
+    @property
+    def split_key(self) -> str:
+        """The per-split quantity behind the ratio ("lambda_max" for metrics.lambda_max), '' for none."""
+        return self.source.split(".", 1)[1] if self.source and "." in self.source else ""
+
+    @property
+    def row_label(self) -> str:
+        return self.headline_label or self.report_label or self.label
 
     @property
     def worse(self) -> str:
@@ -115,18 +176,41 @@ class Metric:
 _METRICS: tuple[Metric, ...] = (
     Metric("mae_ratio", "MAE", "error", gate_field="max_mae_ratio", comparison="<=", threshold=2.0,
            fails_by_default=True,
-           report_label="MAE", source="accuracy.mae", ranked=False,
+           report_label="MAE", source="accuracy.mae", ranked=False, modes=("labels",),
+           interval="bootstrap over compounds", short="OOD/ID MAE ratio",
+           gate_description="Flag when OOD MAE / ID MAE exceeds this (fails by default).",
+           headline="mae", headline_label="mean absolute error", split_unit="target", split_label="MAE", column="MAE",
            description="OOD MAE / ID MAE: the error itself, the quantity every other metric is ranked against."),
     Metric("rmse_ratio", "RMSE", "error", report_label="RMSE", source="accuracy.rmse", ranked=False,
+           modes=("labels",), interval="bootstrap over compounds", split_unit="target", split_label="RMSE",
            description="OOD RMSE / ID RMSE."),
     Metric("lambda_ratio", "λ_max", "landscape", gate_field="max_lambda_ratio", comparison="<=", threshold=3.0,
            report_label="largest Hessian eigenvalue λmax", source="metrics.lambda_max",
+           interval="jackknife over structures (or the solver bound, or sampled draws)", short="λmax ratio",
+           gate_description="Flag when OOD λ_max / ID λ_max exceeds this.",
+           sentences=Sentences("OOD λ_max is {shown}x the ID λ_max: the OOD loss is much sharper for {who}",
+                               "OOD λ_max is {shown}x the ID λ_max: curvature is comparable for {who}"),
+           flag=("sharp", "λ_max {value:.2f}x the ID value"),
+           headline="lambda_max", split_unit="loss", split_label="λmax", column="λ_max",
            description="Top Hessian eigenvalue of the OOD loss over the ID one (certified Lanczos)."),
     Metric("trace_ratio", "trace", "landscape", gate_field="max_trace_ratio", comparison="<=", threshold=3.0,
            report_label="Hessian trace", source="metrics.trace",
+           interval="jackknife over structures (or the Monte-Carlo error: Fieller's interval)",
+           short="Hessian-trace ratio", gate_description="Flag when OOD trace / ID trace exceeds this.",
+           sentences=Sentences("OOD Hessian trace is {shown}x the ID trace: more total curvature for {who}",
+                               "OOD Hessian trace is {shown}x the ID trace: comparable total curvature for {who}"),
+           flag=("sharp", "Hessian trace {value:.2f}x the ID value"),
+           headline="trace", split_unit="loss", split_label="Hessian trace", column="trace",
            description="Hessian trace (Gauss-Newton control variate), OOD over ID."),
     Metric("radius_ratio", "robust radius", "landscape", direction=-1.0, gate_field="min_radius_ratio", threshold=0.5,
            comparison=">=", report_label="robust radius", source="metrics.robust_radius",
+           interval="grid resolution (the bisection bracket), or sampled draws", short="robust-radius ratio",
+           gate_description="Flag when OOD/ID robust radius is below this.",
+           sentences=Sentences("OOD robust radius is {shown}x the ID radius: the representation is fragile for {who}",
+                               "OOD robust radius is {shown}x the ID radius: the loss basin is as wide for {who}"),
+           flag=("sharp", "robust radius {value:.2f}x the ID radius"), resolution="one 1D grid step",
+           censored_note=" (at least one radius reached the edge of the grid: a lower bound)",
+           headline="robust_radius", split_unit="α units", split_label="robust radius", column="radius",
            description="Radius of the region where the loss stays within L(θ) + δ (one absolute band δ for both "
            "splits), OOD over ID. Warn-only until a study shows it tracks OOD error."),
     Metric("sharpness_ratio", "sharpness", "landscape", report_label="sharpness", source="metrics.sharpness",
@@ -154,14 +238,27 @@ _METRICS: tuple[Metric, ...] = (
            report_label="loss entropy: a difference, OOD − ID", source="metrics.entropy",
            description="Entropy of the loss surface, OOD minus ID."),
     Metric("loss_ratio", "loss at θ", "error at θ (reference)", report_label="loss at θ", source="metrics.loss",
+           headline="loss", split_unit="loss",
            description="The probes' own MSE at θ, OOD over ID; listed, never a 'best' predictor."),
     Metric("embedding_knn_ratio", "embedding kNN distance", "distance baseline",
            gate_field="max_embedding_knn_ratio", threshold=2.0,
-           comparison="<=", report_label="embedding kNN distance, median", source="shift",
+           comparison="<=", report_label="embedding kNN distance, median", source="shift.embedding",
+           interval="bootstrap over compounds", short="embedding-distance ratio",
+           gate_description="Flag when the OOD compounds' median distance to their nearest training compounds in "
+           "the model's embedding exceeds this multiple of the ID one (the verdict then reads the OOD errors as "
+           "extrapolation).",
+           sentences=Sentences("In the model's embedding, OOD compounds are {value:.2f}x as far from their nearest "
+                               "training compounds as ID test compounds: the representation places {who} outside "
+                               "the domain it learned",
+                               "In the model's embedding, OOD compounds are {value:.2f}x as far from their nearest "
+                               "training compounds as ID test compounds: the representation places {who} within "
+                               "the domain it learned"),
+           headline="embedding_knn", split_unit="dimensionless", column="embedding kNN",
            description="Median distance of OOD compounds to their nearest training compounds in the model's "
            "embedding, over the ID one."),
     Metric("composition_knn_ratio", "composition kNN distance", "distance baseline",
-           report_label="composition kNN distance, median", source="shift",
+           report_label="composition kNN distance, median", source="shift.composition", column="composition kNN",
+           interval="bootstrap over compounds",
            description="The same in a composition (element-fraction) space: needs no model."),
     Metric("target_wasserstein_ratio", "target Wasserstein to train", "distance baseline",
            report_label="Wasserstein distance of the targets to train", source="shift",
@@ -174,7 +271,13 @@ _METRICS: tuple[Metric, ...] = (
            report_label="KS statistic of the targets against train", source="shift"),
     Metric("nan_fraction", "non-finite share of the loss surfaces", "surface", unit="fraction",
            gate_field="max_nan_fraction", comparison="<=", threshold=0.0, fails_by_default=True, ranked=False,
-           report_label="non-finite share of the loss surfaces", source="metrics.nan_fraction",
+           report_label="non-finite share of the loss surfaces", source="metrics.nan_fraction", reduce="max",
+           short="non-finite share of the loss surfaces",
+           gate_description="Flag when more of a surface is NaN (fails by default).",
+           sentences=Sentences("{value:.1%} of the loss-surface points are NaN or infinite: the loss diverges within "
+                               "the probed region",
+                               "{value:.1%} of the loss-surface points are NaN or infinite: the loss diverges within "
+                               "the probed region", neutral="every loss-surface point is finite"),
            description="A numerical failure of the model, not a predictor: not ranked."),
 )
 
@@ -257,6 +360,30 @@ def metric(name: str) -> Metric:
         if m.name == name:
             return m
     raise KeyError(name)
+
+
+def gated() -> tuple[Metric, ...]:
+    """The metrics a gate reads, in the catalogue's order (read at call time, without the evidence file)."""
+    return tuple(m for m in _METRICS if m.gate_field)
+
+
+def gate_threshold(gates, m: Metric) -> float:
+    """The threshold of ``m``'s gate in ``gates`` (a :class:`traits.spec.GateSpec`), its default where the spec
+    has no such field."""
+    return float(getattr(gates, m.gate_field, m.threshold))
+
+
+def headlines() -> tuple[Metric, ...]:
+    """The metrics of the summary table (:mod:`traits.report.headline`), in its order: the errors, the loss at θ,
+    then the others in the catalogue's order."""
+    first = ("error", "error at θ (reference)")
+    return tuple(sorted((m for m in _METRICS if m.headline),
+                        key=lambda m: first.index(m.kind) if m.kind in first else len(first)))
+
+
+def columns() -> tuple[Metric, ...]:
+    """The metrics of the campaign tables, in their order."""
+    return tuple(m for m in _METRICS if m.column)
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:

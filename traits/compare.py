@@ -35,10 +35,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from traits import catalogue as _catalogue
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_bytes_atomic, write_formats_atomic, write_text_atomic
 from traits.pairing import Change, paired_change, percentile_interval, same_inputs, unpaired_parts
-from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, finite, mae_draws, ratio_value
+from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, bootstrapped_mae, finite, mae_draws, ratio_value
 from traits.results import AuditResult, Finding, Level, load_result
 
 COMPARE_SCHEMA_VERSION = "1.0"
@@ -129,16 +130,16 @@ def read_gates(path: Path) -> list[DeltaGate]:
         except ValidationError as exc:
             raise SpecError(format_validation_error(exc, f"{path} (gate {i + 1})")
                             .replace("invalid audit spec", "invalid gate", 1)) from None
+    known = metrics()  # the catalogue's ratios and per-split quantities
     for i, g in enumerate(gates):
         if not _METRIC_KEY.fullmatch(g.metric):
             raise SpecError(f"{path}: {where}[{i}].metric: {g.metric[:60]!r} is not a metric key (letters, digits "
-                            f"and underscores); choose from {', '.join(sorted(METRICS))} or any ratio of the results "
+                            f"and underscores); choose from {', '.join(sorted(known))} or any ratio of the results "
                             "(…_ratio)")
-    unknown = [g.metric for g in gates if g.metric not in METRICS and not g.metric.endswith("_ratio")
-               and g.metric != "entropy_ood_minus_id"]
+    unknown = [g.metric for g in gates if g.metric not in known and not g.metric.endswith("_ratio")]
     if unknown:
         raise SpecError(f"{path}: unknown metric(s) {', '.join(map(repr, unknown))}; choose from "
-                        f"{', '.join(sorted(METRICS))} or any ratio of the results (…_ratio)")
+                        f"{', '.join(sorted(known))} or any ratio of the results (…_ratio)")
     return gates
 
 
@@ -172,54 +173,72 @@ def _alpha(_: AuditResult) -> str:
     return "α units"
 
 
+_SPLIT_UNITS = {"target": _unit, "loss": _lunit, "α units": _alpha}
+
+
+def _compared_per_split() -> tuple[_catalogue.Metric, ...]:
+    """The catalogue metrics whose per-split values are compared too (their ``split_label``)."""
+    return tuple(m for m in _catalogue.catalogue() if m.split_label and m.split_key)
+
+
 def _split_metrics() -> dict[str, Metric]:
+    """ID and OOD values of the catalogue's per-split quantities: 'ID test MAE', ..., 'OOD robust radius'."""
     out = {}
     for split, who in (("id", "ID test"), ("ood", "OOD")):
-        out[f"{split}_mae"] = Metric(f"{split}_mae", f"{who} MAE", _unit, "lower")
-        out[f"{split}_rmse"] = Metric(f"{split}_rmse", f"{who} RMSE", _unit, "lower")
-        out[f"{split}_lambda_max"] = Metric(f"{split}_lambda_max", f"{who} λmax", _lunit, "lower")
-        out[f"{split}_trace"] = Metric(f"{split}_trace", f"{who} Hessian trace", _lunit, "lower")
-        out[f"{split}_robust_radius"] = Metric(f"{split}_robust_radius", f"{who} robust radius", _alpha, "higher")
+        for m in _compared_per_split():
+            key = f"{split}_{m.split_key}"
+            out[key] = Metric(key, f"{who} {m.split_label}", _SPLIT_UNITS.get(m.split_unit, _none),
+                              "lower" if m.direction > 0 else "higher")
     return out
 
 
 def _ratio_metrics() -> dict[str, Metric]:
-    from traits.report.sections import RATIO_INFO, SHIFT_RATIO_INFO
-
+    """Every ratio of the catalogue the report lists (the landscape's, then the distances'), with its direction."""
     out = {}
-    for key, (label, worse) in {**RATIO_INFO, **SHIFT_RATIO_INFO}.items():
-        better = {"high": "lower", "low": "higher", "negative": "higher"}.get(worse, "")
-        text = label if key == "entropy_ood_minus_id" else f"OOD/ID {label}"
-        out[key] = Metric(key, text, _none, better)
+    listed = [m for m in _catalogue.catalogue() if m.source and m.unit != "fraction"]
+    for m in sorted(listed, key=lambda m: m.kind == "distance baseline"):
+        better = {"high": "lower", "low": "higher", "negative": "higher"}.get(m.worse, "")
+        text = m.report_label if m.unit == "difference" else f"OOD/ID {m.report_label}"
+        out[m.name] = Metric(m.name, text, _none, better)
     return out
 
 
-METRICS: dict[str, Metric] = {**_split_metrics(), **_ratio_metrics()}
+def metrics() -> dict[str, Metric]:
+    """What a comparison can compare, read from the catalogue when called."""
+    return {**_split_metrics(), **_ratio_metrics()}
+
+
+#: :func:`metrics` for the catalogue as imported.
+METRICS: dict[str, Metric] = metrics()
 
 
 def _value(result: AuditResult, key: str) -> Value:
-    if key.endswith(("_mae", "_rmse")) and key.split("_", 1)[0] in ("id", "ood"):
-        split, what = key.split("_", 1)
+    split, _, name = key.partition("_")
+    entry = next((m for m in _compared_per_split() if m.split_key == name), None) if split in ("id", "ood") else None
+    if entry is not None and entry.source.startswith("accuracy."):
         acc = result.accuracy.get(split)
-        return Value(finite(getattr(acc, what)) if acc is not None else None)
-    for split in ("id", "ood"):
-        if key.startswith(split + "_") and key[len(split) + 1:] in ("lambda_max", "trace", "robust_radius"):
-            m = result.metrics.get(split)
-            if m is None:
-                return Value(None)
-            name = key[len(split) + 1:]
-            if name == "trace":  # the Monte-Carlo error, with the sampling error where the trace has one
-                se = finite(m.trace_stderr)
-                h = result.hessian.get(split)
-                t = next((t for t in h.traces if t.method == "gauss-newton+hutchinson"), None) if h else None
-                if se is not None and t is not None and finite(t.sampling_stderr) is not None:
-                    se = math.hypot(se, t.sampling_stderr)
-                v = finite(m.trace)
-                if v is not None and se is not None:
-                    return Value(v, v - Z95 * se, v + Z95 * se, "stderr")
-                return Value(v)
-            return Value(finite(getattr(m, name)), censored=name == "robust_radius" and m.robust_radius_censored)
+        return Value(finite(getattr(acc, name)) if acc is not None else None)
+    if entry is not None:
+        m = result.metrics.get(split)
+        if m is None:
+            return Value(None)
+        if name == "trace":  # the Monte-Carlo error, with the sampling error where the trace has one
+            return _trace_value(result, split, m)
+        return Value(finite(getattr(m, name, None)), censored=bool(getattr(m, f"{name}_censored", False)))
     return ratio_value(result, key)
+
+
+def _trace_value(result: AuditResult, split: str, m) -> Value:
+    """A split's Hessian trace with its Monte-Carlo error and, where the trace has one, its sampling error."""
+    se = finite(m.trace_stderr)
+    h = result.hessian.get(split)
+    t = next((t for t in h.traces if t.method == "gauss-newton+hutchinson"), None) if h else None
+    if se is not None and t is not None and finite(t.sampling_stderr) is not None:
+        se = math.hypot(se, t.sampling_stderr)
+    v = finite(m.trace)
+    if v is not None and se is not None:
+        return Value(v, v - Z95 * se, v + Z95 * se, "stderr")
+    return Value(v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +333,7 @@ def _bootstrap_draws(result: AuditResult, key: str, seed: dict[str, int]) -> np.
     if key in ("id_mae", "ood_mae"):
         split = key.split("_")[0]
         return mae_draws(result, split, seed=seed[split])
-    if key == "mae_ratio":
+    if bootstrapped_mae(key):
         i, o = mae_draws(result, "id", seed=seed["id"]), mae_draws(result, "ood", seed=seed["ood"])
         if i is None or o is None:
             return None
@@ -324,7 +343,7 @@ def _bootstrap_draws(result: AuditResult, key: str, seed: dict[str, int]) -> np.
 
 
 def _row(key: str, a: AuditResult, b: AuditResult) -> DeltaRow:
-    metric = METRICS.get(key) or Metric(key, key.replace("_", " "), _none, "")
+    metric = metrics().get(key) or Metric(key, key.replace("_", " "), _none, "")
     va, vb = _value(a, key), _value(b, key)
     row = DeltaRow(key=key, label=metric.label, unit=metric.unit(b), better=metric.better, a=va.value, b=vb.value,
                    a_low=va.low, a_high=va.high, b_low=vb.low, b_high=vb.high,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from traits import catalogue as _catalogue
 from traits.results import AuditResult
 
 #: Bootstrap resamples of a paired change.
@@ -108,12 +109,19 @@ def percentile_interval(draws: np.ndarray) -> tuple[float | None, float | None]:
     return float(lo), float(hi)
 
 
+def _ratio_of(key: str, where: str) -> str:
+    """The per-split quantity a catalogue ratio divides when it is read from ``where`` ("accuracy" or
+    "metrics"): 'mae' for mae_ratio; '' for any other key."""
+    m = next((m for m in _catalogue.catalogue() if m.name == key), None)
+    return m.split_key if m is not None and (m.source or "").startswith(where + ".") and m.unit == "ratio" else ""
+
+
 def accuracy_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
     """Paired bootstrap of the change of ``id_mae``, ``ood_rmse``, ``mae_ratio``, ``rmse_ratio``, ... when
     the compounds are the same; None otherwise."""
     pair = pairing(a, b)
-    if key in ("mae_ratio", "rmse_ratio"):
-        what, splits = key.split("_")[0], ("ood", "id")
+    if _ratio_of(key, "accuracy") in ("mae", "rmse"):
+        what, splits = _ratio_of(key, "accuracy"), ("ood", "id")
     elif key.split("_", 1)[0] in ("id", "ood") and key.split("_", 1)[1] in ("mae", "rmse"):
         split, what = key.split("_", 1)
         splits = (split,)
@@ -178,8 +186,8 @@ def hessian_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
 
     pair = pairing(a, b)
     identical = same_inputs(a, b)
-    if key in ("lambda_ratio", "trace_ratio"):
-        what = "lambda_max" if key == "lambda_ratio" else "trace"
+    if _ratio_of(key, "metrics") in ("lambda_max", "trace"):  # the ratios of the quantities jackknifed above
+        what = _ratio_of(key, "metrics")
         splits = ("ood", "id")
     else:
         split, _, what = key.partition("_")

@@ -505,38 +505,40 @@ class ProbeSpec(_Strict):
 _threshold = _catalogue.default_threshold
 
 #: The metrics a gate reads, in the catalogue's order (``gates.fail_on`` may name these).
-GATED_METRICS = tuple(m.name for m in _catalogue.catalogue() if m.gate_field)
+GATED_METRICS = tuple(m.name for m in _catalogue.gated())
 
-
-class GateSpec(_Strict):
-    """Thresholds turning measurements into pass / warn / fail findings.
+_GATE_DOC = """Thresholds turning measurements into pass / warn / fail findings.
 
     A violated gate fails the audit when its metric is in ``fail_on`` and warns otherwise. ``fail_on``
     defaults to :func:`traits.catalogue.default_fail_on`: the MAE ratio and the non-finite share of the
     surfaces, plus a landscape or distance metric only when the adopted study shows it tracks OOD error
     beyond the noise floor (the adopted study, study-1 on MP, adds the λ_max and trace ratios)."""
 
-    max_mae_ratio: float = Field(
-        _threshold("mae_ratio"), gt=0, description="Flag when OOD MAE / ID MAE exceeds this (fails by default).")
-    max_lambda_ratio: float = Field(
-        _threshold("lambda_ratio"), gt=0, description="Flag when OOD λ_max / ID λ_max exceeds this.")
-    max_trace_ratio: float = Field(
-        _threshold("trace_ratio"), gt=0, description="Flag when OOD trace / ID trace exceeds this.")
-    min_radius_ratio: float = Field(
-        _threshold("radius_ratio"), gt=0, description="Flag when OOD/ID robust radius is below this.")
-    max_nan_fraction: float = Field(
-        _threshold("nan_fraction"), ge=0, le=1, description="Flag when more of a surface is NaN (fails by "
-                                    "default).")
-    max_embedding_knn_ratio: float = Field(
-        _threshold("embedding_knn_ratio"), gt=0, description="Flag when the OOD compounds' median distance to their "
-        "nearest training compounds in the model's embedding exceeds this multiple of the ID one (the verdict "
-        "then reads the OOD errors as extrapolation).",
-    )
-    fail_on: list[Literal[GATED_METRICS]] = Field(  # type: ignore[valid-type]
-        default_factory=_catalogue.default_fail_on,
+
+def gate_spec_model(metrics: tuple[_catalogue.Metric, ...] | None = None) -> type[_Strict]:
+    """The gate spec class for these gated metrics (default: the catalogue's, :func:`traits.catalogue.gated`): one
+    threshold field per metric, in the catalogue's order (its ``gate_field``, default ``threshold`` and
+    ``gate_description``; a fraction lies between 0 and 1, any other unit above 0), and ``fail_on``, which may
+    name any of them. :data:`GateSpec` is this class for the catalogue as imported."""
+    from pydantic import create_model
+
+    metrics = tuple(m for m in (metrics if metrics is not None else _catalogue.gated()) if m.gate_field)
+    fields: dict[str, Any] = {}
+    for m in metrics:
+        bounds = {"ge": 0, "le": 1} if m.unit == "fraction" else {"gt": 0}
+        fields[m.gate_field] = (float, Field(m.threshold, **bounds, description=m.gate_description
+                                             or f"Flag when the OOD/ID {m.label} ratio is beyond this."))
+    names = tuple(m.name for m in metrics)
+    default_fail_on = _catalogue.default_fail_on
+    fields["fail_on"] = (list[Literal[names]], Field(  # type: ignore[valid-type]
+        default_factory=lambda: [n for n in default_fail_on() if n in names],
         description="Gates whose violation fails the audit; the others only warn. Default: the MAE ratio and "
         "the non-finite share, plus any metric the adopted study shows to track OOD error (see `traits study`).",
-    )
+    ))
+    return create_model("GateSpec", __base__=_Strict, __doc__=_GATE_DOC, __module__=__name__, **fields)
+
+
+GateSpec = gate_spec_model()
 
 
 class ReportSpec(_Strict):

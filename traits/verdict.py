@@ -118,8 +118,18 @@ class Gate:
     comparison: str  # "<=" or ">="
 
 
-#: One gate per gated metric of the catalogue, in its order.
-GATES = tuple(Gate(m.name, m.gate_label, m.gate_field, m.comparison) for m in _catalogue.catalogue() if m.gate_field)
+def _gate(m: _catalogue.Metric) -> Gate:
+    return Gate(m.name, m.gate_label or f"OOD/ID {m.label} ratio", m.gate_field, m.comparison)
+
+
+def gates_of_catalogue() -> tuple[Gate, ...]:
+    """One gate per gated metric of the catalogue, in its order (read when called: a metric added to the
+    catalogue is gated without a change here)."""
+    return tuple(_gate(m) for m in _catalogue.gated())
+
+
+#: The gates of the catalogue as it was imported (:func:`gates_of_catalogue` reads it again).
+GATES = gates_of_catalogue()
 
 #: ``|λ_min| / λ_max`` above which a split's loss counts as markedly non-convex at θ.
 NONCONVEX_RATIO = 0.1
@@ -134,24 +144,30 @@ def ood_description(result: AuditResult) -> str:
     return "the held-out random split"
 
 
+def _entry(name: str) -> _catalogue.Metric | None:
+    return next((m for m in _catalogue.catalogue() if m.name == name), None)
+
+
 def gate_value(result: AuditResult, name: str) -> float | None:
-    if name == "nan_fraction":
-        fractions = [m.nan_fraction for m in result.metrics.values() if m.nan_fraction is not None]
-        return max(fractions) if fractions else None
+    """The value a gate reads: the ratio of ``result.ratios``, or the largest per-split value of the metric's
+    source where its catalogue entry says so (``reduce="max"``: the non-finite share)."""
+    m = _entry(name)
+    if m is not None and m.reduce == "max":
+        values = [getattr(x, m.split_key, None) for x in result.metrics.values()]
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
     return result.ratios.get(name)
-
-
-#: The per-split metric behind a gated ratio that can lie below the grid's resolution.
-_RESOLVED_BY_GRID = {"radius_ratio": ("robust_radius", "robust radius", "one 1D grid step")}
 
 
 def _below_resolution(result: AuditResult, name: str) -> str | None:
     """Why a ratio is missing when a split's value lies below the grid's resolution (a bound, not a number:
     :func:`traits.audit.mark_below_resolution`), e.g. 'OOD robust radius below the grid's resolution (< 0.0333,
-    one 1D grid step); a finer grid would resolve it'; None otherwise."""
-    key, label, unit = _RESOLVED_BY_GRID.get(name, (None, None, None))
-    if key is None:
+    one 1D grid step); a finer grid would resolve it'; None otherwise. The catalogue entry names the per-split
+    value (``source``) and what one grid step is (``resolution``)."""
+    m = _entry(name)
+    if m is None or not m.resolution:
         return None
+    key, label, unit = m.split_key, m.report_label, m.resolution
     parts = [f"{SPLIT_LABELS.get(split, split)} {label} < {m.below_resolution[key]:.3g}"
              for split, m in result.metrics.items() if split in ("id", "ood") and key in m.below_resolution]
     if not parts:
@@ -173,9 +189,10 @@ def evaluate_gates(result: AuditResult, gates) -> list[GateOutcome]:
     from traits.intervals import decision, format_interval
 
     outcomes = []
-    for gate in GATES:
+    for m in _catalogue.gated():
+        gate = _gate(m)
         evidence = _catalogue.evidence_text(gate.name, mode=result.mode)
-        threshold = float(getattr(gates, gate.threshold_field))
+        threshold = _catalogue.gate_threshold(gates, m)
         value = gate_value(result, gate.name)
         interval = result.ratio_intervals.get(gate.name)
         iv = interval.model_dump() if interval is not None else None
@@ -219,47 +236,58 @@ def _with_interval(outcome: GateOutcome) -> str:
     return f"{outcome.value:.2f} [{lo}, {hi}{']' if outcome.high is not None else ')'}"
 
 
+def _error_sentence(result: AuditResult, outcome: GateOutcome, m: _catalogue.Metric, who: str,
+                    numbers: dict) -> str:
+    """An error ratio's finding (the catalogue's "error" kind: the MAE ratio), worded from its interval, not only
+    its gate: 'OOD MAE is 1.37 [1.14, 1.66]x the ID MAE (0.123 vs 0.0899 eV/atom; 95% bootstrap interval over
+    compounds): a significant increase on Fe-containing compounds, within the gate'."""
+    what = m.split_key
+    ood, idm = getattr(result.accuracy["ood"], what), getattr(result.accuracy["id"], what)
+    numbers |= {f"ood_{what}": ood, f"id_{what}": idm}
+    lo, hi = outcome.low, outcome.high
+    if outcome.level != "pass":
+        verdict = f"the model does not transfer to {who}"
+    elif lo is not None and lo > 1:  # the wording follows the interval, not only the gate
+        verdict = f"a significant increase on {who}, within the gate"
+    elif hi is not None and hi < 1:
+        verdict = f"significantly lower on {who}"
+    elif lo is not None and hi is not None:
+        verdict = f"not distinguishable from the ID error on {who}"
+    else:
+        verdict = f"within the gate for {who}"
+    return (f"OOD {m.label} is {_with_interval(outcome)}x the ID {m.label} ({ood:.3g} vs {idm:.3g} {result.unit}; "
+            f"95% bootstrap interval over compounds): {verdict}")
+
+
+def _gate_sentence(result: AuditResult, outcome: GateOutcome, m: _catalogue.Metric | None, who: str) -> str:
+    """A determined gate's finding from the metric's catalogue entry: its own sentences, else a generic one."""
+    fired = outcome.level != "pass"
+    fields = {"shown": _with_interval(outcome), "value": outcome.value, "who": who}
+    if m is None or m.sentences is None:
+        label = (m.gate_label or f"OOD/ID {m.label} ratio") if m is not None else outcome.name
+        return (f"{label} is {fields['shown']} (gate {outcome.comparison} {outcome.threshold:g}): "
+                f"{'beyond' if fired else 'within'} its gate for {who}")
+    said = m.sentences
+    if said.neutral and outcome.value == m.neutral:
+        text = said.neutral.format(**fields)
+    else:
+        text = (said.beyond if fired else said.within).format(**fields)
+    censored = m.split_key and any(getattr(result.metrics[s], f"{m.split_key}_censored", False)
+                                   for s in ("id", "ood") if s in result.metrics)
+    return text + (m.censored_note if censored else "")
+
+
 def _finding_for_gate(result: AuditResult, outcome: GateOutcome) -> Finding:
     who = ood_description(result)
     v = outcome.value
     numbers = {"value": v, "threshold": outcome.threshold, "low": outcome.low, "high": outcome.high}
+    m = _entry(outcome.name)
     if v is None or not outcome.determined:
         text = f"{outcome.statement}: the gate was not applied"
-    elif outcome.name == "mae_ratio":
-        ood, idm = result.accuracy["ood"].mae, result.accuracy["id"].mae
-        numbers |= {"ood_mae": ood, "id_mae": idm}
-        lo, hi = outcome.low, outcome.high
-        if outcome.level != "pass":
-            verdict = f"the model does not transfer to {who}"
-        elif lo is not None and lo > 1:  # the wording follows the interval, not only the gate
-            verdict = f"a significant increase on {who}, within the gate"
-        elif hi is not None and hi < 1:
-            verdict = f"significantly lower on {who}"
-        elif lo is not None and hi is not None:
-            verdict = f"not distinguishable from the ID error on {who}"
-        else:
-            verdict = f"within the gate for {who}"
-        text = (f"OOD MAE is {_with_interval(outcome)}x the ID MAE ({ood:.3g} vs {idm:.3g} {result.unit}; "
-                f"95% bootstrap interval over compounds): {verdict}")
-    elif outcome.name == "radius_ratio":
-        verdict = "the representation is fragile for" if outcome.level != "pass" else "the loss basin is as wide for"
-        text = f"OOD robust radius is {_with_interval(outcome)}x the ID radius: {verdict} {who}"
-        censored = any(result.metrics[s].robust_radius_censored for s in ("id", "ood") if s in result.metrics)
-        if censored:
-            text += " (at least one radius reached the edge of the grid: a lower bound)"
-    elif outcome.name == "lambda_ratio":
-        verdict = "the OOD loss is much sharper" if outcome.level != "pass" else "curvature is comparable"
-        text = f"OOD λ_max is {_with_interval(outcome)}x the ID λ_max: {verdict} for {who}"
-    elif outcome.name == "trace_ratio":
-        verdict = "more total curvature" if outcome.level != "pass" else "comparable total curvature"
-        text = f"OOD Hessian trace is {_with_interval(outcome)}x the ID trace: {verdict} for {who}"
-    elif outcome.name == "embedding_knn_ratio":
-        where = "outside" if outcome.level != "pass" else "within"
-        text = (f"In the model's embedding, OOD compounds are {v:.2f}x as far from their nearest training compounds "
-                f"as ID test compounds: the representation places {who} {where} the domain it learned")
+    elif m is not None and m.kind == "error" and m.split_key:
+        text = _error_sentence(result, outcome, m, who, numbers)
     else:
-        text = (f"{v:.1%} of the loss-surface points are NaN or infinite: the loss diverges within the probed "
-                "region" if v > 0 else "every loss-surface point is finite")
+        text = _gate_sentence(result, outcome, m, who)
     flagged = outcome.level != "pass" and outcome.determined and outcome.evidence is not None
     return Finding(id=outcome.name, level=outcome.level, statement=text, numbers=numbers,
                    evidence={outcome.name: outcome.evidence} if flagged else {})
@@ -393,13 +421,10 @@ def _flags(result: AuditResult, gates) -> list[tuple[str, str, str]]:
             return not (value <= threshold if comparison == "<=" else value >= threshold)
         return decision(interval.model_dump(), threshold, comparison) == "fail"
 
-    lam, trace, radius = r.get("lambda_ratio"), r.get("trace_ratio"), r.get("radius_ratio")
-    if beyond("lambda_ratio", gates.max_lambda_ratio, "<="):
-        flags.append(("sharp", f"λ_max {lam:.2f}x the ID value", "lambda_ratio"))
-    if beyond("trace_ratio", gates.max_trace_ratio, "<="):
-        flags.append(("sharp", f"Hessian trace {trace:.2f}x the ID value", "trace_ratio"))
-    if beyond("radius_ratio", gates.min_radius_ratio, ">="):
-        flags.append(("sharp", f"robust radius {radius:.2f}x the ID radius", "radius_ratio"))
+    for entry in _catalogue.gated():  # the gated ratios that flag the landscape (their catalogue ``flag``)
+        if entry.flag is not None and beyond(entry.name, _catalogue.gate_threshold(gates, entry), entry.comparison):
+            kind, detail = entry.flag
+            flags.append((kind, detail.format(value=r[entry.name]), entry.name))
     nc_ood, nc_id = _nonconvexity(result, "ood"), _nonconvexity(result, "id")
     if nc_ood is not None and nc_ood > NONCONVEX_RATIO and (nc_id is None or nc_ood > nc_id):
         flags.append(("non-convex", f"|λ_min|/λ_max = {nc_ood:.2f} on OOD"
@@ -500,7 +525,8 @@ VERDICT_FINDINGS = (*(g.name for g in GATES), "discontinuity", "hessian_unconver
 
 
 def made_by_verdict(finding_id: str) -> bool:
-    return any(finding_id == v or v.endswith("_") and finding_id.startswith(v) for v in VERDICT_FINDINGS)
+    made = (*(g.name for g in gates_of_catalogue()), *VERDICT_FINDINGS)
+    return any(finding_id == v or v.endswith("_") and finding_id.startswith(v) for v in made)
 
 
 def apply_verdict(result: AuditResult, gates) -> AuditResult:
@@ -543,9 +569,10 @@ def regate(result: AuditResult, gates) -> bool:
 
     same_gates = _gates_key((result.spec or {}).get("gates")) == _gates_key(gates)
     recorded = {g.name: g.evidence for g in result.gates}
+    gates_now = gates_of_catalogue()
     same_evidence = all(recorded.get(g.name) == _catalogue.evidence_text(g.name, mode=result.mode)
-                        for g in GATES if g.name in recorded)
-    if same_gates and same_evidence and set(recorded) == {g.name for g in GATES}:
+                        for g in gates_now if g.name in recorded)
+    if same_gates and same_evidence and set(recorded) == {g.name for g in gates_now}:
         return False
     apply_verdict(result, gates)
     result.spec = {**(result.spec or {}), "gates": gates.model_dump(mode="json")}

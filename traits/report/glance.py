@@ -23,21 +23,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traits import catalogue as _catalogue
 from traits.report.formatting import fmt_interval, fmt_num
 from traits.report.headline import Value, ratio_value
 from traits.results import SPLIT_LABELS, AuditResult, GateOutcome
 
-#: Gates on the loss landscape (what "the landscape adds" reads); the MAE gate is the error itself.
-LANDSCAPE_GATES = ("lambda_ratio", "trace_ratio", "radius_ratio", "nan_fraction")
-#: Short names of the gated quantities, as the sentences use them.
-GATE_NAMES = {
-    "mae_ratio": "OOD/ID MAE ratio",
-    "lambda_ratio": "λmax ratio",
-    "trace_ratio": "Hessian-trace ratio",
-    "radius_ratio": "robust-radius ratio",
-    "embedding_knn_ratio": "embedding-distance ratio",
-    "nan_fraction": "non-finite share of the loss surfaces",
-}
+#: The error gate the first sentence words (:func:`error_change`): the MAE ratio, the one sentence of this
+#: module written for one metric.
+ERROR_GATE = "mae_ratio"
+
+
+def landscape_gates() -> tuple[str, ...]:
+    """Gates on the loss landscape (what "the landscape adds" reads): the catalogue's gated landscape and surface
+    metrics; the error gate is the error itself, the embedding distance the domain shift."""
+    return tuple(m.name for m in _catalogue.gated() if m.kind in ("landscape", "surface"))
+
+
+def gate_names() -> dict[str, str]:
+    """Short names of the gated quantities, as the sentences use them (the catalogue's ``short``)."""
+    return {m.name: m.short or m.gate_label or f"OOD/ID {m.label} ratio" for m in _catalogue.gated()}
+
+
+#: The two above for the catalogue as imported.
+LANDSCAPE_GATES = landscape_gates()
+GATE_NAMES = gate_names()
+
+
+def _entry(name: str) -> _catalogue.Metric | None:
+    return next((m for m in _catalogue.gated() if m.name == name), None)
+
+
+def _name(name: str) -> str:
+    return gate_names().get(name, name)
 
 
 @dataclass(frozen=True)
@@ -157,14 +174,14 @@ def error_change(result: AuditResult) -> str:
     """How the OOD error changed, worded from the MAE ratio, its interval and its gate: 'the MAE is 1.37× that of
     the 170 ID test compounds (95 % interval [1.14, 1.66], bootstrap over compounds): a significant increase (the
     interval excludes 1), within its gate (≤ 2)'."""
-    v = ratio_value(result, "mae_ratio")
+    v = ratio_value(result, ERROR_GATE)
     if v.value is None:
         if v.status == "undefined":
             return "the OOD/ID MAE ratio is undefined (the ID MAE is not positive)"
         return "the OOD/ID MAE ratio was not measured (the audit holds no accuracy for both sets)"
     inside = _bracket(v)
     text = f"the MAE is {_num(v.value)}× that of {_id_who(result)}" + (f" ({inside})" if inside else "")
-    g = _gate(result, "mae_ratio")
+    g = _gate(result, ERROR_GATE)
     lo, hi = v.low, v.high
     if g is not None and g.determined and g.level != "pass":
         verdict = "which fails the audit" if g.level == "fail" else "a warning under this audit's gates"
@@ -193,7 +210,8 @@ def error_change(result: AuditResult) -> str:
 def _gate_value(g: GateOutcome) -> str:
     if g.value is None:
         return ""
-    if g.name == "nan_fraction":
+    m = _entry(g.name)
+    if m is not None and m.unit == "fraction":
         return f"{100 * g.value:.3g} %"
     return _num(g.value)
 
@@ -204,13 +222,16 @@ def _undetermined_reason(result: AuditResult, g: GateOutcome) -> str:
         return "undefined, its denominator not clear of zero"
     if v.status == "uncertified":
         return "resting on an eigenvalue that was not certified"
-    if g.name == "mae_ratio" and result.mode == "label-free":
-        return "a label-free audit has no labels to measure it"
+    entry = _entry(g.name)
+    if entry is not None and result.mode not in entry.modes:
+        return f"a {result.mode} audit has no labels to measure it"
     if g.value is None:
-        below = [split for split, m in result.metrics.items() if "robust_radius" in m.below_resolution]
-        if g.name == "radius_ratio" and below:
+        key = entry.split_key if entry is not None and entry.resolution else ""
+        below = [split for split, m in result.metrics.items() if key and key in m.below_resolution]
+        if below:
             who = _join([SPLIT_LABELS.get(x, x) for x in below])
-            return f"the {who} robust radius {'lies' if len(below) == 1 else 'lie'} below the grid's resolution"
+            return (f"the {who} {entry.report_label} {'lies' if len(below) == 1 else 'lie'} below the grid's "
+                    "resolution")
         return "not measured"
     kind = f"{v.kind} " if v.kind else ""
     return f"its {kind}interval {fmt_interval(g.low, g.high)} contains the gate {_threshold(g)}"
@@ -218,12 +239,12 @@ def _undetermined_reason(result: AuditResult, g: GateOutcome) -> str:
 
 def _fired(g: GateOutcome) -> str:
     value = _gate_value(g)
-    name = GATE_NAMES.get(g.name, g.name)
+    name = _name(g.name)
     return f"the {name} {value} (gate {_threshold(g)})" if value else f"the {name}"
 
 
 def gates_clause(result: AuditResult, names: tuple[str, ...] | None = None,
-                 skip: tuple[str, ...] = ("mae_ratio",)) -> str:
+                 skip: tuple[str, ...] = (ERROR_GATE,)) -> str:
     """Which gates failed, warned or could not decide, and why: 'the λmax ratio 4.51 (gate ≤ 3) fails the audit;
     the robust-radius ratio (not measured) is undetermined' ('' when none did). ``names``: only these gates."""
     gates = [g for g in result.gates if g.name not in skip and (names is None or g.name in names)]
@@ -236,7 +257,7 @@ def gates_clause(result: AuditResult, names: tuple[str, ...] | None = None,
     if warned:
         parts.append(f"{_join([_fired(g) for g in warned])} warn{'s' if len(warned) == 1 else ''}")
     if open_:
-        what = [f"the {GATE_NAMES.get(g.name, g.name)} is undetermined ({_undetermined_reason(result, g)})"
+        what = [f"the {_name(g.name)} is undetermined ({_undetermined_reason(result, g)})"
                 for g in open_]
         parts.append(_join(what))
     return "; ".join(parts)
@@ -249,9 +270,9 @@ def _landscape_probed(result: AuditResult) -> bool:
 
 def _within(result: AuditResult) -> list[str]:
     """['the λmax ratio 1.03', ...]: the landscape ratios whose gates passed."""
-    return [f"the {GATE_NAMES[g.name]} {_num(g.value)}" for g in result.gates
-            if g.name in LANDSCAPE_GATES and g.name != "nan_fraction" and g.determined and g.level == "pass"
-            and g.value is not None]
+    ratios = [m.name for m in _catalogue.gated() if m.name in landscape_gates() and m.unit == "ratio"]
+    return [f"the {_name(g.name)} {_num(g.value)}" for g in result.gates
+            if g.name in ratios and g.determined and g.level == "pass" and g.value is not None]
 
 
 def shift_clause(result: AuditResult) -> str:
@@ -271,13 +292,14 @@ def landscape_sentence(result: AuditResult) -> str:
     if not result.gates:
         probed = "" if _landscape_probed(result) else "; the loss landscape was not probed"
         return f"No gate was evaluated (the verdict was not applied to this result){probed}."
-    mae = _gate(result, "mae_ratio")
+    mae = _gate(result, ERROR_GATE)
     mae_flagged = mae is not None and mae.determined and mae.level != "pass"
-    landscape = gates_clause(result, LANDSCAPE_GATES)
+    in_landscape = landscape_gates()
+    landscape = gates_clause(result, in_landscape)
     # a label-free audit has no error sentence: its MAE gate (never measured) is named with the others
-    said = () if result.mode == "label-free" else ("mae_ratio",)
-    others = gates_clause(result, tuple(g.name for g in result.gates if g.name not in LANDSCAPE_GATES), skip=said)
-    flagged = any(g.name in LANDSCAPE_GATES and g.determined and g.level != "pass" for g in result.gates)
+    said = () if result.mode == "label-free" else (ERROR_GATE,)
+    others = gates_clause(result, tuple(g.name for g in result.gates if g.name not in in_landscape), skip=said)
+    flagged = any(g.name in in_landscape and g.determined and g.level != "pass" for g in result.gates)
     parts = []
     if not _landscape_probed(result):
         parts.append("the loss landscape was not probed")

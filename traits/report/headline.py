@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from traits import catalogue as _catalogue
 from traits.report.formatting import interval_kind
 from traits.results import AuditResult, nan_array
 
@@ -157,7 +158,7 @@ def ratio_value(result: AuditResult, name: str, boot: dict[str, np.ndarray | Non
     if lo is not None or hi is not None or status not in ("", "ok"):
         kind = stored_kind(result, name) if lo is not None or hi is not None else ""
         return Value(value, lo, hi, "result", status=status, kind=kind)
-    if name == "mae_ratio" and value is not None:
+    if bootstrapped_mae(name) and value is not None:
         boot = boot if boot is not None else {s: mae_draws(result, s) for s in ("id", "ood")}
         if boot.get("id") is not None and boot.get("ood") is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -167,55 +168,68 @@ def ratio_value(result: AuditResult, name: str, boot: dict[str, np.ndarray | Non
     return Value(value)
 
 
-def _trace_value(result: AuditResult, split: str) -> Value:
-    m = result.metrics.get(split)
-    if m is None or finite(m.trace) is None:
-        return Value(None)
-    se = finite(m.trace_stderr)
-    if se is None:
-        return Value(m.trace)
-    return Value(m.trace, m.trace - Z95 * se, m.trace + Z95 * se, "stderr", kind=MONTE_CARLO_KIND)
+def bootstrapped_mae(name: str) -> bool:
+    """A ratio of the MAEs, whose interval (when the result stores none) is the bootstrap of the stored
+    per-compound errors: the catalogue entry whose source is ``accuracy.mae``."""
+    return any(m.name == name and m.source == "accuracy.mae" for m in _catalogue.catalogue())
 
 
 def _metric(result: AuditResult, split: str, name: str) -> Value:
+    """A split's value of ``metrics.<name>``: with its Monte-Carlo interval where the metrics hold a standard
+    error (``<name>_stderr``: the Hessian trace), a lower bound where ``<name>_censored`` (a robust radius at the
+    edge of the grid), an upper bound where it lies below the grid's resolution."""
     m = result.metrics.get(split)
     if m is None:
         return Value(None)
-    return Value(finite(getattr(m, name, None)),
-                 censored=bool(name == "robust_radius" and m.robust_radius_censored),
+    value, se = finite(getattr(m, name, None)), finite(getattr(m, f"{name}_stderr", None))
+    if value is not None and se is not None:
+        return Value(value, value - Z95 * se, value + Z95 * se, "stderr", kind=MONTE_CARLO_KIND)
+    return Value(value, censored=bool(getattr(m, f"{name}_censored", False)),
                  below=finite(m.below_resolution.get(name)))
 
 
-def headlines(result: AuditResult) -> list[Headline]:
-    """The summary table's rows, in reading order; quantities the audit did not measure are left out."""
+def split_value(result: AuditResult, metric: _catalogue.Metric, split: str,
+                boot: dict[str, np.ndarray | None] | None = None) -> Value:
+    """A split's value of the quantity behind a catalogue metric, read from its ``source``: ``accuracy.<x>`` (the
+    MAE with its bootstrap interval), ``metrics.<x>`` or ``shift.<space>`` (the median kNN distance)."""
+    where, _, what = (metric.source or "").partition(".")
+    if where == "accuracy" and what == "mae":
+        return mae_value(result, split, (boot or {}).get(split))
+    if where == "accuracy":
+        acc = result.accuracy.get(split)
+        return Value(finite(getattr(acc, what, None)) if acc is not None else None)
+    if where == "metrics":
+        return _metric(result, split, what)
+    if where == "shift" and what:
+        return _knn(result, split, what)
+    return Value(None)
+
+
+def _split_unit(result: AuditResult, metric: _catalogue.Metric) -> str:
     from traits.report.figures import loss_unit
 
-    lunit = loss_unit(result.unit, result.loss)
+    if metric.split_unit == "target":
+        return result.unit
+    if metric.split_unit == "loss":
+        return loss_unit(result.unit, result.loss)
+    return metric.split_unit or "dimensionless"
+
+
+def headlines(result: AuditResult) -> list[Headline]:
+    """The summary table's rows, in reading order: one per metric of the catalogue with a ``headline``
+    (:func:`traits.catalogue.headlines`); quantities the audit did not measure are left out."""
     boot = {s: mae_draws(result, s) for s in ("id", "ood")}
-    rows = [
-        Headline("mae", "mean absolute error", result.unit, mae_value(result, "id", boot["id"]),
-                 mae_value(result, "ood", boot["ood"]), ratio_value(result, "mae_ratio", boot), "mae_ratio"),
-        Headline("loss", "loss at θ", lunit, _metric(result, "id", "loss"), _metric(result, "ood", "loss"),
-                 ratio_value(result, "loss_ratio"), "loss_ratio"),
-        Headline("lambda_max", "largest Hessian eigenvalue λmax", lunit, _metric(result, "id", "lambda_max"),
-                 _metric(result, "ood", "lambda_max"), ratio_value(result, "lambda_ratio"), "lambda_ratio"),
-        Headline("trace", "Hessian trace", lunit, _trace_value(result, "id"), _trace_value(result, "ood"),
-                 ratio_value(result, "trace_ratio"), "trace_ratio"),
-        Headline("robust_radius", "robust radius", "α units", _metric(result, "id", "robust_radius"),
-                 _metric(result, "ood", "robust_radius"), ratio_value(result, "radius_ratio"), "radius_ratio",
-                 worse="low"),
-        Headline("embedding_knn", "embedding kNN distance, median", "dimensionless",
-                 _knn(result, "id"), _knn(result, "ood"), ratio_value(result, "embedding_knn_ratio"),
-                 "embedding_knn_ratio"),
-    ]
+    rows = [Headline(m.headline, m.row_label, _split_unit(result, m), split_value(result, m, "id", boot),
+                     split_value(result, m, "ood", boot), ratio_value(result, m.name, boot), m.name, worse=m.worse)
+            for m in _catalogue.headlines()]
     return [h for h in rows if any(v.value is not None or v.below is not None for v in (h.id, h.ood, h.ratio))]
 
 
-def _knn(result: AuditResult, split: str) -> Value:
+def _knn(result: AuditResult, split: str, space: str = "embedding") -> Value:
     sh = result.shift
-    if sh is None or split not in sh.splits or "embedding" not in sh.splits[split].distances:
+    if sh is None or split not in sh.splits or space not in sh.splits[split].distances:
         return Value(None)
-    return Value(finite(sh.splits[split].distances["embedding"].median))
+    return Value(finite(sh.splits[split].distances[space].median))
 
 
 def flagged(result: AuditResult, limit: int = 3) -> list[Any]:

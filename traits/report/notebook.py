@@ -129,7 +129,7 @@ def _row(comparison, key: str):
 def comparison_sentence(comparison) -> str:
     """What changed from A to B, in words: the OOD/ID MAE ratio's change with its interval (significant when the
     interval excludes 0), then the gates on the change that failed or warned."""
-    row = _row(comparison, "mae_ratio")
+    row = _row(comparison, "mae_ratio")  # the error ratio: this sentence is worded for it
     parts = []
     if row is None or row.a is None or row.b is None:
         parts.append("The OOD/ID MAE ratio is not measured in both audits")
@@ -157,10 +157,23 @@ def comparison_sentence(comparison) -> str:
     return text
 
 
+def comparison_summary_keys() -> tuple[str, ...]:
+    """The rows of a comparison's summary: every gated metric of the catalogue, an error ratio followed by its OOD
+    and ID values ('mae_ratio', 'ood_mae', 'id_mae', 'lambda_ratio', ...)."""
+    from traits import catalogue
+
+    keys: list[str] = []
+    for m in catalogue.gated():
+        keys.append(m.name)
+        if m.kind == "error" and m.split_key:
+            keys += [f"ood_{m.split_key}", f"id_{m.split_key}"]
+    return tuple(keys)
+
+
 def comparison_summary_html(comparison) -> str:
     """A comparison (:class:`traits.compare.ComparisonResult`) in a few lines of HTML: B against A with the
     comparison's badge, the change in words, and the headline rows (A, B, change with its bracket and kind)."""
-    keys = ("mae_ratio", "ood_mae", "id_mae", "lambda_ratio", "trace_ratio", "radius_ratio", "embedding_knn_ratio")
+    keys = comparison_summary_keys()
     rows, kinds = [], []
     for key in keys:
         row = _row(comparison, key)

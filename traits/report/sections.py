@@ -43,16 +43,26 @@ class Section:
     numbered: bool = True
 
 
-#: OOD/ID ratios: label and the direction in which a ratio means "worse out of distribution" ("high" /
-#: "low": above / below 1; "negative": a difference, worse below 0).
-RATIO_INFO = {m.name: (m.report_label, m.worse) for m in _catalogue.catalogue()
-              if m.kind != "distance baseline" and m.source and m.unit != "fraction"}
-#: Domain-shift ratios (shown in their own section, not among the landscape ratios).
-SHIFT_RATIO_INFO = {m.name: (m.report_label, m.worse) for m in _catalogue.catalogue() if m.kind == "distance baseline"}
+def ratio_info() -> dict[str, tuple[str, str]]:
+    """OOD/ID ratios of the catalogue (errors and landscape): label and the direction in which a ratio means "worse
+    out of distribution" ("high" / "low": above / below 1; "negative": a difference, worse below 0). Read when
+    called: a metric added to the catalogue is labelled without a change here."""
+    return {m.name: (m.report_label, m.worse) for m in _catalogue.catalogue()
+            if m.kind != "distance baseline" and m.source and m.unit != "fraction"}
+
+
+def shift_ratio_info() -> dict[str, tuple[str, str]]:
+    """Domain-shift ratios (shown in their own section, not among the landscape ratios)."""
+    return {m.name: (m.report_label, m.worse) for m in _catalogue.catalogue() if m.kind == "distance baseline"}
+
+
+#: The two above for the catalogue as imported.
+RATIO_INFO = ratio_info()
+SHIFT_RATIO_INFO = shift_ratio_info()
 
 
 def ratio_label(key: str) -> str:
-    info = RATIO_INFO.get(key) or SHIFT_RATIO_INFO.get(key)
+    info = ratio_info().get(key) or shift_ratio_info().get(key)
     return info[0] if info else key.removesuffix("_ratio").replace("_", " ")
 
 
@@ -425,10 +435,11 @@ def surfaces_context(result: AuditResult) -> dict[str, Any]:
     if surf is not None and surf.plane_grids:
         grids = {s: g for s, g in surf.plane_grids.items() if g}
         plane = plane_scale(grids, {s: loss_at_theta(result, s) for s in grids}) if grids else None
+    landscape, shift = ratio_info(), shift_ratio_info()
     ratios = [
-        {"key": k, "label": ratio_label(k), "worse": RATIO_INFO.get(k, ("", ""))[1], "value": v,
+        {"key": k, "label": ratio_label(k), "worse": landscape.get(k, ("", ""))[1], "value": v,
          "interval": interval_of(result, k)}
-        for k, v in result.ratios.items() if k not in SHIFT_RATIO_INFO
+        for k, v in result.ratios.items() if k not in shift
     ]
     plane_info = surf.plane if surf is not None and surf.plane else {}
     lam_min = plane_info.get("lambda_min") if isinstance(plane_info, dict) else None

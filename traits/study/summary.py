@@ -570,9 +570,12 @@ def _summary_sections(summary: dict) -> list[str]:
             lines.append(f"| {_md(labels.get(key, key))} | " + " | ".join(cells) + " |")
     lines += _reference_lines(summary.get("reference_table") or [])
     lines += _shift_lines(summary.get("shift_thresholds"))
+    from traits import catalogue
+
+    heads = " | ".join(f"OOD/ID {catalogue.metric(k).column or catalogue.metric(k).label}" for k in TASK_RATIOS)
     lines += ["", "## Tasks", "", "Mean over the seeds [95 % t interval over the seeds].", "",
-              "| task | family | target | held out | seeds | OOD/ID MAE | OOD/ID λ_max | OOD/ID trace | verdicts |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              f"| task | family | target | held out | seeds | {heads} | verdicts |",
+              "|---|---|---|---|---|" + "---|" * (len(TASK_RATIOS) + 1)]
     from traits.campaign import held_out_text
 
     by_task: dict[str, list[dict]] = {}
@@ -581,12 +584,16 @@ def _summary_sections(summary: dict) -> list[str]:
     for e in summary["tasks"]:
         mine = by_task.get(e["task"], [])
         cells = [_seed_text(seed_interval([r.get(k) for r in mine]))
-                 for k in ("mae_ratio", "lambda_ratio", "trace_ratio")]
+                 for k in TASK_RATIOS]
         lines.append(f"| {_md(e['task'])} | {_md(e.get('family') or '–')} | {_md(e['target'])} | "
                      f"{_md(held_out_text(e))} | {len(e['seeds'])} | {' | '.join(cells)} | "
                      f"{_md('/'.join(str(v) for v in e['verdicts']))} |")
     return lines
 
+
+#: The ratios of the per-task table (their headings come from the catalogue): the error and the two curvature
+#: ratios the adopted study found to track it.
+TASK_RATIOS = ("mae_ratio", "lambda_ratio", "trace_ratio")
 
 #: The study summary's page (templates/): the audit report's stylesheet report.css, then study-summary.css.
 TEMPLATE, STYLESHEET = "study-summary.html.j2", "study-summary.css"
