@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
-
 from tiny_models import DT, make_data, make_mlp, manual_forward, reference_parts
+
 from traits.errors import ProbeError
 from traits.probes.directions import random_direction
 from traits.probes.labelfree import gauss_newton_spectrum, gradient_norms, prediction_sharpness

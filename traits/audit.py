@@ -41,12 +41,14 @@ from traits.results import (
     SplitStats,
     SurfaceResult,
     TraceEstimate,
+    TrustRisk,
     json_float,
     nan_array,
 )
 from traits.seeds import probe_seed, stream
 from traits.spec import MODEL_TARGET, TARGET_UNITS, AuditSpec
 from traits.threads import configure_threads, thread_record
+from traits.trust import audit_risk
 
 #: Stage name -> callback(done, total); the CLI attaches rich progress bars, the API stays quiet.
 ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
@@ -1403,6 +1405,8 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         prediction_stats=ctx.prediction_stats, model_info=(loaded.metadata or {}).get("model_info"),
     )
     result.findings = list(ctx.pre_findings)
+    risk = audit_risk(result.ratios)
+    result.trust_risk = TrustRisk(**risk) if risk is not None else None
     return result
 
 

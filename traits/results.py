@@ -368,6 +368,23 @@ class LabelFreeResult(_Result):
     problems: list[str] = Field(default_factory=list, description="what was not measured, and why")
 
 
+class TrustRisk(_Result):
+    """The adopted trust score applied to this audit's label-free ratios (:mod:`traits.trust`; schema 1.7):
+    P(OOD/ID MAE ≥ 2) with its interval over the score's refits."""
+
+    probability: MaybeFloat = None
+    low: MaybeFloat = None
+    high: MaybeFloat = None
+    interval_kind: str = "bootstrap over held-out rules (refits)"
+    model: str | None = None
+    candidate: str | None = None
+    study_version: str = ""
+    evidence: str = Field("", description="what the score rests on: study, features, audits, rules, LORO AUROC")
+    ships_as_default: bool = False
+    features_missing: list[str] = Field(default_factory=list)
+    note: str = ""
+
+
 class Finding(_Result):
     id: str
     level: Level
@@ -430,6 +447,8 @@ class AuditResult(_Result):
     label_free: LabelFreeResult | None = Field(
         None, description="label-free probes: Gauss-Newton curvature of the predictions, gradient norms, prediction "
         "sharpness, the label-free surface's topology (probes.label_free; schema 1.7)")
+    trust_risk: TrustRisk | None = Field(
+        None, description="the adopted trust score's P(OOD/ID MAE ≥ 2) from the label-free ratios (schema 1.7)")
     metrics: dict[str, SplitMetrics] = Field(default_factory=dict)
     ratios: dict[str, MaybeFloat] = Field(default_factory=dict, description="OOD / ID of each metric")
     ratio_intervals: dict[str, RatioInterval] = Field(

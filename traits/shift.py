@@ -42,7 +42,15 @@ from functools import lru_cache
 import numpy as np
 
 from traits.errors import TraitsError
-from traits.results import DistanceSummary, EmbeddingDensity, ShiftResult, ShiftSamples, ShiftSplit, TargetSummary, json_float
+from traits.results import (
+    DistanceSummary,
+    EmbeddingDensity,
+    ShiftResult,
+    ShiftSamples,
+    ShiftSplit,
+    TargetSummary,
+    json_float,
+)
 
 #: Compositions cover Z = 1..100 (the data readers drop structures with heavier elements).
 N_ELEMENTS = 100
@@ -461,7 +469,8 @@ def embedding_density(by_split: Mapping[str, np.ndarray], max_components: int, *
     from sklearn.mixture import GaussianMixture
 
     rows = {s: np.asarray(x, dtype=float) for s, x in by_split.items()}
-    rows = {s: x[np.all(np.isfinite(x), axis=1)] if x.ndim == 2 and x.size else np.zeros((0, 1)) for s, x in rows.items()}
+    rows = {s: x[np.all(np.isfinite(x), axis=1)] if x.ndim == 2 and x.size else np.zeros((0, 1))
+            for s, x in rows.items()}
     train = rows.get("train", np.zeros((0, 1)))
     if train.shape[0] < 2 * train.shape[1] + 1:
         if notes is not None:

@@ -27,6 +27,7 @@ def register(app: typer.Typer, handles_errors, out) -> None:
                         "study.", no_args_is_help=True, rich_markup_mode=None)
     study.command()(handles_errors(_generate_command(out)))
     study.command()(handles_errors(_summary_command(out)))
+    study.command("trust-score")(handles_errors(_trust_score_command(out)))
     app.add_typer(study, name="study")
 
 
@@ -190,6 +191,56 @@ def _summary_command(out) -> Callable[..., None]:
         summarise_study(out, runs, out_dir, watch_s=watch_s, adopt=adopt, **kw)
 
     return summary
+
+
+def _trust_score_command(out) -> Callable[..., None]:
+    """The ``study trust-score`` command (its options), printing to ``out``."""
+    def trust_score(
+        runs: Annotated[list[Path], typer.Argument(help="Folders of the study's results (seed-*/TASK/results.json).")],
+        out_dir: Annotated[Path, typer.Option("--out", help="Where summary.{json,md} and trust-score.json go.",
+                                              show_default=False)],
+        external: Annotated[list[Path] | None, typer.Option(
+            help="Results of another pool to test the frozen score on (e.g. Perov-5); repeatable.")] = None,
+        study_version: Annotated[str, typer.Option(help="The study's name, carried by the summary and the score "
+                                                   "(reports cite it).")] = "study-2",
+        n_boot: Annotated[int, typer.Option(min=100, max=100_000, help="Bootstrap resamples.")] = 2000,
+        adopt: Annotated[bool, typer.Option("--adopt", help="Also install trust-score.json as the package's "
+                                            "score, which audits report.")] = False,
+    ) -> None:
+        """The registered study-v2 analysis (docs/study/v2/PREREGISTRATION.md) of finished study results: AUROC
+        of each label-free signal, the trust score chosen by nested leave-one-rule-out, and its evidence."""
+        make_trust_score(out, runs, out_dir, external=external or [], study_version=study_version, n_boot=n_boot,
+                         adopt=adopt)
+
+    return trust_score
+
+
+def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Path], study_version: str,
+                     n_boot: int, adopt: bool) -> Path:
+    """What ``study trust-score`` does; returns the path of the score written."""
+    from traits.errors import TraitsError
+    from traits.files import ensure_dir, write_json_atomic, write_text_atomic
+    from traits.study import v2
+    from traits.trust import TRUST_FILE, adopted_score
+
+    log = _printer(out)
+    rows = v2.rows_from_results(runs, log=log)
+    if not rows:
+        raise TraitsError(f"no results.json under {', '.join(str(r) for r in runs)}")
+    analysis = v2.analyse(rows, v2.rows_from_results(external, log=log) if external else None, n_boot=n_boot,
+                          study_version=study_version)
+    ensure_dir(out_dir)
+    v2.write_summary(analysis, out_dir)
+    score = (analysis.get("trust_score") or {}).get("score")
+    if not score:
+        raise TraitsError(f"no trust score was made: {(analysis.get('trust_score') or {}).get('status')}")
+    path = write_json_atomic(out_dir / "trust-score.json", score)
+    out.print(f"{safe_text(score['statement'])}\nsummary and score in {safe_text(out_dir)}", highlight=False)
+    if adopt:
+        write_text_atomic(TRUST_FILE, path.read_text(encoding="utf-8"))
+        adopted_score.cache_clear()
+        out.print(f"adopted {safe_text(path)} as {TRUST_FILE}", highlight=False)
+    return path
 
 
 def _seed_list(seeds: str) -> list[int]:

@@ -335,18 +335,19 @@ def _jsonable(x):
 
 def analyse(rows: Sequence[dict], perov_rows: Sequence[dict] | None = None, *, n_boot: int = 2000,
             n_perm: int = 2000, n_refits: int = 200, seed: int = 0, level: float = 0.95,
-            deviations: Sequence[dict] | None = None) -> dict:
+            deviations: Sequence[dict] | None = None, study_version: str = STUDY_VERSION) -> dict:
     """The registered analysis of the MP ``rows`` (:func:`rows_from_results`), with the external test on
     ``perov_rows`` when given. ``deviations``: changes to the plan after the first v2 result, each
-    ``{"what", "why"}`` (none by default)."""
+    ``{"what", "why"}`` (none by default). ``study_version``: the name the summary and the score carry."""
     om = omission_rows(rows)
     defined = definedness(om)
     opts = {"n_boot": n_boot, "seed": seed, "level": level}
     available = [s for s, v in defined.items() if not v["excluded"]]
-    trust = trust_score(om, available, n_boot=n_boot, n_refits=n_refits, seed=seed, level=level) if om else {
+    trust = trust_score(om, available, n_boot=n_boot, n_refits=n_refits, seed=seed, level=level,
+                        study_version=study_version) if om else {
         "status": "not run: no omission audits", "score": None}
     return _jsonable({
-        "study_version": STUDY_VERSION, "registration": REGISTRATION,
+        "study_version": study_version, "registration": REGISTRATION,
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": {"n_boot": n_boot, "n_perm": n_perm, "n_refits": n_refits, "seed": seed, "level": level,
                      "mae_gate": MAE_GATE, "max_undefined": MAX_UNDEFINED, "comparator": COMPARATOR,

@@ -24,7 +24,8 @@ def _iv(v: dict | None, key: str) -> str:
 
 def _head(a: dict) -> list[str]:
     s = a["sample"]
-    lines = ["# Study v2: can a label-free signal predict OOD failure? (registered analysis)", "",
+    lines = [f"# {_md(a.get('study_version', 'study-2'))}: can a label-free signal predict OOD failure? "
+             "(the registered v2 analysis)", "",
              f"Analysis as registered in `{a['registration']}`; generated {_md(a['generated_utc'])}. "
              f"Data: {_md(', '.join(s['data']))}. {s['n_audits']} audits: {s['n_omission_audits']} omission audits "
              f"with an outcome ({s['n_positive']} with OOD/ID MAE ≥ {a['settings']['mae_gate']:g}), "

@@ -28,32 +28,27 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from traits.study.v2_stats import auroc, auroc_interval, calibration, delta_auroc, finite
+from traits.study.v2_stats import auroc, auroc_interval, calibration, delta_auroc
+from traits.trust import (  # noqa: F401  (predict_risk, AS_IS: re-exported for traits.study.v2)
+    AS_IS,
+    INTERVAL_KIND,
+    _standardised,
+    predict_proba,
+    predict_risk,
+    transform,
+)
 
 #: The registered signals, by id: the key each has in ``result["ratios"]`` and in a v2 row.
 SIGNALS = {"L1": "gn_lambda_ratio", "L2": "gn_trace_ratio", "L3": "grad_norm_ratio", "L4": "lf_sharpness_ratio",
            "L5": "lf_smad_ratio", "L6": "lf_persistence_ratio", "B1": "embedding_knn_ratio",
            "B2": "composition_knn_ratio", "B3": "embedding_density_gap", "B4": "ensemble_disagreement"}
 B4_KEY = SIGNALS["B4"]
-#: Used as is (a difference, OOD minus ID); every other feature enters as its natural log.
-AS_IS = frozenset({SIGNALS["B3"]})
 CANDIDATES = {"M0": ("B1",), "M1": ("B1", "L2", "B3"),
               "M2": ("L1", "L2", "L3", "L4", "L5", "L6", "B1", "B2", "B3", "B4")}
 PENALTIES = (0.01, 0.1, 1.0, 10.0)
 TIE = 0.01
 GOAL_AUROC = 0.9
 STUDY_VERSION = "study-2"
-INTERVAL_KIND = "bootstrap over held-out rules (refits)"
-
-
-def transform(key: str, value) -> float | None:
-    """The feature value of a signal: its natural log (B3 as is); None when undefined."""
-    if not finite(value):
-        return None
-    v = float(value)
-    if key in AS_IS:
-        return v
-    return math.log(v) if v > 0 else None
 
 
 def design(rows: Sequence[dict], features: Sequence[str]) -> np.ndarray:
@@ -116,19 +111,6 @@ def fit_model(x: np.ndarray, y: np.ndarray, C: float) -> dict:
         coef, intercept = fit_logistic(_standardised(x, means, sds), y, C)
     return {"means": [float(v) for v in means], "sds": [float(v) for v in sds], "coef": [float(v) for v in coef],
             "intercept": float(intercept), "C": float(C)}
-
-
-def _standardised(x: np.ndarray, means, sds) -> np.ndarray:
-    z = (x - np.asarray(means, float)) / np.asarray(sds, float)
-    return np.where(np.isfinite(z), z, 0.0)
-
-
-def predict_proba(model: dict, x: np.ndarray) -> np.ndarray:
-    """P(Y = 1) for the rows of ``x`` (undefined values at the training mean)."""
-    from scipy.special import expit
-
-    z = _standardised(np.atleast_2d(x), model["means"], model["sds"])
-    return expit(z @ np.asarray(model["coef"], float) + float(model["intercept"]))
 
 
 def loro_oof(x: np.ndarray, y: np.ndarray, groups: np.ndarray, C: float) -> np.ndarray:
@@ -209,33 +191,6 @@ def shipped_model(name: str, rows: Sequence[dict], features: Sequence[str], y: n
             "refits": bootstrap_refits(x, y, groups, C, n_refits, seed)}
 
 
-def predict_risk(score: dict, ratios: dict, level: float = 0.95) -> dict:
-    """P(OOD/ID MAE ratio ≥ 2) for one audit from its OOD/ID ratios (``result["ratios"]``, plus
-    ``ensemble_disagreement`` where there are three seeds), with a percentile interval over the score's
-    bootstrap refits. The first of the score's models whose features are all defined is used; when none is,
-    probability, low and high are None. ``features_missing`` names the first (full) model's undefined ones."""
-    models = list(score.get("models") or [])
-    ratios = ratios or {}
-    missing = [f for f in (models[0]["features"] if models else []) if transform(f, ratios.get(f)) is None]
-    base = {"interval_kind": INTERVAL_KIND, "features_missing": missing, "candidate": score.get("candidate")}
-    for m in models:
-        vals = [transform(f, ratios.get(f)) for f in m["features"]]
-        if any(v is None for v in vals):
-            continue
-        x = np.array(vals, float)[None, :]
-        p = float(predict_proba(m, x)[0])
-        boot = [float(predict_proba(r, x)[0]) for r in m.get("refits") or []]
-        low = high = None
-        if len(boot) >= 2:
-            low, high = (float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
-        note = "" if m is models[0] else f"model {m['name']} (without {', '.join(missing)})"
-        return base | {"probability": p, "low": low, "high": high, "model": m["name"], "n_refits": len(boot),
-                       "note": note}
-    why = ("the score has no model" if not models else
-           "the score cannot be applied: undefined " + ", ".join(missing or ["features"]))
-    return base | {"probability": None, "low": None, "high": None, "model": None, "n_refits": 0, "note": why}
-
-
 def candidate_features(available: Sequence[str]) -> dict[str, list[str]]:
     """Each candidate's feature keys, keeping only the ``available`` signal ids (those defined on ≤ 10 % undefined)."""
     return {c: [SIGNALS[s] for s in ids if s in available] for c, ids in CANDIDATES.items()}
@@ -255,7 +210,8 @@ def _ship(rows: Sequence[dict], feats: dict[str, list[str]], y: np.ndarray, grou
 
 
 def trust_score(rows: Sequence[dict], available: Sequence[str], *, penalties: Sequence[float] = PENALTIES,
-                n_boot: int = 2000, n_refits: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+                n_boot: int = 2000, n_refits: int = 200, seed: int = 0, level: float = 0.95,
+                study_version: str = STUDY_VERSION) -> dict:
     """The registered trust-score analysis on the omission audits ``rows`` (each with ``y`` and ``rule``):
     nested LORO, its out-of-fold AUROC and Δ over M0's own out-of-fold predictions (paired cluster bootstrap),
     the calibration of the out-of-fold probabilities, and the shipped score (``score``, for
@@ -275,14 +231,14 @@ def trust_score(rows: Sequence[dict], available: Sequence[str], *, penalties: Se
     default = delta["low"] is not None and delta["low"] > 0
     name, models = _ship(rows, feats, y, groups, full, default, n_refits, seed)
     goal = bool(default and loro["auroc"] is not None and loro["auroc"] >= GOAL_AUROC)
-    evidence = {"study_version": STUDY_VERSION, "n_audits": int(len(y)), "n_rules": len(set(groups.tolist())),
+    evidence = {"study_version": study_version, "n_audits": int(len(y)), "n_rules": len(set(groups.tolist())),
                 "n_positive": int(y.sum()), "loro_auroc": loro, "delta_auroc_over_M0": delta,
                 "goal": f"LORO AUROC ≥ {GOAL_AUROC} with a Δ AUROC over B1 whose interval lies above 0",
                 "goal_reached": goal}
     statement = (f"{name} ships as the default score: the lower end of its Δ AUROC over M0 (B1 alone) is above 0."
                  if default else "M0 (B1, the embedding kNN ratio, alone) ships as the score: the lower end of the "
-                 "nested-LORO Δ AUROC over M0 is not above 0, so the landscape signals did not beat it.")
-    score = {"kind": "TRAITS trust score", "study_version": STUDY_VERSION, "outcome": "P(OOD/ID MAE ratio ≥ 2.0)",
+                 "nested-LORO Δ AUROC over M0 is not above 0: no other candidate beat the embedding distance alone.")
+    score = {"kind": "TRAITS trust score", "study_version": study_version, "outcome": "P(OOD/ID MAE ratio ≥ 2.0)",
              "candidate": name, "selected_candidate": full["candidate"], "ships_as_default": default,
              "statement": statement, "interval_kind": INTERVAL_KIND, "models": models, "evidence": evidence}
     per_candidate = {c: auroc_interval(p, y, groups, n_boot=n_boot, level=level, seed=seed)
