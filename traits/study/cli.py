@@ -28,6 +28,7 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     study.command()(handles_errors(_generate_command(out)))
     study.command()(handles_errors(_summary_command(out)))
     study.command("trust-score")(handles_errors(_trust_score_command(out)))
+    study.command()(handles_errors(_reprobe_command(out)))
     app.add_typer(study, name="study")
 
 
@@ -206,17 +207,76 @@ def _trust_score_command(out) -> Callable[..., None]:
         n_boot: Annotated[int, typer.Option(min=100, max=100_000, help="Bootstrap resamples.")] = 2000,
         adopt: Annotated[bool, typer.Option("--adopt", help="Also install trust-score.json as the package's "
                                             "score, which audits report.")] = False,
+        campaign: Annotated[Path | None, typer.Option(
+            help="The study's campaign folder: with it, signal B4 (ensemble disagreement) is computed from the kept "
+            "checkpoints of every task with two or more seeds (cached in OUT/ensemble.json).")] = None,
+        profile: Annotated[str | None, typer.Option(help="The campaign profile the study ran with (for B4's "
+                                                    "data settings).")] = None,
     ) -> None:
         """The registered study-v2 analysis (docs/study/v2/PREREGISTRATION.md) of finished study results: AUROC
         of each label-free signal, the trust score chosen by nested leave-one-rule-out, and its evidence."""
         make_trust_score(out, runs, out_dir, external=external or [], study_version=study_version, n_boot=n_boot,
-                         adopt=adopt)
+                         adopt=adopt, campaign=campaign, profile=profile)
 
     return trust_score
 
 
+def _reprobe_command(out) -> Callable[..., None]:
+    """The ``study reprobe`` command (its options), printing to ``out``."""
+    def reprobe(
+        runs: Annotated[Path, typer.Argument(help="The study's finished audits (seed-S/TASK/results.json and "
+                                             "model/model.safetensors).")],
+        campaign: Annotated[Path, typer.Option(help="The study's campaign folder (its specs, campaign.yaml).",
+                                               show_default=False)],
+        out_dir: Annotated[Path, typer.Option("--out", help="Where the re-probe specs (specs/seed-S) and the "
+                                              "re-probed audits (seed-S/TASK) go.", show_default=False)],
+        profile: Annotated[str | None, typer.Option(help="campaign.yaml profile for every spec, e.g. v2.")] = None,
+        seeds: Annotated[str | None, typer.Option(help="Only these seeds, e.g. 0,1 (default: every kept "
+                                                  "one).")] = None,
+        only: Annotated[str | None, typer.Option(help="Comma-separated shell patterns of task names.")] = None,
+        workers: Annotated[int, typer.Option(min=1, max=256, help="Tasks run at once.")] = 1,
+        threads: Annotated[int | None, typer.Option(min=1, max=1024, help="Torch threads per worker.")] = None,
+    ) -> None:
+        """Rerun probes on a study's kept checkpoints, without retraining: each becomes an audit of the same
+        spec, seed and split with model.checkpoint set, run as a resumable campaign."""
+        from traits.study.reprobe import reprobe as run
+
+        done = run(runs, campaign, out_dir, profile=profile, seeds=_seed_list(seeds) if seeds else None,
+                   only=[p.strip() for p in only.split(",")] if only else None, log=_printer(out),
+                   workers=workers, threads=threads)
+        out.print(f"re-probed seeds {', '.join(str(s) for s in done['seeds'])} into {safe_text(out_dir)}",
+                  highlight=False)
+
+    return reprobe
+
+
+def ensemble_signal(runs: Path, campaign: Path, profile: str | None, cache: Path,
+                    log: Callable[[str], None]) -> dict[str, float | None]:
+    """B4 of every task with kept checkpoints of two or more seeds, from cache where it was computed before."""
+    import json
+
+    from traits.files import write_json_atomic
+    from traits.study.reprobe import ensemble_predictions, kept_checkpoints
+    from traits.study.v2 import ensemble_disagreement
+
+    known = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    by_task: dict[str, dict[int, Path]] = {}
+    for seed, tasks in kept_checkpoints(runs).items():
+        for task, ckpt in tasks.items():
+            by_task.setdefault(task, {})[seed] = ckpt
+    for task, ckpts in sorted(by_task.items()):
+        key = f"{task}:{','.join(str(s) for s in sorted(ckpts))}"
+        if len(ckpts) < 2 or key in known:
+            continue
+        log(f"ensemble of {task}: seeds {', '.join(str(s) for s in sorted(ckpts))}")
+        preds, id_ids, ood_ids = ensemble_predictions(campaign, task, ckpts, profile=profile)
+        known[key] = ensemble_disagreement(preds, id_ids, ood_ids)
+        write_json_atomic(cache, known)  # a long computation: keep each task as it finishes
+    return {k.split(":", 1)[0]: v for k, v in known.items()}
+
+
 def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Path], study_version: str,
-                     n_boot: int, adopt: bool) -> Path:
+                     n_boot: int, adopt: bool, campaign: Path | None = None, profile: str | None = None) -> Path:
     """What ``study trust-score`` does; returns the path of the score written."""
     from traits.errors import TraitsError
     from traits.files import ensure_dir, write_json_atomic, write_text_atomic
@@ -224,12 +284,13 @@ def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Pat
     from traits.trust import TRUST_FILE, adopted_score
 
     log = _printer(out)
-    rows = v2.rows_from_results(runs, log=log)
+    ensure_dir(out_dir)
+    b4 = ensemble_signal(runs[0], campaign, profile, out_dir / "ensemble.json", log) if campaign else None
+    rows = v2.rows_from_results(runs, b4, log=log)
     if not rows:
         raise TraitsError(f"no results.json under {', '.join(str(r) for r in runs)}")
     analysis = v2.analyse(rows, v2.rows_from_results(external, log=log) if external else None, n_boot=n_boot,
                           study_version=study_version)
-    ensure_dir(out_dir)
     v2.write_summary(analysis, out_dir)
     score = (analysis.get("trust_score") or {}).get("score")
     if not score:

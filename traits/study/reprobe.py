@@ -1,0 +1,156 @@
+"""Re-probe a study's kept checkpoints: new probes on the same models, without retraining.
+
+Study v2 keeps every audit's trained checkpoint (``seed-S/TASK/model/model.safetensors`` and its sidecar,
+committed beside ``results.json``). :func:`reprobe` turns each kept checkpoint back into an audit spec — the
+campaign's spec for that task, the profile's overrides, the seed, and ``model.checkpoint`` pointing at the kept
+file — writes those specs into one campaign folder per seed (``OUT/specs/seed-S/``) and runs them as ordinary
+campaigns into ``OUT/seed-S/TASK``: resumable task by task, on any executor, with the campaign's exit contract.
+Same spec and seed give the same split, so the re-probed audit sees the same compounds as the audit that trained
+the model; the audit itself checks the checkpoint's sidecar against the split.
+
+:func:`ensemble_predictions` is the cross-seed part of study v2 (signal B4): the three seeds' models of one task
+predict the same compounds — the first seed's ID test and OOD compounds that none of the seeds trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traits.errors import TraitsError
+
+#: Where a finished audit keeps the checkpoint that made it.
+CHECKPOINT = Path("model") / "model.safetensors"
+
+
+def kept_checkpoints(runs: Path) -> dict[int, dict[str, Path]]:
+    """``{seed: {task: checkpoint}}`` of every ``RUNS/seed-S/TASK`` holding results.json and a kept checkpoint."""
+    out: dict[int, dict[str, Path]] = {}
+    for seed_dir in sorted(Path(runs).glob("seed-*")):
+        try:
+            seed = int(seed_dir.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        for task_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir()):
+            ckpt = task_dir / CHECKPOINT
+            if (task_dir / "results.json").is_file() and ckpt.is_file() and ckpt.with_suffix(".json").is_file():
+                out.setdefault(seed, {})[task_dir.name] = ckpt.resolve()
+    return out
+
+
+def reprobe_spec(campaign: Path, task: str, seed: int, checkpoint: Path, profile: str | None) -> dict[str, Any]:
+    """The spec that re-probes one kept checkpoint: the campaign's spec of ``task`` with the profile, the seed and
+    ``model.checkpoint`` applied, every path absolute (it is written into another folder)."""
+    from traits.campaign import profile_overrides
+    from traits.spec import load_spec
+
+    path = _spec_path(Path(campaign), task)
+    overrides = {**profile_overrides(Path(campaign), profile), "seed": seed,
+                 "model.checkpoint": str(checkpoint), "model.format": "traits"}
+    spec = load_spec(path, overrides=overrides)
+    out = spec.model_dump(mode="json", exclude_defaults=True)
+    out["name"] = spec.name
+    out.setdefault("report", {}).pop("out_dir", None)  # the campaign decides where each task goes
+    return out
+
+
+def _spec_path(campaign: Path, task: str) -> Path:
+    for suffix in (".yaml", ".yml", ".json"):
+        if (campaign / f"{task}{suffix}").is_file():
+            return campaign / f"{task}{suffix}"
+    raise TraitsError(f"{campaign}: no spec for task {task!r} (a kept checkpoint names a task the campaign lacks)")
+
+
+def write_reprobe_specs(runs: Path, campaign: Path, out: Path, *, profile: str | None,
+                        seeds: Sequence[int] | None = None, only: Callable[[str], bool] | None = None
+                        ) -> dict[int, Path]:
+    """One campaign folder of re-probe specs per seed (``OUT/specs/seed-S``); returns ``{seed: folder}``."""
+    from traits.files import ensure_dir, write_text_atomic
+
+    kept = kept_checkpoints(runs)
+    if not kept:
+        raise TraitsError(f"{runs}: no finished audit with a kept checkpoint (seed-S/TASK/{CHECKPOINT})")
+    folders: dict[int, Path] = {}
+    for seed, tasks in sorted(kept.items()):
+        if seeds is not None and seed not in seeds:
+            continue
+        folder = ensure_dir(Path(out) / "specs" / f"seed-{seed}")
+        for task, ckpt in tasks.items():
+            if only is not None and not only(task):
+                continue
+            spec = reprobe_spec(campaign, task, seed, ckpt, profile)
+            write_text_atomic(folder / f"{task}.yaml", f"# Re-probes {ckpt} (traits study reprobe).\n"
+                              + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+        folders[seed] = folder
+    return folders
+
+
+def reprobe(runs: Path, campaign: Path, out: Path, *, profile: str | None, seeds: Sequence[int] | None = None,
+            only: list[str] | None = None, log: Callable[[str], None] = lambda _m: None, **campaign_kw) -> dict:
+    """Write the re-probe specs and run them, seed by seed, as campaigns into ``OUT/seed-S/TASK``.
+
+    Args:
+        runs: the study's finished audits (``seed-S/TASK/results.json`` + ``model/``).
+        campaign: the study's campaign folder (its specs and campaign.yaml).
+        out: where the specs and the re-probed audits go.
+        profile: the campaign.yaml profile applied to every spec (e.g. ``v2``).
+        seeds: only these seeds (default: every seed with a kept checkpoint).
+        only: shell patterns of task names to keep.
+        log: receives a line per event.
+        **campaign_kw: passed to :func:`traits.campaign.run_campaign` (executor, workers, threads, ...).
+
+    Returns:
+        ``{"seeds": {seed: campaign summary}}``."""
+    from fnmatch import fnmatch
+
+    from traits.campaign import run_campaign
+
+    keep = (lambda t: any(fnmatch(t, p) for p in only)) if only else None
+    folders = write_reprobe_specs(runs, campaign, out, profile=profile, seeds=seeds, only=keep)
+    summaries = {}
+    for seed, folder in folders.items():
+        log(f"seed {seed}: re-probing {len(list(folder.glob('*.yaml')))} kept checkpoints")
+        # each seed's campaign writes OUT/seed-S/TASK; the summary in OUT is the last seed's
+        summaries[seed] = run_campaign(folder, Path(out), seeds=[seed], log=log, **campaign_kw)
+    return {"seeds": summaries}
+
+
+def ensemble_predictions(campaign: Path, task: str, checkpoints: dict[int, Path], *, profile: str | None,
+                         device: str = "cpu") -> tuple[dict[int, dict[str, float]], list[str], list[str]]:
+    """Every seed's model of one task predicting the same compounds (study v2's B4).
+
+    The compounds are the first seed's ID test and OOD compounds that none of the seeds' training splits hold
+    (each seed draws its own subsample, so another seed's model may have trained on the first seed's test
+    compounds; those are left out). Returns ``(predictions {seed: {id: value}}, id_ids, ood_ids)`` for
+    :func:`traits.study.v2.ensemble_disagreement`."""
+    import torch
+
+    from traits.audit import load_or_train
+    from traits.campaign import profile_overrides
+    from traits.data.prepare import prepare_data
+    from traits.models.inference import predict
+    from traits.spec import load_spec
+
+    path = _spec_path(Path(campaign), task)
+    base = profile_overrides(Path(campaign), profile)
+    for c in checkpoints.values():
+        if not Path(c).is_file():  # never train in place of a missing checkpoint
+            raise TraitsError(f"{c}: no such checkpoint")
+    specs = {s: load_spec(path, overrides={**base, "seed": s, "model.checkpoint": str(c), "model.format": "traits"})
+             for s, c in sorted(checkpoints.items())}
+    data = {s: prepare_data(spec) for s, spec in specs.items()}
+    trained = {str(g.material_id) for d in data.values() for g in d.splits.get("train", [])}
+    first = min(data)
+    chosen = {split: [g for g in data[first].splits.get(split, []) if str(g.material_id) not in trained]
+              for split in ("id", "ood")}
+    graphs = chosen["id"] + chosen["ood"]
+    preds: dict[int, dict[str, float]] = {}
+    dev = torch.device(device)
+    for s, spec in specs.items():
+        loaded = load_or_train(spec, data[s], Path("."), dev)
+        ids, values, _ = predict(loaded.model.to(dev).eval(), graphs, dev)
+        preds[s] = {str(i): float(v) for i, v in zip(ids, values)}
+    return preds, [str(g.material_id) for g in chosen["id"]], [str(g.material_id) for g in chosen["ood"]]
