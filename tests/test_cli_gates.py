@@ -459,6 +459,21 @@ def test_predict_prints_a_csv_row_per_file(tmp_path):
     assert abs(values[str(files[1])]) < 0.5
 
 
+def test_predict_with_a_spec_predicts_what_the_audit_audits(tmp_path):
+    files = write_cifs(tmp_path)
+    by_spec = invoke("predict", "--spec", ROOT / "audits" / "quickstart.yaml", "--device", "cpu", *files)
+    by_checkpoint = invoke("predict", "--checkpoint", CHECKPOINT, "--device", "cpu", *files)
+    assert by_spec.exit_code == 0, by_spec.output
+    assert parse_csv(by_spec.stdout) == parse_csv(by_checkpoint.stdout)
+    clash = invoke("predict", "--spec", ROOT / "audits" / "quickstart.yaml", "--checkpoint", CHECKPOINT, *files)
+    assert clash.exit_code == 2 and "--spec names the model: drop --checkpoint" in clash.output
+    spec = tmp_path / "trains.yaml"  # a spec that trains its model has nothing to predict with yet
+    spec.write_text("name: t\ndata: {source: sample, target: formation_energy_per_atom}\nmodel: {train: {}}\n")
+    res = invoke("predict", "--spec", spec, *files)
+    assert res.exit_code == 2 and "model.checkpoint" in res.output
+    no_traceback(res)
+
+
 def test_predict_exits_2_on_an_unreadable_structure(tmp_path):
     bad = tmp_path / "junk.cif"
     bad.write_text("this is not a crystal\n")

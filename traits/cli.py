@@ -664,6 +664,17 @@ def _model_options(model: str | None, options: str | None, architecture: str | N
     return parse_options(model, options)
 
 
+def _model_of_spec(path: Path, device, **given):
+    """The model of the spec at ``path`` (``predict --spec``); the model flags it replaces must not be given."""
+    from traits.models.predicting import load_model_from_spec
+    from traits.spec import load_spec
+
+    clash = [f"--{k}" for k, v in given.items() if v is not None and not (k == "fmt" and v == "auto")]
+    if clash:
+        raise TraitsError(f"--spec names the model: drop {', '.join(c.replace('--fmt', '--format') for c in clash)}")
+    return load_model_from_spec(load_spec(path), device)
+
+
 @app.command()
 @handles_errors
 def predict(
@@ -685,9 +696,14 @@ def predict(
     target: Annotated[str | None, typer.Option(
         help="Target the checkpoint predicts, for the unit column when the checkpoint does not say.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    spec: Annotated[Path | None, typer.Option(
+        help="Predict with an audit spec's model section (its adapter, checkpoint, format, hyper-parameters or "
+        "options): what `traits audit` of that spec audits. Replaces --checkpoint, --model, --options, --format, "
+        "--architecture and --hyper.")] = None,
 ) -> None:
     """Print `id,prediction,unit` (CSV) for each structure file: what the model itself predicts, a quick sanity
-    check of any checkpoint or adapter (e.g. `--model chgnet`: CHGNet's energy per atom).
+    check of any checkpoint or adapter (e.g. `--model chgnet`: CHGNet's energy per atom, or `--spec audit.yaml`:
+    the model the spec audits).
 
     A checkpoint's format is detected from the file: safetensors with its model.json sidecar, an original CGCNN
     .pth.tar, or a plain state dict (which needs --architecture and, unless they are the defaults,
@@ -706,13 +722,18 @@ def predict(
                           f"{' or '.join(sorted(ARCHITECTURES))}")
     if target is not None and target not in TARGET_UNITS:
         raise TraitsError(f"--target: unknown target {target!r}; choose {' or '.join(sorted(TARGET_UNITS))}")
-    if checkpoint is None and model is None:
-        raise TraitsError("give a checkpoint (--checkpoint) or a model adapter (--model, e.g. --model chgnet)")
-    settings = _model_options(model, options, architecture)
-    hyper_dict, norm = _parse_hyper(hyper), _parse_normalizer(normalizer)
     dev = resolve_device(device)
-    loaded = load_model(model, checkpoint, dev, fmt=fmt, architecture=architecture, hyper=hyper_dict,
-                        normalizer=norm, options=settings)
+    if spec is not None:
+        loaded = _model_of_spec(spec, dev, checkpoint=checkpoint, model=model, options=options, fmt=fmt,
+                                architecture=architecture, hyper=hyper)
+    else:
+        if checkpoint is None and model is None:
+            raise TraitsError("give a checkpoint (--checkpoint), a model adapter (--model, e.g. --model chgnet) or "
+                              "an audit spec (--spec)")
+        settings = _model_options(model, options, architecture)
+        hyper_dict, norm = _parse_hyper(hyper), _parse_normalizer(normalizer)
+        loaded = load_model(model, checkpoint, dev, fmt=fmt, architecture=architecture, hyper=hyper_dict,
+                            normalizer=norm, options=settings)
     rows = predict_paths(loaded, list(files), dev)
     unit = unit_of(loaded.meta or {"unit": loaded.info.units, "target": loaded.info.property}, target)
     # ids come from file names: escaped, and quoted where a line would start with a workflow command

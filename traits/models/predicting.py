@@ -115,6 +115,23 @@ def load_model(name: str | None, source: str | Path | None, device: torch.device
                        adapter.info(model, source, options))
 
 
+def load_model_from_spec(spec, device: torch.device) -> AdapterModel:
+    """The model of an audit spec's ``model`` section, loaded as :func:`load_model` does (so ``traits predict
+    --spec`` predicts with exactly what the audit audits): its adapter, checkpoint (or the adapter's bundled
+    weights), format and hyper-parameters or options, and the spec's graph settings. A spec that trains its model
+    and has no checkpoint yet is refused, naming the field."""
+    from traits.models.base import adapter_class
+
+    m = spec.model
+    if adapter_class(m.architecture).checkpoint_formats:
+        if m.checkpoint is None or not Path(m.checkpoint).is_file():
+            raise CheckpointError(f"model.checkpoint: {m.checkpoint or 'not set'}: no checkpoint to predict with "
+                                  "(a spec that trains its model predicts only once the audit has trained it)")
+        return load_model(m.architecture, m.checkpoint, device, fmt="auto" if m.format == "traits" else m.format,
+                          hyper=m.hyper.model_dump(), graph=spec.data.graph)
+    return load_model(m.architecture, m.checkpoint, device, options=m.adapter_options())
+
+
 def _load_formats(adapter, source, device, fmt: str, architecture, hyper, normalizer, graph) -> AdapterModel:
     """A model of an adapter that reads several checkpoint formats (the CGCNN ones)."""
     from traits.spec import GraphSpec
