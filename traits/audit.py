@@ -877,25 +877,6 @@ def label_free_ratios(lf: LabelFreeResult | None) -> dict[str, float | None]:
     }
 
 
-def label_free_intervals(lf: LabelFreeResult | None, seed: int) -> dict[str, dict]:
-    """Intervals of the label-free ratios: the Gauss-Newton λ_max and trace from their jackknife over structure
-    groups (the values are exact, so there is no solver bound), the gradient-norm medians by a bootstrap over
-    structures."""
-    from traits import intervals as iv
-
-    out: dict[str, dict] = {}
-    if lf is None or "id" not in lf.splits or "ood" not in lf.splits:
-        return out
-    i, o = lf.splits["id"], lf.splits["ood"]
-    for name, attr in (("gn_lambda_ratio", "gn_lambda_jackknife"), ("gn_trace_ratio", "gn_trace_jackknife")):
-        a, b = getattr(o, attr), getattr(i, attr)
-        if a is not None and b is not None and a.stderr is not None and b.stderr is not None:
-            out[name] = iv.sampled_ratio(iv.Sampled(a.value, a.stderr, a.df), iv.Sampled(b.value, b.stderr, b.df))
-    if o.grad_norms and i.grad_norms:
-        out["grad_norm_ratio"] = iv.bootstrap_ratio(o.grad_norms, i.grad_norms, np.median, seed=seed + 3)
-    return out
-
-
 def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf: SurfaceResult | None,
                   loss0: float | None) -> SplitMetrics:
     from traits.probes import metrics as pm
@@ -1000,72 +981,178 @@ def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> d
     return {k: json_float(v) for k, v in out.items()}
 
 
+@dataclass
+class IntervalInputs:
+    """What the interval recipes read: the per-split metrics and the probes' own results."""
+
+    metrics: dict[str, SplitMetrics]
+    accuracy: dict[str, Accuracy]
+    hessians: dict[str, HessianResult]
+    shift: ShiftResult | None
+    seed: int
+    surface: SurfaceResult | None = None
+    label_free: LabelFreeResult | None = None
+
+    def pair(self, mapping: dict) -> tuple:
+        return mapping.get("id"), mapping.get("ood")
+
+
+def _abs_errors(a: Accuracy) -> list[float]:
+    return [abs(p - y) for p, y in zip(a.predictions, a.targets) if p is not None]
+
+
+def _mae_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    i, o = x.pair(x.accuracy)
+    return None if i is None or o is None else iv.bootstrap_ratio(_abs_errors(o), _abs_errors(i), np.mean, seed=x.seed)
+
+
+def _rmse_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    i, o = x.pair(x.accuracy)
+    if i is None or o is None:
+        return None
+    rms = lambda v: float(np.sqrt(np.mean(np.square(v))))  # noqa: E731
+    return iv.bootstrap_ratio(_abs_errors(o), _abs_errors(i), rms, seed=x.seed + 1)
+
+
+def _lambda_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    (i, o), (hi, ho) = x.pair(x.metrics), x.pair(x.hessians)
+    if i is None or o is None or hi is None or ho is None or not hi.top_eigenvalues or not ho.top_eigenvalues:
+        return None
+    if hi.lambda_max_jackknife is not None and ho.lambda_max_jackknife is not None:
+        return iv.sampled_ratio(sampled_lambda(ho, o), sampled_lambda(hi, i))
+
+    def lam_max(h: HessianResult, m: SplitMetrics) -> iv.Estimate:  # no structure groups: the solver's bound only
+        return iv.Estimate.plus_minus(h.top_eigenvalues[0], m.lambda_max_abs_residual, h.lambda_max_certified)
+
+    return iv.bounds_ratio(lam_max(ho, o), lam_max(hi, i), "residual bounds")
+
+
+def _trace_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    (i, o), (hi, ho) = x.pair(x.metrics), x.pair(x.hessians)
+    if i is None or o is None or i.trace is None or o.trace is None:
+        return None
+    ti, to = sampled_trace(hi), sampled_trace(ho)
+    if ti is not None and to is not None:
+        return iv.sampled_ratio(to, ti)
+    return iv.fieller_ratio(o.trace, o.trace_stderr, i.trace, i.trace_stderr)
+
+
+def _radius_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    i, o = x.pair(x.metrics)
+    if i is None or o is None or i.robust_radius is None or o.robust_radius is None:
+        return None
+    jr = x.surface.radius_jackknife if x.surface is not None else {}
+    if "id" in jr and "ood" in jr and not (i.robust_radius_censored or o.robust_radius_censored):
+        def sampled_radius(m: SplitMetrics, jk: Jackknife) -> iv.Sampled:  # bound: the bisection bracket
+            return iv.Sampled(m.robust_radius, jk.stderr, jk.df, 2 * (m.robust_radius_resolution or 0.0))
+
+        return iv.sampled_ratio(sampled_radius(o, jr["ood"]), sampled_radius(i, jr["id"]))
+
+    def radius(m: SplitMetrics) -> iv.Estimate:
+        res = m.robust_radius_resolution or 0.0
+        # the refined radius is the last point known inside: the crossing lies within one bracket above
+        high = None if m.robust_radius_censored else m.robust_radius + 2 * res
+        return iv.Estimate(m.robust_radius, m.robust_radius, high)
+
+    return iv.bounds_ratio(radius(o), radius(i), "bisection bracket")
+
+
+def _nonconvexity_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    (i, o), (hi, ho) = x.pair(x.metrics), x.pair(x.hessians)
+    if i is None or o is None:
+        return None
+    if i.nonconvexity is not None and o.nonconvexity is not None:
+        return iv.bounds_ratio(iv.Estimate.exact(o.nonconvexity), iv.Estimate.exact(i.nonconvexity),
+                               "certified eigenvalues")
+    if hi is not None and ho is not None and hi.bottom is not None and ho.bottom is not None:
+        return iv._result(None, None, None, "uncertified", "certified eigenvalues", True)
+    return None
+
+
+def _embedding_knn_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    if x.shift is None:
+        return None
+    ood_s, id_s = x.shift.samples.get("ood"), x.shift.samples.get("id")
+    if ood_s is None or id_s is None or "embedding" not in ood_s.distances or "embedding" not in id_s.distances:
+        return None
+    out = iv.bootstrap_ratio(ood_s.distances["embedding"], id_s.distances["embedding"], np.median, seed=x.seed + 2)
+    if x.shift.ratios.get("embedding_knn_ratio") is not None:  # the point value is the full-split one
+        out["value"] = x.shift.ratios["embedding_knn_ratio"]
+    return out
+
+
+def _gauss_newton_interval(attr: str) -> Callable[[IntervalInputs], dict | None]:
+    """The Gauss-Newton λ_max or trace ratio from each split's jackknife (the values are exact: no solver bound)."""
+    def recipe(x: IntervalInputs) -> dict | None:
+        from traits import intervals as iv
+
+        i, o = x.pair(x.label_free.splits) if x.label_free is not None else (None, None)
+        a, b = (getattr(o, attr), getattr(i, attr)) if i is not None and o is not None else (None, None)
+        if a is None or b is None or a.stderr is None or b.stderr is None:
+            return None
+        return iv.sampled_ratio(iv.Sampled(a.value, a.stderr, a.df), iv.Sampled(b.value, b.stderr, b.df))
+
+    return recipe
+
+
+def _grad_norm_interval(x: IntervalInputs) -> dict | None:
+    from traits import intervals as iv
+
+    i, o = x.pair(x.label_free.splits) if x.label_free is not None else (None, None)
+    if i is None or o is None or not i.grad_norms or not o.grad_norms:
+        return None
+    return iv.bootstrap_ratio(o.grad_norms, i.grad_norms, np.median, seed=x.seed + 3)
+
+
+#: How the interval of each ratio is made, by catalogue name (the entry's ``interval`` says it in words). A ratio
+#: with an interval is one recipe here plus its catalogue entry; :func:`ratio_intervals` runs them all.
+INTERVALS: dict[str, Callable[[IntervalInputs], dict | None]] = {
+    "mae_ratio": _mae_interval,
+    "rmse_ratio": _rmse_interval,
+    "lambda_ratio": _lambda_interval,
+    "trace_ratio": _trace_interval,
+    "radius_ratio": _radius_interval,
+    "nonconvexity_ratio": _nonconvexity_interval,
+    "embedding_knn_ratio": _embedding_knn_interval,
+    "gn_lambda_ratio": _gauss_newton_interval("gn_lambda_jackknife"),
+    "gn_trace_ratio": _gauss_newton_interval("gn_trace_jackknife"),
+    "grad_norm_ratio": _grad_norm_interval,
+}
+
+
 def ratio_intervals(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy],
                     hessians: dict[str, HessianResult], shift: ShiftResult | None, seed: int,
-                    surface: SurfaceResult | None = None) -> dict[str, dict]:
-    """An interval for every ratio a gate or the verdict reads (:mod:`traits.intervals`).
+                    surface: SurfaceResult | None = None, label_free: LabelFreeResult | None = None) -> dict[str, dict]:
+    """An interval for every ratio a gate or the verdict reads (:mod:`traits.intervals`), one recipe per ratio
+    (:data:`INTERVALS`).
 
     λ_max and the trace: the jackknife over structure groups combined with the solver's bound or the
     Monte-Carlo error (``sampled``; the solver's bound or Fieller alone when no groups were formed); robust
     radius: its jackknife over the surface sample's structure groups widened by the bisection bracket (the
-    bracket alone when no jackknife was made, unbounded above when censored); MAE/RMSE and the embedding kNN distance: a
-    bootstrap over compounds. Every interval decides its gate."""
-    from traits import intervals as iv
-
+    bracket alone when no jackknife was made, unbounded above when censored); MAE/RMSE and the embedding kNN
+    distance: a bootstrap over compounds; the label-free Gauss-Newton λ_max and trace: their jackknife over the
+    Hessian sample's groups; the gradient-norm medians: a bootstrap over structures. Every interval decides its
+    gate."""
+    inputs = IntervalInputs(metrics, accuracy, hessians, shift, seed, surface, label_free)
     out: dict[str, dict] = {}
-    i, o = metrics.get("id"), metrics.get("ood")
-    if "id" in accuracy and "ood" in accuracy:
-        def abs_err(a: Accuracy) -> list[float]:
-            return [abs(p - y) for p, y in zip(a.predictions, a.targets) if p is not None]
-
-        ei, eo = abs_err(accuracy["id"]), abs_err(accuracy["ood"])
-        out["mae_ratio"] = iv.bootstrap_ratio(eo, ei, np.mean, seed=seed)
-        rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
-        out["rmse_ratio"] = iv.bootstrap_ratio(eo, ei, rms, seed=seed + 1)
-    if i is not None and o is not None:
-        hi, ho = hessians.get("id"), hessians.get("ood")
-        if hi is not None and ho is not None and hi.top_eigenvalues and ho.top_eigenvalues:
-            if hi.lambda_max_jackknife is not None and ho.lambda_max_jackknife is not None:
-                out["lambda_ratio"] = iv.sampled_ratio(sampled_lambda(ho, o), sampled_lambda(hi, i))
-            else:  # no structure groups (a sample of one, the pyhessian backend): the solver's bound only
-                def lam_max(h: HessianResult, m: SplitMetrics) -> iv.Estimate:
-                    return iv.Estimate.plus_minus(h.top_eigenvalues[0], m.lambda_max_abs_residual,
-                                                  h.lambda_max_certified)
-
-                out["lambda_ratio"] = iv.bounds_ratio(lam_max(ho, o), lam_max(hi, i), "residual bounds")
-        if i.trace is not None and o.trace is not None:
-            ti, to = sampled_trace(hi), sampled_trace(ho)
-            if ti is not None and to is not None:
-                out["trace_ratio"] = iv.sampled_ratio(to, ti)
-            else:
-                out["trace_ratio"] = iv.fieller_ratio(o.trace, o.trace_stderr, i.trace, i.trace_stderr)
-        jr = (surface.radius_jackknife if surface is not None else {})
-        if i.robust_radius is not None and o.robust_radius is not None and "id" in jr and "ood" in jr \
-                and not (i.robust_radius_censored or o.robust_radius_censored):
-            def sampled_radius(m: SplitMetrics, jk: Jackknife) -> iv.Sampled:  # bound: the bisection bracket
-                return iv.Sampled(m.robust_radius, jk.stderr, jk.df, 2 * (m.robust_radius_resolution or 0.0))
-
-            out["radius_ratio"] = iv.sampled_ratio(sampled_radius(o, jr["ood"]), sampled_radius(i, jr["id"]))
-        elif i.robust_radius is not None and o.robust_radius is not None:
-            def radius(m: SplitMetrics) -> iv.Estimate:
-                res = m.robust_radius_resolution or 0.0
-                # the refined radius is the last point known inside: the crossing lies within one bracket above
-                return iv.Estimate(m.robust_radius, m.robust_radius,
-                                   None if m.robust_radius_censored else m.robust_radius + 2 * res)
-
-            out["radius_ratio"] = iv.bounds_ratio(radius(o), radius(i), "bisection bracket")
-        if i.nonconvexity is not None and o.nonconvexity is not None:
-            out["nonconvexity_ratio"] = iv.bounds_ratio(iv.Estimate.exact(o.nonconvexity),
-                                                        iv.Estimate.exact(i.nonconvexity), "certified eigenvalues")
-        elif hi is not None and ho is not None and hi.bottom is not None and ho.bottom is not None:
-            out["nonconvexity_ratio"] = iv._result(None, None, None, "uncertified", "certified eigenvalues", True)
-    if shift is not None:
-        ood_s, id_s = shift.samples.get("ood"), shift.samples.get("id")
-        if ood_s is not None and id_s is not None and "embedding" in ood_s.distances and "embedding" in id_s.distances:
-            out["embedding_knn_ratio"] = iv.bootstrap_ratio(ood_s.distances["embedding"], id_s.distances["embedding"],
-                                                            np.median, seed=seed + 2)
-            if shift.ratios.get("embedding_knn_ratio") is not None:  # the point value is the full-split one
-                out["embedding_knn_ratio"]["value"] = shift.ratios["embedding_knn_ratio"]
+    for name, recipe in INTERVALS.items():
+        interval = recipe(inputs)
+        if interval is not None:
+            out[name] = interval
     return out
 
 
@@ -1377,8 +1464,7 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         for m in metrics.values():  # L(θ) = 0: a tolerance relative to it defines no region
             clear_relative_metrics(m)
     intervals = ratio_intervals(metrics, ctx.acc, ctx.hessians, ctx.shift, stream(spec, "ratio_intervals"),
-                                ctx.surface)
-    intervals.update(label_free_intervals(ctx.label_free_result, stream(spec, "ratio_intervals")))
+                                ctx.surface, ctx.label_free_result)
     checkpoint_path = loaded.checkpoint
     provenance = Provenance(
         traits_version=traits.__version__, versions=package_versions(), platform=platform.platform(),
