@@ -492,12 +492,68 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
         points += zoomed_surfaces(spec, objectives, directions, result, partial, progress)
     if s.directions == "hessian":
         points += hessian_plane_surfaces(spec, model, objectives, train_objective, result, skip, out_dir, progress)
+    points += gradients_and_perturbations(spec, objectives, directions, alphas, result, skip, progress)
     elapsed = time.perf_counter() - t0
     result.points_per_second = points / elapsed if elapsed > 0 else None
     result.batched = all(getattr(o, "vmap_ok", True) for o in objectives.values())
     add_landscape_stats(spec, objectives, directions, result)
     add_topology(result)
     return result
+
+
+def gradients_and_perturbations(spec: AuditSpec, objectives: dict, directions: list, alphas: torch.Tensor,
+                                result: SurfaceResult, skip: set, progress: ProgressFactory | None) -> int:
+    """The gradient-norm curves and grid (:mod:`traits.probes.gradient_surface`) and the random-perturbation
+    statistics (:mod:`traits.probes.perturbation`) that ``probes.surface`` asks for; returns the points evaluated."""
+    from traits.probes.directions import random_direction
+    from traits.probes.gradient_surface import gradient_line, gradient_plane, trapezoid_residuals
+    from traits.probes.perturbation import random_perturbations
+
+    s, points = spec.probes.surface, 0
+    for split, obj in objectives.items():
+        if s.gradient_1d:
+            curves = []
+            for k in range(s.directions_1d):
+                cb = progress(f"gradient curve {split} ({k + 1}/{s.directions_1d})", len(alphas)) if progress else None
+                line = gradient_line(obj, directions[k], alphas, progress=cb)
+                trap = trapezoid_residuals(alphas.tolist(), line.loss, line.slopes[0])
+                curves.append({**line.to_dict(), "trapezoid": [json_float(v) for v in trap]})
+                points += len(alphas)
+            result.gradient_curves[split] = curves
+        if s.gradient_points_2d and s.two_d:
+            axis = torch.linspace(-s.span, s.span, s.gradient_points_2d, dtype=torch.float64)
+            result.gradient_grids[split] = gradient_plane(obj, directions[0], directions[1], axis, axis).to_dict()
+            points += s.gradient_points_2d**2
+    if s.perturbations:
+        first = next(iter(objectives.values()))
+        gen = _generator(stream(spec, "perturbation"))
+        dirs = [random_direction(first.params, gen, skip=skip, include_skipped=s.include_bias_and_norm)
+                for _ in range(s.perturbations)]
+        scale = s.perturbation_scale or s.sharpness_radius
+        for split, obj in objectives.items():
+            result.perturbations[split] = random_perturbations(obj, scale, 0, gen, directions=dirs,
+                                                               band=result.band, chunk_size=s.chunk_size).to_dict()
+            points += 2 * len(dirs)
+    return points
+
+
+def gradient_metrics(m: SplitMetrics, surf: SurfaceResult, split: str) -> None:
+    """The split's gradient-norm and perturbation metrics from the stored curves, grid and statistics."""
+    curves = surf.gradient_curves.get(split) or []
+    grid = surf.gradient_grids.get(split)
+    if curves:
+        alphas = np.asarray(curves[0]["alphas"], dtype=float)
+        centre = int(np.argmin(np.abs(alphas)))
+        m.loss_grad_norm = json_float(curves[0]["grad_norm"][centre]) if alphas[centre] == 0 else None
+        traps = [v for c in curves for v in c.get("trapezoid", []) if v is not None]
+        m.trapezoid_max = json_float(max(traps)) if traps else None
+    norms = [v for row in grid["grad_norm"] for v in row] if grid else [v for c in curves for v in c["grad_norm"]]
+    finite = [v for v in norms if v is not None and math.isfinite(v)]
+    m.loss_grad_norm_median = json_float(float(np.median(finite))) if finite else None
+    pert = surf.perturbations.get(split)
+    if pert:
+        m.perturbation_curvature = json_float(pert.get("curvature_mean"))
+        m.perturbation_exceed_fraction = json_float(pert.get("exceed_fraction"))
 
 
 def skipped_parameters(model) -> set[str]:
@@ -935,6 +991,8 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
         from traits.probes.planes import nonconvexity
 
         m.nonconvexity = json_float(nonconvexity(m.lambda_min, m.lambda_max))
+    if surf is not None:
+        gradient_metrics(m, surf, split)
     stats = surf.landscape.get(split) if surf is not None else None
     if stats:
         m.first_jump, m.smooth_to = stats.get("first_jump"), stats.get("smooth_to")

@@ -222,6 +222,13 @@ class SurfaceResult(_Result):
         None, description="the absolute loss rise (loss units) the radius, sharpness and basin areas are measured "
         "against, one for every split: tolerance × the ID loss at θ (schema 1.5; None in older files, whose band "
         "was tolerance × each split's own loss)")
+    gradient_curves: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="split -> per 1D direction: loss, ‖∇θ L‖, slopes and trapezoid residuals "
+        "at alphas_1d (probes.surface.gradient_1d; schema 1.7)")
+    gradient_grids: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="split -> ‖∇θ L‖ on the gradient grid (probes.surface.gradient_points_2d)")
+    perturbations: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="split -> random-perturbation statistics (probes.surface.perturbations)")
     topology: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="'grids' / 'plane_grids' -> split -> the surface's topology: persistence "
         "pairs, minima, SMAD (traits.probes.topology; schema 1.5)")
@@ -256,6 +263,11 @@ class SplitMetrics(_Result):
     smad: MaybeFloat = Field(None, description="SMAD of the random-plane 2D surface (surface.topology; schema 1.5)")
     smad_normalized: MaybeFloat = Field(None, description="that SMAD over the surface's loss range")
     plane_smad: MaybeFloat = Field(None, description="SMAD of the Hessian-eigenvector-plane surface")
+    loss_grad_norm: MaybeFloat = Field(None, description="‖∇θ L‖ at θ (schema 1.7; probes.surface.gradient_1d)")
+    loss_grad_norm_median: MaybeFloat = Field(None, description="median ‖∇θ L‖ over the gradient points")
+    trapezoid_max: MaybeFloat = Field(None, description="largest |ΔL − h·(s_i + s_{i+1})/2| over the 1D intervals")
+    perturbation_curvature: MaybeFloat = Field(None, description="mean (D⁺ + D⁻)/s² over the random directions")
+    perturbation_exceed_fraction: MaybeFloat = Field(None, description="share of L(θ ± s d_k) above the band")
     below_resolution: dict[str, float] = Field(
         default_factory=dict, description="metric -> its upper bound, for a metric under the grid's resolution (a "
         "radius shorter than one grid step, a basin of one grid point): the metric itself is None (schema 1.5)")

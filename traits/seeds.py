@@ -36,6 +36,7 @@ STREAMS: dict[str, tuple[int, int]] = {
     "calibration": (0, 0),
     "hessian_groups": (53, 1),  # index: position of the split
     "surface_groups": (61, 1),  # index: position of the split
+    "perturbation": (67, 0),  # the perturbation statistics' directions (one draw shared by every split)
     "hessian": (101, 101),  # index: position of the split; the probe adds 0..5 for its own runs
 }
 

@@ -403,6 +403,16 @@ class SurfaceSpec(_Strict):
         13, ge=0, le=101, description="When the robust basin around θ spans fewer than 5 cells of the 2D grid, also "
         "evaluate a zoomed zoom_points × zoom_points grid on the same directions, spanning ±3 robust radii (the "
         "basin then spans about 4 of its cells), so the basin can be read; 0 turns it off.")
+    gradient_1d: bool = Field(False, description="Also evaluate ‖∇θ L‖ and the slope dL/dα at every point of the "
+                              "1D curves (traits.probes.gradient_surface; about 3 loss evaluations' cost per "
+                              "point), with the trapezoid check of the curves against their slopes.")
+    gradient_points_2d: int = Field(0, ge=0, le=101, description="Also evaluate ‖∇θ L‖ on an n × n grid of the "
+                                    "random plane (0: off; keep it coarser than points_2d).")
+    perturbations: int = Field(0, ge=0, le=1024, description="Random filter-normalised directions d_k for the "
+                               "perturbation statistics L(θ ± s d_k) − L(θ) (traits.probes.perturbation): mean rise, "
+                               "curvature along random directions, share leaving the band; 0: off.")
+    perturbation_scale: float | None = Field(None, gt=0, le=10, description="s of the perturbations (default: "
+                                             "sharpness_radius).")
     directions: Literal["random", "hessian"] = Field(
         "random",
         description="'hessian' adds a 2D surface in the plane of the eigenvectors of the largest and the "

@@ -425,6 +425,28 @@ class SplitObjective:
 
         return self._accumulate(batch_gradient)
 
+    def loss_and_gradient(self, point: dict[str, torch.Tensor] | None = None) -> tuple[float, torch.Tensor]:
+        """(L(w), ∇_w L(w)) at the weights ``point`` (name -> tensor; default theta), the gradient flat in name
+        order: L(w) = (1/N) Σ_b Σ_{i∈b} ℓ(f_w(x_i) − y_i), differentiated batch by batch and summed (a batch whose
+        loss does not depend on the weights adds 0), in eval mode; the model is left untouched."""
+        src = self.params if point is None else point
+        missing = [n for n in self.names if n not in src]
+        if missing:
+            raise ProbeError(f"the point lacks parameters {missing[:3]}")
+        grad = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        with torch.enable_grad(), eval_mode(self.model):
+            leaves = {n: src[n].detach().to(device=self.device, dtype=self.dtype).requires_grad_(True)
+                      for n in self.names}
+            full = self._full(leaves)
+            inputs = [leaves[n] for n in self.names]
+            for i in range(len(self.batches)):
+                value = self._batch_sum(full, i) / self.n_samples
+                total = total + value.detach()
+                if value.requires_grad:
+                    grad += self._flat_or_zero(torch.autograd.grad(value, inputs, allow_unused=True))
+        return float(total), grad
+
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hessian-vector product H(theta) @ v, accumulated over batches, by ``hvp_method``."""
         if v.dim() != 1 or v.numel() != self.dim:

@@ -102,20 +102,25 @@ TINY_PROFILE: dict[str, Any] = {
 
 #: Study v2 (docs/study/v2/PREREGISTRATION.md): the study's budget with the label-free probes beside the labelled
 #: ones, on the same structures.
-V2_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True}
+V2_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True,
+                              "probes.surface.gradient_1d": True, "probes.surface.perturbations": 32}
 #: Study v2's first pass: training (the checkpoint is kept), accuracy, domain shift and the label-free probes;
-#: the labelled Hessians and surfaces run later on the kept checkpoints (``traits study reprobe``).
-V2_LABEL_FREE_PROFILE: dict[str, Any] = {**V2_PROFILE, "probes.hessian.enabled": False,
-                                         "probes.surface.enabled": False, "report.formats": ["json"]}
+#: the labelled Hessians and surfaces run later on the kept checkpoints (``traits study reprobe``, profile v2).
+V2_LABEL_FREE_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True,
+                                         "probes.hessian.enabled": False, "probes.surface.enabled": False,
+                                         "report.formats": ["json"]}
 #: A pipeline check of study v2 (never evidence).
 V2_TINY_PROFILE: dict[str, Any] = {**TINY_PROFILE, "probes.label_free.enabled": True}
 
 
 def study_profiles(subsample: int | None = None) -> dict[str, dict[str, Any]]:
     """The profiles a generated study's campaign.yaml offers (``subsample``: the study budget's data.subsample)."""
+    import copy
+
     sub = {} if subsample is None else {"data.subsample": subsample}
-    return {"study": {**STUDY_PROFILE, **sub}, "tiny": dict(TINY_PROFILE), "v2": {**V2_PROFILE, **sub},
-            "v2-label-free": {**V2_LABEL_FREE_PROFILE, **sub}, "v2-tiny": dict(V2_TINY_PROFILE)}
+    profiles = {"study": {**STUDY_PROFILE, **sub}, "tiny": dict(TINY_PROFILE), "v2": {**V2_PROFILE, **sub},
+                "v2-label-free": {**V2_LABEL_FREE_PROFILE, **sub}, "v2-tiny": dict(V2_TINY_PROFILE)}
+    return {k: copy.deepcopy(v) for k, v in profiles.items()}  # no shared list: the YAML holds no aliases
 
 
 @dataclass
