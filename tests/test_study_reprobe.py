@@ -11,8 +11,8 @@ import json
 
 import pytest
 import yaml
-
 from test_campaign import mini_spec
+
 from traits.campaign import run_campaign
 from traits.errors import TraitsError
 from traits.study.reprobe import ensemble_predictions, kept_checkpoints, reprobe

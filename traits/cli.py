@@ -850,12 +850,17 @@ def screen(
     options: OptionsOpt = None,
     report_formats: Annotated[str, typer.Option("--report", help="Comma-separated: html,pdf (or none).")] = "html,pdf",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    reference: Annotated[Path | None, typer.Option(
+        help="Audit spec the model was trained or audited with: its training and ID test compounds are the "
+             "yardstick of the risk of a >= 2x error per element (checked against the checkpoint's split); "
+             "without it no risk is given.")] = None,
 ) -> None:
     """Predict unlabelled structures with per-compound uncertainty and flags: predictions.csv/json, a
-    per-element and per-chemical-system summary and a screening report (screen.html/pdf). Any adapter screens
-    (--model chgnet bundled STRUCTURES...); a score the model does not offer is reported unavailable."""
+    per-element and per-chemical-system summary, the risk of a >= 2x error per element (with --reference) and a
+    screening report (screen.html/pdf). Any adapter screens (--model chgnet bundled STRUCTURES...); a score the
+    model does not offer is reported unavailable."""
     from traits.audit import resolve_device
-    from traits.screen import SCORE_NAMES
+    from traits.screen import SCORE_NAMES, risk_summary
     from traits.screen import screen as run_screen
 
     wanted = [f.strip() for f in report_formats.split(",") if f.strip() and f.strip() != "none"]
@@ -864,7 +869,8 @@ def screen(
         raise TraitsError(f"--report: unknown format(s) {', '.join(bad)}; choose html, pdf or none")
     settings = _model_options(model, options)
     res = run_screen(checkpoint, list(structures), out_dir, fmt=fmt, calibration=calibration,
-                     device=resolve_device(device), formats=wanted, model=model, options=settings)
+                     device=resolve_device(device), formats=wanted, model=model, options=settings,
+                     reference=reference)
     skipped = sum(res.skipped.values())
     out.print(f"screened {res.n_screened} of {res.n_read} structures ({skipped} skipped"
               f"{': ' + '; '.join(f'{safe_text(k)}: {v}' for k, v in res.skipped.items()) if skipped else ''}); "
@@ -874,6 +880,8 @@ def screen(
                   highlight=False)
     for key, why in res.unavailable.items():
         out.print(f"{SCORE_NAMES.get(key, key)} is not available for this model: {safe_text(why)}", highlight=False)
+    for line in risk_summary(res.risk):
+        out.print(safe_text(line), highlight=False)
     out.print(f"results in {safe_text(out_dir)}: {safe_text(', '.join(p.name for p in res.files.values()))}",
               highlight=False)
 

@@ -22,6 +22,13 @@ Flags: ``nan`` (the prediction is not finite; no number is written), ``high`` (a
 distance above the ID test set's 95th percentile; without calibration: the score above twice the
 screened set's median), ``ok`` otherwise. A chemistry is ``check`` when its median relative uncertainty
 exceeds :data:`CHEMISTRY_RATIO` or more than half of its compounds are ``high``.
+
+Risk of a ≥ 2× error
+--------------------
+With a reference (the audit spec the model was trained or audited with, :func:`risk_reference`), the adopted trust
+score (:mod:`traits.trust`) is applied to the embedding kNN ratio of the whole screened set and of the compounds
+holding each element (:func:`screen_risk`), measured as the audit's domain-shift probe measures it; without one, or
+for a group of fewer than :data:`RISK_MIN_COMPOUNDS` compounds, there is no risk and the outputs say why.
 """
 
 from __future__ import annotations
@@ -630,6 +637,252 @@ def _num(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
+# ---------------------------------------------------------------------------------------- risk of a 2x error
+#: A group (the screened compounds holding one element) needs at least this many compounds with an embedding for a
+#: risk: the median of fewer kNN distances is itself too uncertain (at 20, its 95 % interval already spans about
+#: the group's 30th to 70th percentile), and the score was fitted on OOD sets of 87 to 3,051 compounds.
+RISK_MIN_COMPOUNDS = 20
+#: What the risk is, and how far it may be trusted (repeated wherever a risk is shown).
+RISK_CAVEAT = ("The score is the embedding-distance baseline alone (the median kNN distance of the group in the "
+               "model's embedding over that of the ID test set), fitted on one study: omission audits of CGCNN "
+               "formation-energy and band-gap models on Materials Project data. Outside it (other architectures, "
+               "targets or data, or groups unlike an omitted chemistry) it is weak evidence, and its interval is how "
+               "much the fitted score moves over the study's held-out rules, not a sampling interval of this screen.")
+
+
+def risk_caveat(score: dict | None) -> str:
+    """:data:`RISK_CAVEAT` for a score on the embedding distance alone; for any other score, what it rests on."""
+    features = [f for m in (score or {}).get("models") or [] for f in m.get("features", [])]
+    if not score or set(features) == {"embedding_knn_ratio"}:
+        return RISK_CAVEAT
+    return (f"The score rests on {score.get('study_version', 'its study')} ({', '.join(dict.fromkeys(features))}); a "
+            "screen measures only the embedding distance, so a score that needs other signals gives no risk here. "
+            "Its interval is how much the fitted score moves over the study's held-out rules, not a sampling "
+            "interval of this screen.")
+RISK_NOT_GIVEN = ("no reference given: the risk needs the model's training and ID test compounds (--reference "
+                  "SPEC, the audit spec the model was trained or audited with); the calibration's 500 stored "
+                  "training embeddings are not the audit's yardstick, so no risk is computed")
+
+
+@dataclass
+class RiskReference:
+    """The yardstick of the embedding kNN ratio, rebuilt as the audit measures it (:func:`traits.audit.run_shift`):
+    the embeddings of the training split subsampled to ``probes.shift.max_train`` (seeded stream ``shift_train``)
+    and of the ID test split, with the spec's ``probes.shift.k``; ``info`` says where they came from. ``reason``
+    (embeddings None) says why there is no yardstick."""
+
+    train: np.ndarray | None
+    id: np.ndarray | None
+    k: int
+    info: dict = field(default_factory=dict)
+    reason: str | None = None
+
+
+def _subsample(items: list, limit: int | None, seed: int) -> list:
+    """The audit's training subsample (``traits.audit.subsample``): at most ``limit``, drawn without replacement,
+    in the original order."""
+    if limit is None or len(items) <= limit:
+        return items
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
+    return [items[i] for i in keep]
+
+
+def _reference_data(spec, loaded):
+    """The spec's splits as the audit prepares them for this model: TRAITS' graph models build graphs first with
+    the checkpoint's own graph settings (as its training did), other adapters featurise after splitting."""
+    from traits.data.prepare import prepare_data, prepare_for_adapter
+
+    adapter = loaded.adapter
+    if getattr(adapter, "graph_model", False):
+        graph = getattr(adapter, "graph", None)
+        if graph is not None:
+            spec = spec.model_copy(update={"data": spec.data.model_copy(update={"graph": graph})})
+        return prepare_data(spec)
+    return prepare_for_adapter(spec, adapter, loaded.options)
+
+
+def _manifest_check(meta: Mapping, manifest) -> tuple[str, str | None]:
+    """(what the report says about the reference's split, the reason for no risk when it is not the model's)."""
+    recorded = meta.get("manifest_hash") if isinstance(meta.get("manifest_hash"), str) else None
+    if recorded is None:
+        return "not checked: the checkpoint records no split manifest", None
+    if recorded == manifest.hash:
+        return f"the checkpoint's own training split (manifest {recorded[:12]})", None
+    return "", (f"the reference's split (manifest {manifest.hash[:12]}) is not the one the checkpoint was trained on "
+                f"(manifest {recorded[:12]}): its distances would not be to the model's training compounds")
+
+
+def risk_reference(spec_path: Path, loaded, device, batch_size: int | None = None) -> RiskReference:
+    """The training subsample and ID test embeddings of ``loaded`` from the audit spec ``spec_path`` (its data,
+    omission and split rebuild the compounds; the split is checked against the checkpoint's manifest hash where
+    it records one). A spec that cannot be read is an error; a reference that cannot serve is a ``reason``."""
+    from traits.seeds import stream
+    from traits.spec import load_spec
+
+    spec = load_spec(spec_path, need_checkpoint=False)
+    cfg = spec.probes.shift
+    data = _reference_data(spec, loaded)
+    split_note, mismatch = _manifest_check(loaded.meta or {}, data.manifest)
+    info = {"spec": Path(spec_path).name, "name": spec.name, "source": data.source, "split": split_note,
+            "n_train_total": len(data.splits.get("train") or []), "n_id": len(data.splits.get("id") or []),
+            "k": cfg.k, "max_train": cfg.max_train}
+    if mismatch:
+        return RiskReference(None, None, cfg.k, info, mismatch)
+    if not data.splits.get("train") or not data.splits.get("id"):
+        return RiskReference(None, None, cfg.k, info, "the reference has no training or no ID test compounds "
+                             "(data.sets needs 'train' and 'id')")
+    train = _subsample(data.splits["train"], cfg.max_train, stream(spec, "shift_train"))
+    info["n_train"] = len(train)
+    size = batch_size or loaded.adapter.batch_size
+    got_train = score_pass(loaded.model, train, device, size, loaded.adapter)
+    got_id = score_pass(loaded.model, data.splits["id"], device, size, loaded.adapter)
+    if got_train.phi is None or got_id.phi is None:
+        return RiskReference(None, None, cfg.k, info, "the model offers no embedding: "
+                             + got_train.unavailable.get("knn_distance", "no crystal vector"))
+    return RiskReference(got_train.phi, got_id.phi, cfg.k, info)
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x).all(axis=1) if x.size else np.zeros(len(x), dtype=bool)
+
+
+def embedding_distances(ref: RiskReference, phi: np.ndarray) -> tuple[np.ndarray, float | None, str | None]:
+    """(each screened compound's mean distance to its k nearest reference training compounds, NaN where its
+    embedding is not finite; the ID test set's median distance; why none could be measured), in the embedding
+    standardised on the training subsample's finite rows, as :func:`traits.shift.compute_shift` measures them."""
+    from traits import shift as sh
+
+    d = np.full(len(phi), np.nan)
+    try:
+        std = sh.standardise({"train": ref.train, "id": ref.id, "screened": np.asarray(phi, dtype=np.float64)})
+        train = std["train"][_finite_rows(std["train"])]
+        if len(train) < ref.k + 1:
+            return d, None, (f"the reference has {len(train)} training compounds with a finite embedding, too few "
+                             f"for k = {ref.k} nearest neighbours")
+        d_id = sh.knn_distances(train, std["id"][_finite_rows(std["id"])], ref.k)
+        ok = _finite_rows(std["screened"])
+        if ok.any():
+            d[ok] = sh.knn_distances(train, std["screened"][ok], ref.k)
+    except sh.ShiftInputError as exc:
+        return d, None, f"the embedding distances could not be measured: {exc}"
+    med = float(np.median(d_id)) if d_id.size else None
+    if not (med is not None and math.isfinite(med) and med > 0):
+        return d, None, "the ID test set's median kNN distance is not a positive number: no yardstick"
+    return d, med, None
+
+
+def _group_risk(name: str, d: np.ndarray, id_median: float, score: dict | None, minimum: int) -> dict:
+    """One group's count, embedding kNN ratio and risk (None below ``minimum`` compounds, with why)."""
+    from traits.shift import ratio
+    from traits.trust import audit_risk
+
+    d = d[np.isfinite(d)]
+    r = ratio(float(np.median(d)), id_median) if d.size else None
+    out = {"name": name, "n": int(d.size), "knn_ratio": r, "probability": None, "low": None, "high": None,
+           "why": None}
+    if d.size < minimum:
+        out["why"] = f"fewer than {minimum} compounds"
+        return out
+    risk = audit_risk({"embedding_knn_ratio": r}, score)
+    if risk is None or risk["probability"] is None:
+        out["why"] = (risk or {}).get("note") or "no trust score is adopted"
+        return out
+    return out | {k: risk[k] for k in ("probability", "low", "high")}
+
+
+def _score_fields(score: dict) -> dict:
+    from traits.trust import INTERVAL_KIND, evidence_text
+
+    model = (score.get("models") or [{}])[0]
+    return {"candidate": score.get("candidate"), "model": model.get("name"), "features": model.get("features"),
+            "study_version": str(score.get("study_version", "")), "evidence": evidence_text(score),
+            "outcome": score.get("outcome"), "interval_kind": score.get("interval_kind") or INTERVAL_KIND,
+            "ships_as_default": bool(score.get("ships_as_default"))}
+
+
+def screen_risk(rows: Sequence[dict], phi: np.ndarray | None, ref: RiskReference | None, *,
+                score: dict | None = None, minimum: int = RISK_MIN_COMPOUNDS) -> dict:
+    """The risk of a ≥ 2× OOD/ID error (:func:`traits.trust.audit_risk` on the embedding kNN ratio) of the whole
+    screened set and of the compounds holding each element (groups of at least ``minimum``), against ``ref``;
+    ``computed`` False with the ``reason`` when there is no reference, embedding or adopted score."""
+    from traits.trust import adopted_score
+
+    score = score if score is not None else adopted_score()
+    out = {"computed": False, "reason": None, "min_compounds": minimum, "grouping": "element",
+           "caveat": risk_caveat(score), "reference": dict(ref.info) if ref is not None else None,
+           "score": _score_fields(score) if score is not None else None, "overall": None, "by_element": []}
+    reason = (RISK_NOT_GIVEN if ref is None else ref.reason or
+              ("the model offers no embedding" if phi is None else None) or
+              ("no trust score is adopted" if score is None else None) or
+              ("no structure was screened" if not rows else None))
+    if reason:
+        return out | {"reason": reason}
+    d, id_median, why = embedding_distances(ref, phi)
+    if why:
+        return out | {"reason": why}
+    out["reference"] |= {"id_median_distance": id_median, "k": ref.k, "n_train": len(ref.train), "n_id": len(ref.id)}
+    out["reference"].setdefault("n_train_total", len(ref.train))
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        for el in row["elements"]:
+            groups.setdefault(el, []).append(i)
+    by = [_group_risk(el, d[idx], id_median, score, minimum) for el, idx in groups.items()]
+    by.sort(key=lambda g: (g["probability"] is None, -(g["probability"] or 0.0), -(g["knn_ratio"] or 0.0), g["name"]))
+    overall = _group_risk("all screened", d, id_median, score, minimum)
+    return out | {"computed": True, "overall": overall, "by_element": by}
+
+
+def format_risk(g: Mapping) -> str:
+    """"0.83 [0.60, 0.95]" (no interval without refits; "—" without a risk)."""
+    p = g.get("probability")
+    if p is None:
+        return "—"
+    lo, hi = g.get("low"), g.get("high")
+    return f"{p:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+
+
+#: Elements named per line of the terminal summary; the rest are in the report and predictions.json.
+RISK_LINES = 5
+
+
+#: Elements in the report's risk table (every group is in predictions.json).
+RISK_ROWS = 25
+
+
+def format_ratio(r) -> str:
+    """A kNN ratio with two decimals ("—" when undefined)."""
+    return "—" if r is None else f"{r:.2f}"
+
+
+def _risk_of(g: Mapping) -> str:
+    return f"{g['name']} {format_risk(g)} (kNN ratio {format_ratio(g['knn_ratio'])}, {_plural(g['n'], 'compound')})"
+
+
+def risk_summary(risk: Mapping | None) -> list[str]:
+    """The terminal's lines on the risk of a ≥ 2× error: the whole set, the riskiest elements, the evidence and the
+    caveat, or why no risk was computed (plain text; the caller prints it through a safe console)."""
+    if not risk or not risk.get("computed"):
+        return [f"risk of a ≥ 2× error: not computed ({(risk or {}).get('reason') or RISK_NOT_GIVEN})"]
+    overall, minimum = risk["overall"], risk["min_compounds"]
+    first = (f"risk of a ≥ 2× error (P(OOD/ID MAE ≥ 2) from the embedding kNN ratio): {_risk_of(overall)}"
+             if overall["probability"] is not None else
+             f"risk of a ≥ 2× error: none for the whole set ({overall['why']})")
+    rated = [g for g in risk["by_element"] if g["probability"] is not None]
+    small = len(risk["by_element"]) - len(rated)
+    lines = [first]
+    if rated:
+        more = f"; {len(rated) - RISK_LINES} more in the report" if len(rated) > RISK_LINES else ""
+        lines.append(f"by element (compounds holding it; at least {minimum}), highest first: "
+                     + "; ".join(_risk_of(g) for g in rated[:RISK_LINES]) + more)
+    if small:
+        lines.append(f"{_plural(small, 'element')} in fewer than {minimum} compounds: no risk")
+    score = risk.get("score") or {}
+    lines.append(f"score: {score.get('evidence')}; interval: {score.get('interval_kind')}")
+    lines.append("caveat: the embedding-distance baseline alone, fitted on one study of CGCNN formation-energy and "
+                 "band-gap models on Materials Project data: weak evidence outside it")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------- the command
 @dataclass
 class ScreenResult:
@@ -643,6 +896,7 @@ class ScreenResult:
     files: dict[str, Path]
     document: dict
     unavailable: dict[str, str] = field(default_factory=dict)
+    risk: dict = field(default_factory=dict)
 
 
 #: How the outputs name the scores (the keys of :attr:`Scores.unavailable`).
@@ -745,7 +999,7 @@ def _document(loaded, rows: list[dict], sc: Scores, cal: dict | None, cal_file: 
 def screen(checkpoint: Path | None, paths: Sequence[Path], out_dir: Path, *, fmt: str = "auto",
            calibration: Path | None = None, device: torch.device | None = None,
            formats: Sequence[str] = ("html", "pdf"), batch_size: int | None = None, model: str | None = None,
-           options=None) -> ScreenResult:
+           options=None, reference: Path | None = None) -> ScreenResult:
     """Screen unlabelled structures with a model loaded through its adapter; write predictions.csv/json and the
     report.
 
@@ -759,6 +1013,8 @@ def screen(checkpoint: Path | None, paths: Sequence[Path], out_dir: Path, *, fmt
         device, formats, batch_size: where the model runs, the report formats, structures per batch (default:
             the adapter's).
         model, options: the adapter (``chgnet``, ``sevenn``, ...) and its settings.
+        reference: the audit spec the model was trained or audited with: its training and ID test compounds are
+            the yardstick of the risk of a ≥ 2× error (:func:`screen_risk`); None: no risk, and the outputs say why.
 
     Returns:
         The :class:`ScreenResult`; the scores the model does not offer are listed in ``unavailable`` (and in the
@@ -782,13 +1038,15 @@ def screen(checkpoint: Path | None, paths: Sequence[Path], out_dir: Path, *, fmt
     sc = scores_of(got, cal, t0)
     rows = _rows(items, inputs.sources, sc, unit_of_model(loaded), cal)
     doc = _document(loaded, rows, sc, cal, cal_file, inputs, skipped)
+    ref = risk_reference(Path(reference), loaded, device, batch_size) if reference is not None else None
+    doc["risk"] = screen_risk(rows, got.phi, ref)
     out_dir = ensure_dir(Path(out_dir))
     files = {"json": out_dir / "predictions.json", "csv": out_dir / "predictions.csv"}
     write_text_atomic(files["json"], json.dumps(doc, indent=1, allow_nan=False))
     write_text_atomic(files["csv"], _csv(rows))
     files.update(render_screen_report(doc, out_dir, formats))
     return ScreenResult(out_dir, inputs.n_read, len(rows), dict(skipped), cal is not None, doc["n_flagged"],
-                        doc["n_nan"], files, doc, dict(sc.unavailable))
+                        doc["n_nan"], files, doc, dict(sc.unavailable), doc["risk"])
 
 
 def unit_of_model(loaded) -> str:
@@ -1146,6 +1404,7 @@ def render_screen_report(doc: dict, out_dir: Path, formats: Sequence[str] = ("ht
         "inputs": _inputs_phrase(doc), "omit": _omit_phrase(doc), "architecture": _architecture(doc),
         "ratio": CHEMISTRY_RATIO, "quantile": FLAG_QUANTILE, "few": FEW_COMPOUNDS, "rows": REPORT_ROWS,
         "flagged": flagged[:REPORT_ROWS], "n_flagged_all": n_flagged_all,
+        "caveat": RISK_CAVEAT, "risk_text": format_risk, "ratio_text": format_ratio, "risk_rows": RISK_ROWS,
         "css": Markup(_screen_css()),
         "css_narrow": Markup((templates_dir() / "report-narrow.css").read_text(encoding="utf-8")),
     }
