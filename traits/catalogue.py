@@ -26,7 +26,9 @@ Evidence is *adopted* deliberately: ``traits study summary`` writes ``catalogue-
 study summary it describes (``docs/study/``); ``traits study summary --adopt`` (refused for a pipeline
 check) also copies it to :data:`EVIDENCE_FILE`, inside the package, which is what installed copies read.
 The adopted study is study-1 on the Materials Project pool (``docs/study/``, 168 audits); by this rule the λ_max
-and trace ratios fail by default and every other landscape or distance metric warns.
+and trace ratios fail by default and every other landscape or distance metric warns. The label-free metrics
+(stage ``label_free``: the Gauss-Newton, gradient-norm, prediction-sharpness and label-free surface ratios) and the
+embedding-density gap have no gate: they are listed and ranked until a study measures them.
 """
 
 from __future__ import annotations
@@ -173,6 +175,39 @@ class Metric:
         return 1.0 if self.unit == "ratio" else 0.0
 
 
+#: What the catalogue says about the label-free metrics until an adopted study measures them.
+_LABEL_FREE_UNMEASURED = ("No adopted study has measured whether it tracks OOD error yet (study v2 measures it), "
+                          "so it decides no gate: it is listed and ranked, never gated.")
+
+#: The label-free landscape ratios (:mod:`traits.probes.labelfree`, :func:`traits.audit.label_free_ratios`):
+#: (name, label, report label, per-split quantity read by traits.report.headline, interval kind, what it is).
+_LABEL_FREE = (
+    ("gn_lambda_ratio", "Gauss-Newton λ_max (label-free)", "Gauss-Newton λmax of the predictions (label-free)",
+     "gn_lambda_max", "jackknife over structures",
+     "Largest eigenvalue of the Gauss-Newton matrix (2/N) JᵀJ of the model's own predictions (J: the per-structure "
+     "gradients ∇θ f_i; exact, from the N×N Gram matrix), OOD over ID: how far the predictions move along the "
+     "stiffest weight direction."),
+    ("gn_trace_ratio", "Gauss-Newton trace (label-free)", "Gauss-Newton trace of the predictions (label-free)",
+     "gn_trace", "jackknife over structures",
+     "Trace of the Gauss-Newton matrix of the predictions, (2/N) Σ ‖∇θ f_i‖² (exact), OOD over ID: the total "
+     "sensitivity of the predictions to the weights."),
+    ("grad_norm_ratio", "gradient norm (label-free)", "median per-structure gradient norm ‖∇θ f‖ (label-free)",
+     "grad_norm_median", "bootstrap over compounds",
+     "Median over the structures of ‖∇θ f_i‖, how much one structure's prediction moves per unit of weight change, "
+     "OOD over ID."),
+    ("lf_sharpness_ratio", "prediction sharpness (label-free)", "prediction sharpness at radius r (label-free)",
+     "sharpness", "",
+     "Mean squared change of the predictions when the weights move by the filter-normalised radius r along random "
+     "directions (both signs), OOD over ID."),
+    ("lf_smad_ratio", "SMAD (label-free)", "SMAD of the label-free 2D surface", "smad", "",
+     "Saddle-minimum average distance of the label-free 2D surface (the mean squared change of the predictions on "
+     "the surfaces' random plane), OOD over ID."),
+    ("lf_persistence_ratio", "persistence range (label-free)", "persistence range of the label-free 2D surface",
+     "persistence_range", "",
+     "Persistence range of the minima of the label-free 2D surface (sublevel-set persistence), OOD over ID."),
+)
+
+
 _METRICS: tuple[Metric, ...] = (
     Metric("mae_ratio", "MAE", "error", gate_field="max_mae_ratio", comparison="<=", threshold=2.0,
            fails_by_default=True,
@@ -269,6 +304,16 @@ _METRICS: tuple[Metric, ...] = (
            report_label="embedding kNN distance, 90th percentile", source="shift"),
     Metric("target_ks_ratio", "target KS statistic", "distance baseline", ranked=False,
            report_label="KS statistic of the targets against train", source="shift"),
+    *(Metric(name, label, "landscape", report_label=report_label, source=f"label_free.{attr}", interval=interval,
+             description=f"{what} Label-free: it needs no target and means the same in a labelled and a label-free "
+             f"audit. {_LABEL_FREE_UNMEASURED}")
+      for name, label, report_label, attr, interval, what in _LABEL_FREE),
+    Metric("embedding_density_gap", "embedding density gap (OOD − ID)", "distance baseline", unit="difference",
+           report_label="embedding negative log-likelihood: a difference, OOD − ID", source="shift.density",
+           description="The mean negative log-likelihood of the OOD compounds' embeddings under a Gaussian mixture "
+           "fitted to the training embeddings (components chosen by BIC), minus that of the ID test compounds: "
+           "positive when the OOD compounds lie where training was sparse. A difference, not a ratio. "
+           + _LABEL_FREE_UNMEASURED),
     Metric("nan_fraction", "non-finite share of the loss surfaces", "surface", unit="fraction",
            gate_field="max_nan_fraction", comparison="<=", threshold=0.0, fails_by_default=True, ranked=False,
            report_label="non-finite share of the loss surfaces", source="metrics.nan_fraction", reduce="max",
@@ -293,7 +338,9 @@ _STAGES = {"accuracy": ("mae_ratio", "rmse_ratio"),
                         "first_jump_ratio",
                         "entropy_ood_minus_id", "loss_ratio", "nan_fraction"),
            "shift": ("embedding_knn_ratio", "composition_knn_ratio", "target_wasserstein_ratio",
-                     "composition_knn_p90_ratio", "embedding_knn_p90_ratio", "target_ks_ratio")}
+                     "composition_knn_p90_ratio", "embedding_knn_p90_ratio", "target_ks_ratio",
+                     "embedding_density_gap"),
+           "label_free": tuple(row[0] for row in _LABEL_FREE)}
 _STAGE_OF = {name: stage for stage, members in _STAGES.items() for name in members}
 _METRICS = tuple(replace(m, gate_label=_GATE_LABELS.get(m.name, ""), stage=_STAGE_OF[m.name]) for m in _METRICS)
 

@@ -476,6 +476,40 @@ def shift_figure(targets: Mapping[str, Sequence[float]], distances: Mapping[str,
     return fig
 
 
+def grad_norm_figure(norms: Mapping[str, Sequence[float]], unit: str) -> Figure:
+    """Histograms (each split's share of structures per bin, one outline per split, common log-spaced bins) of the
+    per-structure gradient norms ‖∇θ f_i‖ of the predictions, with each split's median as a dashed line."""
+    fig = _new_figure(2.6, PAGE_WIDTH * 0.62)
+    ax = fig.subplots()
+    arrays = {s: nan_array(v) for s, v in norms.items()}
+    arrays = {s: a[np.isfinite(a) & (a > 0)] for s, a in arrays.items()}
+    pooled = np.concatenate([a for a in arrays.values() if a.size] or [np.zeros(0)])
+    if pooled.size == 0:
+        ax.text(0.5, 0.5, "no finite gradient norm", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        return fig
+    lo, hi = float(pooled.min()), float(pooled.max())
+    edges = np.geomspace(lo, hi if hi > lo else lo * 1.001, int(np.clip(np.sqrt(pooled.size / 2), 8, 30)) + 1)
+    for i, (split, a) in enumerate(arrays.items()):
+        if a.size == 0:
+            continue
+        color = split_color(split, i)
+        share = np.full(a.size, 1.0 / a.size)
+        ax.hist(a, bins=edges, weights=share, histtype="stepfilled", alpha=0.18, color=color)
+        ax.hist(a, bins=edges, weights=share, histtype="step", lw=1.3, color=color,
+                label=f"{split_label(split)} (median {float(np.median(a)):.3g}, n = {a.size})")
+        ax.axvline(float(np.median(a)), color=color, ls="--", lw=0.9)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _pos=None: f"{v:.3g}")  # mathtext is off: never a $...$ label
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel(f"gradient norm ‖∇θ f‖ per structure ({unit or 'target units'})")
+    ax.set_ylabel("share of the split's structures")
+    ax.grid(True, lw=0.4, alpha=0.5)
+    fig.legend(loc="outside upper center", ncol=len(arrays), frameon=False, fontsize=7.5)
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------
 # Hessian
 
@@ -538,6 +572,23 @@ class SurfaceScale:
     vmax: float
 
 
+#: The decades below its largest value a label-free surface's log colour scale spans (it is 0 at θ).
+LABEL_FREE_DECADES = 4.0
+
+
+def label_free_scale(grids: Mapping[str, Sequence[Sequence[float | None]]]) -> SurfaceScale | None:
+    """The shared colour scale of label-free surfaces, which are 0 at θ (up to rounding): log10 from
+    :data:`LABEL_FREE_DECADES` below the largest finite value (smaller values drawn at that floor) to it; linear
+    when nothing is positive."""
+    finite = np.concatenate([a[np.isfinite(a)] for a in (nan_array(g).ravel() for g in grids.values())] or [[]])
+    if finite.size == 0:
+        return None
+    hi = float(finite.max())
+    if hi <= 0:
+        return SurfaceScale(False, float(finite.min()), hi + 1e-12)
+    return SurfaceScale(True, math.log10(hi) - LABEL_FREE_DECADES, math.log10(hi))
+
+
 def surface_scale(grids: Mapping[str, Sequence[Sequence[float | None]]]) -> SurfaceScale | None:
     """Shared colour scale: log10 when the finite positive losses span more than :data:`LOG_SCALE_SPAN`."""
     finite = np.concatenate([a[np.isfinite(a)] for a in (nan_array(g).ravel() for g in grids.values())] or [[]])
@@ -569,15 +620,16 @@ def _panel_frame(ax, split: str, finite) -> None:
 
 def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequence[float | None]]],
                       loss0: Mapping[str, float | None], tolerance: float, unit: str,
-                      band: float | None = None) -> Figure:
+                      band: float | None = None, *, outline: bool = True, quantity: str = "loss") -> Figure:
     """Filled contours of the loss over (α, β) per split side by side on one colour scale.
 
     ``grids[split][i][j]`` is the loss at (α_i, β_j): α is drawn on x, β on y. Non-finite points are
     masked and show the hatched grey background. The solid white line is the tolerance contour of each
     split, L(θ) + δ with the audit's absolute ``band`` δ (results before schema 1.5: (1 + τ)·L(θ)); the
-    cross marks θ itself.
+    cross marks θ itself. Without ``outline`` (a label-free surface, 0 at θ) no tolerance contour is drawn or
+    named; ``quantity`` names what the colour bar shows.
     """
-    scale = surface_scale(grids)
+    scale = surface_scale(grids) if outline else label_free_scale(grids)
     n = len(grids)
     fig = _new_figure(PAGE_WIDTH / max(n, 1) * 0.85 + 0.45)
     axes = np.atleast_1d(fig.subplots(1, n, sharex=True, sharey=True))
@@ -587,7 +639,9 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
     for i, (ax, (split, grid)) in enumerate(zip(axes, grids.items())):
         z = nan_array(grid).T  # rows = β (y), columns = α (x)
         finite = np.isfinite(z)
-        if scale and scale.log:
+        if scale and scale.log and not outline:  # 0 at θ: clipped to the scale's floor, never masked
+            shown = np.where(finite, np.log10(np.maximum(z, 10**scale.vmin)), np.nan)
+        elif scale and scale.log:
             shown = np.full_like(z, np.nan)
             positive = finite & (z > 0)
             shown[positive] = np.log10(z[positive])
@@ -598,7 +652,7 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
                                hatch="////", zorder=0))
         if scale and masked.count() >= 4:
             mappable = ax.contourf(a, a, masked, levels=levels, cmap="viridis", extend="neither", zorder=1)
-            l0 = loss0.get(split)
+            l0 = loss0.get(split) if outline else None
             if l0 is not None and math.isfinite(l0) and l0 > 0:
                 level = l0 + band if band is not None else (1 + tolerance) * l0
                 level = math.log10(level) if scale.log else level
@@ -612,14 +666,15 @@ def surface_2d_figure(alphas: Sequence[float], grids: Mapping[str, Sequence[Sequ
         bar = fig.colorbar(mappable, ax=list(axes), shrink=0.9, pad=0.02, aspect=25)
         ticks = MaxNLocator(6).tick_values(scale.vmin, scale.vmax)
         bar.set_ticks([t for t in ticks if scale.vmin - 1e-12 <= t <= scale.vmax + 1e-12])
-        bar.set_label(f"log₁₀ of loss in {unit}" if scale.log else f"loss ({unit})")
+        bar.set_label(f"log₁₀ of {quantity} in {unit}" if scale.log else f"{quantity} ({unit})")
     handles = [
         Line2D([], [], color="black", lw=1.2, label=f"tolerance contour L(θ) + δ, δ = {band:.3g}" if band is not None
                else f"tolerance contour (1+τ)·L(θ), τ = {tolerance:g}"),
         Line2D([], [], color="red", marker="+", lw=0, ms=8, mew=1.6, label="θ (trained weights)"),
-        Patch(facecolor="#e6e6e6", edgecolor="#9a9a9a", hatch="////", label="non-finite loss"),
-    ]
-    fig.legend(handles=handles, loc="outside upper center", ncol=3, frameon=False)
+        Patch(facecolor="#e6e6e6", edgecolor="#9a9a9a", hatch="////", label=f"non-finite {quantity.split()[-1]}"
+              if not outline else "non-finite loss"),
+    ][0 if outline else 1:]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
     return fig
 
 

@@ -60,10 +60,12 @@ def _name(name: str) -> str:
 @dataclass(frozen=True)
 class Glance:
     """The first screen's sentences (plain text, unescaped) and, for a status line, a caveat that must stand
-    next to the badge (training never saw some OOD elements), '' when there is none."""
+    next to the badge (training never saw some OOD elements), '' when there is none; ``risk``: the adopted trust
+    score's sentence (:func:`risk_sentence`), '' when the result carries none (not part of ``text``)."""
 
     sentences: tuple[str, ...]
     caveat: str = ""
+    risk: str = ""
 
     @property
     def text(self) -> str:
@@ -348,6 +350,57 @@ def unseen_sentence(result: AuditResult) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# The trust score's risk (result.trust_risk)
+
+#: What the trust score estimates, as the risk sentence names it.
+RISK_LEAD = "Risk that the OOD error is at least twice the ID error"
+
+
+def _fixed(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def risk_baseline_only(risk) -> bool:
+    """The score is the embedding-distance baseline (B1, candidate M0) alone, or no candidate was adopted as the
+    default because none beat it."""
+    return risk.candidate == "M0" or not risk.ships_as_default
+
+
+def risk_interval_kind(risk) -> str:
+    """'bootstrap over held-out rules' (the stored kind without its '(refits)' tail)."""
+    kind = (risk.interval_kind or "").strip()
+    return kind.removesuffix("(refits)").strip() or "bootstrap over held-out rules"
+
+
+def risk_sentence(result: AuditResult) -> str:
+    """The adopted trust score applied to this audit (``result.trust_risk``), in plain text: 'Risk that the OOD error
+    is at least twice the ID error: 0.19 [0.09, 0.30] (interval: bootstrap over held-out rules of the score's
+    study; score: <evidence>)', beside the measured MAE ratio in a labelled audit, saying so when the score is the
+    embedding-distance baseline alone, and the score's note when it gives no probability; '' without a risk."""
+    risk = getattr(result, "trust_risk", None)
+    if risk is None:
+        return ""
+    score = f"score: {risk.evidence}" if risk.evidence else "score: the adopted trust score"
+    beside = ""
+    measured = ratio_value(result, ERROR_GATE)
+    if result.mode != "label-free" and measured.value is not None:
+        beside = f"label-free estimate, for comparison with the measured OOD/ID MAE ratio, {_num(measured.value)}; "
+    if risk.probability is None:
+        why = risk.note or "the score could not be applied to this audit's ratios"
+        text = f"{RISK_LEAD}: not estimated ({why}; {score})."
+    else:
+        bracket = (f" [{_fixed(risk.low)}, {_fixed(risk.high)}]" if risk.low is not None and risk.high is not None
+                   else "")
+        note = f"; {risk.note}" if risk.note else ""
+        text = (f"{RISK_LEAD}: {_fixed(risk.probability)}{bracket} ({beside}interval: {risk_interval_kind(risk)} "
+                f"of the score's study{note}; {score}).")
+    if risk_baseline_only(risk):
+        study = risk.study_version or "the score's study"
+        text += f" The score is the embedding-distance baseline alone; no landscape signal beat it in {study}."
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
 # The first screen
 
 
@@ -362,7 +415,7 @@ def glance(result: AuditResult) -> Glance:
     unseen = unseen_elements(result)
     caveat = (f"but the OOD set contains elements never seen in training ({', '.join(unseen)})"
               if unseen and result.status == "pass" else "")
-    return Glance(tuple(s for s in sentences if s), caveat)
+    return Glance(tuple(s for s in sentences if s), caveat, risk_sentence(result))
 
 
 def glance_context(result: AuditResult) -> dict[str, Any]:

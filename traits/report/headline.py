@@ -15,6 +15,7 @@ A number without one of these is shown without an interval, never with an invent
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ class Value:
     value: float | None
     low: float | None = None
     high: float | None = None
-    source: str = ""  # "bootstrap" | "stderr" | "result" | ""
+    source: str = ""  # "bootstrap" | "stderr" | "jackknife" | "result" | ""
     censored: bool = False  # a lower bound (robust radius at the edge of the grid)
     status: str = ""  # of a stored interval: ok | uncertified | undefined
     below: float | None = None  # an upper bound in place of a value under the grid's resolution
@@ -191,7 +192,8 @@ def _metric(result: AuditResult, split: str, name: str) -> Value:
 def split_value(result: AuditResult, metric: _catalogue.Metric, split: str,
                 boot: dict[str, np.ndarray | None] | None = None) -> Value:
     """A split's value of the quantity behind a catalogue metric, read from its ``source``: ``accuracy.<x>`` (the
-    MAE with its bootstrap interval), ``metrics.<x>`` or ``shift.<space>`` (the median kNN distance)."""
+    MAE with its bootstrap interval), ``metrics.<x>``, ``label_free.<x>`` (:func:`label_free_value`),
+    ``shift.density`` (the mean negative log-likelihood) or ``shift.<space>`` (the median kNN distance)."""
     where, _, what = (metric.source or "").partition(".")
     if where == "accuracy" and what == "mae":
         return mae_value(result, split, (boot or {}).get(split))
@@ -200,9 +202,56 @@ def split_value(result: AuditResult, metric: _catalogue.Metric, split: str,
         return Value(finite(getattr(acc, what, None)) if acc is not None else None)
     if where == "metrics":
         return _metric(result, split, what)
+    if where == "label_free":
+        return label_free_value(result, split, what)
+    if where == "shift" and what == "density":
+        return _density(result, split)
     if where == "shift" and what:
         return _knn(result, split, what)
     return Value(None)
+
+
+def _gn_lambda_max(part) -> float | None:
+    return part.gn_top_eigenvalues[0] if part.gn_top_eigenvalues else None
+
+
+#: The per-split quantities of the label-free catalogue metrics (``source`` "label_free.<key>") that are not a
+#: field of :class:`~traits.results.LabelFreeSplit` of the same name: read from its eigenvalues or topology.
+LABEL_FREE_READERS: dict[str, Callable[[Any], Any]] = {
+    "gn_lambda_max": _gn_lambda_max,
+    "smad": lambda part: part.topology.get("smad"),
+    "smad_normalized": lambda part: part.topology.get("smad_normalized"),
+    "persistence_range": lambda part: part.topology.get("persistence_range"),
+}
+#: Where a label-free quantity has a delete-a-group jackknife (its interval: the t interval of the jackknife SE).
+LABEL_FREE_JACKKNIFE = {"gn_lambda_max": "gn_lambda_jackknife", "gn_trace": "gn_trace_jackknife"}
+JACKKNIFE_KIND = "jackknife over structures"
+
+
+def label_free_value(result: AuditResult, split: str, what: str) -> Value:
+    """A split's label-free quantity (``result.label_free.splits[split]``): a field of
+    :class:`~traits.results.LabelFreeSplit` or one of :data:`LABEL_FREE_READERS`; the Gauss-Newton λ_max and trace
+    with the t interval of their jackknife standard error."""
+    lf = getattr(result, "label_free", None)
+    part = lf.splits.get(split) if lf is not None else None
+    if part is None:
+        return Value(None)
+    reader = LABEL_FREE_READERS.get(what)
+    value = finite(reader(part) if reader is not None else getattr(part, what, None))
+    jack = getattr(part, LABEL_FREE_JACKKNIFE.get(what, ""), None)
+    se = finite(jack.stderr) if jack is not None else None
+    if value is None or se is None or jack.df < 1:
+        return Value(value)
+    from traits.intervals import t_quantile
+
+    half = t_quantile(int(jack.df)) * se
+    return Value(value, value - half, value + half, "jackknife", kind=JACKKNIFE_KIND)
+
+
+def _density(result: AuditResult, split: str) -> Value:
+    """A split's mean negative log-likelihood under the training embeddings' Gaussian mixture (shift.density)."""
+    density = getattr(result.shift, "density", None) if result.shift is not None else None
+    return Value(finite((density.nll or {}).get(split)) if density is not None else None)
 
 
 def _split_unit(result: AuditResult, metric: _catalogue.Metric) -> str:

@@ -201,7 +201,7 @@ def _fig_surface_2d(result: AuditResult):
         return None
     loss0 = {s: loss_at_theta(result, s) for s in grids}
     return F.surface_2d_figure(surf.alphas_2d, grids, loss0, surf.tolerance, F.loss_unit(result.unit, result.loss),
-                               band=surf.band)
+                               band=surf.band, outline=result.mode != "label-free")
 
 
 def _fig_zoom_2d(result: AuditResult):
@@ -215,7 +215,8 @@ def _fig_zoom_2d(result: AuditResult):
         return None
     loss0 = {s: loss_at_theta(result, s) for s in grids}
     return F.surface_2d_figure(surf.zoom_alphas_2d, grids, loss0, surf.tolerance,
-                               F.loss_unit(result.unit, result.loss), band=surf.band)
+                               F.loss_unit(result.unit, result.loss), band=surf.band,
+                               outline=result.mode != "label-free")
 
 
 def _fig_plane_2d(result: AuditResult):
@@ -246,7 +247,7 @@ def _fig_curves_1d(result: AuditResult):
             split=s, curves=surf.curves[s], loss0=loss_at_theta(result, s),
             radius=m.robust_radius if m else None, censored=bool(m and m.robust_radius_censored),
             radius_per_direction=m.radius_per_direction if m else (),
-            jumps=(surf.landscape.get(s) or {}).get("jumps_1d") or (),
+            jumps=getattr(surf.landscape.get(s), "jumps_1d", None) or (),
         ))
     return F.curves_1d_figure(surf.alphas_1d, sets, surf.tolerance, band=surf.band) if sets else None
 
@@ -259,6 +260,33 @@ def _fig_persistence(result: AuditResult):
         return None
     ordered = {name: {s: splits[s] for s in ordered_splits(splits)} for name, splits in surf.topology.items()}
     return F.persistence_figure(ordered)
+
+
+def _label_free_parts(result: AuditResult) -> dict[str, Any]:
+    lf = getattr(result, "label_free", None)
+    return {s: lf.splits[s] for s in ordered_splits(lf.splits)} if lf is not None else {}
+
+
+def _fig_label_free_2d(result: AuditResult):
+    """The label-free 2D surfaces (the mean squared change of the predictions) per split, one colour scale."""
+    from traits.report import figures as F
+
+    lf = getattr(result, "label_free", None)
+    if lf is None or not lf.alphas_2d:
+        return None
+    grids = {s: part.grid for s, part in _label_free_parts(result).items() if part.grid}
+    if not grids:
+        return None
+    return F.surface_2d_figure(lf.alphas_2d, grids, {}, 0.0, F.loss_unit(result.unit, "mse"), outline=False,
+                               quantity="L₀")
+
+
+def _fig_grad_norms(result: AuditResult):
+    """Histograms of the per-structure gradient norms ‖∇θ f‖, per split."""
+    from traits.report import figures as F
+
+    norms = {s: part.grad_norms for s, part in _label_free_parts(result).items() if part.grad_norms}
+    return F.grad_norm_figure(norms, result.unit) if norms else None
 
 
 FIGURES: dict[str, FigureBuilder] = {
@@ -274,6 +302,8 @@ FIGURES: dict[str, FigureBuilder] = {
     "plane_2d": _fig_plane_2d,
     "persistence": _fig_persistence,
     "uncertainty": uncertainty_figure,
+    "label_free_2d": _fig_label_free_2d,
+    "grad_norms": _fig_grad_norms,
 }
 
 
@@ -426,20 +456,21 @@ def _nonfinite(result: AuditResult) -> list[dict[str, Any]]:
 
 
 def surfaces_context(result: AuditResult) -> dict[str, Any]:
-    from traits.report.figures import LOG_SCALE_SPAN, MAX_DIRECTIONS, plane_scale, surface_scale
+    from traits.report.figures import LOG_SCALE_SPAN, MAX_DIRECTIONS, label_free_scale, plane_scale, surface_scale
 
     surf = result.surface
     scale = plane = None
     if surf is not None and surf.grids:
-        scale = surface_scale({s: g for s, g in surf.grids.items() if g})
+        grids = {s: g for s, g in surf.grids.items() if g}  # a label-free surface is 0 at θ: its own scale
+        scale = label_free_scale(grids) if result.mode == "label-free" else surface_scale(grids)
     if surf is not None and surf.plane_grids:
         grids = {s: g for s, g in surf.plane_grids.items() if g}
         plane = plane_scale(grids, {s: loss_at_theta(result, s) for s in grids}) if grids else None
-    landscape, shift = ratio_info(), shift_ratio_info()
+    landscape, shift, own = ratio_info(), shift_ratio_info(), label_free_names()
     ratios = [
         {"key": k, "label": ratio_label(k), "worse": landscape.get(k, ("", ""))[1], "value": v,
          "interval": interval_of(result, k)}
-        for k, v in result.ratios.items() if k not in shift
+        for k, v in result.ratios.items() if k not in shift and k not in own
     ]
     plane_info = surf.plane if surf is not None and surf.plane else {}
     lam_min = plane_info.get("lambda_min") if isinstance(plane_info, dict) else None
@@ -458,7 +489,7 @@ def surfaces_context(result: AuditResult) -> dict[str, Any]:
         "log_span": LOG_SCALE_SPAN,
         "n_directions": max((len(c) for c in surf.curves.values()), default=0) if surf is not None else 0,
         "curve_jumps": sum(len(p) for st in (surf.landscape.values() if surf is not None else ())
-                           for p in (st.get("jumps_1d") or [])[:MAX_DIRECTIONS]),
+                           for p in st.jumps_1d[:MAX_DIRECTIONS]),
         "max_directions": MAX_DIRECTIONS,
         "topology": topology_rows(result),
     }
@@ -486,6 +517,75 @@ def topology_rows(result: AuditResult) -> list[dict[str, Any]]:
         for split in ordered_splits(splits):
             rows.append({"plane": PLANE_TITLES.get(name, name), "split": split, **splits[split]})
     return rows
+
+
+def label_free_names() -> tuple[str, ...]:
+    """The ratios of the label-free section: the catalogue's label-free metrics (stage "label_free") and the
+    embedding-density gap, read when called."""
+    return tuple(m.name for m in _catalogue.catalogue() if m.stage == "label_free" or m.source == "shift.density")
+
+
+#: The rows of the label-free table: (catalogue metric whose per-split quantity the row shows, label, unit kind:
+#: "sq" the target unit squared, "unit" the target unit, "" none).
+_LF_ROWS = (("gn_lambda_ratio", "Gauss-Newton λ<sub>max</sub>", "sq"),
+            ("gn_trace_ratio", "Gauss-Newton trace", "sq"),
+            ("grad_norm_ratio", "median gradient norm ‖∇<sub>θ</sub>f‖", "unit"),
+            ("lf_sharpness_ratio", "prediction sharpness at r", "sq"),
+            ("lf_smad_ratio", "SMAD of the label-free surface", "sq"),
+            ("lf_persistence_ratio", "persistence range of the label-free surface", "sq"),
+            ("embedding_density_gap", "embedding −log-likelihood (per compound)", ""))
+
+
+def _lf_rows(result: AuditResult, splits: list[str]) -> list[dict[str, Any]]:
+    """Per quantity: its label, unit and each split's value (a headline Value with the jackknife interval)."""
+    from markupsafe import Markup
+
+    from traits.report.figures import loss_unit
+    from traits.report.headline import LABEL_FREE_JACKKNIFE, split_value
+
+    units = {"sq": loss_unit(result.unit, "mse"), "unit": result.unit or "target units", "": "nats"}
+    lf = result.label_free
+    rows = []
+    for name, label, unit in _LF_ROWS:
+        m = _catalogue.metric(name)
+        values = [split_value(result, m, s) for s in splits]
+        jack = LABEL_FREE_JACKKNIFE.get(m.split_key, "")
+        se = [getattr(getattr(lf.splits.get(s), jack, None), "stderr", None) if jack and lf is not None else None
+              for s in splits]
+        if any(v.value is not None for v in values):
+            rows.append({"key": name, "label": Markup(label), "unit": units[unit], "values": values, "se": se})
+    return rows
+
+
+def label_free_context(result: AuditResult) -> dict[str, Any]:
+    """The label-free section: per-split table, the OOD/ID ratios with their intervals, and the trust risk."""
+    from traits.report.figures import LABEL_FREE_DECADES, loss_unit
+    from traits.report.glance import risk_baseline_only, risk_interval_kind, risk_sentence
+
+    lf = getattr(result, "label_free", None)
+    risk = getattr(result, "trust_risk", None)
+    risk_view = None if risk is None else {
+        "risk": risk, "sentence": risk_sentence(result), "baseline_only": risk_baseline_only(risk),
+        "interval_kind": risk_interval_kind(risk)}
+    if lf is None:
+        return {"lf": {"run": False, "risk": risk_view, "problems": []}}
+    parts = _label_free_parts(result)
+    splits = list(parts)
+    info = {m.name: m for m in _catalogue.catalogue()}
+    ratios = [{"key": k, "label": info[k].report_label, "worse": info[k].worse, "value": result.ratios.get(k),
+               "interval": interval_of(result, k), "unit": info[k].unit}
+              for k in label_free_names() if k in result.ratios]
+    rows = _lf_rows(result, splits)
+    kinds = [q["interval"]["kind"] for q in ratios if q["interval"] and q["interval"]["kind"]]
+    kinds += [v.kind for row in rows for v in row["values"] if v.has_interval and v.kind]
+    return {"lf": {
+        "run": True, "result": lf, "splits": splits, "rows": rows, "ratios": ratios,
+        "kinds": list(dict.fromkeys(kinds)), "risk": risk_view, "problems": list(lf.problems),
+        "n": {s: part.n_samples for s, part in parts.items()},
+        "surface_n": {s: part.surface_samples for s, part in parts.items()},
+        "topology": {s: part.topology for s, part in parts.items() if part.topology},
+        "unit_sq": loss_unit(result.unit, "mse"), "decades": LABEL_FREE_DECADES,
+    }}
 
 
 def cite_context(result: AuditResult) -> dict[str, Any]:
@@ -529,6 +629,8 @@ SECTIONS: tuple[Section, ...] = (
             ("surface_2d", "zoom_2d", "curves_1d", "plane_2d", "persistence")),
     Section("uncertainty", "Would we have known without labels?", "partials/uncertainty.html.j2",
             uncertainty_context, ("uncertainty",)),
+    Section("label_free", "Label-free probes", "partials/label_free.html.j2", label_free_context,
+            ("label_free_2d", "grad_norms")),
     Section("methods", "Methods", "partials/methods.html.j2"),
     Section("cite", "How to cite", "partials/cite.html.j2", cite_context),
     Section("appendix", "Appendix: reproducibility", "partials/appendix.html.j2", appendix_context),
