@@ -62,8 +62,7 @@ def test_the_metrics_come_from_the_stored_curves(audited):
 def test_the_gradient_at_theta_is_the_objectives_gradient(audited, tmp_path):
     import torch
 
-    from traits.audit import AuditContext, run_stages
-    from traits.audit import STAGES
+    from traits.audit import STAGES, AuditContext, run_stages
 
     spec = load_spec(QUICKSTART, overrides={**SMALL, "probes.surface.enabled": False})
     ctx = AuditContext(spec=spec, out_dir=tmp_path, device=torch.device("cpu"), dtype=torch.float32)

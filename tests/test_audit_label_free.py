@@ -105,3 +105,11 @@ def test_results_with_label_free_probes_round_trip(labelled, tmp_path):
     again = load_result(path)
     assert again.label_free == labelled.label_free
     assert again.shift.density == labelled.shift.density
+
+
+def test_a_label_free_audit_draws_no_band_radius_or_zoom(label_free):
+    """L(θ) = 0 on every split of a label-free audit: a band relative to it would be ~1e-15 and meaningless."""
+    surf = label_free.surface
+    assert surf.band is None and not surf.zoom_grids
+    assert all(r is None for radii in surf.radius.values() for r in radii)
+    assert label_free.metrics["ood"].robust_radius is None and label_free.metrics["ood"].basin_area is None

@@ -324,7 +324,7 @@ def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
     assert "loss jump" in [t.get_text() for t in fig.legends[0].get_texts()]
     plt.close(fig)
 
-    # the report passes each split's stored positions (results.surface.landscape[split]["jumps_1d"])
+    # the report passes each split's stored positions (results.surface.landscape[split].jumps_1d)
     seen = {}
     real = F.curves_1d_figure
 
@@ -334,7 +334,10 @@ def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
 
     monkeypatch.setattr(F, "curves_1d_figure", spy)
     result = make_result()
-    result.surface.landscape["ood"] = {**result.surface.landscape.get("ood", {}), "jumps_1d": [[0.25], []]}
+    from traits.results import LandscapeSplit
+
+    old = result.surface.landscape.get("ood") or LandscapeSplit()
+    result.surface.landscape["ood"] = old.model_copy(update={"jumps_1d": [[0.25], []]})
     html = render_html(result)
     assert seen["ood"] == [[0.25], []] and seen["id"] == []
     assert "Stars mark loss jumps" in html and "No loss jump was found along these curves" not in html

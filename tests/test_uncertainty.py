@@ -229,9 +229,9 @@ def test_the_audit_probe_fills_results_and_the_report_section(tmp_path):
         "probes.uncertainty.max_eval": 40, "probes.hessian.max_steps": 8, "report.formats": ["json"]})
     result = run_audit(spec, tmp_path / "out")
     unc = load_result(tmp_path / "out" / "results.json").uncertainty
-    assert set(unc["methods"]) == {"hessian_wag", "laplace", "last_layer", "knn"}
-    for m in unc["methods"].values():
-        assert m["ood"]["calibration"]["n"] > 0 and m["u_ratio"]["value"] is not None
+    assert set(unc.methods) == {"hessian_wag", "laplace", "last_layer", "knn"}
+    for m in unc.methods.values():
+        assert m.ood.calibration["n"] > 0 and m.u_ratio["value"] is not None
     assert load_calibration(tmp_path / "out" / "model.calibration.json")["version"] == 1
     html = render_html(result)
     assert "Would we have known without labels?" in html and 'id="fig-uncertainty"' in html

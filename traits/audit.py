@@ -35,6 +35,7 @@ from traits.results import (
     Jackknife,
     LabelFreeResult,
     LabelFreeSplit,
+    LandscapeSplit,
     Provenance,
     ShiftResult,
     SplitMetrics,
@@ -42,6 +43,7 @@ from traits.results import (
     SurfaceResult,
     TraceEstimate,
     TrustRisk,
+    UncertaintyResult,
     json_float,
     nan_array,
 )
@@ -455,7 +457,8 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                            seed=stream(spec, "surface"), alphas_1d=alphas.tolist())
     # one absolute band for every split (traits.probes.metrics): tolerance × the ID loss at θ
     reference = objectives["id"] if "id" in objectives else first
-    result.band = band(s.tolerance, float(reference.loss()))
+    # label-free, L(θ) = 0 on every split: a band relative to it defines no region (no radius, basin or zoom)
+    result.band = None if spec.data.target == MODEL_TARGET else band(s.tolerance, float(reference.loss()))
     t0, points = time.perf_counter(), 0
     chunk = s.chunk_size  # None: the engine's default for the device
     for split, obj in objectives.items():
@@ -467,7 +470,7 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
             curves.append(_grid_to_lists(curve))
             points += len(alphas)
             radius, cens, evals = refined_radius(obj, directions[k], alphas, curve, loss0, result.band)
-            radii.append(json_float(radius))
+            radii.append(json_float(radius) if result.band is not None else None)
             censored.append(cens)
             result.refine_evaluations += evals
         result.curves[split] = curves
@@ -489,7 +492,8 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                               progress=cb, resume_path=partial / f"surface2d-{split}.pt")
             result.grids[split] = _grid_to_lists(grid)
             points += s.points_2d**2
-        points += zoomed_surfaces(spec, objectives, directions, result, partial, progress)
+        if result.band is not None:
+            points += zoomed_surfaces(spec, objectives, directions, result, partial, progress)
     if s.directions == "hessian":
         points += hessian_plane_surfaces(spec, model, objectives, train_objective, result, skip, out_dir, progress)
     points += gradients_and_perturbations(spec, objectives, directions, alphas, result, skip, progress)
@@ -680,7 +684,7 @@ def add_landscape_stats(spec: AuditSpec, objectives: dict, directions: list, res
             line_loss=lambda k, obj=obj: objective_line(obj, directions[k]),
             point_loss=objective_point(obj, directions[0], directions[1]) if result.grids.get(split) else None,
         )
-        result.landscape[split] = stats.to_dict()
+        result.landscape[split] = LandscapeSplit(**stats.to_dict())
 
 
 def radius_jackknife(spec: AuditSpec, model, group_batches: list[list], directions: list, alphas: torch.Tensor,
@@ -782,7 +786,8 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
     )
 
 
-def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Path, device, dtype) -> dict:
+def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Path, device,
+                    dtype) -> UncertaintyResult:
     """Per-compound uncertainty (:mod:`traits.probes.uncertainty`) on the val / ID / OOD sets, scored against
     the errors; also writes the screening calibration (``model.calibration.json``) into ``out_dir``."""
     from traits.models.inference import embed
@@ -795,7 +800,7 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
 
     u, s = spec.probes.uncertainty, spec.probes.surface
     if not (splits.get("train") and splits.get("val")) or spec.probes.loss != "mse":
-        return {"problems": ["needs the training and validation splits and the 'mse' loss; not run"]}
+        return UncertaintyResult(problems=["needs the training and validation splits and the 'mse' loss; not run"])
     queries = {name: subsample(splits[name], u.max_eval, stream(spec, "uncertainty_queries", k))
                for k, name in enumerate(("val", "id", "ood")) if splits.get(name)}
     batches = {name: collate(g, device, dtype) for name, g in queries.items()}
@@ -829,7 +834,8 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
         write_calibration(model, splits, out_dir / "model.calibration.json", device, seed=stream(spec, "calibration"))
     except TraitsError as exc:
         problems.append(f"no screening calibration written: {exc}")
-    return {"methods": methods, "info": info, "n": {k: len(v) for k, v in targets.items()}, "problems": problems}
+    return UncertaintyResult.model_validate(
+        {"methods": methods, "info": info, "n": {k: len(v) for k, v in targets.items()}, "problems": problems})
 
 
 def run_label_free(spec: AuditSpec, model, splits: dict[str, list], prediction_batches: Callable[[list], list],
@@ -994,9 +1000,9 @@ def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf:
     if surf is not None:
         gradient_metrics(m, surf, split)
     stats = surf.landscape.get(split) if surf is not None else None
-    if stats:
-        m.first_jump, m.smooth_to = stats.get("first_jump"), stats.get("smooth_to")
-        m.n_jumps, m.entropy = stats.get("n_jumps"), stats.get("entropy")
+    if stats is not None:
+        m.first_jump, m.smooth_to = stats.first_jump, stats.smooth_to
+        m.n_jumps, m.entropy = stats.n_jumps, stats.entropy
     return m
 
 
@@ -1311,7 +1317,7 @@ class AuditContext:
     surface_groups: dict[str, list[list]] = field(default_factory=dict)
     loss0: dict[str, float | None] = field(default_factory=dict)
     surface: SurfaceResult | None = None
-    uncertainty: dict | None = None
+    uncertainty: UncertaintyResult | None = None
     label_free_result: LabelFreeResult | None = None
 
     @property

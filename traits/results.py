@@ -209,9 +209,8 @@ class SurfaceResult(_Result):
         default_factory=dict, description="split -> the robust radius's jackknife over structure groups (the "
         "interpolated radius; traits.probes.sampling.radius_jackknife; schema 1.6)")
     refine_evaluations: int = 0
-    landscape: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="split -> discontinuities and loss entropy (traits.probes.landscape)"
-    )
+    landscape: dict[str, LandscapeSplit] = Field(
+        default_factory=dict, description="split -> discontinuities and loss entropy (traits.probes.landscape)")
     plane: dict[str, Any] | None = Field(None, description="Hessian-eigenvector plane: eigenvalues, residuals")
     plane_grids: dict[str, list[list[MaybeFloat]]] = Field(
         default_factory=dict, description="split -> [α][β] on the (d_max, d_min) eigenvector plane"
@@ -347,6 +346,57 @@ class ShiftResult(_Result):
     density: EmbeddingDensity | None = Field(None, description="the embedding density (schema 1.7)")
 
 
+class UncertaintyPoints(_Result):
+    """Per compound scored: the recalibrated uncertainty and the absolute error (finite pairs only)."""
+
+    u: list[float] = Field(default_factory=list)
+    abs_err: list[float] = Field(default_factory=list)
+
+
+class UncertaintySplit(_Result):
+    """How one method's uncertainty tracks the errors on one split (:func:`traits.probes.uncertainty.score_method`)."""
+
+    spearman: MaybeFloat = Field(None, description="Spearman ρ of the uncertainty with the absolute error")
+    mean_u: MaybeFloat = None
+    calibration: dict[str, Any] = Field(default_factory=dict, description="coverage, z spread, miscalibration "
+                                        "area, expected/observed curve after recalibration on validation")
+    points: UncertaintyPoints = Field(default_factory=UncertaintyPoints)
+
+
+class UncertaintyMethod(_Result):
+    """One uncertainty method scored on ID and OOD, with the OOD/ID ratios of its mean and of the error."""
+
+    recalibration: dict[str, Any] = Field(default_factory=dict, description="σ = √(a² + b²u²) fitted on val")
+    id: UncertaintySplit | None = None
+    ood: UncertaintySplit | None = None
+    u_ratio: dict[str, Any] = Field(default_factory=dict, description="OOD/ID mean uncertainty, bootstrap interval")
+    error_ratio: dict[str, Any] = Field(default_factory=dict, description="OOD/ID MAE, bootstrap interval")
+
+
+class UncertaintyResult(_Result):
+    """Per-compound uncertainty methods scored against the errors (``probes.uncertainty``; typed in schema 1.7)."""
+
+    methods: dict[str, UncertaintyMethod] = Field(default_factory=dict, description="hessian_wag, laplace, "
+                                                  "last_layer, knn -> scores")
+    info: dict[str, Any] = Field(default_factory=dict, description="settings and diagnostics of each method")
+    n: dict[str, int] = Field(default_factory=dict, description="compounds scored per split (val, id, ood)")
+    problems: list[str] = Field(default_factory=list)
+
+
+class LandscapeSplit(_Result):
+    """Discontinuities and entropy of one split's surfaces (:class:`traits.probes.landscape.LandscapeStats`)."""
+
+    first_jump: MaybeFloat = Field(None, description="smallest perturbation scale at which the loss jumps")
+    smooth_to: MaybeFloat = Field(None, description="the sampled loss is smooth at least this far from θ")
+    n_jumps: int = 0
+    extra_evaluations: int = 0
+    entropy: MaybeFloat = None
+    entropy_relative: MaybeFloat = None
+    temperature: MaybeFloat = None
+    jumps_1d: list[list[float]] = Field(default_factory=list, description="per 1D direction, the signed α of "
+                                        "its counting jumps, nearest θ first")
+
+
 class LabelFreeSplit(_Result):
     """One split's label-free probes (:mod:`traits.probes.labelfree`; schema 1.7): the Gauss-Newton curvature of
     the model's own predictions, exact from the per-structure gradients, on the Hessian probe's sample; the
@@ -454,7 +504,7 @@ class AuditResult(_Result):
     hessian: dict[str, HessianResult] = Field(default_factory=dict)
     surface: SurfaceResult | None = None
     shift: ShiftResult | None = None
-    uncertainty: dict[str, Any] | None = Field(
+    uncertainty: UncertaintyResult | None = Field(
         None, description="per-compound uncertainty methods scored against the errors (probes.uncertainty)")
     label_free: LabelFreeResult | None = Field(
         None, description="label-free probes: Gauss-Newton curvature of the predictions, gradient norms, prediction "

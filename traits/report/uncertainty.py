@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from traits.results import AuditResult
+from traits.results import AuditResult, UncertaintyMethod
 
 METHOD_LABELS = {
     "hessian_wag": "Hessian-WAG",
@@ -17,10 +17,10 @@ METHOD_LABELS = {
 }
 
 
-def _methods(result: AuditResult) -> dict[str, Any]:
-    unc = getattr(result, "uncertainty", None) or {}  # absent from results models older than the field
-    methods = unc.get("methods") or {}
-    return {m: methods[m] for m in METHOD_LABELS if m in methods}
+def _methods(result: AuditResult) -> dict[str, UncertaintyMethod]:
+    unc = getattr(result, "uncertainty", None)  # absent from results models older than the field
+    methods = unc.methods if unc is not None else {}
+    return {m: methods[m] for m in METHOD_LABELS if m in methods and methods[m].id and methods[m].ood}
 
 
 def uncertainty_context(result: AuditResult) -> dict[str, Any]:
@@ -28,15 +28,15 @@ def uncertainty_context(result: AuditResult) -> dict[str, Any]:
     methods = _methods(result)
     rows = []
     for m, s in methods.items():
-        co, ci = s["ood"]["calibration"], s["id"]["calibration"]
-        rows.append({"label": METHOD_LABELS[m], "rho_ood": s["ood"]["spearman"], "rho_id": s["id"]["spearman"],
+        co, ci = s.ood.calibration, s.id.calibration
+        rows.append({"label": METHOD_LABELS[m], "rho_ood": s.ood.spearman, "rho_id": s.id.spearman,
                      "area_ood": co.get("miscalibration_area"), "area_id": ci.get("miscalibration_area"),
                      "z_std": co.get("z_std"), "cov68": co.get("coverage_68"), "cov95": co.get("coverage_95"),
-                     "u_ratio": s["u_ratio"], "error_ratio": s["error_ratio"]})
+                     "u_ratio": s.u_ratio, "error_ratio": s.error_ratio})
     best = max((r for r in rows if r["rho_ood"] is not None), key=lambda r: r["rho_ood"], default=None)
-    info = (unc or {}).get("info") or {}
+    info = unc.info if unc is not None else {}
     return {"unc": {"run": unc is not None and bool(methods), "rows": rows, "best": best,
-                    "problems": (unc or {}).get("problems") or [], "n": (unc or {}).get("n") or {},
+                    "problems": unc.problems if unc is not None else [], "n": unc.n if unc is not None else {},
                     "wag": info.get("hessian_wag") or {}, "laplace": info.get("laplace") or {},
                     "error_ratio": rows[0]["error_ratio"] if rows else None}}
 
@@ -54,8 +54,8 @@ def uncertainty_figure(result: AuditResult):
     for j, (m, s) in enumerate(methods.items()):
         ax = axes[0][j]
         for split in ("id", "ood"):
-            pts = s[split].get("points") or {}
-            u, e = pts.get("u") or [], pts.get("abs_err") or []
+            pts = getattr(s, split).points
+            u, e = pts.u, pts.abs_err
             keep = [(a, b) for a, b in zip(u, e) if a is not None and b is not None and a > 0]
             if keep:
                 ax.scatter(*zip(*keep), s=4, alpha=0.5, color=F.split_color(split), label=F.split_label(split))
@@ -67,7 +67,7 @@ def uncertainty_figure(result: AuditResult):
             ax.legend(fontsize=6, frameon=False)
         ax = axes[1][j]
         for split in ("id", "ood"):
-            cal = s[split].get("calibration") or {}
+            cal = getattr(s, split).calibration
             if cal.get("expected"):
                 ax.plot(cal["expected"], cal["observed"], color=F.split_color(split), lw=1.2)
         ax.plot([0, 1], [0, 1], color="#888888", lw=0.8, ls="--")
