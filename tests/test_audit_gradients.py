@@ -70,3 +70,13 @@ def test_the_gradient_at_theta_is_the_objectives_gradient(audited, tmp_path):
     for split in ("id", "ood"):
         g = ctx.objectives[split].gradient()
         assert float(g.norm()) == pytest.approx(audited.metrics[split].loss_grad_norm, rel=1e-4)
+
+
+def test_the_gradient_ratios_come_from_the_catalogue(audited):
+    m, r = audited.metrics, audited.ratios
+    assert r["loss_grad_norm_ratio"] == pytest.approx(m["ood"].loss_grad_norm / m["id"].loss_grad_norm)
+    assert r["surface_grad_norm_ratio"] == pytest.approx(m["ood"].loss_grad_norm_median / m["id"].loss_grad_norm_median)
+    assert r["perturbation_curvature_ratio"] == pytest.approx(m["ood"].perturbation_curvature
+                                                              / m["id"].perturbation_curvature)
+    assert r["perturbation_exceed_gap"] == pytest.approx(m["ood"].perturbation_exceed_fraction
+                                                         - m["id"].perturbation_exceed_fraction)

@@ -86,3 +86,12 @@ def test_the_dummy_metric_is_compared(dummy):
     assert (row.label, row.better, row.a, row.b, row.change) == ("OOD/ID dummy curvature of the loss", "lower", 1.2,
                                                                  2.4, "worse")
     assert "OOD/ID dummy curvature of the loss" in comparison_summary_html(comparison)
+
+
+def test_every_interval_the_catalogue_names_has_a_recipe_and_back():
+    """A ratio whose entry says how its interval is made has that recipe in traits.audit.INTERVALS, and a recipe
+    belongs to an entry that says what it is (so the report can name the interval's kind)."""
+    from traits.audit import INTERVALS
+
+    entries = {m.name: m for m in catalogue.catalogue()}
+    assert {n for n, m in entries.items() if m.interval} == set(INTERVALS)

@@ -1145,18 +1145,23 @@ def _nonconvexity_interval(x: IntervalInputs) -> dict | None:
     return None
 
 
-def _embedding_knn_interval(x: IntervalInputs) -> dict | None:
-    from traits import intervals as iv
+def _knn_interval(space: str, offset: int) -> Callable[[IntervalInputs], dict | None]:
+    """The kNN-distance ratio of one space: a bootstrap over compounds of the OOD and ID medians (the point value
+    is the full split's, the samples a seeded subsample)."""
+    def recipe(x: IntervalInputs) -> dict | None:
+        from traits import intervals as iv
 
-    if x.shift is None:
-        return None
-    ood_s, id_s = x.shift.samples.get("ood"), x.shift.samples.get("id")
-    if ood_s is None or id_s is None or "embedding" not in ood_s.distances or "embedding" not in id_s.distances:
-        return None
-    out = iv.bootstrap_ratio(ood_s.distances["embedding"], id_s.distances["embedding"], np.median, seed=x.seed + 2)
-    if x.shift.ratios.get("embedding_knn_ratio") is not None:  # the point value is the full-split one
-        out["value"] = x.shift.ratios["embedding_knn_ratio"]
-    return out
+        if x.shift is None:
+            return None
+        ood_s, id_s = x.shift.samples.get("ood"), x.shift.samples.get("id")
+        if ood_s is None or id_s is None or space not in ood_s.distances or space not in id_s.distances:
+            return None
+        out = iv.bootstrap_ratio(ood_s.distances[space], id_s.distances[space], np.median, seed=x.seed + offset)
+        if x.shift.ratios.get(f"{space}_knn_ratio") is not None:
+            out["value"] = x.shift.ratios[f"{space}_knn_ratio"]
+        return out
+
+    return recipe
 
 
 def _gauss_newton_interval(attr: str) -> Callable[[IntervalInputs], dict | None]:
@@ -1191,7 +1196,8 @@ INTERVALS: dict[str, Callable[[IntervalInputs], dict | None]] = {
     "trace_ratio": _trace_interval,
     "radius_ratio": _radius_interval,
     "nonconvexity_ratio": _nonconvexity_interval,
-    "embedding_knn_ratio": _embedding_knn_interval,
+    "embedding_knn_ratio": _knn_interval("embedding", 2),
+    "composition_knn_ratio": _knn_interval("composition", 4),
     "gn_lambda_ratio": _gauss_newton_interval("gn_lambda_jackknife"),
     "gn_trace_ratio": _gauss_newton_interval("gn_trace_jackknife"),
     "grad_norm_ratio": _grad_norm_interval,
