@@ -113,3 +113,20 @@ def test_a_label_free_audit_draws_no_band_radius_or_zoom(label_free):
     assert surf.band is None and not surf.zoom_grids
     assert all(r is None for radii in surf.radius.values() for r in radii)
     assert label_free.metrics["ood"].robust_radius is None and label_free.metrics["ood"].basin_area is None
+
+
+def test_a_label_free_audit_reports_the_risk_with_its_evidence(label_free):
+    """The adopted trust score's risk, from the label-free ratios alone, with what it rests on."""
+    from traits.trust import audit_risk
+
+    risk = label_free.trust_risk
+    assert label_free.mode == "label-free" and not label_free.accuracy  # no labels were used
+    assert risk is not None and 0 < risk.probability < 1 and risk.low <= risk.probability <= risk.high
+    assert risk.interval_kind == "bootstrap over held-out rules (refits)"
+    assert "held-out rules" in risk.evidence and "AUROC" in risk.evidence
+    assert risk.probability == pytest.approx(audit_risk(label_free.ratios)["probability"])
+
+
+def test_the_shipped_label_free_quickstart_spec_is_valid():
+    spec = load_spec(ROOT / "audits" / "quickstart-label-free.yaml")
+    assert spec.data.target == "model" and spec.probes.label_free.enabled
