@@ -130,3 +130,9 @@ def test_a_label_free_audit_reports_the_risk_with_its_evidence(label_free):
 def test_the_shipped_label_free_quickstart_spec_is_valid():
     spec = load_spec(ROOT / "audits" / "quickstart-label-free.yaml")
     assert spec.data.target == "model" and spec.probes.label_free.enabled
+
+
+def test_a_label_free_audit_reports_no_ratio_of_rounding_noise(label_free):
+    """L(θ) is 0 up to rounding in a label-free audit: its ratio and the entropy at T = L_ID(θ) are not numbers."""
+    for key in ("loss_ratio", "entropy_ood_minus_id", "radius_ratio", "sharpness_ratio", "basin_area_ratio"):
+        assert label_free.ratios.get(key) is None, key

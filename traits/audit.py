@@ -222,8 +222,10 @@ def provenance_findings(spec: AuditSpec, loaded: LoadedModel) -> list[Finding]:
 
 
 def clear_relative_metrics(m: SplitMetrics) -> None:
-    """Label-free mode: L(θ) = 0, so radius, sharpness and basin areas (relative to L(θ)) are undefined."""
-    for name in ("robust_radius", "sharpness", "basin_area", "plane_basin_area"):
+    """Label-free mode: L(θ) = 0 (to rounding), so radius, sharpness and basin areas (relative to L(θ)) are
+    undefined, and so are the loss at θ itself as a ratio and the loss entropy, whose temperature is the ID loss
+    at θ: their values would be ratios of rounding noise."""
+    for name in ("robust_radius", "sharpness", "basin_area", "plane_basin_area", "loss", "entropy"):
         if hasattr(m, name):
             setattr(m, name, None)
     if hasattr(m, "radius_per_direction"):
