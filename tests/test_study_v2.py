@@ -279,7 +279,7 @@ def test_analyse_and_write_summary(tmp_path, determined_analysis):
     rows = [dict(r) for r in a["rows"]]
     rows[0]["task"] = "evil|*task*"
     written = write_summary({**a, "rows": rows}, tmp_path)
-    assert set(written) == {"json", "md"}
+    assert set(written) == {"json", "md", "html", "pdf"}
     assert json.loads((tmp_path / "summary.json").read_text())["study_version"] == "study-2"
     md = (tmp_path / "summary.md").read_text()
     assert r"evil\|\*task\*" in md and "evil|*task*" not in md

@@ -198,7 +198,7 @@ def _trust_score_command(out) -> Callable[..., None]:
     """The ``study trust-score`` command (its options), printing to ``out``."""
     def trust_score(
         runs: Annotated[list[Path], typer.Argument(help="Folders of the study's results (seed-*/TASK/results.json).")],
-        out_dir: Annotated[Path, typer.Option("--out", help="Where summary.{json,md} and trust-score.json go.",
+        out_dir: Annotated[Path, typer.Option("--out", help="Where summary.{json,md,html,pdf} and trust-score.json go.",
                                               show_default=False)],
         external: Annotated[list[Path] | None, typer.Option(
             help="Results of another pool to test the frozen score on (e.g. Perov-5); repeatable.")] = None,

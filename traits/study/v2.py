@@ -12,7 +12,7 @@ least 2, better than the embedding kNN distance (B1)? And does SMAD (Landscaper)
                                 permutation p), per-task Spearman ρ (pooled and per target) with partial ρ given
                                 B1, the trust score (nested LORO; :mod:`traits.study.v2_score`), the external
                                 Perov-5 test, Landscaper's claim; JSON-able, each number with its n and interval
-- :func:`write_summary`         summary.json and summary.md, written atomically
+- :func:`write_summary`         summary.json, summary.md, summary.html and summary.pdf, written atomically
 
 How the points the registration leaves open were decided (the plainest reading; any later change is a
 *deviation*, listed in ``analysis["deviations"]``):
@@ -378,11 +378,13 @@ def _sample(rows: Sequence[dict], om: Sequence[dict]) -> dict:
 
 
 def write_summary(analysis: dict, out_dir) -> dict[str, Path]:
-    """``out_dir/summary.json`` and ``out_dir/summary.md``, each written atomically (both or neither)."""
+    """``out_dir/summary.{json,md,html,pdf}`` (the page and its PDF: :mod:`traits.study.v2_render`), all rendered
+    first, then each written atomically (all or none)."""
     import json
 
     from traits.files import write_formats_atomic
     from traits.study.v2_markdown import markdown
+    from traits.study.v2_render import pages
 
     return write_formats_atomic(Path(out_dir), "summary", {"json": json.dumps(analysis, indent=1, allow_nan=False),
-                                                           "md": markdown(analysis)})
+                                                           "md": markdown(analysis), **pages(analysis, out_dir)})

@@ -237,7 +237,8 @@ def trust_score(rows: Sequence[dict], available: Sequence[str], *, penalties: Se
                 "goal_reached": goal}
     statement = (f"{name} ships as the default score: the lower end of its Δ AUROC over M0 (B1 alone) is above 0."
                  if default else "M0 (B1, the embedding kNN ratio, alone) ships as the score: the lower end of the "
-                 "nested-LORO Δ AUROC over M0 is not above 0: no other candidate beat the embedding distance alone.")
+                 "nested-LORO Δ AUROC over M0 is not above 0, so the other signals did not beat the embedding "
+                 "distance alone.")
     score = {"kind": "TRAITS trust score", "study_version": study_version, "outcome": "P(OOD/ID MAE ratio ≥ 2.0)",
              "candidate": name, "selected_candidate": full["candidate"], "ships_as_default": default,
              "statement": statement, "interval_kind": INTERVAL_KIND, "models": models, "evidence": evidence}
