@@ -232,3 +232,18 @@ def test_hostile_group_names_reach_the_terminal_without_control_characters(monke
     assert got.exit_code == 0, got.output
     assert "\x1b" not in got.output and "\x07" not in got.output and "\u202e" not in got.output
     assert "\\x1b[2J" in got.output and "risk of a ≥ 2× error" in got.output
+
+
+def test_a_spec_as_the_model_screens_with_its_model_and_its_split_as_reference(case, tmp_path):
+    """`traits screen SPEC.yaml STRUCTURES`: the spec's checkpoint screens, and its split is the risk's reference,
+    so the numbers equal those of the checkpoint given explicitly with --reference SPEC."""
+    got = CliRunner().invoke(app, ["screen", str(SPEC), str(case["dir"] / "new.json"), "--out", str(tmp_path / "o"),
+                                   "--report", "none"])
+    assert got.exit_code == 0, got.output
+    mine = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    theirs = json.loads((case["dir"] / "out" / "predictions.json").read_text())
+    assert mine["risk"]["overall"]["probability"] == pytest.approx(theirs["risk"]["overall"]["probability"])
+    assert [r["prediction"] for r in mine["compounds"]] == pytest.approx([r["prediction"] for r in theirs["compounds"]])
+    clash = CliRunner().invoke(app, ["screen", str(SPEC), str(case["dir"] / "new.json"), "--out", str(tmp_path / "p"),
+                                     "--model", "chgnet"])
+    assert clash.exit_code == 2 and "drop --model" in clash.output

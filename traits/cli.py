@@ -675,6 +675,25 @@ def _model_of_spec(path: Path, device, **given):
     return load_model_from_spec(load_spec(path), device)
 
 
+def _screen_model_of_spec(path: Path, *, model, options, reference):
+    """``traits screen SPEC.yaml ...``: the spec's model section (adapter, checkpoint or bundled weights, format,
+    options) and, unless given, the spec itself as the risk's reference."""
+    from traits.models.base import adapter_class
+    from traits.spec import load_spec
+
+    if model is not None or options is not None:
+        raise TraitsError("an audit spec names the model: drop --model and --options")
+    spec = load_spec(path)
+    m = spec.model
+    if adapter_class(m.architecture).checkpoint_formats:  # the CGCNN family: a checkpoint in one of its formats
+        if m.checkpoint is None:
+            raise TraitsError(f"{path}: model.checkpoint is not set: a spec that trains its model screens only once "
+                              "the audit has trained it")
+        fmt = "auto" if m.format == "traits" else m.format
+        return m.checkpoint, None, None, fmt, reference or path
+    return m.checkpoint or Path("bundled"), m.architecture, m.adapter_options(), "auto", reference or path
+
+
 @app.command()
 @handles_errors
 def predict(
@@ -838,7 +857,8 @@ def export_mace(
 def screen(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to screen with (its sidecar beside it); with --model "
                                                "the adapter's weights file, model folder or bundled weights name "
-                                               "('bundled': its default, e.g. CHGNet 0.3.0).")],
+                                               "('bundled': its default, e.g. CHGNet 0.3.0); or an audit spec "
+                                               "(.yaml): its model section, and its split as the --reference.")],
     structures: Annotated[list[Path], typer.Argument(
         help="CIF, POSCAR/CONTCAR/.vasp, or Materials Project / JARVIS JSON files, or folders of them.",
         show_default=False)],
@@ -867,7 +887,11 @@ def screen(
     bad = [f for f in wanted if f not in ("html", "pdf")]
     if bad:
         raise TraitsError(f"--report: unknown format(s) {', '.join(bad)}; choose html, pdf or none")
-    settings = _model_options(model, options)
+    if checkpoint.suffix.lower() in (".yaml", ".yml"):  # an audit spec: its model section, and its split as reference
+        checkpoint, model, settings, fmt, reference = _screen_model_of_spec(checkpoint, model=model, options=options,
+                                                                           reference=reference)
+    else:
+        settings = _model_options(model, options)
     res = run_screen(checkpoint, list(structures), out_dir, fmt=fmt, calibration=calibration,
                      device=resolve_device(device), formats=wanted, model=model, options=settings,
                      reference=reference)
