@@ -37,6 +37,7 @@ SMALL = {
     "probes.surface.directions": "random",
     "probes.label_free.enabled": True,
     "probes.label_free.radius": 0.25,  # a point of the 9-point 1D grid on [-0.5, 0.5]
+    "probes.shift.density_components": 3,
     "report.formats": ["json"],
 }
 

@@ -249,7 +249,7 @@ def test_catalogue_is_the_one_list():
     # every metric names the audit stage that measures it, and JUnit times each gate by it
     from traits.junit import STAGE_OF
 
-    assert all(m.stage in ("accuracy", "hessian", "surfaces", "shift") for m in cat.catalogue())
+    assert all(m.stage in ("accuracy", "hessian", "surfaces", "shift", "label_free") for m in cat.catalogue())
     assert all(STAGE_OF[m.name] == m.stage for m in cat.catalogue() if m.gate_field)
     assert cat.default_fail_on() == GateSpec().fail_on
     # without adopted evidence a landscape metric only warns (the reference campaign: radius ρ = 0.04)

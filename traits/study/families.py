@@ -103,10 +103,12 @@ TINY_PROFILE: dict[str, Any] = {
 #: Study v2 (docs/study/v2/PREREGISTRATION.md): the study's budget with the label-free probes beside the labelled
 #: ones, on the same structures.
 V2_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True,
+                              "probes.shift.density_components": 10,
                               "probes.surface.gradient_1d": True, "probes.surface.perturbations": 32}
 #: Study v2's first pass: training (the checkpoint is kept), accuracy, domain shift and the label-free probes;
 #: the labelled Hessians and surfaces run later on the kept checkpoints (``traits study reprobe``, profile v2).
 V2_LABEL_FREE_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True,
+                                         "probes.shift.density_components": 10,
                                          "probes.hessian.enabled": False, "probes.surface.enabled": False,
                                          "report.formats": ["json"]}
 #: A pipeline check of study v2 (never evidence).
