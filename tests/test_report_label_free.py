@@ -163,8 +163,7 @@ def test_the_risk_sentence_stands_on_the_first_screen_and_in_the_section(probed,
     for text in (summary, own):
         assert sentence in text
         assert "interval: bootstrap over held-out rules of the score's study; score: " + EVIDENCE in text
-        assert ("The score is the embedding-distance baseline alone; no landscape signal beat it in study-1 (the v2 "
-                "analysis on study-1's audits).") in text
+        assert "The score is the embedding-distance baseline alone: no landscape signal beat it in that study." in text
     assert f"{probed.ratios['mae_ratio']:.3g}" in summary[summary.index("Risk that"):]
     assert "not a sampling interval of this audit" in own
     assert glance(probed).risk.startswith("Risk that") and "Risk that" not in glance(probed).text

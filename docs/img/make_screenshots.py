@@ -1,6 +1,7 @@
 """Re-make the report screenshots of docs/reading-a-report.md from a rendered report.
 
-``python docs/img/make_screenshots.py out/quickstart/report.html`` writes one PNG per report section into
+``python docs/img/make_screenshots.py out/quickstart/report.html [out/quickstart-label-free/report.html]`` writes
+one PNG per report section (and, given the label-free quickstart's report, its label-free section) into
 ``docs/img/`` (``report-<section>.png``), each the section alone at a fixed width, cropped to its content and
 kept under 300 KB. It needs a headless Chromium (``chromium`` on PATH) and Pillow.
 """
@@ -18,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 #: render each at before cropping.
 SECTIONS = {"summary": 1500, "verdict": 1600, "provenance": 1400, "splits": 900, "accuracy": 3400, "shift": 1700,
             "hessian": 2000, "surfaces": 3800, "methods": 1800, "appendix": 3000}
+#: Sections shot from a second report, the label-free quickstart's (``audits/quickstart-label-free.yaml``).
+LABEL_FREE_SECTIONS = {"label_free": 2600}
 WIDTH = 1000
 LIMIT = 300_000
 
@@ -61,12 +64,13 @@ def shoot(report: Path, section: str, height: int, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if len(argv) not in (1, 2):
         sys.exit(__doc__)
-    report = Path(argv[0])
-    for section, height in SECTIONS.items():
-        path = shoot(report, section, height, HERE)
-        print(f"{path.name}: {path.stat().st_size / 1e3:.0f} kB")
+    shots = [(Path(argv[0]), SECTIONS)] + ([(Path(argv[1]), LABEL_FREE_SECTIONS)] if len(argv) == 2 else [])
+    for report, sections in shots:
+        for section, height in sections.items():
+            path = shoot(report, section, height, HERE)
+            print(f"{path.name}: {path.stat().st_size / 1e3:.0f} kB")
     return 0
 
 

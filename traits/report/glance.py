@@ -395,8 +395,7 @@ def risk_sentence(result: AuditResult) -> str:
         text = (f"{RISK_LEAD}: {_fixed(risk.probability)}{bracket} ({beside}interval: {risk_interval_kind(risk)} "
                 f"of the score's study{note}; {score}).")
     if risk_baseline_only(risk):
-        study = risk.study_version or "the score's study"
-        text += f" The score is the embedding-distance baseline alone; no landscape signal beat it in {study}."
+        text += " The score is the embedding-distance baseline alone: no landscape signal beat it in that study."
     return text
 
 
