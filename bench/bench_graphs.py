@@ -1,20 +1,22 @@
-"""Graph building: the neighbour search TRAITS uses against pymatgen's ``Structure.get_neighbor_list`` (the
-reference), and against the field libraries vesin and matscipy where installed, on the same structures.
+"""Graph building from CIF text: TRAITS' path against the pymatgen reference on the same structures.
 
-    python bench/bench_graphs.py [--quick] [--mp N]
+    python bench/bench_graphs.py [--quick] [--mp N] [--passes K]
 
 Structures: the bundled Materials Project sample (2,000; every 10th with ``--quick``), or with ``--mp N`` every
-k-th of the shared 36,738-structure file (``../shared/data/mp_mtcgcnn``) so that N are read. Prints, per
-structure (best of three passes over all of them, taken in turn so that load on the machine hits each alike):
+k-th of the shared 36,738-structure file (``../shared/data/mp_mtcgcnn``) so that N are read. Every time is the best
+of ``--passes`` passes (default 3) over all the structures, the methods taken in turn within each pass (A, B, A, B,
+...) so that load on the machine hits each alike; read the ratios, not the absolute times.
 
-- the neighbour search at the default cutoff (8 Å): the reference, TRAITS' default backend (pymatgen's
-  compiled search called on the arrays), vesin and matscipy, each with whether its pairs (centre, neighbour,
-  image) equal the reference's and its distances agree to 1e-9 Å;
-- where the rest of a graph's time goes: parsing the CIF, the whole ``structure_graph`` with each backend,
-  and ``to_data`` (Gaussian expansion, atom features);
-- ``speed-up <N>x``: the reference search's time over the default backend's, and ``identical edges:
-  true|false``: whether every final graph (z, edge_index, distances, edge_attr) equals the reference's, for
-  TRAITS' default graph and the original CGCNN's (12 neighbours, padded).
+- The reference is the pipeline TRAITS had before issue 38, all pymatgen: ``Structure.from_str(cif, fmt="cif")``,
+  ``Structure.get_neighbor_list``, each centre's 12 nearest after a full ``np.lexsort``, then ``to_data``.
+- TRAITS' path is what ``build_graphs`` does for a CIF: the P1 reader (``traits.data.sources.p1_cif_crystal``;
+  pymatgen's parse for any other CIF), pymatgen's compiled search on the arrays and the candidate filter
+  (``crystal_graph``), then ``to_data``.
+- Printed: the neighbour search alone (reference, TRAITS, and vesin and matscipy where installed, with whether their
+  pairs equal the reference's); each stage's time; ``speed-up <N>x end to end (parse + graph)``, the same with the
+  features, ``speed-up <N>x neighbour search only``; and ``identical edges: true|false``: whether every graph of
+  TRAITS' path equals the reference's bit for bit (z, edge_index, distances, x, edge_attr), for TRAITS' default graph
+  and the original CGCNN's (12 neighbours, padded).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def read_cifs(quick: bool, mp: int | None) -> tuple[list[str], str]:
     return [e.payload for e in entries], "the bundled Materials Project sample" + (" (every 10th)" if quick else "")
 
 
-def best_of(fns: dict, items: list, repeats: int = 3) -> dict[str, float]:
+def best_of(fns: dict, items: list, repeats: int) -> dict[str, float]:
     """Seconds per item of each function (best of ``repeats`` passes, the functions taken in turn)."""
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
@@ -74,29 +76,56 @@ def same_pairs(ref, got) -> bool:
     return k1.shape == k2.shape and np.array_equal(k1, k2) and bool(np.all(np.abs(d1 - d2) <= 1e-9))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="200 structures instead of 2,000")
-    parser.add_argument("--mp", type=int, default=None, metavar="N",
-                        help="N structures from the shared Materials Project file instead of the sample")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(1)
+def parse(cif: str):
     from pymatgen.core import Structure
 
-    from traits.data.graphs import neighbour_list, structure_graph, to_data
-    from traits.spec import GraphSpec
+    return Structure.from_str(cif, fmt="cif")
 
-    cifs, origin = read_cifs(args.quick, args.mp)
-    t = time.perf_counter()
-    structures = [Structure.from_str(c, fmt="cif") for c in cifs]
-    t_parse = (time.perf_counter() - t) / len(structures)
-    sizes = np.array([len(s) for s in structures])
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# graph-building benchmark  {platform.machine()}  {os.cpu_count()} CPUs  load {load:.1f}  "
-          f"python {sys.version.split()[0]}  torch {torch.__version__} (1 thread)")
-    print(f"{len(structures)} structures from {origin}: {sizes.mean():.1f} atoms on average, at most {sizes.max()}")
-    cutoff = GraphSpec().cutoff
+
+def reference_graph(structure, settings):
+    """The pre-issue-38 graph, all pymatgen: get_neighbor_list, full lexsort, 12 nearest, CGCNN padding."""
+    from traits.data.graphs import GraphArrays
+
+    n = len(structure)
+    centres, neighbours, _images, dists = structure.get_neighbor_list(r=settings.cutoff, numerical_tol=1e-8)
+    order = np.lexsort((dists, centres))
+    centres, neighbours, dists = centres[order], neighbours[order], dists[order]
+    counts = np.bincount(centres, minlength=n)
+    rank = np.arange(len(centres)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[centres]
+    keep = rank < settings.max_neighbors
+    src, dst, d = neighbours[keep], centres[keep], dists[keep]
+    if settings.pad_neighbors:
+        pad = np.repeat(np.arange(n), np.maximum(settings.max_neighbors - counts, 0))
+        src, dst = np.concatenate([src, np.zeros_like(pad)]), np.concatenate([dst, pad])
+        d = np.concatenate([d, np.full(len(pad), settings.cutoff + 1.0)])
+        order = np.argsort(dst, kind="stable")
+        src, dst, d = src[order], dst[order], d[order]
+    z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
+    return GraphArrays(z=z, edge_index=torch.from_numpy(np.stack([src, dst]).astype(np.int64)),
+                       dist=torch.from_numpy(d.astype(np.float32)))
+
+
+def traits_graph(cif: str, settings):
+    """What build_graphs does for one CIF (without the cache)."""
+    from traits.data.graphs import crystal_graph, structure_graph
+    from traits.data.sources import p1_cif_crystal
+
+    crystal = p1_cif_crystal(cif)
+    return structure_graph(parse(cif), settings) if crystal is None else crystal_graph(crystal, settings)
+
+
+def same_graph(got, ref, settings) -> bool:
+    from traits.data.graphs import to_data
+
+    a, b = to_data(got, 0.0, "x", settings), to_data(ref, 0.0, "x", settings)
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("z", "x", "edge_index", "edge_attr")) \
+        and torch.equal(got.dist, ref.dist)
+
+
+def search_section(structures, cutoff: float, passes: int) -> float:
+    """Times the neighbour searches; prints them; returns the reference's time over TRAITS'."""
+    from traits.data.graphs import neighbour_list
+
     pbc = np.ones(3, dtype=bool)
 
     def arrays(s):
@@ -104,58 +133,95 @@ def main() -> None:
 
     fns = {
         "pymatgen Structure.get_neighbor_list (reference)": lambda s: neighbour_list(s, cutoff, "pymatgen"),
-        "TRAITS default (pymatgen's compiled search on the arrays)": lambda s: neighbour_list(s, cutoff),
+        "TRAITS (pymatgen's compiled search on the arrays)": lambda s: neighbour_list(s, cutoff),
     }
-    others = {}
     try:
         import vesin
 
         calculator = vesin.NeighborList(cutoff=cutoff, full_list=True)
-        others[f"vesin {vesin.__version__}"] = lambda s: calculator.compute(*arrays(s), True, "ijSd")
+        fns[f"vesin {vesin.__version__}"] = lambda s: calculator.compute(*arrays(s), True, "ijSd")
     except ImportError:
         print("vesin: not installed (pip install vesin)")
     try:
         import matscipy
         from matscipy.neighbours import neighbour_list as matscipy_list
 
-        others[f"matscipy {matscipy.__version__}"] = lambda s: matscipy_list(
+        fns[f"matscipy {matscipy.__version__}"] = lambda s: matscipy_list(
             "ijSd", positions=np.ascontiguousarray(s.cart_coords), cell=np.ascontiguousarray(s.lattice.matrix),
             pbc=pbc, cutoff=cutoff)
     except ImportError:
         print("matscipy: not installed (pip install matscipy)")
-    times = best_of({**fns, **others}, structures)
+    times = best_of(fns, structures, passes)
     reference = [neighbour_list(s, cutoff, "pymatgen") for s in structures]
-    ref_name = next(iter(fns))
-    print(f"\n## neighbour search, cutoff {cutoff} Å (ms per structure; x: reference time / this time)")
+    ref_name, traits_name = list(fns)[:2]
+    print(f"\n## neighbour search only, cutoff {cutoff} Å (ms per structure; x: reference time / this time)")
     for name, seconds in times.items():
-        if name in others:
-            equal = all(same_pairs(r, others[name](s)) for r, s in zip(reference, structures))
-        else:
-            equal = all(same_pairs(r, fns[name](s)) for r, s in zip(reference, structures))
+        equal = all(same_pairs(r, fns[name](s)) for r, s in zip(reference, structures))
         print(f"{name}: {1e3 * seconds:.3f} ms  {times[ref_name] / seconds:.2f}x  "
               f"pairs equal the reference's: {str(equal).lower()}")
+    return times[ref_name] / times[traits_name]
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 structures instead of 2,000")
+    parser.add_argument("--mp", type=int, default=None, metavar="N",
+                        help="N structures from the shared Materials Project file instead of the sample")
+    parser.add_argument("--passes", type=int, default=3, help="passes per method; the best is kept (default 3)")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    from traits.data.graphs import crystal_graph, to_data
+    from traits.data.sources import p1_cif_crystal
+    from traits.spec import GraphSpec
+
+    cifs, origin = read_cifs(args.quick, args.mp)
+    structures = [parse(c) for c in cifs]
+    sizes = np.array([len(s) for s in structures])
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"# graph-building benchmark  {platform.machine()}  {os.cpu_count()} CPUs  "
+          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  python {sys.version.split()[0]}  "
+          f"torch {torch.__version__} (1 thread)  best of {args.passes} passes, methods interleaved")
+    print(f"{len(cifs)} structures from {origin}: {sizes.mean():.1f} atoms on average, at most {sizes.max()}; "
+          f"{sum(p1_cif_crystal(c) is not None for c in cifs)} read by the P1 reader, the rest by pymatgen")
     settings = [GraphSpec(), GraphSpec(pad_neighbors=True)]
-    graph_times = best_of({
-        "structure_graph, reference search": lambda s: structure_graph(s, settings[0], backend="pymatgen"),
-        "structure_graph, default search": lambda s: structure_graph(s, settings[0]),
-    }, structures)
-    graphs = [structure_graph(s, settings[0]) for s in structures]
-    to_data(graphs[0], 0.0, "x", settings[0])  # its first call imports torch_geometric (seconds)
-    t_data = best_of({"to_data": lambda g: to_data(g, 0.0, "x", settings[0])}, graphs)["to_data"]
-    print("\n## where a graph's time goes (ms per structure)")
-    print(f"parsing the CIF (pymatgen Structure.from_str): {1e3 * t_parse:.3f} ms")
-    for name, seconds in graph_times.items():
-        print(f"{name}: {1e3 * seconds:.3f} ms")
-    print(f"to_data (Gaussian expansion, atom features): {1e3 * t_data:.3f} ms")
+    st = settings[0]
+    search = search_section(structures, st.cutoff, args.passes)
 
-    identical = True
-    for s, st in itertools.product(structures, settings):
-        got, ref = structure_graph(s, st), structure_graph(s, st, backend="pymatgen")
-        identical &= (torch.equal(got.z, ref.z) and torch.equal(got.edge_index, ref.edge_index)
-                      and torch.equal(got.dist, ref.dist)
-                      and torch.equal(to_data(got, 0.0, "x", st).edge_attr, to_data(ref, 0.0, "x", st).edge_attr))
-    print(f"\nspeed-up {times[ref_name] / times[next(iter(list(fns)[1:]))]:.2f}x  (neighbour search; target >= 10x)")
+    crystals = [p1_cif_crystal(c) for c in cifs]
+    graphs = [traits_graph(c, st) for c in cifs]
+    to_data(graphs[0], 0.0, "x", st)  # its first call imports torch_geometric (seconds)
+    stages = best_of({
+        "parse, reference (pymatgen Structure.from_str)": parse,
+        "parse, TRAITS (P1 reader)": lambda c: p1_cif_crystal(c) or parse(c),
+    }, cifs, args.passes)
+    stages.update(best_of({
+        "graph, reference (get_neighbor_list, full sort)": lambda s: reference_graph(s, st),
+    }, structures, args.passes))
+    stages.update(best_of({"graph, TRAITS (crystal_graph)": lambda c: crystal_graph(c, st)},
+                          [c for c in crystals if c is not None], args.passes))
+    stages.update(best_of({"features (to_data: Gaussian expansion, atom features)": lambda g: to_data(g, 0.0, "x", st)},
+                          graphs, args.passes))
+    print("\n## stages (ms per structure)")
+    for name, seconds in stages.items():
+        print(f"{name}: {1e3 * seconds:.3f} ms")
+
+    total = best_of({
+        "reference: parse + graph": lambda c: reference_graph(parse(c), st),
+        "TRAITS: parse + graph": lambda c: traits_graph(c, st),
+        "reference: parse + graph + features": lambda c: to_data(reference_graph(parse(c), st), 0.0, "x", st),
+        "TRAITS: parse + graph + features": lambda c: to_data(traits_graph(c, st), 0.0, "x", st),
+    }, cifs, args.passes)
+    print("\n## end to end from the CIF text (ms per structure)")
+    for name, seconds in total.items():
+        print(f"{name}: {1e3 * seconds:.3f} ms")
+
+    identical = all(same_graph(traits_graph(c, s), reference_graph(structure, s), s)
+                    for (c, structure), s in itertools.product(zip(cifs, structures), settings))
+    values = list(total.values())
+    print(f"\nspeed-up {values[0] / values[1]:.2f}x end to end (parse + graph; target >= 10x)")
+    print(f"speed-up {values[2] / values[3]:.2f}x end to end with the features (parse + graph + to_data)")
+    print(f"speed-up {search:.2f}x neighbour search only")
     print(f"identical edges: {str(identical).lower()}")
 
 

@@ -2,7 +2,8 @@
 
 A crystal becomes a graph whose nodes are the atoms of the unit cell and whose directed edges join
 each atom to its ``max_neighbors`` nearest periodic neighbours within ``cutoff`` (pymatgen's compiled
-neighbour search, :func:`neighbour_list`). Edge features are the distances expanded in Gaussians (as in
+neighbour search, :func:`neighbour_list`; :func:`crystal_graph` for a crystal read straight from a CIF's numbers,
+:func:`structure_graph` for a pymatgen ``Structure``). Edge features are the distances expanded in Gaussians (as in
 CGCNN); node features are the 92-long per-element vectors of CGCNN's ``atom_init.json`` (MIT, see
 ``traits/data/NOTICE.md``).
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from traits.data.sources import Entry
+from traits.data.sources import Crystal, Entry
 from traits.errors import DataError, GraphError
 
 CACHE_ENV = "TRAITS_CACHE"
@@ -149,6 +150,29 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown neighbour-search backend {backend!r}; one of {', '.join(NEIGHBOUR_BACKENDS)}")
 
 
+def _kernel_neighbours(matrix: np.ndarray, coords: np.ndarray, pbc, cutoff: float):
+    """pymatgen's compiled search on the arrays, the atom itself dropped: what ``get_neighbor_list`` returns."""
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    coords = np.ascontiguousarray(coords, dtype=float)
+    centres, neighbours, images, dists = find_points_in_spheres(
+        coords, coords, r=float(cutoff), pbc=np.ascontiguousarray(pbc, dtype=np.int64),
+        lattice=np.ascontiguousarray(matrix, dtype=float), tol=NEIGHBOUR_TOL,
+    )
+    keep = ~((centres == neighbours) & (dists <= NEIGHBOUR_TOL))
+    return centres[keep], neighbours[keep], images[keep], dists[keep]
+
+
+@lru_cache(maxsize=1)
+def fast_path_available() -> bool:
+    """Whether pymatgen's compiled neighbour search is importable (always, for pymatgen's wheels)."""
+    try:
+        from pymatgen.optimization.neighbors import find_points_in_spheres  # noqa: F401
+    except ImportError:  # pymatgen built without its extension: its pure-Python search is the only one
+        return False
+    return True
+
+
 def neighbour_list(structure, cutoff: float, backend: str = "kernel",
                    geometry: tuple[np.ndarray, np.ndarray] | None = None):
     """(centres, neighbours, images, distances) of every periodic pair within ``cutoff``, exactly as
@@ -156,20 +180,10 @@ def neighbour_list(structure, cutoff: float, backend: str = "kernel",
     an atom's own periodic images are included, the atom itself is not). ``geometry`` is
     ``(lattice matrix, Cartesian coordinates)`` when the caller already has them."""
     _check_backend(backend)
-    try:
-        from pymatgen.optimization.neighbors import find_points_in_spheres
-    except ImportError:  # pymatgen built without its extension: its pure-Python search is the only one
-        backend = "pymatgen"
-    if backend == "pymatgen":
+    if backend == "pymatgen" or not fast_path_available():
         return structure.get_neighbor_list(r=cutoff, numerical_tol=NEIGHBOUR_TOL)
     matrix, coords = geometry if geometry is not None else _geometry(structure)
-    coords = np.ascontiguousarray(coords, dtype=float)
-    centres, neighbours, images, dists = find_points_in_spheres(
-        coords, coords, r=float(cutoff), pbc=np.ascontiguousarray(structure.pbc, dtype=np.int64),
-        lattice=np.ascontiguousarray(matrix, dtype=float), tol=NEIGHBOUR_TOL,
-    )
-    keep = ~((centres == neighbours) & (dists <= NEIGHBOUR_TOL))
-    return centres[keep], neighbours[keep], images[keep], dists[keep]
+    return _kernel_neighbours(matrix, coords, structure.pbc, cutoff)
 
 
 def structure_graph(structure, settings, backend: str = "kernel") -> GraphArrays:
@@ -179,22 +193,70 @@ def structure_graph(structure, settings, backend: str = "kernel") -> GraphArrays
     _check_backend(backend)
     check_ordered(structure)
     geometry = _geometry(structure)
-    n = len(structure)
-    z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
+    z = np.array([site.specie.Z for site in structure], dtype=np.int64)
     try:
-        centres, neighbours, _images, dists = neighbour_list(structure, settings.cutoff, backend, geometry)
+        found = neighbour_list(structure, settings.cutoff, backend, geometry)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
-    order = np.lexsort((dists, centres))  # by centre, then by distance
-    centres, neighbours, dists = centres[order], neighbours[order], dists[order]
+    return _edges(z, found, settings, name=lambda i: structure[i].specie)
+
+
+def crystal_graph(crystal: Crystal, settings) -> GraphArrays:
+    """The graph of a :class:`traits.data.sources.Crystal` (arrays read straight from a file), equal to
+    ``structure_graph`` of the same structure; the same errors for degenerate geometry and isolated atoms. Needs
+    pymatgen's compiled search (:func:`fast_path_available`)."""
+    matrix, coords = np.asarray(crystal.matrix, dtype=float), np.asarray(crystal.coords, dtype=float)
+    if not (np.isfinite(matrix).all() and np.isfinite(coords).all()):
+        raise DegenerateStructure("the lattice or the atomic coordinates hold non-finite numbers")
+    volume = abs(float(np.linalg.det(matrix)))
+    if not volume > MIN_VOLUME:
+        raise DegenerateStructure(f"singular lattice (cell volume {volume:.3g} Å³)")
+    if len(coords) == 0:
+        raise DegenerateStructure("the structure has no atoms")
+    try:
+        found = _kernel_neighbours(matrix, coords, crystal.pbc, settings.cutoff)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
+    return _edges(np.asarray(crystal.z, dtype=np.int64), found, settings)
+
+
+def _nearest_first(centres: np.ndarray, dists: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the pairs that can be among each centre's ``k`` nearest, in the order of
+    ``np.lexsort((dists, centres))`` (by centre, then distance, ties in list order): a centre's pairs farther than its
+    k-th smallest distance are dropped before sorting (a few hundred pairs sorted instead of thousands), which
+    leaves the first ``k`` of every centre, and their order, as the full sort gives them."""
+    by_centre = np.argsort(centres, kind="stable")  # already in centre order from the search: one linear pass
+    c, d = centres[by_centre], dists[by_centre]
+    widest = int(counts.max()) if len(counts) else 0
+    if widest > k > 0:
+        slot = np.arange(len(c)) - (np.cumsum(counts) - counts)[c]
+        table = np.full((len(counts), widest), np.inf)
+        table[c, slot] = d
+        kth = np.partition(table, k - 1, axis=1)[:, k - 1]  # inf for a centre with fewer than k pairs
+        candidates = np.flatnonzero(d <= kth[c])
+        by_centre, c, d = by_centre[candidates], c[candidates], d[candidates]
+    return by_centre[np.lexsort((d, c))]
+
+
+def _edges(z: np.ndarray, found, settings, name: Callable[[int], object] | None = None) -> GraphArrays:
+    """The graph from a neighbour list: each centre's ``max_neighbors`` nearest (ties in the search's order),
+    padded for the original CGCNN; GraphError naming the first atom without a neighbour."""
+    n = len(z)
+    centres, neighbours, _images, dists = found
     counts = np.bincount(centres, minlength=n)
+    order = _nearest_first(centres, dists, counts, settings.max_neighbors)
+    centres, neighbours, dists = centres[order], neighbours[order], dists[order]
     if (counts == 0).any():
+        from pymatgen.core import Element
+
         lonely = int(np.flatnonzero(counts == 0)[0])
+        label = name(lonely) if name else Element.from_Z(int(z[lonely]))
         raise GraphError(
-            f"atom {lonely} ({structure[lonely].specie}) has no neighbour within {settings.cutoff} Å; "
+            f"atom {lonely} ({label}) has no neighbour within {settings.cutoff} Å; "
             "increase data.graph.cutoff"
         )
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    kept = np.bincount(centres, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(kept)[:-1]])
     rank = np.arange(len(centres)) - starts[centres]
     keep = rank < settings.max_neighbors
     src, dst, d = neighbours[keep], centres[keep], dists[keep]
@@ -208,7 +270,7 @@ def structure_graph(structure, settings, backend: str = "kernel") -> GraphArrays
             order = np.argsort(dst, kind="stable")
             src, dst, d = src[order], dst[order], d[order]
     edge_index = torch.from_numpy(np.stack([src, dst]).astype(np.int64))
-    return GraphArrays(z=z, edge_index=edge_index, dist=torch.from_numpy(d.astype(np.float32)))
+    return GraphArrays(z=torch.from_numpy(z), edge_index=edge_index, dist=torch.from_numpy(d.astype(np.float32)))
 
 
 def to_data(arrays: GraphArrays, target: float, material_id: str, settings):
@@ -304,13 +366,15 @@ def build_graphs(
         key = entry_key(entry, settings)
         arrays = cache.get(key)
         if arrays is None:
+            # read straight from the numbers of a CIF in pymatgen's P1 layout, else parsed by pymatgen
+            crystal = entry.fast_crystal() if fast_path_available() else None
             try:
-                structure = entry.structure()
+                structure = entry.structure() if crystal is None else None
             except ValueError:
                 out.skipped["unreadable structure"] += 1
                 continue
             try:
-                arrays = structure_graph(structure, settings)
+                arrays = structure_graph(structure, settings) if crystal is None else crystal_graph(crystal, settings)
             except DisorderedStructure:
                 out.skipped[DISORDERED] += 1
                 continue

@@ -1,7 +1,9 @@
 """Readers for each data source, all yielding :class:`Entry` objects (id, target, structure text).
 
-Structures are kept as the text they came in (a CIF string or a JSON structure dict) and parsed by
-pymatgen only when a graph has to be built, so a warm graph cache skips parsing altogether.
+Structures are kept as the text they came in (a CIF string or a JSON structure dict) and parsed only when a
+graph has to be built, so a warm graph cache skips parsing altogether. A CIF in the layout pymatgen writes for an
+ordered P1 structure (Materials Project files) is read straight from its numbers (:func:`p1_cif_crystal`, equal to
+pymatgen's parse bit for bit); every other structure is parsed by pymatgen.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +79,183 @@ def structure_from_dict(data: Any):
                          coords_are_cartesian=bool(cartesian and cartesian[0]))
     except (KeyError, TypeError, IndexError, StopIteration) as exc:
         raise ValueError(f"not a pymatgen structure dict ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """An ordered crystal as the arrays a graph needs: the lattice matrix (rows a, b, c in Å), Cartesian coordinates
+    (Å, one row per site), atomic numbers and periodicity; what pymatgen's ``Structure.lattice.matrix``,
+    ``cart_coords``, ``[site.specie.Z]`` and ``pbc`` hold for the same structure."""
+
+    matrix: Any  # (3, 3) float64
+    coords: Any  # (n, 3) float64
+    z: Any  # (n,) int64
+    pbc: tuple[bool, bool, bool] = (True, True, True)
+
+
+#: The layout pymatgen's ``CifWriter`` gives an ordered structure without oxidation states (Materials Project files,
+#: the bundled sample): these keys, a P1 symmetry loop and this atom-site loop. :func:`p1_cif_crystal` reads only it.
+_P1_CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
+                 "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+_P1_INERT_KEYS = frozenset({"_symmetry_space_group_name_H-M", "_symmetry_Int_Tables_number",
+                            "_chemical_formula_structural", "_chemical_formula_sum", "_cell_volume",
+                            "_cell_formula_units_Z"})
+_P1_KEYS = _P1_INERT_KEYS | frozenset(_P1_CELL_KEYS)
+_P1_SYMMETRY_LOOP = ("_symmetry_equiv_pos_site_id", "_symmetry_equiv_pos_as_xyz")
+_P1_SITE_LOOP = ("_atom_site_type_symbol", "_atom_site_label", "_atom_site_symmetry_multiplicity",
+                 "_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z", "_atom_site_occupancy")
+_P1_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+#: Most sites read by the P1 path (larger cells go to pymatgen, whose site merging is checked pairwise here).
+_P1_MAX_SITES = 500
+#: pymatgen's CifParser tolerances: sites closer than this (fractional, each axis) merge into one disordered site;
+#: a coordinate within it of 1/3 or 2/3 (relative) is set to that fraction.
+_CIF_SITE_TOL = 1e-4
+_CIF_FRAC_TOL = 1e-4
+
+
+@lru_cache(maxsize=1)
+def _p1_patterns():
+    """(key-value line, number, the P1 symmetry row, an atom-site row, a character outside printable ASCII)."""
+    import re
+
+    gap, num = r"[ \t]+", f"({_P1_NUMBER})"
+    # no '#' anywhere (pymatgen cuts a comment at any " #", even inside quotes), no label pymatgen takes for a key
+    # ("_x") or a loop ("loop_1"); names and values on the line of their key
+    return (re.compile(rf"(_\S+)[ \t]+({_P1_NUMBER}|'[^'#\n]*'|[^\s'\"_#$;\[\]][^\s#]*)[ \t]*", re.ASCII),
+            re.compile(_P1_NUMBER, re.ASCII),
+            re.compile(r"[ \t]*1[ \t]+'x, y, z'[ \t]*", re.ASCII),
+            re.compile(rf"[ \t]*([A-Z][a-z]?){gap}(?!loop_)[A-Za-z0-9]\w*{gap}\d+"
+                       rf"{gap}{num}{gap}{num}{gap}{num}{gap}{num}[ \t]*", re.ASCII),
+            re.compile(r"[^\x20-\x7e\n\t]"))  # printable ASCII lines only (no \r, form feeds, Unicode spaces)
+
+
+@lru_cache(maxsize=1)
+def _element_table() -> dict[str, tuple[int, float]]:
+    """Symbol -> (Z, Pauling electronegativity) of the elements Z 1-103 pymatgen gives an electronegativity (the
+    noble gases He, Ne and Ar have none: pymatgen's site order for them is not a plain sort, so they are left to it)."""
+    from pymatgen.core import Element
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = {el.symbol: (el.Z, float(el.X)) for el in Element if el.Z <= 103}
+    return {sym: zx for sym, zx in table.items() if math.isfinite(zx[1])}
+
+
+def _p1_fields(text: str) -> tuple[dict[str, str], list[tuple[str, ...]]] | None:
+    """The key-value pairs and the atom-site rows of a CIF in the P1 layout, or None for anything else."""
+    keyed, number, identity, site, odd = _p1_patterns()
+    if odd.search(text):
+        return None
+    values: dict[str, str] = {}
+    rows: list[tuple[str, ...]] = []  # (symbol, x, y, z, occupancy)
+    loops: list[tuple[str, ...]] = []
+    header: list[str] | None = None  # the names of the loop being opened
+    loop: tuple[str, ...] | None = None  # the loop whose rows are being read
+    n_blocks = n_identity = 0
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or line.startswith("#"):
+            continue
+        if header is not None:
+            if stripped.startswith("_") and len(stripped.split()) == 1:
+                header.append(stripped)
+                continue
+            loop = tuple(header)
+            loops.append(loop)
+            header = None
+        if n_blocks == 0 and not stripped.startswith("data_"):
+            return None  # pymatgen ignores what comes before the first block
+        if stripped.startswith("data_"):
+            if "#" in stripped or len(stripped.split()) != 1 or "powder_pattern" in stripped:
+                return None  # pymatgen skips a "powder_pattern" block
+            n_blocks += 1
+            loop = None
+        elif stripped == "loop_":
+            header, loop = [], None
+        elif stripped.startswith("_"):
+            m = keyed.fullmatch(stripped)
+            if m is None or m.group(1) in values or m.group(1) not in _P1_KEYS:
+                return None
+            values[m.group(1)] = m.group(2)
+            loop = None
+        elif loop == _P1_SYMMETRY_LOOP and identity.fullmatch(line):
+            n_identity += 1
+        elif loop == _P1_SITE_LOOP and (m := site.fullmatch(line)) is not None:
+            rows.append(m.groups())
+        else:
+            return None
+    if header is not None or n_blocks != 1 or n_identity != 1 or sorted(loops) != sorted([_P1_SYMMETRY_LOOP,
+                                                                                           _P1_SITE_LOOP]):
+        return None
+    if not all(k in values and number.fullmatch(values[k]) for k in _P1_CELL_KEYS):
+        return None
+    return values, rows
+
+
+def _thickness(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> float:
+    """The smallest of the cell's three plane spacings d(100), d(010), d(001) in Å (V / (b c sin α), ...); 0 for a
+    cell that is flat or impossible."""
+    cos = [math.cos(math.radians(x)) for x in (alpha, beta, gamma)]
+    sin = [math.sin(math.radians(x)) for x in (alpha, beta, gamma)]
+    shape = 1 - cos[0] ** 2 - cos[1] ** 2 - cos[2] ** 2 + 2 * cos[0] * cos[1] * cos[2]
+    if not shape > 0 or not min(sin) > 0:
+        return 0.0
+    volume = a * b * c * math.sqrt(shape)
+    return min(volume / (b * c * sin[0]), volume / (a * c * sin[1]), volume / (a * b * sin[2]))
+
+
+def p1_cif_crystal(text: str) -> Crystal | None:
+    """The crystal of a CIF in the layout pymatgen writes for an ordered P1 structure without oxidation states
+    (Materials Project files), read from the numbers in the text and bit for bit what ``Structure.from_str(text,
+    fmt="cif")`` gives (lattice matrix, Cartesian coordinates, atomic numbers, site order), 13-15 times faster than
+    that parse (``bench/bench_graphs.py``).
+
+    None for anything else (another layout or symmetry, a partial occupancy, sites that pymatgen would merge, an
+    element without electronegativity, more than 500 sites, a near-flat cell): the caller parses those with pymatgen.
+    What pymatgen's CifParser does to such a file is repeated exactly: fractions within 1e-4 of 1/3 or 2/3 set to
+    them, coordinates wrapped to [0, 1) by x - floor(x), the lattice from ``Lattice.from_parameters``, sites
+    stably sorted by (electronegativity, symbol), Cartesian coordinates by ``np.dot`` of each site's fractions with
+    the matrix. Nothing is decoded or imported from the text. ``tests/test_graphs_neighbours.py`` checks it
+    against pymatgen."""
+    import numpy as np
+    from pymatgen.core import Lattice
+
+    fields = _p1_fields(text)
+    if fields is None:
+        return None
+    values, rows = fields
+    elements = _element_table()
+    if not 0 < len(rows) <= _P1_MAX_SITES or any(row[0] not in elements or float(row[4]) != 1.0 for row in rows):
+        return None
+    cell = [float(values[k]) for k in _P1_CELL_KEYS]
+    frac = [[float(row[1]), float(row[2]), float(row[3])] for row in rows]  # CifParser: float() of each
+    if not (all(map(math.isfinite, cell)) and all(abs(x) < 1e6 for f in frac for x in f) and min(cell[:3]) > 0):
+        return None  # NaN, infinite or absurd numbers: pymatgen decides
+    third, two_thirds = 1 / 3, 2 / 3
+    for f in frac:
+        for axis, x in enumerate(f):  # CifParser._sanitize_data: math.isclose(x / ideal, 1, abs_tol=1e-4, rel_tol=0)
+            if abs(x / third - 1) <= _CIF_FRAC_TOL:
+                f[axis] = third
+            elif abs(x / two_thirds - 1) <= _CIF_FRAC_TOL:
+                f[axis] = two_thirds
+    if len(frac) > 1:
+        delta = np.array(frac)
+        delta = delta[:, None, :] - delta[None, :, :]
+        delta -= np.rint(delta)
+        if int((np.abs(delta).max(axis=2) < 2 * _CIF_SITE_TOL).sum()) != len(frac):
+            return None  # two sites pymatgen would (or might) merge into one
+    if not _thickness(*cell) > 0.05:  # also False for NaN
+        return None  # CifParser refuses cells thinner than 0.01 Å: near it, pymatgen decides
+    lattice = Lattice.from_parameters(*cell)
+    matrix = lattice.matrix
+    if not np.isfinite(matrix).all():
+        return None
+    order = sorted(range(len(rows)), key=lambda i: (elements[rows[i][0]][1], rows[i][0]))  # Structure's site sort
+    # CifParser._unique_coords wraps each coordinate by x - math.floor(x); PeriodicSite.coords is np.dot(frac, matrix)
+    wrapped = np.array([[x - math.floor(x) for x in frac[i]] for i in order], dtype=np.float64)
+    coords = np.array([np.dot(row, matrix) for row in wrapped])
+    z = np.array([elements[rows[i][0]][0] for i in order], dtype=np.int64)
+    return Crystal(np.array(matrix, dtype=np.float64), coords.reshape(-1, 3), z, tuple(bool(p) for p in lattice.pbc))
 
 
 #: Compressed structure files: their suffix and how to open them (what they expand to is bounded while read).
@@ -152,6 +332,14 @@ class Entry:
         # an id is written into CSV, JSON and reports: a lone surrogate (valid in JSON text, or a file name's
         # undecodable byte) is kept as its escape, e.g. the text \ud800, so every file TRAITS writes can hold it
         object.__setattr__(self, "id", str(self.id).encode("utf-8", "backslashreplace").decode("utf-8"))
+
+    def fast_crystal(self) -> Crystal | None:
+        """The crystal read straight from the numbers of a CIF in pymatgen's P1 layout (:func:`p1_cif_crystal`), equal
+        to what :meth:`structure` gives; None when that path does not apply (then parse with :meth:`structure`). A
+        subclass that supplies its own structure is not second-guessed: None."""
+        if self.fmt != "cif" or type(self).structure is not Entry.structure:
+            return None
+        return p1_cif_crystal(self.payload)
 
     def structure(self):
         """Parse the structure with pymatgen (raises ``ValueError`` on an unreadable structure)."""
