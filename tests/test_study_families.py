@@ -474,3 +474,16 @@ def test_the_domain_shift_thresholds_are_set_against_the_study(tmp_path):
     assert "## The domain-shift rule's thresholds against the study" in md
     assert "| omission tasks | 12 | 2.00 [1.00, 3.00] | 67 % | 33 % |" in md
     assert "| extrapolation | 4 | 4.50 [3.00, 6.01] | 100 % |" in md
+
+
+@pytest.mark.parametrize("pool", ["mp", "perov5"])
+def test_the_committed_study_campaigns_offer_the_generators_profiles(pool):
+    """audits/study/<pool>/campaign.yaml holds exactly the profiles `traits study generate` writes (study, tiny and
+    the v2 ones), at the pool's subsample: a profile edited by hand would drift from the generator."""
+    import yaml
+
+    from traits.study.families import study_profiles
+
+    root = Path(__file__).resolve().parents[1]
+    profiles = yaml.safe_load((root / "audits" / "study" / pool / "campaign.yaml").read_text())["profiles"]
+    assert profiles == study_profiles(profiles["study"]["data.subsample"])
