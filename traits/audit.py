@@ -918,29 +918,6 @@ def _label_free_surfaces(spec: AuditSpec, obj, directions: list, part: LabelFree
         part.topology = topology_of(part.grid)
 
 
-def label_free_ratios(lf: LabelFreeResult | None) -> dict[str, float | None]:
-    """OOD/ID of each label-free probe: ``gn_lambda_ratio``, ``gn_trace_ratio``, ``grad_norm_ratio`` (of the
-    medians), ``lf_sharpness_ratio``, ``lf_smad_ratio`` and ``lf_persistence_ratio`` (of the label-free 2D
-    surface's topology)."""
-    if lf is None or "id" not in lf.splits or "ood" not in lf.splits:
-        return {}
-    i, o = lf.splits["id"], lf.splits["ood"]
-
-    def ratio(a, b) -> float | None:
-        return json_float(a / b) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) \
-            and b > 0 else None
-
-    return {
-        "gn_lambda_ratio": ratio(o.gn_top_eigenvalues[0] if o.gn_top_eigenvalues else None,
-                                 i.gn_top_eigenvalues[0] if i.gn_top_eigenvalues else None),
-        "gn_trace_ratio": ratio(o.gn_trace, i.gn_trace),
-        "grad_norm_ratio": ratio(o.grad_norm_median, i.grad_norm_median),
-        "lf_sharpness_ratio": ratio(o.sharpness, i.sharpness),
-        "lf_smad_ratio": ratio(o.topology.get("smad"), i.topology.get("smad")),
-        "lf_persistence_ratio": ratio(o.topology.get("persistence_range"), i.topology.get("persistence_range")),
-    }
-
-
 def split_metrics(spec: AuditSpec, split: str, hess: HessianResult | None, surf: SurfaceResult | None,
                   loss0: float | None) -> SplitMetrics:
     from traits.probes import metrics as pm
@@ -1023,14 +1000,15 @@ def mark_below_resolution(m: SplitMetrics, step: float | None, surf: SurfaceResu
             setattr(m, name, None)
 
 
-def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy]) -> dict[str, float | None]:
-    """Every OOD/ID ratio the metric catalogue lists with an ``accuracy.X`` or ``metrics.X`` source (a
-    difference, OOD − ID, for a metric whose unit is "difference"; fractions are not ratios)."""
+def ratios(metrics: dict[str, SplitMetrics], accuracy: dict[str, Accuracy],
+           label_free: LabelFreeResult | None = None) -> dict[str, float | None]:
+    """Every OOD/ID ratio the metric catalogue lists with an ``accuracy.X``, ``metrics.X`` or ``label_free.X``
+    source (a difference, OOD − ID, for a metric whose unit is "difference"; fractions are not ratios)."""
     from traits.catalogue import catalogue
     from traits.probes.metrics import ratio
 
     out = {}
-    tables = {"accuracy": accuracy, "metrics": metrics}
+    tables = {"accuracy": accuracy, "metrics": metrics, "label_free": label_free.splits if label_free else {}}
     for m in catalogue():
         table, _, attr = (m.source or "").partition(".")
         if table not in tables or m.unit == "fraction":
@@ -1556,8 +1534,8 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         splits={k: SplitStats(**v) for k, v in data.stats(spec.omit).items()}, skipped=dict(data.skipped),
         accuracy=ctx.acc, hessian=ctx.hessians, surface=ctx.surface, shift=shift, uncertainty=ctx.uncertainty,
         metrics=metrics,
-        ratios=certified_ratios({**ratios(metrics, ctx.acc), **(shift.ratios if shift is not None else {}),
-                                 **label_free_ratios(ctx.label_free_result)}, intervals),
+        ratios=certified_ratios({**ratios(metrics, ctx.acc, ctx.label_free_result),
+                                 **(shift.ratios if shift is not None else {})}, intervals),
         label_free=ctx.label_free_result,
         ratio_intervals=intervals, mode="label-free" if ctx.label_free else "labels",
         prediction_stats=ctx.prediction_stats, model_info=(loaded.metadata or {}).get("model_info"),

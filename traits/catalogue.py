@@ -179,8 +179,8 @@ class Metric:
 _LABEL_FREE_UNMEASURED = ("No adopted study has measured whether it tracks OOD error yet (study v2 measures it), "
                           "so it decides no gate: it is listed and ranked, never gated.")
 
-#: The label-free landscape ratios (:mod:`traits.probes.labelfree`, :func:`traits.audit.label_free_ratios`):
-#: (name, label, report label, per-split quantity read by traits.report.headline, interval kind, what it is).
+#: The label-free landscape ratios (:mod:`traits.probes.labelfree`; :func:`traits.audit.ratios` and the report read
+#: them from ``label_free.<quantity>``): (name, label, report label, per-split quantity, interval kind, what it is).
 _LABEL_FREE = (
     ("gn_lambda_ratio", "Gauss-Newton λ_max (label-free)", "Gauss-Newton λmax of the predictions (label-free)",
      "gn_lambda_max", "jackknife over structures",

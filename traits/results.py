@@ -418,6 +418,23 @@ class LabelFreeSplit(_Result):
                                          "random plane of the surfaces (alphas_2d)")
     topology: dict[str, Any] = Field(default_factory=dict, description="persistence and SMAD of that grid")
 
+    # the per-split quantities the catalogue's ``label_free.<x>`` sources name that are not stored fields
+    @property
+    def gn_lambda_max(self) -> float | None:
+        return self.gn_top_eigenvalues[0] if self.gn_top_eigenvalues else None
+
+    @property
+    def smad(self) -> float | None:
+        return self.topology.get("smad")
+
+    @property
+    def smad_normalized(self) -> float | None:
+        return self.topology.get("smad_normalized")
+
+    @property
+    def persistence_range(self) -> float | None:
+        return self.topology.get("persistence_range")
+
 
 class LabelFreeResult(_Result):
     """The label-free probes of every probed split (``probes.label_free``; schema 1.7)."""

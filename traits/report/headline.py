@@ -15,7 +15,6 @@ A number without one of these is shown without an interval, never with an invent
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,18 +210,6 @@ def split_value(result: AuditResult, metric: _catalogue.Metric, split: str,
     return Value(None)
 
 
-def _gn_lambda_max(part) -> float | None:
-    return part.gn_top_eigenvalues[0] if part.gn_top_eigenvalues else None
-
-
-#: The per-split quantities of the label-free catalogue metrics (``source`` "label_free.<key>") that are not a
-#: field of :class:`~traits.results.LabelFreeSplit` of the same name: read from its eigenvalues or topology.
-LABEL_FREE_READERS: dict[str, Callable[[Any], Any]] = {
-    "gn_lambda_max": _gn_lambda_max,
-    "smad": lambda part: part.topology.get("smad"),
-    "smad_normalized": lambda part: part.topology.get("smad_normalized"),
-    "persistence_range": lambda part: part.topology.get("persistence_range"),
-}
 #: Where a label-free quantity has a delete-a-group jackknife (its interval: the t interval of the jackknife SE).
 LABEL_FREE_JACKKNIFE = {"gn_lambda_max": "gn_lambda_jackknife", "gn_trace": "gn_trace_jackknife"}
 JACKKNIFE_KIND = "jackknife over structures"
@@ -230,14 +217,13 @@ JACKKNIFE_KIND = "jackknife over structures"
 
 def label_free_value(result: AuditResult, split: str, what: str) -> Value:
     """A split's label-free quantity (``result.label_free.splits[split]``): a field of
-    :class:`~traits.results.LabelFreeSplit` or one of :data:`LABEL_FREE_READERS`; the Gauss-Newton λ_max and trace
+    :class:`~traits.results.LabelFreeSplit` (a field or one of its properties); the Gauss-Newton λ_max and trace
     with the t interval of their jackknife standard error."""
     lf = getattr(result, "label_free", None)
     part = lf.splits.get(split) if lf is not None else None
     if part is None:
         return Value(None)
-    reader = LABEL_FREE_READERS.get(what)
-    value = finite(reader(part) if reader is not None else getattr(part, what, None))
+    value = finite(getattr(part, what, None))
     jack = getattr(part, LABEL_FREE_JACKKNIFE.get(what, ""), None)
     se = finite(jack.stderr) if jack is not None else None
     if value is None or se is None or jack.df < 1:
