@@ -678,20 +678,14 @@ def _model_of_spec(path: Path, device, **given):
 def _screen_model_of_spec(path: Path, *, model, options, reference):
     """``traits screen SPEC.yaml ...``: the spec's model section (adapter, checkpoint or bundled weights, format,
     options) and, unless given, the spec itself as the risk's reference."""
-    from traits.models.base import adapter_class
+    from traits.models.predicting import model_source_of_spec
     from traits.spec import load_spec
 
     if model is not None or options is not None:
         raise TraitsError("an audit spec names the model: drop --model and --options")
-    spec = load_spec(path)
-    m = spec.model
-    if adapter_class(m.architecture).checkpoint_formats:  # the CGCNN family: a checkpoint in one of its formats
-        if m.checkpoint is None:
-            raise TraitsError(f"{path}: model.checkpoint is not set: a spec that trains its model screens only once "
-                              "the audit has trained it")
-        fmt = "auto" if m.format == "traits" else m.format
-        return m.checkpoint, None, None, fmt, reference or path
-    return m.checkpoint or Path("bundled"), m.architecture, m.adapter_options(), "auto", reference or path
+    src = model_source_of_spec(load_spec(path), "screen")
+    model = None if src["checkpoint_formats"] else src["name"]  # a CGCNN checkpoint: its format picks the adapter
+    return src["source"] or Path("bundled"), model, src["options"], src["fmt"], reference or path
 
 
 @app.command()

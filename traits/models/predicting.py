@@ -115,21 +115,30 @@ def load_model(name: str | None, source: str | Path | None, device: torch.device
                        adapter.info(model, source, options))
 
 
-def load_model_from_spec(spec, device: torch.device) -> AdapterModel:
-    """The model of an audit spec's ``model`` section, loaded as :func:`load_model` does (so ``traits predict
-    --spec`` predicts with exactly what the audit audits): its adapter, checkpoint (or the adapter's bundled
-    weights), format and hyper-parameters or options, and the spec's graph settings. A spec that trains its model
-    and has no checkpoint yet is refused, naming the field."""
+def model_source_of_spec(spec, verb: str = "predict") -> dict:
+    """What an audit spec's ``model`` section names, as :func:`load_model`'s arguments: ``name`` (the adapter),
+    ``source``, ``fmt``, ``hyper``, ``options`` and ``graph``, and ``checkpoint_formats`` (True for the CGCNN
+    family, whose checkpoint formats TRAITS reads). A CGCNN-family spec that trains its model and has no
+    checkpoint yet is refused, naming the field (``verb``: what it was wanted for)."""
     from traits.models.base import adapter_class
 
     m = spec.model
     if adapter_class(m.architecture).checkpoint_formats:
         if m.checkpoint is None or not Path(m.checkpoint).is_file():
-            raise CheckpointError(f"model.checkpoint: {m.checkpoint or 'not set'}: no checkpoint to predict with "
-                                  "(a spec that trains its model predicts only once the audit has trained it)")
-        return load_model(m.architecture, m.checkpoint, device, fmt="auto" if m.format == "traits" else m.format,
-                          hyper=m.hyper.model_dump(), graph=spec.data.graph)
-    return load_model(m.architecture, m.checkpoint, device, options=m.adapter_options())
+            raise CheckpointError(f"model.checkpoint: {m.checkpoint or 'not set'}: no checkpoint to {verb} with "
+                                  f"(a spec that trains its model can {verb} only once the audit has trained it)")
+        return {"name": m.architecture, "source": m.checkpoint, "fmt": "auto" if m.format == "traits" else m.format,
+                "hyper": m.hyper.model_dump(), "options": None, "graph": spec.data.graph, "checkpoint_formats": True}
+    return {"name": m.architecture, "source": m.checkpoint, "fmt": "auto", "hyper": None,
+            "options": m.adapter_options(), "graph": None, "checkpoint_formats": False}
+
+
+def load_model_from_spec(spec, device: torch.device) -> AdapterModel:
+    """The model of an audit spec's ``model`` section (:func:`model_source_of_spec`), loaded as :func:`load_model`
+    does, so ``traits predict --spec`` predicts with exactly what the audit audits."""
+    src = model_source_of_spec(spec)
+    return load_model(src["name"], src["source"], device, fmt=src["fmt"], hyper=src["hyper"],
+                      options=src["options"], graph=src["graph"])
 
 
 def _load_formats(adapter, source, device, fmt: str, architecture, hyper, normalizer, graph) -> AdapterModel:
