@@ -288,12 +288,12 @@ def formulas_of(items: list, ids: list[str]) -> list[str]:
     return [] if any(f is None for f in out) else out
 
 
-def hessian_groups(spec: AuditSpec, n: int, index: int) -> list[list[int]]:
-    """The random structure groups of a Hessian sample of ``n`` (none for fewer than 2 structures or the
-    pyhessian backend)."""
+def hessian_groups(spec: AuditSpec, n: int, index: int, *, any_backend: bool = False) -> list[list[int]]:
+    """The random structure groups of a Hessian sample of ``n`` (none for fewer than 2 structures, or for the
+    pyhessian backend unless ``any_backend``: the label-free probes group the same sample whatever the backend)."""
     from traits.probes.sampling import assign_groups
 
-    if n < 2 or spec.probes.hessian.backend == "pyhessian":
+    if n < 2 or (spec.probes.hessian.backend == "pyhessian" and not any_backend):
         return []
     rng = np.random.default_rng(stream(spec, "hessian_groups", index))
     return [g.tolist() for g in assign_groups(n, rng)]
@@ -812,7 +812,7 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
     gen = _generator(stream(spec, "uncertainty_probes"))
     eig = top_eigenvalues(obj.hvp, obj.dim, k=u.top_k, max_steps=max(spec.probes.hessian.max_steps, 2 * u.top_k),
                           tol=spec.probes.hessian.tol, generator=gen, device=device, dtype=dtype)
-    skip = set(model.normalization_parameter_names()) if hasattr(model, "normalization_parameter_names") else set()
+    skip = skipped_parameters(model)
     dirs = [random_direction(obj.params, gen, skip=skip, include_skipped=s.include_bias_and_norm)
             for _ in range(2 * u.planes)]
     planes = [(f"random-{i + 1}", dirs[2 * i], dirs[2 * i + 1]) for i in range(u.planes)]
@@ -875,11 +875,9 @@ def _label_free_curvature(spec: AuditSpec, obj, index: int, part: LabelFreeSplit
     """The Gauss-Newton spectrum, its jackknife over the Hessian probe's groups, and the gradient norms."""
     from traits.errors import ProbeError
     from traits.probes.labelfree import gauss_newton_spectrum, gradient_norms
-    from traits.probes.sampling import assign_groups
 
     n = obj.n_samples
-    groups = [g.tolist() for g in assign_groups(n, np.random.default_rng(stream(spec, "hessian_groups", index)))] \
-        if n >= 2 else []
+    groups = hessian_groups(spec, n, index, any_backend=True)
     try:
         jac = obj.output_jacobian(max_entries=spec.probes.label_free.max_jacobian_entries)
     except ProbeError as exc:

@@ -44,17 +44,21 @@ def kept_checkpoints(runs: Path) -> dict[int, dict[str, Path]]:
 def reprobe_spec(campaign: Path, task: str, seed: int, checkpoint: Path, profile: str | None) -> dict[str, Any]:
     """The spec that re-probes one kept checkpoint: the campaign's spec of ``task`` with the profile, the seed and
     ``model.checkpoint`` applied, every path absolute (it is written into another folder)."""
-    from traits.campaign import profile_overrides
     from traits.spec import load_spec
 
-    path = _spec_path(Path(campaign), task)
-    overrides = {**profile_overrides(Path(campaign), profile), "seed": seed,
-                 "model.checkpoint": str(checkpoint), "model.format": "traits"}
-    spec = load_spec(path, overrides=overrides)
+    spec = load_spec(_spec_path(Path(campaign), task), overrides=_overrides(campaign, profile, seed, checkpoint))
     out = spec.model_dump(mode="json", exclude_defaults=True)
     out["name"] = spec.name
     out.setdefault("report", {}).pop("out_dir", None)  # the campaign decides where each task goes
     return out
+
+
+def _overrides(campaign: Path, profile: str | None, seed: int, checkpoint: Path) -> dict[str, Any]:
+    """The profile's overrides, the seed, and the kept checkpoint as the model (in TRAITS' own format)."""
+    from traits.campaign import profile_overrides
+
+    return {**profile_overrides(Path(campaign), profile), "seed": seed, "model.checkpoint": str(checkpoint),
+            "model.format": "traits"}
 
 
 def _spec_path(campaign: Path, task: str) -> Path:
@@ -129,18 +133,15 @@ def ensemble_predictions(campaign: Path, task: str, checkpoints: dict[int, Path]
     import torch
 
     from traits.audit import load_or_train
-    from traits.campaign import profile_overrides
     from traits.data.prepare import prepare_data
     from traits.models.inference import predict
     from traits.spec import load_spec
 
     path = _spec_path(Path(campaign), task)
-    base = profile_overrides(Path(campaign), profile)
     for c in checkpoints.values():
         if not Path(c).is_file():  # never train in place of a missing checkpoint
             raise TraitsError(f"{c}: no such checkpoint")
-    specs = {s: load_spec(path, overrides={**base, "seed": s, "model.checkpoint": str(c), "model.format": "traits"})
-             for s, c in sorted(checkpoints.items())}
+    specs = {s: load_spec(path, overrides=_overrides(campaign, profile, s, c)) for s, c in sorted(checkpoints.items())}
     data = {s: prepare_data(spec) for s, spec in specs.items()}
     trained = {str(g.material_id) for d in data.values() for g in d.splits.get("train", [])}
     first = min(data)
