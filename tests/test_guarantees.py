@@ -698,3 +698,27 @@ def test_campaign_passes_progress_to_training(tmp_path, monkeypatch):
     with pytest.raises(TraitsError, match="stop here"):  # the task's error, however the campaign reports it
         run_campaign(camp, tmp_path / "out", progress=rep, log=rep.log)
     assert seen["progress"] is rep and seen["train_progress"] is rep
+
+
+def test_a_moved_data_file_with_the_same_bytes_is_the_same_audit(tmp_path):
+    """A checkout moved elsewhere (another machine, CI) reads its data from another absolute path: the audit
+    is the same when the file there has the content hash the stored audit recorded, and only then."""
+    import hashlib
+    import shutil
+
+    from traits.data.sources import sample_path
+    from traits.outdir import same_audit
+
+    original = sample_path()
+    base = fast_spec(**{"data.path": str(original)}).model_dump(mode="json")
+    copy = tmp_path / "elsewhere" / original.name
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    recorded = hashlib.sha256(original.read_bytes()).hexdigest()
+    live = fast_spec(**{"data.path": str(copy)}).model_dump(mode="json")
+    assert not same_audit(base, live, measurements_only=True)  # no recorded hash: the paths decide
+    assert same_audit(base, live, measurements_only=True, data_hash=recorded)
+    assert same_audit(base, live, data_hash=recorded)
+    copy.write_bytes(copy.read_bytes() + b"\n")  # other bytes at the new path: another audit
+    assert not same_audit(base, live, measurements_only=True, data_hash=recorded)
+    assert not same_audit(base, live, measurements_only=True, data_hash="0" * 64)

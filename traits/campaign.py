@@ -199,7 +199,8 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
         done = load_result(previous)
     except TraitsError:
         return None
-    if not same_audit(done.spec, spec.model_dump(mode="json"), measurements_only=True):
+    if not same_audit(done.spec, spec.model_dump(mode="json"), measurements_only=True,
+                      data_hash=done.provenance.data_hash):
         return None
     if task_family(done) == "random" and done.provenance.split_scheme != SPLIT_SCHEME:
         return None  # the same spec drew another partition then: not this task's audit (run_task redoes it)
@@ -589,10 +590,10 @@ def _clear_stale_task(where: Path, spec: AuditSpec, log: Callable[[str], None]) 
     owner = folder_owner(where)
     if owner is None:
         return
-    if owner.spec is None or not same_audit(owner.spec, live, measurements_only=True):
+    if owner.spec is None or not same_audit(owner.spec, live, measurements_only=True, data_hash=owner.data_hash):
         removed = remove_artefacts(where, keep=("model",))
         log(f"{where}: the spec changed since the last run; removed {', '.join(removed)}")
-    elif not same_audit(owner.spec, live) and (where / MARKER).is_file():
+    elif not same_audit(owner.spec, live, data_hash=owner.data_hash) and (where / MARKER).is_file():
         write_marker(where, live, owner.spec_path)
         log(f"{where}: only the gates changed since the last run; resuming its measurements")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -67,21 +68,65 @@ def spec_hash(spec_dict: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _moved_data_file(stored: dict[str, Any], live: dict[str, Any], data_hash: str) -> dict[str, Any]:
+    """``stored`` with its data path replaced by the live one when they differ and the live file's content
+    hash is ``data_hash`` (what the stored audit read); otherwise ``stored`` unchanged."""
+    old, new = (d.get("data", {}).get("path") if isinstance(d.get("data"), dict) else None for d in (stored, live))
+    if not (isinstance(old, str) and isinstance(new, str)) or old == new:
+        return stored
+    if _content_hash(new) != data_hash:
+        return stored
+    moved = copy.deepcopy(stored)
+    moved["data"]["path"] = new
+    return moved
+
+
+def _content_hash(path: str) -> str | None:
+    """The sha256 of a data file's bytes (as :func:`traits.data.sources.file_hash` records it), cached by
+    the file's size and modification time; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return _hash_of(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _hash_of(path: str, _size: int, _mtime_ns: int) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _project(live, stored):
     if isinstance(live, dict) and isinstance(stored, dict):
         return {k: _project(live[k], stored[k]) for k in stored if k in live}
     return live
 
 
-def same_audit(stored: dict[str, Any], live: dict[str, Any], *, measurements_only: bool = False) -> bool:
+def same_audit(stored: dict[str, Any], live: dict[str, Any], *, measurements_only: bool = False,
+               data_hash: str | None = None) -> bool:
     """Whether a stored spec and a live one describe the same audit. Fields added to the spec schema
     since the stored one was written (absent from it) are ignored, so upgrading TRAITS does not turn a
     folder's own audit into "another audit".
+
+    ``data_hash`` is the content hash the stored audit recorded for its data file
+    (``provenance.data_hash``). With it, a ``data.path`` that differs only because the data (or the whole
+    checkout) moved is the same audit when the live path's file has that hash: the same bytes measured.
 
     ``measurements_only`` also ignores the gates: the question a campaign asks (are the numbers the same
     measurement?), since gates only turn numbers into a verdict and a finished audit is re-gated, not rerun,
     when they change. Without it, the gates count: a folder holds one audit, verdict included."""
     a, b = audit_identity(stored), audit_identity(live)
+    if data_hash:
+        a = _moved_data_file(a, b, data_hash)
     if measurements_only:
         a, b = ({k: v for k, v in d.items() if k != "gates"} for d in (a, b))
     if not set(a) <= set(b):
@@ -278,6 +323,7 @@ class Owner:
     spec: dict | None  # None: unknown (unreadable evidence)
     evidence: str  # the file that says so
     spec_path: str = ""  # the spec file the marker names, when it names one
+    data_hash: str | None = None  # the data file's content hash its results.json recorded, when it has one
 
     @property
     def name(self) -> str:
@@ -306,16 +352,30 @@ def folder_owner(out_dir: Path) -> Owner | None:
         data = _read_json(marker, "output folder's marker", 64 << 20)
         spec = data.get("spec") if isinstance(data, dict) else None
         spec_path = str(data.get("spec_path") or "") if isinstance(data, dict) else ""
-        return Owner(spec if isinstance(spec, dict) else None, str(marker), spec_path)
+        return Owner(spec if isinstance(spec, dict) else None, str(marker), spec_path,
+                     _recorded_data_hash(out_dir / "results.json"))
     results = out_dir / "results.json"
     if os.path.lexists(results):
         data = _read_json(results, "results file")
         spec = data.get("spec") if isinstance(data, dict) else None
-        return Owner(spec if isinstance(spec, dict) else None, str(results))
+        return Owner(spec if isinstance(spec, dict) else None, str(results),
+                     data_hash=_recorded_data_hash(results, data))
     reports = [name for name in REPORT_FILES if os.path.lexists(out_dir / name)]
     if reports:
         return Owner(None, str(out_dir / reports[0]))
     return None
+
+
+def _recorded_data_hash(results: Path, data: Any = None) -> str | None:
+    """The data file's content hash a results.json recorded (``provenance.data_hash``), else None."""
+    if data is None:
+        try:
+            data = _read_json(results, "results file") if os.path.isfile(results) else None
+        except OutputError:
+            return None
+    prov = data.get("provenance") if isinstance(data, dict) else None
+    value = prov.get("data_hash") if isinstance(prov, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _foreign_artefact(path: Path, want_dir: bool) -> str | None:
@@ -393,7 +453,7 @@ def check_folder(out_dir: Path, spec_dict: dict, *, overwrite: bool = False, kee
     removed: list[str] = []
     if overwrite:
         removed = remove_artefacts(out_dir, keep)
-    elif owner is not None and (owner.spec is None or not same_audit(owner.spec, spec_dict)):
+    elif owner is not None and (owner.spec is None or not same_audit(owner.spec, spec_dict, data_hash=owner.data_hash)):
         raise _refusal(Path(out_dir), owner, str(spec_dict.get("name")), spec_hash(spec_dict), keep)
     write_marker(out_dir, spec_dict, spec_path)
     return removed
