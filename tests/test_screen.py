@@ -107,3 +107,43 @@ def test_cli_screen_exits_0_and_2(inputs, tmp_path):
     assert "screened 1 of 1" in ok.output and (tmp_path / "a" / "predictions.csv").is_file()
     missing = runner.invoke(app, ["screen", str(CKPT), str(tmp_path / "nope.cif"), "--out", str(tmp_path / "b")])
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_p1_cifs_are_read_from_their_numbers_and_give_pymatgens_graphs(tmp_path, monkeypatch):
+    """A screen reads CIFs in pymatgen's P1 layout (Materials Project files, as files or inside MP JSON) with the
+    fast reader, never through pymatgen's parser, and their graphs equal those of the pymatgen parse; another CIF
+    still goes through pymatgen."""
+    from pymatgen.core import Lattice, Structure
+
+    from traits.data.graphs import build_graphs
+    from traits.data.sources import Entry, read_mp
+    from traits.screen import read_inputs
+    from traits.spec import GraphSpec
+
+    records = read_mp(sample_path(), "formation_energy_per_atom").entries[:6]
+    for e in records[:3]:
+        (tmp_path / f"{e.id}.cif").write_text(e.payload)
+    (tmp_path / "mp.json").write_text(json.dumps([{"material_id": e.id, "cif": e.payload} for e in records[3:]]))
+    odd = Structure(Lattice.cubic(4.1), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    (tmp_path / "odd.cif").write_text(odd.to(fmt="cif", symprec=0.1))  # symmetrised: not the P1 layout
+
+    parsed: list[str] = []
+    real = Structure.from_str
+
+    def counting(text, fmt, *a, **k):
+        parsed.append(fmt)
+        return real(text, fmt, *a, **k)
+
+    monkeypatch.setattr(Structure, "from_str", staticmethod(counting))
+    got = read_inputs([tmp_path])
+    built = build_graphs(got.entries, GraphSpec())
+    assert len(got.entries) == 7 and not got.skipped
+    assert parsed == ["cif"], parsed  # odd.cif alone, read once by pymatgen (its graph reuses that parse)
+    fast = {e.id for e in got.entries if type(e) is Entry}
+    assert fast == {f"{e.id}.cif" for e in records[:3]} | {e.id for e in records[3:]}
+    monkeypatch.setattr(Structure, "from_str", real)
+    for entry, graph in zip(got.entries, built.graphs):
+        reference = build_graphs([Entry(entry.id, float("nan"), json.dumps(entry.structure().as_dict()),
+                                        "pymatgen-dict")], GraphSpec()).graphs[0]
+        assert torch.equal(graph.edge_index, reference.edge_index) and torch.equal(graph.x, reference.x)
+        assert torch.equal(graph.edge_attr, reference.edge_attr)

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from traits.data.graphs import DISORDERED
-from traits.data.sources import Entry, read_structure_file
+from traits.data.sources import Entry, p1_cif_crystal, parse_structure_text, read_structure_text
 from traits.errors import DataError, TraitsError
 from traits.files import ensure_dir, write_text_atomic
 
@@ -534,7 +534,8 @@ def read_inputs(paths: Sequence[Path]) -> Inputs:
 
     def add(rid: str, payload: str, fmt: str, source: Path, structure=None) -> None:
         entry = Entry(rid, math.nan, payload, fmt)
-        if structure is None:
+        fast = structure is None and entry.fast_crystal() is not None  # P1 layout: ordered, read from its numbers
+        if structure is None and not fast:
             try:
                 structure = entry.structure()
             except Exception:  # noqa: BLE001 - left to the graph builder, which counts it as unreadable
@@ -545,7 +546,10 @@ def read_inputs(paths: Sequence[Path]) -> Inputs:
         seen[rid] += 1
         if seen[rid] > 1:
             rid = f"{rid}#{seen[rid]}"
-        out.entries.append(_ParsedEntry(rid, math.nan, payload, fmt, structure))
+        # an entry left to the fast reader stays a plain Entry: the graph builder reads it from its numbers again
+        # (cheaper than keeping the crystal), and pymatgen never parses it
+        out.entries.append(Entry(rid, math.nan, payload, fmt) if fast
+                           else _ParsedEntry(rid, math.nan, payload, fmt, structure))
         out.sources[rid] = str(source)
 
     for f in files:
@@ -577,7 +581,11 @@ def read_inputs(paths: Sequence[Path]) -> Inputs:
             out.skipped["not a structure file (CIF, POSCAR, .vasp, MP/JARVIS JSON)"] += 1
             continue
         try:
-            structure = read_structure_file(f)  # bounded, parsed from its text: never imports code
+            text, fmt = read_structure_text(f)  # bounded; parsed from its text below: never imports code
+            if fmt == "cif" and p1_cif_crystal(text) is not None:
+                add(str(f.name), text, "cif", f)  # pymatgen's P1 layout: read straight from its numbers
+                continue
+            structure = parse_structure_text(text, fmt, f)
         except DataError as exc:
             out.skipped["structure file too large when decompressed" if "expands to more than" in str(exc)
                         else "unreadable structure file"] += 1

@@ -286,10 +286,15 @@ def read_structure_file(path: Path):
     text: pymatgen's ``from_file`` is not used, since it opens any format it knows by name (YAML with unbounded
     aliases, JSON decoded by monty, which imports modules) and decompresses without a bound. A DataError names
     the file and the problem."""
+    text, fmt = read_structure_text(path)
+    return parse_structure_text(text, fmt, path)
+
+
+def read_structure_text(path: Path) -> tuple[str, str]:
+    """(text, format) of one structure file, read bounded as :func:`read_structure_file` reads it, not parsed
+    (a CIF in pymatgen's P1 layout can then be read straight from its numbers, :func:`p1_cif_crystal`)."""
     import bz2
     import lzma
-
-    from pymatgen.core import Structure
 
     from traits.inputs import SMALL_FILE_LIMIT, check_fits, file_size, read_stream_bounded, require_file
 
@@ -308,6 +313,14 @@ def read_structure_file(path: Path):
         text = bytes(raw).decode("utf-8")
     except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable structure file ({type(exc).__name__}: {exc})") from None
+    return text, fmt
+
+
+def parse_structure_text(text: str, fmt: str, path: Path):
+    """The pymatgen structure of a structure file's text (:func:`read_structure_text`); a DataError names the
+    file when it cannot be read."""
+    from pymatgen.core import Structure
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
