@@ -278,3 +278,36 @@ def test_traits_checkpoint_feeds_predict_structures(tmp_path, monkeypatch):
     assert [i for i, _ in out] == [str(cif), str(poscar)]
     graphs = [to_data(structure_graph(Structure.from_file(f), settings), 0.0, str(f), settings) for f in (cif, poscar)]
     np.testing.assert_allclose([p for _, p in out], predict(model, graphs, CPU)[1], rtol=1e-6)
+
+
+def test_the_same_weights_always_give_the_same_bytes(tmp_path):
+    """safetensors orders its header's metadata by a per-process hash map; the checkpoint writer puts the keys in
+    sorted order, so identical weights give an identical file and weights_sha256 in every process."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from traits.models.checkpoint import canonical_safetensors
+
+    blob = st_save({"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}, metadata={"x": "1", "a": "2"})
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    variants = []
+    for keys in (["x", "a"], ["a", "x"]):  # both orders a process may write
+        h = {"__metadata__": {k: header["__metadata__"][k] for k in keys},
+             **{k: v for k, v in header.items() if k != "__metadata__"}}
+        text = json.dumps(h, separators=(",", ":")).encode()
+        variants.append(blob[:8] + text + b" " * (n - len(text)) + blob[8 + n:])
+    assert variants[0] != variants[1]
+    fixed = [canonical_safetensors(v) for v in variants]
+    assert fixed[0] == fixed[1]
+    assert list(json.loads(fixed[0][8:8 + n])["__metadata__"]) == ["a", "x"]
+    for name, tensor in st_load(fixed[0]).items():
+        assert torch.equal(tensor, st_load(blob)[name])
+    assert canonical_safetensors(b"\x05\x00") == b"\x05\x00"  # not a safetensors file: left as it was
+
+    path = saved(tmp_path)  # the writer applies it
+    raw = path.read_bytes()
+    meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    recorded = json.loads(path.with_suffix(".json").read_text())["weights_sha256"]
+    assert recorded == hashlib.sha256(raw).hexdigest()

@@ -90,6 +90,31 @@ def sidecar_path(path: Path) -> Path:
 # Save
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its header's ``__metadata__`` keys in sorted order, so that the same
+    tensors and metadata always give the same bytes (and the same ``weights_sha256``).
+
+    safetensors keeps the metadata in a hash map whose iteration order changes from process to process, so two
+    saves of identical tensors could differ in the order of two header keys. Reordering keys leaves the header's
+    length unchanged (it is padded with spaces to that length, as safetensors pads it) and the tensor entries and
+    data untouched; a header that does not read back as expected is returned as it was."""
+    if len(blob) < 8:
+        return blob
+    n = int.from_bytes(blob[:8], "little")
+    try:
+        header = json.loads(blob[8:8 + n])
+    except (ValueError, UnicodeDecodeError):
+        return blob
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        return blob
+    ordered = {"__metadata__": dict(sorted(meta.items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n or json.loads(text) != header:
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n:]
+
+
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict) -> Path:
     """Write ``model`` to ``path`` (safetensors) and its JSON sidecar ``path.with_suffix('.json')``.
 
@@ -106,7 +131,8 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict) -> Path:
     if path.suffix == ".json":
         raise CheckpointError(f"{path}: a checkpoint's weights file cannot end in .json (that is the sidecar)")
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    blob = safetensors_save(state, metadata={"format": "traits", "traits_checkpoint": str(FORMAT_VERSION)})
+    blob = canonical_safetensors(
+        safetensors_save(state, metadata={"format": "traits", "traits_checkpoint": str(FORMAT_VERSION)}))
     mean, std = model.target_normalizer()
     meta = dict(metadata)
     target = meta.get("target")
