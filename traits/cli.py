@@ -814,13 +814,23 @@ def compare(
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory for compare.json/html/pdf.")] = Path("."),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,html,pdf.")] = "json,html,pdf",
     junit: Annotated[Path | None, typer.Option(help="Also write the gates on the change as JUnit XML here.")] = None,
+    barrier: Annotated[bool, typer.Option(
+        "--barrier", help="Also measure the loss barrier on the straight line between A's and B's weights, per "
+        "split, on A's surfaces' structures (needs both audits' checkpoints and A's data; same split).")] = False,
+    barrier_points: Annotated[int, typer.Option(help="Points on that line, ends included.", min=3)] = 11,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (for --barrier)")] = "auto",
 ) -> None:
     """Compare two audits side by side and gate on the change: exit 0 if every gate holds, 1 if one fails, 2 on
     bad input."""
     from traits.compare import compare_files, exit_code, print_comparison
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    comparison = compare_files(a, b, gates, out_dir, wanted, junit)
+    if barrier:
+        with reporter() as rep:
+            comparison = compare_files(a, b, gates, out_dir, wanted, junit, barrier_points=barrier_points,
+                                       device=device, progress=rep)
+    else:
+        comparison = compare_files(a, b, gates, out_dir, wanted, junit)
     print_comparison(comparison, out)
     out.print(f"comparison in {safe_text(out_dir)}", highlight=False)
     raise typer.Exit(exit_code(comparison))

@@ -36,13 +36,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from traits import catalogue as _catalogue
+from traits.barrier import BarrierResult
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_bytes_atomic, write_formats_atomic, write_text_atomic
 from traits.pairing import Change, paired_change, percentile_interval, same_inputs, unpaired_parts
 from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, bootstrapped_mae, finite, mae_draws, ratio_value
 from traits.results import AuditResult, Finding, Level, load_result
 
-COMPARE_SCHEMA_VERSION = "1.0"
+COMPARE_SCHEMA_VERSION = "1.1"  # 1.1: the optional loss barrier (--barrier)
 FORMATS = ("json", "html", "pdf")
 LIMITS = ("max_growth", "max_relative_growth", "max_drop", "max_relative_drop")
 #: What a gate's metric name is made of (it is printed in tables and reports): letters, digits, underscores.
@@ -314,6 +315,8 @@ class ComparisonResult(_Model):
     gates: list[DeltaGateOutcome]
     findings: list[Finding] = Field(default_factory=list)
     status: Level = "pass"
+    barrier: BarrierResult | None = Field(None, description="the loss barrier between A's and B's weights per split "
+                         "(traits.barrier.BarrierResult; with --barrier only): a measurement, not a gate")
 
     def write(self, path: Path) -> Path:
         return write_text_atomic(path, self.model_dump_json(indent=1))
@@ -578,11 +581,18 @@ def junit_xml(comparison: ComparisonResult) -> bytes:
 
 
 def compare_files(a_path: Path, b_path: Path, gates_path: Path | None = None, out_dir: Path = Path("."),
-                  formats: Iterable[str] = FORMATS, junit: Path | None = None) -> ComparisonResult:
-    """What ``traits compare`` does: load, compare, gate, write; returns the comparison."""
+                  formats: Iterable[str] = FORMATS, junit: Path | None = None, *, barrier_points: int | None = None,
+                  device: str = "auto", progress=None) -> ComparisonResult:
+    """What ``traits compare`` does: load, compare, gate, write; returns the comparison. With ``barrier_points``,
+    also the loss barrier between the two models' weights (:mod:`traits.barrier`; needs their checkpoints and data)."""
     a, b = load_result(a_path), load_result(b_path)
     gates = read_gates(gates_path) if gates_path is not None else list(DEFAULT_GATES)
     comparison = compare_results(a, b, gates, a_path=Path(a_path), b_path=Path(b_path))
+    if barrier_points is not None:
+        from traits.barrier import barrier_between
+
+        comparison.barrier = barrier_between(a, b, Path(a_path), Path(b_path), points=barrier_points, device=device,
+                                             progress=progress)
     write_comparison(comparison, a, b, out_dir, formats)
     if junit is not None:
         write_bytes_atomic(Path(junit), junit_xml(comparison))
@@ -604,3 +614,14 @@ def print_comparison(comparison: ComparisonResult, console) -> None:
     for f in comparison.findings:
         table.add_row(Text(f.level, style=colours[f.level]), Text(f.statement))
     console.print(table)
+    if comparison.barrier is not None:
+        for split, s in comparison.barrier.splits.items():
+            height = "diverged" if s.diverged else f"{s.height:.4g}"
+            share = "" if s.relative is None else f" ({100 * s.relative:.3g} % of the larger end)"
+            console.print(Text(f"loss barrier A→B on {split.upper()} ({s.n_samples} structures): {height}{share}, "
+                               f"at t = {_g(s.position if s.height else None)}; ends {_g(s.loss_a)} → {_g(s.loss_b)} "
+                               "(a measurement, not a gate)"))
+
+
+def _g(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
