@@ -1,4 +1,5 @@
-"""``traits study generate`` and ``traits study summary`` (registered on the main app by traits.cli).
+"""``traits study generate``, ``summary``, ``trust-score``, ``reprobe`` and ``bands`` (registered on the main app by
+traits.cli).
 
 ``study summary`` needs ``--out`` (it never writes into a default folder such as the repository's ``docs/study``);
 the counts of ``study generate`` are bounded (``--min-ood`` and ``--min-train`` at least 1, ...), so a negative
@@ -29,6 +30,7 @@ def register(app: typer.Typer, handles_errors, out) -> None:
     study.command()(handles_errors(_summary_command(out)))
     study.command("trust-score")(handles_errors(_trust_score_command(out)))
     study.command()(handles_errors(_reprobe_command(out)))
+    study.command()(handles_errors(_bands_command(out)))
     app.add_typer(study, name="study")
 
 
@@ -248,6 +250,40 @@ def _reprobe_command(out) -> Callable[..., None]:
                   highlight=False)
 
     return reprobe
+
+
+def _bands_command(out) -> Callable[..., None]:
+    """The ``study bands`` command (its options), printing to ``out``."""
+    def bands(
+        runs: Annotated[list[Path], typer.Argument(help="Folders of the study's results (seed-*/TASK/results.json "
+                                                   "with their surfaces): the primary pool, which decides.")],
+        out_dir: Annotated[Path, typer.Option("--out", help="Where bands.json and README.md go.",
+                                              show_default=False)],
+        external: Annotated[list[Path] | None, typer.Option(
+            help="Results of another pool, the replication (e.g. Perov-5); repeatable.")] = None,
+        n_boot: Annotated[int, typer.Option(min=100, max=100_000, help="Bootstrap resamples.")] = 2000,
+    ) -> None:
+        """The tolerance-band analysis of issue 34 (docs/study/bands/PLAN.md): which band definition makes the
+        robust radius, sharpness and basin area ratios track the OOD error, from stored surfaces."""
+        import shlex
+
+        from traits.errors import TraitsError
+        from traits.study import bands as b
+
+        log = _printer(out)
+        rows = b.rows_from_results(runs, log=log)
+        if not rows:
+            raise TraitsError(f"no results.json under {', '.join(str(r) for r in runs)}")
+        ext = b.rows_from_results(external, log=log) if external else None
+        analysis = b.analyse(rows, ext, n_boot=n_boot)
+        words = [*map(str, runs), *(w for e in external or [] for w in ("--external", str(e))), "--out", str(out_dir)]
+        command = " ".join(shlex.quote(w) for w in ["traits", "study", "bands", *words]
+                           + (["--n-boot", str(n_boot)] if n_boot != 2000 else []))
+        paths = b.write_bands(analysis, out_dir, command)
+        out.print(f"{safe_text(b.answer(analysis))}\nwritten: {safe_text(paths['json'])}, {safe_text(paths['md'])}",
+                  highlight=False)
+
+    return bands
 
 
 def ensemble_signal(runs: Path, campaign: Path, profile: str | None, cache: Path,
