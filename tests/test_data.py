@@ -395,3 +395,17 @@ def test_cli_data_exits_2_on_bad_data(tmp_path):
                     "model: {train: {}}\n")
     result = runner.invoke(app, ["data", str(spec)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("layout", ["list", "lines"])
+def test_an_integer_too_long_for_python_is_a_data_error_naming_the_file(tmp_path, layout):
+    """json.loads raises a plain ValueError (not a JSONDecodeError) for an integer beyond Python's digit limit:
+    the data reader must still answer with a DataError naming the file (exit 2), not an internal error."""
+    from traits.data.sources import read_mp
+    from traits.errors import DataError
+
+    record = '{"material_id": "mp-1", "formation_energy_per_atom": ' + "1" * 5000 + ', "cif": "x"}'
+    path = tmp_path / "long.json"
+    path.write_text("[" + record + "]" if layout == "list" else record + "\n")
+    with pytest.raises(DataError, match="long.json.*not valid JSON"):
+        read_mp(path, "formation_energy_per_atom")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from traits.errors import TraitsError
@@ -20,6 +21,21 @@ SMALL_FILE_LIMIT = 64 << 20
 #: Most of the available memory one file read whole may take (the rest is for what is built from it).
 MEMORY_SHARE = 0.5
 
+
+
+def parse_json(text: str, error: type[TraitsError], bad: Callable[[ValueError], str], deep: str):
+    """``json.loads(text)`` with every way it can fail turned into ``error``: bad JSON and a value JSON cannot hold
+    (an integer longer than Python's digit limit raises a plain ValueError, not a JSONDecodeError) give
+    ``error(bad(exc))``, nesting deeper than the recursion limit gives ``error(deep)``. The messages are the
+    caller's, naming its file."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise error(bad(exc)) from None
+    except RecursionError:
+        raise error(deep) from None
 
 def describe_kind(path: Path) -> str | None:
     """None for a regular file (or a symlink to one); otherwise what the path is, in words."""

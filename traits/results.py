@@ -7,7 +7,6 @@ therefore hold ``float | None``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -625,16 +624,12 @@ def load_result(path: str | Path) -> AuditResult:
     not know are ignored (the result is then this version's: ``schema_version`` is :data:`SCHEMA_VERSION`,
     so that writing it again never claims fields it lacks); in a file of this or an older minor version an
     unknown field is refused (a tampered or hand-edited file)."""
-    from traits.inputs import read_text_checked
+    from traits.inputs import parse_json, read_text_checked
 
     path = Path(path)
     text = read_text_checked(path, "results file", TraitsError, limit=None)
-    try:
-        raw = json.loads(text)
-    except ValueError as exc:  # bad JSON, or an integer too long to read (Python's int digit limit)
-        raise TraitsError(f"{path}: not a readable results file ({exc})") from exc
-    except RecursionError:
-        raise TraitsError(f"{path}: not a results file (its JSON is nested too deeply)") from None
+    raw = parse_json(text, TraitsError, lambda exc: f"{path}: not a readable results file ({exc})",
+                     f"{path}: not a results file (its JSON is nested too deeply)")
     long_string = _overlong_string(raw)
     if long_string is not None:
         raise TraitsError(f"{path}: invalid results file at {long_string}")

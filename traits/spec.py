@@ -7,7 +7,6 @@ files it names can travel together.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -707,17 +706,13 @@ def read_mapping(path: Path, *, aliases: bool = True) -> dict[str, Any]:
 
     YAML is loaded by :func:`traits.inputs.load_yaml_text`: what aliases expand to is bounded, and with
     ``aliases=False`` (audit specs) an alias is refused, naming the line."""
-    from traits.inputs import load_yaml_text, read_text_checked
+    from traits.inputs import load_yaml_text, parse_json, read_text_checked
 
     path = Path(path)
     text = read_text_checked(path, "spec file", SpecError)
     if path.suffix.lower() == ".json":
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:  # bad JSON, or an integer too long to read (Python's int digit limit)
-            raise SpecError(f"{path}: not valid JSON: {exc}") from exc
-        except RecursionError:
-            raise SpecError(f"{path}: nested too deeply to be an audit spec") from None
+        raw = parse_json(text, SpecError, lambda exc: f"{path}: not valid JSON: {exc}",
+                         f"{path}: nested too deeply to be an audit spec")
     else:
         raw = load_yaml_text(text, path, SpecError, aliases=aliases)
     if not isinstance(raw, dict):

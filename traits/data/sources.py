@@ -487,28 +487,23 @@ def _check_expanded_size(path: Path) -> None:
 
 def _json_records(path: Path) -> Iterator[dict[str, Any]]:
     """Records from a JSON list, a JSON object of records, or JSON Lines (plain or gzip)."""
+    from traits.inputs import parse_json
+
     text = _read_all(path)
     stripped = text.lstrip()
     if not stripped:
         raise DataError(f"{path}: the data file is empty")
     if stripped[0] == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc}); is the file truncated?") from exc
-        except RecursionError:
-            raise DataError(f"{path}: the JSON is nested too deeply to be a list of records") from None
+        data = parse_json(text, DataError, lambda exc: f"{path}: not valid JSON ({exc}); is the file truncated?",
+                          f"{path}: the JSON is nested too deeply to be a list of records")
         yield from data
         return
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {lineno} is not valid JSON ({exc}); is the file truncated?") from exc
-        except RecursionError:
-            raise DataError(f"{path}: line {lineno} is nested too deeply to be a record") from None
+        where = f"{path}: line {lineno}"
+        yield parse_json(line, DataError, lambda exc, where=where: f"{where} is not valid JSON ({exc}); is the file "
+                         "truncated?", f"{where} is nested too deeply to be a record")
 
 
 def _to_float(value: Any) -> float | None:

@@ -248,7 +248,7 @@ def _check_hyper(path: Path, hyper: dict) -> None:
 
 
 def _read_sidecar(path: Path, required: bool) -> dict | None:
-    from traits.inputs import SMALL_FILE_LIMIT, check_fits, describe_kind, file_size
+    from traits.inputs import SMALL_FILE_LIMIT, check_fits, describe_kind, file_size, parse_json
 
     sidecar = sidecar_path(path)
     kind = describe_kind(sidecar)
@@ -264,11 +264,12 @@ def _read_sidecar(path: Path, required: bool) -> dict | None:
         return None
     check_fits(sidecar, file_size(sidecar), "checkpoint metadata", CheckpointError, limit=SMALL_FILE_LIMIT)
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer too long to read
+        text = sidecar.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8
         raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata ({exc})") from None
-    except RecursionError:
-        raise CheckpointError(f"{sidecar}: unreadable checkpoint metadata (nested too deeply)") from None
+    meta = parse_json(text, CheckpointError,
+                      lambda exc: f"{sidecar}: unreadable checkpoint metadata ({exc})",
+                      f"{sidecar}: unreadable checkpoint metadata (nested too deeply)")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{sidecar}: checkpoint metadata must be a JSON object")
     return check_sidecar(sidecar, meta)
