@@ -317,17 +317,9 @@ def rho_interval(x: Sequence[float], y: Sequence[float], clusters: Sequence, *, 
 def delta_rho(a: Sequence[float], x: Sequence[float], y: Sequence[float], clusters: Sequence, *, n_boot: int,
               level: float, seed: int) -> dict:
     """Δρ = ρ(a, y) − ρ(x, y) on the same rows, both from each cluster resample (paired)."""
-    from traits.study.stats import cluster_bootstrap, spearman
+    from traits.study.stats import paired_cluster_difference, spearman
 
-    a, x, y = (np.asarray(v, float) for v in (a, x, y))
-
-    def diff(i):
-        ra, rx = spearman(a[i], y[i]), spearman(x[i], y[i])
-        return None if ra is None or rx is None else ra - rx
-
-    b = cluster_bootstrap(diff, len(a), list(clusters), n_boot, level, seed)
-    return {"delta": b["value"], "low": b["low"], "high": b["high"], "n_audits": int(len(a)),
-            "n_clusters": b["n_clusters"], "n_boot": b["n_boot"],
+    return {**paired_cluster_difference(spearman, a, x, y, clusters, n_boot, level, seed),
             "interval": _interval_text(n_boot, level, seed, paired=True)}
 
 

@@ -116,6 +116,23 @@ def cluster_bootstrap(stat: Callable[[np.ndarray], float | None], n_rows: int, c
             "n_clusters": len(members)}
 
 
+def paired_cluster_difference(stat: Callable[[np.ndarray, np.ndarray], float | None], a: Sequence[float],
+                              b: Sequence[float], y: Sequence[float], clusters: Sequence, n_boot: int = 2000,
+                              level: float = 0.95, seed: int = 0) -> dict:
+    """Δ = stat(a, y) − stat(b, y) on the same rows, with the percentile interval of :func:`cluster_bootstrap`
+    where both statistics are computed on each resample (paired): ``{"delta", "low", "high", "n_audits",
+    "n_clusters", "n_boot"}``. A resample where either statistic is undefined is dropped."""
+    a, b, y = (np.asarray(v, float) for v in (a, b, y))
+
+    def diff(i):
+        sa, sb = stat(a[i], y[i]), stat(b[i], y[i])
+        return None if sa is None or sb is None else sa - sb
+
+    boot = cluster_bootstrap(diff, len(a), list(clusters), n_boot, level, seed)
+    return {"delta": boot["value"], "low": boot["low"], "high": boot["high"], "n_audits": int(len(a)),
+            "n_clusters": boot["n_clusters"], "n_boot": boot["n_boot"]}
+
+
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     """Holm's step-down adjustment (family-wise error) of the p-values that are not None."""
     items = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])

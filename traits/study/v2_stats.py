@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from traits.study.stats import _rank, cluster_bootstrap
+from traits.study.stats import _rank, cluster_bootstrap, paired_cluster_difference
 
 
 def finite(value) -> bool:
@@ -93,14 +93,7 @@ def delta_auroc(scores: Sequence[float], reference: Sequence[float], labels: Seq
     """Δ = AUROC(scores) − AUROC(reference) on the same rows, its percentile interval from the same cluster
     resamples for both (paired), and the one-sided swap-permutation p for Δ > 0 (:func:`swap_permutation_p`)."""
     x, b, y = (np.asarray(v, float) for v in (scores, reference, labels))
-
-    def diff(i):
-        a1, a0 = auroc(x[i], y[i]), auroc(b[i], y[i])
-        return None if a1 is None or a0 is None else a1 - a0
-
-    boot = cluster_bootstrap(diff, len(x), list(clusters), n_boot, level, seed)
-    return {"delta": boot["value"], "low": boot["low"], "high": boot["high"], "n_audits": int(len(x)),
-            "n_clusters": boot["n_clusters"], "n_boot": boot["n_boot"],
+    return {**paired_cluster_difference(auroc, x, b, y, clusters, n_boot, level, seed),
             "p": swap_permutation_p(x, b, y, clusters, n_perm=n_perm, seed=seed) if len(x) and n_perm > 0 else None,
             "interval": f"paired cluster bootstrap over held-out rules (both AUROCs on each resample), {n_boot} "
                         f"resamples, seed {seed}, percentile {round(100 * level)} %",
