@@ -7,15 +7,14 @@ audit of a checkpoint holding the average of A's and B's weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from test_audit import QUICKSTART, SMALL
+from tiny_models import quickstart_checkpoint_with
 from typer.testing import CliRunner
 
 from traits.audit import run_audit
@@ -31,27 +30,14 @@ SETTINGS = {**SMALL, "probes.hessian.enabled": False, "probes.surface.enabled": 
             "probes.shift.enabled": False, "report.formats": ["json"]}
 
 
-def checkpoint_with(folder: Path, change) -> Path:
-    """A copy of the quickstart checkpoint whose floating-point weights are ``change(name, tensor)``."""
-    folder.mkdir(parents=True)
-    shutil.copy(SOURCE / "model.json", folder / "model.json")
-    tensors = {k: (change(k, v) if v.is_floating_point() and "running" not in k else v)
-               for k, v in load_file(SOURCE / "model.safetensors").items()}
-    save_file(tensors, folder / "model.safetensors")
-    meta = json.loads((folder / "model.json").read_text())
-    meta["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    (folder / "model.json").write_text(json.dumps(meta))
-    return folder / "model.safetensors"
-
-
 @pytest.fixture(scope="module")
 def audits(tmp_path_factory):
     base = tmp_path_factory.mktemp("barrier")
     g = torch.Generator().manual_seed(11)
     noise = {k: 0.3 * v.abs().mean() * torch.randn(v.shape, generator=g, dtype=v.dtype)
              for k, v in load_file(SOURCE / "model.safetensors").items() if v.is_floating_point()}
-    ckpt_b = checkpoint_with(base / "ckpt-b", lambda k, v: v + noise[k])
-    ckpt_mid = checkpoint_with(base / "ckpt-mid", lambda k, v: v + 0.5 * noise[k])  # (θ_A + θ_B) / 2
+    ckpt_b = quickstart_checkpoint_with(base / "ckpt-b", lambda k, v: v + noise[k])
+    ckpt_mid = quickstart_checkpoint_with(base / "ckpt-mid", lambda k, v: v + 0.5 * noise[k])  # (θ_A + θ_B) / 2
     folders = {}
     for name, ckpt in (("a", None), ("b", ckpt_b), ("mid", ckpt_mid)):
         overrides = SETTINGS if ckpt is None else {**SETTINGS, "model.checkpoint": str(ckpt)}

@@ -8,15 +8,12 @@ unpaired computation of the same changes; probe draws that differ leave the Hess
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from test_audit import QUICKSTART, SMALL
+from tiny_models import quickstart_checkpoint_with
 
 from traits import compare as C
 from traits.audit import run_audit
@@ -30,17 +27,9 @@ SETTINGS = {**SMALL, "probes.hessian.max_samples": 48, "probes.hessian.trace_hvp
 
 def perturbed_checkpoint(folder: Path, scale: float = 0.03) -> Path:
     """A copy of the quickstart checkpoint whose weights carry seeded relative noise (its sidecar updated)."""
-    src = ROOT / "traits" / "data" / "quickstart"
-    shutil.copy(src / "model.json", folder / "model.json")
-    tensors = load_file(src / "model.safetensors")
     g = torch.Generator().manual_seed(3)
-    noisy = {k: (v + scale * v.abs().mean() * torch.randn(v.shape, generator=g, dtype=v.dtype)
-                 if v.is_floating_point() and "running" not in k else v) for k, v in tensors.items()}
-    save_file(noisy, folder / "model.safetensors")
-    meta = json.loads((folder / "model.json").read_text())
-    meta["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    (folder / "model.json").write_text(json.dumps(meta))
-    return folder / "model.safetensors"
+    return quickstart_checkpoint_with(
+        folder, lambda k, v: v + scale * v.abs().mean() * torch.randn(v.shape, generator=g, dtype=v.dtype))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@
 * ``make_data``: seeded float64 regression data (x, y) cut into uneven batches ``SimpleNamespace(x=, y=)``.
 * ``graph_cache`` / ``prepare_sample``: graphs of the bundled 'sample' data set, prepared once per test session
   in a graph cache under pytest's base temporary folder (shared by every module that asks for it).
+* ``quickstart_checkpoint_with``: a copy of the quickstart checkpoint with changed weights (sidecar updated).
 """
 
 from __future__ import annotations
@@ -133,3 +134,26 @@ def prepare_sample(tmp_path_factory, name: str, subsample: int = 40):
             "model": {"train": {}},
         })
         return prepare_data(spec)
+
+
+def quickstart_checkpoint_with(folder, change):
+    """A copy of the quickstart checkpoint in ``folder`` whose floating-point weights (running statistics kept)
+    are ``change(name, tensor)``, its sidecar's weights_sha256 updated. Returns the weights file."""
+    import hashlib
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    source = Path(__file__).resolve().parents[1] / "traits" / "data" / "quickstart"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "model.json", folder / "model.json")
+    tensors = {k: (change(k, v) if v.is_floating_point() and "running" not in k else v)
+               for k, v in load_file(source / "model.safetensors").items()}
+    save_file(tensors, folder / "model.safetensors")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder / "model.safetensors"
