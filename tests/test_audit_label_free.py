@@ -65,6 +65,28 @@ def test_the_label_free_probes_use_the_labelled_probes_structures(labelled):
         assert part.gn_lambda_jackknife is not None and part.gn_lambda_jackknife.df >= 1
 
 
+def test_each_gradient_norm_stands_beside_the_id_of_its_own_structure(labelled, tmp_path):
+    """‖∇θ f‖ stored beside a sample id is that structure's own, recomputed here by autograd on it alone."""
+    import torch
+
+    from traits.audit import collate, load_or_train
+    from traits.data.prepare import prepare_data
+
+    spec = load_spec(QUICKSTART, overrides=SMALL)
+    data = prepare_data(spec)
+    model = load_or_train(spec, data, tmp_path, torch.device("cpu")).model.double().eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    part = labelled.label_free.splits["ood"]
+    by_id = {str(g.material_id): g for g in data.splits["ood"]}
+    own = []
+    for cid in part.sample_ids:
+        (batch,) = collate([by_id[cid]], torch.device("cpu"), torch.float64)
+        grads = torch.autograd.grad(model(batch).sum(), params, allow_unused=True)
+        own.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))))
+    assert len(set(np.round(own, 6))) == len(own)  # distinct: a shuffled id list could not pass
+    assert part.grad_norms == pytest.approx(own, rel=1e-3)
+
+
 def test_the_ratios_are_ood_over_id_and_carry_intervals(labelled):
     lf, r = labelled.label_free.splits, labelled.ratios
     assert r["gn_lambda_ratio"] == pytest.approx(lf["ood"].gn_top_eigenvalues[0] / lf["id"].gn_top_eigenvalues[0])

@@ -5,6 +5,7 @@ the reading guide states what the study found about the basin-area ratio."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -15,12 +16,31 @@ from result_factory import make_result
 
 from traits.report import figures as F
 from traits.report import render_html
-from traits.report.compounds import element_errors, formula_elements, worst_compounds
+from traits.report.compounds import (
+    compounds_context,
+    element_errors,
+    formula_elements,
+    per_compound_columns,
+    worst_compounds,
+)
 from traits.report.formatting import INTERVAL_KINDS, formula_html, interval_kind, kind_legend, kind_marker
 from traits.report.glance import glance, ood_phrase
 from traits.report.notebook import audit_summary_html, comparison_summary_html
 from traits.report.sections import FIGURES
-from traits.results import Accuracy, AuditResult, GateOutcome, RatioInterval
+from traits.results import (
+    Accuracy,
+    AuditResult,
+    GateOutcome,
+    LabelFreeResult,
+    LabelFreeSplit,
+    RatioInterval,
+    ShiftSamples,
+    UncertaintyMethod,
+    UncertaintyPoints,
+    UncertaintyResult,
+    UncertaintySplit,
+    load_result,
+)
 from traits.spec import GateSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +271,7 @@ def test_compound_ids_and_formulas_from_the_data_are_escaped(passing):
 
 
 def test_per_compound_uncertainty_joins_only_by_stored_ids(passing):
+    """A plain dict set on a result in code (not what load_result gives) is read like the typed model."""
     r = _small(passing, None)
     points = {"u": [0.5, 0.1, 0.2], "abs_err": [1.2, 0.1, 0.9]}
     method = {"ood": {"spearman": 0.4, "calibration": {}, "points": points},
@@ -259,9 +280,86 @@ def test_per_compound_uncertainty_joins_only_by_stored_ids(passing):
     assert worst_compounds(r, "ood")[0].extra == {}  # points without ids: no column, no guess
     method["ood"]["points"] = {**points, "ids": ["mp-4", "mp-0", "mp-1"]}
     rows = worst_compounds(r, "ood")
-    label = "uncertainty, last-layer Laplace"
+    label = "uncertainty, last-layer Laplace"  # no recalibration stored: the raw u
     assert rows[0].extra[label] == pytest.approx(0.5) and rows[1].extra[label] == pytest.approx(0.2)
     assert rows[2].extra[label] is None  # mp-2 has no stored uncertainty
+
+
+def _method(rho: float, u: list[float], ids: list[str], a: float, b: float) -> UncertaintyMethod:
+    ratio = {"value": 1.5, "low": 1.2, "high": 1.8}
+    return UncertaintyMethod(recalibration={"a": a, "b": b}, id=UncertaintySplit(spearman=0.1),
+                             ood=UncertaintySplit(spearman=rho, points=UncertaintyPoints(
+                                 u=u, abs_err=[0.0] * len(u), ids=ids)), u_ratio=ratio, error_ratio=ratio)
+
+
+def _joined(result: AuditResult) -> AuditResult:
+    """The small OOD split (worst first: mp-4, mp-1, mp-2, mp-5, mp-0) with per-compound values stored by id, each
+    in an order other than the accuracy's, each sample missing some of the worst compounds."""
+    r = _small(result, None)
+    r.shift.samples["ood"] = ShiftSamples(distances={"embedding": [0.7, 2.5, 1.1, 3.0, 0.4]},
+                                          ids={"embedding": ["mp-2", "mp-4", "mp-0", "mp-1", "mp-6"]})
+    r.uncertainty = UncertaintyResult(methods={
+        "knn": _method(0.2, [9.0, 8.0], ["mp-4", "mp-1"], 0.0, 1.0),  # ranks the OOD errors worse: not shown
+        "last_layer": _method(0.6, [0.5, 0.1, 0.2], ["mp-1", "mp-4", "mp-0"], 0.3, 2.0)})
+    r.label_free = LabelFreeResult(splits={"ood": LabelFreeSplit(sample_ids=["mp-5", "mp-1", "mp-4"],
+                                                                 grad_norms=[12.0, 3.5, 0.25])})
+    return r
+
+
+EMB, SIGMA, GRAD = ("embedding distance to training (k\u00a0=\u00a05)", "σ, last-layer Laplace (eV/atom)",
+                    "‖∇θ f‖ (label-free)")
+
+
+def test_each_joined_column_gives_each_compound_its_own_value(passing):
+    r = _joined(passing)
+    assert r.unit == "eV/atom" and r.shift.k == 5
+    rows = {x.id: x.extra for x in worst_compounds(r, "ood")}
+    assert list(rows) == ["mp-4", "mp-1", "mp-2", "mp-5", "mp-0"]
+    assert list(rows["mp-4"]) == [EMB, SIGMA, GRAD]
+    # σ = √(a² + b²u²) of the best OOD ranker (last_layer, a = 0.3, b = 2), from each compound's own u
+    expected = {"mp-4": (2.5, math.sqrt(0.09 + 4 * 0.1**2), 0.25), "mp-1": (3.0, math.sqrt(0.09 + 4 * 0.5**2), 3.5),
+                "mp-2": (0.7, None, None), "mp-5": (None, None, 12.0), "mp-0": (1.1, 0.5, None)}
+    for cid, values in expected.items():
+        got = tuple(rows[cid][label] for label in (EMB, SIGMA, GRAD))
+        assert got == tuple(pytest.approx(v) if v is not None else None for v in values), cid
+    html = section(render_html(r), "accuracy")
+    headers = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r'<th class="num joined">(.*?)</th>', html)]
+    assert headers == [EMB, SIGMA, GRAD]
+    assert '<span class="n">(eV/atom)</span>' in html  # a unit in a wrapping header stays whole
+    row = re.search(r"<tr><td><code>mp-4</code></td>(.*?)</tr>", html).group(1)
+    assert re.findall(r'<td class="num">([^<]*)</td>', row)[-3:] == ["2.5", "0.361", "0.25"]
+    row = re.search(r"<tr><td><code>mp-5</code></td>(.*?)</tr>", html).group(1)
+    assert re.findall(r'<td class="num">([^<]*)</td>', row)[-3:] == ["—", "—", "12"]
+    assert "joined by compound id" in html and "stores no per-compound" not in html
+
+
+def test_a_joined_column_needs_one_id_per_value_and_a_listed_compound_in_its_sample(passing):
+    r = _joined(passing)
+    r.shift.samples["ood"].ids["embedding"].pop()  # one id short: not matched by position
+    r.uncertainty.methods["last_layer"].ood.points.ids = []  # no ids: the next-best method with ids is shown
+    r.label_free.splits["ood"].sample_ids = ["mp-6", "mp-3", "mp-9"]  # none of the listed compounds
+    columns = per_compound_columns(r, "ood")
+    assert EMB not in columns and SIGMA not in columns and GRAD in columns
+    knn = "σ, latent kNN distance (eV/atom)"
+    assert columns[knn] == {"mp-4": pytest.approx(9.0), "mp-1": pytest.approx(8.0)}  # a = 0, b = 1
+    assert compounds_context(r)["compounds"]["extra"] == [knn]  # a column of dashes only is left out
+    assert per_compound_columns(r, "id") == {}  # nothing stored for the ID split
+
+
+def test_results_without_ids_render_the_worst_compounds_without_joined_columns(passing):
+    assert compounds_context(_small(passing, None))["compounds"]["extra"] == []
+    html = section(render_html(_small(passing, None)), "accuracy")
+    assert "worst-predicted" in html and "stores no per-compound" in html and EMB not in html
+    # a results file of schema 1.3 (no ids anywhere) and one of 1.7 (label-free sample ids, no shift ids)
+    study = ROOT / "docs" / "study"
+    old = load_result(study / "runs-mp-partial" / "seed-0" / "enthalpy-element-Fe" / "results.json")
+    assert old.schema_version == "1.3" and old.shift.samples["ood"].distances["embedding"]
+    assert per_compound_columns(old, "ood") == {} and worst_compounds(old, "ood")
+    v17 = load_result(study / "v2" / "runs-mp" / "seed-0" / "enthalpy-element-Fe" / "results.json")
+    assert v17.schema_version == "1.7" and not v17.shift.samples["ood"].ids
+    assert list(per_compound_columns(v17, "ood")) == [GRAD]  # the label-free sample stored its ids from 1.7
+    part = v17.label_free.splits["ood"]
+    assert per_compound_columns(v17, "ood")[GRAD][part.sample_ids[3]] == pytest.approx(part.grad_norms[3])
 
 
 def test_each_compound_counts_for_every_element_it_contains(passing):

@@ -192,6 +192,40 @@ def test_nan_embeddings_are_left_out_and_recorded():
         SH.knn_distances(np.full((10, 2), np.nan), np.zeros((1, 2)), k=2)
 
 
+def test_each_stored_distance_keeps_the_id_of_its_compound():
+    """ids travel with the subsample and with the rows left out for a NaN vector: the distance stored beside an
+    id is that compound's own, recomputed here by brute force; the draw of the sample does not change; the
+    training sample stores no ids."""
+    rng = np.random.default_rng(11)
+    emb = {"train": rng.normal(size=(40, 3)), "id": rng.normal(size=(12, 3)), "ood": rng.normal(1.0, 1, (30, 3))}
+    emb["ood"][[2, 7], 0] = np.nan  # left out of the distances: no id for them
+    emb["train"][5, 1] = np.inf
+    ids = {s: [f"{s}-{i}" for i in range(len(x))] for s, x in emb.items()}
+    targets = {s: rng.normal(size=len(x)) for s, x in emb.items()}
+    spaces = {"embedding": SH.standardise(emb)}
+    k, limit = 3, 20  # ood (28 finite) and train are subsampled, id is not
+    r = SH.compute_shift(targets, spaces, k=k, seed=4, max_points=limit, ids=ids)
+    x = spaces["embedding"]
+    train_rows = [i for i in range(40) if i != 5]
+    for s in ("id", "ood"):
+        sample = r.samples[s]
+        named, d = sample.ids["embedding"], sample.distances["embedding"]
+        assert len(named) == len(d) == min(limit, len(x[s]) - {"id": 0, "ood": 2}[s])
+        assert len(set(named)) == len(named)
+        for cid, value in zip(named, d):
+            i = int(cid.split("-")[1])
+            dist = np.sort(np.linalg.norm(x["train"][train_rows] - x[s][i], axis=1))[:k].mean()
+            assert value == pytest.approx(dist, rel=1e-5), cid
+    ood_ids = r.samples["ood"].ids["embedding"]
+    assert len(ood_ids) == limit and not {"ood-2", "ood-7"} & set(ood_ids)
+    assert r.samples["train"].ids == {} and len(r.samples["train"].distances["embedding"]) == limit
+    plain = SH.compute_shift(targets, spaces, k=k, seed=4, max_points=limit)
+    assert all(not plain.samples[s].ids for s in plain.samples)  # no ids given: none stored
+    assert {s: v.distances for s, v in plain.samples.items()} == {s: v.distances for s, v in r.samples.items()}
+    short = SH.compute_shift(targets, spaces, k=k, seed=4, max_points=limit, ids={**ids, "ood": ids["ood"][:-1]})
+    assert "embedding" not in short.samples["ood"].ids and short.samples["id"].ids["embedding"] == ids["id"]
+
+
 # ------------------------------------------------------------------------------------------ verdict
 
 #: Landscape ratios that pass every default gate.
@@ -308,6 +342,8 @@ def test_audit_of_the_quickstart_has_a_shift_section(tmp_path):
         assert set(sh.splits[s].distances) == {"composition", "embedding"}
         assert sh.splits[s].ks_statistic is not None and sh.splits[s].distances["embedding"].median > 0
         assert len(sh.samples[s].distances["embedding"]) == result.splits[s].count
+        assert sorted(sh.samples[s].ids["embedding"]) == sorted(result.accuracy[s].ids)
+        assert sorted(sh.samples[s].ids["composition"]) == sorted(result.accuracy[s].ids)
     for key in ("composition_knn_ratio", "embedding_knn_ratio", "target_wasserstein_ratio"):
         assert result.ratios[key] == sh.ratios[key] and result.ratios[key] > 0
     assert "shift" in result.provenance.wall_seconds
@@ -317,3 +353,5 @@ def test_audit_of_the_quickstart_has_a_shift_section(tmp_path):
     section = html.split('<section id="shift">')[1].split("</section>")[0]
     assert "Is the OOD set inside the training domain?" in section and 'id="fig-shift"' in section
     assert "Embedding: mean distance to the k nearest training compounds" in section
+    accuracy = html.split('<section id="accuracy">')[1].split("</section>")[0]
+    assert '<th class="num joined">embedding distance to training' in accuracy  # joined to the worst compounds by id

@@ -196,6 +196,35 @@ def test_calibration_of_gaussian_residuals_with_their_true_sigma():
     assert unc.spearman(np.ones(5), np.arange(5)) is None
 
 
+def test_scored_points_are_finite_pairs_each_with_the_id_of_its_compound():
+    """The stored points are a seeded subsample in a shuffled order: each keeps its own compound's id, a
+    compound whose u or error is not finite is left out with its id, and the result survives a round trip."""
+    from traits.results import UncertaintyMethod
+
+    rng = np.random.default_rng(3)
+    n = {"val": 30, "id": 25, "ood": 40}
+    u = {s: rng.uniform(0.1, 1.0, m) for s, m in n.items()}
+    res = {s: rng.normal(0, u[s]) for s in n}
+    u["ood"][4], res["ood"][9] = np.nan, np.inf
+    ids = {s: [f"{s}-{i}" for i in range(m)] for s, m in n.items()}
+    out = unc.score_method(u, res, seed=2, n_boot=50, max_points=30, ids=ids)
+    for s in ("id", "ood"):
+        p = out[s]["points"]
+        assert len(p["ids"]) == len(p["u"]) == len(p["abs_err"]) == min(30, n[s] - (2 if s == "ood" else 0))
+        assert p["ids"] != sorted(p["ids"], key=lambda x: int(x.split("-")[1]))  # shuffled: order is not the index
+        for cid, uu, err in zip(p["ids"], p["u"], p["abs_err"]):
+            i = int(cid.split("-")[1])
+            assert uu == u[s][i] and err == abs(res[s][i]), cid
+    assert not {"ood-4", "ood-9"} & set(out["ood"]["points"]["ids"])
+    assert all(math.isfinite(x) for x in out["ood"]["points"]["u"] + out["ood"]["points"]["abs_err"])
+    method = UncertaintyMethod.model_validate(out)
+    assert UncertaintyMethod.model_validate_json(method.model_dump_json()) == method
+    without = unc.score_method(u, res, seed=2, n_boot=50, max_points=30)
+    assert without["ood"]["points"]["ids"] == [] and without["ood"]["points"]["u"] == out["ood"]["points"]["u"]
+    short = unc.score_method(u, res, seed=2, n_boot=50, max_points=30, ids={"ood": ids["ood"][:-1]})
+    assert short["ood"]["points"]["ids"] == [] and short["id"]["points"]["ids"] == []
+
+
 def test_bootstrap_ratio_and_ensemble_and_knn():
     out = unc.bootstrap_ratio(np.full(50, 2.0) + np.linspace(0, 0.1, 50), np.ones(40), n_boot=200)
     assert out["low"] <= out["value"] <= out["high"] and 1.9 < out["value"] < 2.2
@@ -232,6 +261,11 @@ def test_the_audit_probe_fills_results_and_the_report_section(tmp_path):
     assert set(unc.methods) == {"hessian_wag", "laplace", "last_layer", "knn"}
     for m in unc.methods.values():
         assert m.ood.calibration["n"] > 0 and m.u_ratio["value"] is not None
+        for split in ("id", "ood"):  # each point's |error| is its own compound's, read from the accuracy by id
+            pts, acc = getattr(m, split).points, result.accuracy[split]
+            error = {i: abs(p - t) for i, p, t in zip(acc.ids, acc.predictions, acc.targets)}
+            assert len(pts.ids) == len(pts.u) > 1 and set(pts.ids) <= set(error)
+            assert [error[i] for i in pts.ids] == pytest.approx(pts.abs_err, rel=1e-4, abs=1e-6)
     assert load_calibration(tmp_path / "out" / "model.calibration.json")["version"] == 1
     html = render_html(result)
     assert "Would we have known without labels?" in html and 'id="fig-uncertainty"' in html

@@ -273,6 +273,17 @@ def subsample(graphs: list, limit: int | None, seed: int) -> list:
     return [graphs[i] for i in keep]
 
 
+def ids_of_items(by_split: dict[str, list]) -> dict[str, list[str]]:
+    """The id (``material_id``) of each graph or featurised structure per split, in order; a split with an item
+    without one is left out (its per-compound values then store no ids: nothing to join on)."""
+    out = {}
+    for split, items in by_split.items():
+        ids = [getattr(item, "material_id", None) for item in items]
+        if all(i is not None for i in ids):
+            out[split] = [str(i) for i in ids]
+    return out
+
+
 def formulas_of(items: list, ids: list[str]) -> list[str]:
     """The reduced formula of the graph or featurised structure with each id in ``ids`` (from its atomic
     numbers ``z``); empty when an id has no structure."""
@@ -784,7 +795,7 @@ def run_shift(spec: AuditSpec, model, splits: dict[str, list], device) -> ShiftR
         targets, spaces, k=cfg.k, seed=stream(spec, "shift_knn"), max_points=cfg.max_points,
         composition_features=features,
         n_train_total=len(train_all), problems=problems, thresholds=thresholds,
-        density_components=cfg.density_components,
+        density_components=cfg.density_components, ids=ids_of_items(graphs),
     )
 
 
@@ -829,8 +840,9 @@ def run_uncertainty(spec: AuditSpec, model, splits: dict[str, list], out_dir: Pa
     train_emb = embed(model, splits["train"], device)
     scores_of["knn"] = {name: unc.knn_distance(train_emb, embed(model, g, device), k=spec.probes.shift.k)
                         for name, g in queries.items()}
-    methods = {m: unc.score_method(v, residuals, seed=stream(spec, "uncertainty_scores")) for m, v in scores_of.items()
-               if "id" in v and "ood" in v}
+    ids = ids_of_items(queries)
+    methods = {m: unc.score_method(v, residuals, seed=stream(spec, "uncertainty_scores"), ids=ids)
+               for m, v in scores_of.items() if "id" in v and "ood" in v}
     problems = []
     try:
         write_calibration(model, splits, out_dir / "model.calibration.json", device, seed=stream(spec, "calibration"))

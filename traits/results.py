@@ -20,7 +20,7 @@ from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`);
 #: the fields of a newer minor version that this reader does not know are ignored.
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -312,10 +312,17 @@ class ShiftSplit(_Result):
 
 
 class ShiftSamples(_Result):
-    """Per-compound values for the histograms (a seeded subsample when a split is large)."""
+    """Per-compound values for the histograms (a seeded subsample when a split is large).
+
+    ``ids[space]`` names the compound of each value of ``distances[space]``, in the same order (schema 1.8; each
+    space has its own subsample and its own compounds left out, so each has its own ids). Only the ID test and
+    OOD samples store ids (the training sample's are never read); a space without ids (results before 1.8)
+    cannot be joined to a compound."""
 
     targets: list[float] = Field(default_factory=list)
     distances: dict[str, list[float]] = Field(default_factory=dict)
+    ids: dict[str, list[str]] = Field(default_factory=dict, description="space -> the id of the compound of each "
+                                      "distance, in the order of distances[space] (schema 1.8; empty before)")
 
 
 class EmbeddingDensity(_Result):
@@ -346,10 +353,14 @@ class ShiftResult(_Result):
 
 
 class UncertaintyPoints(_Result):
-    """Per compound scored: the recalibrated uncertainty and the absolute error (finite pairs only)."""
+    """A seeded subsample of the compounds scored: the method's uncertainty u (before recalibration) and the
+    absolute error, finite pairs only; ``ids`` names the compound of each pair, in the same order (schema 1.8;
+    empty before, and then the points cannot be joined to a compound)."""
 
     u: list[float] = Field(default_factory=list)
     abs_err: list[float] = Field(default_factory=list)
+    ids: list[str] = Field(default_factory=list, description="the id of the compound of each point, in the order "
+                           "of u and abs_err (schema 1.8; empty before)")
 
 
 class UncertaintySplit(_Result):

@@ -279,10 +279,25 @@ def ratio(ood: float | None, idv: float | None) -> float | None:
 # ------------------------------------------------------------------------------------------ everything
 
 
+def _pick(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """The positions of a seeded subsample of at most ``limit`` of ``n`` values, in their order (all when
+    ``n <= limit``, drawing nothing from ``rng``)."""
+    if n > limit:
+        return np.sort(rng.choice(n, size=limit, replace=False))
+    return np.arange(n)
+
+
 def _sample(values: np.ndarray, limit: int, rng: np.random.Generator) -> list[float]:
-    if len(values) > limit:
-        values = values[np.sort(rng.choice(len(values), size=limit, replace=False))]
-    return [float(f"{v:.6g}") for v in values]
+    return [float(f"{v:.6g}") for v in values[_pick(len(values), limit, rng)]]
+
+
+def _sample_with_ids(values: np.ndarray, ids: Sequence[str] | None, limit: int,
+                     rng: np.random.Generator) -> tuple[list[float], list[str]]:
+    """A subsample of ``values`` (as :func:`_sample`, the same draw) and the ids of its compounds, in the same
+    order; no ids ([]) when ``ids`` is None or does not name every value."""
+    keep = _pick(len(values), limit, rng)
+    named = ids is not None and len(ids) == len(values)
+    return [float(f"{v:.6g}") for v in values[keep]], ([str(ids[i]) for i in keep] if named else [])
 
 
 SPACE_LABELS = {"composition": "composition", "embedding": "the model's embedding"}
@@ -309,18 +324,19 @@ def _target_splits(
 
 def _finite_features(
     by_split: Mapping[str, np.ndarray], label: str, notes: list[str]
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Each split's rows with a finite vector in one space, and how many were left out (noted)."""
-    feats, excluded = {}, {}
+) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, np.ndarray]]:
+    """Each split's rows with a finite vector in one space, how many were left out (noted), and the positions
+    of the rows kept (in ``by_split[s]``)."""
+    feats, excluded, kept = {}, {}, {}
     for s, x in by_split.items():
         x = np.asarray(x, dtype=np.float64)
         x = x.reshape(len(x), -1) if x.ndim != 2 else x
         finite = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), dtype=bool)
-        feats[s], excluded[s] = x[finite], int((~finite).sum())
+        feats[s], excluded[s], kept[s] = x[finite], int((~finite).sum()), np.flatnonzero(finite)
         if excluded[s]:
             notes.append(f"{excluded[s]} of {len(x)} {s} compounds have a NaN or infinite vector in {label}: "
                          "they were left out of its distances")
-    return feats, excluded
+    return feats, excluded, kept
 
 
 def _space_distances(
@@ -333,10 +349,30 @@ def _space_distances(
     max_points: int,
     rng: np.random.Generator,
     notes: list[str],
+    ids: Mapping[str, Sequence[str]] | None = None,
 ) -> int:
-    """Fill the k-NN distance summaries and samples of one space; returns its usable training compounds."""
+    """Fill the k-NN distance summaries and samples of one space; returns its usable training compounds.
+
+    ``ids[split]``: the id of each row of ``by_split[split]``; the sample of a compared split (ID test, OOD: the
+    splits whose compounds the report lists) whose ids name every row stores the id of each distance beside it
+    (``samples[split].ids[name]``), else none; the training sample stores none (nothing reads them)."""
     label = SPACE_LABELS.get(name, name)
-    feats, excluded = _finite_features(by_split, label, notes)
+    feats, excluded, kept = _finite_features(by_split, label, notes)
+    ids = ids or {}
+
+    def ids_of(s: str) -> list[str] | None:
+        """The ids of ``feats[s]``'s rows; None unless the split's ids name each of its rows."""
+        given = ids.get(s)
+        if given is None or len(given) != len(by_split[s]):
+            return None
+        return [str(given[i]) for i in kept[s]]
+
+    def store(s: str, d: np.ndarray, row_ids: list[str] | None) -> None:
+        values, named = _sample_with_ids(d, row_ids, max_points, rng)
+        samples[s].distances[name] = values
+        if named:
+            samples[s].ids[name] = named
+
     train_x = feats["train"]
     if len(train_x) < k + 1:
         notes.append(f"the training split has {len(train_x)} compounds with a finite vector in {label}, "
@@ -347,13 +383,13 @@ def _space_distances(
         rows = np.sort(rng.choice(len(rows), size=max_points, replace=False))
     d_train = knn_distances_within(train_x, k, rows)
     splits["train"].distances[name] = summarise_distances(d_train, excluded["train"])
-    samples["train"].distances[name] = _sample(d_train, max_points, rng)
+    store("train", d_train, None)
     for s in COMPARED:
         if s not in feats:
             continue
         d = knn_distances(train_x, feats[s], k)
         splits[s].distances[name] = summarise_distances(d, excluded[s])
-        samples[s].distances[name] = _sample(d, max_points, rng)
+        store(s, d, ids_of(s))
     return len(train_x)
 
 
@@ -385,6 +421,7 @@ def compute_shift(
     thresholds: Mapping[str, float] | None = None,
     problems: Sequence[str] = (),
     density_components: int = 0,
+    ids: Mapping[str, Sequence[str]] | None = None,
 ) -> ShiftResult:
     """Every diagnostic for the ``id`` and ``ood`` splits against ``train``.
 
@@ -393,7 +430,10 @@ def compute_shift(
     (n, d) features of each compound in a distance space (``composition``, ``embedding``), already
     standardised; ``None`` for a space that could not be measured. Rows with a non-finite feature are
     left out of that space (counted, and recorded as a problem). Bad inputs never raise: each becomes a
-    line of ``problems`` and the affected numbers stay ``None``.
+    line of ``problems`` and the affected numbers stay ``None``. With ``ids[split]`` (the id of each row of
+    ``spaces[name][split]``, the same compounds in every space) the stored distance samples of the ID test and
+    OOD sets keep the id of the compound of each distance (``samples[split].ids[name]``); a split without ids, or
+    with ids that do not name every row, stores none, and so does the training sample.
 
     Args:
         targets: the targets of each split, keyed ``train``, ``id``, ``ood``.
@@ -407,6 +447,7 @@ def compute_shift(
         problems: problems found before this call, kept first in the result's ``problems``.
         density_components: fit the embedding density (:func:`embedding_density`) with up to this many
             mixture components; 0: not measured.
+        ids: the id of each compound (row of the spaces' features) per split, for the stored samples.
 
     Returns:
         The :class:`~traits.results.ShiftResult` of every split, ratio and sample.
@@ -434,7 +475,8 @@ def compute_shift(
     for name, by_split in (spaces or {}).items():
         if by_split is None or "train" not in by_split:
             continue
-        used = _space_distances(name, by_split, splits, samples, k=k, max_points=max_points, rng=rng, notes=notes)
+        used = _space_distances(name, by_split, splits, samples, k=k, max_points=max_points, rng=rng, notes=notes,
+                                ids=ids)
         n_train_used = max(n_train_used, used)
 
     ratios = _shift_ratios(splits, spaces or {})

@@ -576,19 +576,26 @@ def landscape_uncertainty(
 
 
 def score_method(u: Mapping[str, np.ndarray], residuals: Mapping[str, np.ndarray], *, seed: int = 0,
-                 n_boot: int = 2000, max_points: int = 500) -> dict:
+                 n_boot: int = 2000, max_points: int = 500, ids: Mapping[str, Sequence[str]] | None = None) -> dict:
     """How one uncertainty ``u`` (per split: val, id, ood) tracks the errors ``residuals`` (same splits):
     Spearman rho against |error| on OOD and ID, calibration after recalibrating on validation, and the
-    OOD/ID ratio of the mean uncertainty next to the OOD/ID ratio of the mean absolute error."""
+    OOD/ID ratio of the mean uncertainty next to the OOD/ID ratio of the mean absolute error.
+
+    ``points``: at most ``max_points`` (u, |error|) pairs of each split, both finite, in a seeded random order;
+    with ``ids[split]`` (the id of each compound of ``u[split]``, same order) each point keeps its compound's id
+    (``points.ids``), else none."""
     rec = recalibrate(u["val"], residuals["val"])
     out: dict = {"recalibration": rec.to_dict()}
     for split in ("id", "ood"):
         uu, rr = np.asarray(u[split], dtype=np.float64), np.asarray(residuals[split], dtype=np.float64)
         cal = calibration(rr, rec.sigma(uu))
-        keep = np.random.default_rng(seed).permutation(len(uu))[:max_points]
+        finite = np.flatnonzero(np.isfinite(uu) & np.isfinite(rr))
+        keep = finite[np.random.default_rng(seed).permutation(len(finite))[:max_points]]
+        named = (ids or {}).get(split)
+        points = {"u": [float(x) for x in uu[keep]], "abs_err": [float(x) for x in np.abs(rr[keep])],
+                  "ids": [str(named[i]) for i in keep] if named is not None and len(named) == len(uu) else []}
         out[split] = {"spearman": spearman(uu, np.abs(rr)), "mean_u": float(np.nanmean(uu)) if len(uu) else None,
-                      "calibration": cal,
-                      "points": {"u": [float(x) for x in uu[keep]], "abs_err": [float(x) for x in np.abs(rr[keep])]}}
+                      "calibration": cal, "points": points}
     out["u_ratio"] = bootstrap_ratio(u["ood"], u["id"], n_boot=n_boot, seed=seed)
     out["error_ratio"] = bootstrap_ratio(np.abs(residuals["ood"]), np.abs(residuals["id"]), n_boot=n_boot, seed=seed)
     return out

@@ -4,9 +4,10 @@ Both read the per-compound accuracy an :class:`~traits.results.AuditResult` stor
 ``targets``, ``predictions`` and, from results schema 1.6, ``formulas`` in the same order) and nothing else.
 
 * :func:`worst_compounds`: the compounds with the largest absolute error, with their error over the split's MAE.
-  A per-compound number measured elsewhere in the result (the embedding distance to training, an uncertainty)
-  joins a row only through a stored id list of the same length as its values: a result that stores such values
-  without ids (a subsample, in another order) gets no column for them, never a guess.
+  A per-compound number measured elsewhere in the result (the embedding distance to training, an uncertainty,
+  the label-free gradient norm; :func:`per_compound_columns`) joins a row only through a stored id list of the
+  same length as its values: a result that stores such values without ids (a subsample, in another order;
+  results before schema 1.8) gets no column for them, never a guess.
 * :func:`element_errors`: the MAE of the compounds that contain each element (a compound counts once for each
   element it contains), from the formulas; empty when the result stores none (results before schema 1.6).
 
@@ -21,10 +22,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from traits.results import AuditResult
+from pydantic import ValidationError
+
+from traits.results import AuditResult, UncertaintyResult
 
 #: How many compounds the report lists per split.
 N_WORST = 5
+#: Joins the words of a unit or a parenthesis in a column header, so that a wrapping header keeps it whole.
+NBSP = "\u00a0"
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class CompoundRow:
     prediction: float
     error: float  # prediction − target
     relative: float | None  # |error| / the split's MAE
-    extra: dict[str, float | None] = field(default_factory=dict)  # column -> value (distance, uncertainty)
+    extra: dict[str, float | None] = field(default_factory=dict)  # column -> value (per_compound_columns)
 
 
 def _errors(result: AuditResult, split: str) -> list[tuple[int, float]] | None:
@@ -70,38 +75,92 @@ def _by_id(ids: Any, values: Any) -> dict[str, float | None]:
             for i, v in zip(ids, values)}
 
 
+def _uncertainty(result: AuditResult) -> UncertaintyResult | None:
+    """The result's uncertainty as the typed model. ``load_result`` always gives the model (a results file of
+    any 1.x version is validated into it); a plain dict set on a result in code is read the same way, and one
+    that is not an uncertainty result is none."""
+    unc = getattr(result, "uncertainty", None)
+    if isinstance(unc, dict):
+        try:
+            return UncertaintyResult.model_validate(unc)
+        except ValidationError:
+            return None
+    return unc if isinstance(unc, UncertaintyResult) else None
+
+
+def _sigma(recalibration: dict[str, Any], u: Sequence[float]) -> list[float] | None:
+    """σ = √(a² + b²u²) of each stored u, from the method's recalibration on validation; None without one."""
+    a, b = recalibration.get("a"), recalibration.get("b")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b)):
+        return None
+    return [math.sqrt(a * a + (b * x) ** 2) for x in u]
+
+
 def per_compound_columns(result: AuditResult, split: str) -> dict[str, dict[str, float | None]]:
     """Per-compound values stored elsewhere in the result, by id: {column label: {id: value}}.
 
-    * the embedding distance to the k nearest training compounds (``shift.samples[split]``), when the samples
-      store their compounds' ids;
-    * the uncertainty of the method that best ranks the OOD errors (``uncertainty.methods[m][split].points``),
-      when its points store ids.
-    A column whose ids are missing, or whose lengths differ, is left out."""
+    * the embedding distance to the k nearest training compounds (``shift.samples[split]``), when the sample
+      stores the id of each distance (results from schema 1.8);
+    * the recalibrated σ = √(a² + b²u²) (in the target's unit) of the method that best ranks the OOD errors
+      (largest OOD Spearman ρ; ``uncertainty.methods[m].<split>.points``), when its points store ids (1.8);
+    * the label-free gradient norm ‖∇θ f‖ of each structure of the Hessian probe's sample
+      (``label_free.splits[split].grad_norms`` with ``sample_ids``).
+    A column joins only through ids stored with its values, one per value: one whose ids are missing, or whose
+    lengths differ, is left out, never matched by position. A compound outside a column's sample has None."""
     out: dict[str, dict[str, float | None]] = {}
     sh = result.shift
     if sh is not None and split in sh.samples:
         sample = sh.samples[split]
-        ids = getattr(sample, "ids", None)
-        joined = _by_id(ids, sample.distances.get("embedding"))
+        joined = _by_id(sample.ids.get("embedding"), sample.distances.get("embedding"))
         if joined:
-            out[f"embedding distance to training (k = {sh.k})"] = joined
-    unc = getattr(result, "uncertainty", None) or {}
-    methods = unc.get("methods") if isinstance(unc, dict) else None
-    if isinstance(methods, dict) and methods:
+            out[f"embedding distance to training (k{NBSP}={NBSP}{sh.k})"] = joined
+    unc = _uncertainty(result)
+    if unc is not None and unc.methods:
         from traits.report.uncertainty import METHOD_LABELS
 
         def rho(m: str) -> float:
-            value = ((methods[m] or {}).get("ood") or {}).get("spearman")
-            return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+            ood = unc.methods[m].ood
+            value = ood.spearman if ood is not None else None
+            return value if value is not None and math.isfinite(value) else -math.inf
 
-        for m in sorted((m for m in methods if m in METHOD_LABELS), key=rho, reverse=True):
-            points = (((methods[m] or {}).get(split) or {}).get("points")) or {}
-            joined = _by_id(points.get("ids"), points.get("u"))
+        for m in sorted((m for m in unc.methods if m in METHOD_LABELS), key=rho, reverse=True):
+            scored = getattr(unc.methods[m], split, None) if split in ("id", "ood") else None
+            if scored is None:
+                continue
+            points = scored.points
+            sigma = _sigma(unc.methods[m].recalibration, points.u)
+            if sigma is not None:
+                unit = result.unit.replace(" ", NBSP)
+                joined, label = _by_id(points.ids, sigma), f"σ, {METHOD_LABELS[m]} ({unit})"
+            else:
+                joined, label = _by_id(points.ids, points.u), f"uncertainty, {METHOD_LABELS[m]}"
             if joined:
-                out[f"uncertainty, {METHOD_LABELS[m]}"] = joined
+                out[label] = joined
                 break
+    lf = result.label_free
+    if lf is not None and split in lf.splits:
+        part = lf.splits[split]
+        joined = _by_id(part.sample_ids, part.grad_norms)
+        if joined:
+            out["‖∇θ f‖ (label-free)"] = joined
     return out
+
+
+def column_note(label: str) -> str:
+    """What a column of :func:`per_compound_columns` holds, for the note under the table ('' for another)."""
+    if label.startswith("embedding distance"):
+        return ("Embedding distance: the mean distance to the k nearest training compounds in the model's "
+                "embedding, each feature standardised on training (no unit; the domain-shift section)")
+    if label.startswith("σ, "):
+        return ("σ: the uncertainty of the method that best ranks the OOD errors, recalibrated on the validation "
+                "split (σ = √(a² + b²u²)), in the target's unit like the error (the uncertainty section)")
+    if label.startswith("uncertainty, "):
+        return ("Uncertainty: the raw uncertainty u of the method that best ranks the OOD errors (no "
+                "recalibration stored; the uncertainty section)")
+    if label.startswith("‖∇θ f‖"):
+        return ("‖∇θ f‖: the norm of the gradient of the compound's prediction with respect to the weights, "
+                "measured without labels on the Hessian probe's sample (the label-free section)")
+    return ""
 
 
 def worst_compounds(result: AuditResult, split: str, n: int = N_WORST) -> list[CompoundRow]:
@@ -155,16 +214,20 @@ def element_errors(result: AuditResult, split: str) -> dict[str, ElementError]:
 
 def compounds_context(result: AuditResult) -> dict[str, Any]:
     """The accuracy section's compounds table: per split (OOD first) the worst compounds, and which optional
-    columns (formula, joined per-compound values) the result can fill."""
+    columns (formula, joined per-compound values) the result can fill: a joined column is shown when at least one
+    listed compound has a value in it."""
     splits = [s for s in ("ood", "id") if worst_compounds(result, s)]
     rows = {s: worst_compounds(result, s) for s in splits}
-    extra = list(dict.fromkeys(label for s in splits for r in rows[s] for label in r.extra))
+    # a joined column none of the listed compounds has a value in (all outside its sample) is left out
+    extra = list(dict.fromkeys(label for s in splits for r in rows[s] for label, v in r.extra.items()
+                               if v is not None))
     return {"compounds": {
         "splits": splits,
         "rows": rows,
         "mae": {s: result.accuracy[s].mae for s in splits},
         "formula": any(r.formula for s in splits for r in rows[s]),
         "extra": extra,
+        "extra_notes": [note for note in (column_note(label) for label in extra) if note],
         "n": N_WORST,
         "elements": any(element_errors(result, s) for s in ("id", "ood")),
     }}
