@@ -159,3 +159,30 @@ def test_a_label_free_audit_reports_no_ratio_of_rounding_noise(label_free):
     """L(θ) is 0 up to rounding in a label-free audit: its ratio and the entropy at T = L_ID(θ) are not numbers."""
     for key in ("loss_ratio", "entropy_ood_minus_id", "radius_ratio", "sharpness_ratio", "basin_area_ratio"):
         assert label_free.ratios.get(key) is None, key
+
+
+def test_the_label_free_sample_keeps_each_compounds_formula_and_prediction(labelled):
+    """Beside each id of the label-free sample: the formula and the prediction that the accuracy stage recorded for
+    that compound (another path through the model), so that a label-free report can name compounds."""
+    for split, part in labelled.label_free.splits.items():
+        acc = labelled.accuracy[split]
+        at = {cid: i for i, cid in enumerate(acc.ids)}
+        assert len(part.sample_formulas) == len(part.sample_predictions) == len(part.sample_ids) == 16
+        assert part.sample_formulas == [acc.formulas[at[c]] for c in part.sample_ids]
+        assert part.sample_predictions == pytest.approx([acc.predictions[at[c]] for c in part.sample_ids], rel=1e-5)
+
+
+def test_a_label_free_report_names_the_compounds_whose_predictions_move_most(label_free):
+    from traits.report.compounds import sensitive_compounds
+    from traits.report.render import render_html
+
+    part, ref = label_free.label_free.splits["ood"], label_free.label_free.splits["id"]
+    rows = sensitive_compounds(label_free, "ood")
+    top = sorted(range(len(part.grad_norms)), key=lambda i: -part.grad_norms[i])[:5]
+    assert [r.id for r in rows] == [part.sample_ids[i] for i in top]
+    assert [r.formula for r in rows] == [part.sample_formulas[i] for i in top]
+    assert rows[0].relative == pytest.approx(part.grad_norms[top[0]] / float(np.median(ref.grad_norms)))
+    html = render_html(label_free)
+    section = html[html.index('<section id="label_free"'):]
+    assert "Compounds whose predictions move most with the weights" in section
+    assert all(r.id in section for r in rows)

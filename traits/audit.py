@@ -870,9 +870,11 @@ def run_label_free(spec: AuditSpec, model, splits: dict[str, list], prediction_b
         graphs = splits.get(split, [])
         sub = subsample(graphs, spec.probes.hessian.max_samples, stream(spec, "hessian_subsample", k))
         if sub:
-            _label_free_curvature(spec, SplitObjective(model, prediction_batches(sub), loss="mse"), k, part,
-                                  result.problems, split)
+            obj = SplitObjective(model, prediction_batches(sub), loss="mse")
+            _label_free_curvature(spec, obj, k, part, result.problems, split)
             part.sample_ids = [str(g.material_id) for g in sub]
+            part.sample_formulas = formulas_of(sub, part.sample_ids)
+            part.sample_predictions = [json_float(v) for v in torch.cat([t.reshape(-1) for t in obj.targets]).tolist()]
         sub = subsample(graphs, spec.probes.surface.max_samples, stream(spec, "surface_subsample", k))
         if sub:
             obj = SplitObjective(model, prediction_batches(sub), loss="mse")

@@ -414,6 +414,10 @@ class LabelFreeSplit(_Result):
 
     n_samples: int = 0
     sample_ids: list[str] = Field(default_factory=list, description="ids of the Hessian sample, in sample order")
+    sample_formulas: list[str] = Field(default_factory=list, description="their reduced formulas, in the same "
+                                       "order (schema 1.8)")
+    sample_predictions: list[MaybeFloat] = Field(default_factory=list, description="the model's prediction for "
+                                                 "each, in the same order (schema 1.8)")
     gn_top_eigenvalues: list[float] = Field(default_factory=list, description="top eigenvalues of (2/N) JᵀJ")
     gn_trace: MaybeFloat = Field(None, description="tr((2/N) JᵀJ) = (2/N) Σ ‖∇θ f_i‖², exact")
     gn_lambda_jackknife: Jackknife | None = Field(None, description="λ_max's delete-a-group jackknife over the "

@@ -11,12 +11,14 @@ Both read the per-compound accuracy an :class:`~traits.results.AuditResult` stor
 * :func:`element_errors`: the MAE of the compounds that contain each element (a compound counts once for each
   element it contains), from the formulas; empty when the result stores none (results before schema 1.6).
 
-A label-free result has no labels, hence no errors: both return nothing for it.
+A label-free result has no labels, hence no errors: both return nothing for it. What it has instead:
+:func:`sensitive_compounds`, the compounds of the label-free sample whose predictions move most with the weights.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -179,6 +181,46 @@ def worst_compounds(result: AuditResult, split: str, n: int = N_WORST) -> list[C
         rows.append(CompoundRow(id=cid, formula=names[i] if names else "", target=float(acc.targets[i]),
                                 prediction=float(acc.predictions[i]), error=e,
                                 relative=abs(e) / mae if mae and mae > 0 else None, extra=extra))
+    return rows
+
+
+@dataclass(frozen=True)
+class SensitiveRow:
+    id: str
+    formula: str
+    prediction: float | None
+    grad_norm: float
+    relative: float | None  # ‖∇θ f‖ / the ID sample's median ‖∇θ f‖
+    extra: dict[str, float | None] = field(default_factory=dict)  # column -> value (per_compound_columns)
+
+
+def sensitive_compounds(result: AuditResult, split: str, n: int = N_WORST) -> list[SensitiveRow]:
+    """The ``n`` compounds of a split's label-free sample whose predictions move most with the weights (largest
+    ‖∇θ f‖, ties in sample order), each with its formula and prediction (stored with the sample from results
+    schema 1.8), its norm over the ID sample's median ‖∇θ f‖, and the other per-compound values joined by id
+    (:func:`per_compound_columns`; the gradient norm's own column left out). Empty without label-free probes.
+
+    What it is not: a list of the worst predictions. It needs no label and says which predictions are most
+    sensitive to the weights; no study has shown yet that it ranks a compound's error."""
+    lf = result.label_free
+    part = lf.splits.get(split) if lf is not None else None
+    if part is None or not part.grad_norms or len(part.sample_ids) != len(part.grad_norms):
+        return []
+    same = len(part.sample_formulas) == len(part.sample_ids)
+    preds = part.sample_predictions if len(part.sample_predictions) == len(part.sample_ids) else []
+    ref = lf.splits.get("id")
+    finite_ref = [g for g in (ref.grad_norms if ref is not None else []) if g is not None and math.isfinite(g)]
+    median = float(statistics.median(finite_ref)) if finite_ref else None
+    columns = {k: v for k, v in per_compound_columns(result, split).items() if not k.startswith("‖∇θ f‖")}
+    order = sorted((i for i, g in enumerate(part.grad_norms) if g is not None and math.isfinite(g)),
+                   key=lambda i: (-part.grad_norms[i], i))
+    rows = []
+    for i in order[:n]:
+        cid, g = str(part.sample_ids[i]), float(part.grad_norms[i])
+        rows.append(SensitiveRow(id=cid, formula=part.sample_formulas[i] if same else "",
+                                 prediction=preds[i] if preds else None, grad_norm=g,
+                                 relative=g / median if median else None,
+                                 extra={label: values.get(cid) for label, values in columns.items()}))
     return rows
 
 

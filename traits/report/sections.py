@@ -576,6 +576,12 @@ def label_free_context(result: AuditResult) -> dict[str, Any]:
                "interval": interval_of(result, k), "unit": info[k].unit}
               for k in label_free_names() if k in result.ratios]
     rows = _lf_rows(result, splits)
+    from traits.report.compounds import column_note, sensitive_compounds
+
+    sensitive = {s: sensitive_compounds(result, s) for s in ("ood", "id") if s in parts}
+    sensitive = {s: v for s, v in sensitive.items() if v}
+    sensitive_extra = list(dict.fromkeys(c for v in sensitive.values() for r in v for c, x in r.extra.items()
+                                         if x is not None))
     kinds = [q["interval"]["kind"] for q in ratios if q["interval"] and q["interval"]["kind"]]
     kinds += [v.kind for row in rows for v in row["values"] if v.has_interval and v.kind]
     return {"lf": {
@@ -585,6 +591,10 @@ def label_free_context(result: AuditResult) -> dict[str, Any]:
         "surface_n": {s: part.surface_samples for s, part in parts.items()},
         "topology": {s: part.topology for s, part in parts.items() if part.topology},
         "unit_sq": loss_unit(result.unit, "mse"), "decades": LABEL_FREE_DECADES,
+        "sensitive": {"splits": list(sensitive), "rows": sensitive, "extra": sensitive_extra,
+                      "notes": [n for n in (column_note(c) for c in sensitive_extra) if n],
+                      "formula": any(r.formula for v in sensitive.values() for r in v),
+                      "prediction": any(r.prediction is not None for v in sensitive.values() for r in v)},
     }}
 
 
