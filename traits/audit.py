@@ -1317,6 +1317,7 @@ class AuditContext:
     surface: SurfaceResult | None = None
     uncertainty: UncertaintyResult | None = None
     label_free_result: LabelFreeResult | None = None
+    compile_plan: dict | None = None  # probes.surface.compile: auto, the decision (provenance.compile)
 
     @property
     def label_free(self) -> bool:
@@ -1428,15 +1429,47 @@ def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
             ctx.walls[f"hessian_{split}"] = time.perf_counter() - t
         sub = subsample(graphs, spec.probes.surface.max_samples, stream(spec, "surface_subsample", k))
         obj = SplitObjective(ctx.model, ctx.batches_of(sub), loss=spec.probes.loss,
-                             hvp_method=spec.probes.hessian.hvp, compile_loss=spec.probes.surface.compile)
+                             hvp_method=spec.probes.hessian.hvp, compile_loss=spec.probes.surface.compile is True)
         ctx.objectives[split] = obj
         ctx.loss0[split] = json_float(obj.loss())
+        if spec.probes.surface.compile == "auto":
+            _decide_compile(ctx, obj, k)
         if spec.probes.surface.enabled and len(sub) >= 2:  # the radius's jackknife over structure groups
             rng = np.random.default_rng(stream(spec, "surface_groups", k))
             groups = assign_groups(len(sub), rng)
             ctx.surface_groups[split] = [ctx.batches_of([sub[i] for i in g]) for g in groups]
         if obj.compiled:  # the compile time of the first call (probes.surface.compile)
             ctx.walls[f"compile_{split}"] = obj.compile_seconds
+
+
+def _decide_compile(ctx: AuditContext, obj, index: int) -> None:
+    """``probes.surface.compile: auto``: on the first split, time one loss evaluation at θ (after the first, which
+    also checks the fast forward) and compile when :func:`traits.probes.surface.compile_pays` says the planned
+    evaluations of every split repay it; a later split follows that decision (the compile is then already paid).
+    The decision and its numbers go to ``provenance.compile``."""
+    from traits.probes.surface import COMPILE_SAVING, COMPILE_SECONDS, compile_pays, planned_evaluations
+
+    spec = ctx.spec
+    if index == 0:
+        t = time.perf_counter()
+        obj.loss()
+        seconds = time.perf_counter() - t
+        planned = planned_evaluations(spec.probes.surface, len(spec.probes.splits))
+        wanted = spec.probes.surface.enabled and ctx.device.type == "cpu" and compile_pays(planned, seconds)
+        ctx.compile_plan = {
+            "mode": "auto", "compile": wanted, "planned_evaluations": planned, "seconds_per_evaluation": seconds,
+            "expected_saving_s": planned * seconds * COMPILE_SAVING, "expected_compile_s": COMPILE_SECONDS,
+            "why": ("compiled: the planned evaluations repay the compile" if wanted else
+                    "not compiled: " + ("the surfaces are off" if not spec.probes.surface.enabled else
+                                        "on a GPU the plain loss is kept" if ctx.device.type != "cpu" else
+                                        "the planned evaluations would not repay the compile"))}
+    plan = ctx.compile_plan or {}
+    if plan.get("compile"):
+        obj.compiled = None  # compiled on its next evaluation without gradients, if it matches the plain loss
+        obj.loss()
+        plan.setdefault("compiled", {})[ctx.spec.probes.splits[index]] = bool(obj.compiled)
+        if obj.compile_error:
+            plan.setdefault("errors", {})[ctx.spec.probes.splits[index]] = obj.compile_error
 
 
 def _stage_surfaces(ctx: AuditContext) -> None:
@@ -1537,7 +1570,7 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         checkpoint_format=spec.model.format if ctx.adapter is None else spec.model.architecture,
         checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
-        split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(),
+        split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(), compile=ctx.compile_plan or {},
     )
     shift = ctx.shift
     result = AuditResult(

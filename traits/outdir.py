@@ -1,7 +1,7 @@
 """The output-folder policy: one folder, one audit, one writer at a time.
 
 - **One audit per folder.** An audit marks its folder with ``.traits-audit.json`` (the spec, its hash and
-  name). A later audit of the *same* spec (the spec minus ``report.out_dir`` and ``report.formats``)
+  name). A later audit of the *same* spec (the spec minus :data:`IGNORED_FIELDS`)
   resumes there; an audit of another spec is refused (exit 2) unless ``overwrite`` is set, which first
   removes every artefact an audit writes (:data:`OWNED_FILES`, :data:`OWNED_DIRS`) and nothing else. A
   folder without the marker is judged by its ``results.json`` (folders written before the marker existed);
@@ -47,8 +47,9 @@ REPORT_FILES = ("report.html", "report.pdf")
 PURPOSE_LIMIT = 200
 #: A lock file longer than this is not one TRAITS wrote: it is read as unreadable (held).
 LOCK_READ_LIMIT = 64 << 10
-#: Spec fields that do not change what an audit measures (where it is written, which formats).
-IGNORED_FIELDS = (("report", "out_dir"), ("report", "formats"))
+#: Spec fields that do not change what an audit measures (where it is written, which formats, whether the surface
+#: losses run compiled: the compiled loss is used only where it equals the plain one to 1e-5).
+IGNORED_FIELDS = (("report", "out_dir"), ("report", "formats"), ("probes", "surface", "compile"))
 
 
 # ------------------------------------------------------------------------------------------ identity
@@ -57,9 +58,12 @@ IGNORED_FIELDS = (("report", "out_dir"), ("report", "formats"))
 def audit_identity(spec_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a spec (as a JSON-mode dict) that define the audit."""
     ident = copy.deepcopy(spec_dict) if isinstance(spec_dict, dict) else {}
-    for section, key in IGNORED_FIELDS:
-        if isinstance(ident.get(section), dict):
-            ident[section].pop(key, None)
+    for *sections, key in IGNORED_FIELDS:
+        node = ident
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     return ident
 
 

@@ -71,6 +71,9 @@ class Provenance(_Result):
                               "results written before it was recorded")
     threads: dict[str, Any] = Field(default_factory=dict, description="torch threads and the OpenMP wait policy "
                                     "chosen at start, with why (traits.threads); empty in results written before")
+    compile: dict[str, Any] = Field(default_factory=dict, description="probes.surface.compile: auto, whether the "
+                                    "surface loss was compiled and why (planned evaluations, measured seconds of one, "
+                                    "expected saving and compile cost; schema 1.8); empty otherwise")
 
 
 class SplitStats(_Result):

@@ -390,13 +390,17 @@ class SurfaceSpec(_Strict):
     directions_1d: int = Field(2, ge=1, le=32, description="Random directions for the 1D curves.")
     two_d: bool = Field(True, description="Also compute the 2D surface.")
     include_bias_and_norm: bool = Field(False, description="Perturb biases and normalisation layers too.")
-    tolerance: float = Field(0.1, gt=0, description="τ: the robust region keeps L ≤ (1+τ)·L(θ).")
+    tolerance: float = Field(0.1, gt=0, description="τ: the band δ = τ·L_ID(θ), one absolute band for every split; "
+                             "the robust region keeps L ≤ L(θ) + δ (traits.probes.metrics.band).")
     sharpness_radius: float = Field(0.1, gt=0, description="ε of the sharpness metric.")
     chunk_size: int | None = Field(None, ge=1, le=100_000, description="Grid points per pass (auto when empty).")
-    compile: bool = Field(False, description="Evaluate the surface losses with a torch.compile-d (inductor) loss, "
-                          "used only if it matches the uncompiled loss at θ (relative 1e-5); its compile time is "
-                          "recorded. Off by default: on a 2-core CPU a surface point was 1.5-1.7x faster, after a "
-                          "12-24 s compile that pays off only on large grids or several surfaces.")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="Evaluate the surface losses with a torch.compile-d (inductor) loss, used only if it "
+        "matches the uncompiled loss at θ (relative 1e-5); its compile time is recorded. 'auto' (default): compile "
+        "when the audit's planned surface evaluations, at the measured time of one, would save more than a compile "
+        "costs (traits.probes.surface.compile_pays; the decision and its numbers are in provenance.compile); on a "
+        "2-core CPU a point was 1.5-1.7x faster after a 12-27 s compile. It changes no number beyond rounding, so "
+        "it is not part of what makes two audits the same.")
     max_samples: int | None = Field(1024, gt=0, le=MAX_STRUCTURES, description="Subsample each split for the surfaces.")
     zoom_points: int = Field(
         13, ge=0, le=101, description="When the robust basin around θ spans fewer than 5 cells of the 2D grid, also "

@@ -219,3 +219,41 @@ def surface_2d(
         if resume_path is not None and unsaved:
             _save_partial(resume_path, fingerprint, grid, done)
     return grid.to(device=alphas.device, dtype=objective.dtype)
+
+
+# ------------------------------------------------------------------------------------------ compile or not
+
+#: The seconds one inductor compile of the per-batch loss is taken to cost (measured on the 2-core CPU: 12-27 s,
+#: the lower end with inductor's on-disk cache holding an earlier compile; bench/README.md).
+COMPILE_SECONDS = 20.0
+#: The share of a loss evaluation's time the compiled loss is taken to save (measured: the compiled loss ran at
+#: 0.50-0.58 of the fast forward's time per point on the 2-core CPU, and the quickstart's surfaces at 0.56; the
+#: saving is taken as 0.4, below those).
+COMPILE_SAVING = 0.4
+
+
+def compile_pays(planned_evaluations: int, seconds_per_evaluation: float, *,
+                 compile_seconds: float = COMPILE_SECONDS, saving: float = COMPILE_SAVING) -> bool:
+    """Whether compiling the surface loss is expected to save time (``probes.surface.compile: auto``):
+
+        planned_evaluations · seconds_per_evaluation · saving  >  compile_seconds,
+
+    the time the compiled loss would save on the evaluations still to come against what compiling it costs. The
+    compile is paid once per process (a second split reuses it), so ``planned_evaluations`` counts every split's.
+    A non-finite or non-positive time never compiles."""
+    if not (seconds_per_evaluation > 0 and seconds_per_evaluation < float("inf")):
+        return False
+    return planned_evaluations * seconds_per_evaluation * saving > compile_seconds
+
+
+def planned_evaluations(surface, n_splits: int) -> int:
+    """The loss evaluations the surface probe is expected to make (``surface``: a spec's ``probes.surface``), over
+    ``n_splits`` splits: the 1D curves, the random 2D grid, the Hessian-eigenvector plane and the zoomed grid (as if
+    the basin needed it). Gradients and perturbations are left out (they differentiate, and are never compiled)."""
+    if not surface.enabled:
+        return 0
+    per_split = surface.directions_1d * surface.points_1d
+    if surface.two_d:
+        per_split += surface.points_2d ** 2 * (2 if surface.directions == "hessian" else 1)
+        per_split += surface.zoom_points ** 2
+    return per_split * n_splits

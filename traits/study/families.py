@@ -85,6 +85,7 @@ STUDY_PROFILE: dict[str, Any] = {
     "probes.surface.points_1d": 31,
     "probes.surface.points_2d": 21,
     "probes.shift.max_train": 5000,
+    "probes.surface.compile": False,  # as study 1 ran; a study's audits run alike, not by a timing decision
     "report.formats": ["json", "html"],
 }
 #: A pipeline check only (never evidence): the bundled sample's scale, one epoch, tiny probes.
@@ -104,7 +105,8 @@ TINY_PROFILE: dict[str, Any] = {
 #: ones, on the same structures.
 V2_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True,
                               "probes.shift.density_components": 10,
-                              "probes.surface.gradient_1d": True, "probes.surface.perturbations": 32}
+                              "probes.surface.gradient_1d": True, "probes.surface.perturbations": 32,
+                              "probes.surface.compile": True}  # every second-pass audit alike, and faster
 #: Study v2's first pass: training (the checkpoint is kept), accuracy, domain shift and the label-free probes;
 #: the labelled Hessians and surfaces run later on the kept checkpoints (``traits study reprobe``, profile v2).
 V2_LABEL_FREE_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.enabled": True,
