@@ -461,15 +461,8 @@ def compute_shift(
     train_y = ys.get("train", np.zeros(0))
     if not train_given:
         spaces = {}
-    elif train_y.size == 0:
-        notes.append("the training split has no targets: the target shift was not measured")
-    elif float(train_y.std()) == 0.0:
-        notes.append(f"the training targets are constant (every one is {train_y[0]:.4g}): they have no spread, "
-                     "so the spread-scaled target shift is undefined and any other value lies outside their range")
-    for s in COMPARED:
-        if train_y.size and ys[s].size:
-            for key, value in target_shift(train_y, ys[s]).items():
-                setattr(splits[s], key, value)
+    else:
+        _fill_target_shift(train_y, ys, splits, notes)
 
     n_train_used = 0
     for name, by_split in (spaces or {}).items():
@@ -492,6 +485,20 @@ def compute_shift(
         splits=splits, ratios=ratios, samples=samples, thresholds=dict(thresholds or {}),
         problems=list(dict.fromkeys(notes)), density=density,
     )
+
+
+def _fill_target_shift(train_y: np.ndarray, ys: Mapping[str, np.ndarray], splits: dict, notes: list[str]) -> None:
+    """Each compared split's target shift against the training targets (:func:`target_shift`), or the note that
+    says why it cannot be measured."""
+    if train_y.size == 0:
+        notes.append("the training split has no targets: the target shift was not measured")
+    elif float(train_y.std()) == 0.0:
+        notes.append(f"the training targets are constant (every one is {train_y[0]:.4g}): they have no spread, "
+                     "so the spread-scaled target shift is undefined and any other value lies outside their range")
+    for s in COMPARED:
+        if train_y.size and ys[s].size:
+            for key, value in target_shift(train_y, ys[s]).items():
+                setattr(splits[s], key, value)
 
 
 def embedding_density(by_split: Mapping[str, np.ndarray], max_components: int, *, seed: int = 0,
