@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_audit import QUICKSTART, SMALL
@@ -116,3 +117,27 @@ def test_other_probe_draws_are_not_paired_and_say_so(audits):
     assert any(f.id == "same_checkpoint" for f in comparison.findings)
     assert any(f.id == "unpaired" and "Hessian" in f.statement for f in comparison.findings)
     assert not {r.interval for r in comparison.rows if r.key == "lambda_ratio"} & {"identical inputs"}
+
+
+def test_the_embedding_distances_pair_by_compound_id(audits):
+    """B's distance sample stored in another order (ids kept beside their distances) gives the same paired change;
+    a sample of other compounds is not paired at all."""
+    from traits.pairing import shift_change
+
+    a, _, b, _ = audits
+    assert a.shift.samples["ood"].ids.get("embedding"), "the audits store the ids of their distance samples"
+    base = shift_change(a, b, "embedding_knn_ratio")
+    assert base is not None and base.kind == "paired bootstrap over compounds"
+    shuffled = b.model_copy(deep=True)
+    for s in ("id", "ood"):
+        sample = shuffled.shift.samples[s]
+        ids, dist = sample.ids["embedding"], sample.distances["embedding"]
+        order = np.random.default_rng(4).permutation(len(ids))
+        sample.ids["embedding"] = [ids[i] for i in order]
+        sample.distances["embedding"] = [dist[i] for i in order]
+    again = shift_change(a, shuffled, "embedding_knn_ratio")
+    assert (again.low, again.high) == pytest.approx((base.low, base.high), rel=1e-12)
+    foreign = b.model_copy(deep=True)
+    n = len(foreign.shift.samples["ood"].ids["embedding"])
+    foreign.shift.samples["ood"].ids["embedding"] = [f"x-{i}" for i in range(n)]
+    assert shift_change(a, foreign, "embedding_knn_ratio") is None

@@ -242,6 +242,12 @@ def shift_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
             arrays[label, s] = np.asarray(sample.distances[space], dtype=float)
     if any(arrays["a", s].size != arrays["b", s].size or arrays["a", s].size < 2 for s in ("id", "ood")):
         return None
+    for s in ("id", "ood"):  # samples that store their compounds' ids are paired by id, never by position alone
+        order = _same_compounds(a.shift.samples[s].ids.get(space), b.shift.samples[s].ids.get(space))
+        if order is False:
+            return None
+        if order is not None:
+            arrays["b", s] = arrays["b", s][order]
     va, vb = a.ratios.get(key), b.ratios.get(key)
     if va is None or vb is None:
         return None
@@ -257,6 +263,18 @@ def shift_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
         draws.append(rb - ra)
     lo, hi = percentile_interval(np.asarray(draws))
     return Change(delta, lo, hi, "paired bootstrap over compounds")
+
+
+def _same_compounds(ids_a, ids_b) -> list[int] | None | bool:
+    """How to put B's sample in A's compound order: the positions in B of A's ids; None when either sample stores
+    no ids (results before schema 1.8: their samples, drawn alike from the same compounds, pair by position);
+    False when the ids are not the same compounds, once each (then the samples cannot be paired)."""
+    if not ids_a or not ids_b:
+        return None
+    if len(ids_a) != len(ids_b) or len(set(ids_a)) != len(ids_a) or set(ids_a) != set(ids_b):
+        return False
+    at = {cid: i for i, cid in enumerate(ids_b)}
+    return [at[cid] for cid in ids_a]
 
 
 def paired_change(a: AuditResult, b: AuditResult, key: str) -> Change | None:
