@@ -258,8 +258,10 @@ _METRICS: tuple[Metric, ...] = (
     Metric("smad_ratio", "SMAD", "landscape", report_label="SMAD (saddle-minimum average distance)",
            source="metrics.smad",
            description="Saddle-minimum average distance of the random-plane 2D surface (Landscaper's definition), "
-           "OOD over ID: proposed as a sign of a rougher landscape out of distribution; not yet measured by a "
-           "study, so it warns only."),
+           "OOD over ID: proposed (Landscaper, 2026) as a sign of poor OOD generalisation. On study 1's 150 MP "
+           "omission audits the claim is not supported (per-task ρ with the MAE ratio 0.15 [-0.17, 0.44], partial "
+           "given the loss at θ -0.16 [-0.39, 0.19]; AUROC 0.60, below the embedding kNN's; "
+           "docs/study/landscaper-v1), so it warns only."),
     Metric("smad_normalized_ratio", "SMAD / loss range", "landscape", report_label="SMAD over the loss range",
            source="metrics.smad_normalized", description="SMAD divided by the surface's loss range, OOD over ID."),
     Metric("plane_smad_ratio", "SMAD (eigenvector plane)", "landscape", report_label="SMAD, eigenvector plane",
