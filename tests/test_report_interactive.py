@@ -282,3 +282,21 @@ def test_an_audit_with_report_interactive_writes_the_page_beside_a_script_free_r
     assert again["interactive"] == tmp_path / "b" / "report-interactive.html" and again["interactive"].is_file()
     result.spec["report"]["interactive"] = False
     assert "interactive" not in render_report(result, tmp_path / "c", formats=("html",))
+
+
+def test_compound_rows_carry_the_per_compound_values_joined_by_id():
+    """The embedding distance stored beside each compound's id appears in that compound's row, in any order the
+    sample keeps; a result whose sample stores no ids gets no such column."""
+    result = make_result()
+    assert not I.compound_tables(result)[0]["extra"]
+    acc = result.accuracy["ood"]
+    sample = result.shift.samples["ood"]
+    order = list(reversed(range(len(acc.ids))))  # the sample in another order than the accuracy's
+    sample.ids = {"embedding": [acc.ids[i] for i in order]}
+    sample.distances["embedding"] = [float(i) for i in order]  # compound i's distance is i
+    ood = next(t for t in I.compound_tables(result, max_rows=9) if t["split"] == "ood")
+    assert len(ood["extra"]) == 1 and ood["extra"][0].startswith("embedding distance")
+    for row in ood["rows"]:
+        assert row["extra"] == [float(acc.ids.index(row["id"]))]
+    html = I.render_interactive(result)
+    assert "embedding distance to training" in html

@@ -500,7 +500,11 @@ def gate_rows(result: AuditResult) -> list[dict[str, Any]]:
 
 def compound_tables(result: AuditResult, max_rows: int = MAX_COMPOUND_ROWS) -> list[dict[str, Any]]:
     """Per labelled split: its compounds (id, formula, target, prediction, error), the largest absolute errors
-    first, at most ``max_rows``; none for a label-free audit."""
+    first, at most ``max_rows``, with the per-compound values stored elsewhere in the result joined by id
+    (:func:`traits.report.compounds.per_compound_columns`: embedding distance, σ, ‖∇θ f‖; a column only where some
+    listed compound has a value); none for a label-free audit."""
+    from traits.report.compounds import per_compound_columns
+
     if result.mode == "label-free":
         return []
     tables = []
@@ -509,18 +513,27 @@ def compound_tables(result: AuditResult, max_rows: int = MAX_COMPOUND_ROWS) -> l
         n = len(acc.targets)
         if n == 0:
             continue
+        columns = per_compound_columns(result, split)
         rows = []
         for i in range(n):
             target = _finite(acc.targets[i])
             pred = _finite(acc.predictions[i]) if i < len(acc.predictions) else None
             err = pred - target if pred is not None and target is not None else None
-            rows.append({"id": acc.ids[i] if i < len(acc.ids) else f"#{i + 1}",
+            cid = acc.ids[i] if i < len(acc.ids) else None
+            rows.append({"id": cid if cid is not None else f"#{i + 1}",
                          "formula": acc.formulas[i] if i < len(acc.formulas) else "",
                          "target": target, "prediction": pred, "error": err,
-                         "abs_error": abs(err) if err is not None else None})
+                         "abs_error": abs(err) if err is not None else None,
+                         "extra": [_finite(values.get(str(cid))) if cid is not None else None
+                                   for values in columns.values()]})
         rows.sort(key=lambda r: -r["abs_error"] if r["abs_error"] is not None else math.inf)
-        tables.append({"split": split, "label": split_label(split), "n": n, "rows": rows[:max_rows],
-                       "shown": min(n, max_rows), "mae": _finite(acc.mae),
+        shown = rows[:max_rows]
+        keep = [j for j in range(len(columns)) if any(r["extra"][j] is not None for r in shown)]
+        for r in shown:
+            r["extra"] = [r["extra"][j] for j in keep]
+        labels = list(columns)
+        tables.append({"split": split, "label": split_label(split), "n": n, "rows": shown,
+                       "shown": min(n, max_rows), "mae": _finite(acc.mae), "extra": [labels[j] for j in keep],
                        "has_formulas": any(r["formula"] for r in rows), "open": split in ("id", "ood")})
     return tables
 
