@@ -54,10 +54,19 @@ def test_available_cpus_is_the_affinity_capped_by_the_quota(tmp_path, monkeypatc
     assert T.available_cpus(*cgroup(tmp_path / "c", {"cpu.max": "10000 100000\n"}))[0] == 1  # at least one
 
 
-def test_choice_from_the_cpus_with_a_passive_wait_policy():
-    r = T.choose_threads({}, cpus=(3, "3 CPUs in the process's affinity mask"))
-    assert (r["threads"], r["source"], r["wait_policy"]) == (3, "available CPUs", "PASSIVE")
+def test_choice_from_the_cpus_with_a_short_spin_or_a_passive_wait_policy():
+    r = T.choose_threads({}, cpus=(3, "3 CPUs in the process's affinity mask"), platform="linux")
+    assert (r["threads"], r["source"], r["wait_policy"]) == (3, "available CPUs", "GOMP_SPINCOUNT=3000")
     assert "affinity" in r["why"]
+    r = T.choose_threads({}, cpus=(3, "3 CPUs"), platform="darwin")  # not GNU OpenMP: sleep at once
+    assert r["wait_policy"] == "PASSIVE"
+
+
+def test_a_users_spin_count_or_policy_wins():
+    r = T.choose_threads({"GOMP_SPINCOUNT": "0"}, cpus=(2, "2 CPUs"), platform="linux")
+    assert r["wait_policy"] == "GOMP_SPINCOUNT=0" and r["wait_policy_why"].startswith("set by the user")
+    r = T.choose_threads({"GOMP_SPINCOUNT": "0", "OMP_WAIT_POLICY": "active"}, cpus=(2, "2 CPUs"), platform="linux")
+    assert r["wait_policy"] == "ACTIVE"
 
 
 def test_the_users_settings_win():
@@ -88,13 +97,13 @@ from traits.threads import configure_threads
 record = configure_threads()
 import torch
 print(json.dumps({"record": record, "torch": torch.get_num_threads(),
-                  "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}}))
+                  "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}}))
 """
 
 
 def configure(**env: str) -> dict:
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "TRAITS_THREADS",
+             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "TRAITS_THREADS",
                           "TRAITS_THREADS_CHOSEN")}
     proc = subprocess.run([sys.executable, "-c", CONFIGURE], cwd=ROOT, env=clean | env, capture_output=True,
                           text=True, timeout=120, check=True)
@@ -111,7 +120,8 @@ def test_configure_sets_torch_before_it_starts():
     limit = T.cgroup_cpu_limit()
     cpus = max(1, min(cpus, math.ceil(limit))) if limit is not None else cpus
     assert out["record"]["threads"] == cpus == out["torch"]
-    assert out["env"] == {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}
+    assert out["env"] == {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "3000"}
+    assert out["record"]["wait_policy"] == "GOMP_SPINCOUNT=3000"
 
 
 def test_a_users_mkl_thread_count_is_their_choice_and_the_record_is_what_torch_runs():

@@ -10,8 +10,13 @@ So, once, at the start of the command line (and of the Python API's entry points
   ``cpu.cfs_period_us``) rounded up;
 - sets torch's thread count to that number (``OMP_NUM_THREADS`` before torch is imported, then
   ``torch.set_num_threads``), unless the user chose: ``TRAITS_THREADS`` wins, then ``OMP_NUM_THREADS``;
-- sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning) unless the user set a policy. It
-  applies only when torch has not been imported yet (OpenMP reads it once, when its pool starts).
+- bounds how long waiting OpenMP threads spin before they sleep, unless the user set a policy (``OMP_WAIT_POLICY``
+  or ``GOMP_SPINCOUNT``): on Linux, where torch's wheels run GNU OpenMP, ``GOMP_SPINCOUNT=3000`` (a short spin, then
+  sleep: :data:`SPIN_COUNT`); elsewhere ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once). It applies only when torch has
+  not been imported yet (OpenMP reads it once, when its pool starts). Measured on the 2-core machine
+  (bench/README.md, "Threads under contention"): torch's default spin ran an HVP in 5.8 ms alone and 127 ms beside
+  two busy processes; the passive policy 10.2 ms and 13.1 ms, and made the quickstart's audit 95 s instead of 58 s
+  on the idle machine; the short spin 6.3 ms and 18.2 ms, and the quickstart's audit 65 s.
 
 It returns a record of the choice (:func:`thread_record`): threads, wait policy, where each came from and why, for
 results.json. Nothing here imports torch.
@@ -34,8 +39,14 @@ OMP_THREADS_ENV = "OMP_NUM_THREADS"
 OMP_WAIT_ENV = "OMP_WAIT_POLICY"
 #: MKL's thread count, which torch also reads when it starts (a lower one wins over OMP_NUM_THREADS).
 MKL_THREADS_ENV = "MKL_NUM_THREADS"
-#: The wait policy TRAITS sets: waiting threads sleep, so a loaded machine's CPUs go to threads with work.
+#: The wait policy TRAITS sets where GNU OpenMP's spin count does not apply: waiting threads sleep, so a loaded
+#: machine's CPUs go to threads with work.
 WAIT_POLICY = "PASSIVE"
+#: GNU OpenMP's spin count before a waiting thread sleeps (its default is 300,000): short enough that threads
+#: waiting beside other work give their CPU back, long enough that back-to-back parallel regions of one audit on an
+#: idle machine do not pay a wake-up each.
+SPIN_ENV = "GOMP_SPINCOUNT"
+SPIN_COUNT = 3000
 #: Marks OMP_NUM_THREADS / OMP_WAIT_POLICY as set by TRAITS (not by the user) in this process and the workers it
 #: starts, which inherit the environment.
 _CHOSEN_ENV = "TRAITS_THREADS_CHOSEN"
@@ -126,11 +137,14 @@ def _count(environ: Mapping[str, str], key: str) -> int | None:
     return int(text)
 
 
-def choose_threads(environ: Mapping[str, str] | None = None, cpus: tuple[int, str] | None = None) -> dict:
+def choose_threads(environ: Mapping[str, str] | None = None, cpus: tuple[int, str] | None = None,
+                   platform: str | None = None) -> dict:
     """The thread count and wait policy for this process, and why (see the module docstring); sets nothing.
 
-    ``cpus``: (count, how counted) instead of :func:`available_cpus`, for tests."""
+    ``cpus``: (count, how counted) instead of :func:`available_cpus`, ``platform`` instead of ``sys.platform``, for
+    tests."""
     environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
     chosen = environ.get(_CHOSEN_ENV, "")
     own = _count(environ, THREADS_ENV)
     omp = None if "threads" in chosen.split(",") else _count(environ, OMP_THREADS_ENV)
@@ -144,13 +158,25 @@ def choose_threads(environ: Mapping[str, str] | None = None, cpus: tuple[int, st
     else:
         count, counted = cpus if cpus is not None else available_cpus()
         threads, source, why = count, "available CPUs", counted
-    user_policy = None if "policy" in chosen.split(",") else (environ.get(OMP_WAIT_ENV) or "").strip() or None
+    user_policy, user_spin = (None, None) if "policy" in chosen.split(",") else (
+        (environ.get(OMP_WAIT_ENV) or "").strip() or None, (environ.get(SPIN_ENV) or "").strip() or None)
     if user_policy is not None:
         policy, policy_why = user_policy.upper(), f"set by the user ({OMP_WAIT_ENV}={user_policy})"
+    elif user_spin is not None:
+        policy, policy_why = f"{SPIN_ENV}={user_spin}", f"set by the user ({SPIN_ENV}={user_spin})"
+    elif _gnu_openmp(platform):
+        policy, policy_why = f"{SPIN_ENV}={SPIN_COUNT}", "waiting threads spin briefly, then sleep, so other work " \
+                                                         "on the cores does not stall the audit nor an idle machine " \
+                                                         "wake them for every step"
     else:
         policy, policy_why = WAIT_POLICY, "waiting threads sleep instead of spinning, so other work on the cores " \
                                           "does not stall the audit"
     return {"threads": threads, "source": source, "why": why, "wait_policy": policy, "wait_policy_why": policy_why}
+
+
+def _gnu_openmp(platform: str) -> bool:
+    """Whether torch's OpenMP runtime here is GNU's (libgomp, which reads GOMP_SPINCOUNT): torch's Linux wheels."""
+    return platform.startswith("linux")
 
 
 def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict:
@@ -175,7 +201,11 @@ def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict:
             record["wait_policy"] = None
             record["wait_policy_why"] = "not set: torch had started before TRAITS could set it"
         else:
-            environ[OMP_WAIT_ENV] = WAIT_POLICY
+            name, _, value = record["wait_policy"].partition("=")
+            if value:  # the spin count (GNU OpenMP)
+                environ[name] = value
+            else:
+                environ[OMP_WAIT_ENV] = record["wait_policy"]
             marks.add("policy")
     if marks:
         environ[_CHOSEN_ENV] = ",".join(sorted(marks))
