@@ -271,17 +271,10 @@ def audit_row(task: str, result) -> dict:
     return row
 
 
-def result_files(paths: Iterable) -> list[Path]:
-    """Every ``results.json`` under the given folders (sorted), or the files as given."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        out += sorted(p.rglob("results.json")) if p.is_dir() else [p]
-    return out
-
-
 def rows_from_results(paths: Iterable, log: Callable[[str], None] = lambda _m: None) -> list[dict]:
     """A row per ``results.json`` (the task is its folder's name, as study 1 names it)."""
     from traits.results import load_result
+    from traits.study.v2 import result_files
 
     rows = [audit_row(p.parent.name, load_result(p)) for p in result_files(paths)]
     log(f"{len(rows)} audits read")
