@@ -1451,14 +1451,17 @@ def _decide_compile(ctx: AuditContext, obj, index: int) -> None:
 
     spec = ctx.spec
     if index == 0:
-        t = time.perf_counter()
-        obj.loss()
-        seconds = time.perf_counter() - t
         planned = planned_evaluations(spec.probes.surface, len(spec.probes.splits))
-        wanted = spec.probes.surface.enabled and ctx.device.type == "cpu" and compile_pays(planned, seconds)
+        seconds = None
+        if spec.probes.surface.enabled and ctx.device.type == "cpu":  # only then is the evaluation worth timing
+            t = time.perf_counter()
+            obj.loss()
+            seconds = time.perf_counter() - t
+        wanted = seconds is not None and compile_pays(planned, seconds)
         ctx.compile_plan = {
             "mode": "auto", "compile": wanted, "planned_evaluations": planned, "seconds_per_evaluation": seconds,
-            "expected_saving_s": planned * seconds * COMPILE_SAVING, "expected_compile_s": COMPILE_SECONDS,
+            "expected_saving_s": None if seconds is None else planned * seconds * COMPILE_SAVING,
+            "expected_compile_s": COMPILE_SECONDS,
             "why": ("compiled: the planned evaluations repay the compile" if wanted else
                     "not compiled: " + ("the surfaces are off" if not spec.probes.surface.enabled else
                                         "on a GPU the plain loss is kept" if ctx.device.type != "cpu" else
