@@ -247,3 +247,51 @@ def test_surface_rejects_mismatched_directions(problem):
         surface_1d(obj, {"lin.weight": torch.zeros(2, D, dtype=DT)}, torch.zeros(3, dtype=DT))
     with pytest.raises(ProbeError):
         surface_1d(obj, {}, torch.zeros(3, dtype=DT))
+
+
+# ----------------------------------------------------------------------------------- per-structure terms
+@pytest.mark.parametrize("kind", ["mse", "mae"])
+@pytest.mark.parametrize("chunk", [1, 4, None])
+def test_per_sample_curve_gives_each_structure_its_closed_form_term(problem, kind, chunk):
+    """surface_1d(per_sample=True): row a holds every structure's own loss term at θ + a·d (the linear model's
+    residual squared or absolute, by hand), over both batches in order, by loop (chunk 1) and by vmap."""
+    model, x, y, plain = problem
+    obj = SplitObjective(model, plain.batches, loss=kind)
+    d = {"lin.weight": torch.randn(1, D, generator=gen(5), dtype=DT)}
+    alphas = torch.linspace(-1.0, 1.0, 9, dtype=DT)
+    terms = surface_1d(obj, d, alphas, chunk_size=chunk, per_sample=True)
+    w = model.lin.weight.detach().reshape(-1)
+    r = (x @ w - y)[None, :] + alphas[:, None] * (x @ d["lin.weight"].reshape(-1))[None, :]
+    expected = r * r if kind == "mse" else r.abs()
+    assert terms.shape == (9, 30)
+    assert torch.allclose(terms, expected, rtol=1e-12, atol=1e-14)
+    # their mean is the curve the plain path draws
+    assert torch.allclose(terms.mean(dim=1), surface_1d(obj, d, alphas, chunk_size=chunk), rtol=1e-12)
+
+
+def test_radius_jackknife_from_terms_equals_one_objective_per_group(problem):
+    """The audit's radius jackknife reads each group's curve off the per-structure terms; evaluating a separate
+    objective on each group's own batch (how the groups were measured before) gives the same jackknife."""
+    import numpy as np
+
+    from traits.audit import radius_jackknife
+    from traits.probes.sampling import assign_groups
+    from traits.probes.sampling import radius_jackknife as reference_jackknife
+
+    model, x, y, obj = problem
+    dirs = [{"lin.weight": torch.randn(1, D, generator=gen(s), dtype=DT)} for s in (6, 7)]
+    alphas = torch.linspace(-2.0, 2.0, 21, dtype=DT)
+    groups = [list(map(int, g)) for g in assign_groups(obj.n_samples, np.random.default_rng(2), max_groups=6)]
+    terms = [surface_1d(obj, d, alphas, per_sample=True) for d in dirs]
+    curves = [(t.sum(dim=1) / obj.n_samples).tolist() for t in terms]
+    band = 0.2 * float(obj.loss())
+    got = radius_jackknife(groups, terms, alphas, curves, band)
+
+    group_objs = [SplitObjective(model, [types.SimpleNamespace(x=x[g], y=y[g])]) for g in groups]
+    per_group = [[surface_1d(o, d, alphas).tolist() for d in dirs] for o in group_objs]
+    ref = reference_jackknife(alphas.tolist(), [surface_1d(obj, d, alphas).tolist() for d in dirs], per_group,
+                              [len(g) for g in groups], band)
+    assert got is not None and ref is not None
+    assert got.value == pytest.approx(ref.value, rel=1e-10)
+    assert got.leave_out == pytest.approx(ref.leave_out, rel=1e-10)
+    assert got.stderr == pytest.approx(ref.stderr, rel=1e-8) and got.df == ref.df == 5

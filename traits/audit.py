@@ -455,9 +455,10 @@ def eigen_run(eig) -> EigenRun:
 
 def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
                  progress: ProgressFactory | None, train_objective=None,
-                 group_batches: dict[str, list[list]] | None = None) -> SurfaceResult:
-    """The 1D curves with their refined robust radii (and, with ``group_batches``, the radius's jackknife over
-    structure groups), the 2D grid, its zoom, the eigenvector plane, the landscape statistics and the topology."""
+                 groups: dict[str, list[list[int]]] | None = None) -> SurfaceResult:
+    """The 1D curves with their refined robust radii (and, with ``groups``, each split's structure groups as
+    indices into its objective's samples, the radius's jackknife over them), the 2D grid, its zoom, the
+    eigenvector plane, the landscape statistics and the topology."""
     from traits.probes.metrics import band
     from traits.probes.surface import surface_1d, surface_2d
 
@@ -475,11 +476,16 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
     t0, points = time.perf_counter(), 0
     chunk = s.chunk_size  # None: the engine's default for the device
     for split, obj in objectives.items():
-        curves, radii, censored = [], [], []
+        curves, radii, censored, terms = [], [], [], []
         loss0 = float(obj.loss())
+        grouped = _jackknife_groups(groups, split, obj) if result.band is not None else None
         for k in range(s.directions_1d):
             cb = progress(f"1D surface {split} ({k + 1}/{s.directions_1d})", len(alphas)) if progress else None
-            curve = surface_1d(obj, directions[k], alphas, chunk_size=chunk, progress=cb)
+            if grouped:  # every structure's loss along the line: the curve and each group's curve in one pass
+                terms.append(surface_1d(obj, directions[k], alphas, chunk_size=chunk, progress=cb, per_sample=True))
+                curve = terms[-1].double().sum(dim=1) / obj.n_samples
+            else:
+                curve = surface_1d(obj, directions[k], alphas, chunk_size=chunk, progress=cb)
             curves.append(_grid_to_lists(curve))
             points += len(alphas)
             radius, cens, evals = refined_radius(obj, directions[k], alphas, curve, loss0, result.band)
@@ -487,9 +493,8 @@ def run_surfaces(spec: AuditSpec, model, objectives: dict, out_dir: Path,
             censored.append(cens)
             result.refine_evaluations += evals
         result.curves[split] = curves
-        if group_batches and split in group_batches and result.band is not None:
-            jk = radius_jackknife(spec, model, group_batches[split], directions[:s.directions_1d], alphas, curves,
-                                  result.band)
+        if grouped:
+            jk = radius_jackknife(grouped, terms, alphas, curves, result.band)
             if jk is not None:
                 result.radius_jackknife[split] = jk
         result.radius[split] = radii
@@ -700,20 +705,28 @@ def add_landscape_stats(spec: AuditSpec, objectives: dict, directions: list, res
         result.landscape[split] = LandscapeSplit(**stats.to_dict())
 
 
-def radius_jackknife(spec: AuditSpec, model, group_batches: list[list], directions: list, alphas: torch.Tensor,
-                     curves: list, band: float) -> Jackknife | None:
-    """The robust radius's jackknife over the surface sample's structure groups: each group's loss along every
-    1D direction, then :func:`traits.probes.sampling.radius_jackknife`."""
-    from traits.probes.objective import SplitObjective
-    from traits.probes.sampling import radius_jackknife as jackknife
-    from traits.probes.surface import surface_1d
+def _jackknife_groups(groups: dict[str, list[list[int]]] | None, split: str, obj) -> list[list[int]] | None:
+    """The split's structure groups when they partition its objective's N targets (one per structure), else None."""
+    found = (groups or {}).get(split)
+    if not found or len(found) < 2:
+        return None
+    flat = sorted(i for g in found for i in g)
+    return found if flat == list(range(obj.n_samples)) else None
 
-    objs = [SplitObjective(model, b, loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
-            for b in group_batches]
-    group_curves = [[surface_1d(o, d, alphas, chunk_size=spec.probes.surface.chunk_size).cpu().double().tolist()
-                     for d in directions] for o in objs]
+
+def radius_jackknife(groups: list[list[int]], terms: list[torch.Tensor], alphas: torch.Tensor, curves: list,
+                     band: float) -> Jackknife | None:
+    """The robust radius's jackknife over the surface sample's structure groups: each group's loss along every
+    1D direction is the mean of its structures' loss terms (``terms``: per direction, Tensor[A, N] from
+    :func:`traits.probes.surface.surface_1d` with ``per_sample``), then
+    :func:`traits.probes.sampling.radius_jackknife`."""
+    from traits.probes.sampling import radius_jackknife as jackknife
+
+    index = [torch.as_tensor(g, dtype=torch.long) for g in groups]
+    group_curves = [[t.index_select(1, i.to(t.device)).double().mean(dim=1).cpu().tolist() for t in terms]
+                    for i in index]
     full = [[np.nan if v is None else v for v in c] for c in curves]
-    jk = jackknife(alphas.tolist(), full, group_curves, [o.n_samples for o in objs], band)
+    jk = jackknife(alphas.tolist(), full, group_curves, [len(g) for g in groups], band)
     if jk is None:
         return None
     return Jackknife(value=json_float(jk.value), leave_out=[json_float(v) for v in jk.leave_out],
@@ -1312,7 +1325,7 @@ class AuditContext:
     shift: ShiftResult | None = None
     hessians: dict[str, HessianResult] = field(default_factory=dict)
     objectives: dict[str, object] = field(default_factory=dict)
-    surface_groups: dict[str, list[list]] = field(default_factory=dict)
+    surface_groups: dict[str, list[list[int]]] = field(default_factory=dict)  # indices into each surface sample
     loss0: dict[str, float | None] = field(default_factory=dict)
     surface: SurfaceResult | None = None
     uncertainty: UncertaintyResult | None = None
@@ -1436,8 +1449,7 @@ def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
             _decide_compile(ctx, obj, k)
         if spec.probes.surface.enabled and len(sub) >= 2:  # the radius's jackknife over structure groups
             rng = np.random.default_rng(stream(spec, "surface_groups", k))
-            groups = assign_groups(len(sub), rng)
-            ctx.surface_groups[split] = [ctx.batches_of([sub[i] for i in g]) for g in groups]
+            ctx.surface_groups[split] = [list(map(int, g)) for g in assign_groups(len(sub), rng)]
         if obj.compiled:  # the compile time of the first call (probes.surface.compile)
             ctx.walls[f"compile_{split}"] = obj.compile_seconds
 
@@ -1486,7 +1498,7 @@ def _stage_surfaces(ctx: AuditContext) -> None:
                                                 stream(spec, "plane_train_subsample"))),
             loss=spec.probes.loss, hvp_method=spec.probes.hessian.hvp)
     ctx.surface = run_surfaces(spec, ctx.model, ctx.objectives, ctx.out_dir, ctx.progress,
-                               train_objective=train_objective, group_batches=ctx.surface_groups)
+                               train_objective=train_objective, groups=ctx.surface_groups)
 
 
 def _stage_label_free(ctx: AuditContext) -> None:

@@ -274,14 +274,18 @@ class SplitObjective:
             self._settle("fast_forward", measure, FAST_FORWARD_RTOL)
         return bool(self.fast_forward)
 
-    def _batch_loss(self, full: dict[str, torch.Tensor], batch, y: torch.Tensor, fast: bool) -> torch.Tensor:
+    def _batch_terms(self, full: dict[str, torch.Tensor], batch, y: torch.Tensor, fast: bool) -> torch.Tensor:
+        """Each target's loss term of one batch, flat: (f - y)² (mse) or |f - y| (mae)."""
         pred = self.model.probe_forward(full, batch) if fast else functional_call(self.model, full, (batch,))
         if pred.shape != y.shape:
             if pred.numel() != y.numel():
                 raise ProbeError(f"model predictions have shape {tuple(pred.shape)} but targets {tuple(y.shape)}")
             pred = pred.reshape(y.shape)
         r = pred - y
-        return (r * r).sum() if self.loss_kind == "mse" else r.abs().sum()
+        return (r * r).reshape(-1) if self.loss_kind == "mse" else r.abs().reshape(-1)
+
+    def _batch_loss(self, full: dict[str, torch.Tensor], batch, y: torch.Tensor, fast: bool) -> torch.Tensor:
+        return self._batch_terms(full, batch, y, fast).sum()
 
     def _check_compiled(self, fast: bool) -> bool:
         """Whether the compiled per-batch loss may be used: decided once, by compiling it on the first batch at
@@ -347,13 +351,23 @@ class SplitObjective:
             total = total + self._batch_sum(full, i)
         return total / self.n_samples
 
+    def _terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every target's loss term at ``params`` (no gradients, eval mode), in batch order: Tensor[N]."""
+        full = self._full(params)
+        fast = self.fast_forward is not False and self._check_fast_forward()
+        return torch.cat([self._batch_terms(full, self.batches[i], self.targets[i], fast)
+                          for i in range(len(self.batches))])
+
     def loss(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """L at ``params`` (default theta) as a 0-d tensor without grad; NaN/inf are returned as is."""
         with torch.no_grad(), eval_mode(self.model):
             return self._total(self.params if params is None else params)
 
-    def loss_many(self, param_sets: dict[str, torch.Tensor], chunk_size: int | None = None) -> torch.Tensor:
-        """L at P weight sets, stacked along dim 0 of each ``param_sets[name]``; returns Tensor[P].
+    def loss_many(self, param_sets: dict[str, torch.Tensor], chunk_size: int | None = None, *,
+                  per_sample: bool = False) -> torch.Tensor:
+        """L at P weight sets, stacked along dim 0 of each ``param_sets[name]``; returns Tensor[P], or with
+        ``per_sample`` every target's loss term ℓ_i (L = (1/N) Σ_i ℓ_i) at each set: Tensor[P, N], in batch order
+        (a subset's loss is the mean of its terms, so one pass gives the loss of every group of structures).
 
         Points are evaluated ``chunk_size`` at a time (default: all at once) with ``torch.func.vmap``;
         if vmap fails for this model the failure is remembered and every later call loops over points.
@@ -369,21 +383,24 @@ class SplitObjective:
             raise ProbeError(f"chunk_size must be >= 1, got {chunk_size}")
         step = n_points if chunk_size is None else chunk_size
         self.release_graphs()  # surface grids need the memory more than a sequence of products
-        out = torch.empty(n_points, dtype=self.dtype, device=self.device)
+        shape = (n_points, self.n_samples) if per_sample else (n_points,)
+        out = torch.empty(shape, dtype=self.dtype, device=self.device)
+        fn = self._terms if per_sample else self._total
         with torch.no_grad(), eval_mode(self.model):
             for start in range(0, n_points, max(step, 1)):
                 chunk = {n: param_sets[n][start : start + step] for n in self.names}
-                out[start : start + step] = self._chunk_losses(chunk)
+                out[start : start + step] = self._chunk_losses(chunk, fn)
         return out
 
-    def _chunk_losses(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _chunk_losses(self, chunk: dict[str, torch.Tensor], fn: Callable | None = None) -> torch.Tensor:
+        fn = fn or self._total
         n_points = next(iter(chunk.values())).shape[0]
         if n_points == 1:  # one point per pass: a plain evaluation, no vmap overhead
-            return self._total({n: t[0] for n, t in chunk.items()}).unsqueeze(0)
+            return fn({n: t[0] for n, t in chunk.items()}).unsqueeze(0)
         if self.vmap_ok is not False:
             try:
                 self._vmapping = True
-                values = vmap(self._total, randomness="error")(chunk)
+                values = vmap(fn, randomness="error")(chunk)
                 self.vmap_ok = True
                 return values
             except Exception as exc:  # noqa: BLE001 - any vmap failure means: loop instead
@@ -391,7 +408,7 @@ class SplitObjective:
                 self.vmap_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self._vmapping = False
-        return torch.stack([self._total({n: t[j] for n, t in chunk.items()}) for j in range(n_points)])
+        return torch.stack([fn({n: t[j] for n, t in chunk.items()}) for j in range(n_points)])
 
     # ------------------------------------------------------------------ derivatives
     def _leaves(self) -> dict[str, torch.Tensor]:

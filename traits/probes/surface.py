@@ -77,18 +77,23 @@ def surface_1d(
     alphas: torch.Tensor,
     chunk_size: int | None = None,
     progress: Progress | None = None,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """L(theta + alpha * direction) for every alpha; Tensor[len(alphas)]."""
+    """L(theta + alpha * direction) for every alpha; Tensor[len(alphas)]. With ``per_sample``, every target's loss
+    term ℓ_i(theta + alpha * direction) instead (L is their mean): Tensor[len(alphas), N], in the objective's batch
+    order, so the curve of any group of structures is the mean of its columns, from the same evaluations."""
     _check_coords(alphas, "alphas")
     _check_direction(objective, direction, "d")
     total = alphas.numel()
     step = default_chunk(objective, total) if chunk_size is None else chunk_size
     if step < 1:
         raise ProbeError(f"chunk_size must be >= 1, got {chunk_size}")
-    out = torch.empty(total, dtype=objective.dtype, device=objective.device)
+    shape = (total, objective.n_samples) if per_sample else (total,)
+    out = torch.empty(shape, dtype=objective.dtype, device=objective.device)
     for start in range(0, total, step):
         coeff = alphas[start : start + step]
-        out[start : start + step] = objective.loss_many(_stack_points(objective, [(coeff, direction)]))
+        out[start : start + step] = objective.loss_many(_stack_points(objective, [(coeff, direction)]),
+                                                        per_sample=per_sample)
         if progress is not None:
             progress(min(start + step, total), total)
     return out.to(alphas.device)
