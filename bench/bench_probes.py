@@ -178,6 +178,7 @@ def bench_surface(device_name: str, n_graphs: int, points: int, which: str = "or
     grid_plain, t_plain = timed(lambda: surface_2d(plain, d1, d2, axis, axis).cpu().numpy())
     grid, t_engine = timed(lambda: surface_2d(obj, d1, d2, axis, axis).cpu().numpy())
     t_vmap = timed(lambda: surface_2d(obj, d1, d2, axis, axis, chunk_size=points))[1]  # one row per vmap pass
+    t_scatter = timed_scatter(lambda: surface_2d(obj, d1, d2, axis, axis), timed)
     t_compiled = compile_s = compiled_diff = None
     if compile_:
         comp = SplitObjective(model, batches, loss="mse", compile_loss=True)
@@ -195,13 +196,26 @@ def bench_surface(device_name: str, n_graphs: int, points: int, which: str = "or
         t_forward = timed(lambda: [plain.loss() for _ in range(reps)])[1] / reps  # the uncompiled plain forward
     return {
         "model": name, "n_graphs": len(graphs), "points": points * points, "t_naive": t_naive, "t_ll": t_ll,
-        "t_plain": t_plain, "t_engine": t_engine, "t_vmap": t_vmap, "t_forward": t_forward,
+        "t_plain": t_plain, "t_engine": t_engine, "t_vmap": t_vmap, "t_forward": t_forward, "t_scatter": t_scatter,
         "max_rel_diff": float(np.max(np.abs(grid - ref) / ref)),
         "max_rel_diff_plain": float(np.max(np.abs(grid - grid_plain) / grid_plain)),
         "vmap": obj.vmap_ok, "params": obj.dim, "fast_forward": obj.fast_forward,
         "fast_forward_error": obj.fast_forward_error, "t_compiled": t_compiled, "compile_s": compile_s,
         "compiled_diff": compiled_diff,
     }
+
+
+def timed_scatter(fn, timed) -> float:
+    """Seconds of ``fn`` with the CGCNNs' message sum forced back to the scatter over centre atoms (the fast forward
+    before the (n, k, F) block sum of regular graphs, traits.models.cgcnn.regular_degree)."""
+    import traits.models.cgcnn as cgcnn
+
+    block = cgcnn.regular_degree
+    cgcnn.regular_degree = lambda centre, n_atoms: 0
+    try:
+        return timed(fn)[1]
+    finally:
+        cgcnn.regular_degree = block
 
 
 # ------------------------------------------------------------------------------------ 2. eigenvalues
@@ -293,6 +307,8 @@ def main() -> None:
         rows = [("classic loop (state dict + DataLoader per point)", s["t_naive"]),
                 ("loss-landscapes random_plane (same loss, pre-collated batches)", s["t_ll"]),
                 (f"TRAITS engine, plain forward (chunk {chunk})", s["t_plain"]),
+                (f"TRAITS engine, fast forward, scatter message sum (before the block sum; chunk {chunk})",
+                 s["t_scatter"]),
                 (f"TRAITS engine, default: fast forward={s['fast_forward']} (chunk {chunk})", s["t_engine"]),
                 ("TRAITS engine, one grid row per vmap pass", s["t_vmap"])]
         if s["t_compiled"] is not None:

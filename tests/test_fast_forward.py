@@ -220,3 +220,34 @@ def test_traces_with_batched_products_equal_the_loop(batches):
         assert many.n_hvp == loop.n_hvp
         assert many.estimate == pytest.approx(loop.estimate, rel=1e-9)
         assert many.stderr == pytest.approx(loop.stderr, rel=1e-6)
+
+
+def test_regular_degree_recognises_only_ordered_blocks_of_k():
+    from traits.models.cgcnn import regular_degree
+
+    assert regular_degree(torch.tensor([0, 0, 0, 1, 1, 1]), 2) == 3
+    assert regular_degree(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == 2
+    assert regular_degree(torch.tensor([0, 1, 0, 1]), 2) == 0  # grouped by neighbour, not by centre
+    assert regular_degree(torch.tensor([0, 0, 1, 0, 1, 1]), 2) == 0  # first and last of each block right, not all
+    assert regular_degree(torch.tensor([1, 1, 0, 0]), 2) == 0  # centres out of order
+    assert regular_degree(torch.tensor([0, 0, 0, 1, 1]), 2) == 0  # an atom short of neighbours
+    assert regular_degree(torch.tensor([], dtype=torch.long), 0) == 0
+
+
+@pytest.mark.parametrize("arch,hyper", [CONFIGS[0], CONFIGS[3]])
+def test_both_message_sums_equal_the_plain_forward(batches, arch, hyper, monkeypatch):
+    """The regular-graph sum (each centre's k edges as one (n, k, F) block) and the scatter over centres both give
+    the plain forward; the padded original graph takes the block path, and so does the default graph here (no atom
+    of the sample is short of 12 neighbours within the cutoff), and with the test forced off, the scatter path."""
+    import traits.models.cgcnn as cgcnn
+
+    model = build(arch, hyper, dtype=torch.float64)
+    params = full_params(model)
+    assert all(cgcnn.regular_degree(b.edge_index[1], b.x.shape[0]) == 12 for b in batches)
+    with torch.no_grad():
+        plain = [functional_call(model, params, (b,)) for b in batches]
+        block = [model.probe_forward(params, b) for b in batches]
+        monkeypatch.setattr(cgcnn, "regular_degree", lambda centre, n_atoms: 0)
+        scattered = [model.probe_forward(params, b) for b in batches]
+    for p, x, s in zip(plain, block, scattered):
+        assert torch.allclose(x, p, rtol=1e-12) and torch.allclose(s, p, rtol=1e-12)
