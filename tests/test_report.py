@@ -333,6 +333,7 @@ def test_loss_jumps_are_marked_on_the_1d_curves(monkeypatch):
         return real(alphas, sets, tolerance, **kwargs)
 
     monkeypatch.setattr(F, "curves_1d_figure", spy)
+    monkeypatch.setenv("TRAITS_REPORT_WORKERS", "1")  # the spy records in the process that draws the figure
     result = make_result()
     from traits.results import LandscapeSplit
 

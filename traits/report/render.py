@@ -6,15 +6,33 @@ the text comes from Jinja2 templates in the top-level ``templates/`` directory (
 HTML embeds its CSS and its figures (SVG data URIs), and the PDF is typeset by WeasyPrint with figures
 as 200 dpi PNGs and a URL fetcher that can only read the bundled templates: a report never touches
 the network.
+
+Most of a report's time goes into drawing its figures, so they are built in worker processes when more than
+one CPU is available to this process (:func:`traits.threads.available_cpus`): one worker per CPU, at most one
+per figure (:func:`figure_workers`). ``TRAITS_REPORT_WORKERS=N`` sets the number of workers (``1``: none, every
+figure is drawn in this process, as ``render_report(..., workers=1)`` does). Workers are forked (Linux only;
+elsewhere, inside a daemonic process, while another non-daemon thread runs, or with fewer than
+:data:`MIN_PARALLEL_FIGURES` figures, the figures are drawn here): they inherit the result rather than receive a
+copy, run only matplotlib and numpy, and send back each figure's encoded strings, and the warnings and log records
+it raised, which are passed on here in figure order. The report is byte-identical either way. A figure that fails
+in a worker is drawn again here, so its error is the one the serial path raises; if the workers cannot start or
+one dies, the figures are drawn here and a warning is logged once (later reports of the process draw here too).
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.resources
 import logging
 import mimetypes
-from collections.abc import Iterable
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -49,9 +67,19 @@ from traits.report.sections import (  # noqa: F401
     section_context,
 )
 from traits.results import AuditResult
+from traits.threads import available_cpus
 
 FORMATS = ("html", "pdf")
 PDF_DPI = 200
+#: How many worker processes draw a report's figures (1: none); unset, one per available CPU.
+WORKERS_ENV = "TRAITS_REPORT_WORKERS"
+#: The most workers TRAITS_REPORT_WORKERS may ask for.
+MAX_WORKERS = 64
+#: With fewer figures than this (and no number of workers asked for) the figures are drawn in this process:
+#: starting the workers costs 0.1-0.3 s.
+MIN_PARALLEL_FIGURES = 3
+
+_log = logging.getLogger("traits.report")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,18 +181,170 @@ def _environment(directory: str) -> Environment:
 # Figures
 
 
-def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None,
-                   sections: tuple[Section, ...] = SECTIONS) -> dict[str, Any]:
-    """Every figure the sections show and the result has data for, as
-    :class:`~traits.report.figures.EncodedFigure` (builders in :data:`~traits.report.sections.FIGURES`)."""
+class ReportWorkersError(TraitsError):
+    """A number of report workers (TRAITS_REPORT_WORKERS, or ``workers=``) that is not a whole number from 1 to
+    :data:`MAX_WORKERS`."""
+
+
+#: What forked workers read (inherited from this process, never pickled): (result, svg, png_dpi), while they run.
+_SHARED: tuple[AuditResult, bool, int | None] | None = None
+#: Set when workers failed to start or died: the later reports of this process draw their figures here.
+_WORKERS_FAILED = False
+#: A worker's answer for a figure that raised: this process draws it again, to raise the serial path's error.
+_FAILED = "failed"
+#: The log records of a worker's current figure (kept in the worker, passed on by the parent).
+_LOGGED: list[dict] = []
+
+
+def _encode_figure(result: AuditResult, name: str, svg: bool, png_dpi: int | None) -> Any:
+    """Figure ``name`` of the result as an :class:`~traits.report.figures.EncodedFigure`, or None without data."""
     from traits.report import figures as F
 
+    with F.style():
+        fig = FIGURES[name](result)
+        return None if fig is None else F.encode(fig, svg=svg, png_dpi=png_dpi, salt=f"traits-{name}")
+
+
+def _fork_is_safe() -> bool:
+    """Whether figures may be drawn in forked workers: on Linux (matplotlib's font cache resets in a forked
+    child), not inside a daemonic process (which may not start children), and with no other non-daemon thread
+    running (it could hold a lock at the fork that a child then waits for forever). Daemon threads (progress
+    bars, heartbeats) are allowed: the workers leave the streams and log handlers they use alone."""
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    if multiprocessing.current_process().daemon:
+        return False
+    me = threading.current_thread()
+    return all(t is me or t.daemon for t in threading.enumerate())
+
+
+def figure_workers(n_figures: int, workers: int | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """How many worker processes draw ``n_figures`` figures (1: none, this process draws them): ``workers`` if
+    given, else TRAITS_REPORT_WORKERS if set, else the CPUs available to this process
+    (:func:`~traits.threads.available_cpus`; 1 with fewer than :data:`MIN_PARALLEL_FIGURES` figures); at most one
+    per figure; 1 where forking is not safe (:func:`_fork_is_safe`) or workers failed earlier in this process."""
+    environ = os.environ if environ is None else environ
+    raw = str(workers) if workers is not None else (environ.get(WORKERS_ENV) or "").strip()
+    if raw:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_WORKERS:
+            source = "workers=" if workers is not None else f"environment variable {WORKERS_ENV}="
+            raise ReportWorkersError(f"{source}{raw!r}: the number of report workers must be a whole number from "
+                                     f"1 to {MAX_WORKERS} (1: draw the figures in this process)")
+        wanted = int(raw)
+    else:
+        wanted = available_cpus()[0] if n_figures >= MIN_PARALLEL_FIGURES else 1
+    if min(wanted, n_figures) < 2 or _WORKERS_FAILED or not _fork_is_safe():
+        return 1
+    return min(wanted, n_figures)
+
+
+def _keep_record(_logger: logging.Logger, record: logging.LogRecord) -> None:
+    """In a worker, instead of ``Logger.callHandlers``: keep the record (message formatted, as a plain dict, as
+    :class:`logging.handlers.SocketHandler` sends one) for the parent's handlers."""
+    fields = dict(record.__dict__)
+    if record.exc_info and not record.exc_text:
+        fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+    fields.update(msg=record.getMessage(), args=None, exc_info=None)
+    fields.pop("message", None)
+    _LOGGED.append(fields)
+
+
+def _start_worker(parent: int) -> None:
+    """Initializer of a figure worker (a forked child of ``parent``): Ctrl-C is the parent's to handle (it stops
+    the pool), the worker ends with its parent (Linux's parent-death signal), the objects inherited from the parent
+    are left to it (frozen: the worker's garbage collector never finalises the parent's garbage, e.g. torch
+    tensors), and log records are kept for the parent rather than handled here, where a handler's stream or lock
+    may be held by a thread of the parent that was not forked."""
+    gc.freeze()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was set up
+        os._exit(1)
+    logging.Logger.callHandlers = _keep_record
+
+
+def _worker_figure(name: str) -> tuple[Any, list[tuple], list[dict]]:
+    """In a worker: (figure ``name`` encoded or None, its warnings, its log records), or (:data:`_FAILED`, [], [])
+    if it raised (the parent draws it again, and so raises the error and shows the warnings itself)."""
+    result, svg, png_dpi = _SHARED
+    _LOGGED.clear()
+    with warnings.catch_warnings(record=True) as caught:  # the filters stay the parent's
+        try:
+            encoded = _encode_figure(result, name, svg, png_dpi)
+        except Exception:
+            return _FAILED, [], []
+    return encoded, [(w.message, w.category, w.filename, w.lineno) for w in caught], list(_LOGGED)
+
+
+def _encode_in_workers(result: AuditResult, names: list[str], svg: bool, png_dpi: int | None,
+                       workers: int) -> dict[str, tuple] | None:
+    """{name: a worker's answer (:func:`_worker_figure`)} for every figure, drawn by ``workers`` forked
+    processes; None (and a warning, logged once) if the workers could not start or one died."""
+    global _SHARED, _WORKERS_FAILED
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from traits.report import figures  # noqa: F401  (matplotlib imported once, here, for every worker)
+
+    _SHARED = (result, svg, png_dpi)
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_start_worker, initargs=(os.getpid(),))
+        try:
+            futures = {name: pool.submit(_worker_figure, name) for name in names}
+            answers = {}
+            for name, future in futures.items():
+                try:
+                    answers[name] = future.result()
+                except BrokenProcessPool:
+                    raise
+                except Exception:  # an answer that did not travel back: drawn again here
+                    answers[name] = (_FAILED, [], [])
+            return answers
+        finally:  # Ctrl-C or an error: the figures not started yet are dropped, not waited for
+            pool.shutdown(wait=True, cancel_futures=True)
+    except (BrokenProcessPool, OSError, ImportError) as exc:
+        _WORKERS_FAILED = True
+        _log.warning("report: the figure workers failed (%s); this process draws the figures instead", exc)
+        return None
+    finally:
+        _SHARED = None
+
+
+def _pass_on(caught: list[tuple], logged: list[dict], registry: dict) -> None:
+    """A worker's warnings and log records, raised and handled here as if the figure had been drawn here."""
+    for message, category, filename, lineno in caught:
+        warnings.warn_explicit(message, category, filename, lineno, registry=registry)
+    for fields in logged:
+        record = logging.makeLogRecord(fields)
+        logging.getLogger(record.name).callHandlers(record)
+
+
+def _build_figures(result: AuditResult, *, svg: bool, png_dpi: int | None,
+                   sections: tuple[Section, ...] = SECTIONS, workers: int | None = None) -> dict[str, Any]:
+    """Every figure the sections show and the result has data for, as
+    :class:`~traits.report.figures.EncodedFigure` (builders in :data:`~traits.report.sections.FIGURES`), in
+    worker processes where :func:`figure_workers` allows (see the module docstring), else one after another."""
+    names = figure_names(sections)
+    count = figure_workers(len(names), workers)
+    answers = _encode_in_workers(result, names, svg, png_dpi, count) if count > 1 else None
     out: dict[str, Any] = {}
-    for name in figure_names(sections):
-        with F.style():
-            fig = FIGURES[name](result)
-            if fig is not None:
-                out[name] = F.encode(fig, svg=svg, png_dpi=png_dpi, salt=f"traits-{name}")
+    registry: dict = {}
+    for name in names:
+        if answers is None:
+            encoded = _encode_figure(result, name, svg, png_dpi)
+        else:
+            encoded, caught, logged = answers[name]
+            _pass_on(caught, logged, registry)
+            if isinstance(encoded, str):  # _FAILED
+                encoded = _encode_figure(result, name, svg, png_dpi)
+        if encoded is not None:
+            out[name] = encoded
     return out
 
 
@@ -212,14 +392,16 @@ def _render(result: AuditResult, figures: dict[str, Any], image: str, medium: st
 # Public API
 
 
-def render_html(result: AuditResult) -> str:
-    """The report as one self-contained HTML document (CSS and SVG figures embedded)."""
-    return _render(result, _build_figures(result, svg=True, png_dpi=None), "svg", "screen")
+def render_html(result: AuditResult, *, workers: int | None = None) -> str:
+    """The report as one self-contained HTML document (CSS and SVG figures embedded). ``workers``: processes
+    drawing the figures (:func:`figure_workers`)."""
+    return _render(result, _build_figures(result, svg=True, png_dpi=None, workers=workers), "svg", "screen")
 
 
-def render_pdf(result: AuditResult, *, dpi: int = PDF_DPI) -> bytes:
-    """The report as PDF bytes (WeasyPrint; figures as PNG at ``dpi``)."""
-    return _pdf_bytes(_render(result, _build_figures(result, svg=False, png_dpi=dpi), "png", "print"))
+def render_pdf(result: AuditResult, *, dpi: int = PDF_DPI, workers: int | None = None) -> bytes:
+    """The report as PDF bytes (WeasyPrint; figures as PNG at ``dpi``). ``workers``: as for :func:`render_html`."""
+    figures = _build_figures(result, svg=False, png_dpi=dpi, workers=workers)
+    return _pdf_bytes(_render(result, figures, "png", "print"))
 
 
 class _DropFontSubsetNotice(logging.Filter):
@@ -252,20 +434,25 @@ def html_to_pdf(html: str) -> bytes:
     return _pdf_bytes(html)
 
 
-def render_report(result: AuditResult, out_dir: Path, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+def render_report(result: AuditResult, out_dir: Path, formats: Iterable[str] = FORMATS, *,
+                  workers: int | None = None) -> dict[str, Path]:
     """Write ``report.html`` and/or ``report.pdf`` into ``out_dir``; returns {format: path}. With the result's
     ``report.interactive`` set, also ``report-interactive.html`` (:mod:`traits.report.interactive`, key
     ``"interactive"``).
 
     Both are rendered in memory first and then written atomically; if a write fails, the files this
     call already wrote are removed again, so a report is never left half-written.
+
+    ``workers``: how many processes draw the figures (1: this one; default: TRAITS_REPORT_WORKERS, else one per
+    available CPU; see :func:`figure_workers`). The files are byte-identical whatever the number.
     """
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise TraitsError(f"unknown report format(s) {', '.join(map(repr, unknown))}; choose from html, pdf")
     out_dir = ensure_dir(Path(out_dir))
-    figures = _build_figures(result, svg="html" in formats, png_dpi=PDF_DPI if "pdf" in formats else None)
+    figures = _build_figures(result, svg="html" in formats, png_dpi=PDF_DPI if "pdf" in formats else None,
+                             workers=workers)
     payload: dict[str, str | bytes] = {}
     if "html" in formats:
         payload["html"] = _render(result, figures, "svg", "screen")
