@@ -5,13 +5,16 @@
 Structures: the bundled Materials Project sample (2,000; every 10th with ``--quick``), or with ``--mp N`` every
 k-th of the shared 36,738-structure file (``../shared/data/mp_mtcgcnn``) so that N are read. Every time is the best
 of ``--passes`` passes (default 3) over all the structures, the methods taken in turn within each pass (A, B, A, B,
-...) so that load on the machine hits each alike; read the ratios, not the absolute times.
+...) so that load on the machine hits each alike; read the ratios, not the absolute times. Times are per structure:
+a method that works on the whole list at once (TRAITS' path) is timed on the list and divided by its length.
 
-- The reference is the pipeline TRAITS had before issue 38, all pymatgen: ``Structure.from_str(cif, fmt="cif")``,
-  ``Structure.get_neighbor_list``, each centre's 12 nearest after a full ``np.lexsort``, then ``to_data``.
-- TRAITS' path is what ``build_graphs`` does for a CIF: the P1 reader (``traits.data.sources.p1_cif_crystal``;
-  pymatgen's parse for any other CIF), pymatgen's compiled search on the arrays and the candidate filter
-  (``crystal_graph``), then ``to_data``.
+- The reference is the pipeline TRAITS had before issue 38, all pymatgen, one structure at a time:
+  ``Structure.from_str(cif, fmt="cif")``, ``Structure.get_neighbor_list``, each centre's 12 nearest after a full
+  ``np.lexsort``, then ``to_data``.
+- TRAITS' path is what ``build_graphs`` does for CIFs (without its cache): ``graphs_of``, which reads the CIFs in
+  pymatgen's P1 layout ``BUILD_CHUNK`` at a time (``traits.data.sources.p1_cif_crystals``), runs pymatgen's compiled
+  search on each crystal's arrays and selects the edges of the whole chunk at once (``crystal_graphs``); pymatgen's
+  parse and ``structure_graph`` for any other CIF; then ``to_data`` for each.
 - Printed: the neighbour search alone (reference, TRAITS, and vesin and matscipy where installed, with whether their
   pairs equal the reference's); each stage's time; ``speed-up <N>x end to end (parse + graph)``, the same with the
   features, ``speed-up <N>x neighbour search only``; and ``identical edges: true|false``: whether every graph of
@@ -54,15 +57,19 @@ def read_cifs(quick: bool, mp: int | None) -> tuple[list[str], str]:
 
 
 def best_of(fns: dict, items: list, repeats: int) -> dict[str, float]:
-    """Seconds per item of each function (best of ``repeats`` passes, the functions taken in turn)."""
+    """Seconds per item of each function of the whole list (best of ``repeats`` passes, the functions in turn)."""
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t = time.perf_counter()
-            for item in items:
-                fn(item)
+            fn(items)
             best[name] = min(best[name], (time.perf_counter() - t) / len(items))
     return best
+
+
+def each(fn):
+    """A function of a list that applies ``fn`` to each item in turn."""
+    return lambda items: [fn(item) for item in items]
 
 
 def same_pairs(ref, got) -> bool:
@@ -105,18 +112,26 @@ def reference_graph(structure, settings):
                        dist=torch.from_numpy(d.astype(np.float32)))
 
 
-def traits_graph(cif: str, settings):
-    """What build_graphs does for one CIF (without the cache)."""
-    from traits.data.graphs import crystal_graph, structure_graph
-    from traits.data.sources import p1_cif_crystal
+def traits_graphs(cifs: list[str], settings) -> list:
+    """What build_graphs does for a list of CIFs (without the cache): a GraphArrays, or the error, for each."""
+    from traits.data.graphs import GraphError, graphs_of, structure_graph
+    from traits.data.sources import Entry
 
-    crystal = p1_cif_crystal(cif)
-    return structure_graph(parse(cif), settings) if crystal is None else crystal_graph(crystal, settings)
+    built = graphs_of([Entry(str(i), 0.0, cif, "cif") for i, cif in enumerate(cifs)], settings)
+    for i, graph in enumerate(built):
+        if graph is None:  # not in the P1 layout: pymatgen parses it
+            try:
+                built[i] = structure_graph(parse(cifs[i]), settings)
+            except GraphError as exc:
+                built[i] = exc
+    return built
 
 
 def same_graph(got, ref, settings) -> bool:
     from traits.data.graphs import to_data
 
+    if isinstance(got, Exception):
+        return False
     a, b = to_data(got, 0.0, "x", settings), to_data(ref, 0.0, "x", settings)
     return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("z", "x", "edge_index", "edge_attr")) \
         and torch.equal(got.dist, ref.dist)
@@ -151,7 +166,7 @@ def search_section(structures, cutoff: float, passes: int) -> float:
             pbc=pbc, cutoff=cutoff)
     except ImportError:
         print("matscipy: not installed (pip install matscipy)")
-    times = best_of(fns, structures, passes)
+    times = best_of({name: each(fn) for name, fn in fns.items()}, structures, passes)
     reference = [neighbour_list(s, cutoff, "pymatgen") for s in structures]
     ref_name, traits_name = list(fns)[:2]
     print(f"\n## neighbour search only, cutoff {cutoff} Å (ms per structure; x: reference time / this time)")
@@ -171,8 +186,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    from traits.data.graphs import crystal_graph, to_data
-    from traits.data.sources import p1_cif_crystal
+    from traits.data.graphs import crystal_graphs, to_data
+    from traits.data.sources import p1_cif_crystals
     from traits.spec import GraphSpec
 
     cifs, origin = read_cifs(args.quick, args.mp)
@@ -183,41 +198,43 @@ def main() -> None:
           f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  python {sys.version.split()[0]}  "
           f"torch {torch.__version__} (1 thread)  best of {args.passes} passes, methods interleaved")
     print(f"{len(cifs)} structures from {origin}: {sizes.mean():.1f} atoms on average, at most {sizes.max()}; "
-          f"{sum(p1_cif_crystal(c) is not None for c in cifs)} read by the P1 reader, the rest by pymatgen")
+          f"{sum(c is not None for c in p1_cif_crystals(cifs))} read by the P1 reader, the rest by pymatgen")
     settings = [GraphSpec(), GraphSpec(pad_neighbors=True)]
     st = settings[0]
     search = search_section(structures, st.cutoff, args.passes)
 
-    crystals = [p1_cif_crystal(c) for c in cifs]
-    graphs = [traits_graph(c, st) for c in cifs]
+    crystals = [c for c in p1_cif_crystals(cifs) if c is not None]
+    graphs = [g for g in traits_graphs(cifs, st) if not isinstance(g, Exception)]
     to_data(graphs[0], 0.0, "x", st)  # its first call imports torch_geometric (seconds)
     stages = best_of({
-        "parse, reference (pymatgen Structure.from_str)": parse,
-        "parse, TRAITS (P1 reader)": lambda c: p1_cif_crystal(c) or parse(c),
+        "parse, reference (pymatgen Structure.from_str)": each(parse),
+        "parse, TRAITS (P1 reader, the list at once)": lambda cs: [c or parse(cs[i])
+                                                                  for i, c in enumerate(p1_cif_crystals(cs))],
     }, cifs, args.passes)
     stages.update(best_of({
-        "graph, reference (get_neighbor_list, full sort)": lambda s: reference_graph(s, st),
+        "graph, reference (get_neighbor_list, full sort)": each(lambda s: reference_graph(s, st)),
     }, structures, args.passes))
-    stages.update(best_of({"graph, TRAITS (crystal_graph)": lambda c: crystal_graph(c, st)},
-                          [c for c in crystals if c is not None], args.passes))
-    stages.update(best_of({"features (to_data: Gaussian expansion, atom features)": lambda g: to_data(g, 0.0, "x", st)},
-                          graphs, args.passes))
+    stages.update(best_of({"graph, TRAITS (crystal_graphs, the list at once)": lambda cs: crystal_graphs(cs, st)},
+                          crystals, args.passes))
+    stages.update(best_of({"features (to_data: Gaussian expansion, atom features)":
+                           each(lambda g: to_data(g, 0.0, "x", st))}, graphs, args.passes))
     print("\n## stages (ms per structure)")
     for name, seconds in stages.items():
         print(f"{name}: {1e3 * seconds:.3f} ms")
 
     total = best_of({
-        "reference: parse + graph": lambda c: reference_graph(parse(c), st),
-        "TRAITS: parse + graph": lambda c: traits_graph(c, st),
-        "reference: parse + graph + features": lambda c: to_data(reference_graph(parse(c), st), 0.0, "x", st),
-        "TRAITS: parse + graph + features": lambda c: to_data(traits_graph(c, st), 0.0, "x", st),
+        "reference: parse + graph": each(lambda c: reference_graph(parse(c), st)),
+        "TRAITS: parse + graph": lambda cs: traits_graphs(cs, st),
+        "reference: parse + graph + features": each(lambda c: to_data(reference_graph(parse(c), st), 0.0, "x", st)),
+        "TRAITS: parse + graph + features": lambda cs: [to_data(g, 0.0, "x", st) for g in traits_graphs(cs, st)
+                                                       if not isinstance(g, Exception)],
     }, cifs, args.passes)
     print("\n## end to end from the CIF text (ms per structure)")
     for name, seconds in total.items():
         print(f"{name}: {1e3 * seconds:.3f} ms")
 
-    identical = all(same_graph(traits_graph(c, s), reference_graph(structure, s), s)
-                    for (c, structure), s in itertools.product(zip(cifs, structures), settings))
+    identical = all(same_graph(got, reference_graph(structure, s), s)
+                    for s in settings for got, structure in zip(traits_graphs(cifs, s), structures))
     values = list(total.values())
     print(f"\nspeed-up {values[0] / values[1]:.2f}x end to end (parse + graph; target >= 10x)")
     print(f"speed-up {values[2] / values[3]:.2f}x end to end with the features (parse + graph + to_data)")

@@ -3,9 +3,9 @@
 A crystal becomes a graph whose nodes are the atoms of the unit cell and whose directed edges join
 each atom to its ``max_neighbors`` nearest periodic neighbours within ``cutoff`` (pymatgen's compiled
 neighbour search, :func:`neighbour_list`; :func:`crystal_graph` for a crystal read straight from a CIF's numbers,
-:func:`structure_graph` for a pymatgen ``Structure``). Edge features are the distances expanded in Gaussians (as in
-CGCNN); node features are the 92-long per-element vectors of CGCNN's ``atom_init.json`` (MIT, see
-``traits/data/NOTICE.md``).
+:func:`crystal_graphs` for many at once, :func:`structure_graph` for a pymatgen ``Structure``). Edge features are
+the distances expanded in Gaussians (as in CGCNN); node features are the 92-long per-element vectors of CGCNN's
+``atom_init.json`` (MIT, see ``traits/data/NOTICE.md``).
 
 Edges point from neighbour to centre: ``edge_index[0]`` is the neighbour j, ``edge_index[1]`` the
 centre i, so messages flow into the centre atom (torch_geometric's ``source_to_target``).
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from traits.data.sources import Crystal, Entry
+from traits.data.sources import Crystal, Entry, fast_crystals
 from traits.errors import DataError, GraphError
 
 CACHE_ENV = "TRAITS_CACHE"
@@ -198,79 +198,184 @@ def structure_graph(structure, settings, backend: str = "kernel") -> GraphArrays
         found = neighbour_list(structure, settings.cutoff, backend, geometry)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
-    return _edges(z, found, settings, name=lambda i: structure[i].specie)
+    return _raise_or_return(_graphs([z], [found], settings, [lambda i: structure[i].specie])[0])
+
+
+def _raise_or_return(result: GraphArrays | GraphError) -> GraphArrays:
+    if isinstance(result, GraphError):
+        raise result
+    return result
 
 
 def crystal_graph(crystal: Crystal, settings) -> GraphArrays:
     """The graph of a :class:`traits.data.sources.Crystal` (arrays read straight from a file), equal to
     ``structure_graph`` of the same structure; the same errors for degenerate geometry and isolated atoms. Needs
     pymatgen's compiled search (:func:`fast_path_available`)."""
-    matrix, coords = np.asarray(crystal.matrix, dtype=float), np.asarray(crystal.coords, dtype=float)
+    return _raise_or_return(crystal_graphs([crystal], settings)[0])
+
+
+#: pymatgen's search takes the periodicity as an int64 array: the usual one, made once.
+_PBC_ARRAYS = {(True, True, True): np.ones(3, dtype=np.int64)}
+
+
+def _crystal_search(crystal: Crystal, cutoff: float):
+    """(atomic numbers, pymatgen's raw neighbour list: self pairs included) of one crystal; DegenerateStructure for
+    a singular lattice, non-finite numbers, no atoms, or a search that fails."""
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    matrix = np.ascontiguousarray(crystal.matrix, dtype=float)
+    coords = np.ascontiguousarray(crystal.coords, dtype=float)
+    if matrix.shape != (3, 3) or coords.ndim != 2 or coords.shape[1:] != (3,):
+        raise DegenerateStructure(f"a lattice of shape {matrix.shape} and coordinates of shape {coords.shape}")
     if not (np.isfinite(matrix).all() and np.isfinite(coords).all()):
         raise DegenerateStructure("the lattice or the atomic coordinates hold non-finite numbers")
-    volume = abs(float(np.linalg.det(matrix)))
+    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = matrix.tolist()
+    volume = abs(a1 * (b2 * c3 - b3 * c2) - a2 * (b1 * c3 - b3 * c1) + a3 * (b1 * c2 - b2 * c1))
     if not volume > MIN_VOLUME:
         raise DegenerateStructure(f"singular lattice (cell volume {volume:.3g} Å³)")
     if len(coords) == 0:
         raise DegenerateStructure("the structure has no atoms")
+    pbc = tuple(bool(p) for p in crystal.pbc)
+    pbc_array = _PBC_ARRAYS.get(pbc)
     try:
-        found = _kernel_neighbours(matrix, coords, crystal.pbc, settings.cutoff)
+        found = find_points_in_spheres(coords, coords, r=float(cutoff),
+                                       pbc=pbc_array if pbc_array is not None else np.array(pbc, dtype=np.int64),
+                                       lattice=matrix, tol=NEIGHBOUR_TOL)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
-    return _edges(np.asarray(crystal.z, dtype=np.int64), found, settings)
+    return np.asarray(crystal.z, dtype=np.int64), found
 
 
-def _nearest_first(centres: np.ndarray, dists: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the pairs that can be among each centre's ``k`` nearest, in the order of
-    ``np.lexsort((dists, centres))`` (by centre, then distance, ties in list order): a centre's pairs farther than its
-    k-th smallest distance are dropped before sorting (a few hundred pairs sorted instead of thousands), which
-    leaves the first ``k`` of every centre, and their order, as the full sort gives them."""
-    by_centre = np.argsort(centres, kind="stable")  # already in centre order from the search: one linear pass
-    c, d = centres[by_centre], dists[by_centre]
-    widest = int(counts.max()) if len(counts) else 0
-    if widest > k > 0:
-        slot = np.arange(len(c)) - (np.cumsum(counts) - counts)[c]
-        table = np.full((len(counts), widest), np.inf)
-        table[c, slot] = d
-        kth = np.partition(table, k - 1, axis=1)[:, k - 1]  # inf for a centre with fewer than k pairs
-        candidates = np.flatnonzero(d <= kth[c])
-        by_centre, c, d = by_centre[candidates], c[candidates], d[candidates]
-    return by_centre[np.lexsort((d, c))]
+#: Most neighbour pairs whose edges :func:`crystal_graphs` selects together (some 80 bytes each at the peak): a list
+#: of large cells is taken in several goes.
+PAIR_BUDGET = 1_000_000
 
 
-def _edges(z: np.ndarray, found, settings, name: Callable[[int], object] | None = None) -> GraphArrays:
-    """The graph from a neighbour list: each centre's ``max_neighbors`` nearest (ties in the search's order),
-    padded for the original CGCNN; GraphError naming the first atom without a neighbour."""
-    n = len(z)
-    centres, neighbours, _images, dists = found
-    counts = np.bincount(centres, minlength=n)
-    order = _nearest_first(centres, dists, counts, settings.max_neighbors)
+def crystal_graphs(crystals: Sequence[Crystal], settings) -> list[GraphArrays | GraphError]:
+    """:func:`crystal_graph` of every crystal, the selection of their edges done together (a few numpy calls for up
+    to :data:`PAIR_BUDGET` neighbour pairs instead of some thirty per crystal); a crystal whose graph cannot be built
+    gets its error (DegenerateStructure, or GraphError for an isolated atom) in its place, nothing is raised."""
+    out: list[GraphArrays | GraphError | None] = [None] * len(crystals)
+    searched, zs, founds, pairs = [], [], [], 0
+    for i, crystal in enumerate(crystals):
+        try:
+            z, (centres, neighbours, _images, dists) = _crystal_search(crystal, settings.cutoff)
+        except DegenerateStructure as exc:
+            out[i] = exc
+            continue
+        searched.append(i)
+        zs.append(z)
+        founds.append((centres, neighbours, None, dists))  # the image offsets are not needed: let them go
+        pairs += len(dists)
+        if pairs >= PAIR_BUDGET or i == len(crystals) - 1:
+            for j, graph in zip(searched, _graphs(zs, founds, settings)):
+                out[j] = graph
+            searched, zs, founds, pairs = [], [], [], 0
+    if searched:  # the last crystal was degenerate
+        for j, graph in zip(searched, _graphs(zs, founds, settings)):
+            out[j] = graph
+    return out
+
+
+#: Distance buckets per cutoff in the selection's first pass (:func:`_nearest_pairs`).
+_BUCKETS = 64
+
+
+def _nearest_pairs(centres, local, neighbours, dists, n_total: int, settings):
+    """Each centre's ``max_neighbors`` nearest pairs, self pairs (an atom itself, d <= 1e-8) dropped, ties in list
+    order: what a stable sort by (centre, distance) of the whole list keeps, as (centres, neighbours, distances)
+    sorted so, plus every centre's number of neighbours. ``centres`` are numbered over all crystals (ascending, the
+    search's order), ``local`` within each crystal.
+
+    First pass: the distances go into 64 buckets (a monotone rounding of d / cutoff), each centre's bucket holding
+    its k-th nearest is found from one histogram, and only the pairs up to that bucket are kept (ties and all): every
+    pair as near as the k-th is among them. Then those few are sorted (:func:`_by_centre_then_distance`)."""
+    k, width = settings.max_neighbors, _BUCKETS
+    bucket = (dists * (width / settings.cutoff)).astype(np.int64)
+    np.minimum(bucket, width, out=bucket)
+    tiny = np.flatnonzero(dists <= NEIGHBOUR_TOL)
+    bucket[tiny[local[tiny] == neighbours[tiny]]] = width + 1  # self pairs: a bucket of their own, never kept
+    hist = np.bincount(centres * (width + 2) + bucket, minlength=n_total * (width + 2)).reshape(n_total, width + 2)
+    cumulative = np.cumsum(hist[:, :width + 1], axis=1)
+    counts = cumulative[:, -1]
+    last = np.where(counts >= k, np.argmax(cumulative >= k, axis=1), width)
+    kept = np.flatnonzero(bucket <= last[centres])
+    centres, neighbours, dists = centres[kept], neighbours[kept], dists[kept]
+    order = _by_centre_then_distance(centres, dists)
     centres, neighbours, dists = centres[order], neighbours[order], dists[order]
-    if (counts == 0).any():
-        from pymatgen.core import Element
+    per = np.bincount(centres, minlength=n_total)
+    rank = np.arange(len(centres)) - np.repeat(np.cumsum(per) - per, per)
+    keep = rank < k
+    return centres[keep], neighbours[keep], dists[keep], counts
 
-        lonely = int(np.flatnonzero(counts == 0)[0])
-        label = name(lonely) if name else Element.from_Z(int(z[lonely]))
-        raise GraphError(
-            f"atom {lonely} ({label}) has no neighbour within {settings.cutoff} Å; "
-            "increase data.graph.cutoff"
-        )
-    kept = np.bincount(centres, minlength=n)
-    starts = np.concatenate([[0], np.cumsum(kept)[:-1]])
-    rank = np.arange(len(centres)) - starts[centres]
-    keep = rank < settings.max_neighbors
-    src, dst, d = neighbours[keep], centres[keep], dists[keep]
+
+def _by_centre_then_distance(centres: np.ndarray, dists: np.ndarray) -> np.ndarray:
+    """``np.lexsort((dists, centres))`` (stable: ties in list order), faster, by two stable argsorts of 64-bit keys
+    (a non-negative double's bits sort as its value): first (the centre in 20 bits, the distance's top 44 bits), then,
+    where two distances share that key (symmetric neighbours a few ulps apart), (the run of equal keys, the
+    distance's other 19 bits). A centre past 2^20 or a negative distance: the lexsort."""
+    if len(centres) and (int(centres.max()) >= 1 << 20 or int(centres.min()) < 0 or np.signbit(dists).any()):
+        return np.lexsort((dists, centres))
+    bits = dists.view(np.uint64)
+    key = (centres.astype(np.uint64) << np.uint64(44)) | (bits >> np.uint64(19))
+    order = np.argsort(key, kind="stable")
+    key, low = key[order], bits[order] & np.uint64((1 << 19) - 1)
+    same = key[1:] == key[:-1]
+    if not (same & (low[1:] < low[:-1])).any():
+        return order
+    run = np.zeros(len(key), dtype=np.uint64)  # the run of equal keys each position is in
+    np.cumsum(~same, dtype=np.uint64, out=run[1:])
+    return order[np.argsort((run << np.uint64(19)) | low, kind="stable")]
+
+
+def _graphs(zs: list[np.ndarray], founds: list, settings,
+            labels: list[Callable[[int], object]] | None = None) -> list[GraphArrays | GraphError]:
+    """The graphs of crystals from their atomic numbers and neighbour lists (pymatgen's order; self pairs may be
+    in them), all at once: each centre's ``max_neighbors`` nearest (ties in the search's order), padded for the
+    original CGCNN; a GraphError naming the first atom without a neighbour in place of a crystal that has one."""
+    sizes = np.array([len(z) for z in zs], dtype=np.int64)
+    offsets = np.cumsum(sizes) - sizes
+    n_total = int(sizes.sum())
+    local = np.concatenate([f[0] for f in founds]).astype(np.int64, copy=False)
+    centres = local + np.repeat(offsets, [len(f[0]) for f in founds])
+    neighbours = np.concatenate([f[1] for f in founds]).astype(np.int64, copy=False)
+    dists = np.concatenate([f[3] for f in founds]).astype(np.float64, copy=False)
+    dst, src, d, counts = _nearest_pairs(centres, local, neighbours, dists, n_total, settings)
     if settings.pad_neighbors:
         missing = np.maximum(settings.max_neighbors - counts, 0)
         if missing.any():
-            pad_dst = np.repeat(np.arange(n), missing)
+            pad_dst = np.repeat(np.arange(n_total), missing)
             src = np.concatenate([src, np.zeros_like(pad_dst)])
             dst = np.concatenate([dst, pad_dst])
             d = np.concatenate([d, np.full(len(pad_dst), settings.cutoff + 1.0)])
             order = np.argsort(dst, kind="stable")
             src, dst, d = src[order], dst[order], d[order]
-    edge_index = torch.from_numpy(np.stack([src, dst]).astype(np.int64))
-    return GraphArrays(z=torch.from_numpy(z), edge_index=edge_index, dist=torch.from_numpy(d.astype(np.float32)))
+    bounds = np.searchsorted(dst, np.append(offsets, n_total)).tolist()
+    edge_index = np.stack([src, dst - np.repeat(offsets, np.diff(bounds))])
+    d = d.astype(np.float32)
+    lonely = np.flatnonzero(counts == 0)
+    first_lonely = dict(zip(np.searchsorted(offsets, lonely, side="right").tolist()[::-1],
+                            lonely.tolist()[::-1]))  # crystal (1-based) -> its first atom without a neighbour
+    out: list[GraphArrays | GraphError] = []
+    for j, z in enumerate(zs):
+        atom = first_lonely.get(j + 1)
+        if atom is not None:
+            atom -= int(offsets[j])
+            label = labels[j](atom) if labels else _element(int(z[atom]))
+            out.append(GraphError(f"atom {atom} ({label}) has no neighbour within {settings.cutoff} Å; "
+                                  "increase data.graph.cutoff"))
+            continue
+        a, b = bounds[j], bounds[j + 1]
+        out.append(GraphArrays(z=torch.from_numpy(np.array(z, dtype=np.int64)),
+                               edge_index=torch.from_numpy(edge_index[:, a:b].copy()),
+                               dist=torch.from_numpy(d[a:b].copy())))
+    return out
+
+
+def _element(z: int):
+    from pymatgen.core import Element
+
+    return Element.from_Z(z)
 
 
 def to_data(arrays: GraphArrays, target: float, material_id: str, settings):
@@ -349,51 +454,86 @@ class GraphSet:
     built: int = 0
 
 
+#: Entries whose graphs are built together (:func:`graphs_of`): their numbers are read, and their edges selected, by
+#: one numpy call per step for the lot; a chunk of 256 MP structures needs some 40 MB at the peak.
+BUILD_CHUNK = 256
+
+
+def graphs_of(entries: Sequence[Entry], settings) -> list[GraphArrays | GraphError | None]:
+    """The graph of every entry the fast path reads (a CIF in pymatgen's P1 layout: :func:`fast_crystals`, then
+    :func:`crystal_graphs`), chunk by chunk: a GraphArrays, or in its place the error that stopped it
+    (DegenerateStructure, GraphError for an isolated atom); None for an entry the fast path leaves to pymatgen
+    (then :meth:`Entry.structure` and :func:`structure_graph`). Nothing is cached; nothing is raised for one entry."""
+    out: list[GraphArrays | GraphError | None] = [None] * len(entries)
+    if not fast_path_available():
+        return out
+    for first in range(0, len(entries), BUILD_CHUNK):
+        crystals = fast_crystals([entries[i] for i in range(first, min(first + BUILD_CHUNK, len(entries)))])
+        read = [j for j, crystal in enumerate(crystals) if crystal is not None]
+        for j, graph in zip(read, crystal_graphs([crystals[j] for j in read], settings)):
+            out[first + j] = graph
+    return out
+
+
+def _entry_arrays(entry: Entry, built: GraphArrays | GraphError | None, settings, out: GraphSet) -> GraphArrays | None:
+    """The graph of one entry: ``built`` by the fast path, else from pymatgen's parse; None when it is skipped (the
+    reason counted in ``out``). An isolated atom raises GraphError when ``settings.isolated_atoms`` is "error"."""
+    try:
+        if isinstance(built, GraphError):
+            raise built
+        if built is not None:
+            return built
+        try:
+            structure = entry.structure()
+        except ValueError:
+            out.skipped["unreadable structure"] += 1
+            return None
+        return structure_graph(structure, settings)
+    except DisorderedStructure:
+        out.skipped[DISORDERED] += 1
+    except DegenerateStructure:
+        out.skipped["degenerate structure (singular lattice or non-finite numbers)"] += 1
+    except GraphError:
+        if settings.isolated_atoms == "error":
+            raise
+        out.skipped[f"atom with no neighbour within {settings.cutoff} Å (raise data.graph.cutoff)"] += 1
+    return None
+
+
 def build_graphs(
     entries: Sequence[Entry],
     settings,
     cache: GraphCache | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GraphSet:
-    """Build (or load from the cache) the graph of every entry; bad structures are skipped and counted."""
+    """Build (or load from the cache) the graph of every entry; bad structures are skipped and counted. The entries
+    are taken :data:`BUILD_CHUNK` at a time, those not in the cache built together (:func:`graphs_of`)."""
     cache = cache if cache is not None else GraphCache()
     table = atom_feature_table()
     out = GraphSet(graphs=[])
     n = len(entries)
-    for i, entry in enumerate(entries):
-        if progress is not None and i:
-            progress(i, n)  # every entry counts, skipped ones too
-        key = entry_key(entry, settings)
-        arrays = cache.get(key)
-        if arrays is None:
-            # read straight from the numbers of a CIF in pymatgen's P1 layout, else parsed by pymatgen
-            crystal = entry.fast_crystal() if fast_path_available() else None
-            try:
-                structure = entry.structure() if crystal is None else None
-            except ValueError:
-                out.skipped["unreadable structure"] += 1
+    for first in range(0, n, BUILD_CHUNK):
+        chunk = [entries[i] for i in range(first, min(first + BUILD_CHUNK, n))]
+        keys = [entry_key(entry, settings) for entry in chunk]
+        cached = [cache.get(key) for key in keys]
+        missing = [j for j, arrays in enumerate(cached) if arrays is None]
+        built = dict(zip(missing, graphs_of([chunk[j] for j in missing], settings)))
+        for j, entry in enumerate(chunk):
+            if progress is not None and first + j:
+                progress(first + j, n)  # every entry counts, skipped ones too
+            arrays = cached[j]
+            if arrays is None:
+                arrays = _entry_arrays(entry, built[j], settings, out)
+                if arrays is None:
+                    continue
+                cache.put(keys[j], arrays)
+                out.built += 1
+            else:
+                out.cache_hits += 1
+            if int(arrays.z.max()) >= table.shape[0] or torch.isnan(table[arrays.z]).any():
+                out.skipped["element without atom features (Z > 100)"] += 1
                 continue
-            try:
-                arrays = structure_graph(structure, settings) if crystal is None else crystal_graph(crystal, settings)
-            except DisorderedStructure:
-                out.skipped[DISORDERED] += 1
-                continue
-            except DegenerateStructure:
-                out.skipped["degenerate structure (singular lattice or non-finite numbers)"] += 1
-                continue
-            except GraphError:
-                if settings.isolated_atoms == "error":
-                    raise
-                out.skipped[f"atom with no neighbour within {settings.cutoff} Å (raise data.graph.cutoff)"] += 1
-                continue
-            cache.put(key, arrays)
-            out.built += 1
-        else:
-            out.cache_hits += 1
-        if int(arrays.z.max()) >= table.shape[0] or torch.isnan(table[arrays.z]).any():
-            out.skipped["element without atom features (Z > 100)"] += 1
-            continue
-        out.graphs.append(to_data(arrays, entry.target, entry.id, settings))
+            out.graphs.append(to_data(arrays, entry.target, entry.id, settings))
     if progress is not None and n:
         progress(n, n)
     return out

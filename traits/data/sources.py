@@ -17,7 +17,7 @@ import math
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -192,70 +192,225 @@ def _p1_fields(text: str) -> tuple[dict[str, str], list[tuple[str, ...]]] | None
     return values, rows
 
 
-def _thickness(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> float:
-    """The smallest of the cell's three plane spacings d(100), d(010), d(001) in Å (V / (b c sin α), ...); 0 for a
-    cell that is flat or impossible."""
+@lru_cache(maxsize=4096)
+def _angle_shape(alpha: float, beta: float, gamma: float) -> tuple[float, float, float, float] | None:
+    """(sqrt(1 - cos²α - cos²β - cos²γ + 2 cosα cosβ cosγ), sin α, sin β, sin γ) of three angles in degrees, None
+    for angles no cell has; kept, as cells share their angles."""
     cos = [math.cos(math.radians(x)) for x in (alpha, beta, gamma)]
     sin = [math.sin(math.radians(x)) for x in (alpha, beta, gamma)]
     shape = 1 - cos[0] ** 2 - cos[1] ** 2 - cos[2] ** 2 + 2 * cos[0] * cos[1] * cos[2]
     if not shape > 0 or not min(sin) > 0:
+        return None
+    return math.sqrt(shape), sin[0], sin[1], sin[2]
+
+
+def _thickness(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> float:
+    """The smallest of the cell's three plane spacings d(100), d(010), d(001) in Å (V / (b c sin α), ...); 0 for a
+    cell that is flat or impossible."""
+    terms = _angle_shape(alpha, beta, gamma)
+    if terms is None:
         return 0.0
-    volume = a * b * c * math.sqrt(shape)
-    return min(volume / (b * c * sin[0]), volume / (a * c * sin[1]), volume / (a * b * sin[2]))
+    root, sin_alpha, sin_beta, sin_gamma = terms
+    volume = a * b * c * root
+    return min(volume / (b * c * sin_alpha), volume / (a * c * sin_beta), volume / (a * b * sin_gamma))
+
+
+def _ascii_class(exclude: str, extra: str = "") -> str:
+    """A character class of the printable ASCII characters but space and those in ``exclude``, plus ``extra``."""
+    import re
+
+    return "[" + "".join(re.escape(chr(i)) for i in range(0x21, 0x7f) if chr(i) not in exclude) + extra + "]"
+
+
+@lru_cache(maxsize=1)
+def _p1_layout():
+    """The exact layout ``CifWriter`` writes for an ordered P1 structure, as regular expressions: (the text up to the
+    atom-site rows, with the block name and the six cell numbers as groups; the rows to the end, every occupancy 1).
+    A text they match is one :func:`_p1_fields` reads, to the same numbers: each token and line is one its patterns
+    accept, and only printable ASCII, spaces, tabs and line ends are matched (its check for other characters)."""
+    import re
+
+    num, eol, gap = _P1_NUMBER, r"[ \t]*+\n", r"[ \t]++"
+    value = (rf"(?:{num}|'{_ascii_class(chr(39) + '#', ' ')}*'"  # as _p1_patterns' key-value line, ASCII only
+             rf"|{_ascii_class(chr(39) + chr(34) + '_#$;[]')}{_ascii_class('#')}*)")
+
+    def keys(names, pattern):
+        return "".join(rf"{re.escape(name)}{gap}{pattern}{eol}" for name in names)
+
+    loop = [rf"loop_{eol}" + "".join(rf"[ \t]*{name}{eol}" for name in names)
+            for names in (_P1_SYMMETRY_LOOP, _P1_SITE_LOOP)]
+    header = (rf"(?:#{_ascii_class('', ' ')}*\n)*data_({_ascii_class('#')}+){eol}"
+              + keys(["_symmetry_space_group_name_H-M"], value) + keys(_P1_CELL_KEYS, f"({num})")
+              + keys(["_symmetry_Int_Tables_number", "_chemical_formula_structural", "_chemical_formula_sum",
+                      "_cell_volume", "_cell_formula_units_Z"], value)
+              + loop[0] + rf"[ \t]*1{gap}'x, y, z'{eol}" + loop[1])
+    num = r"[-+]?+(?>\d++\.?+\d*+|\.\d++)(?>[eE][-+]?+\d++)?+"  # _P1_NUMBER without backtracking
+    row = rf"[ \t]*+[A-Z][a-z]?+{gap}(?!loop_)[A-Za-z0-9]\w*+{gap}\d++{gap}{num}{gap}{num}{gap}{num}{gap}1{eol}"
+    return re.compile(header, re.ASCII), re.compile(rf"(?:{row})++", re.ASCII)
+
+
+def _p1_numbers(text: str) -> tuple[list[str], list[str], list[str]] | None:
+    """(the six cell numbers, the site symbols, the sites' fractions x, y, z one after another) as text, from a CIF in
+    the P1 layout with every occupancy 1; None for anything else. Pymatgen's exact layout is matched whole by two
+    regular expressions; any other text goes through :func:`_p1_fields` line by line."""
+    header, block = _p1_layout()
+    m = header.match(text)
+    if m is not None and block.fullmatch(text, m.end()) and "powder_pattern" not in m[1]:
+        tokens = text[m.end():].split()  # seven per row: symbol, label, multiplicity, x, y, z, occupancy
+        frac = [""] * (3 * (len(tokens) // 7))
+        frac[0::3], frac[1::3], frac[2::3] = tokens[3::7], tokens[4::7], tokens[5::7]
+        return list(m.groups()[1:]), tokens[0::7], frac
+    fields = _p1_fields(text)
+    if fields is None:
+        return None
+    values, rows = fields
+    if any(float(r[4]) != 1.0 for r in rows):
+        return None  # a partial occupancy: pymatgen decides
+    return [values[k] for k in _P1_CELL_KEYS], [r[0] for r in rows], [x for r in rows for x in r[1:4]]
+
+
+@lru_cache(maxsize=4096)
+def _angle_terms(alpha: float, beta: float, gamma: float) -> tuple[float, ...]:
+    """The trigonometric terms ``Lattice.from_parameters`` computes from the three angles (degrees), by the same
+    numpy calls on the same values, so that the matrix built from them is pymatgen's bit for bit: sin β, cos β,
+    sin α, cos α, cos γ*, sin γ*. Cells share their angles (90°, 60°, 120°...): the terms are kept."""
+    import numpy as np
+
+    angles_r = np.radians([alpha, beta, gamma])
+    cos_alpha, cos_beta, cos_gamma = np.cos(angles_r)
+    sin_alpha, sin_beta, _sin_gamma = np.sin(angles_r)
+    val = (cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta)
+    val = np.clip(val, -1, 1)
+    gamma_star = np.arccos(val)
+    return tuple(float(x) for x in (sin_beta, cos_beta, sin_alpha, cos_alpha, np.cos(gamma_star), np.sin(gamma_star)))
+
+
+def _lattice_rows(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> list[list[float]]:
+    """``Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix`` as nested lists: the same arithmetic in the
+    same order (the terms of :func:`_angle_terms`, then one product per entry)."""
+    sin_beta, cos_beta, sin_alpha, cos_alpha, cos_gamma_star, sin_gamma_star = _angle_terms(alpha, beta, gamma)
+    return [[a * sin_beta, 0.0, a * cos_beta],
+            [-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha],
+            [0.0, 0.0, float(c)]]
+
+
+@lru_cache(maxsize=1)
+def _p1_sites() -> dict[str, tuple[int, float, int]]:
+    """Symbol -> (Z, electronegativity, rank of the symbol in string order): the keys of pymatgen's site sort."""
+    table = _element_table()
+    rank = {symbol: i for i, symbol in enumerate(sorted(table))}
+    return {symbol: (z, x, rank[symbol]) for symbol, (z, x) in table.items()}
+
+
+def _p1_candidates(texts: Sequence[str]) -> tuple[list[int], list[list[float]], list[int], list[str], list[str]]:
+    """The CIFs among ``texts`` whose text is in the P1 layout with known elements and a sound cell: (their indices,
+    cells, site counts, all their symbols one after another, all their fractions x, y, z as text)."""
+    sites = _p1_sites()
+    index, cells, sizes, symbols, fractions = [], [], [], [], []
+    for i, text in enumerate(texts):
+        numbers = _p1_numbers(text)
+        if numbers is None:
+            continue
+        cell_text, syms, frac_text = numbers
+        if not 0 < len(syms) <= _P1_MAX_SITES or not all(s in sites for s in syms):
+            continue
+        cell = list(map(float, cell_text))
+        if not (all(map(math.isfinite, cell)) and min(cell[:3]) > 0 and _thickness(*cell) > 0.05):
+            continue  # NaN, infinite or absurd numbers; CifParser refuses cells thinner than 0.01 Å (near it, pymatgen)
+        index.append(i)
+        cells.append(cell)
+        sizes.append(len(syms))
+        symbols.extend(syms)
+        fractions.extend(frac_text)
+    return index, cells, sizes, symbols, fractions
+
+
+#: Most site pairs :func:`_merging_sites` compares at once (three coordinates each): bounds its memory to ~100 MB.
+_MERGE_PAIR_BUDGET = 1_000_000
+
+
+def _merging_sites(frac, sizes: list[int]) -> list[int]:
+    """Indices (into ``sizes``) of the crystals with two sites closer than 2e-4 along every fractional axis (modulo
+    1), which pymatgen would (or might) merge into one: every pair of sites of each crystal, many crystals at once."""
+    import numpy as np
+
+    merging: list[int] = []
+    first = start = pairs = 0
+    for j, n in enumerate(sizes):
+        pairs += n * (n - 1) // 2
+        if pairs >= _MERGE_PAIR_BUDGET or j == len(sizes) - 1:
+            group = np.asarray(sizes[first:j + 1], dtype=np.int64)
+            end = start + int(group.sum())
+            merging.extend(first + i for i in _merging_in(frac[start:end], group))
+            first, start, pairs = j + 1, end, 0
+    return merging
+
+
+def _merging_in(frac, sizes):
+    """:func:`_merging_sites` of crystals whose sites are all in ``frac`` (crystal after crystal), in one go."""
+    import numpy as np
+
+    local = np.arange(len(frac)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    after = np.repeat(sizes, sizes) - local - 1  # partners of each site later in its crystal
+    first = np.repeat(np.arange(len(frac)), after)
+    second = first + 1 + np.arange(len(first)) - np.repeat(np.cumsum(after) - after, after)
+    delta = frac[first] - frac[second]
+    delta -= np.rint(delta)
+    close = (np.abs(delta) < 2 * _CIF_SITE_TOL).all(axis=1)
+    return np.unique(np.repeat(np.arange(len(sizes)), sizes)[first[close]]).tolist()
+
+
+def p1_cif_crystals(texts: Sequence[str]) -> list[Crystal | None]:
+    """:func:`p1_cif_crystal` of every text, the numbers of all of them worked at once (one numpy call per step for
+    the whole list instead of one per crystal)."""
+    import numpy as np
+
+    index, cells, sizes, symbols, fractions = _p1_candidates(texts)
+    out: list[Crystal | None] = [None] * len(texts)
+    if not index:
+        return out
+    frac = np.array(list(map(float, fractions))).reshape(-1, 3)  # CifParser: float() of each
+    crystal_of_site = np.repeat(np.arange(len(index)), sizes)
+    bad = np.zeros(len(index), dtype=bool)
+    bad[crystal_of_site[~(np.abs(frac) < 1e6).all(axis=1)]] = True  # NaN, infinite or absurd: pymatgen decides
+    # CifParser._sanitize_data: math.isclose(x / ideal, 1, abs_tol=1e-4, rel_tol=0), 1/3 tried first
+    third, two_thirds = 1 / 3, 2 / 3
+    frac = np.where(np.abs(frac / third - 1) <= _CIF_FRAC_TOL, third,
+                    np.where(np.abs(frac / two_thirds - 1) <= _CIF_FRAC_TOL, two_thirds, frac))
+    bad[_merging_sites(frac, sizes)] = True
+    matrices = np.array([_lattice_rows(*cell) for cell in cells], dtype=np.float64)
+    bad |= ~np.isfinite(matrices).all(axis=(1, 2))
+    sites = _p1_sites()
+    keys = np.array([sites[s] for s in symbols], dtype=np.float64)  # Z, electronegativity, symbol rank
+    order = np.lexsort((keys[:, 2], keys[:, 1], crystal_of_site))  # Structure's stable site sort, crystal by crystal
+    frac = frac[order]
+    # CifParser._unique_coords wraps each coordinate by x - math.floor(x) (an int: + 0.0 keeps -0.0 as -0.0 - 0);
+    # PeriodicSite.coords is np.dot(frac, matrix), BLAS's vector-matrix product: the same product stacked
+    wrapped = frac - (np.floor(frac) + 0.0)
+    coords = np.matmul(wrapped[:, None, :], matrices[crystal_of_site])[:, 0, :]
+    z = keys[order, 0].astype(np.int64)
+    end = np.cumsum(sizes).tolist()
+    for j, i in enumerate(index):
+        if not bad[j]:
+            start = end[j] - sizes[j]
+            out[i] = Crystal(matrices[j], coords[start:end[j]], z[start:end[j]])
+    return out
 
 
 def p1_cif_crystal(text: str) -> Crystal | None:
     """The crystal of a CIF in the layout pymatgen writes for an ordered P1 structure without oxidation states
     (Materials Project files), read from the numbers in the text and bit for bit what ``Structure.from_str(text,
-    fmt="cif")`` gives (lattice matrix, Cartesian coordinates, atomic numbers, site order), 13-15 times faster than
-    that parse (``bench/bench_graphs.py``).
+    fmt="cif")`` gives (lattice matrix, Cartesian coordinates, atomic numbers, site order), many times faster than
+    that parse (``bench/bench_graphs.py``; :func:`p1_cif_crystals` reads many at once).
 
     None for anything else (another layout or symmetry, a partial occupancy, sites that pymatgen would merge, an
     element without electronegativity, more than 500 sites, a near-flat cell): the caller parses those with pymatgen.
     What pymatgen's CifParser does to such a file is repeated exactly: fractions within 1e-4 of 1/3 or 2/3 set to
-    them, coordinates wrapped to [0, 1) by x - floor(x), the lattice from ``Lattice.from_parameters``, sites
-    stably sorted by (electronegativity, symbol), Cartesian coordinates by ``np.dot`` of each site's fractions with
-    the matrix. Nothing is decoded or imported from the text. ``tests/test_graphs_neighbours.py`` checks it
-    against pymatgen."""
-    import numpy as np
-    from pymatgen.core import Lattice
-
-    fields = _p1_fields(text)
-    if fields is None:
-        return None
-    values, rows = fields
-    elements = _element_table()
-    if not 0 < len(rows) <= _P1_MAX_SITES or any(row[0] not in elements or float(row[4]) != 1.0 for row in rows):
-        return None
-    cell = [float(values[k]) for k in _P1_CELL_KEYS]
-    frac = [[float(row[1]), float(row[2]), float(row[3])] for row in rows]  # CifParser: float() of each
-    if not (all(map(math.isfinite, cell)) and all(abs(x) < 1e6 for f in frac for x in f) and min(cell[:3]) > 0):
-        return None  # NaN, infinite or absurd numbers: pymatgen decides
-    third, two_thirds = 1 / 3, 2 / 3
-    for f in frac:
-        for axis, x in enumerate(f):  # CifParser._sanitize_data: math.isclose(x / ideal, 1, abs_tol=1e-4, rel_tol=0)
-            if abs(x / third - 1) <= _CIF_FRAC_TOL:
-                f[axis] = third
-            elif abs(x / two_thirds - 1) <= _CIF_FRAC_TOL:
-                f[axis] = two_thirds
-    if len(frac) > 1:
-        delta = np.array(frac)
-        delta = delta[:, None, :] - delta[None, :, :]
-        delta -= np.rint(delta)
-        if int((np.abs(delta).max(axis=2) < 2 * _CIF_SITE_TOL).sum()) != len(frac):
-            return None  # two sites pymatgen would (or might) merge into one
-    if not _thickness(*cell) > 0.05:  # also False for NaN
-        return None  # CifParser refuses cells thinner than 0.01 Å: near it, pymatgen decides
-    lattice = Lattice.from_parameters(*cell)
-    matrix = lattice.matrix
-    if not np.isfinite(matrix).all():
-        return None
-    order = sorted(range(len(rows)), key=lambda i: (elements[rows[i][0]][1], rows[i][0]))  # Structure's site sort
-    # CifParser._unique_coords wraps each coordinate by x - math.floor(x); PeriodicSite.coords is np.dot(frac, matrix)
-    wrapped = np.array([[x - math.floor(x) for x in frac[i]] for i in order], dtype=np.float64)
-    coords = np.array([np.dot(row, matrix) for row in wrapped])
-    z = np.array([elements[rows[i][0]][0] for i in order], dtype=np.int64)
-    return Crystal(np.array(matrix, dtype=np.float64), coords.reshape(-1, 3), z, tuple(bool(p) for p in lattice.pbc))
+    them, coordinates wrapped to [0, 1) by x - floor(x), the lattice by ``Lattice.from_parameters``'s arithmetic,
+    sites stably sorted by (electronegativity, symbol), Cartesian coordinates by the BLAS vector-matrix product of
+    each site's fractions with the matrix (``np.dot`` per site in pymatgen, one stacked ``np.matmul`` here). Nothing
+    is decoded or imported from the text. ``tests/test_graphs_neighbours.py`` checks it against pymatgen."""
+    return p1_cif_crystals([text])[0]
 
 
 #: Compressed structure files: their suffix and how to open them (what they expand to is bounded while read).
@@ -378,6 +533,16 @@ class Entry:
                 )
             except Exception as exc:
                 raise ValueError(f"unreadable structure: {exc}") from exc
+
+
+def fast_crystals(entries: Sequence[Entry]) -> list[Crystal | None]:
+    """:meth:`Entry.fast_crystal` of every entry, the CIFs read together (:func:`p1_cif_crystals`)."""
+    out: list[Crystal | None] = [None] * len(entries)
+    eligible = [i for i, entry in enumerate(entries)
+                if entry.fmt == "cif" and type(entry).structure is Entry.structure]
+    for i, crystal in zip(eligible, p1_cif_crystals([entries[i].payload for i in eligible])):
+        out[i] = crystal
+    return out
 
 
 @dataclass
