@@ -251,3 +251,20 @@ def test_both_message_sums_equal_the_plain_forward(batches, arch, hyper, monkeyp
         scattered = [model.probe_forward(params, b) for b in batches]
     for p, x, s in zip(plain, block, scattered):
         assert torch.allclose(x, p, rtol=1e-12) and torch.allclose(s, p, rtol=1e-12)
+
+
+def test_the_block_sum_is_for_evaluations_without_gradients(batches, monkeypatch):
+    """Under autograd the messages are scattered (the block's backward is slower): the test is never asked."""
+    import traits.models.cgcnn as cgcnn
+
+    model = build(*CONFIGS[0], dtype=torch.float64)
+    trainable = {n for n, _ in model.named_parameters()}
+    params = {n: t.clone().requires_grad_(True) if n in trainable else t for n, t in full_params(model).items()}
+    asked = []
+    real = cgcnn.regular_degree
+    monkeypatch.setattr(cgcnn, "regular_degree", lambda c, n: asked.append(n) or real(c, n))
+    out = model.probe_forward(params, batches[0]).sum()
+    assert out.requires_grad and asked == []
+    with torch.no_grad():
+        model.probe_forward(params, batches[0])
+    assert len(asked) == model.hyper["n_conv"]
