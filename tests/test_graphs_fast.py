@@ -15,7 +15,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 import traits.data.graphs as graphs
-from tests.test_graphs_neighbours import assert_equals_reference, parse, reference_graph
+from tests.test_graphs_neighbours import SETTINGS, assert_equals_reference, parse, reference_graph
 from traits.data.graphs import (
     DegenerateStructure,
     GraphCache,
@@ -38,8 +38,6 @@ from traits.data.sources import (
 )
 from traits.spec import GraphSpec
 
-SETTINGS = [GraphSpec(), GraphSpec(pad_neighbors=True), GraphSpec(cutoff=4.0, max_neighbors=8),
-            GraphSpec(cutoff=4.0, pad_neighbors=True)]
 
 
 def _cif(lattice: Lattice, species, coords) -> str:
