@@ -39,7 +39,6 @@ from traits.data.sources import (
 from traits.spec import GraphSpec
 
 
-
 def _cif(lattice: Lattice, species, coords) -> str:
     return str(CifWriter(Structure(lattice, species, coords)))
 
