@@ -101,6 +101,21 @@ def test_the_exact_layout_and_the_line_by_line_reading_agree():
         assert fractions == [x for row in rows for x in row[1:4]]
 
 
+def test_without_the_whole_text_patterns_the_same_crystals_are_read(monkeypatch):
+    """Where ``re`` lacks possessive quantifiers and atomic groups (Python 3.10) the layout patterns are None and
+    every file is read line by line: the same crystals, bit for bit."""
+    import traits.data.sources as sources
+
+    cifs = _sample_cifs(30)
+    fast = sources.p1_cif_crystals(cifs)
+    monkeypatch.setattr(sources, "_p1_layout", lambda: None)
+    slow = sources.p1_cif_crystals(cifs)
+    assert sum(c is not None for c in fast) == len(cifs)
+    for a, b in zip(fast, slow):
+        assert np.array_equal(a.matrix, b.matrix) and np.array_equal(a.coords, b.coords)
+        assert np.array_equal(a.z, b.z)
+
+
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_many_crystals_at_once_each_equal_the_reference(settings):
     """Crystals of all sizes with, in the same batch, a crystal with an isolated atom (its GraphError in its place)

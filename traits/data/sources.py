@@ -246,16 +246,19 @@ def _p1_layout():
               + loop[0] + rf"[ \t]*1{gap}'x, y, z'{eol}" + loop[1])
     num = r"[-+]?+(?>\d++\.?+\d*+|\.\d++)(?>[eE][-+]?+\d++)?+"  # _P1_NUMBER without backtracking
     row = rf"[ \t]*+[A-Z][a-z]?+{gap}(?!loop_)[A-Za-z0-9]\w*+{gap}\d++{gap}{num}{gap}{num}{gap}{num}{gap}1{eol}"
-    return re.compile(header, re.ASCII), re.compile(rf"(?:{row})++", re.ASCII)
+    try:
+        return re.compile(header, re.ASCII), re.compile(rf"(?:{row})++", re.ASCII)
+    except re.error:  # Python 3.10: no possessive quantifiers nor atomic groups; every file is read line by line
+        return None
 
 
 def _p1_numbers(text: str) -> tuple[list[str], list[str], list[str]] | None:
     """(the six cell numbers, the site symbols, the sites' fractions x, y, z one after another) as text, from a CIF in
     the P1 layout with every occupancy 1; None for anything else. Pymatgen's exact layout is matched whole by two
     regular expressions; any other text goes through :func:`_p1_fields` line by line."""
-    header, block = _p1_layout()
-    m = header.match(text)
-    if m is not None and block.fullmatch(text, m.end()) and "powder_pattern" not in m[1]:
+    layout = _p1_layout()
+    m = layout[0].match(text) if layout is not None else None
+    if m is not None and layout[1].fullmatch(text, m.end()) and "powder_pattern" not in m[1]:
         tokens = text[m.end():].split()  # seven per row: symbol, label, multiplicity, x, y, z, occupancy
         frac = [""] * (3 * (len(tokens) // 7))
         frac[0::3], frac[1::3], frac[2::3] = tokens[3::7], tokens[4::7], tokens[5::7]
