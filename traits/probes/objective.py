@@ -392,8 +392,7 @@ class SplitObjective:
                 out[start : start + step] = self._chunk_losses(chunk, fn)
         return out
 
-    def _chunk_losses(self, chunk: dict[str, torch.Tensor], fn: Callable | None = None) -> torch.Tensor:
-        fn = fn or self._total
+    def _chunk_losses(self, chunk: dict[str, torch.Tensor], fn: Callable) -> torch.Tensor:
         n_points = next(iter(chunk.values())).shape[0]
         if n_points == 1:  # one point per pass: a plain evaluation, no vmap overhead
             return fn({n: t[0] for n, t in chunk.items()}).unsqueeze(0)
