@@ -120,13 +120,18 @@ def _geometry(structure) -> tuple[np.ndarray, np.ndarray]:
         volume = abs(float(np.linalg.det(matrix)))
     except (ValueError, TypeError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise DegenerateStructure(f"unusable lattice ({type(exc).__name__}: {exc})") from None
+    _check_cell(matrix, coords, volume, len(structure))
+    return matrix, coords
+
+
+def _check_cell(matrix: np.ndarray, coords: np.ndarray, volume: float, n_atoms: int) -> None:
+    """DegenerateStructure for non-finite numbers, a singular lattice (``volume``, Å³) or no atoms."""
     if not (np.isfinite(matrix).all() and np.isfinite(coords).all()):
         raise DegenerateStructure("the lattice or the atomic coordinates hold non-finite numbers")
     if not volume > MIN_VOLUME:
         raise DegenerateStructure(f"singular lattice (cell volume {volume:.3g} Å³)")
-    if len(structure) == 0:
+    if n_atoms == 0:
         raise DegenerateStructure("the structure has no atoms")
-    return matrix, coords
 
 
 def check_geometry(structure) -> None:
@@ -150,15 +155,26 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown neighbour-search backend {backend!r}; one of {', '.join(NEIGHBOUR_BACKENDS)}")
 
 
-def _kernel_neighbours(matrix: np.ndarray, coords: np.ndarray, pbc, cutoff: float):
-    """pymatgen's compiled search on the arrays, the atom itself dropped: what ``get_neighbor_list`` returns."""
+#: pymatgen's search takes the periodicity as an int64 array: the usual one, made once.
+_PBC_ARRAYS = {(True, True, True): np.ones(3, dtype=np.int64)}
+
+
+def _raw_search(matrix: np.ndarray, coords: np.ndarray, pbc, cutoff: float):
+    """pymatgen's compiled search on the arrays: (centres, neighbours, images, distances), each atom's pair with
+    itself included (d <= 1e-8)."""
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
     coords = np.ascontiguousarray(coords, dtype=float)
-    centres, neighbours, images, dists = find_points_in_spheres(
-        coords, coords, r=float(cutoff), pbc=np.ascontiguousarray(pbc, dtype=np.int64),
-        lattice=np.ascontiguousarray(matrix, dtype=float), tol=NEIGHBOUR_TOL,
-    )
+    pbc = tuple(bool(p) for p in pbc)
+    pbc_array = _PBC_ARRAYS.get(pbc)
+    return find_points_in_spheres(coords, coords, r=float(cutoff),
+                                  pbc=pbc_array if pbc_array is not None else np.array(pbc, dtype=np.int64),
+                                  lattice=np.ascontiguousarray(matrix, dtype=float), tol=NEIGHBOUR_TOL)
+
+
+def _kernel_neighbours(matrix: np.ndarray, coords: np.ndarray, pbc, cutoff: float):
+    """pymatgen's compiled search on the arrays, the atom itself dropped: what ``get_neighbor_list`` returns."""
+    centres, neighbours, images, dists = _raw_search(matrix, coords, pbc, cutoff)
     keep = ~((centres == neighbours) & (dists <= NEIGHBOUR_TOL))
     return centres[keep], neighbours[keep], images[keep], dists[keep]
 
@@ -214,33 +230,18 @@ def crystal_graph(crystal: Crystal, settings) -> GraphArrays:
     return _raise_or_return(crystal_graphs([crystal], settings)[0])
 
 
-#: pymatgen's search takes the periodicity as an int64 array: the usual one, made once.
-_PBC_ARRAYS = {(True, True, True): np.ones(3, dtype=np.int64)}
-
-
 def _crystal_search(crystal: Crystal, cutoff: float):
     """(atomic numbers, pymatgen's raw neighbour list: self pairs included) of one crystal; DegenerateStructure for
     a singular lattice, non-finite numbers, no atoms, or a search that fails."""
-    from pymatgen.optimization.neighbors import find_points_in_spheres
-
     matrix = np.ascontiguousarray(crystal.matrix, dtype=float)
     coords = np.ascontiguousarray(crystal.coords, dtype=float)
     if matrix.shape != (3, 3) or coords.ndim != 2 or coords.shape[1:] != (3,):
         raise DegenerateStructure(f"a lattice of shape {matrix.shape} and coordinates of shape {coords.shape}")
-    if not (np.isfinite(matrix).all() and np.isfinite(coords).all()):
-        raise DegenerateStructure("the lattice or the atomic coordinates hold non-finite numbers")
-    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = matrix.tolist()
+    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = matrix.tolist()  # the triple product: cheaper than np.linalg.det
     volume = abs(a1 * (b2 * c3 - b3 * c2) - a2 * (b1 * c3 - b3 * c1) + a3 * (b1 * c2 - b2 * c1))
-    if not volume > MIN_VOLUME:
-        raise DegenerateStructure(f"singular lattice (cell volume {volume:.3g} Å³)")
-    if len(coords) == 0:
-        raise DegenerateStructure("the structure has no atoms")
-    pbc = tuple(bool(p) for p in crystal.pbc)
-    pbc_array = _PBC_ARRAYS.get(pbc)
+    _check_cell(matrix, coords, volume, len(coords))
     try:
-        found = find_points_in_spheres(coords, coords, r=float(cutoff),
-                                       pbc=pbc_array if pbc_array is not None else np.array(pbc, dtype=np.int64),
-                                       lattice=matrix, tol=NEIGHBOUR_TOL)
+        found = _raw_search(matrix, coords, crystal.pbc, cutoff)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         raise DegenerateStructure(f"the neighbour search failed ({type(exc).__name__}: {exc})") from None
     return np.asarray(crystal.z, dtype=np.int64), found
