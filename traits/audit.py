@@ -1331,6 +1331,7 @@ class AuditContext:
     uncertainty: UncertaintyResult | None = None
     label_free_result: LabelFreeResult | None = None
     compile_plan: dict | None = None  # probes.surface.compile: auto, the decision (provenance.compile)
+    fast_forward: dict[str, dict] = field(default_factory=dict)  # provenance.fast_forward, per split
 
     @property
     def label_free(self) -> bool:
@@ -1445,6 +1446,7 @@ def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
                              hvp_method=spec.probes.hessian.hvp, compile_loss=spec.probes.surface.compile is True)
         ctx.objectives[split] = obj
         ctx.loss0[split] = json_float(obj.loss())
+        ctx.fast_forward[split] = fast_forward_record(obj)
         if spec.probes.surface.compile == "auto":
             _decide_compile(ctx, obj, k)
         if spec.probes.surface.enabled and len(sub) >= 2:  # the radius's jackknife over structure groups
@@ -1452,6 +1454,17 @@ def _stage_hessians_and_objectives(ctx: AuditContext) -> None:
             ctx.surface_groups[split] = [list(map(int, g)) for g in assign_groups(len(sub), rng)]
         if obj.compiled:  # the compile time of the first call (probes.surface.compile)
             ctx.walls[f"compile_{split}"] = obj.compile_seconds
+
+
+def fast_forward_record(obj) -> dict:
+    """How an objective evaluates its losses (``provenance.fast_forward``): whether the model's cheaper forward is
+    used, its relative difference to the plain forward at θ (or why it is not used) and the atoms each computed atom
+    stands for (:mod:`traits.models.orbits`)."""
+    error = obj.fast_forward_error
+    return {"used": bool(obj.fast_forward),
+            "max_relative_difference": error if isinstance(error, float) else None,
+            "why_not": error if isinstance(error, str) else None,
+            "atoms_per_computed_atom": obj.fast_reduction}
 
 
 def _decide_compile(ctx: AuditContext, obj, index: int) -> None:
@@ -1586,6 +1599,7 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
         split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(), compile=ctx.compile_plan or {},
+        fast_forward=ctx.fast_forward,
     )
     shift = ctx.shift
     result = AuditResult(

@@ -20,7 +20,7 @@ from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`);
 #: the fields of a newer minor version that this reader does not know are ignored.
-SCHEMA_VERSION = "1.8"
+SCHEMA_VERSION = "1.9"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -74,6 +74,12 @@ class Provenance(_Result):
     compile: dict[str, Any] = Field(default_factory=dict, description="probes.surface.compile: auto, whether the "
                                     "surface loss was compiled and why (planned evaluations, measured seconds of one, "
                                     "expected saving and compile cost; schema 1.8); empty otherwise")
+    fast_forward: dict[str, Any] = Field(default_factory=dict, description="per probed split, how the surface "
+                                         "losses were evaluated: whether the model's cheaper forward was used "
+                                         "(used), its largest relative difference to the plain forward at θ "
+                                         "(max_relative_difference) and how many atoms each atom it computed stood "
+                                         "for (atoms_per_computed_atom, traits.models.orbits; schema 1.9); empty "
+                                         "otherwise")
 
 
 class SplitStats(_Result):

@@ -399,8 +399,8 @@ class SurfaceSpec(_Strict):
         "matches the uncompiled loss at θ (relative 1e-5); its compile time is recorded. 'auto' (default): compile "
         "when the audit's planned surface evaluations, at the measured time of one, would save more than a compile "
         "costs (traits.probes.surface.compile_pays; the decision and its numbers are in provenance.compile); on a "
-        "2-core CPU a point was 1.5-1.7x faster after a 12-27 s compile. It changes no number beyond rounding, so "
-        "it is not part of what makes two audits the same.")
+        "2-core CPU a CGCNN point was 1.2-1.3x faster after a 12-27 s compile. It changes no number beyond rounding, "
+        "so it is not part of what makes two audits the same.")
     max_samples: int | None = Field(1024, gt=0, le=MAX_STRUCTURES, description="Subsample each split for the surfaces.")
     zoom_points: int = Field(
         13, ge=0, le=101, description="When the robust basin around θ spans fewer than 5 cells of the 2D grid, also "

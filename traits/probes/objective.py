@@ -211,6 +211,7 @@ class SplitObjective:
         self.fast_forward: bool | None = None if fast_forward and callable(getattr(model, "probe_forward", None)) \
             else False
         self.fast_forward_error: float | str | None = None
+        self._fast_batches: list | None = None  # the batches probe_forward is given (model.probe_batch), lazily
         # torch.compile of the per-batch loss without gradients (opt-in): None until first needed, then whether it
         # compiled and matched the uncompiled loss at theta; the first call's seconds are recorded
         self.compiled: bool | None = None if compile_loss else False
@@ -268,11 +269,28 @@ class SplitObjective:
                 full = self._full(self.params)
                 with torch.no_grad(), eval_mode(self.model):
                     plain = functional_call(self.model, full, (self.batches[0],)).reshape(-1)
-                    fast = self.model.probe_forward(full, self.batches[0]).reshape(-1)
+                    fast = self.model.probe_forward(full, self._fast_batch(0)).reshape(-1)
                 return float((fast - plain).abs().max() / plain.abs().max().clamp_min(torch.finfo(plain.dtype).tiny))
 
             self._settle("fast_forward", measure, FAST_FORWARD_RTOL)
         return bool(self.fast_forward)
+
+    def _fast_batch(self, i: int):
+        """Batch ``i`` as ``probe_forward`` takes it: ``model.probe_batch(batch)`` where the model defines it (the
+        CGCNNs: one atom per class of atoms no layer can tell apart, :mod:`traits.models.orbits`), else the batch;
+        prepared once for all batches, on first use."""
+        if self._fast_batches is None:
+            prepare = getattr(self.model, "probe_batch", None)
+            self._fast_batches = [prepare(b) if callable(prepare) else b for b in self.batches]
+        return self._fast_batches[i]
+
+    @property
+    def fast_reduction(self) -> float | None:
+        """Atoms of the batches per atom ``probe_forward`` computes (1.0: no reduction); None before first use."""
+        if self._fast_batches is None:
+            return None
+        full = sum(int(b.x.shape[0]) for b in self.batches)
+        return full / max(sum(int(b.x.shape[0]) for b in self._fast_batches), 1)
 
     def _batch_terms(self, full: dict[str, torch.Tensor], batch, y: torch.Tensor, fast: bool) -> torch.Tensor:
         """Each target's loss term of one batch, flat: (f - y)² (mse) or |f - y| (mae)."""
@@ -297,9 +315,10 @@ class SplitObjective:
             try:
                 compiled = torch.compile(self._batch_loss, dynamic=True)
                 t = time.perf_counter()
-                value = compiled(full, self.batches[0], self.targets[0], fast)
+                batch = self._fast_batch(0) if fast else self.batches[0]
+                value = compiled(full, batch, self.targets[0], fast)
                 self.compile_seconds = time.perf_counter() - t
-                plain = self._batch_loss(full, self.batches[0], self.targets[0], fast)
+                plain = self._batch_loss(full, batch, self.targets[0], fast)
                 diff = float((value - plain).abs() / plain.abs().clamp_min(torch.finfo(plain.dtype).tiny))
                 self.compiled = bool(diff <= FAST_FORWARD_RTOL)
                 if not self.compiled:
@@ -324,7 +343,8 @@ class SplitObjective:
                 with torch.enable_grad(), eval_mode(self.model):
                     for fast in (False, True):
                         leaves = self._leaves()
-                        value = self._batch_loss(self._full(leaves), self.batches[0], self.targets[0], fast)
+                        batch = self._fast_batch(0) if fast else self.batches[0]
+                        value = self._batch_loss(self._full(leaves), batch, self.targets[0], fast)
                         grads.append(self._flat_or_zero(torch.autograd.grad(
                             value, [leaves[n] for n in self.names], allow_unused=True)))
                 return float((grads[1] - grads[0]).norm() / grads[0].norm().clamp_min(torch.finfo(grads[0].dtype).tiny))
@@ -340,9 +360,10 @@ class SplitObjective:
         else:
             fast = (self.fast_forward is not False and not self._transforming and not self.model.training
                     and self._check_fast_gradient())
+        batch = self._fast_batch(i) if fast else self.batches[i]
         if self.compiled is not False and no_grad and not self._vmapping and self._check_compiled(fast):
-            return self._compiled_loss(full, self.batches[i], self.targets[i], fast)
-        return self._batch_loss(full, self.batches[i], self.targets[i], fast)
+            return self._compiled_loss(full, batch, self.targets[i], fast)
+        return self._batch_loss(full, batch, self.targets[i], fast)
 
     def _total(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         full = self._full(params)
@@ -355,8 +376,8 @@ class SplitObjective:
         """Every target's loss term at ``params`` (no gradients, eval mode), in batch order: Tensor[N]."""
         full = self._full(params)
         fast = self.fast_forward is not False and self._check_fast_forward()
-        return torch.cat([self._batch_terms(full, self.batches[i], self.targets[i], fast)
-                          for i in range(len(self.batches))])
+        return torch.cat([self._batch_terms(full, self._fast_batch(i) if fast else self.batches[i], self.targets[i],
+                                            fast) for i in range(len(self.batches))])
 
     def loss(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """L at ``params`` (default theta) as a 0-d tensor without grad; NaN/inf are returned as is."""
