@@ -268,3 +268,36 @@ def test_the_block_sum_is_for_evaluations_without_gradients(batches, monkeypatch
     with torch.no_grad():
         model.probe_forward(params, batches[0])
     assert len(asked) == model.hyper["n_conv"]
+
+
+def test_the_gradient_check_decides_where_the_loss_gradient_vanishes(batches):
+    """Targets equal to the model's own predictions (label-free audits): the loss gradient at θ is zero to rounding,
+    so the check projects the predictions instead. It passes for the right forward, whose Jacobian rows and
+    products then equal the plain ones, and refuses one with a missing gradient, whose rows come from the plain
+    forward."""
+    model = build(*CONFIGS[3], dtype=torch.float64)
+
+    def own(b):
+        with torch.no_grad():
+            return model(b).detach()
+
+    fast = SplitObjective(model, batches, target_fn=own)
+    plain = SplitObjective(model, batches, target_fn=own, fast_forward=False)
+    rows = fast.output_jacobian()
+    assert fast.fast_gradient is True and fast.fast_gradient_error < 1e-10 and fast.fast_reduction > 1.3
+    reference = plain.output_jacobian()
+    assert torch.allclose(rows, reference, rtol=1e-9, atol=1e-12 * float(reference.abs().max()))
+    v = torch.randn(fast.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    h_plain = plain.hvp(v)
+    assert torch.allclose(fast.hvp(v), h_plain, rtol=1e-9, atol=1e-12 * float(h_plain.abs().max()))
+    original = model.probe_forward
+
+    def detached(p, b):
+        q = dict(p)
+        q["fc_out.weight"] = q["fc_out.weight"].detach()
+        return original(q, b)
+
+    model.probe_forward = detached
+    wrong = SplitObjective(model, batches, target_fn=own)
+    assert torch.equal(wrong.output_jacobian(), reference)
+    assert wrong.fast_gradient is False and wrong.fast_gradient_error > 1e-3

@@ -53,8 +53,8 @@ HvpMethod = Literal["retain", "recompute", "jvp"]
 #: Largest relative difference (to the largest |prediction|) between a model's ``probe_forward`` and its plain
 #: forward at theta for the fast forward to be used (float32 rounding of a reordered sum is ~1e-7 to 1e-6).
 FAST_FORWARD_RTOL = 1e-5
-#: The same for the gradient of the first batch's loss (‖g_fast − g_plain‖ / ‖g_plain‖), before ``probe_forward``
-#: is differentiated for gradients and Hessian-vector products.
+#: The same for the gradient of a fixed random projection wᵀf of the first batch's predictions (‖g_fast − g_plain‖ /
+#: ‖g_plain‖), before ``probe_forward`` is differentiated for gradients, Hessian-vector products and gradient rows.
 FAST_GRADIENT_RTOL = 1e-4
 
 #: The Hessian-vector product variants of ``SplitObjective`` (``hvp_method``); the first is the default.
@@ -331,22 +331,29 @@ class SplitObjective:
 
     def _check_fast_gradient(self) -> bool:
         """Whether ``probe_forward`` may also stand in for the plain forward under autograd (gradients, the
-        "retain"/"recompute" products): decided once, after the forward check, by comparing the gradients of the
-        first batch's loss at theta (relative difference of the norms within :data:`FAST_GRADIENT_RTOL`)."""
+        "retain"/"recompute" products, the per-structure gradient rows): decided once, after the forward check, by
+        comparing ∇θ (wᵀf) of the first batch's predictions f at theta through both forwards, for a fixed
+        standard-normal w (seed 0): relative difference of the norms within :data:`FAST_GRADIENT_RTOL`. A projection
+        of the predictions, not the loss, so that the check holds where the loss gradient vanishes (targets equal to
+        the model's own predictions, as in label-free audits)."""
         if self.fast_gradient is None:
             if not self._check_fast_forward():
                 self.fast_gradient = False
                 return False
 
             def measure() -> float:
-                grads = []
+                grads, weights = [], None
                 with torch.enable_grad(), eval_mode(self.model):
                     for fast in (False, True):
                         leaves = self._leaves()
-                        batch = self._fast_batch(0) if fast else self.batches[0]
-                        value = self._batch_loss(self._full(leaves), batch, self.targets[0], fast)
+                        full = self._full(leaves)
+                        pred = (self.model.probe_forward(full, self._fast_batch(0)) if fast
+                                else functional_call(self.model, full, (self.batches[0],))).reshape(-1)
+                        if weights is None:
+                            weights = torch.randn(pred.shape, generator=torch.Generator().manual_seed(0),
+                                                  dtype=torch.float64).to(pred)
                         grads.append(self._flat_or_zero(torch.autograd.grad(
-                            value, [leaves[n] for n in self.names], allow_unused=True)))
+                            (pred * weights).sum(), [leaves[n] for n in self.names], allow_unused=True)))
                 return float((grads[1] - grads[0]).norm() / grads[0].norm().clamp_min(torch.finfo(grads[0].dtype).tiny))
 
             self._settle("fast_gradient", measure, FAST_GRADIENT_RTOL)
@@ -552,8 +559,10 @@ class SplitObjective:
             leaves = self._leaves()
             inputs = [leaves[n] for n in self.names]
             full = self._full(leaves)
+            fast = self.fast_forward is not False and not self._transforming and self._check_fast_gradient()
             for i, batch in enumerate(self.batches):
-                pred = functional_call(self.model, full, (batch,)).reshape(-1)
+                pred = (self.model.probe_forward(full, self._fast_batch(i)) if fast
+                        else functional_call(self.model, full, (batch,))).reshape(-1)
                 if pred.numel() != self.targets[i].numel():
                     raise ProbeError(f"model predictions have {pred.numel()} values but the batch "
                                      f"{self.targets[i].numel()} targets")
