@@ -246,3 +246,52 @@ def test_memory_budgets_split_the_work_not_the_results(monkeypatch):
     merged = str(CifWriter(Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))).replace(
         "0.50000000  0.50000000  0.50000000", "0.00010000  0.00000000  0.99995000")
     assert p1_cif_crystals([cifs[0], merged, cifs[0]])[1] is None
+
+
+def test_worker_processes_build_the_same_graphs(monkeypatch, tmp_path):
+    """Forked workers over parts of the entries (chunks of three here, so several parts): the same graphs in the same
+    order, the same skipped counts, progress by part up to every entry, the cache written by the workers serving the
+    next build, an error at one entry raised here; a pool that cannot start leaves the build to this process."""
+    monkeypatch.setattr(graphs, "BUILD_CHUNK", 3)
+    cifs = _mixed_cifs()[:10]
+    lonely = _cif(Lattice.cubic(12.0), ["Na"], [[0, 0, 0]])
+    entries = [Entry(f"e{i}", float(i), cif, "cif") for i, cif in enumerate(cifs[:5] + [lonely] + cifs[5:])]
+    settings = GraphSpec(pad_neighbors=True)
+    alone = build_graphs(entries, settings, cache=GraphCache(enabled=False), workers=0)
+    calls = []
+    many = build_graphs(entries, settings, cache=GraphCache(tmp_path), workers=2,
+                        progress=lambda i, n: calls.append((i, n)))
+    assert calls and calls[-1] == (len(entries), len(entries)) and len(calls) > 1
+    assert [g.material_id for g in many.graphs] == [g.material_id for g in alone.graphs]
+    assert many.skipped == alone.skipped and many.built == alone.built
+    for a, b in zip(many.graphs, alone.graphs):
+        assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
+        assert torch.equal(a.edge_attr, b.edge_attr) and float(a.y) == float(b.y)
+    fast = sum(isinstance(g, graphs.GraphArrays) for g in graphs_of(entries, settings))
+    again = build_graphs(entries, settings, cache=GraphCache(tmp_path), workers=0)
+    assert again.cache_hits == len(alone.graphs) - fast  # the workers' cache entries
+    with pytest.raises(GraphError, match=r"atom 0 \(Na\) has no neighbour"):
+        build_graphs(entries, GraphSpec(isolated_atoms="error"), cache=GraphCache(enabled=False), workers=2)
+
+    def no_pool(*args, **kwargs):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr("concurrent.futures.ProcessPoolExecutor", no_pool)
+    fallback = build_graphs(entries, settings, cache=GraphCache(enabled=False), workers=2)
+    assert [g.material_id for g in fallback.graphs] == [g.material_id for g in alone.graphs]
+
+
+def test_how_many_graph_workers(monkeypatch):
+    from traits.errors import DataError
+
+    monkeypatch.delenv("TRAITS_GRAPH_WORKERS", raising=False)
+    monkeypatch.setattr("traits.threads.available_cpus", lambda: (4, "four CPUs"))
+    assert graphs.graph_workers(graphs.PARALLEL_MIN_ENTRIES - 1) == 0
+    assert graphs.graph_workers(graphs.PARALLEL_MIN_ENTRIES) == 4
+    monkeypatch.setattr("traits.threads.available_cpus", lambda: (1, "one CPU"))
+    assert graphs.graph_workers(10 ** 6) == 0
+    monkeypatch.setenv("TRAITS_GRAPH_WORKERS", "3")
+    assert graphs.graph_workers(5) == 3
+    monkeypatch.setenv("TRAITS_GRAPH_WORKERS", "many")
+    with pytest.raises(DataError, match="TRAITS_GRAPH_WORKERS must be a whole number"):
+        graphs.graph_workers(5)
