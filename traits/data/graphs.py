@@ -521,69 +521,22 @@ def _chunk_entry(entry: Entry, built: GraphArrays | GraphError | None, settings,
     return arrays
 
 
-#: Entries from which graphs are built by forked worker processes, one per available CPU (fewer: built here).
-PARALLEL_MIN_ENTRIES = 2048
-
-
-def graph_workers(n_entries: int) -> int:
-    """Worker processes :func:`build_graphs` uses for ``n_entries``: ``TRAITS_GRAPH_WORKERS`` when set (0 or 1:
-    none), else one per available CPU (:func:`traits.threads.available_cpus`) from :data:`PARALLEL_MIN_ENTRIES`
-    entries on, and none below that or where processes are not forked (only Linux forks them here)."""
-    import sys
-
-    from traits.threads import available_cpus
-
-    env = os.environ.get("TRAITS_GRAPH_WORKERS", "").strip()
-    if env:
-        try:
-            return max(int(env), 0)
-        except ValueError:
-            raise DataError(f"TRAITS_GRAPH_WORKERS must be a whole number, got {env!r}") from None
-    if n_entries < PARALLEL_MIN_ENTRIES or not sys.platform.startswith("linux"):
-        return 0
-    cpus = available_cpus()[0]
-    return cpus if cpus > 1 else 0
-
-
 def build_graphs(
     entries: Sequence[Entry],
     settings,
     cache: GraphCache | None = None,
     progress: Callable[[int, int], None] | None = None,
-    workers: int | None = None,
 ) -> GraphSet:
-    """Build (or load from the cache) the graph of every entry; bad structures are skipped and counted.
-    ``workers`` (default :func:`graph_workers`): forked processes that find the geometry of contiguous parts of
-    the entries, each as below, joined in order; this process expands it into graphs (the same graphs; a pool that
-    cannot start leaves the work to this process). The entries are taken :data:`BUILD_CHUNK` at a time and built together where the fast path reads them (:func:`graphs_of`),
+    """Build (or load from the cache) the graph of every entry; bad structures are skipped and counted. The entries
+    are taken :data:`BUILD_CHUNK` at a time and built together where the fast path reads them (:func:`graphs_of`),
     without the cache: building such a graph costs what reading it back does (2,000 sample structures with their
     features, best of 5 interleaved on a loaded machine: 5.48 s built, 5.34 s read from a warm cache), and a first
     run saves the cache's writes (about 0.7 ms a structure, ``bench/README.md``) and its disk. The cache keeps the
     graphs of the other entries, those pymatgen parses (another CIF layout, POSCAR, ASE files), whose parse is the
     slow part."""
     cache = cache if cache is not None else GraphCache()
-    workers = graph_workers(len(entries)) if workers is None else workers
-    n = len(entries)
-    found = _arrays_in_workers(entries, settings, cache, progress, workers) if workers > 1 and n > BUILD_CHUNK \
-        else None
-    kept, out = found if found is not None else _arrays_of(entries, settings, cache, progress)
     table = atom_feature_table()
-    for i, arrays in kept:
-        if int(arrays.z.max()) >= table.shape[0] or torch.isnan(table[arrays.z]).any():
-            out.skipped["element without atom features (Z > 100)"] += 1
-            continue
-        out.graphs.append(to_data(arrays, entries[i].target, entries[i].id, settings))
-    if progress is not None and n:
-        progress(n, n)
-    return out
-
-
-def _arrays_of(entries: Sequence[Entry], settings, cache: GraphCache,
-               progress: Callable[[int, int], None] | None) -> tuple[list[tuple[int, GraphArrays]], GraphSet]:
-    """The first step of :func:`build_graphs`: (position, geometry) of every entry not skipped, :data:`BUILD_CHUNK`
-    entries at a time, and a GraphSet without graphs that counts what was skipped, built and read from the cache."""
     out = GraphSet(graphs=[])
-    kept = []
     n = len(entries)
     for first in range(0, n, BUILD_CHUNK):
         chunk = [entries[i] for i in range(first, min(first + BUILD_CHUNK, n))]
@@ -592,79 +545,15 @@ def _arrays_of(entries: Sequence[Entry], settings, cache: GraphCache,
             if progress is not None and first + j:
                 progress(first + j, n)  # every entry counts, skipped ones too
             arrays = _chunk_entry(entry, built[j], settings, cache, out)
-            if arrays is not None:
-                kept.append((first + j, arrays))
-    return kept, out
-
-
-_SHARED_BUILD: tuple | None = None  # (entries, settings, cache) for the forked graph workers
-
-
-def _start_graph_worker(parent: int) -> None:
-    """In a forked graph worker: one torch thread (the parent's OpenMP pool does not survive a fork: a parallel
-    region here would wait on it forever), the parent's objects frozen (never finalised here), Ctrl-C left to the
-    parent, and the worker ended when the parent dies."""
-    import gc
-    import signal
-
-    torch.set_num_threads(1)
-    gc.freeze()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-    if os.getppid() != parent:  # the parent died before the signal was set up
-        os._exit(1)
-
-
-def _build_part(first: int, stop: int) -> bytes:
-    """In a graph worker: :func:`_arrays_of` of entries[first:stop], pickled (the geometry only, about a tenth of the
-    graphs' bytes: the edge features are expanded by the parent)."""
-    import pickle
-
-    entries, settings, cache = _SHARED_BUILD
-    return pickle.dumps(_arrays_of(entries[first:stop], settings, cache, None), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _arrays_in_workers(entries: Sequence[Entry], settings, cache: GraphCache,
-                       progress: Callable[[int, int], None] | None, workers: int):
-    """:func:`_arrays_of` by ``workers`` forked processes over parts of :data:`BUILD_CHUNK` multiples (four per
-    worker, so that one slow part does not hold the rest), joined in order; None if the pool could not start or a
-    worker died (the caller then works here). A worker's own error (a bad structure) is raised here as it is."""
-    import multiprocessing
-    import pickle
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    global _SHARED_BUILD
-    n = len(entries)
-    step = max(BUILD_CHUNK, -(-n // (4 * workers) // BUILD_CHUNK) * BUILD_CHUNK)
-    parts = [(first, min(first + step, n)) for first in range(0, n, step)]
-    _SHARED_BUILD = (entries, settings, cache)
-    try:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(parts)), mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_start_graph_worker, initargs=(os.getpid(),))
-        try:
-            futures = [pool.submit(_build_part, first, stop) for first, stop in parts]
-            kept, out = [], GraphSet(graphs=[])
-            for (first, stop), future in zip(parts, futures):
-                part_kept, part = pickle.loads(future.result())  # our own worker's bytes, not a file's
-                kept.extend((first + i, arrays) for i, arrays in part_kept)
-                out.skipped.update(part.skipped)
-                out.cache_hits += part.cache_hits
-                out.built += part.built
-                if progress is not None and stop < n:
-                    progress(stop, n)
-            return kept, out
-        finally:  # an error or Ctrl-C: the parts not started are dropped, not waited for
-            pool.shutdown(wait=True, cancel_futures=True)
-    except (BrokenProcessPool, OSError):
-        return None
-    finally:
-        _SHARED_BUILD = None
+            if arrays is None:
+                continue
+            if int(arrays.z.max()) >= table.shape[0] or torch.isnan(table[arrays.z]).any():
+                out.skipped["element without atom features (Z > 100)"] += 1
+                continue
+            out.graphs.append(to_data(arrays, entry.target, entry.id, settings))
+    if progress is not None and n:
+        progress(n, n)
+    return out
 
 
 def graph_elements(graph) -> frozenset[str]:

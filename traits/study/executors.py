@@ -114,7 +114,6 @@ def _set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ["TRAITS_REPORT_WORKERS"] = "1"  # the pool's workers share the CPUs already: reports drawn in-process
-    os.environ["TRAITS_GRAPH_WORKERS"] = "1"  # and graphs built in-process
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
