@@ -22,7 +22,10 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+from traits.threads import configure_threads
+
+configure_threads()  # as the traits command does, before torch starts its threads (TRAITS_THREADS etc. win)
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
