@@ -43,12 +43,6 @@ class OrbitBatch:
     batch: Tensor
     num_graphs: int
     orbit_weight: Tensor
-    n_atoms: int
-
-    @property
-    def reduction(self) -> float:
-        """Atoms of the full batch per atom kept."""
-        return self.n_atoms / max(int(self.x.shape[0]), 1)
 
 
 def _row_ids(rows: np.ndarray) -> np.ndarray:
@@ -102,9 +96,8 @@ def orbit_batch(batch, crystal: Tensor, num_graphs: int) -> OrbitBatch | None:
     n, n_classes = x.shape[0], int(classes.max(initial=-1)) + 1
     if n_classes >= n:
         return None
+    first = np.unique(classes, return_index=True)[1]  # each class's first atom (classes are numbered in that order)
     kept = np.zeros(n, dtype=bool)
-    first = np.full(n_classes, n, dtype=np.int64)
-    np.minimum.at(first, classes, np.arange(n))
     kept[first] = True
     edges = np.flatnonzero(kept[target])  # the kept atoms' incoming edges, in their order (grouped by target)
     device = x.device
@@ -113,7 +106,7 @@ def orbit_batch(batch, crystal: Tensor, num_graphs: int) -> OrbitBatch | None:
     return OrbitBatch(
         x=x[as_tensor(first)], edge_index=as_tensor(reduced), edge_attr=edge_attr[as_tensor(edges)],
         batch=crystal[as_tensor(first)], num_graphs=num_graphs,
-        orbit_weight=as_tensor(np.bincount(classes, minlength=n_classes)).to(x.dtype), n_atoms=int(n),
+        orbit_weight=as_tensor(np.bincount(classes, minlength=n_classes)).to(x.dtype),
     )
 
 
