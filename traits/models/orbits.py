@@ -79,10 +79,9 @@ def atom_classes(x: np.ndarray, edge_attr: np.ndarray, source: np.ndarray, targe
         if count == n_colours:  # refinement only splits classes: none split, so the partition is stable
             break
         colour, n_colours = refined, count
-    first = np.full(n_colours, n, dtype=np.int64)
-    np.minimum.at(first, colour, np.arange(n))
+    first = np.unique(colour, return_index=True)[1]  # each colour's first atom
     renumber = np.empty(n_colours, dtype=np.int64)
-    renumber[np.argsort(first, kind="stable")] = np.arange(n_colours)
+    renumber[np.argsort(first)] = np.arange(n_colours)
     return renumber[colour]
 
 
