@@ -11,7 +11,9 @@ features, CGCNN atom features, 8 Å cutoff, 12 neighbours); MACE with the MACE-M
 featurises the first N_STRUCTURES (default 24) crystals of audits/chgnet/id-no-Fe.jsonl.gz,
 builds the label-free objective (one batch, float32, CPU, ``hvp_method='retain'``) and times N_HVP (default 5)
 Hessian-vector products after one warm-up product. Peak memory is the process's peak resident set size
-(``ru_maxrss``) after the products, and before them (model and data loaded), in MiB.
+(``ru_maxrss``) after the products, and before them (model and data loaded), in MiB. It ends with the torch
+threads the run chose (``traits.threads``, as the command does) and the CPUs the process got while it ran the
+products (its CPU time / wall time), so a slow-down under load can be compared with the share of CPU it lost.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from traits.threads import configure_threads
 
 configure_threads()  # as the traits command does, before torch starts its threads (TRAITS_THREADS etc. win)
 import torch  # noqa: E402
+
+from traits.threads import settle_threads  # noqa: E402
+
+settle_threads()  # as an audit does once torch runs: fewer threads where other work holds CPUs
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,14 +64,16 @@ def main(name: str, n: int = 24, n_hvp: int = 5) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     v = torch.randn(obj.dim, generator=torch.Generator().manual_seed(0))
     obj.hvp(v)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(n_hvp):
         obj.hvp(v)
     per = (time.perf_counter() - t) / n_hvp
+    used = (time.process_time() - cpu) / (n_hvp * per)  # CPUs this process got while it ran the products
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     atoms = sum(i.num_atoms for i in items)
     print(f"{name}: {obj.dim:,} parameters probed, {len(items)} structures ({atoms} atoms), "
-          f"{per:.3f} s per HVP, peak RSS {peak:.0f} MiB (before products {before:.0f} MiB)")
+          f"{per:.3f} s per HVP, peak RSS {peak:.0f} MiB (before products {before:.0f} MiB), "
+          f"{torch.get_num_threads()} torch thread(s) using {used:.2f} CPUs")
 
 
 def random_model(name: str, folder: Path) -> Path:

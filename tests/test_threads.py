@@ -142,3 +142,95 @@ def test_cli_refuses_a_bad_traits_threads_with_exit_2(monkeypatch):
     result = CliRunner().invoke(app, ["validate", str(ROOT / "audits" / "quickstart.yaml")])
     assert result.exit_code == 2
     assert "TRAITS_THREADS='0'" in result.output and "whole number" in result.output
+
+
+def _stat(path: Path, rows: dict[int, tuple[int, int]]) -> Path:
+    """A /proc/stat text: per CPU (busy user ticks, idle ticks), with the aggregate line and an unrelated one."""
+    lines = [f"cpu  {sum(b for b, _ in rows.values())} 0 0 {sum(i for _, i in rows.values())} 0 0 0 0 0 0"]
+    lines += [f"cpu{c} {b} 0 0 {i} 0 0 0 0 0 0" for c, (b, i) in rows.items()]
+    path.write_text("\n".join(lines + ["intr 5 0 0", "ctxt 99"]) + "\n")
+    return path
+
+
+def test_cpu_ticks_read_each_cpu_of_the_mask_and_count_steal_as_busy(tmp_path):
+    p = _stat(tmp_path / "stat", {0: (30, 70), 1: (5, 95), 2: (50, 50)})
+    assert T._cpu_ticks(p, {0, 1}) == {0: (30, 100), 1: (5, 100)}
+    p.write_text("cpu0 1 2 3 4 5 6 7 8 0 0\n")  # user nice system idle iowait irq softirq steal
+    assert T._cpu_ticks(p, None) == {0: (1 + 2 + 3 + 6 + 7 + 8, 36)}
+    assert T._cpu_ticks(tmp_path / "missing", None) == {}
+
+
+def test_busy_elsewhere_is_the_cpus_used_less_this_process_and_at_least_the_groups_usage():
+    start = {"wall": 10.0, "own": 1.0, "ticks": {0: (0, 100), 1: (0, 100)}, "cgroup": 5.0}
+    end = {"wall": 12.0, "own": 1.8, "ticks": {0: (90, 200), 1: (50, 200)}, "cgroup": 6.0}
+    # 0.9 + 0.5 CPUs busy, 0.4 of them this process's own (0.8 s over 2 s)
+    assert T.busy_elsewhere(start, end) == pytest.approx(1.0)
+    # the group used 2.0 CPUs over the window (other processes in it, beyond what /proc/stat's CPUs showed)
+    assert T.busy_elsewhere(start, end | {"cgroup": 9.0}) == pytest.approx(2.0 - 0.4)
+    assert T.busy_elsewhere(start, end | {"ticks": {}}) is None  # nothing read (no /proc/stat)
+    idle = end | {"ticks": {0: (0, 200), 1: (0, 200)}, "cgroup": 5.0}
+    assert T.busy_elsewhere(start, idle) == 0.0  # never below zero
+
+
+def _settle(monkeypatch, tmp_path, busy: dict[int, tuple[int, int]], threads: int = 2, source="available CPUs"):
+    import torch
+
+    monkeypatch.setattr(T, "_RECORD", {"threads": threads, "source": source, "why": f"{threads} CPUs",
+                                       "wait_policy": None, "wait_policy_why": ""})
+    monkeypatch.setattr(T, "_START", {"wall": __import__("time").monotonic() - 1.0,
+                                      "own": __import__("time").process_time(),
+                                      "ticks": {0: (0, 0), 1: (0, 0)}, "cgroup": None})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        record = T.settle_threads(_stat(tmp_path / "stat", busy), tmp_path / "no-cgroup", tmp_path / "no-proc")
+        return record, torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_settle_lowers_the_threads_to_the_cpus_other_processes_leave_free(monkeypatch, tmp_path):
+    record, now = _settle(monkeypatch, tmp_path, {0: (95, 5), 1: (90, 10)})  # 1.85 CPUs busy elsewhere
+    assert now == record["threads"] == 1 and record["busy_elsewhere"] == pytest.approx(1.85, abs=0.06)
+    assert "busy" in record["why"] and record["source"] == "available CPUs"
+    assert T._START is None  # once per process
+
+
+def test_settle_keeps_the_threads_on_idle_cpus_and_a_users_count(monkeypatch, tmp_path):
+    record, now = _settle(monkeypatch, tmp_path, {0: (3, 97), 1: (2, 98)})
+    assert now == record["threads"] == 2 and record["busy_elsewhere"] < 0.1
+    record, now = _settle(monkeypatch, tmp_path, {0: (60, 40), 1: (0, 100)})  # 0.6 busy: round(1.4) = 1
+    assert now == record["threads"] == 1
+    record, now = _settle(monkeypatch, tmp_path, {0: (95, 5), 1: (90, 10)}, source="TRAITS_THREADS")
+    assert now == record["threads"] == 2 and "busy_elsewhere" not in record
+
+
+SETTLE = r"""
+import json, os, subprocess, sys, time
+os.sched_setaffinity(0, {0, 1})
+busy = [subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {%d}); exec('while True: pass')" % c])
+        for c in (0, 1)]
+time.sleep(0.5)
+try:
+    from traits.threads import configure_threads, settle_threads
+    configure_threads()
+    import torch
+    record = settle_threads()
+    print(json.dumps({"record": record, "torch": torch.get_num_threads()}))
+finally:
+    for p in busy:
+        p.kill()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not {0, 1} <= set(os.sched_getaffinity(0))
+                    or (T.cgroup_cpu_limit() or 2) < 2, reason="needs CPUs 0 and 1 and the right to pin to them")
+def test_settle_runs_one_thread_beside_a_busy_process_on_each_cpu():
+    """Two processes spinning on the two CPUs this one may use: torch gets one thread, and the record says why."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRAITS_THREADS", "TRAITS_THREADS_CHOSEN")}
+    proc = subprocess.run([sys.executable, "-c", SETTLE], cwd=ROOT, env=clean, capture_output=True, text=True,
+                          timeout=120, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["torch"] == out["record"]["threads"] == 1
+    assert out["record"]["busy_elsewhere"] > 0.8 and "busy" in out["record"]["why"]

@@ -49,7 +49,7 @@ from traits.results import (
 )
 from traits.seeds import probe_seed, stream
 from traits.spec import MODEL_TARGET, TARGET_UNITS, AuditSpec
-from traits.threads import configure_threads, thread_record
+from traits.threads import configure_threads, settle_threads, thread_record
 from traits.trust import audit_risk
 
 #: Stage name -> callback(done, total); the CLI attaches rich progress bars, the API stays quiet.
@@ -1289,7 +1289,7 @@ def run_audit(
     instead of ``spec.data``'s file, split by the spec's omission rule (label-free with ``data.target: model``)."""
     from traits.outdir import claim_output
 
-    configure_threads()  # once per process; torch is imported here already, so it can only lower the count
+    settle_threads()  # torch is imported here: it can only lower the count (fewer where other work holds CPUs)
     out_dir = ensure_dir(Path(out_dir) if out_dir is not None else spec.report.out_dir)
     lock = claim_output(out_dir, spec, overwrite=overwrite, spec_path=spec_path)
     try:

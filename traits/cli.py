@@ -886,7 +886,9 @@ def screen(
     from traits.audit import resolve_device
     from traits.screen import SCORE_NAMES, risk_summary
     from traits.screen import screen as run_screen
+    from traits.threads import settle_threads
 
+    settle_threads()  # torch is running now: fewer threads where other processes hold some of the CPUs
     wanted = [f.strip() for f in report_formats.split(",") if f.strip() and f.strip() != "none"]
     bad = [f for f in wanted if f not in ("html", "pdf")]
     if bad:

@@ -18,6 +18,22 @@ So, once, at the start of the command line (and of the Python API's entry points
   two busy processes; the passive policy 10.2 ms and 13.1 ms, and made the quickstart's audit 95 s instead of 58 s
   on the idle machine; the short spin 6.3 ms and 18.2 ms, and the quickstart's audit 65 s.
 
+Where the count came from the CPUs available, :func:`settle_threads` lowers it once torch is running if other
+processes already keep some of those CPUs busy (:func:`busy_elsewhere`): threads = max(1, round(c − b)), where c is
+the CPUs available and b the CPUs other processes used over the window from :func:`configure_threads` to
+:func:`settle_threads` (mostly torch's import, so no wait is added; at least :data:`MIN_BUSY_WINDOW`):
+
+    b = Σ_j busy_j / total_j − own,
+
+summed over the CPUs of the affinity mask from ``/proc/stat`` (busy = user, nice, system, irq, softirq, steal ticks;
+total adds idle and iowait), less this process's own CPU time over the window (``time.process_time``); under a
+cgroup quota q also b ≥ u − own, u the group's usage over the window (cgroup v2 ``cpu.stat`` ``usage_usec``, v1
+``cpuacct.usage``), against c = q. Threads that outnumber the free CPUs wait at every parallel step for the one
+whose CPU another process holds: CHGNet's HVP beside two busy processes on the 2-core machine took 1.60-1.67 s
+with 2 threads and 1.13-1.22 s with one (0.46-0.50 s and 0.67 s alone; bench/README.md, "Threads under
+contention"). A user's count (TRAITS_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS) is never changed, and where
+``/proc/stat`` is missing (not Linux) the count stays.
+
 It returns a record of the choice (:func:`thread_record`): threads, wait policy, where each came from and why, for
 results.json. Nothing here imports torch.
 """
@@ -27,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
@@ -53,7 +70,13 @@ _CHOSEN_ENV = "TRAITS_THREADS_CHOSEN"
 #: The most threads TRAITS_THREADS may ask for.
 MAX_THREADS = 1024
 
+#: The shortest window (s) over which :func:`settle_threads` reads how busy the CPUs are; where torch's import
+#: took less, it waits for the rest.
+MIN_BUSY_WINDOW = 0.2
+
 _RECORD: dict | None = None
+#: The CPU counters read when the count was chosen (:func:`_snapshot`), until :func:`settle_threads` reads them again.
+_START: dict | None = None
 
 
 class ThreadsError(TraitsError):
@@ -184,7 +207,7 @@ def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict:
     (:func:`thread_record`). Call it before torch is imported: the wait policy cannot change after that, and the
     thread count is then set with ``torch.set_num_threads`` only where torch runs more threads than chosen (a count
     the program set itself is kept)."""
-    global _RECORD
+    global _RECORD, _START
     if _RECORD is not None:
         return dict(_RECORD)
     environ = os.environ if environ is None else environ
@@ -209,6 +232,8 @@ def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict:
             marks.add("policy")
     if marks:
         environ[_CHOSEN_ENV] = ",".join(sorted(marks))
+    if record["source"] == "available CPUs" and record["threads"] > 1:
+        _START = _snapshot()
     if started:
         import torch
 
@@ -217,6 +242,97 @@ def configure_threads(environ: MutableMapping[str, str] | None = None) -> dict:
         record["threads"] = torch.get_num_threads()
     _RECORD = record
     return dict(record)
+
+
+def _cpu_ticks(stat: Path, cpus: set[int] | None) -> dict[int, tuple[int, int]]:
+    """Per CPU of ``cpus`` (all where None): (busy ticks, total ticks) from a ``/proc/stat`` text; {} without one."""
+    ticks = {}
+    for line in (_read(stat) or "").splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or not name[3:].isdigit() or len(fields) < 8:
+            continue
+        cpu = int(name[3:])
+        if cpus is None or cpu in cpus:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+            busy = user + nice + system + irq + softirq + steal
+            ticks[cpu] = (busy, busy + idle + iowait)
+    return ticks
+
+
+def _cgroup_usage(root: Path, proc_cgroup: Path) -> float | None:
+    """CPU seconds the process's cgroup has used (v2 ``cpu.stat`` usage_usec, else v1 ``cpuacct.usage``), or None."""
+    for folder in reversed(_cgroup_dirs(root, proc_cgroup, "")):
+        for line in (_read(folder / "cpu.stat") or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec" and value.strip().isdigit():
+                return int(value) / 1e6
+    for name in ("cpuacct", "cpu,cpuacct", "cpuacct,cpu"):
+        for folder in reversed(_cgroup_dirs(root / name, proc_cgroup, "cpuacct")):
+            value = _read(folder / "cpuacct.usage")
+            if value is not None and value.isdigit():
+                return int(value) / 1e9
+    return None
+
+
+def _snapshot(stat: Path = Path("/proc/stat"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+              proc_cgroup: Path = Path("/proc/self/cgroup")) -> dict:
+    """The counters :func:`busy_elsewhere` compares: wall and own CPU time, per-CPU ticks, the cgroup's usage."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = None
+    return {"wall": time.monotonic(), "own": time.process_time(), "ticks": _cpu_ticks(stat, cpus),
+            "cgroup": _cgroup_usage(cgroup_root, proc_cgroup)}
+
+
+def busy_elsewhere(start: dict, end: dict) -> float | None:
+    """CPUs that other processes kept busy between two :func:`_snapshot` s (see the module docstring for b), or
+    None where ``/proc/stat`` gave nothing to compare."""
+    wall = end["wall"] - start["wall"]
+    if wall <= 0:
+        return None
+    own = (end["own"] - start["own"]) / wall
+    busy = []
+    for cpu, (b1, t1) in end["ticks"].items():
+        b0, t0 = start["ticks"].get(cpu, (None, None))
+        if b0 is not None and t1 > t0:
+            busy.append((b1 - b0) / (t1 - t0))
+    if not busy:
+        return None
+    others = sum(busy) - own
+    if start["cgroup"] is not None and end["cgroup"] is not None:
+        others = max(others, (end["cgroup"] - start["cgroup"]) / wall - own)
+    return max(0.0, others)
+
+
+def settle_threads(stat: Path = Path("/proc/stat"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+                   proc_cgroup: Path = Path("/proc/self/cgroup")) -> dict:
+    """Lower torch's thread count to the CPUs other processes leave free (module docstring), once per process and
+    only where :func:`configure_threads` counted it from the CPUs available; imports torch. Returns the record,
+    which then also holds ``busy_elsewhere`` (CPUs, None where unread) and ``busy_window_s``."""
+    global _START
+    record = configure_threads()
+    if _START is None or record["source"] != "available CPUs":
+        return dict(_RECORD)
+    start, _START = _START, None
+    rest = MIN_BUSY_WINDOW - (time.monotonic() - start["wall"])
+    if rest > 0:
+        time.sleep(rest)
+    others = busy_elsewhere(start, _snapshot(stat, cgroup_root, proc_cgroup))
+    _RECORD["busy_elsewhere"] = None if others is None else round(others, 2)
+    _RECORD["busy_window_s"] = round(time.monotonic() - start["wall"], 2)
+    if others is None:
+        return dict(_RECORD)
+    import torch
+
+    free = record["threads"] - others
+    threads = max(1, min(record["threads"], math.floor(free + 0.5)))
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+        _RECORD["threads"] = torch.get_num_threads()
+        _RECORD["why"] = (f"{record['why']}; other processes kept {others:.2f} of them busy over "
+                          f"{_RECORD['busy_window_s']:g} s at start (/proc/stat), so {_RECORD['threads']}")
+    return dict(_RECORD)
 
 
 def thread_record() -> dict | None:
