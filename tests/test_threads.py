@@ -208,8 +208,8 @@ def test_settle_keeps_the_threads_on_idle_cpus_and_a_users_count(monkeypatch, tm
 SETTLE = r"""
 import json, os, subprocess, sys, time
 os.sched_setaffinity(0, {0, 1})
-busy = [subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {%d}); exec('while True: pass')" % c])
-        for c in (0, 1)]
+spin = "import os; os.sched_setaffinity(0, {%d}); exec('while True: pass')"
+busy = [subprocess.Popen([sys.executable, "-c", spin % c]) for c in (0, 1)]
 time.sleep(0.5)
 try:
     from traits.threads import configure_threads, settle_threads
