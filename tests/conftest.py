@@ -43,7 +43,9 @@ def _no_adopted_evidence(tmp_path_factory):
     from traits import catalogue
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(catalogue, "EVIDENCE_FILE", tmp_path_factory.mktemp("evidence") / "catalogue-evidence.json")
+    folder = tmp_path_factory.mktemp("evidence")
+    mp.setattr(catalogue, "EVIDENCE_FILE", folder / "catalogue-evidence.json")
+    mp.setattr(catalogue, "LABEL_FREE_EVIDENCE_FILE", folder / "catalogue-evidence-label-free.json")
     catalogue.clear_cache()
     yield
     mp.undo()

@@ -155,7 +155,7 @@ def test_study_summary_files_and_catalogue_evidence(tmp_path):
     assert cat.fails_by_default_from_evidence(metrics["lambda_ratio"])
     assert cat.fails_by_default_from_evidence(metrics["radius_ratio"])  # ρ = −1, a smaller radius is worse
     # the planted λ_max ranks the tasks as the error does and the loss at θ does not: it adds to the loss
-    assert metrics["lambda_ratio"].evidence.partial_loss[0] == pytest.approx(1.0)
+    assert metrics["lambda_ratio"].evidence.partial[0] == pytest.approx(1.0)
     assert "given the loss at θ, partial ρ = 1.00 [1.00, 1.00]" in metrics["lambda_ratio"].evidence.text()
 
 

@@ -116,3 +116,6 @@ def test_the_trust_score_command_makes_a_score_from_study_results(tmp_path):
     assert score["models"][0]["features"] == ["embedding_knn_ratio"]  # v1 has no label-free landscape signal
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert summary.startswith("# test-study") and "embedding_knn_ratio" in summary
+    gates = json.loads((tmp_path / "out" / "catalogue-evidence-label-free.json").read_text())
+    assert gates["mode"] == "label-free" and gates["pipeline_check"]  # 200 resamples: not evidence
+    assert "## Default gates of label-free audits" in summary

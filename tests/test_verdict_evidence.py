@@ -333,16 +333,15 @@ def test_label_free_audits_fail_on_no_curvature_gate_from_labelled_evidence(adop
     assert next(g for g in labelled.gates if g.name == "lambda_ratio").level == "fail"
 
 
-def test_label_free_evidence_fails_label_free_audits(adopt, tmp_path):
+def test_label_free_evidence_fails_label_free_audits(adopt, tmp_path, monkeypatch):
+    """Label-free evidence is read from its own file (study v2's, ``LABEL_FREE_EVIDENCE_FILE``)."""
     path = evidence_file(tmp_path / "lf.json", {"lambda_ratio": strong(0.6, 0.3, 0.8, floor=1.3)})
     raw = json.loads(path.read_text())
     raw["mode"] = "label-free"
     path.write_text(json.dumps(raw))
     adopt({})
-    import traits.catalogue as c
-
-    c.EVIDENCE_FILE = path  # the adopt fixture's monkeypatch restores it
-    c.clear_cache()
+    monkeypatch.setattr(cat, "LABEL_FREE_EVIDENCE_FILE", path)
+    cat.clear_cache()
     assert "lambda_ratio" in cat.default_fail_on(mode="label-free")
     assert "lambda_ratio" not in cat.default_fail_on()
     assert "lambda_ratio" in label_free_spec().gates.fail_on

@@ -29,6 +29,14 @@ The adopted study is study-1 on the Materials Project pool (``docs/study/``, 168
 and trace ratios fail by default and every other landscape or distance metric warns. The label-free metrics
 (stage ``label_free``: the Gauss-Newton, gradient-norm, prediction-sharpness and label-free surface ratios) and the
 embedding-density gap have no gate: they are listed and ranked until a study measures them.
+
+Each audit mode reads its own evidence (:func:`evidence_file_for`): labelled audits :data:`EVIDENCE_FILE`,
+label-free audits :data:`LABEL_FREE_EVIDENCE_FILE`, which study v2's registered analysis writes and
+``traits study trust-score --adopt`` installs (absent until then: label-free audits fail on no predictor by
+default). There the control is the embedding kNN distance instead of the loss at θ (a label-free audit has no
+loss at θ), so the embedding kNN ratio itself, the control, is never a default fail there. Evidence that counts
+the tasks whose gate fires on one, two and three of their seeds (``seed_firing``, study v2) also needs one task
+where it fires on all three: a gate that never agrees with itself across training seeds is not decision-grade.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ from pathlib import Path
 
 #: The adopted study's per-metric evidence (``traits study summary --adopt`` writes it; shipped in the wheel).
 EVIDENCE_FILE = Path(__file__).resolve().parent / "study" / "catalogue-evidence.json"
+#: The adopted label-free evidence (study v2's first pass; ``traits study trust-score --adopt`` writes it): what
+#: label-free audits' default gates and evidence texts read.
+LABEL_FREE_EVIDENCE_FILE = Path(__file__).resolve().parent / "study" / "catalogue-evidence-label-free.json"
 
 #: What a report says next to a predictor that no adopted study has measured.
 NOT_MEASURED = "not yet measured by an adopted study (warns, never fails, by default)"
@@ -62,12 +73,17 @@ class Evidence:
     p_holm: float | None = None
     in_progress: bool = False    # True: an interim summary of a study still running, not evidence
     n_clusters: int | None = None  # held-out rules (tasks that hold out the same compounds count once)
-    #: Partial ρ given the loss at θ, with its interval: what the metric says about the error beyond the error
-    #: the probes already see at θ (None where the study did not measure it).
-    partial_loss: tuple[float | None, float | None, float | None] = (None, None, None)
+    #: Partial ρ given the control (:attr:`control`), with its interval: what the metric says about the error
+    #: beyond what the control already says (None where the study did not measure it).
+    partial: tuple[float | None, float | None, float | None] = (None, None, None)
     #: the audits the study measured: "labels" (Hessians of the labelled loss) or "label-free" (of the model's
     #: own predictions); a default fail applies only to audits of the same mode
     mode: str = "labels"
+    #: what the partial ρ controls for: the loss at θ (labelled audits), the embedding kNN distance (label-free)
+    control: str = "the loss at θ"
+    #: tasks whose gate (the value beyond the default threshold) fires on exactly 1, 2 and 3 of their seeds, among
+    #: the omission tasks with three seeds; None where the study did not count them (study-1) or had no such task
+    seed_firing: tuple[int, int, int] | None = None
 
     def text(self) -> str:
         if self.rho is None:
@@ -75,8 +91,8 @@ class Evidence:
         tag = ", pipeline check only" if self.pipeline_check else (", interim: study in progress" if self.in_progress
                                                                    else "")
         rules = f", {self.n_clusters} held-out rules" if self.n_clusters else ""
-        pr, pl, ph = self.partial_loss
-        beyond = f"; given the loss at θ, partial ρ = {pr:.2f}{_interval(pl, ph)}" if pr is not None else ""
+        pr, pl, ph = self.partial
+        beyond = f"; given {self.control}, partial ρ = {pr:.2f}{_interval(pl, ph)}" if pr is not None else ""
         return (f"ρ = {self.rho:.2f}{_interval(self.low, self.high)} over {self.n_tasks} tasks{rules}{beyond} "
                 f"({self.study_version}, {self.data_set}{tag})")
 
@@ -400,9 +416,29 @@ def _evidence(path: str) -> dict[str, Evidence]:
                              study_version=meta["study_version"] or "?", data_set=meta["data_set"] or "?",
                              pipeline_check=bool(meta["pipeline_check"]), p_holm=e.get("p_holm"),
                              in_progress=bool(meta["in_progress"]), n_clusters=e.get("n_clusters"),
-                             partial_loss=tuple((e.get("partial_loss") or {}).get(q) for q in ("rho", "low", "high")),
-                             mode=str(raw.get("mode") or "labels"))
+                             partial=tuple((e.get("partial_control") or e.get("partial_loss") or {}).get(q)
+                                           for q in ("rho", "low", "high")),
+                             mode=str(raw.get("mode") or "labels"), control=str(e.get("control") or "the loss at θ"),
+                             seed_firing=_firing(e.get("seed_firing")))
     return out
+
+
+def _firing(raw) -> tuple[int, int, int] | None:
+    """``{"1": a, "2": b, "3": c, "n_tasks": n}`` of an evidence file as (a, b, c); None where absent, malformed
+    or counted on no task with three seeds (a study of fewer seeds cannot show the gate agreeing across three)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        counts = tuple(int(raw.get(k, 0)) for k in ("1", "2", "3"))
+        return counts if int(raw.get("n_tasks", 1)) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def evidence_file_for(mode: str = "labels") -> Path:
+    """The adopted evidence an audit of ``mode`` reads: :data:`EVIDENCE_FILE` (labels) or
+    :data:`LABEL_FREE_EVIDENCE_FILE` (label-free)."""
+    return LABEL_FREE_EVIDENCE_FILE if mode == "label-free" else EVIDENCE_FILE
 
 
 def clear_cache() -> None:
@@ -410,9 +446,10 @@ def clear_cache() -> None:
     _evidence.cache_clear()
 
 
-def catalogue(evidence_file: Path | None = None) -> tuple[Metric, ...]:
-    """Every metric, with the committed study's evidence attached where it measured the metric."""
-    ev = _evidence(str(evidence_file or EVIDENCE_FILE))
+def catalogue(evidence_file: Path | None = None, mode: str = "labels") -> tuple[Metric, ...]:
+    """Every metric, with the adopted study's evidence for audits of ``mode`` (:func:`evidence_file_for`, or
+    ``evidence_file``) attached where it measured the metric."""
+    ev = _evidence(str(evidence_file or evidence_file_for(mode)))
     return tuple(replace(m, evidence=ev.get(m.name)) for m in _METRICS)
 
 
@@ -481,7 +518,7 @@ def default_fail_on(evidence_file: Path | None = None, mode: str = "labels") -> 
     floor (:func:`threshold_clears_floor`) and the study measured audits of this ``mode`` ("labels" or
     "label-free"): evidence from Hessians of the labelled loss fails no label-free audit."""
     out = []
-    for m in catalogue(evidence_file):
+    for m in catalogue(evidence_file, mode):
         if not m.gate_field:
             continue
         if not is_predictor(m):
@@ -496,13 +533,16 @@ def default_fail_on(evidence_file: Path | None = None, mode: str = "labels") -> 
 def evidence_text(name: str, evidence_file: Path | None = None, mode: str = "labels") -> str | None:
     """What a report prints next to a flagged metric: the adopted study's ρ with its interval, data set and
     version, or :data:`NOT_MEASURED`; None for the direct measurements (errors, NaN share), which need none.
-    For an audit of another ``mode`` than the study's the text says the evidence is not for it."""
+    A label-free audit reads the label-free evidence; where it has none for the metric, the labelled study's is
+    shown with a note that it is not evidence for a label-free audit."""
     try:
-        m = next(x for x in catalogue(evidence_file) if x.name == name)
+        m = next(x for x in catalogue(evidence_file, mode) if x.name == name)
     except StopIteration:
         return None
     if not is_predictor(m):
         return None
+    if m.evidence is None and evidence_file is None and mode != "labels":
+        m = next(x for x in catalogue(None, "labels") if x.name == name)  # say what the labelled study measured
     if m.evidence is None:
         return NOT_MEASURED
     if m.evidence.mode != mode:
@@ -525,7 +565,9 @@ def _clear_of_zero(low: float | None, high: float | None, direction: float) -> b
 def fails_by_default_from_evidence(m: Metric) -> bool:
     """The study's rule: fail by default only when, in a real study (not a pipeline check or an interim
     summary), the metric's ρ interval taken in its expected direction lies above 0, its Holm-adjusted p is
-    below 0.05, **and** its partial ρ given the loss at θ has an interval above 0 in that direction too.
+    below 0.05, **and** its partial ρ given the control (the loss at θ; the embedding kNN distance for
+    label-free evidence) has an interval above 0 in that direction too; where the study counted how often the
+    gate fires across training seeds (``seed_firing``), it must fire on all three seeds of at least one task.
 
     The last condition is there because every audit that measures a landscape also measures the error at θ,
     and its MAE gate fails by default: a predictor's own failure changes a verdict only where the MAE gate
@@ -538,7 +580,9 @@ def fails_by_default_from_evidence(m: Metric) -> bool:
         return False
     if not _clear_of_zero(ev.low, ev.high, m.direction) or ev.p_holm is None or ev.p_holm >= 0.05:
         return False
-    return _clear_of_zero(ev.partial_loss[1], ev.partial_loss[2], m.direction)
+    if ev.seed_firing is not None and ev.seed_firing[2] < 1:
+        return False
+    return _clear_of_zero(ev.partial[1], ev.partial[2], m.direction)
 
 
 def threshold_clears_floor(m: Metric, threshold: float) -> bool | None:

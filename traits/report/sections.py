@@ -502,7 +502,7 @@ def basin_evidence() -> dict[str, Any] | None:
     ev = _catalogue.evidence("basin_area_ratio")
     if ev is None or ev.rho is None or ev.pipeline_check:
         return None
-    return {"rho": ev.rho, "low": ev.low, "high": ev.high, "partial": ev.partial_loss, "study": ev.study_version,
+    return {"rho": ev.rho, "low": ev.low, "high": ev.high, "partial": ev.partial, "study": ev.study_version,
             "data_set": ev.data_set, "n_tasks": ev.n_tasks,
             "opposite": ev.low is not None and ev.low > 0}  # expected ρ < 0 (smaller is worse); measured > 0
 

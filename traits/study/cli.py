@@ -200,7 +200,8 @@ def _trust_score_command(out) -> Callable[..., None]:
     """The ``study trust-score`` command (its options), printing to ``out``."""
     def trust_score(
         runs: Annotated[list[Path], typer.Argument(help="Folders of the study's results (seed-*/TASK/results.json).")],
-        out_dir: Annotated[Path, typer.Option("--out", help="Where summary.{json,md,html,pdf} and trust-score.json go.",
+        out_dir: Annotated[Path, typer.Option("--out", help="Where summary.{json,md,html,pdf}, trust-score.json and "
+                                              "catalogue-evidence-label-free.json go.",
                                               show_default=False)],
         external: Annotated[list[Path] | None, typer.Option(
             help="Results of another pool to test the frozen score on (e.g. Perov-5); repeatable.")] = None,
@@ -208,7 +209,9 @@ def _trust_score_command(out) -> Callable[..., None]:
                                                    "(reports cite it).")] = "study-2",
         n_boot: Annotated[int, typer.Option(min=100, max=100_000, help="Bootstrap resamples.")] = 2000,
         adopt: Annotated[bool, typer.Option("--adopt", help="Also install trust-score.json as the package's "
-                                            "score, which audits report.")] = False,
+                                            "score, which audits report, and (unless a pipeline check or interim) "
+                                            "the label-free gate evidence, which label-free audits' default "
+                                            "gates read.")] = False,
         campaign: Annotated[Path | None, typer.Option(
             help="The study's campaign folder: with it, signal B4 (ensemble disagreement) is computed from the kept "
             "checkpoints of every task with two or more seeds (cached in OUT/ensemble.json).")] = None,
@@ -332,12 +335,33 @@ def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Pat
     if not score:
         raise TraitsError(f"no trust score was made: {(analysis.get('trust_score') or {}).get('status')}")
     path = write_json_atomic(out_dir / "trust-score.json", score)
-    out.print(f"{safe_text(score['statement'])}\nsummary and score in {safe_text(out_dir)}", highlight=False)
+    gates = write_json_atomic(out_dir / "catalogue-evidence-label-free.json", analysis["label_free_gates"]["evidence"])
+    out.print(f"{safe_text(score['statement'])}\nsummary, score and label-free gate evidence in {safe_text(out_dir)}",
+              highlight=False)
     if adopt:
         write_text_atomic(TRUST_FILE, path.read_text(encoding="utf-8"))
         adopted_score.cache_clear()
         out.print(f"adopted {safe_text(path)} as {TRUST_FILE}", highlight=False)
+        _adopt_label_free_gates(out, gates, analysis["label_free_gates"]["default_fails"])
     return path
+
+
+def _adopt_label_free_gates(out, evidence: Path, fails: list[str]) -> None:
+    """Install the label-free gate evidence as the package's (what label-free audits' default gates read),
+    unless it is a pipeline check or interim, which is said instead."""
+    from traits import catalogue as cat
+    from traits.files import write_text_atomic
+
+    raw = cat.read_evidence_file(evidence)
+    if raw.get("pipeline_check", True) or raw.get("in_progress"):
+        why = "a pipeline check (fewer resamples than registered)" if raw.get("pipeline_check", True) else \
+            "interim (not every task has its three seeds)"
+        out.print(f"label-free gate evidence not adopted: {why}", highlight=False)
+        return
+    write_text_atomic(cat.LABEL_FREE_EVIDENCE_FILE, evidence.read_text(encoding="utf-8"))
+    cat.clear_cache()
+    out.print(f"adopted {safe_text(evidence)} as {cat.LABEL_FREE_EVIDENCE_FILE}: label-free audits now fail by "
+              f"default on {', '.join(fails) if fails else 'no landscape or distance metric'}", highlight=False)
 
 
 def _seed_list(seeds: str) -> list[int]:

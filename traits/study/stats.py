@@ -269,6 +269,32 @@ def noise_floor(rows: list[dict], keys: Sequence[str], family_key: str = "family
     return out
 
 
+#: The seeds a task must have for :func:`seed_firing` to count it (the studies train each task three times).
+SEEDS_PER_TASK = 3
+
+
+def seed_firing(rows: list[dict], key: str, *, threshold: float, direction: float,
+                seeds: int = SEEDS_PER_TASK) -> dict:
+    """How often a gate agrees with itself across training seeds: among the tasks with ``seeds`` finite values of
+    ``key`` (one per seed), how many have the value beyond ``threshold`` (above it for ``direction`` > 0, below
+    for < 0) on exactly 1, 2 and 3 of them; ``n_tasks`` counts the tasks looked at. The gate is read from the
+    point value (the study audits' values; an audit's own gate also reads the interval)."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        v = r.get(key)
+        if v is not None and math.isfinite(float(v)):
+            per.setdefault(str(r[UNIT_KEY]), []).append(float(v))
+    out = {str(k): 0 for k in range(1, seeds + 1)} | {"n_tasks": 0}
+    for values in per.values():
+        if len(values) != seeds:
+            continue
+        out["n_tasks"] += 1
+        fired = sum(1 for v in values if (v > threshold if direction > 0 else v < threshold))
+        if fired:
+            out[str(fired)] += 1
+    return out
+
+
 def versus_baseline(rows: list[dict], metric: str, baseline: str, signs: dict[str, float], *,
                     n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
     """Difference ``sign·ρ(metric) − sign·ρ(baseline)`` over the per-task means of the tasks with both, with a

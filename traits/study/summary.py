@@ -126,22 +126,35 @@ def study_summary(rows: list[dict], *, data_set: str | None, pipeline_check: boo
     }
 
 
+def firing_counts(rows: list[dict], keys) -> dict[str, dict]:
+    """Per gated metric among ``keys``: the omission tasks whose default gate fires on 1, 2 and 3 of their seeds
+    (:func:`traits.study.stats.seed_firing`; a random split has nothing to find)."""
+    from traits.study.stats import seed_firing
+
+    rows = [r for r in rows if r.get("family") != "random"]
+    gated = {m.name: m for m in cat.catalogue() if m.gate_field and m.threshold is not None}
+    return {k: seed_firing(rows, k, threshold=float(gated[k].threshold), direction=gated[k].direction)
+            for k in keys if k in gated}
+
+
 def evidence_json(summary: dict) -> dict:
     overall = summary["statistics"]["overall"]
     floor = summary["statistics"]["noise_floor"]
+    firing = firing_counts(summary.get("rows") or [], overall)
     return {
         "study_version": summary["study_version"], "data_set": summary["data_set"],
         "pipeline_check": summary["pipeline_check"], "in_progress": summary.get("in_progress", False),
         "generated_utc": summary["generated_utc"],
         "rule": "fails by default only if the rho interval (expected direction) lies above 0, p_holm < 0.05, the "
-                "partial rho given the loss at theta has its interval above 0 too, and the gate threshold lies "
-                "beyond the noise floor",
+                "partial rho given the loss at theta has its interval above 0 too, the gate threshold lies "
+                "beyond the noise floor, and (where counted) the gate fires on all three seeds of at least one task",
         "metrics": {k: {"rho": v["rho"], "low": v["low"], "high": v["high"], "p_holm": v.get("p_holm"),
                         "n_tasks": v["n_tasks"], "n_audits": v["n_audits"], "n_clusters": v.get("n_clusters"),
                         "noise_floor": (floor.get(k) or {}).get("high" if v["expected_sign"] > 0 else "low")
                         if (floor.get(k) or {}).get("enough") else None,
                         "partial_loss": {q: ((v.get("partial") or {}).get("loss") or {}).get(q)
                                          for q in ("rho", "low", "high")}}
+                    | ({"seed_firing": firing[k]} if k in firing else {})
                     for k, v in overall.items()},
     }
 

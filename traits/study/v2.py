@@ -37,6 +37,8 @@ How the points the registration leaves open were decided (the plainest reading; 
 7. Landscaper: labelled = ``smad_ratio`` with partial ρ given ``loss_ratio``; label-free = ``lf_smad_ratio`` (L5)
    with partial ρ given B1; "supported" needs both intervals above 0. Both are computed on the same omission
    tasks and reported whichever way they fall.
+8. Default gates of label-free audits: :mod:`traits.study.v2_gates` (the v1 evidence computation over every MP
+   audit, control B1, seed stability), written as ``catalogue-evidence-label-free.json``.
 """
 
 from __future__ import annotations
@@ -363,9 +365,21 @@ def analyse(rows: Sequence[dict], perov_rows: Sequence[dict] | None = None, *, n
         "trust_score": trust,
         "external_test": external_test(trust.get("score"), perov_rows, **opts) if perov_rows else None,
         "landscaper_claim": landscaper_claim(om, n_perm=n_perm, **opts),
+        "label_free_gates": label_free_gates(rows, study_version=study_version, **opts),
         "deviations": list(deviations or []),
         "rows": list(rows),
     })
+
+
+def label_free_gates(rows: Sequence[dict], *, study_version: str, n_boot: int, seed: int, level: float) -> dict:
+    """The evidence for label-free audits' default gates (:mod:`traits.study.v2_gates`) and the gates it would
+    fail by default once adopted."""
+    from traits.study.summary import data_set_name
+    from traits.study.v2_gates import default_fails, label_free_evidence
+
+    ev = label_free_evidence(rows, n_boot=n_boot, seed=seed, level=level, study_version=study_version,
+                             data_set=data_set_name(list(rows)))
+    return {"evidence": ev, "default_fails": default_fails(ev)}
 
 
 def _sample(rows: Sequence[dict], om: Sequence[dict]) -> dict:

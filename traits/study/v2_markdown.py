@@ -115,6 +115,41 @@ def _external(a: dict) -> list[str]:
                     + (_md(e["note"]) if e.get("weak") else "")]
 
 
+def gates_block(a: dict) -> dict | None:
+    """The label-free gate evidence as the page states it (:mod:`traits.study.v2_gates`); None without it."""
+    g = a.get("label_free_gates")
+    if not g:
+        return None
+    ev = g["evidence"]
+    rows = []
+    for name, e in ev["metrics"].items():
+        sf = e.get("seed_firing")
+        rows.append({"name": name, "signal": e["signal"], "rho": _iv(e, "rho"), "p": _p(e.get("p_holm")),
+                     "partial": _iv(e["partial_control"], "rho"), "floor": _f(e.get("noise_floor")),
+                     "fires": f"{sf['1']} / {sf['2']} / {sf['3']} of {sf['n_tasks']}" if sf else "no gate"})
+    state = ("a pipeline check, not evidence" if ev["pipeline_check"] else
+             "interim: not every task has its three seeds, not evidence" if ev["in_progress"] else "evidence")
+    return {"rule": ev["rule"], "sample": ev["settings"]["sample"], "state": state, "rows": rows,
+            "fails": ", ".join(g["default_fails"]) or "no landscape or distance metric"
+            + ("" if state == "evidence" else " (a pipeline check decides nothing)" if ev["pipeline_check"] else
+               " (interim evidence decides nothing)")}
+
+
+def _gates(a: dict) -> list[str]:
+    g = gates_block(a)
+    if not g:
+        return []
+    lines = ["", "## Default gates of label-free audits", "",
+             f"Rule: {_md(g['rule'])}. Sample: {_md(g['sample'])} ({g['state']}). Per-task Spearman ρ with the MAE "
+             "ratio [cluster-bootstrap interval over held-out rules], Holm p, partial ρ given B1, the random-split "
+             "noise floor (97.5 %), and the tasks whose gate fires on 1 / 2 / 3 of their three seeds.",
+             "", "| metric | signal | ρ | p (Holm) | partial ρ given B1 | noise floor | fires on 1 / 2 / 3 seeds |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {_md(r['name'])} | {_md(r['signal'])} | {r['rho']} | {r['p']} | {r['partial']} | {r['floor']} | "
+              f"{r['fires']} |" for r in g["rows"]]
+    return lines + ["", f"Adopted, this evidence makes label-free audits fail by default on: {_md(g['fails'])}."]
+
+
 def _rows(a: dict) -> list[str]:
     keys = [v["key"] for v in a["signals"].values()]
     lines = ["", "## Per-audit rows", "", "| task | seed | target | rule | kind | MAE ratio | Y | "
@@ -131,4 +166,5 @@ def markdown(a: dict) -> str:
     claim = ["", "## Landscaper's claim", ""] + [f"- {_md(v['answer'])} AUROC {_iv(v['auroc'], 'auroc')}; Δ AUROC "
                                                  f"over B1 {_iv(v['delta_auroc_vs_B1'], 'delta')}."
                                                  for v in a["landscaper_claim"].values()]
-    return "\n".join(_head(a) + _signals(a) + _spearman(a) + _trust(a) + _external(a) + claim + _rows(a)) + "\n"
+    parts = _head(a) + _signals(a) + _spearman(a) + _trust(a) + _external(a) + claim + _gates(a) + _rows(a)
+    return "\n".join(parts) + "\n"

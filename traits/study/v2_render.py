@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traits.study.v2_markdown import _f, _iv, _p
+from traits.study.v2_markdown import _f, _iv, _p, gates_block
 
 __all__ = ["conclusion", "forest_figure", "forest_rows", "pages", "reliability_figure", "render_summary"]
 
@@ -373,7 +373,7 @@ def _registration(a: dict, out_dir: Path | None) -> dict:
 CONTENTS = [("question", "Question and registration"), ("sample", "Sample"), ("deviations", "Deviations"),
             ("signals", "AUROC per signal"), ("spearman", "Spearman ρ per task"), ("trust", "The trust score"),
             ("external", "External test (Perov-5)"), ("landscaper", "Landscaper's claim"),
-            ("rows", "Per-audit rows")]
+            ("gates", "Default gates of label-free audits"), ("rows", "Per-audit rows")]
 
 
 def _page(a: dict, medium: str, figures: dict, out_dir: Path | None) -> str:
@@ -392,7 +392,7 @@ def _page(a: dict, medium: str, figures: dict, out_dir: Path | None) -> str:
         a=a, s=a["sample"], medium=medium, title=f"{a.get('study_version', 'study-2')}: can a label-free signal "
         "predict OOD failure?", running=str(a.get("study_version", "study-2")), registration=_registration(a, out_dir),
         conclusion=conclusion(a), contents=CONTENTS, signal_rows=signal_rows(a), spearman=spearman_blocks(a),
-        labelled=labelled_rows(a), trust=trust_block(a), external=external_block(a),
+        labelled=labelled_rows(a), trust=trust_block(a), external=external_block(a), gates=gates_block(a),
         claims=list((a.get("landscaper_claim") or {}).values()), iv=_iv, columns=columns, rows=rows,
         left_out=left_out, figures=figs, version=traits.__version__, css=Markup(css),
         css_narrow=Markup((root / "report-narrow.css").read_text(encoding="utf-8")))
