@@ -234,3 +234,26 @@ def test_settle_runs_one_thread_beside_a_busy_process_on_each_cpu():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["torch"] == out["record"]["threads"] == 1
     assert out["record"]["busy_elsewhere"] > 0.8 and "busy" in out["record"]["why"]
+
+
+SET = r"""
+import json
+from traits.threads import configure_threads, set_threads, settle_threads
+configure_threads()
+import torch
+set_threads(1, "set by the campaign (--threads 1)")
+record = settle_threads()  # an audit of the campaign's job: the program's count stands
+print(json.dumps({"record": record, "torch": torch.get_num_threads()}))
+"""
+
+
+def test_a_count_the_program_sets_is_what_the_record_says():
+    """A campaign's --threads, set after the command chose its count (the jobs run in its own process): torch runs
+    it and results.json says so (it said the count chosen at start)."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRAITS_THREADS", "TRAITS_THREADS_CHOSEN")}
+    proc = subprocess.run([sys.executable, "-c", SET], cwd=ROOT, env=clean, capture_output=True, text=True,
+                          timeout=120, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["torch"] == out["record"]["threads"] == 1
+    assert out["record"]["source"] == "set by the program" and "--threads 1" in out["record"]["why"]

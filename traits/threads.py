@@ -329,9 +329,27 @@ def settle_threads(stat: Path = Path("/proc/stat"), cgroup_root: Path = Path("/s
     threads = max(1, min(record["threads"], math.floor(free + 0.5)))
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)
-        _RECORD["threads"] = torch.get_num_threads()
         _RECORD["why"] = (f"{record['why']}; other processes kept {others:.2f} of them busy over "
-                          f"{_RECORD['busy_window_s']:g} s at start (/proc/stat), so {_RECORD['threads']}")
+                          f"{_RECORD['busy_window_s']:g} s at start (/proc/stat), so {torch.get_num_threads()}")
+    _RECORD["threads"] = torch.get_num_threads()  # what torch runs, whoever set it
+    return dict(_RECORD)
+
+
+def set_threads(threads: int, why: str) -> dict:
+    """Run ``threads`` torch threads in this process from now on, chosen by the program (a campaign's
+    ``--threads``): the environment for a torch not started yet and for the processes it starts
+    (``TRAITS_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``), torch itself where it runs, and the record
+    (source "set by the program", ``why``), which :func:`settle_threads` then leaves alone. Returns the record."""
+    global _RECORD, _START
+    record = configure_threads()
+    for key in (THREADS_ENV, OMP_THREADS_ENV, MKL_THREADS_ENV):
+        os.environ[key] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    _START = None
+    _RECORD = {**record, "threads": threads if torch is None else torch.get_num_threads(),
+               "source": "set by the program", "why": why}
     return dict(_RECORD)
 
 

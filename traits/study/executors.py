@@ -107,16 +107,13 @@ def plan_threads(workers: int, threads: int | None = None, n_cores: int | None =
 
 
 def _set_threads(threads: int) -> None:
-    """Torch threads of this process: the environment for a torch not imported yet (it reads
-    OMP_NUM_THREADS when it starts; importing it here would slow every worker's start), else directly."""
-    import sys
+    """Torch threads of this process (:func:`traits.threads.set_threads`: the environment for a torch not
+    imported yet, which reads it when it starts; importing it here would slow every worker's start; else
+    directly), recorded as the campaign's choice."""
+    from traits.threads import set_threads
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ["TRAITS_REPORT_WORKERS"] = "1"  # the pool's workers share the CPUs already: reports drawn in-process
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads, f"set by the campaign (--threads {threads})")
 
 
 def run_inline(fn: Callable, jobs: Sequence, log: Callable[[str], None] = lambda _m: None) -> list:
