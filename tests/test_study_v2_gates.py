@@ -182,3 +182,14 @@ def test_stability_counted_on_no_three_seed_task_is_not_counted():
     assert cat._firing({"1": 0, "2": 0, "3": 0, "n_tasks": 0}) is None
     assert cat._firing({"1": 2, "2": 1, "3": 0, "n_tasks": 9}) == (2, 1, 0)
     assert cat._firing("junk") is None
+
+
+def test_the_conclusion_says_what_the_gates_decide(evidence):
+    from traits.study.v2_render import _conclusion_gates
+
+    check = {"label_free_gates": {"evidence": evidence, "default_fails": []}}
+    assert _conclusion_gates(check) == [
+        "Default gates of label-free audits: a pipeline check, not evidence, so they decide nothing."]
+    real = {"label_free_gates": {"evidence": evidence | {"pipeline_check": False}, "default_fails": ["lambda_ratio"]}}
+    assert _conclusion_gates(real) == ["Adopted, this study makes label-free audits fail by default on lambda_ratio."]
+    assert _conclusion_gates({}) == []  # an analysis without the gate block (written before it) says nothing

@@ -344,10 +344,21 @@ def _conclusion_claim(a: dict) -> list[str]:
                                                   else "not testable") + "." for m, s in states.items()]
 
 
+def _conclusion_gates(a: dict) -> list[str]:
+    g = gates_block(a)
+    if not g:
+        return []
+    if g["state"] != "evidence":
+        return [f"Default gates of label-free audits: {g['state']}, so they decide nothing."]
+    return [f"Adopted, this study makes label-free audits fail by default on {g['fails']}."]
+
+
 def conclusion(a: dict) -> str:
     """The paragraph at the top of the page, from the numbers: what B1 reaches, whether any candidate beats it,
-    what ships and how it compares with the goal, calibration, the external test and Landscaper's claim."""
-    parts = _conclusion_signals(a) + _conclusion_score(a) + _conclusion_external(a) + _conclusion_claim(a)
+    what ships and how it compares with the goal, calibration, the external test, Landscaper's claim and the
+    default gates of label-free audits."""
+    parts = (_conclusion_signals(a) + _conclusion_score(a) + _conclusion_external(a) + _conclusion_claim(a)
+             + _conclusion_gates(a))
     if a.get("deviations"):
         parts.append(f"{len(a['deviations'])} deviation(s) from the registration are listed below.")
     return " ".join(parts)
