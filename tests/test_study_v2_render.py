@@ -127,6 +127,7 @@ def test_conclusion_calls_weak_results_weak():
     text = v2_render.conclusion(a)
     assert "B1 (the embedding kNN distance) has AUROC 0.80 [0.64, 0.92], above chance but with a wide interval" in text
     assert "8 of the 9 label-free candidates" in text and "No compared candidate beats B1" in text
+    assert "by the registered test (Δ AUROC interval above 0 and Holm p < 0.05)" in text and ", Holm p " in text
     assert "is not reached" in text and "weak evidence" in text and "do not transfer as probabilities" in text
     assert "Landscaper's claim cannot be tested" in text
     strong = json.loads(json.dumps(a))

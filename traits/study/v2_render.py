@@ -293,8 +293,10 @@ def _conclusion_signals(a: dict) -> list[str]:
         out.append("Beating " + comp + " (Δ AUROC interval above 0, Holm p < 0.05): " + ", ".join(
             f"{c} by {_iv(a['auroc'][c]['delta_vs_B1'], 'delta')}" for c in better) + ".")
     elif compared:
-        out.append(f"No compared candidate beats {comp}: " + "; ".join(
-            f"{c} Δ AUROC {_iv(a['auroc'][c].get('delta_vs_B1'), 'delta')}" for c in compared) + ".")
+        out.append(f"No compared candidate beats {comp} by the registered test (Δ AUROC interval above 0 and Holm "
+                   "p < 0.05): " + "; ".join(
+                       f"{c} Δ AUROC {_iv(a['auroc'][c].get('delta_vs_B1'), 'delta')}, Holm p "
+                       f"{_p((a['auroc'][c].get('delta_vs_B1') or {}).get('p_holm'))}" for c in compared) + ".")
     return out
 
 
