@@ -101,13 +101,19 @@ print(json.dumps({"record": record, "torch": torch.get_num_threads(),
 """
 
 
-def configure(**env: str) -> dict:
+def run_fresh(script: str, **env: str) -> dict:
+    """The JSON ``script`` prints last, run in a fresh Python without any thread setting of ours in its
+    environment (plus ``env``)."""
     clean = {k: v for k, v in os.environ.items()
              if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "TRAITS_THREADS",
                           "TRAITS_THREADS_CHOSEN")}
-    proc = subprocess.run([sys.executable, "-c", CONFIGURE], cwd=ROOT, env=clean | env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=clean | env, capture_output=True,
                           text=True, timeout=120, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def configure(**env: str) -> dict:
+    return run_fresh(CONFIGURE, **env)
 
 
 def test_configure_sets_torch_before_it_starts():
@@ -227,11 +233,7 @@ finally:
                     or (T.cgroup_cpu_limit() or 2) < 2, reason="needs CPUs 0 and 1 and the right to pin to them")
 def test_settle_runs_one_thread_beside_a_busy_process_on_each_cpu():
     """Two processes spinning on the two CPUs this one may use: torch gets one thread, and the record says why."""
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRAITS_THREADS", "TRAITS_THREADS_CHOSEN")}
-    proc = subprocess.run([sys.executable, "-c", SETTLE], cwd=ROOT, env=clean, capture_output=True, text=True,
-                          timeout=120, check=True)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_fresh(SETTLE)
     assert out["torch"] == out["record"]["threads"] == 1
     assert out["record"]["busy_elsewhere"] > 0.8 and "busy" in out["record"]["why"]
 
@@ -250,10 +252,6 @@ print(json.dumps({"record": record, "torch": torch.get_num_threads()}))
 def test_a_count_the_program_sets_is_what_the_record_says():
     """A campaign's --threads, set after the command chose its count (the jobs run in its own process): torch runs
     it and results.json says so (it said the count chosen at start)."""
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRAITS_THREADS", "TRAITS_THREADS_CHOSEN")}
-    proc = subprocess.run([sys.executable, "-c", SET], cwd=ROOT, env=clean, capture_output=True, text=True,
-                          timeout=120, check=True)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_fresh(SET)
     assert out["torch"] == out["record"]["threads"] == 1
     assert out["record"]["source"] == "set by the program" and "--threads 1" in out["record"]["why"]
