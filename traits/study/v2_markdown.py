@@ -130,9 +130,10 @@ def gates_block(a: dict) -> dict | None:
     state = ("a pipeline check, not evidence" if ev["pipeline_check"] else
              "interim: not every task has its three seeds, not evidence" if ev["in_progress"] else "evidence")
     return {"rule": ev["rule"], "sample": ev["settings"]["sample"], "state": state, "rows": rows,
-            "fails": ", ".join(g["default_fails"]) or "no landscape or distance metric"
-            + ("" if state == "evidence" else " (a pipeline check decides nothing)" if ev["pipeline_check"] else
-               " (interim evidence decides nothing)")}
+            "fails": ", ".join(g["default_fails"]) or (
+                "no landscape or distance metric" + ("" if state == "evidence" else " (a pipeline check decides "
+                                                     "nothing)" if ev["pipeline_check"] else
+                                                     " (interim evidence decides nothing)"))}
 
 
 def _gates(a: dict) -> list[str]:
