@@ -22,6 +22,7 @@ def test_seed_firing_counts_tasks_by_the_seeds_beyond_the_threshold():
     rows += [{"task": "d", "v": v} for v in (1.0, 1.0, 1.0)]     # none
     rows += [{"task": "e", "v": v} for v in (9.0, 9.0)]          # two seeds only: not counted
     rows += [{"task": "f", "v": v} for v in (9.0, 9.0, None)]    # a missing value: not counted
+    rows += [{"task": "g", "v": 9.0, "family": "random"} for _ in range(3)]  # a random split: a false alarm
     assert seed_firing(rows, "v", threshold=3.0, direction=1.0) == {"1": 1, "2": 1, "3": 1, "n_tasks": 4}
     # smaller is worse: below the threshold fires
     assert seed_firing(rows, "v", threshold=1.5, direction=-1.0) == {"1": 1, "2": 0, "3": 1, "n_tasks": 4}

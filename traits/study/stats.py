@@ -275,12 +275,15 @@ SEEDS_PER_TASK = 3
 
 def seed_firing(rows: list[dict], key: str, *, threshold: float, direction: float,
                 seeds: int = SEEDS_PER_TASK) -> dict:
-    """How often a gate agrees with itself across training seeds: among the tasks with ``seeds`` finite values of
-    ``key`` (one per seed), how many have the value beyond ``threshold`` (above it for ``direction`` > 0, below
-    for < 0) on exactly 1, 2 and 3 of them; ``n_tasks`` counts the tasks looked at. The gate is read from the
-    point value (the study audits' values; an audit's own gate also reads the interval)."""
+    """How often a gate agrees with itself across training seeds: among the omission tasks (random splits have
+    nothing to find: a gate firing there is a false alarm) with ``seeds`` finite values of ``key`` (one per seed),
+    how many have the value beyond ``threshold`` (above it for ``direction`` > 0, below for < 0) on exactly 1, 2
+    and 3 of them; ``n_tasks`` counts the tasks looked at. The gate is read from the point value (the study
+    audits' values; an audit's own gate also reads the interval)."""
     per: dict[str, list[float]] = {}
     for r in rows:
+        if r.get("family") == "random":
+            continue
         v = r.get(key)
         if v is not None and math.isfinite(float(v)):
             per.setdefault(str(r[UNIT_KEY]), []).append(float(v))

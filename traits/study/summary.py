@@ -128,10 +128,9 @@ def study_summary(rows: list[dict], *, data_set: str | None, pipeline_check: boo
 
 def firing_counts(rows: list[dict], keys) -> dict[str, dict]:
     """Per gated metric among ``keys``: the omission tasks whose default gate fires on 1, 2 and 3 of their seeds
-    (:func:`traits.study.stats.seed_firing`; a random split has nothing to find)."""
+    (:func:`traits.study.stats.seed_firing`)."""
     from traits.study.stats import seed_firing
 
-    rows = [r for r in rows if r.get("family") != "random"]
     gated = {m.name: m for m in cat.catalogue() if m.gate_field and m.threshold is not None}
     return {k: seed_firing(rows, k, threshold=float(gated[k].threshold), direction=gated[k].direction)
             for k in keys if k in gated}

@@ -69,7 +69,6 @@ def label_free_evidence(rows: Sequence[dict], *, n_boot: int = REGISTERED_BOOT, 
     neutral = {SIGNALS[sid]: (0.0 if known.get(SIGNALS[sid]) and known[SIGNALS[sid]].unit == "difference" else 1.0)
                for sid in per_signal}
     floors = noise_floor(rows, [SIGNALS[sid] for sid in per_signal], neutral=neutral)
-    shifted = [r for r in rows if r.get("family") != "random"]  # a gate firing on a random split is a false alarm
     metrics = {}
     for name, sid in METRIC_SIGNAL.items():
         m, st, key = known.get(name), per_signal[sid], SIGNALS[sid]
@@ -83,7 +82,7 @@ def label_free_evidence(rows: Sequence[dict], *, n_boot: int = REGISTERED_BOOT, 
                  "noise_floor": floor.get("high" if m.direction > 0 else "low") if floor.get("enough") else None,
                  "control": CONTROL_TEXT, "partial_control": {q: part.get(q) for q in ("rho", "low", "high")}}
         if m.gate_field and m.threshold is not None:
-            entry["seed_firing"] = seed_firing(shifted, key, threshold=float(m.threshold), direction=m.direction)
+            entry["seed_firing"] = seed_firing(rows, key, threshold=float(m.threshold), direction=m.direction)
         metrics[name] = entry
     return {"study_version": study_version, "data_set": data_set, "mode": "label-free",
             "pipeline_check": n_boot < REGISTERED_BOOT, "in_progress": not _complete(rows),
