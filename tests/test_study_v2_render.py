@@ -135,3 +135,12 @@ def test_conclusion_calls_weak_results_weak():
     assert "0.95 [0.91, 0.98], above chance." in v2_render.conclusion(strong)
     strong["auroc"]["B1"] |= {"auroc": 0.6, "low": 0.45, "high": 0.75}
     assert "reaches chance (0.5)" in v2_render.conclusion(strong)
+
+
+def test_the_gates_section_and_its_contents_line_come_with_the_gate_evidence(analysis):
+    html = v2_render.pages(analysis, pdf=False)["html"]
+    assert 'href="#gates"' in html and '<section id="gates">' in html
+    assert str(escape(analysis["label_free_gates"]["evidence"]["rule"])) in html
+    before = {k: v for k, v in analysis.items() if k != "label_free_gates"}  # an analysis made before them
+    html = v2_render.pages(before, pdf=False)["html"]
+    assert 'href="#gates"' not in html and '<section id="gates">' not in html

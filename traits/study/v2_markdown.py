@@ -129,7 +129,10 @@ def gates_block(a: dict) -> dict | None:
                      "fires": f"{sf['1']} / {sf['2']} / {sf['3']} of {sf['n_tasks']}" if sf else "no gate"})
     state = ("a pipeline check, not evidence" if ev["pipeline_check"] else
              "interim: not every task has its three seeds, not evidence" if ev["in_progress"] else "evidence")
-    return {"rule": ev["rule"], "sample": ev["settings"]["sample"], "state": state, "rows": rows,
+    note = (f"Rule: {ev['rule']}. Sample: {ev['settings']['sample']} ({state}). Per-task Spearman ρ with the MAE "
+            "ratio [cluster-bootstrap interval over held-out rules], Holm p, partial ρ given B1, the random-split "
+            "noise floor (97.5 %), and the tasks whose gate fires on 1 / 2 / 3 of their three seeds.")
+    return {"note": note, "state": state, "rows": rows,
             "fails": ", ".join(g["default_fails"]) or (
                 "no landscape or distance metric" + ("" if state == "evidence" else " (a pipeline check decides "
                                                      "nothing)" if ev["pipeline_check"] else
@@ -140,10 +143,7 @@ def _gates(a: dict) -> list[str]:
     g = gates_block(a)
     if not g:
         return []
-    lines = ["", "## Default gates of label-free audits", "",
-             f"Rule: {_md(g['rule'])}. Sample: {_md(g['sample'])} ({g['state']}). Per-task Spearman ρ with the MAE "
-             "ratio [cluster-bootstrap interval over held-out rules], Holm p, partial ρ given B1, the random-split "
-             "noise floor (97.5 %), and the tasks whose gate fires on 1 / 2 / 3 of their three seeds.",
+    lines = ["", "## Default gates of label-free audits", "", _md(g["note"]),
              "", "| metric | signal | ρ | p (Holm) | partial ρ given B1 | noise floor | fires on 1 / 2 / 3 seeds |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {_md(r['name'])} | {_md(r['signal'])} | {r['rho']} | {r['p']} | {r['partial']} | {r['floor']} | "

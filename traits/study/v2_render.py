@@ -398,14 +398,16 @@ def _page(a: dict, medium: str, figures: dict, out_dir: Path | None) -> str:
     root = templates_dir()
     css = "\n".join((root / name).read_text(encoding="utf-8") for name in STYLESHEETS)
     columns, rows, left_out = audit_rows(a)
+    gates = gates_block(a)  # None for an analysis made before the label-free gates: no section, no contents line
     kind = "svg" if medium == "screen" else "png"
     figs = {name: {"src": f[kind], "width": f["width"] if medium == "screen" else f["print_width"]}
             for name, f in figures.items()}
     return template_environment().get_template(TEMPLATE).render(
         a=a, s=a["sample"], medium=medium, title=f"{a.get('study_version', 'study-2')}: can a label-free signal "
         "predict OOD failure?", running=str(a.get("study_version", "study-2")), registration=_registration(a, out_dir),
-        conclusion=conclusion(a), contents=CONTENTS, signal_rows=signal_rows(a), spearman=spearman_blocks(a),
-        labelled=labelled_rows(a), trust=trust_block(a), external=external_block(a), gates=gates_block(a),
+        conclusion=conclusion(a), contents=[c for c in CONTENTS if gates or c[0] != "gates"],
+        signal_rows=signal_rows(a), spearman=spearman_blocks(a),
+        labelled=labelled_rows(a), trust=trust_block(a), external=external_block(a), gates=gates,
         claims=list((a.get("landscaper_claim") or {}).values()), iv=_iv, columns=columns, rows=rows,
         left_out=left_out, figures=figs, version=traits.__version__, css=Markup(css),
         css_narrow=Markup((root / "report-narrow.css").read_text(encoding="utf-8")))
