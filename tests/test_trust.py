@@ -101,16 +101,22 @@ def test_an_audit_result_carries_the_risk_and_round_trips(tmp_path):
 
 
 @pytest.mark.skipif(not V1_RUNS.is_dir(), reason="study-1 results not in this checkout")
-def test_the_trust_score_command_makes_a_score_from_study_results(tmp_path):
+def test_the_trust_score_command_makes_a_score_from_study_results(tmp_path, monkeypatch):
     from traits.study.cli import make_trust_score
+
+    installed = tmp_path / "installed-trust-score.json"
+    monkeypatch.setattr(trust, "TRUST_FILE", installed)
 
     runs = tmp_path / "runs"
     # every seed-0 audit of study 1: 56 tasks, 25 held-out rules
     for f in sorted((V1_RUNS / "seed-0").glob("*/results.json")):
         (runs / "seed-0" / f.parent.name).mkdir(parents=True)
         (runs / "seed-0" / f.parent.name / "results.json").write_bytes(f.read_bytes())
-    path = make_trust_score(Console(file=open(tmp_path / "log", "w")), [runs], tmp_path / "out", external=[],
-                            study_version="test-study", n_boot=200, adopt=False)
+    with open(tmp_path / "log", "w") as log:
+        path = make_trust_score(Console(file=log, width=400), [runs], tmp_path / "out", external=[],
+                                study_version="test-study", n_boot=200, adopt=True)
+    # 200 resamples and one seed per task: a pipeline check, so --adopt installs nothing
+    assert not installed.exists() and "trust score not adopted: a pipeline check" in (tmp_path / "log").read_text()
     score = json.loads(path.read_text())
     assert score["study_version"] == "test-study" and score["evidence"]["n_audits"] == 50
     assert score["models"][0]["features"] == ["embedding_knn_ratio"]  # v1 has no label-free landscape signal

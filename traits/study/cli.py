@@ -339,11 +339,25 @@ def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Pat
     out.print(f"{safe_text(score['statement'])}\nsummary, score and label-free gate evidence in {safe_text(out_dir)}",
               highlight=False)
     if adopt:
-        write_text_atomic(TRUST_FILE, path.read_text(encoding="utf-8"))
-        adopted_score.cache_clear()
-        out.print(f"adopted {safe_text(path)} as {TRUST_FILE}", highlight=False)
+        why = _not_adoptable(analysis["label_free_gates"]["evidence"])
+        if why:
+            out.print(f"trust score not adopted: {why}", highlight=False)
+        else:
+            write_text_atomic(TRUST_FILE, path.read_text(encoding="utf-8"))
+            adopted_score.cache_clear()
+            out.print(f"adopted {safe_text(path)} as {TRUST_FILE}", highlight=False)
         _adopt_label_free_gates(out, gates, analysis["label_free_gates"]["default_fails"])
     return path
+
+
+def _not_adoptable(evidence: dict) -> str | None:
+    """Why an analysis may not become the package's default (a pipeline check or interim), or None. The score and
+    the label-free gate evidence come from the same rows and resamples, so the evidence's flags hold for both."""
+    if evidence.get("pipeline_check", True):
+        return "a pipeline check (fewer resamples than registered)"
+    if evidence.get("in_progress"):
+        return "interim (not every task has its three seeds)"
+    return None
 
 
 def _adopt_label_free_gates(out, evidence: Path, fails: list[str]) -> None:
@@ -352,10 +366,8 @@ def _adopt_label_free_gates(out, evidence: Path, fails: list[str]) -> None:
     from traits import catalogue as cat
     from traits.files import write_text_atomic
 
-    raw = cat.read_evidence_file(evidence)
-    if raw.get("pipeline_check", True) or raw.get("in_progress"):
-        why = "a pipeline check (fewer resamples than registered)" if raw.get("pipeline_check", True) else \
-            "interim (not every task has its three seeds)"
+    why = _not_adoptable(cat.read_evidence_file(evidence))
+    if why:
         out.print(f"label-free gate evidence not adopted: {why}", highlight=False)
         return
     write_text_atomic(cat.LABEL_FREE_EVIDENCE_FILE, evidence.read_text(encoding="utf-8"))

@@ -113,6 +113,9 @@ V2_LABEL_FREE_PROFILE: dict[str, Any] = {**STUDY_PROFILE, "probes.label_free.ena
                                          "probes.shift.density_components": 10,
                                          "probes.hessian.enabled": False, "probes.surface.enabled": False,
                                          "report.formats": ["json"]}
+#: Study v2's second pass: the labelled probes of v1 (and the surface extras v2 adds) on the kept checkpoints,
+#: without the label-free probes, which the first pass already measured on the same models and structures.
+V2_LABELLED_PROFILE: dict[str, Any] = {**V2_PROFILE, "probes.label_free.enabled": False}
 #: A pipeline check of study v2 (never evidence).
 V2_TINY_PROFILE: dict[str, Any] = {**TINY_PROFILE, "probes.label_free.enabled": True}
 
@@ -123,7 +126,8 @@ def study_profiles(subsample: int | None = None) -> dict[str, dict[str, Any]]:
 
     sub = {} if subsample is None else {"data.subsample": subsample}
     profiles = {"study": {**STUDY_PROFILE, **sub}, "tiny": dict(TINY_PROFILE), "v2": {**V2_PROFILE, **sub},
-                "v2-label-free": {**V2_LABEL_FREE_PROFILE, **sub}, "v2-tiny": dict(V2_TINY_PROFILE)}
+                "v2-label-free": {**V2_LABEL_FREE_PROFILE, **sub},
+                "v2-labelled": {**V2_LABELLED_PROFILE, **sub}, "v2-tiny": dict(V2_TINY_PROFILE)}
     return {k: copy.deepcopy(v) for k, v in profiles.items()}  # no shared list: the YAML holds no aliases
 
 
@@ -437,7 +441,8 @@ def write_study(out: Path, fams: list[Family], targets: Sequence[str], data: dic
         "resources": resources or {"default": {"CPU": 1}},
     }
     write_text_atomic(out / "campaign.yaml", "# Profiles of the generated study: `study` is the issue-16 budget; "
-                      "`v2` adds the label-free probes (study v2), `v2-label-free` is v2's first pass; `tiny` and "
+                      "`v2` adds the label-free probes (study v2), `v2-label-free` is v2's first pass and `v2-labelled` its "
+                      "second; `tiny` and "
                       "`v2-tiny` are pipeline checks only.\n" + yaml.safe_dump(campaign, sort_keys=False))
     write_json_atomic(out / "families.json", {"version": STUDY_VERSION, **(meta or {}), "tasks": rows})
     return written

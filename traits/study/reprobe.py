@@ -128,12 +128,13 @@ def ensemble_predictions(campaign: Path, task: str, checkpoints: dict[int, Path]
 
     The compounds are the first seed's ID test and OOD compounds that none of the seeds' training splits hold
     (each seed draws its own subsample, so another seed's model may have trained on the first seed's test
-    compounds; those are left out). Returns ``(predictions {seed: {id: value}}, id_ids, ood_ids)`` for
+    compounds; those are left out). Each seed's splits are read from the audit that trained its model
+    (``results.json`` beside ``model/``: ``accuracy.<split>.ids``), so only the chosen compounds' graphs are
+    built. Returns ``(predictions {seed: {id: value}}, id_ids, ood_ids)`` for
     :func:`traits.study.v2.ensemble_disagreement`."""
     import torch
 
     from traits.audit import load_or_train
-    from traits.data.prepare import prepare_data
     from traits.models.inference import predict
     from traits.spec import load_spec
 
@@ -142,16 +143,51 @@ def ensemble_predictions(campaign: Path, task: str, checkpoints: dict[int, Path]
         if not Path(c).is_file():  # never train in place of a missing checkpoint
             raise TraitsError(f"{c}: no such checkpoint")
     specs = {s: load_spec(path, overrides=_overrides(campaign, profile, s, c)) for s, c in sorted(checkpoints.items())}
-    data = {s: prepare_data(spec) for s, spec in specs.items()}
-    trained = {str(g.material_id) for d in data.values() for g in d.splits.get("train", [])}
-    first = min(data)
-    chosen = {split: [g for g in data[first].splits.get(split, []) if str(g.material_id) not in trained]
-              for split in ("id", "ood")}
-    graphs = chosen["id"] + chosen["ood"]
+    splits = {s: _audit_splits(Path(c)) for s, c in checkpoints.items()}
+    trained = {i for sp in splits.values() for i in sp["train"]}
+    first = min(specs)
+    chosen = {split: [i for i in dict.fromkeys(splits[first][split]) if i not in trained] for split in ("id", "ood")}
+    graphs = _graphs_of(specs[first], chosen["id"] + chosen["ood"])
     preds: dict[int, dict[str, float]] = {}
     dev = torch.device(device)
     for s, spec in specs.items():
-        loaded = load_or_train(spec, data[s], Path("."), dev)
+        loaded = load_or_train(spec, None, Path("."), dev)  # the checkpoint exists: nothing is trained
         ids, values, _ = predict(loaded.model.to(dev).eval(), graphs, dev)
         preds[s] = {str(i): float(v) for i, v in zip(ids, values)}
-    return preds, [str(g.material_id) for g in chosen["id"]], [str(g.material_id) for g in chosen["ood"]]
+    return preds, chosen["id"], chosen["ood"]
+
+
+def _audit_splits(checkpoint: Path) -> dict[str, list[str]]:
+    """The train, ID and OOD compound ids of the audit that trained ``checkpoint`` (``TASK/model/x.safetensors``
+    → ``TASK/results.json``)."""
+    import json
+
+    results = checkpoint.parent.parent / "results.json"
+    try:
+        acc = json.loads(results.read_text(encoding="utf-8")).get("accuracy") or {}
+    except (OSError, ValueError) as exc:
+        raise TraitsError(f"{results}: cannot read the audit that trained {checkpoint.name} ({exc})") from None
+    out = {split: [str(i) for i in ((acc.get(split) or {}).get("ids") or [])] for split in ("train", "id", "ood")}
+    missing = [split for split, ids in out.items() if not ids]
+    if missing:
+        raise TraitsError(f"{results}: no compound ids for the {', '.join(missing)} split(s) in 'accuracy' (an audit "
+                          "with labels records them)")
+    return out
+
+
+def _graphs_of(spec, ids: list[str]) -> list:
+    """The graphs of the compounds ``ids`` of the spec's data source, in that order (a TraitsError naming any that
+    the source lacks or whose graph cannot be built)."""
+    from traits.data.graphs import build_graphs
+    from traits.data.sources import read_source
+
+    by_id = {str(e.id): e for e in read_source(spec.data).entries}
+    gone = [i for i in ids if i not in by_id]
+    if gone:
+        raise TraitsError(f"{spec.data.path or spec.data.source}: {len(gone)} compound(s) of the audits are not in "
+                          f"the data (first: {gone[0]})")
+    built = {str(g.material_id): g for g in build_graphs([by_id[i] for i in ids], spec.data.graph).graphs}
+    lost = [i for i in ids if i not in built]
+    if lost:
+        raise TraitsError(f"{len(lost)} compound(s) of the audits have no graph now (first: {lost[0]})")
+    return [built[i] for i in ids]
