@@ -722,3 +722,27 @@ def test_a_moved_data_file_with_the_same_bytes_is_the_same_audit(tmp_path):
     copy.write_bytes(copy.read_bytes() + b"\n")  # other bytes at the new path: another audit
     assert not same_audit(base, live, measurements_only=True, data_hash=recorded)
     assert not same_audit(base, live, measurements_only=True, data_hash="0" * 64)
+
+
+def test_a_moved_checkpoint_with_the_same_bytes_is_the_same_audit(tmp_path):
+    """A study re-probes kept checkpoints by absolute path; from another checkout the audit is the same when the
+    checkpoint there has the sha256 the stored audit recorded (provenance.checkpoint_sha256), and only then."""
+    import hashlib
+    import shutil
+
+    from traits.outdir import same_audit
+
+    original = tmp_path / "here" / "model.safetensors"
+    original.parent.mkdir()
+    original.write_bytes(b"weights" * 100)
+    base = fast_spec(**{"model.checkpoint": str(original)}).model_dump(mode="json")
+    copy = tmp_path / "elsewhere" / "model.safetensors"
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    recorded = hashlib.sha256(original.read_bytes()).hexdigest()
+    live = fast_spec(**{"model.checkpoint": str(copy)}).model_dump(mode="json")
+    assert not same_audit(base, live, measurements_only=True)  # no recorded hash: the paths decide
+    assert same_audit(base, live, measurements_only=True, checkpoint_hash=recorded)
+    assert not same_audit(base, live, measurements_only=True, data_hash=recorded)  # a data hash is not for it
+    copy.write_bytes(b"other weights")
+    assert not same_audit(base, live, measurements_only=True, checkpoint_hash=recorded)

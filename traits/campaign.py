@@ -200,7 +200,7 @@ def finished_row(where: Path, spec: AuditSpec, task: str, *, rewrite: bool = Tru
     except TraitsError:
         return None
     if not same_audit(done.spec, spec.model_dump(mode="json"), measurements_only=True,
-                      data_hash=done.provenance.data_hash):
+                      data_hash=done.provenance.data_hash, checkpoint_hash=done.provenance.checkpoint_sha256):
         return None
     if task_family(done) == "random" and done.provenance.split_scheme != SPLIT_SCHEME:
         return None  # the same spec drew another partition then: not this task's audit (run_task redoes it)

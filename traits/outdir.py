@@ -72,16 +72,18 @@ def spec_hash(spec_dict: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _moved_data_file(stored: dict[str, Any], live: dict[str, Any], data_hash: str) -> dict[str, Any]:
-    """``stored`` with its data path replaced by the live one when they differ and the live file's content
-    hash is ``data_hash`` (what the stored audit read); otherwise ``stored`` unchanged."""
-    old, new = (d.get("data", {}).get("path") if isinstance(d.get("data"), dict) else None for d in (stored, live))
+def _moved_file(stored: dict[str, Any], live: dict[str, Any], section: str, key: str,
+               content_hash: str) -> dict[str, Any]:
+    """``stored`` with its file path ``section.key`` (the data file, the checkpoint) replaced by the live one when
+    they differ and the live file's content hash is ``content_hash`` (what the stored audit read); otherwise
+    ``stored`` unchanged."""
+    old, new = (d.get(section, {}).get(key) if isinstance(d.get(section), dict) else None for d in (stored, live))
     if not (isinstance(old, str) and isinstance(new, str)) or old == new:
         return stored
-    if _content_hash(new) != data_hash:
+    if _content_hash(new) != content_hash:
         return stored
     moved = copy.deepcopy(stored)
-    moved["data"]["path"] = new
+    moved[section][key] = new
     return moved
 
 
@@ -116,7 +118,7 @@ def _project(live, stored):
 
 
 def same_audit(stored: dict[str, Any], live: dict[str, Any], *, measurements_only: bool = False,
-               data_hash: str | None = None) -> bool:
+               data_hash: str | None = None, checkpoint_hash: str | None = None) -> bool:
     """Whether a stored spec and a live one describe the same audit. Fields added to the spec schema
     since the stored one was written (absent from it) are ignored, so upgrading TRAITS does not turn a
     folder's own audit into "another audit".
@@ -124,13 +126,16 @@ def same_audit(stored: dict[str, Any], live: dict[str, Any], *, measurements_onl
     ``data_hash`` is the content hash the stored audit recorded for its data file
     (``provenance.data_hash``). With it, a ``data.path`` that differs only because the data (or the whole
     checkout) moved is the same audit when the live path's file has that hash: the same bytes measured.
+    ``checkpoint_hash`` (``provenance.checkpoint_sha256``) does the same for ``model.checkpoint``.
 
     ``measurements_only`` also ignores the gates: the question a campaign asks (are the numbers the same
     measurement?), since gates only turn numbers into a verdict and a finished audit is re-gated, not rerun,
     when they change. Without it, the gates count: a folder holds one audit, verdict included."""
     a, b = audit_identity(stored), audit_identity(live)
     if data_hash:
-        a = _moved_data_file(a, b, data_hash)
+        a = _moved_file(a, b, "data", "path", data_hash)
+    if checkpoint_hash:
+        a = _moved_file(a, b, "model", "checkpoint", checkpoint_hash)
     if measurements_only:
         a, b = ({k: v for k, v in d.items() if k != "gates"} for d in (a, b))
     if not set(a) <= set(b):
