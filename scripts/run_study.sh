@@ -3,9 +3,11 @@
 #
 #   scripts/run_study.sh                 # study v1 (issue 16): MP element core, MP random splits, seed 0 of the
 #                                        # other MP families, Perov-5, then seeds 1 and 2 of the other MP families
-#   STUDY=v2 scripts/run_study.sh        # study v2's first pass (docs/study/v2/PREREGISTRATION.md): every MP task,
-#                                        # seeds 0-2, then Perov-5, profile v2-label-free; each audit's trained
-#                                        # checkpoint is committed beside its results.json
+#   STUDY=v2 scripts/run_study.sh        # study v2 (docs/study/v2/PREREGISTRATION.md): the first pass, every MP
+#                                        # task, seeds 0-2, then Perov-5, profile v2-label-free, each audit's
+#                                        # trained checkpoint committed beside its results.json; then the second
+#                                        # pass, MP's kept checkpoints re-probed with the labelled probes (profile
+#                                        # v2-labelled) into docs/study/v2/runs-labelled-mp/
 #   STUDY_DRY=1 scripts/run_study.sh     # print what it would do
 #   kill "$(cat runs/study.pid)"         # stop it: the campaign stops its workers (their tasks resume next
 #                                        # time) and the audits finished so far are committed
@@ -44,7 +46,9 @@ else
 fi
 
 # 2. the finished audits of earlier sessions (a task is reused only when its stored spec equals today's)
-for pool in mp perov5; do
+pools="mp perov5"
+[ "$study" = v2 ] && pools="mp perov5 labelled-mp"
+for pool in $pools; do
   if [ -d "$(keep_dir "$pool")" ]; then
     do_ mkdir -p "$runs-$pool"
     for d in "$(keep_dir "$pool")"/seed-*; do [ -d "$d" ] && do_ cp -rn "$d" "$runs-$pool/"; done
@@ -58,8 +62,10 @@ kept_files() {  # the files of one finished audit folder that the study keeps
     model/metrics.json; do [ -f "$1/$f" ] && echo "$f"; done
 }
 commit_finished() {
-  local pool="$1" n new=0 f dir rel dst k dest
+  local pool="$1" n new=0 f dir rel dst k dest what=" and their checkpoints"
   dest="$(keep_dir "$pool")"
+  case "$pool" in labelled-*) what=" (second pass)" ;; esac
+  [ -n "$checkpoints" ] || what=""
   for f in "$runs-$pool"/seed-*/*/results.json; do
     [ -f "$f" ] || continue
     dir="$(dirname "$f")"
@@ -73,12 +79,13 @@ commit_finished() {
   n=$(find "$dest" -name results.json | wc -l)
   # never an edit of the folder's README
   git add -- "$dest/seed-*/*/results.json" "$dest/seed-*/*/model/*" 2>/dev/null || git add -- "$dest/seed-*/*/results.json"
-  git commit -q -m "Study $study (in progress, not evidence): results of the $n finished $pool study audits$([ -z "$checkpoints" ] || echo ' and their checkpoints'), kept so the run resumes from them" -- "$dest/seed-*" || true
+  git commit -q -m "Study $study (in progress, not evidence): results of the $n finished $pool study audits$what, kept so the run resumes from them" -- "$dest/seed-*" || true
 }
 if [ -z "$dry" ]; then
-  ( while true; do sleep "$every"; commit_finished mp; commit_finished perov5; done ) &
+  commit_all() { for pool in $pools; do commit_finished "$pool"; done; }
+  ( while true; do sleep "$every"; commit_all; done ) &
   committer=$!
-  trap 'kill "$committer" 2>/dev/null || true; commit_finished mp; commit_finished perov5; rm -f runs/study.pid' EXIT
+  trap 'kill "$committer" 2>/dev/null || true; commit_all; rm -f runs/study.pid' EXIT
   mkdir -p runs && echo $$ > runs/study.pid
 fi
 # A campaign runs as a background child that the script waits for, so that a TERM reaches this script at once
@@ -93,8 +100,16 @@ trap stop TERM INT
 campaign() {
   local seeds="$1"; shift
   if [ -n "$dry" ]; then do_ python -m traits.cli campaign "$@" --profile "$profile" --seeds "$seeds"; return; fi
-  env -C "$code" PYTHONPATH="$code" python -m traits.cli campaign "$@" --profile "$profile" --seeds "$seeds" \
-    --workers "$workers" --threads "$threads" &
+  in_background python -m traits.cli campaign "$@" --profile "$profile" --seeds "$seeds"
+}
+reprobe() {  # study v2's second pass: the kept checkpoints of one pool re-probed with another profile
+  local pool="$1" with="$2"
+  if [ -n "$dry" ]; then do_ python -m traits.cli study reprobe "$(keep_dir "$pool")" --profile "$with"; return; fi
+  in_background python -m traits.cli study reprobe "$root/$(keep_dir "$pool")" --campaign "$code/audits/study/$pool" \
+    --profile "$with" --out "$root/$runs-labelled-$pool"
+}
+in_background() {
+  env -C "$code" PYTHONPATH="$code" "$@" --workers "$workers" --threads "$threads" &
   child=$!
   local rc=0
   wait "$child" || rc=$?
@@ -106,7 +121,9 @@ if [ "$study" = v2 ]; then
   campaign 0,1,2 "$code/audits/study/mp" --out "$root/$runs-mp" || say "some MP tasks failed"
   say "study v2, first pass: Perov-5 (the external test)"
   campaign 0,1,2 "$code/audits/study/perov5" --out "$root/$runs-perov5" || say "some Perov-5 tasks failed"
-  say "done: the labelled probes rerun on the kept checkpoints next (docs/study/v2/README.md)"
+  say "study v2, second pass: the labelled probes on MP's kept checkpoints (profile v2-labelled)"
+  reprobe mp v2-labelled || say "some MP second-pass tasks failed"
+  say "done: summarise the second pass with traits study summary (docs/study/v2/README.md)"
   exit 0
 fi
 say "MP element core"
