@@ -700,9 +700,11 @@ def test_campaign_passes_progress_to_training(tmp_path, monkeypatch):
     assert seen["progress"] is rep and seen["train_progress"] is rep
 
 
-def test_a_moved_data_file_with_the_same_bytes_is_the_same_audit(tmp_path):
-    """A checkout moved elsewhere (another machine, CI) reads its data from another absolute path: the audit
-    is the same when the file there has the content hash the stored audit recorded, and only then."""
+@pytest.mark.parametrize("field, hash_kw", [("data.path", "data_hash"), ("model.checkpoint", "checkpoint_hash")])
+def test_a_moved_file_with_the_same_bytes_is_the_same_audit(tmp_path, field, hash_kw):
+    """A checkout moved elsewhere (another machine, CI) reads its data, or a study's kept checkpoint, from another
+    absolute path: the audit is the same when the file there has the content hash the stored audit recorded
+    (provenance.data_hash, provenance.checkpoint_sha256), and only then."""
     import hashlib
     import shutil
 
@@ -710,39 +712,17 @@ def test_a_moved_data_file_with_the_same_bytes_is_the_same_audit(tmp_path):
     from traits.outdir import same_audit
 
     original = sample_path()
-    base = fast_spec(**{"data.path": str(original)}).model_dump(mode="json")
+    base = fast_spec(**{field: str(original)}).model_dump(mode="json")
     copy = tmp_path / "elsewhere" / original.name
     copy.parent.mkdir()
     shutil.copyfile(original, copy)
     recorded = hashlib.sha256(original.read_bytes()).hexdigest()
-    live = fast_spec(**{"data.path": str(copy)}).model_dump(mode="json")
+    other_kw = "checkpoint_hash" if hash_kw == "data_hash" else "data_hash"
+    live = fast_spec(**{field: str(copy)}).model_dump(mode="json")
     assert not same_audit(base, live, measurements_only=True)  # no recorded hash: the paths decide
-    assert same_audit(base, live, measurements_only=True, data_hash=recorded)
-    assert same_audit(base, live, data_hash=recorded)
+    assert not same_audit(base, live, measurements_only=True, **{other_kw: recorded})  # the other file's hash
+    assert same_audit(base, live, measurements_only=True, **{hash_kw: recorded})
+    assert same_audit(base, live, **{hash_kw: recorded})
     copy.write_bytes(copy.read_bytes() + b"\n")  # other bytes at the new path: another audit
-    assert not same_audit(base, live, measurements_only=True, data_hash=recorded)
-    assert not same_audit(base, live, measurements_only=True, data_hash="0" * 64)
-
-
-def test_a_moved_checkpoint_with_the_same_bytes_is_the_same_audit(tmp_path):
-    """A study re-probes kept checkpoints by absolute path; from another checkout the audit is the same when the
-    checkpoint there has the sha256 the stored audit recorded (provenance.checkpoint_sha256), and only then."""
-    import hashlib
-    import shutil
-
-    from traits.outdir import same_audit
-
-    original = tmp_path / "here" / "model.safetensors"
-    original.parent.mkdir()
-    original.write_bytes(b"weights" * 100)
-    base = fast_spec(**{"model.checkpoint": str(original)}).model_dump(mode="json")
-    copy = tmp_path / "elsewhere" / "model.safetensors"
-    copy.parent.mkdir()
-    shutil.copyfile(original, copy)
-    recorded = hashlib.sha256(original.read_bytes()).hexdigest()
-    live = fast_spec(**{"model.checkpoint": str(copy)}).model_dump(mode="json")
-    assert not same_audit(base, live, measurements_only=True)  # no recorded hash: the paths decide
-    assert same_audit(base, live, measurements_only=True, checkpoint_hash=recorded)
-    assert not same_audit(base, live, measurements_only=True, data_hash=recorded)  # a data hash is not for it
-    copy.write_bytes(b"other weights")
-    assert not same_audit(base, live, measurements_only=True, checkpoint_hash=recorded)
+    assert not same_audit(base, live, measurements_only=True, **{hash_kw: recorded})
+    assert not same_audit(base, live, measurements_only=True, **{hash_kw: "0" * 64})
