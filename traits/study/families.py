@@ -441,9 +441,9 @@ def write_study(out: Path, fams: list[Family], targets: Sequence[str], data: dic
         "resources": resources or {"default": {"CPU": 1}},
     }
     write_text_atomic(out / "campaign.yaml", "# Profiles of the generated study: `study` is the issue-16 budget; "
-                      "`v2` adds the label-free probes (study v2), `v2-label-free` is v2's first pass and `v2-labelled` its "
-                      "second; `tiny` and "
-                      "`v2-tiny` are pipeline checks only.\n" + yaml.safe_dump(campaign, sort_keys=False))
+                      "`v2` adds the label-free probes (study v2), `v2-label-free` is v2's first pass and "
+                      "`v2-labelled` its second; `tiny` and `v2-tiny` are pipeline checks only.\n"
+                      + yaml.safe_dump(campaign, sort_keys=False))
     write_json_atomic(out / "families.json", {"version": STUDY_VERSION, **(meta or {}), "tasks": rows})
     return written
 
