@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,35 @@ def test_screen_risk_groups_by_element_and_excludes_non_finite_embeddings():
     d_b = np.median(nn.kneighbors((phi[1:25] - mean) / sd)[0].mean(1))
     assert by["B"]["knn_ratio"] == pytest.approx(d_b / d_id, rel=1e-9)
     assert by["B"]["knn_ratio"] > 1  # the screened embeddings are spread wider than the training ones
+
+
+def _model(name: str, features: list[str], coef: float) -> dict:
+    n = len(features)
+    return {"name": name, "features": features, "means": [0.0] * n, "sds": [1.0] * n, "coef": [coef] * n,
+            "intercept": 0.0, "refits": []}
+
+
+def test_a_score_shipping_other_signals_is_applied_through_its_distance_fallback():
+    """A screen measures only the embedding distance: of a score whose shipped candidate needs other signals it
+    applies the M0 fallback, and says so with the fallback's own evidence; without a fallback, no risk."""
+    from traits.screen import risk_caveat
+
+    rows, phi, ref = _synthetic([["A"]] * 30)
+    ev = {"n_audits": 150, "n_rules": 25, "loro_auroc": {"auroc": 0.91, "low": 0.8, "high": 0.97}}
+    m0 = _model("M0", ["embedding_knn_ratio"], 2.0) | {
+        "evidence": {"role": "fallback where M1's signals are not measured",
+                     "loro_auroc": {"auroc": 0.74, "low": 0.6, "high": 0.85}}}
+    score = {"study_version": "s2", "candidate": "M1", "ships_as_default": True, "evidence": ev,
+             "models": [_model("M1", ["embedding_knn_ratio", "gn_trace_ratio"], 1.0), m0]}
+    risk = screen_risk(rows, phi, ref, score=score)
+    assert risk["computed"] and risk["score"]["model"] == "M0"
+    assert "AUROC 0.74 [0.60, 0.85]" in risk["score"]["evidence"] and "0.91" not in risk["score"]["evidence"]
+    z = math.log(risk["overall"]["knn_ratio"])
+    assert risk["overall"]["probability"] == pytest.approx(1 / (1 + math.exp(-2.0 * z)))
+    assert "model on that distance alone" in risk_caveat(score) and "0.74" in risk_caveat(score)
+    without = score | {"models": score["models"][:1]}
+    bare = screen_risk(rows, phi, ref, score=without)
+    assert bare["overall"]["probability"] is None and "gives no risk here" in risk_caveat(without)
 
 
 def test_without_an_adopted_score_or_embedding_there_is_no_risk(monkeypatch):

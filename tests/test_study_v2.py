@@ -178,6 +178,29 @@ def test_trust_score_finds_the_signal_that_determines_y(determined_analysis):
     assert max(coefs, key=coefs.get) == "gn_trace_ratio"
     assert score["evidence"]["goal_reached"] and score["evidence"]["n_rules"] == 12
     assert json.loads(json.dumps(score)) == score  # plain JSON
+    # M0 ships last as the fallback where the candidate's signals are not measured, with its own evidence
+    fallback = score["models"][-1]
+    assert fallback["name"] == "M0" and fallback["features"] == ["embedding_knn_ratio"]
+    assert fallback["evidence"]["loro_auroc"] == t["per_candidate_loro_auroc"]["M0"]
+    assert [m["name"] for m in score["models"]].count("M0") == 1
+
+
+def test_the_m0_fallback_gives_its_own_risk_and_evidence(determined_analysis):
+    from traits.trust import audit_risk, evidence_text
+
+    t = determined_analysis["trust_score"]
+    score = t["score"]
+    only_b1 = audit_risk({"embedding_knn_ratio": 1.7}, score)
+    assert only_b1["model"] == "M0" and only_b1["candidate"] == score["candidate"]
+    assert "without" in only_b1["note"] and "gn_trace_ratio" in only_b1["features_missing"]
+    m0 = t["per_candidate_loro_auroc"]["M0"]
+    assert f"AUROC {m0['auroc']:.2f}" in only_b1["evidence"] and "fallback" in only_b1["evidence"]
+    shipped = f"AUROC {t['loro_auroc']['auroc']:.2f}"
+    assert shipped in evidence_text(score) and evidence_text(score) != only_b1["evidence"]
+    # the fallback's probability is its own logistic model's
+    m = score["models"][-1]
+    z = (math.log(1.7) - m["means"][0]) / m["sds"][0]
+    assert only_b1["probability"] == pytest.approx(1 / (1 + math.exp(-(m["coef"][0] * z + m["intercept"]))))
 
 
 def test_trust_score_on_noise_ships_m0():
@@ -187,6 +210,7 @@ def test_trust_score_on_noise_ships_m0():
     assert t["score"]["candidate"] == "M0" and not t["score"]["ships_as_default"]
     assert not (t["delta_auroc_over_M0"]["low"] or 0) > 0
     assert t["score"]["models"][0]["features"] == ["embedding_knn_ratio"]
+    assert len(t["score"]["models"]) == 1  # M0 ships: no fallback to add
     assert "did not beat" in t["score"]["statement"]
 
 
@@ -283,6 +307,10 @@ def test_analyse_and_write_summary(tmp_path, determined_analysis):
     assert json.loads((tmp_path / "summary.json").read_text())["study_version"] == "study-2"
     md = (tmp_path / "summary.md").read_text()
     assert r"evil\|\*task\*" in md and "evil|*task*" not in md
+    m0 = a["trust_score"]["per_candidate_loro_auroc"]["M0"]["auroc"]
+    beside = f"M0 (embedding_knn_ratio): fallback where {a['trust_score']['score']['candidate']}'s signals are not"
+    assert f"- beside it: {beside}" in md and f"LORO AUROC {m0:.2f}" in md  # the shipped fallback, named
+    assert "Beside it: M0 (embedding_knn_ratio): fallback where" in (tmp_path / "summary.html").read_text()
 
 
 def test_excluded_signal_enters_no_comparison():

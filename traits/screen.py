@@ -658,15 +658,33 @@ RISK_CAVEAT = ("The score is the embedding-distance baseline alone (the median k
                "much the fitted score moves over the study's held-out rules, not a sampling interval of this screen.")
 
 
+def distance_model(score: dict | None) -> dict | None:
+    """The score's first model on the embedding distance alone (what a screen can apply), or None."""
+    return next((m for m in (score or {}).get("models") or [] if m.get("features") == ["embedding_knn_ratio"]),
+                None)
+
+
 def risk_caveat(score: dict | None) -> str:
-    """:data:`RISK_CAVEAT` for a score on the embedding distance alone; for any other score, what it rests on."""
-    features = [f for m in (score or {}).get("models") or [] for f in m.get("features", [])]
-    if not score or set(features) == {"embedding_knn_ratio"}:
+    """:data:`RISK_CAVEAT` for a score on the embedding distance alone; for a score that ships another candidate,
+    which of its models the screen applies and what that rests on."""
+    models = (score or {}).get("models") or []
+    if not score or (models and models[0].get("features") == ["embedding_knn_ratio"]):
         return RISK_CAVEAT
-    return (f"The score rests on {score.get('study_version', 'its study')} ({', '.join(dict.fromkeys(features))}); a "
-            "screen measures only the embedding distance, so a score that needs other signals gives no risk here. "
-            "Its interval is how much the fitted score moves over the study's held-out rules, not a sampling "
+    features = [f for f in models[0].get("features", [])] if models else []
+    fallback = distance_model(score)
+    lead = (f"The score rests on {score.get('study_version', 'its study')} ({', '.join(features)}); a screen measures "
+            "only the embedding distance, so ")
+    tail = (" Its interval is how much the fitted score moves over the study's held-out rules, not a sampling "
             "interval of this screen.")
+    if fallback is None:
+        return lead + "a score that needs other signals gives no risk here." + tail
+    from traits.trust import evidence_text
+
+    evidence = evidence_text(score, fallback["name"])
+    return (lead + f"the risk here is the score's model on that distance alone ({evidence}), weaker evidence than "
+            "the shipped candidate." + tail)
+
+
 RISK_NOT_GIVEN = ("no reference given: the risk needs the model's training and ID test compounds (--reference "
                   "SPEC, the audit spec the model was trained or audited with); the calibration's 500 stored "
                   "training embeddings are not the audit's yardstick, so no risk is computed")
@@ -801,9 +819,9 @@ def _group_risk(name: str, d: np.ndarray, id_median: float, score: dict | None, 
 def _score_fields(score: dict) -> dict:
     from traits.trust import INTERVAL_KIND, evidence_text
 
-    model = (score.get("models") or [{}])[0]
+    model = distance_model(score) or (score.get("models") or [{}])[0]  # the model a screen applies
     return {"candidate": score.get("candidate"), "model": model.get("name"), "features": model.get("features"),
-            "study_version": str(score.get("study_version", "")), "evidence": evidence_text(score),
+            "study_version": str(score.get("study_version", "")), "evidence": evidence_text(score, model.get("name")),
             "outcome": score.get("outcome"), "interval_kind": score.get("interval_kind") or INTERVAL_KIND,
             "ships_as_default": bool(score.get("ships_as_default"))}
 

@@ -99,17 +99,27 @@ def adopted_score() -> dict | None:
     return score if isinstance(score, dict) and score.get("models") else None
 
 
-def evidence_text(score: dict) -> str:
-    """What the score rests on, in one line: study, model, audits, rules and its leave-one-rule-out AUROC."""
+def score_model(score: dict, name: str | None = None) -> dict:
+    """The score's model called ``name`` (default, or no such model: its first, the shipped candidate)."""
+    models = score.get("models") or [{}]
+    return next((m for m in models if name is not None and m.get("name") == name), models[0])
+
+
+def evidence_text(score: dict, model: str | None = None) -> str:
+    """What a risk made with the score's ``model`` (default: the shipped candidate) rests on, in one line: study,
+    model, audits, rules and its leave-one-rule-out AUROC. A model carrying its own evidence (the M0 fallback)
+    gives that, not the shipped candidate's."""
     ev = score.get("evidence") or {}
-    loro = ev.get("loro_auroc") or {}
+    m = score_model(score, model)
+    own = m.get("evidence") or {}
+    loro = own.get("loro_auroc") or ev.get("loro_auroc") or {}
     auc = loro.get("auroc")
     lo, hi = loro.get("low"), loro.get("high")
     bounds = f" [{lo:.2f}, {hi:.2f}]" if finite(lo) and finite(hi) else ""
     auc_text = f", leave-one-rule-out AUROC {auc:.2f}{bounds}" if finite(auc) else ""
-    return (f"{score.get('study_version', 'unknown study')}, {score.get('candidate', '?')} "
-            f"({', '.join((score.get('models') or [{}])[0].get('features', []))}), {ev.get('n_audits', '?')} audits "
-            f"over {ev.get('n_rules', '?')} held-out rules{auc_text}")
+    name = f"{m['name']}, {own['role']}" if own.get("role") else score.get("candidate", "?")
+    return (f"{score.get('study_version', 'unknown study')}, {name} ({', '.join(m.get('features', []))}), "
+            f"{ev.get('n_audits', '?')} audits over {ev.get('n_rules', '?')} held-out rules{auc_text}")
 
 
 def audit_risk(ratios: dict, score: dict | None = None) -> dict | None:
@@ -121,6 +131,6 @@ def audit_risk(ratios: dict, score: dict | None = None) -> dict | None:
     r = predict_risk(score, ratios)
     return {"probability": r["probability"], "low": r["low"], "high": r["high"],
             "interval_kind": r["interval_kind"], "model": r["model"], "candidate": r["candidate"],
-            "study_version": str(score.get("study_version", "")), "evidence": evidence_text(score),
+            "study_version": str(score.get("study_version", "")), "evidence": evidence_text(score, r["model"]),
             "ships_as_default": bool(score.get("ships_as_default")), "features_missing": list(r["features_missing"]),
             "note": r["note"]}

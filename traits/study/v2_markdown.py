@@ -97,9 +97,22 @@ def _trust(a: dict) -> list[str]:
               "| bin | audits | mean predicted | observed |", "|---|---|---|---|"]
     lines += [f"| {i + 1} | {b['n']} | {_f(b['mean_predicted'])} | {_f(b['observed'])} |"
               for i, b in enumerate(cal["bins"])]
-    lines += ["", f"**What ships:** {_md(score['statement'])}",
-              f"Goal ({_md(ev['goal'])}): {'reached' if ev['goal_reached'] else 'not reached'}."]
+    lines += ["", f"**What ships:** {_md(score['statement'])}"]
+    lines += [f"- beside it: {_md(x)}" for x in also_shipped(score)]
+    lines += ["", f"Goal ({_md(ev['goal'])}): {'reached' if ev['goal_reached'] else 'not reached'}."]
     return lines
+
+
+def also_shipped(score: dict) -> list[str]:
+    """The shipped score's models after the first, each with what it is for (the registered model without B4;
+    the M0 fallback with its own LORO AUROC)."""
+    out = []
+    for m in (score.get("models") or [])[1:]:
+        own = m.get("evidence") or {}
+        what = own.get("role") or "for audits without the ensemble disagreement (one seed)"
+        auc = f", LORO AUROC {_iv(own['loro_auroc'], 'auroc')}" if own.get("loro_auroc") else ""
+        out.append(f"{m['name']} ({', '.join(m.get('features', []))}): {what}{auc}")
+    return out
 
 
 def _external(a: dict) -> list[str]:

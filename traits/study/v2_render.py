@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traits.study.v2_markdown import _f, _iv, _p, gates_block
+from traits.study.v2_markdown import _f, _iv, _p, also_shipped, gates_block
 
 __all__ = ["conclusion", "forest_figure", "forest_rows", "pages", "reliability_figure", "render_summary"]
 
@@ -221,6 +221,7 @@ def trust_block(a: dict) -> dict | None:
                           "construction" if only_m0 else "",
             "n": f"{ev['n_audits']} audits, {ev['n_rules']} rules, {ev['n_positive']} with Y = 1",
             "goal": ev["goal"], "goal_reached": bool(ev["goal_reached"]), "statement": score["statement"],
+            "also": also_shipped(score),
             "brier": _f(cal.get("brier"), 3), "slope": _f(cal.get("slope")), "method": cal.get("method", ""),
             "bins": [{"i": i + 1, "n": b["n"], "range": f"{_f(b['low'])}–{_f(b['high'])}",
                       "predicted": _f(b["mean_predicted"]), "observed": _f(b["observed"])}

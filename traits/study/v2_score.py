@@ -19,6 +19,10 @@ Choices where the registration is silent (each also in :mod:`traits.study.v2`'s 
 - B4 (ensemble disagreement) exists only for tasks with three seeds: when the shipped candidate uses it, a
   second model without B4 is fitted on the same audits with the same C and ships beside it;
   :func:`predict_risk` uses the first model whose features an audit has all of.
+- When a candidate other than M0 ships, M0 refitted on every audit (its C from the same selection) ships last,
+  with its own evidence (M0's out-of-fold nested-LORO AUROC): the risk where the shipped candidate's signals are
+  not measured (``traits screen``; an audit without the label-free probes), reported with M0's evidence, not the
+  shipped candidate's. Decided on 2026-12-07 before any v2 statistic was computed.
 """
 
 from __future__ import annotations
@@ -197,15 +201,24 @@ def candidate_features(available: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _ship(rows: Sequence[dict], feats: dict[str, list[str]], y: np.ndarray, groups: np.ndarray, full: dict,
-          default: bool, n_refits: int, seed: int) -> tuple[str, list[dict]]:
+          default: bool, n_refits: int, seed: int, m0_loro: dict) -> tuple[str, list[dict]]:
     """The candidate that ships (the one LORO chose on every audit if it beat M0, else M0) and its models: the
-    full one, and without B4 too when it uses B4."""
+    full one, without B4 too when it uses B4, and M0 last when another candidate ships.
+
+    M0 last is the fallback where the shipped candidate's signals are not measured (``traits screen`` measures
+    only the embedding distance; a labelled audit may run without the label-free probes): it carries its own
+    evidence, M0's out-of-fold LORO AUROC (``m0_loro``), which a risk made with it reports instead of the shipped
+    candidate's."""
     name = full["candidate"] if default else "M0"
     C = full["best_C"][name]
     models = [shipped_model(name, rows, feats[name], y, groups, C, n_refits, seed)]
     if B4_KEY in feats[name] and len(feats[name]) > 1:
         rest = [f for f in feats[name] if f != B4_KEY]
         models.append(shipped_model(f"{name} without B4", rows, rest, y, groups, C, n_refits, seed))
+    if name != "M0":
+        m0 = shipped_model("M0", rows, feats["M0"], y, groups, full["best_C"]["M0"], n_refits, seed)
+        models.append(m0 | {"evidence": {"role": f"fallback where {name}'s signals are not measured",
+                                         "loro_auroc": m0_loro}})
     return name, models
 
 
@@ -229,7 +242,9 @@ def trust_score(rows: Sequence[dict], available: Sequence[str], *, penalties: Se
                         level=level, seed=seed)
     full = choose(x_by, y, groups, penalties)
     default = delta["low"] is not None and delta["low"] > 0
-    name, models = _ship(rows, feats, y, groups, full, default, n_refits, seed)
+    per_candidate = {c: auroc_interval(p, y, groups, n_boot=n_boot, level=level, seed=seed)
+                     for c, p in nested["oof_by_candidate"].items()}
+    name, models = _ship(rows, feats, y, groups, full, default, n_refits, seed, per_candidate["M0"])
     goal = bool(default and loro["auroc"] is not None and loro["auroc"] >= GOAL_AUROC)
     evidence = {"study_version": study_version, "n_audits": int(len(y)), "n_rules": len(set(groups.tolist())),
                 "n_positive": int(y.sum()), "loro_auroc": loro, "delta_auroc_over_M0": delta,
@@ -242,8 +257,6 @@ def trust_score(rows: Sequence[dict], available: Sequence[str], *, penalties: Se
     score = {"kind": "TRAITS trust score", "study_version": study_version, "outcome": "P(OOD/ID MAE ratio ≥ 2.0)",
              "candidate": name, "selected_candidate": full["candidate"], "ships_as_default": default,
              "statement": statement, "interval_kind": INTERVAL_KIND, "models": models, "evidence": evidence}
-    per_candidate = {c: auroc_interval(p, y, groups, n_boot=n_boot, level=level, seed=seed)
-                     for c, p in nested["oof_by_candidate"].items()}
     return {"status": "run", "features": feats, "penalties": list(penalties), "tie": TIE,
             "folds": nested["folds"], "loro_auroc": loro, "delta_auroc_over_M0": delta,
             "per_candidate_loro_auroc": per_candidate, "calibration": calibration(nested["oof"], y),
