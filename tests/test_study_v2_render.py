@@ -135,6 +135,8 @@ def test_conclusion_calls_weak_results_weak():
     assert "0.95 [0.91, 0.98], above chance." in v2_render.conclusion(strong)
     strong["auroc"]["B1"] |= {"auroc": 0.6, "low": 0.45, "high": 0.75}
     assert "reaches chance (0.5)" in v2_render.conclusion(strong)
+    assert "Perov-5 is not in this analysis" not in text  # trust-v1 has its external test
+    assert "Perov-5 is not in this analysis" in v2_render.conclusion(strong | {"external_test": None})
 
 
 def test_the_gates_section_and_its_contents_line_come_with_the_gate_evidence(analysis):

@@ -321,6 +321,8 @@ def _conclusion_score(a: dict) -> list[str]:
 
 def _conclusion_external(a: dict) -> list[str]:
     e = a.get("external_test") or {}
+    if not e:
+        return ["The external test on Perov-5 is not in this analysis: no external audits were given."]
     if e.get("status") != "run":
         return []
     cal = e.get("calibration") or {}
