@@ -322,3 +322,20 @@ def test_excluded_signal_enters_no_comparison():
     assert a["auroc"]["L3"]["auroc"] is not None and a["auroc"]["L3"]["delta_vs_B1"] is None
     assert "grad_norm_ratio" not in a["trust_score"]["features"]["M2"]
     assert a["spearman"]["pooled"]["L3"]["p_holm"] is None
+
+
+def test_second_pass_labelled_signals_join_the_first_pass_rows():
+    from traits.errors import TraitsError
+    from traits.study.v2 import merge_labelled
+
+    first = [{"task": "t1", "seed": 0, "mae_ratio": 2.5, "loss_ratio": 3.0, "gn_trace_ratio": 1.2},
+             {"task": "t1", "seed": 1, "mae_ratio": 1.5, "loss_ratio": 1.1},
+             {"task": "t2", "seed": 0, "mae_ratio": 1.0, "loss_ratio": 0.9}]
+    second = [{"task": "t1", "seed": 0, "mae_ratio": 2.5 * (1 + 1e-9), "loss_ratio": 3.0, "lambda_ratio": 4.0,
+               "trace_ratio": 5.0, "smad_ratio": 0.7, "gn_trace_ratio": 99.0},
+              {"task": "t2", "seed": 1, "mae_ratio": 1.0, "lambda_ratio": 8.0}]  # no first-pass twin: ignored
+    got = merge_labelled(first, second)
+    assert got[0] == first[0] | {"lambda_ratio": 4.0, "trace_ratio": 5.0, "smad_ratio": 0.7}  # label-free kept
+    assert got[1] == first[1] and got[2] == first[2] and len(got) == 3
+    with pytest.raises(TraitsError, match="t1 seed 0: the second pass's MAE ratio"):
+        merge_labelled(first, [second[0] | {"mae_ratio": 2.6}])

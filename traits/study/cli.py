@@ -217,11 +217,14 @@ def _trust_score_command(out) -> Callable[..., None]:
             "checkpoints of every task with two or more seeds (cached in OUT/ensemble.json).")] = None,
         profile: Annotated[str | None, typer.Option(help="The campaign profile the study ran with (for B4's "
                                                     "data settings).")] = None,
+        labelled: Annotated[list[Path] | None, typer.Option(
+            help="The second pass's results (the same models re-probed with the labelled probes): their labelled "
+            "signals join each first-pass audit's row, matched on task and seed; repeatable.")] = None,
     ) -> None:
         """The registered study-v2 analysis (docs/study/v2/PREREGISTRATION.md) of finished study results: AUROC
         of each label-free signal, the trust score chosen by nested leave-one-rule-out, and its evidence."""
         make_trust_score(out, runs, out_dir, external=external or [], study_version=study_version, n_boot=n_boot,
-                         adopt=adopt, campaign=campaign, profile=profile)
+                         adopt=adopt, campaign=campaign, profile=profile, labelled=labelled or [])
 
     return trust_score
 
@@ -315,7 +318,8 @@ def ensemble_signal(runs: Path, campaign: Path, profile: str | None, cache: Path
 
 
 def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Path], study_version: str,
-                     n_boot: int, adopt: bool, campaign: Path | None = None, profile: str | None = None) -> Path:
+                     n_boot: int, adopt: bool, campaign: Path | None = None, profile: str | None = None,
+                     labelled: list[Path] | None = None) -> Path:
     """What ``study trust-score`` does; returns the path of the score written."""
     from traits.errors import TraitsError
     from traits.files import ensure_dir, write_json_atomic, write_text_atomic
@@ -328,6 +332,10 @@ def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Pat
     rows = v2.rows_from_results(runs, b4, log=log)
     if not rows:
         raise TraitsError(f"no results.json under {', '.join(str(r) for r in runs)}")
+    if labelled:
+        rows = v2.merge_labelled(rows, v2.rows_from_results(labelled, log=log))
+        log(f"labelled signals from the second pass on {sum(1 for r in rows if r.get('loss_ratio') is not None)} "
+            f"of {len(rows)} audits")
     analysis = v2.analyse(rows, v2.rows_from_results(external, log=log) if external else None, n_boot=n_boot,
                           study_version=study_version)
     v2.write_summary(analysis, out_dir)

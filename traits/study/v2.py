@@ -54,7 +54,8 @@ from traits.study.stats import holm, metric_statistics
 from traits.study.v2_score import SIGNALS, STUDY_VERSION, predict_risk, trust_score
 from traits.study.v2_stats import auroc_interval, calibration, delta_auroc, finite
 
-__all__ = ["SIGNALS", "analyse", "ensemble_disagreement", "predict_risk", "rows_from_results", "write_summary"]
+__all__ = ["SIGNALS", "analyse", "ensemble_disagreement", "merge_labelled", "predict_risk", "rows_from_results",
+           "write_summary"]
 
 MAE_GATE = 2.0
 COMPARATOR = "B1"
@@ -117,6 +118,29 @@ def rows_from_results(paths_or_dirs, b4: Mapping | None = None, *, skipped: list
             if skipped is not None:
                 skipped.append(str(path))
     return rows
+
+
+def merge_labelled(rows: Sequence[dict], labelled: Sequence[dict], *, rtol: float = 1e-6) -> list[dict]:
+    """The first pass's ``rows`` with the labelled signals (:data:`LABELLED`) of the second pass's ``labelled``
+    rows (the same kept models re-probed with the labelled probes), matched on (task, seed). The two passes measure
+    one model on one split, so their MAE ratios agree; a pair whose ratios differ beyond ``rtol`` is another model
+    or split and raises a TraitsError naming it. A row without a second-pass audit keeps what the first pass
+    measured (the loss at θ; no labelled Hessian or surface)."""
+    from traits.errors import TraitsError
+
+    second = {(r["task"], r.get("seed")): r for r in labelled}
+    out = []
+    for r in rows:
+        twin = second.get((r["task"], r.get("seed")))
+        merged = dict(r)
+        if twin is not None:
+            a, b = r.get("mae_ratio"), twin.get("mae_ratio")
+            if finite(a) and finite(b) and abs(a - b) > rtol * max(abs(a), abs(b)):
+                raise TraitsError(f"{r['task']} seed {r.get('seed')}: the second pass's MAE ratio {b:.6g} is not the "
+                                  f"first pass's {a:.6g}: not the same model and split")
+            merged |= {k: twin.get(k) for k in LABELLED}
+        out.append(merged)
+    return out
 
 
 def ensemble_disagreement(preds: Mapping, id_ids: Iterable, ood_ids: Iterable) -> float | None:
