@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from test_campaign import mini_spec
@@ -101,9 +102,16 @@ def test_the_ensemble_signal_is_cached_task_by_task(trained, tmp_path, monkeypat
     first = ensemble_signal(runs, campaign, "tiny", cache, lambda _m: None)
     assert set(first) == {TASK} and first[TASK] > 0
     assert json.loads(cache.read_text()) == {f"{TASK}:0,1": first[TASK]}
+    per = json.loads((tmp_path / "ensemble-compounds.json").read_text())[TASK]
+    assert per["seeds"] == [0, 1] and per["id"] and per["ood"]
+    # the task's value is the mean OOD over the mean ID per-compound disagreement kept beside it
+    assert first[TASK] == pytest.approx(np.mean(list(per["ood"].values())) / np.mean(list(per["id"].values())))
 
     def fail(*_a, **_k):
         raise AssertionError("recomputed a cached task")
 
     monkeypatch.setattr(rp, "ensemble_predictions", fail)
     assert ensemble_signal(runs, campaign, "tiny", cache, lambda _m: None) == first
+    (tmp_path / "ensemble-compounds.json").unlink()  # a cache made before the per-compound file: recomputed
+    with pytest.raises(AssertionError, match="recomputed"):
+        ensemble_signal(runs, campaign, "tiny", cache, lambda _m: None)

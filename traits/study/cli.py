@@ -294,26 +294,34 @@ def _bands_command(out) -> Callable[..., None]:
 
 def ensemble_signal(runs: Path, campaign: Path, profile: str | None, cache: Path,
                     log: Callable[[str], None]) -> dict[str, float | None]:
-    """B4 of every task with kept checkpoints of two or more seeds, from cache where it was computed before."""
+    """B4 of every task with kept checkpoints of two or more seeds, from cache where it was computed before.
+    Beside the cache, ``ensemble-compounds.json`` keeps each task's per-compound disagreement (the standard
+    deviation of the seeds' predictions of each ID and OOD compound: ``{task: {"seeds", "id", "ood"}}``)."""
     import json
 
     from traits.files import write_json_atomic
     from traits.study.reprobe import ensemble_predictions, kept_checkpoints
-    from traits.study.v2 import ensemble_disagreement
+    from traits.study.v2 import compound_disagreement, ensemble_disagreement
 
+    per_path = cache.with_name("ensemble-compounds.json")
     known = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    per = json.loads(per_path.read_text(encoding="utf-8")) if per_path.is_file() else {}
     by_task: dict[str, dict[int, Path]] = {}
     for seed, tasks in kept_checkpoints(runs).items():
         for task, ckpt in tasks.items():
             by_task.setdefault(task, {})[seed] = ckpt
     for task, ckpts in sorted(by_task.items()):
-        key = f"{task}:{','.join(str(s) for s in sorted(ckpts))}"
-        if len(ckpts) < 2 or key in known:
+        seeds = sorted(ckpts)
+        key = f"{task}:{','.join(str(s) for s in seeds)}"
+        if len(ckpts) < 2 or (key in known and (per.get(task) or {}).get("seeds") == seeds):
             continue
-        log(f"ensemble of {task}: seeds {', '.join(str(s) for s in sorted(ckpts))}")
+        log(f"ensemble of {task}: seeds {', '.join(str(s) for s in seeds)}")
         preds, id_ids, ood_ids = ensemble_predictions(campaign, task, ckpts, profile=profile)
         known[key] = ensemble_disagreement(preds, id_ids, ood_ids)
-        write_json_atomic(cache, known)  # a long computation: keep each task as it finishes
+        per[task] = {"seeds": seeds, "id": compound_disagreement(preds, id_ids),
+                     "ood": compound_disagreement(preds, ood_ids)}
+        write_json_atomic(per_path, per)  # a long computation: keep each task as it finishes
+        write_json_atomic(cache, known)
     return {k.split(":", 1)[0]: v for k, v in known.items()}
 
 

@@ -147,19 +147,27 @@ def ensemble_disagreement(preds: Mapping, id_ids: Iterable, ood_ids: Iterable) -
     """B4: mean over the OOD compounds of the standard deviation (ddof 0) of the seeds' predictions, over the
     same mean for the ID compounds; only compounds every seed predicted count. None with fewer than two seeds,
     no such compound on a side, or a zero ID disagreement."""
-    seeds = list(preds.values())
-    if len(seeds) < 2:
+    if len(preds) < 2:
         return None
 
     def side(ids) -> float | None:
-        sds = [float(np.std([float(s[c]) for s in seeds])) for c in dict.fromkeys(ids)
-               if all(c in s and finite(s[c]) for s in seeds)]
+        sds = list(compound_disagreement(preds, ids).values())
         return float(np.mean(sds)) if sds else None
 
     ood, ident = side(ood_ids), side(id_ids)
     if ood is None or ident is None or ident <= 0:
         return None
     return ood / ident
+
+
+def compound_disagreement(preds: Mapping, ids: Iterable) -> dict[str, float]:
+    """Per compound of ``ids`` that every seed predicted: the standard deviation (ddof 0) of the seeds'
+    predictions (B4's per-compound value; empty with fewer than two seeds)."""
+    seeds = list(preds.values())
+    if len(seeds) < 2:
+        return {}
+    return {c: float(np.std([float(s[c]) for s in seeds])) for c in dict.fromkeys(ids)
+            if all(c in s and finite(s[c]) for s in seeds)}
 
 
 def b4_from_results(paths_or_dirs) -> dict[str, float | None]:
