@@ -173,6 +173,7 @@ def test_trust_score_finds_the_signal_that_determines_y(determined_analysis):
     assert t["loro_auroc"]["auroc"] > 0.9
     assert score["candidate"] in ("M1", "M2") and score["ships_as_default"]
     assert t["delta_auroc_over_M0"]["low"] > 0
+    assert score["evidence"]["loro_auroc"] == t["loro_auroc"]  # the selection ships: its AUROC is the evidence
     model = score["models"][0]
     coefs = dict(zip(model["features"], np.abs(model["coef"])))
     assert max(coefs, key=coefs.get) == "gn_trace_ratio"
@@ -212,6 +213,27 @@ def test_trust_score_on_noise_ships_m0():
     assert t["score"]["models"][0]["features"] == ["embedding_knn_ratio"]
     assert len(t["score"]["models"]) == 1  # M0 ships: no fallback to add
     assert "did not beat" in t["score"]["statement"]
+
+
+def test_when_m0_ships_in_place_of_the_selection_its_evidence_is_m0s_own(monkeypatch):
+    """The selection may choose M1 or M2 in every fold and still not beat M0 (Δ interval reaching 0): M0 then
+    ships, and the evidence it carries is M0's own nested-LORO AUROC, not the selection's."""
+    from traits.study import v2_score
+
+    def no_gain(*a, **k):
+        return {"delta": 0.01, "low": -0.05, "high": 0.07, "n_audits": 60, "n_clusters": 12}
+
+    monkeypatch.setattr(v2_score, "delta_auroc", no_gain)
+    t = trust_score(synth_rows(), list(SIGNALS), n_boot=100, n_refits=10)
+    score = t["score"]
+    assert score["candidate"] == "M0" and not score["ships_as_default"] and score["selected_candidate"] != "M0"
+    m0, selection = t["per_candidate_loro_auroc"]["M0"], t["loro_auroc"]
+    assert selection["auroc"] > 0.9 and m0["auroc"] < 0.8  # L2 determines Y; B1 is noise
+    assert score["evidence"]["loro_auroc"] == m0 and score["evidence"]["selection_loro_auroc"] == selection
+    assert score["evidence"]["loro_auroc_of"] == "M0's own nested-LORO out-of-fold predictions"
+    from traits.trust import evidence_text
+
+    assert f"AUROC {m0['auroc']:.2f}" in evidence_text(score)
 
 
 def test_predict_risk_with_missing_features():

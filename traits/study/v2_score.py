@@ -246,8 +246,13 @@ def trust_score(rows: Sequence[dict], available: Sequence[str], *, penalties: Se
                      for c, p in nested["oof_by_candidate"].items()}
     name, models = _ship(rows, feats, y, groups, full, default, n_refits, seed, per_candidate["M0"])
     goal = bool(default and loro["auroc"] is not None and loro["auroc"] >= GOAL_AUROC)
+    # the evidence of what ships: the selection's out-of-fold AUROC when its candidate ships, M0's own nested
+    # out-of-fold AUROC when M0 ships in its place (the selection's, which may have chosen M1 or M2, is not M0's)
     evidence = {"study_version": study_version, "n_audits": int(len(y)), "n_rules": len(set(groups.tolist())),
-                "n_positive": int(y.sum()), "loro_auroc": loro, "delta_auroc_over_M0": delta,
+                "n_positive": int(y.sum()), "loro_auroc": loro if default else per_candidate["M0"],
+                "loro_auroc_of": (f"the nested-LORO selection ({name} on all audits)" if default else
+                                  "M0's own nested-LORO out-of-fold predictions"),
+                "selection_loro_auroc": loro, "delta_auroc_over_M0": delta,
                 "goal": f"LORO AUROC ≥ {GOAL_AUROC} with a Δ AUROC over B1 whose interval lies above 0",
                 "goal_reached": goal}
     statement = (f"{name} ships as the default score: the lower end of its Δ AUROC over M0 (B1 alone) is above 0."
