@@ -156,6 +156,49 @@ def test_the_section_lists_the_ratios_with_their_interval_kinds(html):
     assert "lambda_ratio" in surfaces and "gn_lambda_ratio" not in surfaces and "embedding_density_gap" not in surfaces
 
 
+def test_with_adopted_label_free_evidence_the_section_says_what_the_study_found(probed, monkeypatch, tmp_path):
+    """The caption under the ratios reads the adopted label-free evidence: which ratios tracked the per-task MAE
+    ratio beyond the control, and which (none here) fail by default; a pipeline check is not evidence."""
+    import json
+
+    def ev(rho, low, high, plow, phigh, firing=None):
+        out = {"rho": rho, "low": low, "high": high, "p_holm": 0.004, "n_tasks": 50, "n_audits": 168,
+               "n_clusters": 25, "noise_floor": 1.1, "control": "the embedding kNN distance (B1)",
+               "partial_control": {"rho": (plow + phigh) / 2, "low": plow, "high": phigh}}
+        if firing:
+            out["seed_firing"] = {"1": firing[0], "2": firing[1], "3": firing[2], "n_tasks": 50}
+        return out
+
+    doc = {"study_version": "study-x", "data_set": "mp", "mode": "label-free", "pipeline_check": False,
+           "in_progress": False, "metrics": {
+               "lambda_ratio": ev(0.53, 0.25, 0.72, 0.36, 0.73, (4, 4, 0)),  # the gate: never on three seeds
+               "gn_lambda_ratio": ev(0.53, 0.25, 0.72, 0.36, 0.73),  # ungated ratios carry no seed count
+               "grad_norm_ratio": ev(0.50, 0.22, 0.67, 0.26, 0.68),
+               "lf_smad_ratio": ev(-0.06, -0.32, 0.21, -0.43, 0.02)}}
+    path = tmp_path / "lf.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setattr(C, "LABEL_FREE_EVIDENCE_FILE", path)
+    C.clear_cache()
+    try:
+        text = text_of(section(render_html(probed), "label_free"))
+        assert "In the adopted study (study-x), Gauss-Newton" in text and "No adopted study has shown yet" not in text
+        assert "tracked the per-task OOD/ID MAE ratio beyond the embedding kNN distance (B1)" in text
+        assert "SMAD" not in text.split("In the adopted study")[1].split("tracked")[0]  # SMAD did not track it
+        assert "none fails an audit by default" in text
+        assert "none predicted a ≥ 2× error better than the embedding distance" in text  # the M0 risk
+        stable = json.loads(json.dumps(doc))
+        stable["metrics"]["lambda_ratio"]["seed_firing"] = {"1": 4, "2": 4, "3": 2, "n_tasks": 50}
+        path.write_text(json.dumps(stable))
+        C.clear_cache()
+        text = text_of(section(render_html(probed), "label_free"))
+        assert "; largest Hessian eigenvalue λmax fails an audit by default (see the verdict)" in text
+        path.write_text(json.dumps(doc | {"pipeline_check": True}))
+        C.clear_cache()
+        assert "No adopted study has shown yet" in text_of(section(render_html(probed), "label_free"))
+    finally:
+        C.clear_cache()
+
+
 def test_the_risk_sentence_stands_on_the_first_screen_and_in_the_section(probed, html):
     sentence = ("Risk that the OOD error is at least twice the ID error: 0.19 [0.09, 0.30] (label-free estimate, for "
                 "comparison with the measured OOD/ID MAE ratio, ")

@@ -557,6 +557,32 @@ def _lf_rows(result: AuditResult, splits: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def label_free_evidence_note(keys) -> dict[str, Any] | None:
+    """What the adopted label-free evidence (:data:`traits.catalogue.LABEL_FREE_EVIDENCE_FILE`) says of the ratios
+    ``keys``: the study, the ratios whose per-task ρ with the MAE ratio and partial ρ given the control both have
+    intervals above 0 in their expected direction (``tracked``, report labels), the control, and the gated
+    landscape or distance metrics a label-free audit fails on by default (``fails``: the gates' own rule, seed
+    stability included); None without real adopted evidence (absent, a pipeline check, interim)."""
+    from markupsafe import Markup
+
+    metrics = {m.name: m for m in _catalogue.catalogue(mode="label-free")}
+    real = [metrics[k] for k in keys if k in metrics and metrics[k].evidence is not None
+            and not metrics[k].evidence.pipeline_check and not metrics[k].evidence.in_progress
+            and metrics[k].evidence.rho is not None]
+    if not real:
+        return None
+
+    def clear(low, high, direction) -> bool:
+        return low is not None and high is not None and (low if direction > 0 else -high) > 0
+
+    tracked = [m for m in real if clear(m.evidence.low, m.evidence.high, m.direction)
+               and clear(m.evidence.partial[1], m.evidence.partial[2], m.direction)]
+    return {"study": real[0].evidence.study_version, "control": real[0].evidence.control,
+            "tracked": [Markup(m.report_label or m.name) for m in tracked],
+            "fails": [Markup(metrics[n].report_label or n) for n in _catalogue.default_fail_on(mode="label-free")
+                      if _catalogue.is_predictor(metrics[n])]}
+
+
 def label_free_context(result: AuditResult) -> dict[str, Any]:
     """The label-free section: per-split table, the OOD/ID ratios with their intervals, and the trust risk."""
     from traits.report.figures import LABEL_FREE_DECADES, loss_unit
@@ -587,6 +613,7 @@ def label_free_context(result: AuditResult) -> dict[str, Any]:
     return {"lf": {
         "run": True, "result": lf, "splits": splits, "rows": rows, "ratios": ratios,
         "kinds": list(dict.fromkeys(kinds)), "risk": risk_view, "problems": list(lf.problems),
+        "evidence_note": label_free_evidence_note([q["key"] for q in ratios]),
         "n": {s: part.n_samples for s, part in parts.items()},
         "surface_n": {s: part.surface_samples for s, part in parts.items()},
         "topology": {s: part.topology for s, part in parts.items() if part.topology},
