@@ -38,9 +38,15 @@ applied so a re-rendered report cites what the verdict used. A gate whose metric
 disabled, or a zero denominator) is reported as a warning and never fails the audit.
 
 That evidence was measured on labelled audits (Hessians of the labelled loss). A label-free audit's Hessian is
-the Gauss-Newton matrix of the model's own predictions, another matrix: its default ``fail_on`` holds no
-landscape metric until a label-free study is adopted (``mode`` in the evidence file), and its gates cite the
-labelled evidence as "not evidence for a label-free audit".
+the Gauss-Newton matrix of the model's own predictions, another matrix, and it reads its own evidence
+(:data:`traits.catalogue.LABEL_FREE_EVIDENCE_FILE`, ``mode`` label-free): study v2's first pass (docs/study/v2:
+168 MP audits of the same tasks, the embedding kNN distance as the control in place of the loss at θ). There the
+λ_max ratio of the predictions has ρ = 0.53 [0.25, 0.72], Holm p = 0.004, partial ρ given the embedding distance
+0.59 [0.36, 0.73], and the trace ratio 0.47 [0.19, 0.67], partial 0.50 [0.25, 0.66], but neither gate fires on
+all three training seeds of any task (λ_max at 3.0: 4 tasks on one seed, 4 on two, none on three), which the rule
+also asks; so a label-free audit's default ``fail_on`` holds no landscape or distance metric, and those gates warn
+citing that evidence. Without the file its gates cite the labelled evidence as "not evidence for a label-free
+audit".
 
 Every gate decides on its interval (:func:`traits.intervals.decision`): it fails only when the whole interval is
 beyond the threshold, passes only when it is wholly within, and is otherwise undetermined (a warning naming
