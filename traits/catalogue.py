@@ -555,7 +555,7 @@ def evidence(name: str, evidence_file: Path | None = None) -> Evidence | None:
     return _evidence(str(evidence_file or EVIDENCE_FILE)).get(name)
 
 
-def _clear_of_zero(low: float | None, high: float | None, direction: float) -> bool:
+def clear_of_zero(low: float | None, high: float | None, direction: float) -> bool:
     """An interval lying wholly on the expected side of 0."""
     if low is None or high is None:
         return False
@@ -578,11 +578,11 @@ def fails_by_default_from_evidence(m: Metric) -> bool:
     ev = m.evidence
     if ev is None or ev.pipeline_check or ev.in_progress:
         return False
-    if not _clear_of_zero(ev.low, ev.high, m.direction) or ev.p_holm is None or ev.p_holm >= 0.05:
+    if not clear_of_zero(ev.low, ev.high, m.direction) or ev.p_holm is None or ev.p_holm >= 0.05:
         return False
     if ev.seed_firing is not None and ev.seed_firing[2] < 1:
         return False
-    return _clear_of_zero(ev.partial[1], ev.partial[2], m.direction)
+    return clear_of_zero(ev.partial[1], ev.partial[2], m.direction)
 
 
 def threshold_clears_floor(m: Metric, threshold: float) -> bool | None:

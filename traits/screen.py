@@ -670,7 +670,7 @@ def risk_caveat(score: dict | None) -> str:
     models = (score or {}).get("models") or []
     if not score or (models and models[0].get("features") == ["embedding_knn_ratio"]):
         return RISK_CAVEAT
-    features = [f for f in models[0].get("features", [])] if models else []
+    features = list(models[0].get("features", [])) if models else []
     fallback = distance_model(score)
     lead = (f"The score rests on {score.get('study_version', 'its study')} ({', '.join(features)}); a screen measures "
             "only the embedding distance, so ")

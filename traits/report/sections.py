@@ -572,9 +572,7 @@ def label_free_evidence_note(keys) -> dict[str, Any] | None:
     if not real:
         return None
 
-    def clear(low, high, direction) -> bool:
-        return low is not None and high is not None and (low if direction > 0 else -high) > 0
-
+    clear = _catalogue.clear_of_zero
     tracked = [m for m in real if clear(m.evidence.low, m.evidence.high, m.direction)
                and clear(m.evidence.partial[1], m.evidence.partial[2], m.direction)]
     return {"study": real[0].evidence.study_version, "control": real[0].evidence.control,
