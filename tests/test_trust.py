@@ -107,16 +107,19 @@ def test_the_trust_score_command_makes_a_score_from_study_results(tmp_path, monk
     installed = tmp_path / "installed-trust-score.json"
     monkeypatch.setattr(trust, "TRUST_FILE", installed)
 
-    runs = tmp_path / "runs"
-    # every seed-0 audit of study 1: 56 tasks, 25 held-out rules
-    for f in sorted((V1_RUNS / "seed-0").glob("*/results.json")):
-        (runs / "seed-0" / f.parent.name).mkdir(parents=True)
-        (runs / "seed-0" / f.parent.name / "results.json").write_bytes(f.read_bytes())
+    runs, second = tmp_path / "runs", tmp_path / "second"
+    # every seed-0 audit of study 1: 56 tasks, 25 held-out rules; three of them also as a "second pass"
+    for i, f in enumerate(sorted((V1_RUNS / "seed-0").glob("*/results.json"))):
+        for where in (runs, second) if i < 3 else (runs,):
+            (where / "seed-0" / f.parent.name).mkdir(parents=True)
+            (where / "seed-0" / f.parent.name / "results.json").write_bytes(f.read_bytes())
     with open(tmp_path / "log", "w") as log:
         path = make_trust_score(Console(file=log, width=400), [runs], tmp_path / "out", external=[],
-                                study_version="test-study", n_boot=200, adopt=True)
+                                study_version="test-study", n_boot=200, adopt=True, labelled=[second])
+    text = (tmp_path / "log").read_text()
     # 200 resamples and one seed per task: a pipeline check, so --adopt installs nothing
-    assert not installed.exists() and "trust score not adopted: a pipeline check" in (tmp_path / "log").read_text()
+    assert not installed.exists() and "trust score not adopted: a pipeline check" in text
+    assert "labelled signals from the second pass on 3 of 56 audits" in text  # the audits matched, no more
     score = json.loads(path.read_text())
     assert score["study_version"] == "test-study" and score["evidence"]["n_audits"] == 50
     assert score["models"][0]["features"] == ["embedding_knn_ratio"]  # v1 has no label-free landscape signal

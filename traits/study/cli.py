@@ -341,9 +341,10 @@ def make_trust_score(out, runs: list[Path], out_dir: Path, *, external: list[Pat
     if not rows:
         raise TraitsError(f"no results.json under {', '.join(str(r) for r in runs)}")
     if labelled:
-        rows = v2.merge_labelled(rows, v2.rows_from_results(labelled, log=log))
-        log(f"labelled signals from the second pass on {sum(1 for r in rows if r.get('loss_ratio') is not None)} "
-            f"of {len(rows)} audits")
+        second = v2.rows_from_results(labelled, log=log)
+        rows = v2.merge_labelled(rows, second)
+        matched = {(r["task"], r.get("seed")) for r in rows} & {(r["task"], r.get("seed")) for r in second}
+        log(f"labelled signals from the second pass on {len(matched)} of {len(rows)} audits")
     analysis = v2.analyse(rows, v2.rows_from_results(external, log=log) if external else None, n_boot=n_boot,
                           study_version=study_version)
     v2.write_summary(analysis, out_dir)
