@@ -416,6 +416,35 @@ def test_an_evidence_summary_refuses_an_unfinished_study(tmp_path, monkeypatch):
     assert not json.loads((out / "summary.json").read_text())["in_progress"]
 
 
+def test_a_summary_carries_the_study_version_it_is_given_into_its_evidence(tmp_path, monkeypatch):
+    """Study v2's labelled pass reuses study-1's campaign: --study-version names the study the summary, its
+    catalogue evidence and (once adopted) the reports cite; without it the summary is study-1's."""
+    import functools
+
+    from tests.result_factory import make_result
+    from traits.cli import app
+    from traits.study import summary as summary_mod
+
+    runs = tmp_path / "runs"
+    for where in ("seed-0/a", "seed-0/b"):
+        make_result().write(runs / where / "results.json")
+    rows = summary_mod.collect_rows(runs, lambda _m: None, [])
+    assert summary_mod.study_summary(rows, data_set="x", pipeline_check=False, n_boot=10)["study_version"] == "study-1"
+
+    monkeypatch.setattr(cat, "EVIDENCE_FILE", tmp_path / "pkg" / "catalogue-evidence.json")
+    monkeypatch.setattr(summary_mod, "write_study_summary",
+                        functools.partial(summary_mod.write_study_summary, pdf=False))  # the PDF is tested elsewhere
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["study", "summary", str(runs), "--out", str(out), "--evidence", "--data-set",
+                                   "planted", "--n-boot", "20", "--adopt", "--study-version", "study-2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["study_version"] == "study-2"
+    assert json.loads((out / "catalogue-evidence.json").read_text())["study_version"] == "study-2"
+    assert "(study-2, planted)" in (out / "summary.md").read_text()
+    assert json.loads(cat.EVIDENCE_FILE.read_text())["study_version"] == "study-2"
+    cat.clear_cache()
+
+
 def test_a_summary_names_the_data_set_its_audits_ran_on(tmp_path):
     """Without --data-set the summary (and so the evidence reports cite) names the data its audits read, not a
     default that may be another data set's."""

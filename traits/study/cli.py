@@ -177,6 +177,9 @@ def _summary_command(out) -> Callable[..., None]:
         adopt: Annotated[bool, typer.Option(
             "--adopt", help="Also install the summary's catalogue evidence as the package's defaults (what "
             "gates fail on by default and what reports cite); refused for a pipeline check.")] = False,
+        study_version: Annotated[str, typer.Option(
+            help="The study's name, carried by the summary and its catalogue evidence (reports cite it), e.g. "
+            "study-2 for the labelled pass of study v2.")] = "study-1",
     ) -> None:
         """Summarise the finished tasks of a study (statistics, plots, catalogue evidence); --watch keeps it
         updated while the study runs."""
@@ -186,7 +189,7 @@ def _summary_command(out) -> Callable[..., None]:
             raise TraitsError("--adopt needs --evidence (a pipeline check never decides a default gate), no "
                               "--in-progress and no --watch (adopt a finished study's summary once)")
         kw = {"data_set": data_set, "pipeline_check": pipeline_check, "n_boot": n_boot, "profile": profile,
-              "in_progress": in_progress, "full_pool": full_pool}
+              "in_progress": in_progress, "full_pool": full_pool, "study_version": study_version}
         if seeds is not None:
             kw["seeds"] = _seed_list(seeds)
         if campaign is not None:

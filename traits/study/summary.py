@@ -100,7 +100,7 @@ def data_set_name(rows: list[dict]) -> str:
 
 def study_summary(rows: list[dict], *, data_set: str | None, pipeline_check: bool, n_boot: int = 2000,
                   seed: int = 0, profile: str | None = None, in_progress: bool = False,
-                  full_pool: list[dict] | None = None) -> dict:
+                  full_pool: list[dict] | None = None, study_version: str = STUDY_VERSION) -> dict:
     from traits.campaign import summarise
     from traits.study.stats import study_statistics
 
@@ -115,7 +115,7 @@ def study_summary(rows: list[dict], *, data_set: str | None, pipeline_check: boo
         f["tasks"].add(r["task"])
         f["audits"] += 1
     return {
-        "study_version": STUDY_VERSION, "data_set": data_set or data_set_name(rows), "pipeline_check": pipeline_check,
+        "study_version": study_version, "data_set": data_set or data_set_name(rows), "pipeline_check": pipeline_check,
         "in_progress": bool(in_progress and not pipeline_check), "profile": profile,
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n_audits": len(rows), "n_tasks": len({r["task"] for r in rows}),
@@ -792,7 +792,7 @@ def adopt_evidence(evidence: Path) -> Path:
 
 def summarise_runs(runs: Path, out: Path, *, data_set: str | None, pipeline_check: bool, n_boot: int = 2000,
                    in_progress: bool = False, full_pool: Path | None = None, campaign: Path | None = None,
-                   seeds: list[int] | None = None, profile: str | None = None,
+                   seeds: list[int] | None = None, profile: str | None = None, study_version: str = STUDY_VERSION,
                    log: Callable[[str], None] = lambda _m: None) -> dict:
     """Summarise ``runs``. An evidence summary (not a pipeline check, not ``in_progress``) describes a finished
     study: any audit of the grid (:func:`gaps`) still missing is an error, before anything is written."""
@@ -808,7 +808,7 @@ def summarise_runs(runs: Path, out: Path, *, data_set: str | None, pipeline_chec
         raise TraitsError(f"{runs}: no finished task (no seed-*/TASK/results.json) to summarise")
     refs = full_pool_references(full_pool) if full_pool is not None else []
     summary = study_summary(rows, data_set=data_set, pipeline_check=pipeline_check, n_boot=n_boot, profile=profile,
-                            in_progress=in_progress, full_pool=refs)
+                            in_progress=in_progress, full_pool=refs, study_version=study_version)
     write_study_summary(summary, out)
     log(f"study summary of {len(rows)} audits written to {out}")
     return summary
