@@ -111,6 +111,16 @@ def test_the_thread_settings_are_recorded(audited):
     assert torch.get_num_threads() <= threads["threads"]
 
 
+def test_the_cpu_kernels_are_recorded(audited):
+    """results.json names the kernels its numbers came from (traits.kernels), as the libraries report them now."""
+    import torch
+
+    result, out, _ = audited
+    kernels = load_result(out / "results.json").provenance.kernels
+    assert kernels["torch_cpu"] == torch.backends.cpu.get_cpu_capability()
+    assert kernels.get("blas"), "numpy's BLAS is loaded in every audit"
+
+
 def test_smad_is_a_catalogue_ratio_read_from_the_surface_topology(audited):
     """SMAD of each split's random-plane surface (surface.topology) reaches the split metrics and the ratios."""
     from traits.catalogue import metric

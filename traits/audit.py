@@ -24,6 +24,7 @@ from traits.data.sources import file_hash
 from traits.data.splits import SPLIT_SCHEME
 from traits.errors import CheckpointError, TraitsError
 from traits.files import ensure_dir
+from traits.kernels import kernel_record
 from traits.models.base import set_probe_parameters
 from traits.results import (
     Accuracy,
@@ -1599,7 +1600,7 @@ def _assemble(ctx: AuditContext, started: str, spec_path: str, command: str) -> 
         checkpoint_metadata=_jsonable(loaded.metadata),
         data_source=data.source, data_hash=data.manifest.data_hash, manifest_hash=data.manifest.hash,
         split_scheme=SPLIT_SCHEME, threads=thread_record() or configure_threads(), compile=ctx.compile_plan or {},
-        fast_forward=ctx.fast_forward,
+        fast_forward=ctx.fast_forward, kernels=kernel_record(),
     )
     shift = ctx.shift
     result = AuditResult(

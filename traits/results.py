@@ -20,7 +20,7 @@ from traits.files import write_text_atomic
 
 #: Minor versions add optional fields only: a reader of "1.x" reads every "1.y" (see :func:`load_result`);
 #: the fields of a newer minor version that this reader does not know are ignored.
-SCHEMA_VERSION = "1.9"
+SCHEMA_VERSION = "1.10"
 SPLIT_LABELS = {"train": "train", "val": "validation", "id": "ID test", "ood": "OOD"}
 
 Level = Literal["pass", "warn", "fail"]
@@ -80,6 +80,10 @@ class Provenance(_Result):
                                          "(max_relative_difference) and how many atoms each atom it computed stood "
                                          "for (atoms_per_computed_atom, traits.models.orbits; schema 1.9); empty "
                                          "otherwise")
+    kernels: dict[str, Any] = Field(default_factory=dict, description="the CPU kernels the numbers came from: BLAS "
+                                    "libraries and their kernel architecture, NumPy's SIMD targets, PyTorch's CPU "
+                                    "capability and the variables pinning them (traits.kernels; schema 1.10); empty "
+                                    "in results written before")
 
 
 class SplitStats(_Result):
