@@ -111,12 +111,13 @@ reprobe() {  # study v2's second pass: the kept checkpoints of one pool re-probe
 # Study v2's first pass ran on a CPU without AVX-512, whose OpenBLAS kernel (Haswell) and NumPy loops (AVX2) round
 # Cartesian coordinates differently in the last bits from the AVX-512 ones: neighbours at exactly tied distances
 # then sort in another order, and about 1.3 % of the crystals (pyrochlores, zircons, ...) get another 12-neighbour
-# graph. On an AVX-512 machine the v2 campaigns are therefore pinned to the AVX2 kernels (OpenBLAS, NumPy and
-# PyTorch), which give the first pass's graphs and predictions bit for bit (checked 2026-12-07 on 58 such crystals);
-# STUDY_PORTABLE_KERNELS=0 turns the pin off.
+# graph. On an AVX-512 machine the v2 campaigns therefore run OpenBLAS's and NumPy's AVX2 kernels, which give the
+# first pass's graphs back: enthalpy-group-1 seed 0 re-probed so predicted 4,999 of its 5,000 compounds bit for bit
+# as the first pass did and the last one a float32 ulp apart (2026-12-07). PyTorch keeps its own kernels (pinning
+# them with ATEN_CPU_CAPABILITY=avx2 made the compiled surface loss crash). STUDY_PORTABLE_KERNELS=0: no pin.
 kernel_env=()
 if [ "$study" = v2 ] && [ "${STUDY_PORTABLE_KERNELS:-1}" = 1 ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
-  kernel_env=(OPENBLAS_CORETYPE=Haswell "NPY_DISABLE_CPU_FEATURES=X86_V4 AVX512_ICL AVX512_SPR" ATEN_CPU_CAPABILITY=avx2)
+  kernel_env=(OPENBLAS_CORETYPE=Haswell "NPY_DISABLE_CPU_FEATURES=X86_V4 AVX512_ICL AVX512_SPR")
   say "AVX-512 CPU: the campaigns use the AVX2 kernels (${kernel_env[*]})"
 fi
 in_background() {
