@@ -157,6 +157,20 @@ def test_reports_show_no_absolute_paths_or_host_details_outside_the_appendix(res
     assert "checkpoint: model.safetensors" in spec
 
 
+def test_the_appendix_names_the_cpu_kernels_and_escapes_them(result):
+    """The kernels decide which neighbours a tied crystal graph keeps: the appendix lists them (pinning variables
+    included), escaped, and says nothing for a result written before they were recorded."""
+    r = result.model_copy(deep=True)
+    r.provenance.kernels = {"blas": [{"internal_api": "openblas", "version": "0.3.31", "architecture": "Haswell"}],
+                            "numpy_simd": ["X86_V3"], "torch_cpu": "AVX512",
+                            "environment": {"OPENBLAS_CORETYPE": "<b>Haswell</b>"}}
+    appendix = section(render_html(r), "appendix")
+    assert "OpenBLAS 0.3.31 (Haswell) · NumPy SIMD X86_V3 · PyTorch AVX512" in appendix
+    assert "pinned: OPENBLAS_CORETYPE=&lt;b&gt;Haswell&lt;/b&gt;" in appendix and "<b>Haswell" not in appendix
+    r.provenance.kernels = {}
+    assert "CPU kernels" not in section(render_html(r), "appendix")
+
+
 def test_portable_paths_commands_and_host():
     assert portable_path("/home/me/project/runs/model.safetensors", "/home/me/project/audits/a.yaml") == \
         "model.safetensors"

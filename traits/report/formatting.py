@@ -176,6 +176,27 @@ def host_summary(platform: str) -> str:
     return ", ".join(x for x in (system, arch) if x)
 
 
+def kernel_summary(kernels: dict) -> str:
+    """The CPU kernels an audit ran with (``provenance.kernels``, :mod:`traits.kernels`) in one line, e.g.
+    'OpenBLAS 0.3.31 (Haswell) · NumPy SIMD X86_V3 · PyTorch AVX512 · pinned: OPENBLAS_CORETYPE=Haswell': the kernels
+    decide the last bits of every number and, where neighbour distances tie, which neighbours a crystal graph keeps.
+    Empty for a result written before schema 1.10."""
+    parts = []
+    for lib in kernels.get("blas") or []:
+        name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(str(lib.get("internal_api")),
+                                                                        str(lib.get("internal_api") or "BLAS"))
+        arch = f" ({lib['architecture']})" if lib.get("architecture") else ""
+        parts.append(f"{name} {lib.get('version') or ''}".strip() + arch)
+    if kernels.get("numpy_simd") is not None:
+        parts.append("NumPy SIMD " + (", ".join(map(str, kernels["numpy_simd"])) or "baseline only"))
+    if kernels.get("torch_cpu"):
+        parts.append(f"PyTorch {kernels['torch_cpu']}")
+    env = kernels.get("environment") or {}
+    if env:
+        parts.append("pinned: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    return " · ".join(parts)
+
+
 # ----------------------------------------------------------------------------------------------
 # What a bracket is: the kind of an interval
 

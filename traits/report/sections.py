@@ -21,6 +21,7 @@ from traits import catalogue as _catalogue
 from traits.report.formatting import (
     fmt_num,
     host_summary,
+    kernel_summary,
     ordered_splits,
     portable_command,
     portable_path,
@@ -646,6 +647,7 @@ def appendix_context(result: AuditResult) -> dict[str, Any]:
         "command_text": portable_command(p.command, p.spec_path),
         "spec_name": portable_path(p.spec_path, p.spec_path) if p.spec_path else "",
         "host": host_summary(p.platform),
+        "kernels_text": kernel_summary(p.kernels),
     }
 
 
