@@ -63,6 +63,23 @@ def test_an_audit_compared_with_itself_changes_by_exactly_zero(audits):
     assert "same_inputs" in ids and "same_checkpoint" not in ids and "unpaired" not in ids
 
 
+def test_the_same_audit_on_other_cpu_kernels_is_paired_not_identical(audits):
+    """Other kernels can round differently and, where neighbour distances tie, build other graphs: the same
+    checkpoint, split and probes on them are the same checkpoint, not the same inputs, and the comparison says so.
+    A result that records no kernels (written before schema 1.10) is taken at its word."""
+    a, again, _, _ = audits
+    assert a.provenance.kernels and a.provenance.kernels == again.provenance.kernels
+    other = again.model_copy(deep=True)
+    other.provenance.kernels = {**other.provenance.kernels, "torch_cpu": "DEFAULT" if
+                                other.provenance.kernels.get("torch_cpu") != "DEFAULT" else "AVX2"}
+    assert not same_inputs(a, other)
+    ids = {f.id for f in C.compare_results(a, other).findings}
+    assert {"different_kernels", "same_checkpoint"} <= ids and "same_inputs" not in ids
+    old = again.model_copy(deep=True)
+    old.provenance.kernels = {}
+    assert same_inputs(a, old) and "different_kernels" not in {f.id for f in C.compare_results(a, old).findings}
+
+
 def width(r) -> float:
     return r.delta_high - r.delta_low
 

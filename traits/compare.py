@@ -39,7 +39,14 @@ from traits import catalogue as _catalogue
 from traits.barrier import BarrierResult
 from traits.errors import SpecError, TraitsError
 from traits.files import ensure_dir, write_bytes_atomic, write_formats_atomic, write_text_atomic
-from traits.pairing import Change, paired_change, percentile_interval, same_inputs, unpaired_parts
+from traits.pairing import (
+    Change,
+    different_kernels,
+    paired_change,
+    percentile_interval,
+    same_inputs,
+    unpaired_parts,
+)
 from traits.report.headline import BOOTSTRAP_SEED, Z95, Value, bootstrapped_mae, finite, mae_draws, ratio_value
 from traits.results import AuditResult, Finding, Level, load_result
 
@@ -467,7 +474,13 @@ def _task_findings(a: AuditResult, b: AuditResult) -> list[Finding]:
     elif same:
         found.append(Finding(id="same_checkpoint", level="pass",
                              statement="A and B audit the same checkpoint (equal SHA-256): differences come from "
-                                       "the audit settings (probe seed or probe settings), not the model"))
+                                       "the audit settings (probe seed or probe settings) or the CPU kernels, not "
+                                       "the model"))
+    if different_kernels(a, b):
+        found.append(Finding(id="different_kernels", level="pass",
+                             statement="A and B ran on different CPU kernels (provenance.kernels): the same inputs "
+                                       "give numbers that differ in the last digits and, in crystals whose "
+                                       "neighbours tie in distance, other graphs and predictions"))
     unpaired = unpaired_parts(a, b)
     if unpaired:
         found.append(Finding(id="unpaired", level="pass",

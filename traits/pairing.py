@@ -20,8 +20,10 @@ What is paired, and when (:func:`pairing`):
   same probe seed and the same number of compounds, the per-compound distances are paired by position.
 
 Solver bounds (a Lanczos residual) are added to a Hessian change's half-width unless A and B are the *same
-inputs* (:func:`same_inputs`: the same checkpoint, split, probe seed and probe settings), where every number
-is computed identically and every change is exactly zero with a zero-width interval.
+inputs* (:func:`same_inputs`: the same checkpoint, split, probe seed and probe settings, and the same CPU kernels
+where both results record them), where every number is computed identically and every change is exactly zero with
+a zero-width interval. Other kernels (:mod:`traits.kernels`) round differently and, in crystals whose neighbours
+tie in distance, may build other graphs, so two runs on them are paired, not identical.
 """
 
 from __future__ import annotations
@@ -54,11 +56,28 @@ def _probe_settings(r: AuditResult) -> dict:
     return probes
 
 
+def kernel_key(r: AuditResult) -> tuple | None:
+    """What of ``provenance.kernels`` decides the numbers (each BLAS library's kind, version and kernel
+    architecture, NumPy's SIMD targets, PyTorch's CPU capability); None for a result that does not record them."""
+    k = r.provenance.kernels
+    if not k:
+        return None
+    blas = tuple((b.get("internal_api"), b.get("version"), b.get("architecture")) for b in k.get("blas") or [])
+    return blas, tuple(k.get("numpy_simd") or ()), k.get("torch_cpu")
+
+
+def different_kernels(a: AuditResult, b: AuditResult) -> bool:
+    """Both results record their CPU kernels and these differ (a result that does not record them is taken to
+    agree)."""
+    ka, kb = kernel_key(a), kernel_key(b)
+    return ka is not None and kb is not None and ka != kb
+
+
 def same_inputs(a: AuditResult, b: AuditResult) -> bool:
-    """The same checkpoint (SHA-256), data split (manifest), probe seed and probe settings: every probe ran
-    on identical inputs, so every number is the same computation."""
+    """The same checkpoint (SHA-256), data split (manifest), probe seed and probe settings, on the same CPU kernels
+    (:func:`different_kernels`): every probe ran on identical inputs, so every number is the same computation."""
     pa, pb = a.provenance, b.provenance
-    return bool(pa.checkpoint_sha256 and pa.checkpoint_sha256 == pb.checkpoint_sha256
+    return bool(not different_kernels(a, b) and pa.checkpoint_sha256 and pa.checkpoint_sha256 == pb.checkpoint_sha256
                 and pa.manifest_hash and pa.manifest_hash == pb.manifest_hash
                 and (pa.probe_seed if pa.probe_seed is not None else pa.seed)
                 == (pb.probe_seed if pb.probe_seed is not None else pb.seed)
