@@ -124,7 +124,8 @@ def merge_labelled(rows: Sequence[dict], labelled: Sequence[dict], *, rtol: floa
     """The first pass's ``rows`` with the labelled signals (:data:`LABELLED`) of the second pass's ``labelled``
     rows (the same kept models re-probed with the labelled probes), matched on (task, seed). The two passes measure
     one model on one split, so their MAE ratios agree; a pair whose ratios differ beyond ``rtol`` is another model
-    or split and raises a TraitsError naming it. A row without a second-pass audit keeps what the first pass
+    or split, or the same one measured on other crystal graphs (:mod:`traits.kernels`), and raises a TraitsError
+    naming it. A row without a second-pass audit keeps what the first pass
     measured (the loss at θ; no labelled Hessian or surface)."""
     from traits.errors import TraitsError
 
@@ -137,7 +138,9 @@ def merge_labelled(rows: Sequence[dict], labelled: Sequence[dict], *, rtol: floa
             a, b = r.get("mae_ratio"), twin.get("mae_ratio")
             if finite(a) and finite(b) and abs(a - b) > rtol * max(abs(a), abs(b)):
                 raise TraitsError(f"{r['task']} seed {r.get('seed')}: the second pass's MAE ratio {b:.6g} is not the "
-                                  f"first pass's {a:.6g}: not the same model and split")
+                                  f"first pass's {a:.6g}: not the same model and split, or not the same graphs "
+                                  "(crystals whose neighbours tie in distance can be built otherwise on other CPU "
+                                  "kernels: compare the two audits' provenance.kernels)")
             merged |= {k: twin.get(k) for k in LABELLED}
         out.append(merged)
     return out
