@@ -23,8 +23,17 @@ LOGGER = "traits.tests.report_parallel"
 
 
 def needs_fork() -> None:
+    """Skip where forking is unsafe. A non-daemon thread an earlier test left finishing (on a loaded CI machine it
+    can still be running) is waited for first, so these tests skip only where forking is really unsafe, and the skip
+    names the threads."""
+    me = threading.current_thread()
+    for t in threading.enumerate():
+        if t is not me and not t.daemon:
+            t.join(timeout=60)
     if not R._fork_is_safe():
-        pytest.skip("figures are drawn in workers only where forking is safe (Linux, no other non-daemon thread)")
+        others = [t.name for t in threading.enumerate() if t is not me and not t.daemon]
+        pytest.skip("figures are drawn in workers only where forking is safe (Linux, no other non-daemon thread; "
+                    f"running: {', '.join(others) or 'none'})")
 
 
 @pytest.fixture(scope="module")
