@@ -104,9 +104,11 @@ def test_no_table_row_is_only_dashes_without_saying_why(html):
         assert len(empty) < len(rest) - 1 or any("not measured" in c for c in cells), cells
 
 
-def test_the_committed_summary_renders_with_its_numbers_unchanged(summary):
+@pytest.mark.parametrize("where", ["docs/study", "docs/study/v2/labelled"])
+def test_the_committed_summary_renders_with_its_numbers_unchanged(where):
+    summary = json.loads((ROOT / where / "summary.json").read_text(encoding="utf-8"))
     md = summary_markdown(summary)
-    committed = (ROOT / "docs" / "study" / "summary.md").read_text(encoding="utf-8")
+    committed = (ROOT / where / "summary.md").read_text(encoding="utf-8")
     assert md == committed  # re-rendered from summary.json: the committed page is this code's output
     # every row of the first table carries the numbers of summary.json
     for key, v in summary["statistics"]["overall"].items():
@@ -135,7 +137,7 @@ def test_conclusion_follows_the_numbers(summary):
 
 def test_headings_get_ids_and_tables_the_report_class(summary):
     body, contents = sections_html("\n".join(_summary_sections(summary)) + "\n", {"metrics": ["m-a", "m-b"]})
-    assert [sid for sid, _ in contents][:3] == ["metrics", "baseline", "families"]
+    assert [sid for sid, _ in contents][:4] == ["metrics", "baseline", "gates", "families"]
     assert '<h2 id="metrics">' in body and '<table class="data wide">' in body and '<table class="data">' in body
     assert body.count('<tr id="m-') == 2
 
@@ -157,3 +159,27 @@ def test_pdf_says_study_summary_in_its_running_header(written):
     assert float(reader.pages[0].mediabox.width) > float(reader.pages[0].mediabox.height)  # landscape
     first = pages[0]
     assert first.index("Conclusion") < first.index("Contents")
+
+
+def test_the_default_gates_section_states_the_rule_and_each_decision(summary):
+    """The section names, per gated metric, whether it fails by default and which conditions it misses; making
+    one task's λ_max gate fire on all three seeds (the only condition λ_max misses on study-1's numbers under
+    today's rule) flips its row to a fail, and the closing sentence follows."""
+    from traits.study.summary import gate_decisions
+
+    rows = {r["metric"]: r for r in gate_decisions(summary)}
+    lam = rows["lambda_ratio"]
+    assert not lam["fails_by_default"] and lam["reasons"] == ["its gate fires on all three seeds of no task"]
+    md = summary_markdown(summary)
+    assert "fail by default on the MAE ratio, the non-finite share and no landscape or distance metric" in md
+    stable = copy.deepcopy(summary)
+    task = next(r["task"] for r in stable["rows"] if r.get("family") == "element")
+    for r in stable["rows"]:
+        if r["task"] == task:
+            r["lambda_ratio"] = 10.0
+    rows = {r["metric"]: r for r in gate_decisions(stable)}
+    assert rows["lambda_ratio"]["fails_by_default"] and rows["lambda_ratio"]["evidence"].seed_firing[2] == 1
+    assert "| fails |" in summary_markdown(stable).split("## Default gates")[1].split("##")[0]
+    assert "the non-finite share and λ_max" in summary_markdown(stable)
+    # a radius ρ in the wrong direction names that condition
+    assert "its ρ interval reaches 0 or lies on the wrong side" in rows["radius_ratio"]["reasons"]

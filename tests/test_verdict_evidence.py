@@ -51,10 +51,12 @@ def test_the_shipped_evidence_if_any_is_a_finished_study():
     measured = {m.name: m.evidence for m in cat.catalogue(SHIPPED_EVIDENCE) if m.evidence is not None}
     assert set(measured) >= {"lambda_ratio", "trace_ratio"}
     assert all(e.n_audits >= 72 for e in measured.values() if e.rho is not None)
-    committed = ROOT / "docs" / "study" / "catalogue-evidence.json"
-    assert committed.read_bytes() == SHIPPED_EVIDENCE.read_bytes()
-    summary = json.loads((ROOT / "docs" / "study" / "summary.json").read_text(encoding="utf-8"))
+    committed = [p for p in sorted((ROOT / "docs" / "study").rglob("catalogue-evidence.json"))
+                 if p.read_bytes() == SHIPPED_EVIDENCE.read_bytes()]
+    assert committed, "the shipped evidence is no study summary's committed under docs/study/"
+    summary = json.loads((committed[0].parent / "summary.json").read_text(encoding="utf-8"))
     assert summary["data_set"] == raw["data_set"] and summary["n_audits"] >= 72
+    assert summary["study_version"] == raw["study_version"] and not summary["pipeline_check"]
 
 
 @pytest.fixture
@@ -345,3 +347,34 @@ def test_label_free_evidence_fails_label_free_audits(adopt, tmp_path, monkeypatc
     assert "lambda_ratio" in cat.default_fail_on(mode="label-free")
     assert "lambda_ratio" not in cat.default_fail_on()
     assert "lambda_ratio" in label_free_spec().gates.fail_on
+
+
+@pytest.mark.parametrize(("firing", "fails", "says"), [
+    ((7, 3, 0), False, "fired on all three training seeds of no task (7 on one seed, 3 on two)"),
+    ((4, 2, 1), True, "fired on all three training seeds of 1 task (4 on one seed, 2 on two)"),
+    ((4, 2, 3), True, "fired on all three training seeds of 3 tasks (4 on one seed, 2 on two)"),
+])
+def test_a_gate_that_never_fires_on_all_three_seeds_warns_and_the_citation_says_so(adopt, firing, fails, says):
+    """Gate stability: evidence that counts the seeds a gate fires on needs one task where it fires on all three;
+    the reasons name the missed condition and the verdict's citation carries the counts."""
+    entry = strong(0.6, 0.3, 0.8, floor=1.3) | {
+        "seed_firing": {"1": firing[0], "2": firing[1], "3": firing[2], "n_tasks": 25}}
+    adopt({"lambda_ratio": entry})
+    assert ("lambda_ratio" in cat.default_fail_on()) is fails
+    lam = cat.metric("lambda_ratio")
+    assert (cat.default_fail_reasons(lam, 3.0) == []) is fails
+    if not fails:
+        assert cat.default_fail_reasons(lam, 3.0) == [cat.UNSTABLE]
+    assert says in cat.evidence_text("lambda_ratio")
+    r = make_result(ratios={**PASSING, "lambda_ratio": 9.0}, nan_points=0)
+    apply_verdict(r, GateSpec())
+    gate = next(g for g in r.gates if g.name == "lambda_ratio")
+    assert gate.level == ("fail" if fails else "warn") and says in gate.evidence
+
+
+def test_the_reasons_name_every_missed_condition(adopt):
+    adopt({"lambda_ratio": strong(0.6, -0.1, 0.8, floor=3.5, p=0.2, partial=(0.1, -0.3, 0.5))})
+    why = cat.default_fail_reasons(cat.metric("lambda_ratio"), 3.0)
+    assert why == ["its ρ interval reaches 0 or lies on the wrong side", "p (Holm) ≥ 0.05",
+                   "its partial ρ given the loss at θ reaches 0",
+                   "the threshold lies within the random-split noise floor"]

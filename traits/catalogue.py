@@ -93,8 +93,16 @@ class Evidence:
         rules = f", {self.n_clusters} held-out rules" if self.n_clusters else ""
         pr, pl, ph = self.partial
         beyond = f"; given {self.control}, partial ρ = {pr:.2f}{_interval(pl, ph)}" if pr is not None else ""
-        return (f"ρ = {self.rho:.2f}{_interval(self.low, self.high)} over {self.n_tasks} tasks{rules}{beyond} "
-                f"({self.study_version}, {self.data_set}{tag})")
+        return (f"ρ = {self.rho:.2f}{_interval(self.low, self.high)} over {self.n_tasks} tasks{rules}{beyond}"
+                f"{self.firing_text()} ({self.study_version}, {self.data_set}{tag})")
+
+    def firing_text(self) -> str:
+        """'; its default gate fired on all three seeds of 2 tasks (...)', or nothing where not counted."""
+        if self.seed_firing is None:
+            return ""
+        one, two, three = self.seed_firing
+        return (f"; its default gate fired on all three training seeds of {three or 'no'} task"
+                f"{'' if three in (0, 1) else 's'} ({one} on one seed, {two} on two)")
 
 
 def _interval(low: float | None, high: float | None) -> str:
@@ -404,8 +412,12 @@ def _evidence(path: str) -> dict[str, Evidence]:
     p = Path(path)
     if not p.is_file():
         return {}
-    raw = read_evidence_file(p, "; restore it from git or adopt a study again with "
-                                "`traits study summary ... --evidence --adopt`")
+    return evidence_from_raw(read_evidence_file(p, "; restore it from git or adopt a study again with "
+                                                   "`traits study summary ... --evidence --adopt`"))
+
+
+def evidence_from_raw(raw: dict) -> dict[str, Evidence]:
+    """The :class:`Evidence` per metric of an evidence file's mapping (:func:`read_evidence_file`)."""
     meta = {k: raw.get(k) for k in ("study_version", "data_set", "in_progress")}
     # a file that does not say it is a real study's is read as a pipeline check (adoption refuses it too)
     meta["pipeline_check"] = raw.get("pipeline_check", True)
@@ -568,21 +580,48 @@ def fails_by_default_from_evidence(m: Metric) -> bool:
     below 0.05, **and** its partial ρ given the control (the loss at θ; the embedding kNN distance for
     label-free evidence) has an interval above 0 in that direction too; where the study counted how often the
     gate fires across training seeds (``seed_firing``), it must fire on all three seeds of at least one task.
+    (:func:`default_fail_reasons` names the conditions a metric misses.)
 
-    The last condition is there because every audit that measures a landscape also measures the error at θ,
+    The partial-ρ condition is there because every audit that measures a landscape also measures the error at θ,
     and its MAE gate fails by default: a predictor's own failure changes a verdict only where the MAE gate
     passes, and there only what the predictor says beyond the loss at θ counts. A metric that restates the
-    loss at θ (partial ρ near 0) would add false alarms and nothing else, so it warns. (The random-split noise
-    floor of the ratio, ``evidence.noise_floor``, is what a gate threshold must exceed: see
-    :func:`threshold_clears_floor`.)"""
+    loss at θ (partial ρ near 0) would add false alarms and nothing else, so it warns. The seed condition is
+    there because a gate that never fires on all three models trained alike is a coin toss of the training
+    seed, not a property of the task. (The random-split noise floor of the ratio, ``evidence.noise_floor``, is
+    what a gate threshold must exceed: see :func:`threshold_clears_floor`.)"""
+    return not default_fail_reasons(m)
+
+
+#: :func:`default_fail_reasons`'s words for the seed condition: the one a metric that tracks the error beyond the
+#: control can still miss.
+UNSTABLE = "its gate fires on all three seeds of no task"
+
+
+def default_fail_reasons(m: Metric, threshold: float | None = None) -> list[str]:
+    """The conditions of :func:`fails_by_default_from_evidence` that ``m``'s evidence misses, in words (empty:
+    the rule holds); with ``threshold``, also whether it lies beyond the random-split noise floor
+    (:func:`threshold_clears_floor`)."""
     ev = m.evidence
-    if ev is None or ev.pipeline_check or ev.in_progress:
-        return False
-    if not clear_of_zero(ev.low, ev.high, m.direction) or ev.p_holm is None or ev.p_holm >= 0.05:
-        return False
+    if ev is None or ev.rho is None:
+        return ["not measured by the study"]
+    if ev.pipeline_check:
+        return ["a pipeline check decides nothing"]
+    if ev.in_progress:
+        return ["an interim summary decides nothing"]
+    out = []
+    if not clear_of_zero(ev.low, ev.high, m.direction):
+        out.append("its ρ interval reaches 0 or lies on the wrong side")
+    if ev.p_holm is None or ev.p_holm >= 0.05:
+        out.append("p (Holm) ≥ 0.05")
+    if not clear_of_zero(ev.partial[1], ev.partial[2], m.direction):
+        out.append(f"its partial ρ given {ev.control} reaches 0")
     if ev.seed_firing is not None and ev.seed_firing[2] < 1:
-        return False
-    return clear_of_zero(ev.partial[1], ev.partial[2], m.direction)
+        out.append(UNSTABLE)
+    clears = None if threshold is None else threshold_clears_floor(m, threshold)
+    if threshold is not None and clears is not True:
+        out.append("the threshold lies within the random-split noise floor" if clears is False else
+                   "no random-split noise floor judges the threshold")
+    return out
 
 
 def threshold_clears_floor(m: Metric, threshold: float) -> bool | None:

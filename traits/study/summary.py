@@ -251,6 +251,60 @@ def shift_thresholds(rows: list[dict]) -> dict:
     return out
 
 
+def gate_decisions(summary: dict) -> list[dict]:
+    """What adopting this summary's evidence would decide for each gated landscape or distance metric the study
+    measured: the rule's numbers (ρ, Holm p, partial ρ given the loss at θ, the noise floor against the default
+    threshold, the tasks whose gate fires on 1 / 2 / 3 of their seeds) and whether it fails by default, with the
+    conditions of :func:`traits.catalogue.default_fail_reasons` it misses."""
+    from dataclasses import replace
+
+    ev = cat.evidence_from_raw(evidence_json(summary))
+    out = []
+    for m in cat.catalogue():
+        if not (m.gate_field and cat.is_predictor(m) and m.threshold is not None) or m.name not in ev:
+            continue
+        m = replace(m, evidence=ev[m.name])
+        if m.evidence.rho is None:
+            continue
+        why = cat.default_fail_reasons(m, float(m.threshold))
+        out.append({"metric": m.name, "label": m.label, "threshold": float(m.threshold), "direction": m.direction,
+                    "evidence": m.evidence, "fails_by_default": not why, "reasons": why})
+    return out
+
+
+def _gate_lines(summary: dict, labels: dict) -> list[str]:
+    rows = gate_decisions(summary)
+    if not rows:
+        return []
+    counted = any(r["evidence"].seed_firing is not None for r in rows)
+    lines = ["", "## Default gates: what this study decides", "",
+             "The rule (`traits.catalogue.fails_by_default_from_evidence`): a landscape or distance metric fails "
+             "audits by default only if its ρ interval lies clear of 0 in the expected direction, p (Holm) < 0.05, "
+             "its partial ρ given the loss at θ is clear of 0 too, its default threshold lies beyond the "
+             "random-split noise floor (97.5 %; 2.5 % where smaller is worse)"
+             + (", and its gate fires on all three seeds of at least one omission task (the tasks whose gate "
+                "fires on 1 / 2 / 3 of their seeds are counted)" if counted else "") + "; otherwise it warns. "
+             "The MAE ratio and the non-finite share fail by default whatever the study says.", "",
+             "| metric | default threshold | ρ [95 % CI] | p (Holm) | partial ρ: loss | noise floor | "
+             "fires on 1 / 2 / 3 seeds | by default |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = r["evidence"]
+        sf = e.seed_firing
+        fires = "not counted" if sf is None else f"{sf[0]} / {sf[1]} / {sf[2]}"
+        verdict = "fails" if r["fails_by_default"] else "warns: " + "; ".join(r["reasons"])
+        lines.append(f"| {_md(labels.get(r['metric'], r['metric']))} | {'≤' if r['direction'] > 0 else '≥'} "
+                     f"{r['threshold']:g} | {_ci({'rho': e.rho, 'low': e.low, 'high': e.high})} | {_p(e.p_holm)} | "
+                     f"{_ci(dict(zip(('rho', 'low', 'high'), e.partial)))} | {_f(e.noise_floor)} | {fires} | "
+                     f"{_md(verdict)} |")
+    fails = [labels.get(r["metric"], r["metric"]) for r in rows if r["fails_by_default"]]
+    state = (" (a pipeline check: it decides nothing)" if summary.get("pipeline_check") else
+             " (an interim summary: it decides nothing)" if summary.get("in_progress") else "")
+    also = " and " + _and(fails) if fails else " and no landscape or distance metric"
+    lines += ["", f"Under the rule as it stands, this evidence makes labelled audits fail by default on the MAE "
+              f"ratio, the non-finite share{also}{state}."]
+    return lines
+
+
 def _shift_lines(table: dict | None) -> list[str]:
     if not table or not any(g["embedding_knn_ratio"].get("n") for g in table["groups"].values()):
         return []
@@ -338,7 +392,8 @@ NOT_MEASURED_WHY = {
 
 #: Ids of the summary's sections (its Markdown headings, by how they start), for the contents and the links.
 SECTION_IDS = (("Conclusion", "conclusion"), ("Each metric against", "metrics"),
-               ("Landscape metrics against the best", "baseline"), ("Per family", "families"),
+               ("Landscape metrics against the best", "baseline"), ("Default gates", "gates"),
+               ("Per family", "families"),
                ("The reference tasks", "reference"), ("The domain-shift rule", "shift"), ("Tasks", "tasks"))
 
 
@@ -498,6 +553,7 @@ def conclusion(summary: dict) -> str:
     out = _conclusion_opening(summary, overall, rules)
     out += _conclusion_readings(overall, labels)
     out += _conclusion_baseline(st, overall, labels)
+    out += _conclusion_gates(summary, labels)
     missing = not_measured(summary)
     if missing:
         out.append(f"{_and([labels.get(k, k) for k, _ in missing])} {'was' if len(missing) == 1 else 'were'} not "
@@ -505,6 +561,23 @@ def conclusion(summary: dict) -> str:
     if rules and rules < 10:
         out.append(f"With only {rules} held-out rules every interval is wide: weak evidence either way.")
     return " ".join(x[0].upper() + x[1:] if x[0].isascii() and x[0].isalpha() else x for x in out)
+
+
+def _conclusion_gates(summary: dict, labels: dict) -> list[str]:
+    """What the default-gate rule decides (:func:`gate_decisions`), in one sentence; nothing for a pipeline check
+    or an interim summary, which decide nothing."""
+    rows = gate_decisions(summary)
+    if not rows or summary.get("pipeline_check") or summary.get("in_progress"):
+        return []
+    fails = [labels.get(r["metric"], r["metric"]) for r in rows if r["fails_by_default"]]
+    unstable = [labels.get(r["metric"], r["metric"]) for r in rows if r["reasons"] == [cat.UNSTABLE]]
+    text = ("by the default-gate rule, audits fail by default on "
+            + (_and(fails) if fails else "no landscape or distance metric"))
+    if unstable:
+        text += (f"; {_and(unstable)} meet{'s' if len(unstable) == 1 else ''} every other condition, but "
+                 f"{'its gate fires' if len(unstable) == 1 else 'their gates fire'} on all three training seeds of "
+                 f"no task, so {'it warns' if len(unstable) == 1 else 'they warn'}")
+    return [text + "."]
 
 
 def _summary_head(summary: dict) -> list[str]:
@@ -566,6 +639,7 @@ def _summary_sections(summary: dict) -> list[str]:
                                                 if d["low"] is not None else f"{_f(d['diff'])} (no interval)")
             lines.append(f"| {_md(labels.get(key, key))} | {ci} | {d['n_tasks']} / "
                          f"{d['n_audits']} |")
+    lines += _gate_lines(summary, labels)
     fams = {k: v for k, v in st["per_family"].items() if v["metrics"]}
     if fams:
         few = [f"{_md(k)} ({v.get('n_clusters', '?')})" for k, v in st["per_family"].items()
