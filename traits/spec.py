@@ -526,7 +526,8 @@ _GATE_DOC = """Thresholds turning measurements into pass / warn / fail findings.
     A violated gate fails the audit when its metric is in ``fail_on`` and warns otherwise. ``fail_on``
     defaults to :func:`traits.catalogue.default_fail_on`: the MAE ratio and the non-finite share of the
     surfaces, plus a landscape or distance metric only when the adopted study shows it tracks OOD error
-    beyond the noise floor (the adopted study, study-1 on MP, adds the λ_max and trace ratios)."""
+    beyond the noise floor and fires on all three training seeds of some task (the adopted study, study-2 on MP,
+    adds none: the λ_max and trace ratios track it but never fire on all three seeds of a task)."""
 
 
 def gate_spec_model(metrics: tuple[_catalogue.Metric, ...] | None = None) -> type[_Strict]:
