@@ -183,3 +183,13 @@ def test_the_default_gates_section_states_the_rule_and_each_decision(summary):
     assert "the non-finite share and λ_max" in summary_markdown(stable)
     # a radius ρ in the wrong direction names that condition
     assert "its ρ interval reaches 0 or lies on the wrong side" in rows["radius_ratio"]["reasons"]
+
+
+def test_a_label_free_signal_the_audits_did_not_probe_says_so():
+    """A summary of labelled audits (study v2's second pass) names why its label-free rows are empty."""
+    from traits.study.summary import not_measured
+
+    lab = json.loads((ROOT / "docs" / "study" / "v2" / "labelled" / "summary.json").read_text(encoding="utf-8"))
+    why = dict(not_measured(lab))
+    assert "no audit ran the label-free probes" in why["gn_lambda_ratio"]
+    assert "label-free" not in why.get("loss_grad_norm_ratio", "")

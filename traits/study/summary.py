@@ -406,7 +406,10 @@ def measured(v: dict) -> bool:
 def not_measured(summary: dict) -> list[tuple[str, str]]:
     """(metric, why) for the catalogue metrics the study has no numbers for."""
     n = summary.get("n_audits", 0)
-    return [(k, f"not measured in the {n} audits: " + NOT_MEASURED_WHY.get(k, "no audit yields the ratio"))
+    stage = {m.name: m.stage for m in cat.catalogue()}
+    return [(k, f"not measured in the {n} audits: " + NOT_MEASURED_WHY.get(k, (
+                "no audit ran the label-free probes (probes.label_free)" if stage.get(k) == "label_free" else
+                "no audit yields the ratio")))
             for k, v in summary["statistics"]["overall"].items() if not measured(v)]
 
 
