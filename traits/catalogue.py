@@ -536,8 +536,7 @@ def default_fail_on(evidence_file: Path | None = None, mode: str = "labels") -> 
         if not is_predictor(m):
             if m.fails_by_default:
                 out.append(m.name)
-        elif (m.evidence is not None and m.evidence.mode == mode and fails_by_default_from_evidence(m)
-              and threshold_clears_floor(m, float(m.threshold))):
+        elif m.evidence is not None and m.evidence.mode == mode and not default_fail_reasons(m, float(m.threshold)):
             out.append(m.name)
     return out
 
