@@ -194,3 +194,21 @@ def test_the_conclusion_says_what_the_gates_decide(evidence):
     real = {"label_free_gates": {"evidence": evidence | {"pipeline_check": False}, "default_fails": ["lambda_ratio"]}}
     assert _conclusion_gates(real) == ["Adopted, this study makes label-free audits fail by default on lambda_ratio."]
     assert _conclusion_gates({}) == []  # an analysis without the gate block (written before it) says nothing
+
+
+def test_the_gates_table_and_conclusion_say_why_a_tracking_metric_only_warns(evidence):
+    """Each gated row states what the rule makes of it (catalogue.default_fail_reasons); a metric that misses only
+    the seed condition is named in the conclusion."""
+    from traits.study.v2_markdown import gates_block
+    from traits.study.v2_render import _conclusion_gates
+
+    stable = {"label_free_gates": {"evidence": evidence | {"pipeline_check": False}, "default_fails": ["lambda_ratio"]}}
+    rows = {r["name"]: r["decides"] for r in gates_block(stable)["rows"]}
+    assert rows["lambda_ratio"] == "fails" and rows["embedding_knn_ratio"] == "the control (B1): warns"
+    assert rows["lf_sharpness_ratio"] == "no gate"
+    unstable = label_free_evidence(study_rows(stable=False), n_boot=300, study_version="t", data_set="s")
+    shaky = {"label_free_gates": {"evidence": unstable | {"pipeline_check": False}, "default_fails": []}}
+    rows = {r["name"]: r["decides"] for r in gates_block(shaky)["rows"]}
+    assert rows["lambda_ratio"] == "warns: " + cat.UNSTABLE
+    said = _conclusion_gates(shaky)[0]
+    assert "no landscape or distance metric" in said and "lambda_ratio" in said and "no task" in said

@@ -139,7 +139,8 @@ def gates_block(a: dict) -> dict | None:
         sf = e.get("seed_firing")
         rows.append({"name": name, "signal": e["signal"], "rho": _iv(e, "rho"), "p": _p(e.get("p_holm")),
                      "partial": _iv(e["partial_control"], "rho"), "floor": _f(e.get("noise_floor")),
-                     "fires": f"{sf['1']} / {sf['2']} / {sf['3']} of {sf['n_tasks']}" if sf else "no gate"})
+                     "fires": f"{sf['1']} / {sf['2']} / {sf['3']} of {sf['n_tasks']}" if sf else "no gate",
+                     "decides": _decides(ev, name)})
     state = ("a pipeline check, not evidence" if ev["pipeline_check"] else
              "interim: not every task has its three seeds, not evidence" if ev["in_progress"] else "evidence")
     note = (f"Rule: {ev['rule']}. Sample: {ev['settings']['sample']} ({state}). Per-task Spearman ρ with the MAE "
@@ -152,15 +153,32 @@ def gates_block(a: dict) -> dict | None:
                                                      " (interim evidence decides nothing)"))}
 
 
+def _decides(ev: dict, name: str) -> str:
+    """What the rule makes of one metric's gate with this evidence: "fails", "warns: <the conditions it misses>"
+    (:func:`traits.catalogue.default_fail_reasons`), "the control: warns" or "no gate"."""
+    from dataclasses import replace
+
+    from traits import catalogue as cat
+    from traits.study.v2_gates import CONTROL
+
+    m = next((x for x in cat.catalogue() if x.name == name), None)
+    if m is None or not m.gate_field or m.threshold is None:
+        return "no gate"
+    if ev["metrics"][name].get("signal") == CONTROL:
+        return "the control (B1): warns"
+    why = cat.default_fail_reasons(replace(m, evidence=cat.evidence_from_raw(ev)[name]), float(m.threshold))
+    return "fails" if not why else "warns: " + "; ".join(why)
+
+
 def _gates(a: dict) -> list[str]:
     g = gates_block(a)
     if not g:
         return []
     lines = ["", "## Default gates of label-free audits", "", _md(g["note"]),
-             "", "| metric | signal | ρ | p (Holm) | partial ρ given B1 | noise floor | fires on 1 / 2 / 3 seeds |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| metric | signal | ρ | p (Holm) | partial ρ given B1 | noise floor | fires on 1 / 2 / 3 seeds | "
+             "by default |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {_md(r['name'])} | {_md(r['signal'])} | {r['rho']} | {r['p']} | {r['partial']} | {r['floor']} | "
-              f"{r['fires']} |" for r in g["rows"]]
+              f"{r['fires']} | {_md(r['decides'])} |" for r in g["rows"]]
     return lines + ["", f"Adopted, this evidence makes label-free audits fail by default on: {_md(g['fails'])}."]
 
 

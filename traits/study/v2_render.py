@@ -355,7 +355,13 @@ def _conclusion_gates(a: dict) -> list[str]:
         return []
     if g["state"] != "evidence":
         return [f"Default gates of label-free audits: {g['state']}, so they decide nothing."]
-    return [f"Adopted, this study makes label-free audits fail by default on {g['fails']}."]
+    from traits import catalogue as cat
+
+    unstable = [r["name"] for r in g["rows"] if r["decides"] == "warns: " + cat.UNSTABLE]
+    why = (f" ({', '.join(unstable[:-1])} and {unstable[-1]} meet every other condition, but their gates fire on all three training seeds "
+           "of no task)" if len(unstable) > 1 else f" ({unstable[0]} meets every other condition, but its gate "
+           "fires on all three training seeds of no task)" if unstable else "")
+    return [f"Adopted, this study makes label-free audits fail by default on {g['fails']}{why}."]
 
 
 def conclusion(a: dict) -> str:
