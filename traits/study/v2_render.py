@@ -358,9 +358,9 @@ def _conclusion_gates(a: dict) -> list[str]:
     from traits import catalogue as cat
 
     unstable = [r["name"] for r in g["rows"] if r["decides"] == "warns: " + cat.UNSTABLE]
-    why = (f" ({', '.join(unstable[:-1])} and {unstable[-1]} meet every other condition, but their gates fire on all three training seeds "
-           "of no task)" if len(unstable) > 1 else f" ({unstable[0]} meets every other condition, but its gate "
-           "fires on all three training seeds of no task)" if unstable else "")
+    why = (f" ({', '.join(unstable[:-1])} and {unstable[-1]} meet every other condition, but their gates fire on "
+           "all three training seeds of no task)" if len(unstable) > 1 else f" ({unstable[0]} meets every other "
+           "condition, but its gate fires on all three training seeds of no task)" if unstable else "")
     return [f"Adopted, this study makes label-free audits fail by default on {g['fails']}{why}."]
 
 
