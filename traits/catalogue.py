@@ -529,16 +529,20 @@ def default_fail_on(evidence_file: Path | None = None, mode: str = "labels") -> 
     (:func:`fails_by_default_from_evidence`), its default threshold lies beyond the random-split noise
     floor (:func:`threshold_clears_floor`) and the study measured audits of this ``mode`` ("labels" or
     "label-free"): evidence from Hessians of the labelled loss fails no label-free audit."""
-    out = []
-    for m in catalogue(evidence_file, mode):
-        if not m.gate_field:
-            continue
-        if not is_predictor(m):
-            if m.fails_by_default:
-                out.append(m.name)
-        elif m.evidence is not None and m.evidence.mode == mode and not default_fail_reasons(m, float(m.threshold)):
-            out.append(m.name)
-    return out
+    decided = default_decisions(_evidence(str(evidence_file or evidence_file_for(mode))), mode)
+    return [m.name for m in _METRICS if m.gate_field and (
+        m.fails_by_default if not is_predictor(m) else decided.get(m.name) == [])]
+
+
+def default_decisions(evidence: dict[str, Evidence], mode: str = "labels") -> dict[str, list[str]]:
+    """Per gated predictor that ``evidence`` (:func:`evidence_from_raw`) measured on audits of ``mode``: the
+    conditions of the default-fail rule it misses at its default threshold (:func:`default_fail_reasons`; an
+    empty list: it fails by default). The one reading of the rule that :func:`default_fail_on` and the study
+    summaries share."""
+    return {m.name: default_fail_reasons(replace(m, evidence=evidence[m.name]), float(m.threshold))
+            for m in _METRICS
+            if m.gate_field and is_predictor(m) and m.threshold is not None and m.name in evidence
+            and evidence[m.name].mode == mode}
 
 
 def evidence_text(name: str, evidence_file: Path | None = None, mode: str = "labels") -> str | None:

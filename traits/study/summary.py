@@ -255,21 +255,24 @@ def gate_decisions(summary: dict) -> list[dict]:
     """What adopting this summary's evidence would decide for each gated landscape or distance metric the study
     measured: the rule's numbers (ρ, Holm p, partial ρ given the loss at θ, the noise floor against the default
     threshold, the tasks whose gate fires on 1 / 2 / 3 of their seeds) and whether it fails by default, with the
-    conditions of :func:`traits.catalogue.default_fail_reasons` it misses."""
-    from dataclasses import replace
-
+    conditions it misses (:func:`traits.catalogue.default_decisions`)."""
     ev = cat.evidence_from_raw(evidence_json(summary))
     out = []
-    for m in cat.catalogue():
-        if not (m.gate_field and cat.is_predictor(m) and m.threshold is not None) or m.name not in ev:
+    for name, why in cat.default_decisions(ev).items():
+        if ev[name].rho is None:
             continue
-        m = replace(m, evidence=ev[m.name])
-        if m.evidence.rho is None:
-            continue
-        why = cat.default_fail_reasons(m, float(m.threshold))
-        out.append({"metric": m.name, "label": m.label, "threshold": float(m.threshold), "direction": m.direction,
-                    "evidence": m.evidence, "fails_by_default": not why, "reasons": why})
+        m = cat.metric(name)
+        out.append({"metric": name, "label": m.label, "threshold": float(m.threshold), "direction": m.direction,
+                    "evidence": ev[name], "fails_by_default": not why, "reasons": why})
     return out
+
+
+def unstable_text(names: list[str]) -> str:
+    """'X and Y meet every other condition, but their gates fire on all three training seeds of no task' (the
+    metrics that miss only the seed condition, :data:`traits.catalogue.UNSTABLE`)."""
+    one = len(names) == 1
+    return (f"{_and(names)} meet{'s' if one else ''} every other condition, but "
+            f"{'its gate fires' if one else 'their gates fire'} on all three training seeds of no task")
 
 
 def _gate_lines(summary: dict, labels: dict) -> list[str]:
@@ -577,9 +580,7 @@ def _conclusion_gates(summary: dict, labels: dict) -> list[str]:
     text = ("by the default-gate rule, audits fail by default on "
             + (_and(fails) if fails else "no landscape or distance metric"))
     if unstable:
-        text += (f"; {_and(unstable)} meet{'s' if len(unstable) == 1 else ''} every other condition, but "
-                 f"{'its gate fires' if len(unstable) == 1 else 'their gates fire'} on all three training seeds of "
-                 f"no task, so {'it warns' if len(unstable) == 1 else 'they warn'}")
+        text += f"; {unstable_text(unstable)}, so {'it warns' if len(unstable) == 1 else 'they warn'}"
     return [text + "."]
 
 

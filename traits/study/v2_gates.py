@@ -95,15 +95,6 @@ def label_free_evidence(rows: Sequence[dict], *, n_boot: int = REGISTERED_BOOT, 
 
 def default_fails(evidence: dict) -> list[str]:
     """The gated metrics the rule would fail label-free audits on by default with this evidence (what adopting it
-    changes), read back through the catalogue exactly as an audit reads it."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "evidence.json"
-        path.write_text(json.dumps(evidence), encoding="utf-8")
-        try:
-            return [n for n in cat.default_fail_on(path, mode="label-free") if cat.is_predictor(cat.metric(n))]
-        finally:
-            cat.clear_cache()
+    changes), read through the catalogue's one reading of the rule (:func:`traits.catalogue.default_decisions`)."""
+    decided = cat.default_decisions(cat.evidence_from_raw(evidence), mode="label-free")
+    return [name for name, why in decided.items() if not why]

@@ -3,6 +3,7 @@ target, rule, family, feature names) goes through :func:`traits.report.formattin
 
 from __future__ import annotations
 
+from traits import catalogue as cat
 from traits.report.formatting import markdown_literal as _md
 
 
@@ -134,13 +135,14 @@ def gates_block(a: dict) -> dict | None:
     if not g:
         return None
     ev = g["evidence"]
+    decided = cat.default_decisions(cat.evidence_from_raw(ev), mode="label-free")
     rows = []
     for name, e in ev["metrics"].items():
         sf = e.get("seed_firing")
         rows.append({"name": name, "signal": e["signal"], "rho": _iv(e, "rho"), "p": _p(e.get("p_holm")),
                      "partial": _iv(e["partial_control"], "rho"), "floor": _f(e.get("noise_floor")),
                      "fires": f"{sf['1']} / {sf['2']} / {sf['3']} of {sf['n_tasks']}" if sf else "no gate",
-                     "decides": _decides(ev, name)})
+                     "reasons": decided.get(name), "decides": _decides(e, decided.get(name))})
     state = ("a pipeline check, not evidence" if ev["pipeline_check"] else
              "interim: not every task has its three seeds, not evidence" if ev["in_progress"] else "evidence")
     note = (f"Rule: {ev['rule']}. Sample: {ev['settings']['sample']} ({state}). Per-task Spearman ρ with the MAE "
@@ -153,20 +155,16 @@ def gates_block(a: dict) -> dict | None:
                                                      " (interim evidence decides nothing)"))}
 
 
-def _decides(ev: dict, name: str) -> str:
-    """What the rule makes of one metric's gate with this evidence: "fails", "warns: <the conditions it misses>"
-    (:func:`traits.catalogue.default_fail_reasons`), "the control: warns" or "no gate"."""
-    from dataclasses import replace
-
-    from traits import catalogue as cat
+def _decides(entry: dict, why: list[str] | None) -> str:
+    """What the rule makes of one metric's gate (``why``: its missed conditions from
+    :func:`traits.catalogue.default_decisions`, None without a gate): "fails", "warns: <the conditions>", "the
+    control (B1): warns" or "no gate"."""
     from traits.study.v2_gates import CONTROL
 
-    m = next((x for x in cat.catalogue() if x.name == name), None)
-    if m is None or not m.gate_field or m.threshold is None:
+    if why is None:
         return "no gate"
-    if ev["metrics"][name].get("signal") == CONTROL:
+    if entry.get("signal") == CONTROL:
         return "the control (B1): warns"
-    why = cat.default_fail_reasons(replace(m, evidence=cat.evidence_from_raw(ev)[name]), float(m.threshold))
     return "fails" if not why else "warns: " + "; ".join(why)
 
 

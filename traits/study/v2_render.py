@@ -356,11 +356,10 @@ def _conclusion_gates(a: dict) -> list[str]:
     if g["state"] != "evidence":
         return [f"Default gates of label-free audits: {g['state']}, so they decide nothing."]
     from traits import catalogue as cat
+    from traits.study.summary import unstable_text
 
-    unstable = [r["name"] for r in g["rows"] if r["decides"] == "warns: " + cat.UNSTABLE]
-    why = (f" ({', '.join(unstable[:-1])} and {unstable[-1]} meet every other condition, but their gates fire on "
-           "all three training seeds of no task)" if len(unstable) > 1 else f" ({unstable[0]} meets every other "
-           "condition, but its gate fires on all three training seeds of no task)" if unstable else "")
+    unstable = [r["name"] for r in g["rows"] if r["reasons"] == [cat.UNSTABLE]]
+    why = f" ({unstable_text(unstable)})" if unstable else ""
     return [f"Adopted, this study makes label-free audits fail by default on {g['fails']}{why}."]
 
 
